@@ -1,0 +1,1 @@
+//! Test support: network namespaces, UML guests, frame builders.

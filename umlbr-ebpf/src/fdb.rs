@@ -1,0 +1,63 @@
+//! MAC learning and lookup with aging.
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::HashMap};
+use umlbr_common::{FDB_F_STATIC, FDB_REFRESH_NS, FdbEntry, FdbKey, PortStats};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: plain helper call. Coarse time is enough for aging and
+    // cheaper than bpf_ktime_get_ns on every frame.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Learn `src` on `port`. A static entry never moves; a learned one moves
+/// with its MAC.
+#[inline(always)]
+pub fn learn(
+    fdb: &HashMap<FdbKey, FdbEntry>,
+    src: [u8; 6],
+    port: u32,
+    now: u64,
+    stats: &mut PortStats,
+) {
+    let key = FdbKey::new(src);
+    if let Some(entry) = fdb.get_ptr_mut(key) {
+        // SAFETY: pointer into the map value; a racing writer can at worst
+        // store the same fields.
+        let entry = unsafe { &mut *entry };
+        if entry.flags & FDB_F_STATIC != 0 {
+            return;
+        }
+        if entry.ifindex != port {
+            entry.ifindex = port;
+            entry.updated_ns = now;
+            stats.moved += 1;
+        } else if now.wrapping_sub(entry.updated_ns) > FDB_REFRESH_NS {
+            entry.updated_ns = now;
+        }
+        return;
+    }
+    let entry = FdbEntry {
+        ifindex: port,
+        flags: 0,
+        updated_ns: now,
+    };
+    // BPF_NOEXIST: a racing CPU may have learned it; either is right.
+    if fdb.insert(key, entry, 1).is_ok() {
+        stats.learned += 1;
+    }
+}
+
+/// Port behind `dst`, if known and not aged out. An aged entry is removed.
+#[inline(always)]
+pub fn lookup(fdb: &HashMap<FdbKey, FdbEntry>, dst: [u8; 6], now: u64, aging_ns: u64) -> Option<u32> {
+    let key = FdbKey::new(dst);
+    let entry = fdb.get_ptr(key)?;
+    // SAFETY: pointer into the map value, read once.
+    let entry = unsafe { *entry };
+    if entry.flags & FDB_F_STATIC == 0 && now.wrapping_sub(entry.updated_ns) > aging_ns {
+        let _ = fdb.remove(key);
+        return None;
+    }
+    Some(entry.ifindex)
+}

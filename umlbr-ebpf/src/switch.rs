@@ -1,0 +1,70 @@
+//! The forwarding decision, shared by the XDP and TC programs.
+
+use aya_ebpf::maps::{Array, HashMap};
+use umlbr_common::{Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, PortStats};
+
+use crate::fdb;
+
+pub enum Verdict {
+    Drop,
+    Unicast(u32),
+    Flood,
+}
+
+#[inline(always)]
+fn is_multicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// 01:80:c2:00:00:0X: STP, pause, LACP, 802.1X, LLDP. An 802.1D bridge
+/// never forwards these.
+#[inline(always)]
+fn is_link_local(mac: &[u8; 6]) -> bool {
+    mac[0] == 0x01
+        && mac[1] == 0x80
+        && mac[2] == 0xc2
+        && mac[3] == 0
+        && mac[4] == 0
+        && mac[5] & 0xf0 == 0
+}
+
+#[inline(always)]
+pub fn decide(
+    fdb_map: &HashMap<FdbKey, FdbEntry>,
+    config: &Array<Config>,
+    dst: [u8; 6],
+    src: [u8; 6],
+    ingress: u32,
+    stats: &mut PortStats,
+) -> Verdict {
+    // A multicast or all-zero source is invalid (the kernel bridge drops it
+    // too) and must never be learned.
+    if is_multicast(&src) || src == [0; 6] || is_link_local(&dst) {
+        stats.dropped += 1;
+        return Verdict::Drop;
+    }
+    let now = fdb::now();
+    fdb::learn(fdb_map, src, ingress, now, stats);
+    if is_multicast(&dst) {
+        stats.flooded += 1;
+        return Verdict::Flood;
+    }
+    let aging_ns = match config.get(0) {
+        Some(c) if c.aging_ns != 0 => c.aging_ns,
+        _ => DEFAULT_AGING_SECS * 1_000_000_000,
+    };
+    match fdb::lookup(fdb_map, dst, now, aging_ns) {
+        Some(port) if port == ingress => {
+            stats.dropped += 1;
+            Verdict::Drop
+        }
+        Some(port) => {
+            stats.forwarded += 1;
+            Verdict::Unicast(port)
+        }
+        None => {
+            stats.flooded += 1;
+            Verdict::Flood
+        }
+    }
+}

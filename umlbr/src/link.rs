@@ -1,0 +1,376 @@
+//! Network interfaces over rtnetlink: the only way umlbr touches links.
+use std::{net::IpAddr, os::fd::RawFd};
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+
+use crate::error::{Error, Result};
+
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+pub const XDP_FLAGS_SKB_MODE: u32 = 2;
+pub const XDP_FLAGS_DRV_MODE: u32 = 4;
+
+/// How an XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    None,
+    Driver,
+    Generic,
+    Other,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::None => "none",
+            XdpMode::Driver => "driver",
+            XdpMode::Generic => "generic",
+            XdpMode::Other => "other",
+        }
+    }
+
+    pub fn flag(self) -> u32 {
+        match self {
+            XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+            _ => XDP_FLAGS_DRV_MODE,
+        }
+    }
+}
+
+/// What umlbr needs to know of one interface.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    /// For a veth: the peer's ifindex (IFLA_LINK).
+    pub peer: Option<u32>,
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+    pub xdp_mode: XdpMode,
+    pub xdp_prog: Option<u32>,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            peer: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mac: None,
+            xdp_mode: XdpMode::None,
+            xdp_prog: None,
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Link(p) => link.peer = Some(*p),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0; 6];
+                    mac.copy_from_slice(a);
+                    link.mac = Some(mac);
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            link.kind = Some(match k {
+                                InfoKind::Other(s) => s.clone(),
+                                k => k.to_string(),
+                            });
+                        }
+                    }
+                }
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        match x {
+                            LinkXdp::Attached(a) => {
+                                link.xdp_mode = match a {
+                                    XdpAttached::None => XdpMode::None,
+                                    XdpAttached::Driver => XdpMode::Driver,
+                                    XdpAttached::SocketBuffer => XdpMode::Generic,
+                                    _ => XdpMode::Other,
+                                }
+                            }
+                            LinkXdp::ProgId(id) if *id != 0 => link.xdp_prog = Some(*id),
+                            _ => {}
+                        }
+                    }
+                }
+                LinkAttribute::Stats64(s) => {
+                    link.tx_packets = s.tx_packets;
+                    link.tx_bytes = s.tx_bytes;
+                    link.rx_packets = s.rx_packets;
+                    link.rx_bytes = s.rx_bytes;
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    pub fn is_tun(&self) -> bool {
+        self.kind.as_deref() == Some("tun")
+    }
+}
+
+/// A netlink connection in the current network namespace.
+pub struct Net {
+    handle: Handle,
+}
+
+/// Validate an interface name the way the kernel does (dev_valid_name).
+pub fn check_ifname(name: &str) -> Result<()> {
+    if name.len() > 15 {
+        return Err(Error::NameTooLong(name.into()));
+    }
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(Error::BadName(name.into()));
+    }
+    Ok(())
+}
+
+impl Net {
+    /// Open a connection; must run inside a tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Net { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing interfaces", e))?
+        {
+            out.push(Link::from_message(&msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut stream = self.handle.link().get().match_index(index).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(Error::netlink(format!("reading interface {index}"), e)),
+        }
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        check_ifname(name)?;
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(Error::netlink(format!("reading interface {name}"), e)),
+        }
+    }
+
+    /// The interface, or a "does not exist" error naming it.
+    pub async fn require(&self, name: &str) -> Result<Link> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| Error::NoSuchInterface(name.into()))
+    }
+
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating veth pair {name}/{peer}"), e))
+    }
+
+    pub async fn del_link(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("deleting {name}"), e))
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting {name} up"), e))
+    }
+
+    pub async fn set_promisc(&self, index: u32, name: &str, on: bool) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).promiscuous(on).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting promiscuous mode on {name}"), e))
+    }
+
+    pub async fn add_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: IpAddr,
+        prefix: u8,
+    ) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, addr, prefix)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("adding {addr}/{prefix} to {name}"), e))
+    }
+
+    /// Attach (`Some(fd)`) or detach (`None`) the XDP program of `index`
+    /// through netlink: such an attachment belongs to the device, so it
+    /// stays when umlbr exits.
+    pub async fn set_xdp(
+        &self,
+        index: u32,
+        name: &str,
+        fd: Option<RawFd>,
+        flags: u32,
+    ) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::Xdp(vec![
+                LinkXdp::Fd(fd.unwrap_or(-1)),
+                LinkXdp::Flags(flags),
+            ]))
+            .build();
+        self.handle.link().set(msg).execute().await.map_err(|e| {
+            let what = if fd.is_some() {
+                "attaching XDP to"
+            } else {
+                "detaching XDP from"
+            };
+            Error::netlink(format!("{what} {name}"), e)
+        })
+    }
+}
+
+/// Format a MAC as aa:bb:cc:dd:ee:ff.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse aa:bb:cc:dd:ee:ff (or with '-').
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(Error::BadMac(s.into()));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return Err(Error::BadMac(s.into()));
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| Error::BadMac(s.into()))?;
+    }
+    Ok(mac)
+}
+
+/// Parse an address with prefix, e.g. 192.168.2.1/24.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
+    let (a, p) = s.split_once('/').ok_or_else(|| Error::BadCidr(s.into()))?;
+    let addr: IpAddr = a.parse().map_err(|_| Error::BadCidr(s.into()))?;
+    let prefix: u8 = p.parse().map_err(|_| Error::BadCidr(s.into()))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(Error::BadCidr(s.into()));
+    }
+    Ok((addr, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip_and_reject_garbage() {
+        assert_eq!(
+            parse_mac("02:00:0a:0B:ff:01").unwrap(),
+            [2, 0, 10, 11, 255, 1]
+        );
+        assert_eq!(fmt_mac(&[2, 0, 10, 11, 255, 1]), "02:00:0a:0b:ff:01");
+        assert_eq!(parse_mac("02-00-00-00-00-01").unwrap(), [2, 0, 0, 0, 0, 1]);
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "002:00:00:00:00:01",
+            "02::00:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("192.168.2.1/24").unwrap(),
+            ("192.168.2.1".parse().unwrap(), 24)
+        );
+        assert!(parse_cidr("fd00::1/64").is_ok());
+        for bad in [
+            "192.168.2.1",
+            "192.168.2.1/33",
+            "300.1.1.1/24",
+            "/24",
+            "x/24",
+            "fd00::1/129",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ifnames() {
+        assert!(check_ifname("tap0").is_ok());
+        assert!(check_ifname("abcdefghijklmno").is_ok());
+        assert!(matches!(
+            check_ifname("abcdefghijklmnop"),
+            Err(Error::NameTooLong(_))
+        ));
+        for bad in ["", "a/b", "a b", "a:b", ".."] {
+            assert!(matches!(check_ifname(bad), Err(Error::BadName(_))), "{bad}");
+        }
+    }
+}
