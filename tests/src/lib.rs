@@ -1,1 +1,24 @@
-//! Test support: network namespaces, UML guests, frame builders.
+//! Test support for umlbr: network namespaces that clean up after
+//! themselves, UML guests, and frame builders.
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// The umlbr binary under test: $UMLBR_BIN, else the workspace's
+/// target/{debug,release}/umlbr (`cargo xtask test` builds it first).
+pub fn umlbr_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("UMLBR_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("umlbr");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no umlbr binary: run `cargo build -p umlbr` or set UMLBR_BIN");
+}
