@@ -1,6 +1,6 @@
 //! MAC learning and lookup with aging.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::HashMap};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap};
 use umlbr_common::{FDB_F_STATIC, FDB_REFRESH_NS, FdbEntry, FdbKey, PortStats};
 
 #[inline(always)]
@@ -14,7 +14,7 @@ pub fn now() -> u64 {
 /// with its MAC.
 #[inline(always)]
 pub fn learn(
-    fdb: &HashMap<FdbKey, FdbEntry>,
+    fdb: &LruHashMap<FdbKey, FdbEntry>,
     src: [u8; 6],
     port: u32,
     now: u64,
@@ -50,7 +50,12 @@ pub fn learn(
 
 /// Port behind `dst`, if known and not aged out. An aged entry is removed.
 #[inline(always)]
-pub fn lookup(fdb: &HashMap<FdbKey, FdbEntry>, dst: [u8; 6], now: u64, aging_ns: u64) -> Option<u32> {
+pub fn lookup(
+    fdb: &LruHashMap<FdbKey, FdbEntry>,
+    dst: [u8; 6],
+    now: u64,
+    aging_ns: u64,
+) -> Option<u32> {
     let key = FdbKey::new(dst);
     let entry = fdb.get_ptr(key)?;
     // SAFETY: pointer into the map value, read once.

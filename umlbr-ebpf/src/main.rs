@@ -10,9 +10,9 @@ mod switch;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
+    maps::{Array, DevMapHash, LruHashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
@@ -21,8 +21,11 @@ use umlbr_common::{
 
 use crate::switch::Verdict;
 
+/// MAC -> port. LRU so that a full table (MAC churn, a flooding guest)
+/// evicts the least recently used, usually aged, entries instead of
+/// refusing to learn.
 #[map(name = "UMLBR_FDB")]
-static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(FDB_SIZE, 0);
+static FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_SIZE, 0);
 
 /// Every port of the bridge, keyed by ifindex: unicast and broadcast
 /// redirect target for XDP.
@@ -72,7 +75,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     } else {
         stats.xdp_native += 1;
     }
-    // The metadata probe invalidated the packet pointers: read them again.
+    // The headroom probe invalidated the packet pointers: read them again.
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_HLEN > end {
         stats.dropped += 1;
@@ -98,18 +101,23 @@ fn flood_xdp() -> u32 {
         .unwrap_or(xdp_action::XDP_DROP)
 }
 
-/// tun builds an xdp_buff without metadata room on its native path, while
-/// generic XDP on an skb always has it: a metadata probe tells them apart.
+/// tun's native path leaves TUN_RX_PAD + XDP_PACKET_HEADROOM (320 bytes)
+/// of headroom; generic XDP on an skb that tun allocated has about
+/// XDP_PACKET_HEADROOM (256). Moving the head by 272 (which also needs
+/// room for the 40-byte xdp_frame) succeeds only on the native path.
+/// Frames above MAX_XDP_FRAME never get here, so GSO skbs built with the
+/// native padding are not miscounted.
 #[inline(always)]
 fn xdp_is_generic(ctx: &XdpContext) -> bool {
-    // SAFETY: the helper only moves data_meta; we move it back at once.
+    const PROBE: i32 = 272;
+    // SAFETY: the helper only moves the data pointer; we move it back.
     unsafe {
-        if bpf_xdp_adjust_meta(ctx.ctx, -4) == 0 {
-            bpf_xdp_adjust_meta(ctx.ctx, 4);
-            return true;
+        if bpf_xdp_adjust_head(ctx.ctx, -PROBE) == 0 {
+            bpf_xdp_adjust_head(ctx.ctx, PROBE);
+            return false;
         }
     }
-    false
+    true
 }
 
 #[classifier]

@@ -1,6 +1,6 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use aya_ebpf::maps::{Array, HashMap};
+use aya_ebpf::maps::{Array, LruHashMap};
 use umlbr_common::{Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, PortStats};
 
 use crate::fdb;
@@ -30,7 +30,7 @@ fn is_link_local(mac: &[u8; 6]) -> bool {
 
 #[inline(always)]
 pub fn decide(
-    fdb_map: &HashMap<FdbKey, FdbEntry>,
+    fdb_map: &LruHashMap<FdbKey, FdbEntry>,
     config: &Array<Config>,
     dst: [u8; 6],
     src: [u8; 6],
