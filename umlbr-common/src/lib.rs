@@ -28,6 +28,7 @@ pub mod names {
     pub const CONFIG: &str = "UMLBR_CONFIG";
     pub const XDP_PROG: &str = "umlbr_xdp";
     pub const TC_PROG: &str = "umlbr_tc";
+    pub const TC_OUT_PROG: &str = "umlbr_tc_out";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -47,6 +48,9 @@ impl FdbKey {
 
 /// The entry never ages and never moves to another port.
 pub const FDB_F_STATIC: u32 = 1;
+/// The MAC of the port's own host interface (the uplink's): frames to it
+/// go up that interface's stack, not out of it.
+pub const FDB_F_LOCAL: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,12 +73,30 @@ pub struct Config {
     pub nr_ports: u32,
     /// The switch-side end of the host port's veth pair.
     pub host_port: u32,
+    /// The uplink port (the host's NIC), 0 if none.
+    pub uplink: u32,
+    /// `CFG_F_*`.
+    pub flags: u32,
+    /// The uplink's own MAC: frames from it are the host's own.
+    pub uplink_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
+
+/// Flooding is done by the TC program: some port cannot take XDP frames
+/// (a veth uplink whose peer may lack NAPI), or the uplink's host stack
+/// must see broadcasts too.
+pub const CFG_F_TC_FLOOD: u32 = 1;
 
 /// Port kind, stored in every CPU's stats slot by userspace.
 pub const PORT_KIND_OTHER: u32 = 0;
 pub const PORT_KIND_TAP: u32 = 1;
 pub const PORT_KIND_HOST: u32 = 2;
+pub const PORT_KIND_UPLINK: u32 = 3;
+
+/// The port was promiscuous before umlbr made it a port.
+pub const PORT_F_WAS_PROMISC: u32 = 1;
+/// Not in the devmap: frames for it go through the TC program.
+pub const PORT_F_NO_XDP_TX: u32 = 2;
 
 /// Per-port, per-CPU counters, keyed by ifindex.
 #[repr(C)]
@@ -82,7 +104,8 @@ pub const PORT_KIND_HOST: u32 = 2;
 pub struct PortStats {
     /// `PORT_KIND_*`, written by userspace at attach time.
     pub kind: u32,
-    pub _pad: u32,
+    /// `PORT_F_*`, written by userspace at attach time.
+    pub flags: u32,
     /// Frames and bytes received on this port.
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -125,7 +148,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<PortStats>(), 8 + 10 * 8);
     }
 }

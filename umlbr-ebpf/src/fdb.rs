@@ -1,7 +1,7 @@
 //! MAC learning and lookup with aging.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap};
-use umlbr_common::{FDB_F_STATIC, FDB_REFRESH_NS, FdbEntry, FdbKey, PortStats};
+use umlbr_common::{FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FdbEntry, FdbKey, PortStats};
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -48,14 +48,15 @@ pub fn learn(
     }
 }
 
-/// Port behind `dst`, if known and not aged out. An aged entry is removed.
+/// Port behind `dst` and whether it is the port's own host MAC, if known
+/// and not aged out. An aged entry is removed.
 #[inline(always)]
 pub fn lookup(
     fdb: &LruHashMap<FdbKey, FdbEntry>,
     dst: [u8; 6],
     now: u64,
     aging_ns: u64,
-) -> Option<u32> {
+) -> Option<(u32, bool)> {
     let key = FdbKey::new(dst);
     let entry = fdb.get_ptr(key)?;
     // SAFETY: pointer into the map value, read once.
@@ -64,5 +65,5 @@ pub fn lookup(
         let _ = fdb.remove(key);
         return None;
     }
-    Some(entry.ifindex)
+    Some((entry.ifindex, entry.flags & FDB_F_LOCAL != 0))
 }

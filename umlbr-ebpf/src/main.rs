@@ -1,10 +1,14 @@
 //! umlbr's datapath: one XDP program and one TC program per bridge, the
 //! same on every port, switching frames between the ports through the
 //! bridge's maps. XDP handles what fits its fast path; the TC program
-//! handles what XDP passes (GSO and jumbo frames) with the same FDB.
+//! handles what XDP passes (GSO, jumbo and CHECKSUM_PARTIAL frames, frames
+//! for the uplink's own stack, floods when some port needs an skb) with
+//! the same FDB. A third program on the uplink's egress sends the host's
+//! own frames for guests straight to their ports.
 #![no_std]
 #![no_main]
 
+mod csum;
 mod fdb;
 mod switch;
 
@@ -16,10 +20,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    Config, FDB_SIZE, FdbEntry, FdbKey, MAX_PORTS, MAX_XDP_FRAME, PORT_KIND_TAP, PortStats,
+    CFG_F_TC_FLOOD, Config, FDB_SIZE, FdbEntry, FdbKey, MAX_PORTS, MAX_XDP_FRAME, PORT_KIND_TAP,
+    PortStats,
 };
 
-use crate::switch::Verdict;
+use crate::switch::{Verdict, is_multicast};
 
 /// MAC -> port. LRU so that a full table (MAC churn, a flooding guest)
 /// evicts the least recently used, usually aged, entries instead of
@@ -27,12 +32,12 @@ use crate::switch::Verdict;
 #[map(name = "UMLBR_FDB")]
 static FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_SIZE, 0);
 
-/// Every port of the bridge, keyed by ifindex: unicast and broadcast
+/// The ports that take XDP frames, keyed by ifindex: unicast and broadcast
 /// redirect target for XDP.
 #[map(name = "UMLBR_PORTS")]
 static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
-/// The same ports as a dense list, for TC flooding (there is no broadcast
+/// Every port as a dense list, for TC flooding (there is no broadcast
 /// redirect for skbs).
 #[map(name = "UMLBR_PORT_LIST")]
 static PORT_LIST: Array<u32> = Array::with_max_entries(MAX_PORTS, 0);
@@ -47,6 +52,15 @@ const ETH_HLEN: usize = 14;
 
 // BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
 const FLOOD_FLAGS: u64 = 8 | 16;
+const BPF_F_INGRESS: u64 = 1;
+/// skb mark of frames the TC program hands to the uplink's own stack, so
+/// that its ingress hook lets them up instead of switching them again.
+const LOCAL_MARK: u32 = 0x756d_6c62;
+
+#[inline(always)]
+fn config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
 
 #[xdp]
 pub fn umlbr_xdp(ctx: XdpContext) -> u32 {
@@ -68,37 +82,57 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU value of a map entry, only this CPU writes it.
     let stats = unsafe { &mut *stats };
+    let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx);
+    // The headroom probe invalidated the packet pointers: read them again.
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        count_xdp(stats, len, generic);
+        stats.dropped += 1;
+        return xdp_action::XDP_DROP;
+    }
+    if csum::looks_partial(data, end) {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    let cfg = config();
+    let action = match switch::decide(&FDB, &cfg, dst, src, ingress, stats) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            xdp_action::XDP_DROP
+        }
+        // Frames for ports outside the devmap fall back to TC (XDP_PASS).
+        Verdict::Unicast(port) => match PORTS.redirect(port, xdp_action::XDP_PASS as u64) {
+            Ok(action) => {
+                stats.forwarded += 1;
+                action
+            }
+            Err(action) => action,
+        },
+        Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
+            stats.flooded += 1;
+            PORTS
+                .redirect(0, FLOOD_FLAGS)
+                .unwrap_or(xdp_action::XDP_DROP)
+        }
+        Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
+    };
+    // What XDP passes is counted by the TC program that finishes it.
+    if action != xdp_action::XDP_PASS {
+        count_xdp(stats, len, generic);
+    }
+    action
+}
+
+#[inline(always)]
+fn count_xdp(stats: &mut PortStats, len: usize, generic: bool) {
     stats.rx_packets += 1;
     stats.rx_bytes += len as u64;
-    if stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx) {
+    if generic {
         stats.xdp_generic += 1;
     } else {
         stats.xdp_native += 1;
     }
-    // The headroom probe invalidated the packet pointers: read them again.
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
-        stats.dropped += 1;
-        return xdp_action::XDP_DROP;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (&*(data as *const [u8; 6]), &*((data + 6) as *const [u8; 6])) };
-    match switch::decide(&FDB, &CONFIG, *dst, *src, ingress, stats) {
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Unicast(port) => match PORTS.redirect(port, 0) {
-            Ok(action) => action,
-            // Stale entry for a port that just left: flood instead.
-            Err(_) => flood_xdp(),
-        },
-        Verdict::Flood => flood_xdp(),
-    }
-}
-
-#[inline(always)]
-fn flood_xdp() -> u32 {
-    PORTS
-        .redirect(0, FLOOD_FLAGS)
-        .unwrap_or(xdp_action::XDP_DROP)
 }
 
 /// tun's native path leaves TUN_RX_PAD + XDP_PACKET_HEADROOM (320 bytes)
@@ -127,7 +161,13 @@ pub fn umlbr_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc(ctx: &TcContext) -> i32 {
-    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: reading fields of the context.
+    let (ingress, mark) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).mark) };
+    if mark == LOCAL_MARK {
+        // Handed up by ourselves: already switched and counted.
+        ctx.set_mark(0);
+        return TC_ACT_OK as i32;
+    }
     let Some(stats) = STATS.get_ptr_mut(ingress) else {
         return TC_ACT_OK as i32;
     };
@@ -142,26 +182,44 @@ fn try_tc(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (&*(data as *const [u8; 6]), &*((data + 6) as *const [u8; 6])) };
-    match switch::decide(&FDB, &CONFIG, *dst, *src, ingress, stats) {
-        Verdict::Drop => TC_ACT_SHOT as i32,
-        Verdict::Unicast(port) => {
-            // SAFETY: plain helper call.
-            let ret = unsafe { bpf_redirect(port, 0) };
-            if ret == TC_ACT_REDIRECT as i64 {
-                TC_ACT_REDIRECT as i32
-            } else {
-                TC_ACT_SHOT as i32
-            }
+    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    let cfg = config();
+    match switch::decide(&FDB, &cfg, dst, src, ingress, stats) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            TC_ACT_SHOT as i32
         }
-        Verdict::Flood => flood_tc(ctx, ingress),
+        Verdict::Unicast(port) => {
+            stats.forwarded += 1;
+            redirect(port, 0)
+        }
+        Verdict::Local(port) if port == ingress => TC_ACT_OK as i32,
+        Verdict::Local(port) => {
+            stats.forwarded += 1;
+            ctx.set_mark(LOCAL_MARK);
+            redirect(port, BPF_F_INGRESS)
+        }
+        Verdict::Flood => {
+            stats.flooded += 1;
+            flood_tc(ctx, &cfg, ingress, is_multicast(&dst))
+        }
     }
 }
 
-/// Clone the frame to every other port, then drop the original.
 #[inline(always)]
-fn flood_tc(ctx: &TcContext, ingress: u32) -> i32 {
-    let nr = CONFIG.get(0).map(|c| c.nr_ports).unwrap_or(0);
+fn redirect(port: u32, flags: u64) -> i32 {
+    // SAFETY: plain helper call.
+    let ret = unsafe { bpf_redirect(port, flags) };
+    if ret == TC_ACT_REDIRECT as i64 {
+        TC_ACT_REDIRECT as i32
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+/// Clone the frame to every port but `except`.
+#[inline(always)]
+fn clone_to_ports(ctx: &TcContext, nr: u32, except: u32, also_except: u32) {
     let mut i = 0;
     while i < MAX_PORTS {
         if i >= nr {
@@ -169,13 +227,61 @@ fn flood_tc(ctx: &TcContext, ingress: u32) -> i32 {
         }
         if let Some(&port) = PORT_LIST.get(i)
             && port != 0
-            && port != ingress
+            && port != except
+            && port != also_except
         {
             let _ = ctx.clone_redirect(port, 0);
         }
         i += 1;
     }
+}
+
+/// Clone the frame to every other port. Broadcast and multicast also go up
+/// the uplink's own stack (the host's ARP, DHCP, ...), whichever side they
+/// come from.
+#[inline(always)]
+fn flood_tc(ctx: &TcContext, cfg: &Config, ingress: u32, group: bool) -> i32 {
+    clone_to_ports(ctx, cfg.nr_ports, ingress, 0);
+    if group && cfg.uplink != 0 {
+        if ingress == cfg.uplink {
+            return TC_ACT_OK as i32;
+        }
+        // The clone takes the mark; the original is dropped below.
+        ctx.set_mark(LOCAL_MARK);
+        let _ = ctx.clone_redirect(cfg.uplink, BPF_F_INGRESS);
+    }
     TC_ACT_SHOT as i32
+}
+
+/// tcx egress of the uplink: the host's own frames (source = the uplink's
+/// MAC) for a guest go straight to the guest's port instead of the wire;
+/// its broadcasts go to the guests as well as the wire.
+#[classifier]
+pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
+    try_tc_out(&ctx)
+}
+
+#[inline(always)]
+fn try_tc_out(ctx: &TcContext) -> i32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: bounds checked above.
+    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    let cfg = config();
+    if cfg.uplink == 0 || src != cfg.uplink_mac {
+        return TC_ACT_OK as i32;
+    }
+    if is_multicast(&dst) {
+        clone_to_ports(ctx, cfg.nr_ports, cfg.uplink, cfg.host_port);
+        return TC_ACT_OK as i32;
+    }
+    let aging_ns = cfg.aging_ns;
+    match fdb::lookup(&FDB, dst, fdb::now(), aging_ns) {
+        Some((port, false)) if port != cfg.uplink => redirect(port, 0),
+        _ => TC_ACT_OK as i32,
+    }
 }
 
 #[cfg(not(test))]

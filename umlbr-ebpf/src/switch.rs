@@ -1,6 +1,6 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use aya_ebpf::maps::{Array, LruHashMap};
+use aya_ebpf::maps::LruHashMap;
 use umlbr_common::{Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, PortStats};
 
 use crate::fdb;
@@ -9,10 +9,13 @@ pub enum Verdict {
     Drop,
     Unicast(u32),
     Flood,
+    /// Deliver up the stack of this port's own interface (the uplink's
+    /// host address): pass it there instead of sending it out.
+    Local(u32),
 }
 
 #[inline(always)]
-fn is_multicast(mac: &[u8; 6]) -> bool {
+pub fn is_multicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
 }
 
@@ -28,10 +31,13 @@ fn is_link_local(mac: &[u8; 6]) -> bool {
         && mac[5] & 0xf0 == 0
 }
 
+/// Learn the source and decide where the frame goes. Counts `learned`,
+/// `moved` and the reasons for `dropped`; the caller counts the rest once
+/// it knows which program finishes the frame.
 #[inline(always)]
 pub fn decide(
     fdb_map: &LruHashMap<FdbKey, FdbEntry>,
-    config: &Array<Config>,
+    cfg: &Config,
     dst: [u8; 6],
     src: [u8; 6],
     ingress: u32,
@@ -40,31 +46,22 @@ pub fn decide(
     // A multicast or all-zero source is invalid (the kernel bridge drops it
     // too) and must never be learned.
     if is_multicast(&src) || src == [0; 6] || is_link_local(&dst) {
-        stats.dropped += 1;
         return Verdict::Drop;
     }
     let now = fdb::now();
     fdb::learn(fdb_map, src, ingress, now, stats);
     if is_multicast(&dst) {
-        stats.flooded += 1;
         return Verdict::Flood;
     }
-    let aging_ns = match config.get(0) {
-        Some(c) if c.aging_ns != 0 => c.aging_ns,
-        _ => DEFAULT_AGING_SECS * 1_000_000_000,
+    let aging_ns = if cfg.aging_ns != 0 {
+        cfg.aging_ns
+    } else {
+        DEFAULT_AGING_SECS * 1_000_000_000
     };
     match fdb::lookup(fdb_map, dst, now, aging_ns) {
-        Some(port) if port == ingress => {
-            stats.dropped += 1;
-            Verdict::Drop
-        }
-        Some(port) => {
-            stats.forwarded += 1;
-            Verdict::Unicast(port)
-        }
-        None => {
-            stats.flooded += 1;
-            Verdict::Flood
-        }
+        Some((port, true)) => Verdict::Local(port),
+        Some((port, false)) if port == ingress => Verdict::Drop,
+        Some((port, false)) => Verdict::Unicast(port),
+        None => Verdict::Flood,
     }
 }

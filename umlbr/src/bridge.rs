@@ -37,6 +37,8 @@ pub static BPF_OBJECT: &[u8] =
 pub struct UpOptions {
     pub address: Option<(IpAddr, u8)>,
     pub aging_secs: Option<u64>,
+    /// The host's NIC to make the uplink port (scenario C).
+    pub uplink: Option<String>,
 }
 
 /// Handles on a bridge's maps, opened by id from its XDP program.
@@ -78,6 +80,10 @@ impl Programs {
 
     pub fn is_umlbr_tc(&self, id: u32) -> bool {
         self.0.get(&id).is_some_and(|n| n == names::TC_PROG)
+    }
+
+    pub fn is_umlbr_tc_out(&self, id: u32) -> bool {
+        self.0.get(&id).is_some_and(|n| n == names::TC_OUT_PROG)
     }
 }
 
@@ -164,6 +170,14 @@ pub fn tc_prog_on(ifindex: u32, progs: &Programs) -> Option<u32> {
         .find(|&id| progs.is_umlbr_tc(id))
 }
 
+/// The umlbr uplink-egress program on the tcx egress hook of `ifindex`.
+pub fn tc_out_prog_on(ifindex: u32, progs: &Programs) -> Option<u32> {
+    sys::tcx_query(ifindex, sys::BPF_TCX_EGRESS)
+        .ok()?
+        .into_iter()
+        .find(|&id| progs.is_umlbr_tc_out(id))
+}
+
 /// Name of the switch-side end of bridge `name`'s host veth pair.
 pub fn switch_port_name(name: &str) -> String {
     if name.len() + 3 <= 15 {
@@ -197,7 +211,8 @@ impl Bridge {
                 && !l.xdp_prog.is_some_and(|i| progs.is_umlbr_xdp(i))
             {
                 let tc = tc_prog_on(peer.index, &progs);
-                let ids: Vec<u32> = std::iter::once(id).chain(tc).collect();
+                let tc_out = tc_out_prog_on(peer.index, &progs);
+                let ids: Vec<u32> = std::iter::once(id).chain(tc).chain(tc_out).collect();
                 out.push(Bridge {
                     name: l.name.clone(),
                     host: l.clone(),
@@ -249,7 +264,11 @@ impl Bridge {
 
     /// Ports of this bridge, the host's switch port first.
     pub fn port_ifindexes(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.maps.ports.keys().filter_map(|k| k.ok()).collect();
+        let nr = self.maps.config().map(|c| c.nr_ports).unwrap_or(0);
+        let mut v: Vec<u32> = (0..nr)
+            .filter_map(|i| self.maps.port_list.get(&i, 0).ok())
+            .filter(|&p| p != 0)
+            .collect();
         v.sort_by_key(|&i| (i != self.switch_port.index, i));
         v
     }
@@ -261,6 +280,11 @@ impl Bridge {
     /// The bridge's TC program id, from the host's switch port.
     pub fn tc_prog_id(&self, progs: &Programs) -> Option<u32> {
         tc_prog_on(self.switch_port.index, progs)
+    }
+
+    /// The bridge's uplink-egress program id, from the host's switch port.
+    pub fn tc_out_prog_id(&self, progs: &Programs) -> Option<u32> {
+        tc_out_prog_on(self.switch_port.index, progs)
     }
 
     /// Create bridge `name`: load the programs, make the host's veth pair
@@ -286,8 +310,7 @@ impl Bridge {
                     0,
                     Config {
                         aging_ns: aging.saturating_mul(1_000_000_000),
-                        nr_ports: 0,
-                        host_port: 0,
+                        ..Default::default()
                     },
                     0,
                 )
@@ -308,6 +331,11 @@ impl Bridge {
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| Error::Load("no TC program".into()))?;
             let tc_fd = tc.fd().map_err(|e| Error::Load(e.to_string()))?;
+            let tc_out: &SchedClassifier = ebpf
+                .program(names::TC_OUT_PROG)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Load("no uplink egress program".into()))?;
+            let tc_out_fd = tc_out.fd().map_err(|e| Error::Load(e.to_string()))?;
             // Attach XDP first so the maps can be found by id from it.
             net.set_xdp(
                 swl.index,
@@ -323,10 +351,19 @@ impl Bridge {
                 .ok_or_else(|| Error::Load(format!("XDP did not attach to {sw}")))?;
             sys::tcx_attach(swl.index, tc_fd.as_fd(), sys::BPF_TCX_INGRESS)
                 .map_err(|e| Error::io(format!("attaching TC to {sw}"), e))?;
-            let tc_id = tc_prog_on(swl.index, &Programs::read())
+            // The uplink-egress program must outlive this process even
+            // before an uplink exists: the switch port's egress holds it. It
+            // only acts on frames from the uplink's MAC, which never pass
+            // there, so it costs a map read per frame the TC path sends up.
+            sys::tcx_attach(swl.index, tc_out_fd.as_fd(), sys::BPF_TCX_EGRESS)
+                .map_err(|e| Error::io(format!("attaching TC egress to {sw}"), e))?;
+            let progs = Programs::read();
+            let tc_id = tc_prog_on(swl.index, &progs)
                 .ok_or_else(|| Error::Load(format!("TC did not attach to {sw}")))?;
-            let mut maps = Maps::from_progs(&[prog_id, tc_id])?;
-            port::register(&mut maps, &swl, PORT_KIND_HOST)?;
+            let tc_out_id = tc_out_prog_on(swl.index, &progs)
+                .ok_or_else(|| Error::Load(format!("TC egress did not attach to {sw}")))?;
+            let mut maps = Maps::from_progs(&[prog_id, tc_id, tc_out_id])?;
+            port::register(&mut maps, &swl, PORT_KIND_HOST, 0)?;
             let mut c = maps.config()?;
             c.host_port = swl.index;
             maps.set_config(c)?;
@@ -339,6 +376,9 @@ impl Bridge {
             }
             net.set_up(swl.index, &sw).await?;
             net.set_up(host.index, name).await?;
+            if let Some(uplink) = &opts.uplink {
+                port::attach(net, uplink, Some(name), true).await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
@@ -356,13 +396,14 @@ impl Bridge {
     pub async fn down(self, net: &Net) -> Result<Vec<String>> {
         let mut detached = Vec::new();
         let progs = Programs::read();
-        let tc_id = self.tc_prog_id(&progs);
         for ifindex in self.port_ifindexes() {
             if ifindex == self.switch_port.index {
                 continue;
             }
             if let Some(link) = net.link_by_index(ifindex).await? {
-                port::unhook(net, &link, self.xdp_prog_id, tc_id).await?;
+                let kf = port::kind_and_flags(&self.maps, ifindex);
+                port::unhook(net, &link, &progs).await?;
+                port::restore_promisc(net, &link, kf).await?;
                 detached.push(link.name);
             }
         }
@@ -376,7 +417,7 @@ pub fn load_object() -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load(BPF_OBJECT)
         .map_err(|e| Error::Load(format!("{e:#}")))?;
-    for name in [names::XDP_PROG, names::TC_PROG] {
+    for name in [names::XDP_PROG, names::TC_PROG, names::TC_OUT_PROG] {
         let prog = ebpf
             .program_mut(name)
             .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?;

@@ -25,6 +25,10 @@ pub enum Error {
     OrphanPort { iface: String },
     #[error("{iface} already has another XDP program (id {prog_id}); umlbr will not replace it")]
     ForeignXdp { iface: String, prog_id: u32 },
+    #[error("bridge {bridge} already has an uplink ({uplink})")]
+    UplinkExists { bridge: String, uplink: String },
+    #[error("{0} has no Ethernet address; only Ethernet devices can be ports")]
+    NotEthernet(String),
     #[error("{0} is not a port of any umlbr bridge")]
     NotAttached(String),
     #[error("{0} is the bridge's own host port; use `umlbr down` to remove the bridge")]

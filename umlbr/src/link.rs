@@ -50,6 +50,7 @@ pub struct Link {
     /// For a veth: the peer's ifindex (IFLA_LINK).
     pub peer: Option<u32>,
     pub up: bool,
+    pub promisc: bool,
     pub mac: Option<[u8; 6]>,
     pub xdp_mode: XdpMode,
     pub xdp_prog: Option<u32>,
@@ -67,6 +68,7 @@ impl Link {
             kind: None,
             peer: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
             mac: None,
             xdp_mode: XdpMode::None,
             xdp_prog: None,

@@ -26,6 +26,7 @@ The seed recipe, and the umlbr commands that replace it:
   brctl addbr br0; ifconfig br0 192.168.2.1 up   umlbr up br0 --address 192.168.2.1/24
   tunctl -u giorgos -t tap0                      umlbr tap add tap0 --user giorgos
   brctl addif br0 tap0                           umlbr attach tap0
+  brctl addif br0 eth0  (section C)              umlbr up br0 --uplink eth0
   brctl show / brctl showmacs br0                umlbr show / umlbr fdb show br0
 
 Every command acts on the current network namespace (it works under
@@ -51,6 +52,11 @@ enum Cmd {
         /// Seconds after which a learned MAC is forgotten (default 300).
         #[arg(long, value_name = "SECONDS")]
         aging: Option<u64>,
+        /// Make the host's NIC IFACE a port (guests bridged onto the LAN).
+        /// IFACE keeps its addresses and routes; it is made promiscuous while
+        /// it is a port.
+        #[arg(long, value_name = "IFACE")]
+        uplink: Option<String>,
     },
     /// Remove a bridge, its host interface and everything `up` and `attach` made.
     Down { name: String },
@@ -63,6 +69,9 @@ enum Cmd {
         /// The bridge; may be left out when exactly one exists.
         #[arg(long, value_name = "NAME")]
         bridge: Option<String>,
+        /// IFACE is the host's NIC onto the LAN (see `up --uplink`).
+        #[arg(long)]
+        uplink: bool,
     },
     /// Remove an interface from its bridge (the interface stays).
     Detach { iface: String },
@@ -178,15 +187,20 @@ async fn run(cli: Cli) -> Result<()> {
             name,
             address,
             aging,
+            uplink,
         } => {
             umlbr::sys::check_kernel()?;
             let address = address.as_deref().map(parse_cidr).transpose()?;
             if aging == Some(0) {
                 anyhow::bail!("--aging must be at least 1 second");
             }
+            if let Some(u) = &uplink {
+                net.require(u).await?;
+            }
             let opts = UpOptions {
                 address,
                 aging_secs: aging,
+                uplink,
             };
             Bridge::up(&net, &name, &opts)
                 .await
@@ -229,12 +243,17 @@ async fn run(cli: Cli) -> Result<()> {
             net.del_link(link.index, &tap).await?;
             eprintln!("tap {tap} deleted");
         }
-        Cmd::Attach { iface, bridge } => {
-            let a = port::attach(&net, &iface, bridge.as_deref()).await?;
+        Cmd::Attach {
+            iface,
+            bridge,
+            uplink,
+        } => {
+            let a = port::attach(&net, &iface, bridge.as_deref(), uplink).await?;
             eprintln!(
-                "{} attached to {} (xdp {}, tc tcx)",
+                "{} attached to {}{} (xdp {}, tc tcx)",
                 a.iface,
                 a.bridge,
+                if a.uplink { " as its uplink" } else { "" },
                 a.xdp.as_str()
             );
         }

@@ -2,7 +2,10 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::PerCpuValues;
-use umlbr_common::{FdbKey, MAX_PORTS, PORT_KIND_OTHER, PORT_KIND_TAP, PortStats, names};
+use umlbr_common::{
+    CFG_F_TC_FLOOD, FDB_F_LOCAL, FDB_F_STATIC, FdbEntry, FdbKey, MAX_PORTS, PORT_F_NO_XDP_TX,
+    PORT_F_WAS_PROMISC, PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats, names,
+};
 
 use crate::{
     bridge::{Bridge, Maps, Programs, prog_fd},
@@ -17,8 +20,9 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
     move |source| Error::Map { map, source }
 }
 
-/// Add `link` to the bridge's maps: devmap, flood list, stats slot.
-pub fn register(maps: &mut Maps, link: &Link, kind: u32) -> Result<()> {
+/// Add `link` to the bridge's maps: flood list, stats slot, and the devmap
+/// unless it cannot take XDP frames.
+pub fn register(maps: &mut Maps, link: &Link, kind: u32, flags: u32) -> Result<()> {
     let mut c = maps.config()?;
     if c.nr_ports >= MAX_PORTS {
         return Err(Error::TooManyPorts {
@@ -29,6 +33,7 @@ pub fn register(maps: &mut Maps, link: &Link, kind: u32) -> Result<()> {
     let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs", e))?;
     let zero = PortStats {
         kind,
+        flags,
         ..Default::default()
     };
     let values = PerCpuValues::try_from(vec![zero; nr_cpus])
@@ -41,10 +46,18 @@ pub fn register(maps: &mut Maps, link: &Link, kind: u32) -> Result<()> {
         .map_err(map_err(names::PORT_LIST))?;
     c.nr_ports += 1;
     maps.set_config(c)?;
-    maps.ports
-        .insert(link.index, link.index, None, 0)
-        .map_err(|e| Error::Load(format!("adding {} to the devmap: {e}", link.name)))?;
+    if flags & PORT_F_NO_XDP_TX == 0 {
+        maps.ports
+            .insert(link.index, link.index, None, 0)
+            .map_err(|e| Error::Load(format!("adding {} to the devmap: {e}", link.name)))?;
+    }
     Ok(())
+}
+
+/// Kind and flags of port `ifindex`, as stored at attach time.
+pub fn kind_and_flags(maps: &Maps, ifindex: u32) -> Option<(u32, u32)> {
+    let v = maps.stats.get(&ifindex, 0).ok()?;
+    v.iter().next().map(|s| (s.kind, s.flags))
 }
 
 /// Remove `ifindex` from the bridge's maps and forget the MACs behind it.
@@ -64,6 +77,11 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
         let _ = maps.port_list.set(i, 0, 0);
     }
     c.nr_ports = list.len() as u32;
+    if c.uplink == ifindex {
+        c.uplink = 0;
+        c.uplink_mac = [0; 6];
+        c.flags &= !CFG_F_TC_FLOOD;
+    }
     maps.set_config(c)?;
     let _ = maps.stats.remove(&ifindex);
     let stale: Vec<FdbKey> = maps
@@ -79,20 +97,33 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     Ok(())
 }
 
-/// Detach umlbr's XDP and TC programs from `link`.
-pub async fn unhook(net: &Net, link: &Link, xdp_id: u32, tc_id: Option<u32>) -> Result<()> {
-    if link.xdp_prog == Some(xdp_id) {
+/// Detach every umlbr program from `link` (XDP, tcx ingress and egress).
+pub async fn unhook(net: &Net, link: &Link, progs: &Programs) -> Result<()> {
+    if link.xdp_prog.is_some_and(|id| progs.is_umlbr_xdp(id)) {
         net.set_xdp(link.index, &link.name, None, link.xdp_mode.flag())
             .await?;
     }
-    if let Some(tc_id) = tc_id
-        && sys::tcx_query(link.index, sys::BPF_TCX_INGRESS)
-            .unwrap_or_default()
-            .contains(&tc_id)
+    for (hook, what) in [
+        (sys::BPF_TCX_INGRESS, "TC"),
+        (sys::BPF_TCX_EGRESS, "TC egress"),
+    ] {
+        for id in sys::tcx_query(link.index, hook).unwrap_or_default() {
+            if progs.is_umlbr_tc(id) || progs.is_umlbr_tc_out(id) {
+                let fd = prog_fd(id)?;
+                sys::tcx_detach(link.index, fd.as_fd(), hook)
+                    .map_err(|e| Error::io(format!("detaching {what} from {}", link.name), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An uplink leaves promiscuous mode unless it was promiscuous before.
+pub async fn restore_promisc(net: &Net, link: &Link, kind_flags: Option<(u32, u32)>) -> Result<()> {
+    if let Some((PORT_KIND_UPLINK, flags)) = kind_flags
+        && flags & PORT_F_WAS_PROMISC == 0
     {
-        let fd = prog_fd(tc_id)?;
-        sys::tcx_detach(link.index, fd.as_fd(), sys::BPF_TCX_INGRESS)
-            .map_err(|e| Error::io(format!("detaching TC from {}", link.name), e))?;
+        net.set_promisc(link.index, &link.name, false).await?;
     }
     Ok(())
 }
@@ -103,10 +134,19 @@ pub struct Attached {
     pub iface: String,
     pub bridge: String,
     pub xdp: XdpMode,
+    pub uplink: bool,
 }
 
-/// Make `iface` a port of `bridge` (or of the only bridge).
-pub async fn attach(net: &Net, iface: &str, bridge: Option<&str>) -> Result<Attached> {
+/// Make `iface` a port of `bridge` (or of the only bridge). An uplink is
+/// the host's NIC: it stays the host's interface (its addresses and routes
+/// are untouched), becomes promiscuous, and frames for its own MAC keep
+/// going up its stack.
+pub async fn attach(
+    net: &Net,
+    iface: &str,
+    bridge: Option<&str>,
+    uplink: bool,
+) -> Result<Attached> {
     let link = net.require(iface).await?;
     let progs = Programs::read();
     let all = Bridge::list(net).await?;
@@ -141,12 +181,37 @@ pub async fn attach(net: &Net, iface: &str, bridge: Option<&str>) -> Result<Atta
     let tc_id = br
         .tc_prog_id(&progs)
         .ok_or_else(|| Error::Load(format!("bridge {} has no TC program", br.name)))?;
-    let kind = if link.is_tun() {
-        PORT_KIND_TAP
+    let tc_out_id = br.tc_out_prog_id(&progs);
+    let cfg = br.maps.config()?;
+    if uplink && cfg.uplink != 0 {
+        let cur = net
+            .link_by_index(cfg.uplink)
+            .await?
+            .map(|l| l.name)
+            .unwrap_or_else(|| format!("if{}", cfg.uplink));
+        return Err(Error::UplinkExists {
+            bridge: br.name.clone(),
+            uplink: cur,
+        });
+    }
+    let (kind, mut flags) = if uplink {
+        // A veth's peer gets XDP frames only if it runs NAPI, which umlbr
+        // cannot see from here (it is on the LAN side): send it skbs.
+        let no_xdp_tx = if link.kind.as_deref() == Some("veth") {
+            PORT_F_NO_XDP_TX
+        } else {
+            0
+        };
+        (PORT_KIND_UPLINK, no_xdp_tx)
+    } else if link.is_tun() {
+        (PORT_KIND_TAP, 0)
     } else {
-        PORT_KIND_OTHER
+        (PORT_KIND_OTHER, 0)
     };
-    register(&mut br.maps, &link, kind).map_err(|e| match e {
+    if uplink && link.promisc {
+        flags |= PORT_F_WAS_PROMISC;
+    }
+    register(&mut br.maps, &link, kind, flags).map_err(|e| match e {
         Error::TooManyPorts { max, .. } => Error::TooManyPorts {
             bridge: br.name.clone(),
             max,
@@ -154,31 +219,63 @@ pub async fn attach(net: &Net, iface: &str, bridge: Option<&str>) -> Result<Atta
         e => e,
     })?;
     let res = async {
+        if uplink {
+            let mac = link.mac.ok_or_else(|| Error::NotEthernet(iface.into()))?;
+            // The host's own MAC lives behind the uplink, for its stack.
+            br.maps
+                .fdb
+                .insert(
+                    FdbKey::new(mac),
+                    FdbEntry {
+                        ifindex: link.index,
+                        flags: FDB_F_STATIC | FDB_F_LOCAL,
+                        updated_ns: sys::monotonic_coarse_ns(),
+                    },
+                    0,
+                )
+                .map_err(map_err(names::FDB))?;
+            let mut c = br.maps.config()?;
+            c.uplink = link.index;
+            c.uplink_mac = mac;
+            c.flags |= CFG_F_TC_FLOOD;
+            br.maps.set_config(c)?;
+            net.set_promisc(link.index, iface, true).await?;
+        }
         let xdp_fd = prog_fd(br.xdp_prog_id)?;
         let raw = xdp_fd.as_fd().as_raw_fd();
-        let flags = XDP_FLAGS_UPDATE_IF_NOEXIST;
+        let xflags = XDP_FLAGS_UPDATE_IF_NOEXIST;
         // Driver mode where the device has it (tap, veth, most NICs);
         // generic XDP on an skb otherwise.
         if net
-            .set_xdp(link.index, iface, Some(raw), flags | XDP_FLAGS_DRV_MODE)
+            .set_xdp(link.index, iface, Some(raw), xflags | XDP_FLAGS_DRV_MODE)
             .await
             .is_err()
         {
-            net.set_xdp(link.index, iface, Some(raw), flags | XDP_FLAGS_SKB_MODE)
+            net.set_xdp(link.index, iface, Some(raw), xflags | XDP_FLAGS_SKB_MODE)
                 .await?;
         }
         let tc_fd = prog_fd(tc_id)?;
         sys::tcx_attach(link.index, tc_fd.as_fd(), sys::BPF_TCX_INGRESS)
             .map_err(|e| Error::io(format!("attaching TC to {iface}"), e))?;
+        if uplink {
+            let id = tc_out_id
+                .ok_or_else(|| Error::Load(format!("bridge {} has no egress program", br.name)))?;
+            let fd = prog_fd(id)?;
+            sys::tcx_attach(link.index, fd.as_fd(), sys::BPF_TCX_EGRESS)
+                .map_err(|e| Error::io(format!("attaching TC egress to {iface}"), e))?;
+        }
         net.set_up(link.index, iface).await?;
         Ok::<(), Error>(())
     }
     .await;
     if let Err(e) = res {
         if let Ok(Some(now)) = net.link_by_index(link.index).await {
-            let _ = unhook(net, &now, br.xdp_prog_id, Some(tc_id)).await;
+            let _ = unhook(net, &now, &progs).await;
         }
         let _ = unregister(&mut br.maps, link.index);
+        if uplink && !link.promisc {
+            let _ = net.set_promisc(link.index, iface, false).await;
+        }
         return Err(e);
     }
     let now = net.require(iface).await?;
@@ -186,6 +283,7 @@ pub async fn attach(net: &Net, iface: &str, bridge: Option<&str>) -> Result<Atta
         iface: iface.into(),
         bridge: br.name.clone(),
         xdp: now.xdp_mode,
+        uplink,
     })
 }
 
@@ -205,20 +303,17 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
         .find(|b| b.port_ifindexes().contains(&link.index))
     {
         Some(mut br) => {
-            let tc_id = br.tc_prog_id(&progs);
+            let kf = kind_and_flags(&br.maps, link.index);
             // Out of the maps first so nothing is redirected to it meanwhile.
             unregister(&mut br.maps, link.index)?;
-            unhook(net, &link, br.xdp_prog_id, tc_id).await?;
+            unhook(net, &link, &progs).await?;
+            restore_promisc(net, &link, kf).await?;
             Ok(br.name)
         }
         None => match link.xdp_prog {
             // A port of a bridge that was deleted behind umlbr's back.
             Some(id) if progs.is_umlbr_xdp(id) => {
-                let tc = sys::tcx_query(link.index, sys::BPF_TCX_INGRESS)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|&i| progs.is_umlbr_tc(i));
-                unhook(net, &link, id, tc).await?;
+                unhook(net, &link, &progs).await?;
                 Ok(String::from("(removed bridge)"))
             }
             _ => Err(Error::NotAttached(iface.into())),

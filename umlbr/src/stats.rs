@@ -1,7 +1,7 @@
 //! Per-port counters: the datapath's per-CPU counters summed, with the
 //! kernel's own interface counters beside them.
 use serde::Serialize;
-use umlbr_common::{PORT_KIND_HOST, PORT_KIND_TAP, PortStats, names};
+use umlbr_common::{PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats, names};
 
 use crate::{
     bridge::Bridge,
@@ -51,6 +51,7 @@ fn kind_name(k: u32) -> &'static str {
     match k {
         PORT_KIND_TAP => "tap",
         PORT_KIND_HOST => "host",
+        PORT_KIND_UPLINK => "uplink",
         _ => "other",
     }
 }

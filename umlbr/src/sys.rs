@@ -10,6 +10,7 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_DETACH: libc::c_long = 9;
 const BPF_PROG_QUERY: libc::c_long = 16;
 pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
 
 #[repr(C)]
 #[derive(Default)]
