@@ -1,1 +1,144 @@
-fn main() {}
+//! `cargo xtask`: set up a Debian 12 machine for umlbr, build it, run the
+//! demo and the tests. Run `cargo xtask help`.
+mod clean;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+umlbr's task runner: everything from a fresh Debian 12 machine to a run of
+every test, in one command each.
+
+  cargo xtask demo    three UML guests on a umlbr bridge, pinging each other
+  cargo xtask test    fmt, clippy, build, and every test (as root)
+
+Both install what is missing first (`cargo xtask setup`), so on a fresh
+Debian 12 with rustup's stable toolchain they are the only commands to type.
+
+Two toolchains are involved: rustup's stable builds umlbr and these tools;
+Debian's rustc-web 1.96 (/usr/bin/rustc, LLVM 22, with a prebuilt bpfel
+core) and bpf-linker 0.13.0 built against LLVM 22 build the eBPF programs,
+which umlbr/build.rs compiles and embeds.";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "umlbr's task runner: setup, build, demo, test",
+    long_about = LONG_ABOUT
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite on Debian 12: only what is missing.
+    ///
+    /// Checks, and installs where missing: the Debian packages of the eBPF
+    /// toolchain (rustc-web, cargo-web, rust-web-src,
+    /// libstd-rust-web-dev-bpf, llvm-22-dev, libpolly-22-dev, libzstd-dev)
+    /// and of the test tools (user-mode-linux, iperf3, iproute2, nftables,
+    /// iptables, dnsmasq-base, busybox-static, ethtool, tcpdump, linux-perf,
+    /// bridge-utils, python3, util-linux, procps, kmod), with one
+    /// `apt-get update` first; bpf-linker 0.13.0 built against LLVM 22
+    /// (`cargo install`, a few minutes); rustup's rustfmt and clippy;
+    /// /dev/net/tun (modprobe tun). Warns when the kernel has no BTF or is
+    /// older than 6.6. Installing needs root; running it again does nothing.
+    Setup {
+        /// Only report what is missing (exit 1 if anything is); install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build umlbr (and its eBPF programs) after a quick prerequisite check.
+    ///
+    /// Runs `cargo build -p umlbr`; umlbr/build.rs compiles umlbr-ebpf with
+    /// /usr/bin/cargo for bpfel-unknown-none and embeds the object. The
+    /// binary is target/debug/umlbr (target/release/umlbr with --release).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every check and test: setup, fmt, clippy, build, cargo test (root)
+    ///
+    /// In order: prerequisites (installed if missing), removal of network
+    /// namespaces left by crashed earlier runs, `cargo fmt --all -- --check`,
+    /// `cargo clippy --workspace --all-targets -- -D warnings`,
+    /// `cargo build -p umlbr`, then `cargo test --workspace --no-fail-fast
+    /// -- --test-threads=1` with UMLBR_BIN set to the binary just built.
+    /// Prints a summary; exits non-zero if anything failed.
+    ///
+    /// Examples:
+    ///   cargo xtask test                     everything
+    ///   cargo xtask test --no-lint fdb       tests with "fdb" in their name
+    ///   cargo xtask test NAME -- --exact --nocapture
+    #[command(verbatim_doc_comment)]
+    Test(test::TestArgs),
+    /// What CI runs (`bash .ci/run`): `test` with the tool versions printed first.
+    Ci(test::TestArgs),
+    /// Three UML guests on a umlbr bridge in a namespace "host" (root).
+    ///
+    /// Sets up and builds first, then boots three User Mode Linux guests
+    /// on one bridge, pings between the guests and the host, and prints
+    /// `umlbr fdb show` and `umlbr stats`. Tears everything down at the end
+    /// unless --keep.
+    Demo {
+        /// Leave the namespace, bridge and guests running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Delete network namespaces (and their processes) left by crashed runs.
+    ///
+    /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
+    /// test process <pid> is gone; namespaces of tests still running are
+    /// left alone. NAMES are more namespaces to delete (e.g. a kept demo's).
+    CleanNetns {
+        /// Also remove test namespaces of running tests, and kill every
+        /// linux.uml process on the machine.
+        #[arg(long)]
+        all: bool,
+        /// More namespaces to delete, with every process in them.
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    util::fix_path();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup { check } => setup::setup(check),
+        Cmd::Build { release } => test::build(release),
+        Cmd::Test(args) => test::test(&args, false),
+        Cmd::Ci(args) => test::test(&args, true),
+        Cmd::Demo { keep } => {
+            util::require_root(
+                "demo",
+                "it creates a network namespace, taps and BPF programs",
+            )?;
+            setup::ensure()?;
+            let bin = test::build_umlbr(false)?;
+            // SAFETY: no other thread exists yet.
+            unsafe { std::env::set_var("UMLBR_BIN", &bin) };
+            demo::run(keep)
+        }
+        Cmd::CleanNetns { all, names } => clean::run(all, &names),
+    }
+}
