@@ -1,0 +1,931 @@
+//! The umlbr command line: bad input gets a clear one-line error and a
+//! non-zero exit, and leaves nothing half-made; read commands print only
+//! JSON with --json.
+//!
+//! Every test runs the umlbr binary (`cargo build -p umlbr` first, or set
+//! UMLBR_BIN) in a fresh network namespace of its own. A failing command is
+//! checked by `fails()`: exit status non-zero, nothing on stdout, exactly
+//! one line on stderr starting `umlbr: error:` and naming the culprit,
+//! and the namespace unchanged: the same interfaces, the same XDP
+//! programs on them, the same tcx programs on them, the same bridges with
+//! the same ports and static FDB entries. In a namespace without bridges,
+//! `ip -d link` must show no XDP program at all.
+//!
+//! Needs root.
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use umlbr_tests::{netns::Netns, umlbr_bin};
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+/// A fresh namespace without IPv6 (no autoconfiguration traffic that
+/// would teach the bridges MACs while a test compares states).
+fn netns(tag: &str) -> Result<Netns> {
+    let ns = Netns::new(tag)?;
+    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+    Ok(ns)
+}
+
+/// Run `f` on a thread inside `ns` (network namespaces are per thread).
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let target = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns(2) on a valid fd; affects only this thread,
+            // which ends right after.
+            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    })
+}
+
+/// What a failed command must leave as it was.
+#[derive(Debug, PartialEq)]
+struct State {
+    /// (name, kind, XDP program ids, tcx ingress program ids), by name.
+    links: Vec<(String, String, Vec<u64>, Vec<u32>)>,
+    /// Bridges as `show --json` reports them, without counters.
+    bridges: Value,
+    /// Static FDB entries (learned ones come and go with traffic).
+    static_fdb: Value,
+}
+
+fn xdp_ids(v: &Value, out: &mut Vec<u64>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "id" {
+                    out.extend(x.as_u64());
+                } else {
+                    xdp_ids(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| xdp_ids(x, out)),
+        _ => {}
+    }
+}
+
+fn state(ns: &Netns) -> Result<State> {
+    let links: Value = serde_json::from_str(&ns.sh("ip -j -d link show")?)?;
+    let mut v = Vec::new();
+    let mut idx = Vec::new();
+    for l in links.as_array().context("ip -j link: not an array")? {
+        let name = l["ifname"].as_str().unwrap_or("").to_string();
+        let kind = l["linkinfo"]["info_kind"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut ids = Vec::new();
+        xdp_ids(&l["xdp"], &mut ids);
+        ids.sort_unstable();
+        idx.push(l["ifindex"].as_u64().unwrap_or(0) as u32);
+        v.push((name, kind, ids, Vec::new()));
+    }
+    let tcx = in_netns(ns, || {
+        Ok(idx
+            .iter()
+            .map(|&i| {
+                let mut t =
+                    umlbr::sys::tcx_query(i, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default();
+                t.sort_unstable();
+                t
+            })
+            .collect::<Vec<_>>())
+    })?;
+    for (l, t) in v.iter_mut().zip(tcx) {
+        l.3 = t;
+    }
+    v.sort();
+    let mut bridges = json(ns, &["show", "--json"])?;
+    for b in bridges
+        .as_array_mut()
+        .context("show --json: not an array")?
+    {
+        let b = b.as_object_mut().context("show --json: not an object")?;
+        b.remove("fdb_entries");
+        for p in b
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .context("show --json: no ports")?
+        {
+            p.as_object_mut().context("port")?.remove("stats");
+        }
+    }
+    let mut fdb = json(ns, &["fdb", "show", "--json"])?;
+    let rows = fdb
+        .as_array_mut()
+        .context("fdb show --json: not an array")?;
+    rows.retain(|r| r["static"] == Value::Bool(true));
+    Ok(State {
+        links: v,
+        bridges,
+        static_fdb: fdb,
+    })
+}
+
+/// Run umlbr and parse its stdout, which must be JSON and nothing else.
+fn json(ns: &Netns, args: &[&str]) -> Result<Value> {
+    let out = ns.umlbr(args)?;
+    ensure!(
+        out.status.success(),
+        "umlbr {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "umlbr {args:?}: stdout is not JSON: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn ok(ns: &Netns, args: &[&str]) -> Result<()> {
+    ns.umlbr_ok(args).map(|_| ())
+}
+
+/// Check a one-line error: starts `umlbr: error:`, names every `needle`.
+fn one_line_error(what: &str, out: &std::process::Output, needles: &[&str]) -> Result<String> {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.status.success(),
+        "{what}: succeeded ({}), stderr {stderr:?}",
+        out.status
+    );
+    ensure!(
+        out.status.code() == Some(1),
+        "{what}: exit status {} (expected 1), stderr {stderr:?}",
+        out.status
+    );
+    ensure!(stdout.is_empty(), "{what}: printed on stdout: {stdout:?}");
+    ensure!(
+        stderr.ends_with('\n') && stderr.matches('\n').count() == 1,
+        "{what}: stderr is not exactly one line: {stderr:?}"
+    );
+    ensure!(
+        stderr.starts_with("umlbr: error: "),
+        "{what}: stderr does not start with `umlbr: error: `: {stderr:?}"
+    );
+    for n in needles {
+        ensure!(
+            stderr.contains(n),
+            "{what}: error does not name {n:?}: {stderr:?}"
+        );
+    }
+    // Clear: no cause printed twice in a row ("X: Y: Y").
+    let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
+    if let Some(w) = parts.windows(2).find(|w| w[0] == w[1]) {
+        bail!("{what}: the error repeats {:?}: {stderr:?}", w[0]);
+    }
+    Ok(stderr)
+}
+
+/// Run umlbr `args` in `ns`, expect a clean failure naming `needles`, and
+/// the namespace exactly as it was.
+fn fails(ns: &Netns, args: &[&str], needles: &[&str]) -> Result<String> {
+    let what = format!("umlbr {}", args.join(" "));
+    let before = state(ns)?;
+    let out = ns.umlbr(args)?;
+    let after = state(ns)?;
+    // Both checks run, so that a bad message does not hide a leftover.
+    let msg = one_line_error(&what, &out, needles);
+    let mut left = Vec::new();
+    if before != after {
+        left.push(format!(
+            "{what}: left the namespace changed:\nbefore {before:#?}\nafter {after:#?}"
+        ));
+    }
+    if before.bridges.as_array().is_some_and(|a| a.is_empty()) {
+        let d = ns.sh("ip -d link")?;
+        if d.contains("prog/xdp") {
+            left.push(format!("{what}: XDP program left:\n{d}"));
+        }
+    }
+    match (msg, left.is_empty()) {
+        (Ok(m), true) => Ok(m),
+        (Ok(_), false) => bail!("{}", left.join("\n")),
+        (Err(e), true) => Err(e),
+        (Err(e), false) => bail!("{e:#}\n{}", left.join("\n")),
+    }
+}
+
+/// Run every check and report all failures together.
+fn all(checks: Vec<(&str, Result<String>)>) -> Result<()> {
+    let n = checks.len();
+    let bad: Vec<String> = checks
+        .into_iter()
+        .filter_map(|(name, r)| r.err().map(|e| format!("  {name}: {e:#}")))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} of {n} checks failed:\n{}", bad.len(), bad.join("\n"))
+    }
+}
+
+fn interfaces(ns: &Netns) -> Result<Vec<String>> {
+    let links: Value = serde_json::from_str(&ns.sh("ip -j link show")?)?;
+    let mut v: Vec<String> = links
+        .as_array()
+        .context("ip -j link")?
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------
+// Bad input.
+
+#[test]
+fn unknown_interface() -> Result<()> {
+    let ns = netns("cli-noif")?;
+    ok(&ns, &["up", "br0"])?;
+    let q = "\"nosuch0\"";
+    all(vec![
+        (
+            "attach",
+            fails(&ns, &["attach", "nosuch0"], &[q, "does not exist"]),
+        ),
+        (
+            "attach --bridge",
+            fails(&ns, &["attach", "nosuch0", "--bridge", "br0"], &[q]),
+        ),
+        (
+            "detach",
+            fails(&ns, &["detach", "nosuch0"], &[q, "does not exist"]),
+        ),
+        (
+            "fdb add",
+            fails(&ns, &["fdb", "add", "02:00:00:00:00:01", "nosuch0"], &[q]),
+        ),
+        ("tap del", fails(&ns, &["tap", "del", "nosuch0"], &[q])),
+    ])
+}
+
+#[test]
+fn attach_twice() -> Result<()> {
+    let ns = netns("cli-twice")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0"])?;
+    all(vec![
+        (
+            "again",
+            fails(&ns, &["attach", "tap0"], &["tap0", "br0", "already"]),
+        ),
+        (
+            "again --bridge",
+            fails(
+                &ns,
+                &["attach", "tap0", "--bridge", "br0"],
+                &["tap0", "br0"],
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn attach_to_two_bridges() -> Result<()> {
+    let ns = netns("cli-two")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["up", "br1"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0", "--bridge", "br0"])?;
+    fails(
+        &ns,
+        &["attach", "tap0", "--bridge", "br1"],
+        &["tap0", "br0", "already"],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn attach_without_bridge_needs_exactly_one() -> Result<()> {
+    let ns = netns("cli-which")?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    fails(&ns, &["attach", "tap0"], &["no bridge"])?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["up", "br1"])?;
+    fails(&ns, &["attach", "tap0"], &["br0", "br1", "--bridge"])?;
+    fails(
+        &ns,
+        &["fdb", "del", "02:00:00:00:00:01"],
+        &["br0", "br1", "--bridge"],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn bridge_that_does_not_exist() -> Result<()> {
+    let ns = netns("cli-nobr")?;
+    // Another bridge exists, so the error cannot be "no bridge at all".
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ns.sh("ip link add veth0 type veth peer name veth1")?;
+    let q = ["\"nobr\"", "does not exist"];
+    all(vec![
+        ("down", fails(&ns, &["down", "nobr"], &q)),
+        ("show", fails(&ns, &["show", "nobr"], &q)),
+        ("show --json", fails(&ns, &["show", "nobr", "--json"], &q)),
+        ("fdb show", fails(&ns, &["fdb", "show", "nobr"], &q)),
+        ("stats", fails(&ns, &["stats", "nobr"], &q)),
+        (
+            "attach --bridge",
+            fails(&ns, &["attach", "tap0", "--bridge", "nobr"], &q),
+        ),
+        (
+            "fdb del --bridge",
+            fails(
+                &ns,
+                &["fdb", "del", "02:00:00:00:00:01", "--bridge", "nobr"],
+                &q,
+            ),
+        ),
+        // An interface that exists but is not a bridge.
+        (
+            "down of a plain veth",
+            fails(&ns, &["down", "veth0"], &["\"veth0\"", "does not exist"]),
+        ),
+        (
+            "down of a tap",
+            fails(&ns, &["down", "tap0"], &["\"tap0\"", "does not exist"]),
+        ),
+    ])
+}
+
+#[test]
+fn up_of_an_existing_name() -> Result<()> {
+    let ns = netns("cli-upex")?;
+    ok(&ns, &["up", "br0"])?;
+    ns.sh("ip link add veth0 type veth peer name veth1 && ip link add x-sw type veth peer name x-peer")?;
+    all(vec![
+        (
+            "bridge again",
+            fails(&ns, &["up", "br0"], &["\"br0\"", "already exists"]),
+        ),
+        (
+            "a veth's name",
+            fails(&ns, &["up", "veth0"], &["\"veth0\"", "already exists"]),
+        ),
+        (
+            "the switch port's name is taken",
+            fails(&ns, &["up", "x"], &["\"x-sw\"", "already exists"]),
+        ),
+        (
+            "a bridge's switch port",
+            fails(&ns, &["up", "br0-sw"], &["\"br0-sw\"", "already exists"]),
+        ),
+    ])
+}
+
+#[test]
+fn invalid_up_options() -> Result<()> {
+    let ns = netns("cli-cidr")?;
+    let mut checks = Vec::new();
+    for bad in [
+        "192.168.2.1",
+        "192.168.2.1/33",
+        "garbage",
+        "300.1.1.1/24",
+        "192.168.2.1/",
+        "/24",
+        "fd00::1/129",
+    ] {
+        let q = format!("{bad:?}");
+        checks.push((
+            bad,
+            fails(&ns, &["up", "br0", "--address", bad], &[&q, "CIDR"]),
+        ));
+    }
+    checks.push((
+        "--aging 0",
+        fails(&ns, &["up", "br0", "--aging", "0"], &["--aging"]),
+    ));
+    all(checks)?;
+    ensure!(interfaces(&ns)? == vec!["lo"], "{:?}", interfaces(&ns)?);
+    Ok(())
+}
+
+/// `up` fails after it made the veth pair and attached the programs (the
+/// kernel refuses the address): everything it made must go again.
+#[test]
+fn up_failing_half_way_leaves_nothing() -> Result<()> {
+    let ns = netns("cli-half")?;
+    all(vec![
+        (
+            "IPv6 address with IPv6 disabled",
+            fails(
+                &ns,
+                &["up", "br0", "--address", "fd00::1/64"],
+                &["fd00::1/64", "br0"],
+            ),
+        ),
+        (
+            "multicast IPv4 address",
+            fails(
+                &ns,
+                &["up", "br0", "--address", "224.0.0.1/24"],
+                &["224.0.0.1/24", "br0"],
+            ),
+        ),
+    ])?;
+    ensure!(interfaces(&ns)? == vec!["lo"], "{:?}", interfaces(&ns)?);
+    Ok(())
+}
+
+#[test]
+fn invalid_macs() -> Result<()> {
+    let ns = netns("cli-mac")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0"])?;
+    ok(
+        &ns,
+        &["fdb", "add", "02:00:00:00:00:aa", "tap0", "--static"],
+    )?;
+    let mut checks = Vec::new();
+    for bad in [
+        "zz:00:00:00:00:01",
+        "02:00:00:00:00",
+        "02:00:00:00:00:01:02",
+        "002:00:00:00:00:01",
+        "02::00:00:00:01",
+        "garbage",
+    ] {
+        let q = format!("{bad:?}");
+        checks.push((
+            "fdb add",
+            fails(&ns, &["fdb", "add", bad, "tap0"], &[&q, "MAC"]),
+        ));
+        checks.push((
+            "fdb add --static",
+            fails(&ns, &["fdb", "add", bad, "tap0", "--static"], &[&q, "MAC"]),
+        ));
+        checks.push(("fdb del", fails(&ns, &["fdb", "del", bad], &[&q, "MAC"])));
+    }
+    for group in [
+        "01:00:5e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "33:33:00:00:00:01",
+        "00:00:00:00:00:00",
+    ] {
+        checks.push((
+            "fdb add group/zero MAC",
+            fails(
+                &ns,
+                &["fdb", "add", group, "tap0", "--static"],
+                &[group, "unicast"],
+            ),
+        ));
+    }
+    checks.push((
+        "fdb del of an absent MAC",
+        fails(
+            &ns,
+            &["fdb", "del", "02:00:00:00:00:bb"],
+            &["02:00:00:00:00:bb", "br0"],
+        ),
+    ));
+    checks.push((
+        "fdb add on a non-port",
+        fails(
+            &ns,
+            &["fdb", "add", "02:00:00:00:00:cc", "lo"],
+            &["lo", "not a port"],
+        ),
+    ));
+    all(checks)
+}
+
+#[test]
+fn names_over_15_bytes() -> Result<()> {
+    let ns = netns("cli-long")?;
+    let long = "abcdefghijklmnop";
+    let q = format!("{long:?}");
+    all(vec![
+        (
+            "tap add",
+            fails(&ns, &["tap", "add", long], &[&q, "15 bytes"]),
+        ),
+        ("up", fails(&ns, &["up", long], &[&q, "15 bytes"])),
+        (
+            "up, 15 bytes + -sw would not fit either",
+            fails(&ns, &["up", "abcdefghijklmnopq"], &["15 bytes"]),
+        ),
+        ("attach", fails(&ns, &["attach", long], &[&q, "15 bytes"])),
+    ])
+}
+
+#[test]
+fn tap_add_of_an_existing_name() -> Result<()> {
+    let ns = netns("cli-tapex")?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ns.sh("ip link add veth0 type veth peer name veth1")?;
+    all(vec![
+        (
+            "a tap",
+            fails(
+                &ns,
+                &["tap", "add", "tap0"],
+                &["\"tap0\"", "already exists"],
+            ),
+        ),
+        (
+            "a veth",
+            fails(
+                &ns,
+                &["tap", "add", "veth0"],
+                &["\"veth0\"", "already exists"],
+            ),
+        ),
+        (
+            "lo",
+            fails(&ns, &["tap", "add", "lo"], &["\"lo\"", "already exists"]),
+        ),
+    ])
+}
+
+#[test]
+fn tap_del_of_a_non_tap() -> Result<()> {
+    let ns = netns("cli-tapdel")?;
+    ok(&ns, &["up", "br0"])?;
+    ns.sh("ip link add veth0 type veth peer name veth1")?;
+    all(vec![
+        (
+            "veth",
+            fails(
+                &ns,
+                &["tap", "del", "veth0"],
+                &["veth0", "not a tap", "veth"],
+            ),
+        ),
+        (
+            "bridge host interface",
+            fails(&ns, &["tap", "del", "br0"], &["br0", "not a tap"]),
+        ),
+        (
+            "lo",
+            fails(&ns, &["tap", "del", "lo"], &["lo", "not a tap"]),
+        ),
+    ])
+}
+
+#[test]
+fn unknown_user_or_group() -> Result<()> {
+    let ns = netns("cli-user")?;
+    all(vec![
+        (
+            "--user",
+            fails(
+                &ns,
+                &["tap", "add", "tap0", "--user", "no-such-user-umlbr"],
+                &["\"no-such-user-umlbr\"", "user"],
+            ),
+        ),
+        (
+            "--group",
+            fails(
+                &ns,
+                &["tap", "add", "tap0", "--group", "no-such-group-umlbr"],
+                &["\"no-such-group-umlbr\"", "group"],
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn detach_of_a_non_port() -> Result<()> {
+    let ns = netns("cli-detach")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    fails(&ns, &["detach", "tap0"], &["tap0", "not a port"])?;
+    // Attached and detached again: a second detach is an error too.
+    ok(&ns, &["attach", "tap0"])?;
+    ok(&ns, &["detach", "tap0"])?;
+    fails(&ns, &["detach", "tap0"], &["tap0", "not a port"])?;
+    Ok(())
+}
+
+#[test]
+fn the_bridges_own_interfaces_are_not_ports_to_attach() -> Result<()> {
+    let ns = netns("cli-host")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["up", "br1"])?;
+    all(vec![
+        (
+            "attach host",
+            fails(
+                &ns,
+                &["attach", "br0", "--bridge", "br0"],
+                &["br0", "host port"],
+            ),
+        ),
+        (
+            "attach switch port",
+            fails(
+                &ns,
+                &["attach", "br0-sw", "--bridge", "br0"],
+                &["br0-sw", "host port"],
+            ),
+        ),
+        (
+            "attach to another bridge",
+            fails(
+                &ns,
+                &["attach", "br0", "--bridge", "br1"],
+                &["br0", "host port"],
+            ),
+        ),
+        (
+            "detach host",
+            fails(&ns, &["detach", "br0"], &["br0", "host port"]),
+        ),
+        (
+            "detach switch port",
+            fails(&ns, &["detach", "br1-sw"], &["br1-sw", "host port"]),
+        ),
+    ])
+}
+
+fn bpf(cmd: u32, attr: &mut [u64; 18]) -> std::io::Result<OwnedFd> {
+    // SAFETY: bpf(2) with a zero-padded attribute union of the kernel's size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 144usize) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Load `r0 = XDP_PASS; exit` as an XDP program called "foreign" and link
+/// it to `ifname` in `ns`. The attachment lasts as long as the fds.
+fn foreign_xdp(ns: &Netns, ifname: &str) -> Result<(OwnedFd, OwnedFd)> {
+    let ifname = std::ffi::CString::new(ifname)?;
+    in_netns(ns, move || {
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        ensure!(ifindex != 0, "no interface {ifname:?}");
+        // mov64 r0, 2 (XDP_PASS); exit
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = c"GPL";
+        let mut attr = [0u64; 18];
+        {
+            // SAFETY: viewing the u64 array as bytes.
+            let b: &mut [u8; 144] = unsafe { &mut *(attr.as_mut_ptr() as *mut [u8; 144]) };
+            b[0..4].copy_from_slice(&6u32.to_ne_bytes()); // BPF_PROG_TYPE_XDP
+            b[4..8].copy_from_slice(&2u32.to_ne_bytes());
+            b[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+            b[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+            b[48..55].copy_from_slice(b"foreign");
+            b[68..72].copy_from_slice(&37u32.to_ne_bytes()); // BPF_XDP
+        }
+        let prog = bpf(5, &mut attr).context("BPF_PROG_LOAD")?;
+        let mut attr = [0u64; 18];
+        {
+            // SAFETY: as above.
+            let b: &mut [u8; 144] = unsafe { &mut *(attr.as_mut_ptr() as *mut [u8; 144]) };
+            b[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+            b[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            b[8..12].copy_from_slice(&37u32.to_ne_bytes()); // BPF_XDP
+        }
+        let link = bpf(28, &mut attr).context("BPF_LINK_CREATE")?;
+        Ok((prog, link))
+    })
+}
+
+#[test]
+fn interface_with_a_foreign_xdp_program() -> Result<()> {
+    let ns = netns("cli-foreign")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    let _held = foreign_xdp(&ns, "tap0")?;
+    ensure!(ns.sh("ip -d link show tap0")?.contains("prog/xdp"));
+    fails(
+        &ns,
+        &["attach", "tap0"],
+        &["tap0", "another XDP program", "will not replace"],
+    )?;
+    fails(&ns, &["detach", "tap0"], &["tap0", "not a port"])?;
+    Ok(())
+}
+
+/// A port whose bridge was deleted behind umlbr's back (`ip link del`)
+/// keeps umlbr's programs: attaching it elsewhere is refused with a hint,
+/// and `detach` cleans it up.
+#[test]
+fn port_of_a_removed_bridge() -> Result<()> {
+    let ns = netns("cli-orphan")?;
+    ok(&ns, &["up", "br0"])?;
+    ok(&ns, &["up", "br1"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0", "--bridge", "br0"])?;
+    ns.sh("ip link del br0")?;
+    fails(
+        &ns,
+        &["attach", "tap0", "--bridge", "br1"],
+        &["tap0", "no longer exists", "umlbr detach tap0"],
+    )?;
+    ok(&ns, &["detach", "tap0"])?;
+    ensure!(!ns.sh("ip -d link show tap0")?.contains("prog/xdp"));
+    ok(&ns, &["attach", "tap0", "--bridge", "br1"])?;
+    Ok(())
+}
+
+#[test]
+fn needs_root_and_capabilities() -> Result<()> {
+    let ns = netns("cli-priv")?;
+    let bin = umlbr_bin();
+    let bin = bin.to_str().context("binary path")?;
+    let run = |pre: &[&str], args: &[&str]| -> Result<std::process::Output> {
+        let mut c = ns.cmd("setpriv");
+        c.args(pre).arg(bin).args(args);
+        Ok(c.stdin(std::process::Stdio::null()).output()?)
+    };
+    let nobody = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ];
+    let mut checks = Vec::new();
+    for args in [
+        &["show"][..],
+        &["up", "br0"],
+        &["tap", "add", "tap0"],
+        &["fdb", "show", "--json"],
+    ] {
+        let out = run(&nobody, args)?;
+        checks.push((
+            "nobody",
+            one_line_error(
+                &format!("nobody: umlbr {args:?}"),
+                &out,
+                &["needs root", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_BPF"],
+            ),
+        ));
+    }
+    // Root without one capability: the error names just that one.
+    for (cap, name, other) in [
+        ("bpf", "CAP_BPF", "CAP_NET_ADMIN"),
+        ("net_admin", "CAP_NET_ADMIN", "CAP_BPF"),
+        ("sys_admin", "CAP_SYS_ADMIN", "CAP_BPF"),
+    ] {
+        let drop_ = [
+            format!("--inh-caps=-{cap}"),
+            format!("--bounding-set=-{cap}"),
+        ];
+        let pre: Vec<&str> = drop_.iter().map(String::as_str).collect();
+        let out = run(&pre, &["up", "br0"])?;
+        let r = one_line_error(&format!("root without {name}"), &out, &["needs root", name])
+            .and_then(|m| {
+                ensure!(!m.contains(other), "names {other} too: {m:?}");
+                Ok(m)
+            });
+        checks.push(("root minus a capability", r));
+    }
+    all(checks)?;
+    ensure!(interfaces(&ns)? == vec!["lo"], "{:?}", interfaces(&ns)?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The JSON contract and help.
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn json_output() -> Result<()> {
+    let ns = netns("cli-json")?;
+    // No bridge yet: empty arrays.
+    for args in [
+        &["show", "--json"][..],
+        &["stats", "--json"],
+        &["fdb", "show", "--json"],
+    ] {
+        let v = json(&ns, args)?;
+        ensure!(v == Value::Array(vec![]), "{args:?}: {v}");
+    }
+    ok(
+        &ns,
+        &["up", "br0", "--address", "192.168.2.1/24", "--aging", "120"],
+    )?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0"])?;
+    ok(
+        &ns,
+        &["fdb", "add", "02:00:00:00:00:aa", "tap0", "--static"],
+    )?;
+    ok(&ns, &["fdb", "add", "02:00:00:00:00:bb", "tap0"])?;
+
+    let all_ = json(&ns, &["show", "--json"])?;
+    let arr = all_.as_array().context("show --json is not an array")?;
+    ensure!(arr.len() == 1, "{all_}");
+    let one = json(&ns, &["show", "br0", "--json"])?;
+    ensure!(one.is_object(), "show br0 --json is not an object: {one}");
+    ensure!(one["name"] == "br0" && one["aging_secs"] == 120, "{one}");
+    ensure!(arr[0]["name"] == "br0");
+    let ports = one["ports"].as_array().context("ports")?;
+    let names: Vec<&str> = ports.iter().filter_map(|p| p["name"].as_str()).collect();
+    ensure!(names.contains(&"tap0"), "{names:?}");
+    let tap = ports.iter().find(|p| p["name"] == "tap0").unwrap();
+    ensure!(tap["kind"] == "tap" && tap["tc"] == "tcx", "{tap}");
+    ensure!(tap["xdp"] == "driver" || tap["xdp"] == "generic", "{tap}");
+
+    let st = json(&ns, &["stats", "--json"])?;
+    ensure!(st.as_array().is_some_and(|a| a.len() == 1), "{st}");
+    let st1 = json(&ns, &["stats", "br0", "--json"])?;
+    ensure!(st1.is_object(), "stats br0 --json: {st1}");
+    for p in st1["ports"].as_array().context("stats ports")? {
+        for k in ["rx_packets", "forwarded", "flooded", "dropped", "learned"] {
+            ensure!(p["stats"][k].is_u64(), "stats.{k} in {p}");
+        }
+    }
+
+    for args in [
+        &["fdb", "show", "--json"][..],
+        &["fdb", "show", "br0", "--json"],
+    ] {
+        let fdb = json(&ns, args)?;
+        let rows = fdb.as_array().context("fdb show --json is not an array")?;
+        for r in rows {
+            ensure!(r.is_object(), "{r}");
+            ensure!(r["mac"].is_string(), "mac in {r}");
+            ensure!(r["port"].is_string(), "port in {r}");
+            ensure!(r["static"].is_boolean(), "static in {r}");
+            ensure!(r["age"].is_number(), "age in {r}");
+            for k in ["mac", "port", "static", "age"] {
+                ensure!(keys(r).contains(&k), "{k} in {r}");
+            }
+        }
+        let find = |m: &str| rows.iter().find(|r| r["mac"] == m);
+        let a = find("02:00:00:00:00:aa").context("static entry missing")?;
+        ensure!(
+            a["port"] == "tap0" && a["static"] == true && a["age"] == 0.0,
+            "{a}"
+        );
+        let b = find("02:00:00:00:00:bb").context("learned entry missing")?;
+        ensure!(b["port"] == "tap0" && b["static"] == false, "{b}");
+        let age = b["age"].as_f64().unwrap();
+        ensure!((0.0..120.0).contains(&age), "{b}");
+    }
+    Ok(())
+}
+
+#[test]
+fn help() -> Result<()> {
+    let run = |args: &[&str]| -> Result<String> {
+        let out = Command::new(umlbr_bin()).args(args).output()?;
+        ensure!(out.status.success(), "umlbr {args:?}: {}", out.status);
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let top = run(&["--help"])?;
+    for c in [
+        "up", "down", "tap", "attach", "detach", "show", "fdb", "stats",
+    ] {
+        ensure!(
+            top.lines().any(|l| l.trim_start().starts_with(c)),
+            "--help does not list {c}:\n{top}"
+        );
+    }
+    let fdb = run(&["fdb", "--help"])?;
+    for c in ["show", "add", "del"] {
+        ensure!(
+            fdb.lines().any(|l| l.trim_start().starts_with(c)),
+            "fdb --help does not list {c}:\n{fdb}"
+        );
+    }
+    let tap = run(&["tap", "--help"])?;
+    for c in ["add", "del"] {
+        ensure!(
+            tap.lines().any(|l| l.trim_start().starts_with(c)),
+            "tap --help does not list {c}:\n{tap}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,1480 @@
+//! Table-driven BPF_PROG_TEST_RUN tests of umlbr's XDP and TC switch
+//! programs, plus live-frame tests that prove where a redirect goes.
+//!
+//! Each test makes a network namespace with three taps (the ports p1, p2,
+//! p3, their fds held by the test) and a veth device that is not a port,
+//! and moves its own thread into that namespace: network namespaces are
+//! per thread, and the kernel resolves the test run's ingress ifindex, the
+//! devmap's ifindexes and the TC program's clone targets in the caller's
+//! namespace. The object is loaded with `umlbr::bridge::load_object()` and
+//! the maps are filled by hand, as `umlbr up` and `attach` would.
+//!
+//! What each program does with a frame is checked by its return code, its
+//! output bytes (always the input, unchanged), the FDB afterwards (entry by
+//! entry, with the timestamp either refreshed by the run or kept) and every
+//! port's counters. TC floods clone the frame to the other ports for real
+//! during a test run; the taps show who got a copy. XDP redirects are only
+//! performed in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES), which the
+//! `live_*` tests use to read the redirected frame back from the target tap.
+//!
+//! Needs root.
+use std::{
+    fs::{File, OpenOptions},
+    io::{ErrorKind, Read, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+    },
+};
+use umlbr_common::{
+    CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_NO_XDP_TX,
+    PORT_KIND_OTHER, PortStats, names,
+};
+use umlbr_tests::{
+    netns::Netns,
+    wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
+};
+
+// ---------------------------------------------------------------------------
+// Kernel constants and context layouts (include/uapi/linux/bpf.h).
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex.
+fn xdp_md(data: u32, data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
+    let mut c = [0u8; 24];
+    c[0..4].copy_from_slice(&data.to_ne_bytes());
+    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
+    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c
+}
+
+/// struct __sk_buff (192 bytes) with ingress_ifindex (offset 36) and
+/// ifindex (offset 40) set; the test run rejects most other fields.
+fn sk_buff(ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
+    let mut c = [0u8; 192];
+    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+const AGING_NS: u64 = 60_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+// ---------------------------------------------------------------------------
+// The test bench: a namespace, its ports, the loaded object.
+
+/// This thread in another network namespace until dropped.
+struct InNetns {
+    orig: OwnedFd,
+}
+
+impl InNetns {
+    fn enter(ns: &Netns) -> Result<Self> {
+        let orig: OwnedFd = File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's netns")?
+            .into();
+        let target = File::open(format!("/run/netns/{}", ns.name))
+            .with_context(|| format!("opening netns {}", ns.name))?;
+        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(InNetns { orig })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// A tap (IFF_TAP | IFF_NO_PI) in the current thread's namespace; the
+/// device lives as long as the fd.
+fn open_tap(name: &str) -> Result<File> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: all-zero ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: valid fd and ifreq.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &ifr) } < 0 {
+        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
+
+fn now_coarse() -> u64 {
+    umlbr::sys::monotonic_coarse_ns()
+}
+
+struct Port {
+    name: &'static str,
+    ifindex: u32,
+    tap: File,
+}
+
+/// Field order is drop order: programs and links go first, then the taps,
+/// then the thread leaves the namespace, which is then deleted.
+struct Bench {
+    ebpf: Ebpf,
+    ports: Vec<Port>,
+    /// A veth device that is not a port.
+    other: u32,
+    nr_cpus: usize,
+    _in: InNetns,
+    ns: Netns,
+}
+
+/// Where a frame comes from or an FDB entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    P(usize),
+    /// A veth device: exists, but is not a port.
+    NotPort,
+}
+
+use At::P;
+const P1: At = P(0);
+const P2: At = P(1);
+const P3: At = P(2);
+
+impl Bench {
+    fn new(tag: &str) -> Result<Self> {
+        let ns = Netns::new(tag)?;
+        // No IPv6 autoconfiguration noise on the taps.
+        ns.sh(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+             && ip link add np0 type veth peer name np1 && ip link set np0 up",
+        )?;
+        let inside = InNetns::enter(&ns)?;
+        let mut ports = Vec::new();
+        for name in ["p1", "p2", "p3"] {
+            let tap = open_tap(name)?;
+            ns.sh(&format!("ip link set {name} up"))?;
+            ports.push(Port {
+                name,
+                ifindex: ifindex(name)?,
+                tap,
+            });
+        }
+        let other = ifindex("np0")?;
+        let ebpf = umlbr::bridge::load_object().context("load_object")?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut b = Bench {
+            ebpf,
+            ports,
+            other,
+            nr_cpus,
+            _in: inside,
+            ns,
+        };
+        b.reset()?;
+        Ok(b)
+    }
+
+    /// Every port in the devmap and the flood list, as `attach` leaves them.
+    fn add_ports(&mut self) -> Result<()> {
+        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
+        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+        for &i in &idx {
+            devmap.insert(i, i, None, 0)?;
+        }
+        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
+        for (n, &i) in idx.iter().enumerate() {
+            list.set(n as u32, i, 0)?;
+        }
+        Ok(())
+    }
+
+    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))?;
+        Ok(T::try_from(m)?)
+    }
+
+    fn ifindex(&self, at: At) -> u32 {
+        match at {
+            P(i) => self.ports[i].ifindex,
+            At::NotPort => self.other,
+        }
+    }
+
+    fn at_of(&self, ifindex: u32) -> Option<At> {
+        if ifindex == self.other {
+            return Some(At::NotPort);
+        }
+        self.ports.iter().position(|p| p.ifindex == ifindex).map(P)
+    }
+
+    /// Every port in the maps, empty FDB, zero counters, the default
+    /// config, empty taps.
+    fn reset(&mut self) -> Result<()> {
+        self.add_ports()?;
+        let host = self.ports[0].ifindex;
+        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
+        config.set(
+            0,
+            Config {
+                aging_ns: AGING_NS,
+                nr_ports: 3,
+                host_port: host,
+                ..Default::default()
+            },
+            0,
+        )?;
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            fdb.remove(&k)?;
+        }
+        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
+        let n = self.nr_cpus;
+        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        for i in idx {
+            let zero = PortStats {
+                kind: PORT_KIND_OTHER,
+                ..Default::default()
+            };
+            stats.insert(i, PerCpuValues::try_from(vec![zero; n])?, 0)?;
+        }
+        for p in 0..self.ports.len() {
+            self.drain(p);
+        }
+        Ok(())
+    }
+
+    fn fdb_insert(&mut self, mac: Mac, ifindex: u32, flags: u32, updated_ns: u64) -> Result<()> {
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        fdb.insert(
+            FdbKey::new(mac),
+            FdbEntry {
+                ifindex,
+                flags,
+                updated_ns,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn fdb(&mut self) -> Result<Vec<(Mac, FdbEntry)>> {
+        let fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        let mut v: Vec<(Mac, FdbEntry)> = fdb
+            .iter()
+            .map(|r| r.map(|(k, e)| (k.mac, e)))
+            .collect::<Result<_, _>>()?;
+        v.sort_by_key(|(m, _)| *m);
+        Ok(v)
+    }
+
+    /// Counters of every port, summed over the CPUs.
+    fn stats(&mut self) -> Result<Vec<Counters>> {
+        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
+        let stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        let mut out = Vec::new();
+        for i in idx {
+            let mut c = Counters::default();
+            for v in stats.get(&i, 0)?.iter() {
+                c.add(v);
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn xdp(&self) -> &Xdp {
+        self.ebpf
+            .program(names::XDP_PROG)
+            .expect("umlbr_xdp")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    fn tc(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(names::TC_PROG)
+            .expect("umlbr_tc")
+            .try_into()
+            .expect("a TC program")
+    }
+
+    /// Run umlbr_xdp on `meta` bytes of metadata followed by `frame`.
+    /// Returns the action and the output (metadata and frame).
+    fn run_xdp(&self, ingress: u32, meta: usize, frame: &[u8]) -> Result<(u32, Vec<u8>), Errno> {
+        let mut data = vec![0xa5u8; meta];
+        data.extend_from_slice(frame);
+        let ctx = xdp_md(meta as u32, data.len() as u32, ingress);
+        let mut out = vec![0u8; data.len() + 512];
+        let r = self
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
+    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<(), Errno> {
+        let ctx = xdp_md(0, frame.len() as u32, ingress);
+        self.xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    fn run_tc(&self, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), Errno> {
+        let ctx = sk_buff(ingress, ingress);
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = self
+            .tc()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Read and discard everything queued on port `p`'s tap.
+    fn drain(&mut self, p: usize) -> usize {
+        let mut n = 0;
+        let mut buf = vec![0u8; 65536];
+        while self.ports[p].tap.read(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Copies of `frame` each port's tap received: waits for `expect[i]`
+    /// copies on port i (up to a second), then a little longer for extras.
+    fn copies(&mut self, frame: &[u8], expect: &[usize]) -> Vec<usize> {
+        let mut got = vec![0; self.ports.len()];
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut grace: Option<Instant> = None;
+        loop {
+            let mut any = false;
+            for (i, p) in self.ports.iter_mut().enumerate() {
+                loop {
+                    match p.tap.read(&mut buf) {
+                        Ok(n) => {
+                            any = true;
+                            if &buf[..n] == frame {
+                                got[i] += 1;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("reading {}: {e}", p.name),
+                    }
+                }
+            }
+            let now = Instant::now();
+            let done = got.iter().zip(expect).all(|(g, e)| g >= e);
+            if done && grace.is_none() {
+                grace = Some(now + Duration::from_millis(15));
+            }
+            if grace.is_some_and(|g| now >= g) || now >= deadline {
+                return got;
+            }
+            if !any {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// A failed test run's errno.
+type Errno = i32;
+
+fn errno(e: ProgramError) -> Errno {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error().unwrap_or(-1),
+        e => panic!("test run failed: {e}"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    rx_packets: u64,
+    rx_bytes: u64,
+    forwarded: u64,
+    flooded: u64,
+    dropped: u64,
+    learned: u64,
+    moved: u64,
+    xdp_native: u64,
+    xdp_generic: u64,
+    tc: u64,
+}
+
+impl Counters {
+    fn add(&mut self, s: &PortStats) {
+        self.rx_packets += s.rx_packets;
+        self.rx_bytes += s.rx_bytes;
+        self.forwarded += s.forwarded;
+        self.flooded += s.flooded;
+        self.dropped += s.dropped;
+        self.learned += s.learned;
+        self.moved += s.moved;
+        self.xdp_native += s.xdp_native;
+        self.xdp_generic += s.xdp_generic;
+        self.tc += s.tc;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The table.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prog {
+    Xdp,
+    Tc,
+}
+
+/// What the program does with the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// XDP_DROP / TC_ACT_SHOT, sent nowhere, counted as dropped.
+    Drop,
+    /// XDP_PASS / TC_ACT_OK, not counted at all (not a port, or left to TC).
+    Pass,
+    /// XDP_REDIRECT / TC_ACT_REDIRECT to one port, counted as forwarded.
+    Forward(At),
+    /// XDP_REDIRECT through the devmap broadcast / TC clones to every other
+    /// port and TC_ACT_SHOT, counted as flooded.
+    Flood,
+    /// XDP only: XDP_PASS after the switch decision, for the TC program to
+    /// finish (it floods, or the port takes no XDP frames). The source is
+    /// learned as usual; nothing else is counted: TC counts the frame.
+    ToTc,
+    /// The kernel refuses the input (EINVAL): BPF_PROG_TEST_RUN needs at
+    /// least an Ethernet header of data. Nothing may change.
+    Refused,
+}
+
+/// An FDB entry before the run: MAC, where, flags, age in ns.
+#[derive(Clone, Copy, Debug)]
+struct Pre {
+    mac: Mac,
+    at: At,
+    flags: u32,
+    age_ns: u64,
+}
+
+fn learned(mac: Mac, at: At, age_ns: u64) -> Pre {
+    Pre {
+        mac,
+        at,
+        flags: 0,
+        age_ns,
+    }
+}
+
+fn fixed(mac: Mac, at: At, age_ns: u64) -> Pre {
+    Pre {
+        mac,
+        at,
+        flags: FDB_F_STATIC,
+        age_ns,
+    }
+}
+
+/// An FDB entry after the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Post {
+    /// The entry as it was before, timestamp included.
+    Kept(Mac),
+    /// `mac` learned (or refreshed, or moved) on `at` during the run.
+    Fresh(Mac, At),
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    name: String,
+    ingress: At,
+    frame: Vec<u8>,
+    fdb: Vec<Pre>,
+    xdp: Fate,
+    tc: Fate,
+    learned: bool,
+    moved: bool,
+    /// The whole FDB afterwards.
+    after: Vec<Post>,
+    /// Config flag CFG_F_TC_FLOOD: XDP leaves floods to TC.
+    tc_flood: bool,
+    /// A port that takes no XDP frames (PORT_F_NO_XDP_TX, not in the devmap).
+    no_xdp_tx: Option<At>,
+}
+
+impl Case {
+    fn new(name: impl Into<String>, ingress: At, frame: Vec<u8>, fate: Fate) -> Self {
+        Case {
+            name: name.into(),
+            ingress,
+            frame,
+            fdb: vec![],
+            xdp: fate,
+            tc: fate,
+            learned: false,
+            moved: false,
+            after: vec![],
+            tc_flood: false,
+            no_xdp_tx: None,
+        }
+    }
+    fn fdb(mut self, pre: &[Pre]) -> Self {
+        self.fdb = pre.to_vec();
+        self
+    }
+    fn after(mut self, post: &[Post]) -> Self {
+        self.after = post.to_vec();
+        self
+    }
+    /// The source is learned on the ingress port: counted, and Fresh.
+    fn learns(mut self, mac: Mac) -> Self {
+        self.learned = true;
+        self.after.push(Post::Fresh(mac, self.ingress));
+        self
+    }
+    fn moves(mut self, mac: Mac) -> Self {
+        self.moved = true;
+        self.after.push(Post::Fresh(mac, self.ingress));
+        self
+    }
+    fn tc_fate(mut self, f: Fate) -> Self {
+        self.tc = f;
+        self
+    }
+    /// Flooding by TC, with `port` (if any) outside the devmap, as
+    /// userspace sets it up for a veth uplink.
+    fn tc_flood(mut self, port: Option<At>) -> Self {
+        self.tc_flood = true;
+        self.no_xdp_tx = port;
+        self
+    }
+}
+
+// Stations.
+const A: Mac = station(0xa);
+const B: Mac = station(0xb);
+const C: Mac = station(0xc);
+
+fn ip(last: u8) -> [u8; 4] {
+    [10, 0, 0, last]
+}
+
+fn table() -> Vec<Case> {
+    use Fate::*;
+    let mut t = vec![
+        // Learning and flooding.
+        Case::new(
+            "broadcast ARP request: floods, learns the new source",
+            P1,
+            Frame::new(BROADCAST, A)
+                .arp_request(ip(1), ip(2))
+                .pad_min()
+                .build(),
+            Flood,
+        )
+        .learns(A),
+        Case::new(
+            "unknown unicast ICMP echo: floods, learns",
+            P1,
+            Frame::new(B, A)
+                .icmp_echo(ip(1), ip(2), false, 1, 1, b"ping")
+                .build(),
+            Flood,
+        )
+        .learns(A),
+        Case::new(
+            "IPv4 multicast UDP: floods",
+            P2,
+            Frame::new(mac("01:00:5e:00:00:fb"), B)
+                .udp(ip(2), 5353, [224, 0, 0, 251], 5353, b"mdns")
+                .build(),
+            Flood,
+        )
+        .learns(B),
+        Case::new(
+            "IPv6 multicast 33:33:00:00:00:01: floods",
+            P3,
+            Frame::new(mac("33:33:00:00:00:01"), C)
+                .ethertype(ethertype::IPV6)
+                .pattern(60)
+                .build(),
+            Flood,
+        )
+        .learns(C),
+        Case::new(
+            "01:80:c2:00:00:10 is not link-local: floods",
+            P1,
+            Frame::new(mac("01:80:c2:00:00:10"), A).pattern(46).build(),
+            Flood,
+        )
+        .learns(A),
+        Case::new(
+            "01:80:c2:00:00:21 (GARP range) is not link-local: floods",
+            P1,
+            Frame::new(mac("01:80:c2:00:00:21"), A).pattern(46).build(),
+            Flood,
+        )
+        .learns(A),
+        Case::new(
+            "header-only 14-byte broadcast: floods",
+            P1,
+            Frame::new(BROADCAST, A).build(),
+            Flood,
+        )
+        .learns(A),
+        // Known unicast.
+        Case::new(
+            "known unicast ICMP echo: forwarded to its port",
+            P1,
+            Frame::new(B, A)
+                .icmp_echo(ip(1), ip(2), false, 7, 1, b"hello")
+                .build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "known unicast ARP reply: forwarded",
+            P3,
+            Frame::new(A, C).arp_reply(ip(3), ip(1)).pad_min().build(),
+            Forward(P1),
+        )
+        .fdb(&[learned(A, P1, 2 * SEC)])
+        .after(&[Post::Kept(A)])
+        .learns(C),
+        Case::new(
+            "known unicast UDP: forwarded",
+            P2,
+            Frame::new(C, B)
+                .udp(ip(2), 40000, ip(3), 53, b"query")
+                .build(),
+            Forward(P3),
+        )
+        .fdb(&[learned(C, P3, 0)])
+        .after(&[Post::Kept(C)])
+        .learns(B),
+        Case::new(
+            "known source and destination: forwarded, nothing learned",
+            P1,
+            Frame::new(B, A).pattern(100).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(A, P1, 0), learned(B, P2, 0)])
+        .after(&[Post::Kept(A), Post::Kept(B)]),
+        Case::new(
+            "known source seen again after 5 s: re-stamped, not counted as learned",
+            P1,
+            Frame::new(B, A).pattern(100).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(A, P1, 5 * SEC), learned(B, P2, 0)])
+        .after(&[Post::Fresh(A, P1), Post::Kept(B)]),
+        Case::new(
+            "destination behind the ingress port: dropped",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Drop,
+        )
+        .fdb(&[learned(B, P1, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        // Moves and static entries.
+        Case::new(
+            "MAC move: a learned source moves to the new port",
+            P1,
+            Frame::new(BROADCAST, A).arp_request(ip(1), ip(9)).build(),
+            Flood,
+        )
+        .fdb(&[learned(A, P2, 5 * SEC)])
+        .moves(A),
+        Case::new(
+            "MAC move within the refresh interval still moves",
+            P3,
+            Frame::new(B, A).pattern(46).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(A, P1, 0), learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .moves(A),
+        Case::new(
+            "static source never moves",
+            P1,
+            Frame::new(BROADCAST, A).arp_request(ip(1), ip(9)).build(),
+            Flood,
+        )
+        .fdb(&[fixed(A, P2, 0)])
+        .after(&[Post::Kept(A)]),
+        Case::new(
+            "static destination never ages",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Forward(P2),
+        )
+        .fdb(&[fixed(B, P2, 10 * AGING_NS)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "aged destination: not used (flooded) and removed",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Flood,
+        )
+        .fdb(&[learned(B, P2, 2 * AGING_NS)])
+        .learns(A),
+        Case::new(
+            "destination just under the aging time: still forwarded",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(B, P2, AGING_NS - 5 * SEC)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        // Invalid sources.
+        Case::new(
+            "multicast source: dropped, not learned",
+            P1,
+            Frame::new(BROADCAST, mac("01:00:5e:00:00:01"))
+                .pattern(46)
+                .build(),
+            Drop,
+        ),
+        Case::new(
+            "broadcast source: dropped, not learned",
+            P1,
+            Frame::new(B, BROADCAST).pattern(46).build(),
+            Drop,
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)]),
+        Case::new(
+            "all-zero source: dropped, not learned",
+            P2,
+            Frame::new(BROADCAST, ZERO_MAC).pattern(46).build(),
+            Drop,
+        ),
+        Case::new(
+            "IPv6 multicast source: dropped, not learned",
+            P3,
+            Frame::new(A, mac("33:33:00:00:00:01")).pattern(46).build(),
+            Drop,
+        )
+        .fdb(&[learned(A, P1, 0)])
+        .after(&[Post::Kept(A)]),
+        // 802.1Q: VLAN-unaware, frames switched as they are.
+        Case::new(
+            "802.1Q-tagged known unicast: forwarded unchanged",
+            P1,
+            Frame::new(B, A)
+                .vlan(100, 0)
+                .icmp_echo(ip(1), ip(2), false, 3, 3, b"tagged")
+                .build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "802.1Q-tagged broadcast: flooded unchanged",
+            P2,
+            Frame::new(BROADCAST, B)
+                .vlan(4094, 7)
+                .arp_request(ip(2), ip(1))
+                .build(),
+            Flood,
+        )
+        .learns(B),
+        Case::new(
+            "priority-tagged (VID 0) unicast: forwarded",
+            P1,
+            Frame::new(B, A).vlan(0, 5).pattern(60).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "802.1ad + 802.1Q (QinQ) unicast: forwarded",
+            P3,
+            Frame::new(A, C)
+                .tag(ethertype::QINQ, 10, 0)
+                .vlan(20, 0)
+                .udp(ip(3), 1, ip(1), 2, b"qinq")
+                .build(),
+            Forward(P1),
+        )
+        .fdb(&[learned(A, P1, 0)])
+        .after(&[Post::Kept(A)])
+        .learns(C),
+        // Not a port.
+        Case::new(
+            "frame from a device that is not a port: passed, untouched",
+            At::NotPort,
+            Frame::new(B, A).pattern(46).build(),
+            Pass,
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)]),
+        Case::new(
+            "broadcast from a device that is not a port: passed, not learned",
+            At::NotPort,
+            Frame::new(BROADCAST, C).arp_request(ip(3), ip(1)).build(),
+            Pass,
+        ),
+        // Sizes.
+        Case::new(
+            "1518-byte frame: switched by XDP",
+            P1,
+            Frame::new(B, A).pattern(0).pad_to(MAX_XDP_FRAME).build(),
+            Forward(P2),
+        )
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "1519-byte unicast: XDP passes it, TC forwards it",
+            P1,
+            Frame::new(B, A).pad_to(MAX_XDP_FRAME + 1).build(),
+            Pass,
+        )
+        .tc_fate(Forward(P2))
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "3000-byte broadcast: XDP passes it, TC floods it",
+            P2,
+            Frame::new(BROADCAST, B).pattern(3000 - 14).build(),
+            Pass,
+        )
+        .tc_fate(Flood)
+        .learns(B),
+        Case::new(
+            "1522-byte tagged frame is over 1518: XDP passes it, TC forwards it",
+            P3,
+            Frame::new(A, C).vlan(1, 0).pad_to(1522).build(),
+            Pass,
+        )
+        .tc_fate(Forward(P1))
+        .fdb(&[learned(A, P1, 0)])
+        .after(&[Post::Kept(A)])
+        .learns(C),
+    ];
+    // What XDP leaves to TC besides big frames.
+    t.extend([
+        Case::new(
+            "UDP with a CHECKSUM_PARTIAL checksum: XDP leaves it to TC, TC forwards it",
+            P1,
+            Frame::new(B, A)
+                .udp_partial(ip(1), 4000, ip(2), 53, b"offloaded")
+                .build(),
+            Pass,
+        )
+        .tc_fate(Forward(P2))
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "802.1Q-tagged CHECKSUM_PARTIAL UDP broadcast: XDP leaves it to TC, TC floods it",
+            P2,
+            Frame::new(BROADCAST, B)
+                .vlan(7, 0)
+                .udp_partial(ip(2), 68, [255, 255, 255, 255], 67, b"dhcp")
+                .build(),
+            Pass,
+        )
+        .tc_fate(Flood)
+        .learns(B),
+        Case::new(
+            "CFG_F_TC_FLOOD: XDP learns and passes a broadcast, TC floods it",
+            P1,
+            Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build(),
+            ToTc,
+        )
+        .tc_fate(Flood)
+        .tc_flood(Some(P3))
+        .learns(A),
+        Case::new(
+            "CFG_F_TC_FLOOD: XDP passes unknown unicast, TC floods it",
+            P2,
+            Frame::new(C, B).pattern(46).build(),
+            ToTc,
+        )
+        .tc_fate(Flood)
+        .tc_flood(None)
+        .learns(B),
+        Case::new(
+            "unicast to a port outside the devmap: XDP passes it, TC forwards it",
+            P1,
+            Frame::new(C, A).pattern(46).build(),
+            ToTc,
+        )
+        .tc_fate(Forward(P3))
+        .tc_flood(Some(P3))
+        .fdb(&[learned(C, P3, 0)])
+        .after(&[Post::Kept(C)])
+        .learns(A),
+        Case::new(
+            "CFG_F_TC_FLOOD: unicast to a devmap port stays in XDP",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Forward(P2),
+        )
+        .tc_flood(Some(P3))
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+    ]);
+    // Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
+    for last in [0x00u8, 0x01, 0x02, 0x03, 0x0e, 0x0f] {
+        let dst = [0x01, 0x80, 0xc2, 0, 0, last];
+        t.push(Case::new(
+            format!("link-local {}: dropped, not learned", fmt_mac(&dst)),
+            P1,
+            Frame::new(dst, A).pattern(46).build(),
+            Drop,
+        ));
+    }
+    // Odd EtherTypes and 802.3 length fields: switched like any frame.
+    for (et, what) in [
+        (0x0000u16, "EtherType 0x0000"),
+        (0x0003, "802.3 length 3 (LLC)"),
+        (0x05dc, "802.3 length 1500"),
+        (0x0600, "EtherType 0x0600"),
+        (0x88cc, "LLDP EtherType to a unicast MAC"),
+        (0xffff, "EtherType 0xffff"),
+    ] {
+        t.push(
+            Case::new(
+                format!("{what}: forwarded unchanged"),
+                P2,
+                Frame::new(A, B)
+                    .ethertype(et)
+                    .payload(&[0x42, 0x42, 0x03, 0, 0, 0])
+                    .pad_min()
+                    .build(),
+                Forward(P1),
+            )
+            .fdb(&[learned(A, P1, 0)])
+            .after(&[Post::Kept(A)])
+            .learns(B),
+        );
+    }
+    // Runts: 0..=13 bytes, prefixes of a broadcast from a new station. The
+    // kernel (6.18) refuses test input with less than an Ethernet header of
+    // packet data, for XDP also behind metadata: nothing may run, nothing
+    // may be learned, counted or sent. A 14-byte frame is accepted above.
+    let full = Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build();
+    for len in 0..14usize {
+        t.push(
+            Case::new(
+                format!("{len}-byte runt: refused, nothing learned or sent"),
+                P1,
+                full[..len].to_vec(),
+                Refused,
+            )
+            .fdb(&[learned(B, P2, 0)])
+            .after(&[Post::Kept(B)]),
+        );
+    }
+    t
+}
+
+impl Bench {
+    /// Run one case on one program; Err describes every mismatch.
+    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
+        self.reset()?;
+        if c.tc_flood {
+            let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
+            let mut cfg = config.get(&0, 0)?;
+            cfg.flags |= CFG_F_TC_FLOOD;
+            config.set(0, cfg, 0)?;
+        }
+        if let Some(at) = c.no_xdp_tx {
+            let i = self.ifindex(at);
+            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+            devmap.remove(i)?;
+            let n = self.nr_cpus;
+            let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> =
+                self.map(names::PORT_STATS)?;
+            let s = PortStats {
+                kind: PORT_KIND_OTHER,
+                flags: PORT_F_NO_XDP_TX,
+                ..Default::default()
+            };
+            stats.insert(i, PerCpuValues::try_from(vec![s; n])?, 0)?;
+        }
+        let base = now_coarse();
+        for p in &c.fdb {
+            let i = self.ifindex(p.at);
+            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
+        }
+        let before = self.fdb()?;
+        let stats_before = self.stats()?;
+        let fate = match prog {
+            Prog::Xdp => c.xdp,
+            Prog::Tc => c.tc,
+        };
+        let ingress = self.ifindex(c.ingress);
+        let t0 = now_coarse();
+        let res = match prog {
+            Prog::Xdp => self.run_xdp(ingress, 0, &c.frame),
+            Prog::Tc => self.run_tc(ingress, &c.frame),
+        };
+        let t1 = now_coarse();
+        let mut errs = Vec::new();
+
+        // Return code and output bytes.
+        match (fate, res) {
+            (Fate::Refused, Err(e)) if e == libc::EINVAL => {}
+            (Fate::Refused, r) => errs.push(format!("expected EINVAL, got {r:?}")),
+            (_, Err(e)) => errs.push(format!(
+                "test run failed: {}",
+                std::io::Error::from_raw_os_error(e)
+            )),
+            (fate, Ok((action, out))) => {
+                let want = match (prog, fate) {
+                    (Prog::Xdp, Fate::Drop) => XDP_DROP,
+                    (Prog::Xdp, Fate::Pass | Fate::ToTc) => XDP_PASS,
+                    (Prog::Xdp, _) => XDP_REDIRECT,
+                    (Prog::Tc, Fate::Drop | Fate::Flood) => TC_ACT_SHOT,
+                    (Prog::Tc, Fate::Pass | Fate::ToTc) => TC_ACT_OK,
+                    (Prog::Tc, _) => TC_ACT_REDIRECT,
+                };
+                if action != want {
+                    errs.push(format!("returned {action}, expected {want} ({fate:?})"));
+                }
+                if out != c.frame {
+                    errs.push(format!(
+                        "output bytes changed: {} bytes in, {} out",
+                        c.frame.len(),
+                        out.len()
+                    ));
+                }
+            }
+        }
+
+        // Who got a copy: only TC floods transmit during a plain test run.
+        let expect: Vec<usize> = (0..self.ports.len())
+            .map(|i| usize::from(prog == Prog::Tc && fate == Fate::Flood && P(i) != c.ingress))
+            .collect();
+        let got = self.copies(&c.frame, &expect);
+        if got != expect {
+            errs.push(format!(
+                "copies on p1..p3: got {got:?}, expected {expect:?}"
+            ));
+        }
+
+        // The FDB, entry by entry. A run that did not decide learns nothing.
+        let switched = matches!(fate, Fate::Forward(_) | Fate::Flood | Fate::Drop);
+        let decided = switched || fate == Fate::ToTc;
+        let mut want_fdb: Vec<Post> = if decided {
+            c.after.clone()
+        } else {
+            c.fdb.iter().map(|p| Post::Kept(p.mac)).collect()
+        };
+        want_fdb.sort_by_key(|p| match p {
+            Post::Kept(m) | Post::Fresh(m, _) => *m,
+        });
+        let after = self.fdb()?;
+        let got_macs: Vec<Mac> = after.iter().map(|(m, _)| *m).collect();
+        let want_macs: Vec<Mac> = want_fdb
+            .iter()
+            .map(|p| match p {
+                Post::Kept(m) | Post::Fresh(m, _) => *m,
+            })
+            .collect();
+        if got_macs != want_macs {
+            errs.push(format!(
+                "FDB holds {:?}, expected {:?}",
+                got_macs.iter().map(fmt_mac).collect::<Vec<_>>(),
+                want_macs.iter().map(fmt_mac).collect::<Vec<_>>()
+            ));
+        } else {
+            for (p, (m, e)) in want_fdb.iter().zip(&after) {
+                match *p {
+                    Post::Kept(_) => {
+                        let old = before.iter().find(|(bm, _)| bm == m).map(|(_, e)| e);
+                        if old != Some(e) {
+                            errs.push(format!(
+                                "FDB entry {} changed: {old:?} -> {e:?}",
+                                fmt_mac(m)
+                            ));
+                        }
+                    }
+                    Post::Fresh(_, at) => {
+                        let old_flags = before
+                            .iter()
+                            .find(|(bm, _)| bm == m)
+                            .map_or(0, |(_, e)| e.flags);
+                        if self.at_of(e.ifindex) != Some(at)
+                            || e.flags != old_flags
+                            || e.updated_ns < t0
+                            || e.updated_ns > t1
+                        {
+                            errs.push(format!(
+                                "FDB entry {}: {e:?}, expected on {at:?} stamped in [{t0}, {t1}]",
+                                fmt_mac(m)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
+        // Counters: the ingress port's change, every other port untouched.
+        let mut want = stats_before.clone();
+        if let P(i) = c.ingress
+            && fate == Fate::ToTc
+        {
+            want[i].learned += u64::from(c.learned);
+            want[i].moved += u64::from(c.moved);
+        }
+        if let P(i) = c.ingress
+            && switched
+        {
+            let s = &mut want[i];
+            s.rx_packets += 1;
+            s.rx_bytes += c.frame.len() as u64;
+            match prog {
+                Prog::Xdp => s.xdp_native += 1,
+                Prog::Tc => s.tc += 1,
+            }
+            match fate {
+                Fate::Forward(_) => s.forwarded += 1,
+                Fate::Flood => s.flooded += 1,
+                Fate::Drop => s.dropped += 1,
+                _ => {}
+            }
+            s.learned += u64::from(c.learned);
+            s.moved += u64::from(c.moved);
+        }
+        let got = self.stats()?;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if g != w {
+                errs.push(format!(
+                    "counters of {}: got {g:?}, expected {w:?}",
+                    self.ports[i].name
+                ));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errs.join("; "))
+        }
+    }
+
+    fn run_table(&mut self, prog: Prog) -> Result<()> {
+        let cases = table();
+        let mut failed = Vec::new();
+        for c in &cases {
+            if let Err(e) = self.check(c, prog) {
+                failed.push(format!("  [{prog:?}] {}: {e:#}", c.name));
+            }
+        }
+        eprintln!(
+            "{prog:?}: {} cases, {} passed",
+            cases.len(),
+            cases.len() - failed.len()
+        );
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} {prog:?} cases failed:\n{}",
+                failed.len(),
+                cases.len(),
+                failed.join("\n")
+            );
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn xdp_table() -> Result<()> {
+    Bench::new("xdp")?.run_table(Prog::Xdp)
+}
+
+#[test]
+fn tc_table() -> Result<()> {
+    Bench::new("tc")?.run_table(Prog::Tc)
+}
+
+/// BPF_PROG_TEST_RUN refuses XDP input with less than an Ethernet header
+/// of packet data even when metadata makes up the 14 bytes, so the XDP
+/// program's own runt check cannot be reached from a test run. Checked
+/// here so that a kernel that lifts the limit is noticed: the table's runt
+/// rows should then expect a drop.
+#[test]
+fn xdp_test_run_refuses_runts_even_behind_metadata() -> Result<()> {
+    let mut b = Bench::new("runt")?;
+    let i = b.ifindex(P1);
+    let f = Frame::new(BROADCAST, A).pattern(40).build();
+    for meta in [0, 4, 16, 32] {
+        for len in 0..14 {
+            let r = b.run_xdp(i, meta, &f[..len]);
+            ensure!(r == Err(libc::EINVAL), "{meta}+{len} bytes: {r:?}");
+        }
+    }
+    ensure!(b.stats()? == vec![Counters::default(); 3]);
+    ensure!(b.fdb()?.is_empty());
+    for meta in [0, 4, 16, 32] {
+        let r = b.run_xdp(i, meta, &f[..14]).map(|(a, _)| a);
+        ensure!(r == Ok(XDP_REDIRECT), "{meta}+14 bytes: {r:?}");
+    }
+    ensure!(b.stats()?[0].flooded == 4);
+    Ok(())
+}
+
+/// The same frame sent twice learns once; a second frame from the same
+/// station within a second does not rewrite the entry.
+#[test]
+fn learning_is_idempotent() -> Result<()> {
+    let mut b = Bench::new("idem")?;
+    let i = b.ifindex(P1);
+    let f = Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset()?;
+        for _ in 0..2 {
+            let (action, _) = match prog {
+                Prog::Xdp => b.run_xdp(i, 0, &f),
+                Prog::Tc => b.run_tc(i, &f),
+            }
+            .map_err(|e| anyhow::anyhow!("errno {e}"))?;
+            ensure!(action == XDP_REDIRECT || action == TC_ACT_SHOT);
+        }
+        let fdb = b.fdb()?;
+        ensure!(fdb.len() == 1 && fdb[0].0 == A && fdb[0].1.ifindex == i);
+        let s = b.stats()?[0];
+        ensure!(
+            s.learned == 1 && s.flooded == 2 && s.rx_packets == 2,
+            "{prog:?}: {s:?}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Live frames: where redirects really go.
+
+/// Known unicast goes to its port only, whichever port that is.
+#[test]
+fn live_xdp_unicast_reaches_only_its_port() -> Result<()> {
+    let mut b = Bench::new("live-uc")?;
+    for (from, to) in [(P1, P2), (P1, P3), (P3, P1), (P2, P3)] {
+        b.reset()?;
+        let (P(fi), P(ti)) = (from, to) else {
+            unreachable!()
+        };
+        let now = now_coarse();
+        b.fdb_insert(B, b.ifindex(to), 0, now)?;
+        let f = Frame::new(B, A)
+            .icmp_echo(ip(1), ip(2), false, fi as u16, ti as u16, b"live unicast")
+            .build();
+        b.run_xdp_live(b.ifindex(from), &f)
+            .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+        let mut expect = vec![0; 3];
+        expect[ti] = 1;
+        let got = b.copies(&f, &expect);
+        ensure!(
+            got == expect,
+            "{from:?} -> {to:?}: copies on p1..p3 {got:?}, expected {expect:?}"
+        );
+        let s = b.stats()?;
+        ensure!(
+            s[fi].forwarded == 1 && s[fi].learned == 1 && s[fi].xdp_native == 1,
+            "{:?}",
+            s[fi]
+        );
+    }
+    Ok(())
+}
+
+/// Broadcast, multicast and unknown unicast reach every port but the
+/// ingress one, once.
+#[test]
+fn live_xdp_flood_reaches_every_other_port() -> Result<()> {
+    let mut b = Bench::new("live-fl")?;
+    let frames = [
+        Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build(),
+        Frame::new(mac("01:00:5e:00:00:01"), A).pattern(50).build(),
+        Frame::new(C, A).pattern(50).build(),
+    ];
+    for from in [P1, P2, P3] {
+        for f in &frames {
+            b.reset()?;
+            b.run_xdp_live(b.ifindex(from), f)
+                .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+            let expect: Vec<usize> = (0..3).map(|i| usize::from(P(i) != from)).collect();
+            let got = b.copies(f, &expect);
+            ensure!(
+                got == expect,
+                "from {from:?}, dst {}: copies {got:?}, expected {expect:?}",
+                fmt_mac(&f[..6].try_into()?)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A dropped frame goes nowhere, live too.
+#[test]
+fn live_xdp_drops_send_nothing() -> Result<()> {
+    let mut b = Bench::new("live-dr")?;
+    let now = now_coarse();
+    b.fdb_insert(B, b.ifindex(P1), 0, now)?;
+    for f in [
+        Frame::new(mac("01:80:c2:00:00:00"), A).pattern(46).build(),
+        Frame::new(BROADCAST, ZERO_MAC).pattern(46).build(),
+        Frame::new(B, A).pattern(46).build(),
+    ] {
+        b.run_xdp_live(b.ifindex(P1), &f)
+            .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+        let got = b.copies(&f, &[0, 0, 0]);
+        ensure!(got == vec![0, 0, 0], "copies {got:?}");
+    }
+    Ok(())
+}
+
+/// The TC program on the taps' tcx ingress, fed by writing frames into a
+/// tap (as a guest would): unicast to its port only, floods to the others.
+#[test]
+fn live_tc_from_a_tap() -> Result<()> {
+    let mut b = Bench::new("live-tc")?;
+    {
+        let prog: &mut SchedClassifier = b
+            .ebpf
+            .program_mut(names::TC_PROG)
+            .context("umlbr_tc")?
+            .try_into()?;
+        for name in ["p1", "p2", "p3"] {
+            prog.attach(name, TcAttachType::Ingress)
+                .with_context(|| format!("attaching TC to {name}"))?;
+        }
+    }
+    let now = now_coarse();
+    b.fdb_insert(B, b.ifindex(P2), 0, now)?;
+    b.fdb_insert(C, b.ifindex(P3), 0, now)?;
+    let cases: [(Vec<u8>, [usize; 3]); 4] = [
+        (
+            Frame::new(B, A).udp(ip(1), 9, ip(2), 9, b"to b").build(),
+            [0, 1, 0],
+        ),
+        (
+            Frame::new(C, A).udp(ip(1), 9, ip(3), 9, b"to c").build(),
+            [0, 0, 1],
+        ),
+        // Over 1518 bytes: the size XDP leaves to TC.
+        (Frame::new(C, A).pattern(2000).build(), [0, 0, 1]),
+        (
+            Frame::new(BROADCAST, A).arp_request(ip(1), ip(3)).build(),
+            [0, 1, 1],
+        ),
+    ];
+    for (f, expect) in &cases {
+        b.ports[0].tap.write_all(f).context("writing into p1")?;
+        let got = b.copies(f, expect);
+        ensure!(
+            got == expect,
+            "dst {}: copies {got:?}, expected {expect:?}",
+            fmt_mac(&f[..6].try_into()?)
+        );
+    }
+    let s = b.stats()?[0];
+    ensure!(
+        s.tc == 4 && s.forwarded == 3 && s.flooded == 1 && s.learned == 1,
+        "{s:?}"
+    );
+    Ok(())
+}
+
+/// XDP passes a frame over 1518 bytes; the stack hands it to the TC
+/// program on the same port, which forwards it: the whole handoff, live.
+#[test]
+fn live_big_frame_goes_from_xdp_to_tc() -> Result<()> {
+    let mut b = Bench::new("live-big")?;
+    {
+        let prog: &mut SchedClassifier = b
+            .ebpf
+            .program_mut(names::TC_PROG)
+            .context("umlbr_tc")?
+            .try_into()?;
+        for name in ["p1", "p2", "p3"] {
+            prog.attach(name, TcAttachType::Ingress)
+                .with_context(|| format!("attaching TC to {name}"))?;
+        }
+    }
+    b.ns.sh("ip link set p3 mtu 9000")?;
+    let now = now_coarse();
+    b.fdb_insert(C, b.ifindex(P3), 0, now)?;
+    let f = Frame::new(C, A).pattern(1600).build();
+    b.run_xdp_live(b.ifindex(P1), &f)
+        .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+    let got = b.copies(&f, &[0, 0, 1]);
+    ensure!(got == vec![0, 0, 1], "copies {got:?}");
+    let s = b.stats()?[0];
+    ensure!(
+        s.tc == 1 && s.xdp_native == 0 && s.forwarded == 1 && s.rx_packets == 1,
+        "{s:?}"
+    );
+    Ok(())
+}
