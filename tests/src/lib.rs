@@ -1,6 +1,7 @@
 //! Test support for umlbr: network namespaces that clean up after
 //! themselves, UML guests, and frame builders.
 pub mod netns;
+pub mod uml;
 pub mod wire;
 
 use std::path::PathBuf;
