@@ -165,9 +165,10 @@ fn one_line_error(what: &str, out: &std::process::Output, needles: &[&str]) -> R
         "{what}: succeeded ({}), stderr {stderr:?}",
         out.status
     );
+    // 1: the command failed; 2: the command line itself was wrong.
     ensure!(
-        out.status.code() == Some(1),
-        "{what}: exit status {} (expected 1), stderr {stderr:?}",
+        matches!(out.status.code(), Some(1) | Some(2)),
+        "{what}: exit status {} (expected 1 or 2), stderr {stderr:?}",
         out.status
     );
     ensure!(stdout.is_empty(), "{what}: printed on stdout: {stdout:?}");
@@ -416,6 +417,14 @@ fn invalid_up_options() -> Result<()> {
         "--aging 0",
         fails(&ns, &["up", "br0", "--aging", "0"], &["--aging"]),
     ));
+    for bad in ["0", "abc", "18446744073709551615"] {
+        let out = ns.umlbr(&["up", "br0", "--aging", bad])?;
+        ensure!(
+            out.status.code() == Some(2),
+            "--aging {bad}: usage errors exit 2, got {}",
+            out.status
+        );
+    }
     all(checks)?;
     ensure!(interfaces(&ns)? == vec!["lo"], "{:?}", interfaces(&ns)?);
     Ok(())

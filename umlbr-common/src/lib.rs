@@ -29,6 +29,10 @@ pub mod names {
     pub const XDP_PROG: &str = "umlbr_xdp";
     pub const TC_PROG: &str = "umlbr_tc";
     pub const TC_OUT_PROG: &str = "umlbr_tc_out";
+    pub const NAT_OUT: &str = "UMLBR_NAT_OUT";
+    pub const NAT_IN: &str = "UMLBR_NAT_IN";
+    pub const NAT_CONFIG: &str = "UMLBR_NAT_CFG";
+    pub const NAT_STATS: &str = "UMLBR_NAT_STAT";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -129,6 +133,152 @@ pub struct PortStats {
     pub tc: u64,
 }
 
+/// Most NAT mappings (each has one entry in each direction's map).
+pub const NAT_SIZE: u32 = 262_144;
+/// Ports tried when allocating a mapping before giving up.
+pub const NAT_TRIES: u32 = 16;
+
+/// One direction of a NAT mapping. Addresses and ports are in network
+/// byte order, as in the packet. `local` is this side's end: the guest's
+/// address/port in the outbound map, the masquerade address/port in the
+/// inbound map. ICMP echo uses the identifier as `local_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub local_addr: u32,
+    pub remote_addr: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// Outbound map value: the outside address and port of the mapping.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatOut {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Inbound map value: where replies go, and the flow's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatIn {
+    /// The guest's address and port (network byte order).
+    pub addr: u32,
+    pub port: u16,
+    /// `NAT_S_*`.
+    pub state: u16,
+    /// The guest's MAC, to send replies to.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// CLOCK_MONOTONIC_COARSE ns of the last packet either way.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+}
+
+pub const NAT_S_SYN_OUT: u16 = 1;
+pub const NAT_S_REPLIED: u16 = 2;
+pub const NAT_S_FIN_OUT: u16 = 4;
+pub const NAT_S_FIN_IN: u16 = 8;
+pub const NAT_S_RST: u16 = 16;
+
+/// Masquerade settings of a bridge, index 0 of an array map. Zero
+/// `nat_ifindex` means no masquerade.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The uplink guest traffic leaves through.
+    pub nat_ifindex: u32,
+    /// Its address, the one the LAN sees (network byte order).
+    pub nat_addr: u32,
+    /// The host interface of the bridge (the guests' gateway), input
+    /// device for route lookups.
+    pub host_ifindex: u32,
+    /// The guests' subnet (network byte order): not translated.
+    pub subnet: u32,
+    pub mask: u32,
+    /// Source ports to allocate from (host byte order, inclusive).
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// The gateway's MAC (the bridge's host interface).
+    pub gw_mac: [u8; 6],
+    /// `NAT_F_*`.
+    pub flags: u16,
+    pub tcp_established_ns: u64,
+    pub tcp_transitory_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+    pub udp_stream_ns: u64,
+    pub icmp_ns: u64,
+}
+
+/// The uplink takes XDP frames (it is in the devmap).
+pub const NAT_F_XDP_TX: u16 = 1;
+
+/// Conntrack-like default timeouts (seconds).
+pub const NAT_TCP_ESTABLISHED_SECS: u64 = 432_000;
+pub const NAT_TCP_TRANSITORY_SECS: u64 = 120;
+pub const NAT_TCP_CLOSING_SECS: u64 = 10;
+pub const NAT_UDP_SECS: u64 = 30;
+pub const NAT_UDP_STREAM_SECS: u64 = 120;
+pub const NAT_ICMP_SECS: u64 = 30;
+
+/// Masquerade counters, per CPU, index 0 of an array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct NatStats {
+    /// Guest packets translated on the way out, by XDP and by TC.
+    pub out_xdp: u64,
+    pub out_tc: u64,
+    /// Replies translated on the way in.
+    pub in_xdp: u64,
+    pub in_tc: u64,
+    /// ICMP errors for a mapping translated (inner header included).
+    pub icmp_errors: u64,
+    /// Packets to the uplink address with no mapping (the host's own).
+    pub in_miss: u64,
+    /// New mappings, and allocations that found no free port.
+    pub allocs: u64,
+    pub alloc_fail: u64,
+    /// Guest packets left to the kernel (fragments, other protocols, TTL
+    /// expiring, no route via the uplink).
+    pub slow_path: u64,
+    /// Expired mappings found and replaced by the datapath.
+    pub expired: u64,
+}
+
+impl NatConfig {
+    /// Idle timeout of a mapping in `state` for `proto`.
+    pub fn timeout_ns(&self, proto: u8, state: u16) -> u64 {
+        match proto {
+            6 => {
+                if state & NAT_S_RST != 0
+                    || state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == NAT_S_FIN_OUT | NAT_S_FIN_IN
+                {
+                    self.tcp_closing_ns
+                } else if state & NAT_S_REPLIED != 0 && state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == 0
+                {
+                    self.tcp_established_ns
+                } else {
+                    self.tcp_transitory_ns
+                }
+            }
+            17 => {
+                if state & NAT_S_REPLIED != 0 {
+                    self.udp_stream_ns
+                } else {
+                    self.udp_ns
+                }
+            }
+            _ => self.icmp_ns,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
@@ -136,10 +286,39 @@ mod pod {
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatOut {}
+    unsafe impl aya::Pod for super::NatIn {}
+    unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::NatStats {}
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nat_timeouts_follow_tcp_state() {
+        let c = NatConfig {
+            tcp_established_ns: 1,
+            tcp_transitory_ns: 2,
+            tcp_closing_ns: 3,
+            udp_ns: 4,
+            udp_stream_ns: 5,
+            icmp_ns: 6,
+            ..Default::default()
+        };
+        assert_eq!(c.timeout_ns(6, NAT_S_SYN_OUT), 2);
+        assert_eq!(c.timeout_ns(6, NAT_S_SYN_OUT | NAT_S_REPLIED), 1);
+        assert_eq!(c.timeout_ns(6, NAT_S_REPLIED | NAT_S_FIN_OUT), 2);
+        assert_eq!(
+            c.timeout_ns(6, NAT_S_REPLIED | NAT_S_FIN_OUT | NAT_S_FIN_IN),
+            3
+        );
+        assert_eq!(c.timeout_ns(6, NAT_S_REPLIED | NAT_S_RST), 3);
+        assert_eq!(c.timeout_ns(17, 0), 4);
+        assert_eq!(c.timeout_ns(17, NAT_S_REPLIED), 5);
+        assert_eq!(c.timeout_ns(1, 0), 6);
+    }
+
     extern crate std;
     use super::*;
     use core::mem::size_of;
@@ -150,5 +329,10 @@ mod tests {
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<PortStats>(), 8 + 10 * 8);
+        assert_eq!(size_of::<NatKey>(), 16);
+        assert_eq!(size_of::<NatOut>(), 8);
+        assert_eq!(size_of::<NatIn>(), 32);
+        assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8);
+        assert_eq!(size_of::<NatStats>(), 10 * 8);
     }
 }

@@ -30,7 +30,7 @@ fn fold(mut s: u32) -> u16 {
 /// Whether the frame's TCP/UDP checksum equals its bare pseudo-header sum,
 /// the mark of CHECKSUM_PARTIAL. A complete checksum matches by chance
 /// once in 65536; such a frame merely takes the TC path too.
-#[inline(always)]
+#[inline(never)]
 pub fn looks_partial(data: usize, end: usize) -> bool {
     if data + ETH_HLEN > end {
         return false;

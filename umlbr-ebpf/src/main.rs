@@ -10,11 +10,12 @@
 
 mod csum;
 mod fdb;
+mod nat;
 mod switch;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, LruHashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
@@ -57,9 +58,19 @@ const BPF_F_INGRESS: u64 = 1;
 /// that its ingress hook lets them up instead of switching them again.
 const LOCAL_MARK: u32 = 0x756d_6c62;
 
+static NO_CONFIG: Config = Config {
+    aging_ns: 0,
+    nr_ports: 0,
+    host_port: 0,
+    uplink: 0,
+    flags: 0,
+    uplink_mac: [0; 6],
+    _pad: [0; 2],
+};
+
 #[inline(always)]
-fn config() -> Config {
-    CONFIG.get(0).copied().unwrap_or_default()
+fn config() -> &'static Config {
+    CONFIG.get(0).unwrap_or(&NO_CONFIG)
 }
 
 #[xdp]
@@ -76,6 +87,12 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let ingress = ctx.ingress_ifindex() as u32;
+    let ncfg = nat::config();
+    if let Some(n) = ncfg
+        && ingress == n.nat_ifindex
+    {
+        return xdp_nat_in(ctx, n);
+    }
     let Some(stats) = STATS.get_ptr_mut(ingress) else {
         // Not (or no longer) a port of this bridge.
         return xdp_action::XDP_PASS;
@@ -96,19 +113,24 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     // SAFETY: bounds checked above.
     let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
     let cfg = config();
-    let action = match switch::decide(&FDB, &cfg, dst, src, ingress, stats) {
+    let action = match switch::decide(&FDB, cfg, dst, src, ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
         }
-        // Frames for ports outside the devmap fall back to TC (XDP_PASS).
-        Verdict::Unicast(port) => match PORTS.redirect(port, xdp_action::XDP_PASS as u64) {
-            Ok(action) => {
-                stats.forwarded += 1;
-                action
+        Verdict::Unicast(port)
+            if port == cfg.host_port && ncfg.is_some_and(|n| dst == n.gw_mac) =>
+        {
+            let Some(n) = ncfg else {
+                return xdp_action::XDP_PASS;
+            };
+            match nat::out_xdp(ctx, n, &src) {
+                nat::Out::NotNat => redirect_xdp(port, stats),
+                nat::Out::Redirect(ifx) => redirect_xdp(ifx, stats),
+                nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
             }
-            Err(action) => action,
-        },
+        }
+        Verdict::Unicast(port) => redirect_xdp(port, stats),
         Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
             stats.flooded += 1;
             PORTS
@@ -122,6 +144,40 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
         count_xdp(stats, len, generic);
     }
     action
+}
+
+/// Redirect to a port through the devmap; ports outside it (no XDP tx)
+/// fall back to TC (XDP_PASS).
+#[inline(always)]
+fn redirect_xdp(port: u32, stats: &mut PortStats) -> u32 {
+    match PORTS.redirect(port, xdp_action::XDP_PASS as u64) {
+        Ok(action) => {
+            stats.forwarded += 1;
+            action
+        }
+        Err(action) => action,
+    }
+}
+
+/// A frame from the masquerade uplink: a reply for a guest, or the host's.
+#[inline(always)]
+fn xdp_nat_in(ctx: &XdpContext, ncfg: &umlbr_common::NatConfig) -> u32 {
+    // A veth uplink can carry CHECKSUM_PARTIAL from the LAN side; only the
+    // skb keeps what is needed to finish such a checksum.
+    if csum::looks_partial(ctx.data(), ctx.data_end()) {
+        return xdp_action::XDP_PASS;
+    }
+    match nat::inbound_xdp(ctx, ncfg) {
+        nat::In::Host => xdp_action::XDP_PASS,
+        nat::In::Guest(mac) => {
+            let cfg = config();
+            match fdb::lookup(&FDB, mac, fdb::now(), cfg.aging_ns) {
+                Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
+                // The guest's MAC aged out of the FDB: flood the reply.
+                _ => PORTS.redirect(0, 8).unwrap_or(xdp_action::XDP_DROP),
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -168,6 +224,12 @@ fn try_tc(ctx: &TcContext) -> i32 {
         ctx.set_mark(0);
         return TC_ACT_OK as i32;
     }
+    let ncfg = nat::config();
+    if let Some(n) = ncfg
+        && ingress == n.nat_ifindex
+    {
+        return tc_nat_in(ctx, n);
+    }
     let Some(stats) = STATS.get_ptr_mut(ingress) else {
         return TC_ACT_OK as i32;
     };
@@ -184,10 +246,34 @@ fn try_tc(ctx: &TcContext) -> i32 {
     // SAFETY: bounds checked above.
     let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
     let cfg = config();
-    match switch::decide(&FDB, &cfg, dst, src, ingress, stats) {
+    match switch::decide(&FDB, cfg, dst, src, ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
+        }
+        Verdict::Unicast(port)
+            if port == cfg.host_port && ncfg.is_some_and(|n| dst == n.gw_mac) =>
+        {
+            let Some(n) = ncfg else {
+                return TC_ACT_OK as i32;
+            };
+            stats.forwarded += 1;
+            // Headers must be linear and writable for direct access.
+            let _ = ctx.pull_data(ctx.len().min(NAT_PULL));
+            match nat::out_tc(ctx, n, &src) {
+                nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
+                nat::Out::Redirect(ifx) => redirect(ifx, 0),
+                nat::Out::RedirectNeigh(ifx) => {
+                    // SAFETY: plain helper call; the kernel resolves the
+                    // next hop from the packet's destination.
+                    let ret = unsafe { bpf_redirect_neigh(ifx, core::ptr::null_mut(), 0, 0) };
+                    if ret == TC_ACT_REDIRECT as i64 {
+                        TC_ACT_REDIRECT as i32
+                    } else {
+                        TC_ACT_SHOT as i32
+                    }
+                }
+            }
         }
         Verdict::Unicast(port) => {
             stats.forwarded += 1;
@@ -201,7 +287,31 @@ fn try_tc(ctx: &TcContext) -> i32 {
         }
         Verdict::Flood => {
             stats.flooded += 1;
-            flood_tc(ctx, &cfg, ingress, is_multicast(&dst))
+            flood_tc(ctx, cfg, ingress, is_multicast(&dst))
+        }
+    }
+}
+
+/// Bytes of headers the NAT code reads: Ethernet, IPv4, ICMP, and the
+/// inner IPv4 and 8 bytes of an ICMP error.
+const NAT_PULL: u32 = 14 + 20 + 8 + 20 + 8;
+
+/// A frame from the masquerade uplink (TC): a reply for a guest, or the
+/// host's own.
+#[inline(always)]
+fn tc_nat_in(ctx: &TcContext, ncfg: &umlbr_common::NatConfig) -> i32 {
+    let _ = ctx.pull_data(ctx.len().min(NAT_PULL));
+    match nat::inbound_tc(ctx, ncfg) {
+        nat::In::Host => TC_ACT_OK as i32,
+        nat::In::Guest(mac) => {
+            let cfg = config();
+            match fdb::lookup(&FDB, mac, fdb::now(), cfg.aging_ns) {
+                Some((port, false)) => redirect(port, 0),
+                _ => {
+                    clone_to_ports(ctx, cfg.nr_ports, cfg.host_port, 0);
+                    TC_ACT_SHOT as i32
+                }
+            }
         }
     }
 }

@@ -19,7 +19,8 @@ use aya::{
     programs::{ProgramFd, SchedClassifier, Xdp, loaded_programs},
 };
 use umlbr_common::{
-    Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, PORT_KIND_HOST, PortStats, names,
+    Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    PORT_KIND_HOST, PortStats, names,
 };
 
 use crate::{
@@ -39,6 +40,8 @@ pub struct UpOptions {
     pub aging_secs: Option<u64>,
     /// The host's NIC to make the uplink port (scenario C).
     pub uplink: Option<String>,
+    /// The uplink to masquerade guest traffic through (scenario D).
+    pub masquerade: Option<(String, crate::nat::NatOptions)>,
 }
 
 /// Handles on a bridge's maps, opened by id from its XDP program.
@@ -48,6 +51,10 @@ pub struct Maps {
     pub port_list: Array<MapData, u32>,
     pub stats: PerCpuHashMap<MapData, u32, PortStats>,
     pub config: Array<MapData, Config>,
+    pub nat_out: HashMap<MapData, NatKey, NatOut>,
+    pub nat_in: HashMap<MapData, NatKey, NatIn>,
+    pub nat_config: Array<MapData, NatConfig>,
+    pub nat_stats: aya::maps::PerCpuArray<MapData, NatStats>,
 }
 
 /// One bridge, found in the current network namespace.
@@ -98,7 +105,7 @@ pub fn prog_fd(id: u32) -> Result<ProgramFd> {
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { map, source }
+    move |source| Error::Map { map, err: source }
 }
 
 impl Maps {
@@ -150,6 +157,18 @@ impl Maps {
             config: take(names::CONFIG)?
                 .try_into()
                 .map_err(map_err(names::CONFIG))?,
+            nat_out: take(names::NAT_OUT)?
+                .try_into()
+                .map_err(map_err(names::NAT_OUT))?,
+            nat_in: take(names::NAT_IN)?
+                .try_into()
+                .map_err(map_err(names::NAT_IN))?,
+            nat_config: take(names::NAT_CONFIG)?
+                .try_into()
+                .map_err(map_err(names::NAT_CONFIG))?,
+            nat_stats: take(names::NAT_STATS)?
+                .try_into()
+                .map_err(map_err(names::NAT_STATS))?,
         })
     }
 
@@ -159,6 +178,18 @@ impl Maps {
 
     pub fn set_config(&mut self, c: Config) -> Result<()> {
         self.config.set(0, c, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn nat_config(&self) -> Result<NatConfig> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(names::NAT_CONFIG))
+    }
+
+    pub fn set_nat_config(&mut self, c: NatConfig) -> Result<()> {
+        self.nat_config
+            .set(0, c, 0)
+            .map_err(map_err(names::NAT_CONFIG))
     }
 }
 
@@ -379,6 +410,9 @@ impl Bridge {
             if let Some(uplink) = &opts.uplink {
                 port::attach(net, uplink, Some(name), true).await?;
             }
+            if let Some((iface, nopts)) = &opts.masquerade {
+                crate::nat::attach(net, iface, Some(name), nopts).await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
@@ -393,8 +427,11 @@ impl Bridge {
 
     /// Remove the bridge: detach every port, delete the veth pair. The
     /// programs and maps go with their last attachment.
-    pub async fn down(self, net: &Net) -> Result<Vec<String>> {
+    pub async fn down(mut self, net: &Net) -> Result<Vec<String>> {
         let mut detached = Vec::new();
+        if let Some(n) = crate::nat::detach_from(net, &mut self).await? {
+            detached.push(n);
+        }
         let progs = Programs::read();
         for ifindex in self.port_ifindexes() {
             if ifindex == self.switch_port.index {

@@ -27,6 +27,10 @@ pub enum Error {
     ForeignXdp { iface: String, prog_id: u32 },
     #[error("bridge {bridge} already has an uplink ({uplink})")]
     UplinkExists { bridge: String, uplink: String },
+    #[error("{0} has no IPv4 address")]
+    NoAddress(String),
+    #[error("invalid {0}")]
+    BadValue(String),
     #[error("{0} has no Ethernet address; only Ethernet devices can be ports")]
     NotEthernet(String),
     #[error("{0} is not a port of any umlbr bridge")]
@@ -53,23 +57,16 @@ pub enum Error {
     NotPrivileged(String),
     #[error("this kernel lacks what umlbr needs: {0}")]
     KernelFeature(String),
-    #[error("netlink request failed ({what}): {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("BPF map {map}: {source}")]
+    // The cause is part of the message and not also a `source`, so that a
+    // printed chain names it once.
+    #[error("netlink request failed ({what}): {err}")]
+    Netlink { what: String, err: rtnetlink::Error },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("BPF map {map}: {err}")]
     Map {
         map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
+        err: aya::maps::MapError,
     },
     #[error("loading umlbr's eBPF programs: {0}")]
     Load(String),
@@ -81,14 +78,14 @@ impl Error {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            source,
+            err: source,
         }
     }
 
     pub(crate) fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
         Error::Netlink {
             what: what.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -27,7 +27,7 @@ pub struct FdbRow {
 fn map_err(source: aya::maps::MapError) -> Error {
     Error::Map {
         map: names::FDB,
-        source,
+        err: source,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod error;
 pub mod fdb;
 pub mod link;
+pub mod nat;
 pub mod port;
 pub mod stats;
 pub mod sys;

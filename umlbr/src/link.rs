@@ -257,6 +257,44 @@ impl Net {
             .map_err(|e| Error::netlink(format!("adding {addr}/{prefix} to {name}"), e))
     }
 
+    /// IPv4 addresses (with prefix length) of interface `index`.
+    pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink(format!("listing addresses of interface {index}"), e))?
+        {
+            if msg.header.index != index {
+                continue;
+            }
+            for a in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(v4)) = a {
+                    out.push((*v4, msg.header.prefix_len));
+                }
+            }
+            if !msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(_)))
+            {
+                for a in &msg.attributes {
+                    if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                        out.push((*v4, msg.header.prefix_len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Attach (`Some(fd)`) or detach (`None`) the XDP program of `index`
     /// through netlink: such an attachment belongs to the device, so it
     /// stays when umlbr exits.

@@ -27,6 +27,8 @@ The seed recipe, and the umlbr commands that replace it:
   tunctl -u giorgos -t tap0                      umlbr tap add tap0 --user giorgos
   brctl addif br0 tap0                           umlbr attach tap0
   brctl addif br0 eth0  (section C)              umlbr up br0 --uplink eth0
+  ip_forward=1; iptables -t nat -A POSTROUTING \
+    -o eth0 -j MASQUERADE  (section D)            umlbr up br0 --address 192.168.2.1/24 --masquerade eth0
   brctl show / brctl showmacs br0                umlbr show / umlbr fdb show br0
 
 Every command acts on the current network namespace (it works under
@@ -50,13 +52,20 @@ enum Cmd {
         #[arg(long, value_name = "CIDR")]
         address: Option<String>,
         /// Seconds after which a learned MAC is forgotten (default 300).
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         aging: Option<u64>,
         /// Make the host's NIC IFACE a port (guests bridged onto the LAN).
         /// IFACE keeps its addresses and routes; it is made promiscuous while
         /// it is a port.
-        #[arg(long, value_name = "IFACE")]
+        #[arg(long, value_name = "IFACE", conflicts_with = "masquerade")]
         uplink: Option<String>,
+        /// Masquerade the guests' subnet (from --address) behind IFACE's
+        /// address, in BPF (replaces ip_forward + iptables MASQUERADE).
+        #[arg(long, value_name = "IFACE", requires = "address")]
+        masquerade: Option<String>,
+        #[command(flatten)]
+        nat: NatArgs,
     },
     /// Remove a bridge, its host interface and everything `up` and `attach` made.
     Down { name: String },
@@ -70,8 +79,13 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         bridge: Option<String>,
         /// IFACE is the host's NIC onto the LAN (see `up --uplink`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "masquerade")]
         uplink: bool,
+        /// Masquerade the bridge's guests behind IFACE (see `up --masquerade`).
+        #[arg(long)]
+        masquerade: bool,
+        #[command(flatten)]
+        nat: NatArgs,
     },
     /// Remove an interface from its bridge (the interface stays).
     Detach { iface: String },
@@ -84,8 +98,12 @@ enum Cmd {
     /// Show or edit the MAC table (forwarding database).
     #[command(subcommand)]
     Fdb(FdbCmd),
+    /// Show the masquerade's NAT table.
+    #[command(subcommand)]
+    Nat(NatCmd),
     /// Per-port counters: frames, bytes, forwarded, flooded, dropped, learned,
-    /// and which path (XDP native, XDP generic, TC) switched them.
+    /// and which path (XDP native, XDP generic, TC) switched them; NAT
+    /// counters when the bridge masquerades.
     Stats {
         name: Option<String>,
         #[command(flatten)]
@@ -133,6 +151,46 @@ enum FdbCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum NatCmd {
+    /// Live mappings: protocol, inside, outside, remote, state, age.
+    Show {
+        name: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct NatArgs {
+    /// Source ports for masqueraded flows (default: just above the host's
+    /// ip_local_port_range, so they never meet the host's own sockets).
+    #[arg(long, value_name = "LO-HI")]
+    nat_ports: Option<String>,
+    /// Idle timeout of mappings, repeatable: tcp_established (432000),
+    /// tcp_transitory (120), tcp_closing (10), udp (30), udp_stream (120),
+    /// icmp (30).
+    #[arg(long, value_name = "KEY=SECONDS")]
+    nat_timeout: Vec<String>,
+}
+
+impl NatArgs {
+    fn options(&self) -> Result<umlbr::nat::NatOptions> {
+        Ok(umlbr::nat::NatOptions {
+            ports: self
+                .nat_ports
+                .as_deref()
+                .map(umlbr::nat::parse_port_range)
+                .transpose()?,
+            timeouts: self
+                .nat_timeout
+                .iter()
+                .map(|t| umlbr::nat::parse_timeout(t))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 #[derive(Args, Clone, Copy)]
 struct Out {
     /// Print only JSON on stdout.
@@ -141,7 +199,24 @@ struct Out {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors keep the one-line `umlbr: error:` form too.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            eprintln!("umlbr: error: {first} (see `umlbr --help`)");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -188,19 +263,23 @@ async fn run(cli: Cli) -> Result<()> {
             address,
             aging,
             uplink,
+            masquerade,
+            nat,
         } => {
             umlbr::sys::check_kernel()?;
             let address = address.as_deref().map(parse_cidr).transpose()?;
-            if aging == Some(0) {
-                anyhow::bail!("--aging must be at least 1 second");
-            }
-            if let Some(u) = &uplink {
+            for u in uplink.iter().chain(masquerade.iter()) {
                 net.require(u).await?;
             }
+            if matches!(address, Some((std::net::IpAddr::V6(_), _))) && masquerade.is_some() {
+                anyhow::bail!("--masquerade needs an IPv4 --address");
+            }
+            let nat_opts = nat.options()?;
             let opts = UpOptions {
                 address,
                 aging_secs: aging,
                 uplink,
+                masquerade: masquerade.map(|m| (m, nat_opts)),
             };
             Bridge::up(&net, &name, &opts)
                 .await
@@ -246,7 +325,18 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Attach {
             iface,
             bridge,
+            masquerade: true,
+            nat,
+            ..
+        } => {
+            let b = umlbr::nat::attach(&net, &iface, bridge.as_deref(), &nat.options()?).await?;
+            eprintln!("{b} masquerades through {iface}");
+        }
+        Cmd::Attach {
+            iface,
+            bridge,
             uplink,
+            ..
         } => {
             let a = port::attach(&net, &iface, bridge.as_deref(), uplink).await?;
             eprintln!(
@@ -258,6 +348,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Detach { iface } => {
+            let link = net.require(&iface).await?;
+            if let Some(mut br) = umlbr::nat::bridge_of_uplink(&net, link.index).await? {
+                umlbr::nat::detach_from(&net, &mut br).await?;
+                eprintln!("{} no longer masquerades through {iface}", br.name);
+                return Ok(());
+            }
             let b = port::detach(&net, &iface).await?;
             eprintln!("{iface} detached from {b}");
         }
@@ -315,6 +411,21 @@ async fn run(cli: Cli) -> Result<()> {
                             s.tx_packets
                         );
                     }
+                    if let Some(n) = &v.nat {
+                        let c = &n.counters;
+                        println!(
+                            "  masquerade via {} as {} (ports {}): {} mappings",
+                            n.uplink, n.address, n.ports, n.mappings
+                        );
+                        println!(
+                            "    out: xdp {} tc {}   in: xdp {} tc {}   icmp errors {}   in_miss {}",
+                            c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
+                        );
+                        println!(
+                            "    allocs {}   alloc_fail {}   expired {}   slow_path {}",
+                            c.allocs, c.alloc_fail, c.expired, c.slow_path
+                        );
+                    }
                 }
             }
         }
@@ -339,6 +450,44 @@ async fn run(cli: Cli) -> Result<()> {
                         r.port,
                         if r.is_static { "static" } else { "learned" },
                         r.age
+                    );
+                }
+            }
+        }
+        Cmd::Nat(NatCmd::Show { name, out }) => {
+            let mut bridges = match name.as_deref() {
+                Some(n) => vec![Bridge::open(&net, n).await?],
+                None => Bridge::list(&net).await?,
+            };
+            let mut rows = Vec::new();
+            for br in &mut bridges {
+                rows.extend(umlbr::nat::show(br)?);
+            }
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<8} {:<5} {:<21} {:<21} {:<21} {:<12} {:>7} {:>10}",
+                    "BRIDGE",
+                    "PROTO",
+                    "INSIDE",
+                    "OUTSIDE",
+                    "REMOTE",
+                    "STATE",
+                    "AGE(s)",
+                    "EXPIRES(s)"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<8} {:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1} {:>10.0}",
+                        r.bridge,
+                        r.protocol,
+                        r.inside,
+                        r.outside,
+                        r.remote,
+                        r.state,
+                        r.age,
+                        r.expires_in
                     );
                 }
             }

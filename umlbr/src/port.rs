@@ -17,7 +17,7 @@ use crate::{
 };
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
-    move |source| Error::Map { map, source }
+    move |source| Error::Map { map, err: source }
 }
 
 /// Add `link` to the bridge's maps: flood list, stats slot, and the devmap

@@ -37,6 +37,16 @@ pub struct PortView {
     pub stats: PortCounters,
 }
 
+/// The masquerade of a bridge: where, and what it did.
+#[derive(Clone, Debug, Serialize)]
+pub struct NatView {
+    pub uplink: String,
+    pub address: String,
+    pub ports: String,
+    pub mappings: usize,
+    pub counters: umlbr_common::NatStats,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BridgeView {
     pub name: String,
@@ -45,6 +55,7 @@ pub struct BridgeView {
     pub aging_secs: u64,
     pub fdb_entries: usize,
     pub ports: Vec<PortView>,
+    pub nat: Option<NatView>,
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -65,7 +76,7 @@ pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
         let link = net.link_by_index(ifindex).await?;
         let per_cpu = br.maps.stats.get(&ifindex, 0).map_err(|source| Error::Map {
             map: names::PORT_STATS,
-            source,
+            err: source,
         });
         let mut c = PortCounters::default();
         let mut kind = 0;
@@ -113,7 +124,24 @@ pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
             stats: c,
         });
     }
+    let ncfg = br.maps.nat_config()?;
+    let nat = if ncfg.nat_ifindex != 0 {
+        Some(NatView {
+            uplink: net
+                .link_by_index(ncfg.nat_ifindex)
+                .await?
+                .map(|l| l.name)
+                .unwrap_or_else(|| format!("if{} (gone)", ncfg.nat_ifindex)),
+            address: std::net::Ipv4Addr::from(u32::from_be(ncfg.nat_addr)).to_string(),
+            ports: format!("{}-{}", ncfg.port_lo, ncfg.port_hi),
+            mappings: br.maps.nat_in.keys().count(),
+            counters: crate::nat::counters(br)?,
+        })
+    } else {
+        None
+    };
     Ok(BridgeView {
+        nat,
         name: br.name.clone(),
         host_interface: br.host.name.clone(),
         switch_port: br.switch_port.name.clone(),

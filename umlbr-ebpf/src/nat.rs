@@ -1,0 +1,929 @@
+//! Masquerade in the datapath: guest flows leaving through the uplink get
+//! the uplink's address and a port of ours; replies, and ICMP errors about
+//! them, are translated back. XDP does it for what it can finish itself;
+//! the TC program does the rest (CHECKSUM_PARTIAL and GSO skbs, next hops
+//! whose neighbour entry is not resolved yet, uplinks without XDP tx).
+//! What neither translates goes to the kernel's own forwarding and the
+//! nftables masquerade rule umlbr installs beside it.
+//!
+//! Addresses and ports are kept as read from the packet (network byte
+//! order) and checksums are updated incrementally (RFC 1624), which is
+//! byte-order agnostic as long as old and new values are read alike.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_fib_lookup__bindgen_ty_1,
+        bpf_fib_lookup__bindgen_ty_2, bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4,
+        bpf_fib_lookup__bindgen_ty_5, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_sk_lookup_tcp,
+        bpf_sk_lookup_udp, bpf_sk_release,
+    },
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use umlbr_common::{
+    NAT_F_XDP_TX, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE,
+    NAT_TRIES, NatConfig, NatIn, NatKey, NatOut, NatStats,
+};
+
+#[map(name = "UMLBR_NAT_OUT")]
+static NAT_OUT: LruHashMap<NatKey, NatOut> = LruHashMap::with_max_entries(NAT_SIZE, 0);
+
+#[map(name = "UMLBR_NAT_IN")]
+static NAT_IN: LruHashMap<NatKey, NatIn> = LruHashMap::with_max_entries(NAT_SIZE, 0);
+
+#[map(name = "UMLBR_NAT_CFG")]
+static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "UMLBR_NAT_STAT")]
+static NAT_STATS: PerCpuArray<NatStats> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const IP_OFF: usize = ETH_HLEN;
+const L4_OFF: usize = ETH_HLEN + 20;
+const IP_CSUM: usize = IP_OFF + 10;
+// 0x0800 as it sits in memory, read as a little-endian u16.
+const ETH_P_IP_RAW: u16 = 0x0008;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const ICMP_ECHOREPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+const AF_INET: u8 = 2;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+#[inline(always)]
+pub fn config() -> Option<&'static NatConfig> {
+    NAT_CONFIG.get(0).filter(|c| c.nat_ifindex != 0)
+}
+
+#[inline(always)]
+fn stats() -> Option<&'static mut NatStats> {
+    // SAFETY: per-CPU slot, only this CPU writes it.
+    NAT_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Count `f` on the NAT counters.
+#[inline(always)]
+fn count(f: impl FnOnce(&mut NatStats)) {
+    if let Some(s) = stats() {
+        f(s)
+    }
+}
+
+/// Packet access common to XDP and TC: direct reads and writes, and
+/// checksum fixes (by hand in XDP; by the kernel's helpers in TC, which
+/// also know CHECKSUM_PARTIAL).
+pub trait Pkt {
+    fn data(&self) -> usize;
+    fn end(&self) -> usize;
+    fn raw_ctx(&self) -> *mut c_void;
+    /// Fix the 16-bit checksum at `off` for a `size`-byte field (2 or 4)
+    /// going from `old` to `new`. `pseudo`: the field is in the L4 pseudo
+    /// header. `udp`: a zero checksum means none and stays zero.
+    fn csum(&self, off: usize, old: u32, new: u32, size: u8, l4: bool, pseudo: bool, udp: bool);
+}
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m').
+#[inline(always)]
+pub fn csum16_replace(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u32 + (!old) as u32 + new as u32)
+}
+
+#[inline(always)]
+pub fn csum_replace(check: u16, old: u32, new: u32, size: u8) -> u16 {
+    let c = csum16_replace(check, old as u16, new as u16);
+    if size == 4 {
+        csum16_replace(c, (old >> 16) as u16, (new >> 16) as u16)
+    } else {
+        c
+    }
+}
+
+#[inline(always)]
+fn at<T>(data: usize, end: usize, off: usize) -> Option<*mut T> {
+    if data + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((data + off) as *mut T)
+}
+
+impl Pkt for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn raw_ctx(&self) -> *mut c_void {
+        self.ctx as *mut c_void
+    }
+    #[inline(always)]
+    fn csum(&self, off: usize, old: u32, new: u32, size: u8, _l4: bool, _pseudo: bool, udp: bool) {
+        let Some(p) = at::<u16>(Pkt::data(self), Pkt::end(self), off) else {
+            return;
+        };
+        // SAFETY: bounds checked by `at`.
+        unsafe {
+            let check = core::ptr::read_unaligned(p);
+            if udp && check == 0 {
+                return;
+            }
+            let mut c = csum_replace(check, old, new, size);
+            if udp && c == 0 {
+                c = 0xffff;
+            }
+            core::ptr::write_unaligned(p, c);
+        }
+    }
+}
+
+impl Pkt for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn raw_ctx(&self) -> *mut c_void {
+        self.skb.skb as *mut c_void
+    }
+    #[inline(always)]
+    fn csum(&self, off: usize, old: u32, new: u32, size: u8, l4: bool, pseudo: bool, udp: bool) {
+        // SAFETY: helper calls on our own skb.
+        unsafe {
+            if l4 {
+                let mut flags = size as u64;
+                if pseudo {
+                    flags |= BPF_F_PSEUDO_HDR as u64;
+                }
+                if udp {
+                    flags |= BPF_F_MARK_MANGLED_0 as u64;
+                }
+                bpf_l4_csum_replace(self.skb.skb, off as u32, old as u64, new as u64, flags);
+            } else {
+                bpf_l3_csum_replace(
+                    self.skb.skb,
+                    off as u32,
+                    old as u64,
+                    new as u64,
+                    size as u64,
+                );
+            }
+        }
+    }
+}
+
+/// Load at `data + off`; the caller has checked the bounds against the
+/// same `data`.
+#[inline(always)]
+unsafe fn ld<T: Copy>(data: usize, off: usize) -> T {
+    // SAFETY: per the contract above.
+    unsafe { core::ptr::read_unaligned((data + off) as *const T) }
+}
+
+#[inline(always)]
+fn rd<T: Copy>(pkt: &impl Pkt, off: usize) -> Option<T> {
+    let p = at::<T>(pkt.data(), pkt.end(), off)?;
+    // SAFETY: bounds checked by `at`.
+    Some(unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn wr<T: Copy>(pkt: &impl Pkt, off: usize, v: T) {
+    if let Some(p) = at::<T>(pkt.data(), pkt.end(), off) {
+        // SAFETY: bounds checked by `at`.
+        unsafe { core::ptr::write_unaligned(p, v) }
+    }
+}
+
+/// Where the NAT step sends a packet.
+pub enum Out {
+    /// Not ours to translate: switch it as usual (to the host).
+    NotNat,
+    /// XDP cannot finish it: pass it to the TC program.
+    ToTc,
+    /// Translated; send out of `ifindex` (MACs already set).
+    Redirect(u32),
+    /// Translated; the next hop's MAC is unknown: let the kernel resolve
+    /// it (TC only).
+    RedirectNeigh(u32),
+}
+
+// BPF-to-BPF calls return one register: verdicts travel as u64.
+const OUT_NOT_NAT: u64 = 0;
+const OUT_TO_TC: u64 = 1;
+const OUT_REDIRECT: u64 = 2 << 32;
+const OUT_NEIGH: u64 = 3 << 32;
+
+impl Out {
+    #[inline(always)]
+    fn decode(v: u64) -> Out {
+        match v >> 32 {
+            2 => Out::Redirect(v as u32),
+            3 => Out::RedirectNeigh(v as u32),
+            _ if v == OUT_TO_TC => Out::ToTc,
+            _ => Out::NotNat,
+        }
+    }
+}
+
+/// Translate a guest packet addressed to the gateway's MAC (XDP).
+#[inline(always)]
+pub fn out_xdp(ctx: &XdpContext, cfg: &NatConfig, guest_mac: &[u8; 6]) -> Out {
+    Out::decode(out_xdp_sub(ctx.ctx as *mut c_void, cfg, guest_mac))
+}
+
+/// Translate a guest packet addressed to the gateway's MAC (TC).
+#[inline(always)]
+pub fn out_tc(ctx: &TcContext, cfg: &NatConfig, guest_mac: &[u8; 6]) -> Out {
+    Out::decode(out_tc_sub(ctx.skb.skb as *mut c_void, cfg, guest_mac))
+}
+
+// Separate BPF functions keep each one's stack within the 512-byte limit.
+#[inline(never)]
+fn out_xdp_sub(ctx: *mut c_void, cfg: &NatConfig, guest_mac: &[u8; 6]) -> u64 {
+    let ctx = XdpContext::new(ctx as *mut aya_ebpf::bindings::xdp_md);
+    out(&ctx, cfg, *guest_mac, true)
+}
+
+#[inline(never)]
+fn out_tc_sub(ctx: *mut c_void, cfg: &NatConfig, guest_mac: &[u8; 6]) -> u64 {
+    let ctx = TcContext::new(ctx as *mut aya_ebpf::bindings::__sk_buff);
+    out(&ctx, cfg, *guest_mac, false)
+}
+
+/// Translate a guest packet addressed to the gateway's MAC, if it leaves
+/// through the masquerade uplink.
+#[inline(always)]
+fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
+    // See `inbound` on why reads are checked once and then plain.
+    let (data, end) = (pkt.data(), pkt.end());
+    if data + L4_OFF + 8 > end {
+        return OUT_NOT_NAT;
+    }
+    // SAFETY: 42 bytes checked above.
+    let (ethtype, vihl, frag, ttl, proto, saddr, daddr, tot, ports) = unsafe {
+        (
+            ld::<u16>(data, 12),
+            ld::<u8>(data, IP_OFF),
+            ld::<u16>(data, IP_OFF + 6),
+            ld::<u8>(data, IP_OFF + 8),
+            ld::<u8>(data, IP_OFF + 9),
+            ld::<u32>(data, IP_OFF + 12),
+            ld::<u32>(data, IP_OFF + 16),
+            ld::<u16>(data, IP_OFF + 2),
+            ld::<u32>(data, L4_OFF),
+        )
+    };
+    if ethtype != ETH_P_IP_RAW {
+        return OUT_NOT_NAT;
+    }
+    // Inside the guest subnet or to the host itself: plain switching.
+    if daddr & cfg.mask == cfg.subnet || daddr == cfg.nat_addr {
+        return OUT_NOT_NAT;
+    }
+    // IP options, fragments and expiring TTLs are the kernel's business.
+    if vihl != 0x45 || u16::from_be(frag) & 0x3fff != 0 || ttl <= 1 {
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    }
+    let mut req = Flow {
+        proto,
+        tcp_flags: 0,
+        sport: ports as u16,
+        dport: (ports >> 16) as u16,
+        tot_len: u16::from_be(tot),
+        saddr,
+        daddr,
+        mac: guest_mac,
+    };
+    let port_off = if proto == IPPROTO_TCP {
+        if data + L4_OFF + 20 > end {
+            return OUT_NOT_NAT;
+        }
+        // SAFETY: checked just above.
+        req.tcp_flags = unsafe { ld::<u8>(data, L4_OFF + 13) };
+        L4_OFF
+    } else if proto == IPPROTO_UDP {
+        L4_OFF
+    } else if proto == IPPROTO_ICMP && ports as u8 == ICMP_ECHO {
+        // SAFETY: 42 bytes checked above.
+        req.sport = unsafe { ld::<u16>(data, L4_OFF + 4) };
+        req.dport = 0;
+        L4_OFF + 4
+    } else {
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    };
+    let mut macs = [0u8; 12];
+    let r = route(pkt.raw_ctx(), cfg, &req, &mut macs);
+    let (ret, oif) = ((r >> 32) as u32, r as u32);
+    let neigh = if ret == BPF_FIB_LKUP_RET_SUCCESS && oif == cfg.nat_ifindex {
+        false
+    } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH && oif == cfg.nat_ifindex {
+        true
+    } else {
+        // Not routed via the uplink (or needs fragmenting): the kernel.
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    };
+    if xdp && (neigh || cfg.flags & NAT_F_XDP_TX == 0) {
+        return OUT_TO_TC;
+    }
+    let (sport, proto, tcp_flags) = (req.sport, req.proto, req.tcp_flags);
+    let _ = tcp_flags;
+    let nat_port = mapping_out(pkt.raw_ctx(), cfg, &req);
+    if nat_port == 0 {
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    }
+    let nat_port = nat_port as u16;
+    let l4csum = match proto {
+        IPPROTO_TCP => L4_OFF + 16,
+        IPPROTO_UDP => L4_OFF + 6,
+        _ => L4_OFF + 2,
+    };
+    let udp = proto == IPPROTO_UDP;
+    let pseudo = proto != IPPROTO_ICMP;
+    // Writes first, then checksum fixes: in TC the helpers move the
+    // packet, so no pointer may be kept across them.
+    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
+        return OUT_NOT_NAT;
+    };
+    wr::<u32>(pkt, IP_OFF + 12, cfg.nat_addr);
+    wr::<u16>(pkt, port_off, nat_port);
+    wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+    if !neigh {
+        wr::<[u8; 12]>(pkt, 0, macs);
+    }
+    pkt.csum(IP_CSUM, saddr, cfg.nat_addr, 4, false, false, false);
+    pkt.csum(
+        IP_CSUM,
+        ttl_word as u32,
+        ttl_word.wrapping_sub(1) as u32,
+        2,
+        false,
+        false,
+        false,
+    );
+    if pseudo {
+        pkt.csum(l4csum, saddr, cfg.nat_addr, 4, true, true, udp);
+    }
+    pkt.csum(l4csum, sport as u32, nat_port as u32, 2, true, false, udp);
+    if xdp {
+        count(|s| s.out_xdp += 1);
+    } else {
+        count(|s| s.out_tc += 1);
+    }
+    if neigh {
+        OUT_NEIGH | cfg.nat_ifindex as u64
+    } else {
+        OUT_REDIRECT | cfg.nat_ifindex as u64
+    }
+}
+
+/// Route lookup for a guest flow entering the host through the bridge's
+/// interface: result << 32 | output ifindex (all ones on a helper error);
+/// `macs` gets dst and src MACs.
+#[inline(never)]
+fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: &mut [u8; 12]) -> u64 {
+    let tot_len = f.tot_len;
+    let mut fib = bpf_fib_lookup {
+        family: AF_INET,
+        l4_protocol: f.proto,
+        sport: if f.proto == IPPROTO_ICMP { 0 } else { f.sport },
+        dport: f.dport,
+        __bindgen_anon_1: bpf_fib_lookup__bindgen_ty_1 { tot_len },
+        ifindex: cfg.host_ifindex,
+        __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { rt_metric: 0 },
+        __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 {
+            ipv6_src: [f.saddr, 0, 0, 0],
+        },
+        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 {
+            ipv6_dst: [f.daddr, 0, 0, 0],
+        },
+        __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // SAFETY: valid context and fully initialised params.
+    let ret = unsafe {
+        fib_lookup(
+            ctx,
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    if ret < 0 {
+        return u64::MAX;
+    }
+    (ret as u64) << 32 | fib.ifindex as u64
+}
+
+#[inline(always)]
+fn tcp_state_out(flags: u8) -> u16 {
+    let mut s = 0;
+    if flags & TCP_SYN != 0 {
+        s |= NAT_S_SYN_OUT;
+    }
+    if flags & TCP_FIN != 0 {
+        s |= NAT_S_FIN_OUT;
+    }
+    if flags & TCP_RST != 0 {
+        s |= NAT_S_RST;
+    }
+    s
+}
+
+#[inline(always)]
+fn tcp_state_in(flags: u8) -> u16 {
+    let mut s = NAT_S_REPLIED;
+    if flags & TCP_FIN != 0 {
+        s |= NAT_S_FIN_IN;
+    }
+    if flags & TCP_RST != 0 {
+        s |= NAT_S_RST;
+    }
+    s
+}
+
+#[inline(always)]
+fn live(cfg: &NatConfig, proto: u8, e: &NatIn, now: u64) -> bool {
+    now.wrapping_sub(e.last_seen_ns) <= cfg.timeout_ns(proto, e.state)
+}
+
+/// Refresh a mapping: state bits at once, the time at most once a second
+/// per flow (a busy flow should not dirty the entry on every packet).
+#[inline(always)]
+fn touch(e: &mut NatIn, now: u64, state: u16) {
+    if e.state | state != e.state {
+        e.state |= state;
+        // A new SYN on a closed mapping starts it afresh.
+        if state & NAT_S_SYN_OUT != 0 && e.state & NAT_S_RST != 0 {
+            e.state = NAT_S_SYN_OUT;
+        }
+    }
+    if now.wrapping_sub(e.last_seen_ns) > 1_000_000_000 {
+        e.last_seen_ns = now;
+    }
+}
+
+/// Whether a host socket would take a reply from `raddr:rport` to
+/// `laddr:lport`: such a port is not ours to hand out.
+#[inline(always)]
+fn host_socket(
+    ctx: *mut c_void,
+    proto: u8,
+    raddr: u32,
+    rport: u16,
+    laddr: u32,
+    lport: u16,
+) -> bool {
+    if proto == IPPROTO_ICMP {
+        return false;
+    }
+    let mut t = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: raddr,
+                daddr: laddr,
+                sport: rport,
+                dport: lport,
+            },
+        },
+    };
+    let size = 12u32;
+    // SAFETY: valid ctx and tuple; the socket is released at once.
+    unsafe {
+        let sk = if proto == IPPROTO_TCP {
+            bpf_sk_lookup_tcp(ctx, &mut t, size, u64::MAX, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx, &mut t, size, u64::MAX, 0)
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk as *mut c_void);
+    }
+    true
+}
+
+/// A guest flow looking for its mapping.
+#[repr(C)]
+struct Flow {
+    proto: u8,
+    tcp_flags: u8,
+    sport: u16,
+    dport: u16,
+    /// IPv4 total length (host order), for the route's MTU check.
+    tot_len: u16,
+    saddr: u32,
+    daddr: u32,
+    mac: [u8; 6],
+}
+
+/// The outside port of the flow (network byte order), allocating a
+/// mapping if it has none; 0 if no port is free.
+#[inline(never)]
+fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
+    let (proto, saddr, daddr, sport, dport, mac, tcp_flags) = (
+        f.proto,
+        f.saddr,
+        f.daddr,
+        f.sport,
+        f.dport,
+        f.mac,
+        f.tcp_flags,
+    );
+    let now = crate::fdb::now();
+    let state = if proto == IPPROTO_TCP {
+        tcp_state_out(tcp_flags)
+    } else {
+        0
+    };
+    let okey = NatKey {
+        proto,
+        _pad: [0; 3],
+        local_addr: saddr,
+        remote_addr: daddr,
+        local_port: sport,
+        remote_port: dport,
+    };
+    if let Some(o) = NAT_OUT.get_ptr(okey) {
+        // SAFETY: pointer into the map value, read once.
+        let o = unsafe { *o };
+        let ikey = NatKey {
+            proto,
+            _pad: [0; 3],
+            local_addr: o.addr,
+            remote_addr: daddr,
+            local_port: o.port,
+            remote_port: dport,
+        };
+        if let Some(i) = NAT_IN.get_ptr_mut(ikey) {
+            // SAFETY: pointer into the map value.
+            let i = unsafe { &mut *i };
+            if i.addr == saddr && i.port == sport && live(cfg, proto, i, now) {
+                touch(i, now, state);
+                return o.port as u32;
+            }
+            if i.addr == saddr && i.port == sport {
+                let _ = NAT_IN.remove(ikey);
+            }
+        }
+        let _ = NAT_OUT.remove(okey);
+        count(|s| s.expired += 1);
+    }
+    let range = (cfg.port_hi as u32).wrapping_sub(cfg.port_lo as u32) + 1;
+    if cfg.port_hi < cfg.port_lo || range == 0 {
+        count(|s| s.alloc_fail += 1);
+        return 0;
+    }
+    let mut h = saddr ^ daddr.rotate_left(7) ^ ((sport as u32) << 16 | dport as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    let fresh = NatIn {
+        addr: saddr,
+        port: sport,
+        state,
+        mac,
+        _pad: [0; 2],
+        last_seen_ns: now,
+        created_ns: now,
+    };
+    let mut i = 0u32;
+    while i < NAT_TRIES {
+        let cand = (cfg.port_lo as u32 + (h.wrapping_add(i.wrapping_mul(7919)) % range)) as u16;
+        let cand = cand.to_be();
+        i += 1;
+        let ikey = NatKey {
+            proto,
+            _pad: [0; 3],
+            local_addr: cfg.nat_addr,
+            remote_addr: daddr,
+            local_port: cand,
+            remote_port: dport,
+        };
+        if let Some(e) = NAT_IN.get_ptr(ikey) {
+            // SAFETY: pointer into the map value, read once.
+            let e = unsafe { *e };
+            if live(cfg, proto, &e, now) {
+                continue;
+            }
+            // An expired mapping: retire both of its entries.
+            let stale = NatKey {
+                proto,
+                _pad: [0; 3],
+                local_addr: e.addr,
+                remote_addr: daddr,
+                local_port: e.port,
+                remote_port: dport,
+            };
+            let _ = NAT_OUT.remove(stale);
+            let _ = NAT_IN.remove(ikey);
+            count(|s| s.expired += 1);
+        }
+        if host_socket(ctx, proto, daddr, dport, cfg.nat_addr, cand) {
+            continue;
+        }
+        // BPF_NOEXIST: a racing CPU may have taken this port.
+        if NAT_IN.insert(ikey, fresh, 1).is_err() {
+            continue;
+        }
+        let o = NatOut {
+            addr: cfg.nat_addr,
+            port: cand,
+            _pad: 0,
+        };
+        if NAT_OUT.insert(okey, o, 0).is_err() {
+            let _ = NAT_IN.remove(ikey);
+            break;
+        }
+        count(|s| s.allocs += 1);
+        return cand as u32;
+    }
+    count(|s| s.alloc_fail += 1);
+    0
+}
+
+/// Where a packet from the masquerade uplink goes.
+pub enum In {
+    /// Not a reply to a mapping: the host's own.
+    Host,
+    /// Translated for the guest with this MAC (MACs set).
+    Guest([u8; 6]),
+}
+
+const IN_GUEST: u64 = 1 << 48;
+
+impl In {
+    #[inline(always)]
+    fn decode(v: u64) -> In {
+        if v & IN_GUEST == 0 {
+            return In::Host;
+        }
+        let b = v.to_le_bytes();
+        In::Guest([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
+/// Translate a reply arriving on the masquerade uplink (XDP).
+#[inline(always)]
+pub fn inbound_xdp(ctx: &XdpContext, cfg: &NatConfig) -> In {
+    In::decode(inbound_xdp_sub(ctx.ctx as *mut c_void, cfg))
+}
+
+/// Translate a reply arriving on the masquerade uplink (TC).
+#[inline(always)]
+pub fn inbound_tc(ctx: &TcContext, cfg: &NatConfig) -> In {
+    In::decode(inbound_tc_sub(ctx.skb.skb as *mut c_void, cfg))
+}
+
+#[inline(never)]
+fn inbound_xdp_sub(ctx: *mut c_void, cfg: &NatConfig) -> u64 {
+    let ctx = XdpContext::new(ctx as *mut aya_ebpf::bindings::xdp_md);
+    inbound(&ctx, cfg, true)
+}
+
+#[inline(never)]
+fn inbound_tc_sub(ctx: *mut c_void, cfg: &NatConfig) -> u64 {
+    let ctx = TcContext::new(ctx as *mut aya_ebpf::bindings::__sk_buff);
+    inbound(&ctx, cfg, false)
+}
+
+/// Translate a reply (or an ICMP error about a mapping) arriving on the
+/// masquerade uplink.
+#[inline(always)]
+fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
+    // One bounds check per shape, then plain loads from the same `data`:
+    // branchy Option reads let the compiler correlate paths the verifier
+    // cannot follow.
+    let (data, end) = (pkt.data(), pkt.end());
+    if data + L4_OFF + 8 > end {
+        return 0;
+    }
+    // SAFETY: 42 bytes checked above.
+    let (ethtype, vihl, frag, ttl, proto, saddr, daddr) = unsafe {
+        (
+            ld::<u16>(data, 12),
+            ld::<u8>(data, IP_OFF),
+            ld::<u16>(data, IP_OFF + 6),
+            ld::<u8>(data, IP_OFF + 8),
+            ld::<u8>(data, IP_OFF + 9),
+            ld::<u32>(data, IP_OFF + 12),
+            ld::<u32>(data, IP_OFF + 16),
+        )
+    };
+    if ethtype != ETH_P_IP_RAW || daddr != cfg.nat_addr || vihl != 0x45 {
+        return 0;
+    }
+    if u16::from_be(frag) & 0x3fff != 0 || ttl <= 1 {
+        return 0;
+    }
+    // The key of the mapping, and where the translated port sits.
+    let mut key = NatKey {
+        proto,
+        _pad: [0; 3],
+        local_addr: cfg.nat_addr,
+        remote_addr: saddr,
+        local_port: 0,
+        remote_port: 0,
+    };
+    let mut port_off = L4_OFF + 2;
+    let mut icmp_err = false;
+    let mut tcp_flags = 0u8;
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        // SAFETY: 42 bytes checked above.
+        let ports = unsafe { ld::<u32>(data, L4_OFF) };
+        key.remote_port = ports as u16;
+        key.local_port = (ports >> 16) as u16;
+        if proto == IPPROTO_TCP {
+            if data + L4_OFF + 20 > end {
+                return 0;
+            }
+            // SAFETY: checked just above.
+            tcp_flags = unsafe { ld::<u8>(data, L4_OFF + 13) };
+        }
+    } else if proto == IPPROTO_ICMP {
+        // SAFETY: 42 bytes checked above.
+        let (ty, id) = unsafe { (ld::<u8>(data, L4_OFF), ld::<u16>(data, L4_OFF + 4)) };
+        if ty == ICMP_ECHOREPLY {
+            key.local_port = id;
+            port_off = L4_OFF + 4;
+        } else if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAMETERPROB {
+            // The offending packet's header: it left as nat_addr:port.
+            const IN_IP: usize = L4_OFF + 8;
+            const IN_L4: usize = IN_IP + 20;
+            if data + IN_L4 + 8 > end {
+                return 0;
+            }
+            // SAFETY: checked just above.
+            let (ivihl, iproto, isaddr, idaddr, iports, iid) = unsafe {
+                (
+                    ld::<u8>(data, IN_IP),
+                    ld::<u8>(data, IN_IP + 9),
+                    ld::<u32>(data, IN_IP + 12),
+                    ld::<u32>(data, IN_IP + 16),
+                    ld::<u32>(data, IN_L4),
+                    ld::<u16>(data, IN_L4 + 4),
+                )
+            };
+            if ivihl != 0x45 || isaddr != cfg.nat_addr {
+                return 0;
+            }
+            key.proto = iproto;
+            key.remote_addr = idaddr;
+            icmp_err = true;
+            if iproto == IPPROTO_TCP || iproto == IPPROTO_UDP {
+                key.local_port = iports as u16;
+                key.remote_port = (iports >> 16) as u16;
+                port_off = IN_L4;
+            } else if iproto == IPPROTO_ICMP {
+                key.local_port = iid;
+                port_off = IN_L4 + 4;
+            } else {
+                return 0;
+            }
+        } else {
+            return 0;
+        }
+    } else {
+        return 0;
+    }
+    let now = crate::fdb::now();
+    let Some(e) = NAT_IN.get_ptr_mut(key) else {
+        count(|s| s.in_miss += 1);
+        return 0;
+    };
+    // SAFETY: pointer into the map value.
+    let e = unsafe { &mut *e };
+    if !live(cfg, key.proto, e, now) {
+        count(|s| s.in_miss += 1);
+        return 0;
+    }
+    if !icmp_err {
+        let st = if proto == IPPROTO_TCP {
+            tcp_state_in(tcp_flags)
+        } else {
+            NAT_S_REPLIED
+        };
+        touch(e, now, st);
+    }
+    let (gaddr, gport, gmac) = (e.addr, e.port, e.mac);
+    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
+        return 0;
+    };
+    let Some(old_port) = rd::<u16>(pkt, port_off) else {
+        return 0;
+    };
+    if icmp_err {
+        const IN_IP: usize = L4_OFF + 8;
+        let Some(old_icsum) = rd::<u16>(pkt, IN_IP + 10) else {
+            return 0;
+        };
+        let new_icsum = csum_replace(old_icsum, cfg.nat_addr, gaddr, 4);
+        wr::<u32>(pkt, IP_OFF + 16, gaddr);
+        wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+        wr::<u32>(pkt, IN_IP + 12, gaddr);
+        wr::<u16>(pkt, IN_IP + 10, new_icsum);
+        wr::<u16>(pkt, port_off, gport);
+        wr::<[u8; 6]>(pkt, 0, gmac);
+        wr::<[u8; 6]>(pkt, 6, cfg.gw_mac);
+        // ICMP carries no pseudo header: only the words that changed
+        // inside its payload count.
+        pkt.csum(IP_CSUM, daddr, gaddr, 4, false, false, false);
+        pkt.csum(
+            IP_CSUM,
+            ttl_word as u32,
+            ttl_word.wrapping_sub(1) as u32,
+            2,
+            false,
+            false,
+            false,
+        );
+        pkt.csum(L4_OFF + 2, cfg.nat_addr, gaddr, 4, true, false, false);
+        pkt.csum(
+            L4_OFF + 2,
+            old_icsum as u32,
+            new_icsum as u32,
+            2,
+            true,
+            false,
+            false,
+        );
+        pkt.csum(
+            L4_OFF + 2,
+            old_port as u32,
+            gport as u32,
+            2,
+            true,
+            false,
+            false,
+        );
+        count(|s| s.icmp_errors += 1);
+    } else {
+        let l4csum = match proto {
+            IPPROTO_TCP => L4_OFF + 16,
+            IPPROTO_UDP => L4_OFF + 6,
+            _ => L4_OFF + 2,
+        };
+        let udp = proto == IPPROTO_UDP;
+        wr::<u32>(pkt, IP_OFF + 16, gaddr);
+        wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+        wr::<u16>(pkt, port_off, gport);
+        wr::<[u8; 6]>(pkt, 0, gmac);
+        wr::<[u8; 6]>(pkt, 6, cfg.gw_mac);
+        pkt.csum(IP_CSUM, daddr, gaddr, 4, false, false, false);
+        pkt.csum(
+            IP_CSUM,
+            ttl_word as u32,
+            ttl_word.wrapping_sub(1) as u32,
+            2,
+            false,
+            false,
+            false,
+        );
+        if proto != IPPROTO_ICMP {
+            pkt.csum(l4csum, daddr, gaddr, 4, true, true, udp);
+        }
+        pkt.csum(l4csum, old_port as u32, gport as u32, 2, true, false, udp);
+    }
+    if xdp {
+        count(|s| s.in_xdp += 1);
+    } else {
+        count(|s| s.in_tc += 1);
+    }
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&gmac);
+    u64::from_le_bytes(b) | IN_GUEST
+}
