@@ -20,8 +20,9 @@ fn be16(p: usize) -> u16 {
     unsafe { u16::from_be(core::ptr::read_unaligned(p as *const u16)) }
 }
 
+/// Fold a 32-bit one's complement sum to 16 bits.
 #[inline(always)]
-fn fold(mut s: u32) -> u16 {
+pub fn fold(mut s: u32) -> u16 {
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     s as u16

@@ -90,18 +90,38 @@ pub trait Pkt {
     fn data(&self) -> usize;
     fn end(&self) -> usize;
     fn raw_ctx(&self) -> *mut c_void;
-    /// Fix the 16-bit checksum at `off` for a `size`-byte field (2 or 4)
-    /// going from `old` to `new`. `pseudo`: the field is in the L4 pseudo
-    /// header. `udp`: a zero checksum means none and stays zero.
-    fn csum(&self, off: usize, old: u32, new: u32, size: u8, l4: bool, pseudo: bool, udp: bool);
+    /// Fix the 16-bit checksum at `off` of kind `sum` for a `size`-byte
+    /// field (2 or 4) going from `old` to `new`.
+    fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8);
 }
 
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
+/// Which checksum a field change touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sum {
+    /// The IPv4 header checksum.
+    L3,
+    /// A TCP/ICMP checksum, for a field in the packet.
+    L4,
+    /// A TCP checksum, for a field of the pseudo header (an address).
+    L4Pseudo,
+    /// A UDP checksum: zero means none and stays zero.
+    Udp,
+    UdpPseudo,
 }
+
+impl Sum {
+    #[inline(always)]
+    fn of(proto: u8, pseudo: bool) -> Sum {
+        match (proto == IPPROTO_UDP, pseudo) {
+            (true, true) => Sum::UdpPseudo,
+            (true, false) => Sum::Udp,
+            (false, true) => Sum::L4Pseudo,
+            (false, false) => Sum::L4,
+        }
+    }
+}
+
+use crate::csum::fold;
 
 /// RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m').
 #[inline(always)]
@@ -141,7 +161,8 @@ impl Pkt for XdpContext {
         self.ctx as *mut c_void
     }
     #[inline(always)]
-    fn csum(&self, off: usize, old: u32, new: u32, size: u8, _l4: bool, _pseudo: bool, udp: bool) {
+    fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
+        let udp = sum == Sum::Udp || sum == Sum::UdpPseudo;
         let Some(p) = at::<u16>(Pkt::data(self), Pkt::end(self), off) else {
             return;
         };
@@ -174,26 +195,20 @@ impl Pkt for TcContext {
         self.skb.skb as *mut c_void
     }
     #[inline(always)]
-    fn csum(&self, off: usize, old: u32, new: u32, size: u8, l4: bool, pseudo: bool, udp: bool) {
+    fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
+        let flags = size as u64
+            | match sum {
+                Sum::L3 | Sum::L4 => 0,
+                Sum::L4Pseudo => BPF_F_PSEUDO_HDR as u64,
+                Sum::Udp => BPF_F_MARK_MANGLED_0 as u64,
+                Sum::UdpPseudo => (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64,
+            };
         // SAFETY: helper calls on our own skb.
         unsafe {
-            if l4 {
-                let mut flags = size as u64;
-                if pseudo {
-                    flags |= BPF_F_PSEUDO_HDR as u64;
-                }
-                if udp {
-                    flags |= BPF_F_MARK_MANGLED_0 as u64;
-                }
-                bpf_l4_csum_replace(self.skb.skb, off as u32, old as u64, new as u64, flags);
+            if sum == Sum::L3 {
+                bpf_l3_csum_replace(self.skb.skb, off as u32, old as u64, new as u64, flags);
             } else {
-                bpf_l3_csum_replace(
-                    self.skb.skb,
-                    off as u32,
-                    old as u64,
-                    new as u64,
-                    size as u64,
-                );
+                bpf_l4_csum_replace(self.skb.skb, off as u32, old as u64, new as u64, flags);
             }
         }
     }
@@ -220,6 +235,29 @@ fn wr<T: Copy>(pkt: &impl Pkt, off: usize, v: T) {
         // SAFETY: bounds checked by `at`.
         unsafe { core::ptr::write_unaligned(p, v) }
     }
+}
+
+/// Offset of the checksum of a TCP, UDP or ICMP header at L4_OFF.
+#[inline(always)]
+fn l4_csum_off(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => L4_OFF + 16,
+        IPPROTO_UDP => L4_OFF + 6,
+        _ => L4_OFF + 2,
+    }
+}
+
+/// Decrement the TTL as a router does (the caller checked it is > 1).
+#[inline(always)]
+fn dec_ttl(pkt: &impl Pkt, ttl_word: u16) {
+    wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+    pkt.csum(
+        IP_CSUM,
+        Sum::L3,
+        ttl_word as u32,
+        ttl_word.wrapping_sub(1) as u32,
+        2,
+    );
 }
 
 /// Where the NAT step sends a packet.
@@ -364,38 +402,29 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         return OUT_NOT_NAT;
     }
     let nat_port = nat_port as u16;
-    let l4csum = match proto {
-        IPPROTO_TCP => L4_OFF + 16,
-        IPPROTO_UDP => L4_OFF + 6,
-        _ => L4_OFF + 2,
-    };
-    let udp = proto == IPPROTO_UDP;
-    let pseudo = proto != IPPROTO_ICMP;
-    // Writes first, then checksum fixes: in TC the helpers move the
-    // packet, so no pointer may be kept across them.
+    let csum_off = l4_csum_off(proto);
     let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
         return OUT_NOT_NAT;
     };
+    // Each write re-derives its pointer: TC's checksum helpers move the
+    // packet, so none is kept across them.
     wr::<u32>(pkt, IP_OFF + 12, cfg.nat_addr);
+    pkt.csum(IP_CSUM, Sum::L3, saddr, cfg.nat_addr, 4);
+    if proto != IPPROTO_ICMP {
+        pkt.csum(csum_off, Sum::of(proto, true), saddr, cfg.nat_addr, 4);
+    }
     wr::<u16>(pkt, port_off, nat_port);
-    wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+    pkt.csum(
+        csum_off,
+        Sum::of(proto, false),
+        sport as u32,
+        nat_port as u32,
+        2,
+    );
+    dec_ttl(pkt, ttl_word);
     if !neigh {
         wr::<[u8; 12]>(pkt, 0, macs);
     }
-    pkt.csum(IP_CSUM, saddr, cfg.nat_addr, 4, false, false, false);
-    pkt.csum(
-        IP_CSUM,
-        ttl_word as u32,
-        ttl_word.wrapping_sub(1) as u32,
-        2,
-        false,
-        false,
-        false,
-    );
-    if pseudo {
-        pkt.csum(l4csum, saddr, cfg.nat_addr, 4, true, true, udp);
-    }
-    pkt.csum(l4csum, sport as u32, nat_port as u32, 2, true, false, udp);
     if xdp {
         count(|s| s.out_xdp += 1);
     } else {
@@ -846,78 +875,41 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
     let Some(old_port) = rd::<u16>(pkt, port_off) else {
         return 0;
     };
+    // ICMP errors: the checksum to fix is the ICMP one, which has no pseudo
+    // header; the inner header's source (nat_addr, like the outer
+    // destination) and its checksum change too.
+    let (csum_off, sum_proto) = if icmp_err {
+        (L4_OFF + 2, IPPROTO_ICMP)
+    } else {
+        (l4_csum_off(proto), proto)
+    };
+    wr::<u32>(pkt, IP_OFF + 16, gaddr);
+    pkt.csum(IP_CSUM, Sum::L3, daddr, gaddr, 4);
     if icmp_err {
         const IN_IP: usize = L4_OFF + 8;
         let Some(old_icsum) = rd::<u16>(pkt, IN_IP + 10) else {
             return 0;
         };
-        let new_icsum = csum_replace(old_icsum, cfg.nat_addr, gaddr, 4);
-        wr::<u32>(pkt, IP_OFF + 16, gaddr);
-        wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+        let new_icsum = csum_replace(old_icsum, daddr, gaddr, 4);
         wr::<u32>(pkt, IN_IP + 12, gaddr);
         wr::<u16>(pkt, IN_IP + 10, new_icsum);
-        wr::<u16>(pkt, port_off, gport);
-        wr::<[u8; 6]>(pkt, 0, gmac);
-        wr::<[u8; 6]>(pkt, 6, cfg.gw_mac);
-        // ICMP carries no pseudo header: only the words that changed
-        // inside its payload count.
-        pkt.csum(IP_CSUM, daddr, gaddr, 4, false, false, false);
-        pkt.csum(
-            IP_CSUM,
-            ttl_word as u32,
-            ttl_word.wrapping_sub(1) as u32,
-            2,
-            false,
-            false,
-            false,
-        );
-        pkt.csum(L4_OFF + 2, cfg.nat_addr, gaddr, 4, true, false, false);
-        pkt.csum(
-            L4_OFF + 2,
-            old_icsum as u32,
-            new_icsum as u32,
-            2,
-            true,
-            false,
-            false,
-        );
-        pkt.csum(
-            L4_OFF + 2,
-            old_port as u32,
-            gport as u32,
-            2,
-            true,
-            false,
-            false,
-        );
+        pkt.csum(csum_off, Sum::L4, daddr, gaddr, 4);
+        pkt.csum(csum_off, Sum::L4, old_icsum as u32, new_icsum as u32, 2);
         count(|s| s.icmp_errors += 1);
-    } else {
-        let l4csum = match proto {
-            IPPROTO_TCP => L4_OFF + 16,
-            IPPROTO_UDP => L4_OFF + 6,
-            _ => L4_OFF + 2,
-        };
-        let udp = proto == IPPROTO_UDP;
-        wr::<u32>(pkt, IP_OFF + 16, gaddr);
-        wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
-        wr::<u16>(pkt, port_off, gport);
-        wr::<[u8; 6]>(pkt, 0, gmac);
-        wr::<[u8; 6]>(pkt, 6, cfg.gw_mac);
-        pkt.csum(IP_CSUM, daddr, gaddr, 4, false, false, false);
-        pkt.csum(
-            IP_CSUM,
-            ttl_word as u32,
-            ttl_word.wrapping_sub(1) as u32,
-            2,
-            false,
-            false,
-            false,
-        );
-        if proto != IPPROTO_ICMP {
-            pkt.csum(l4csum, daddr, gaddr, 4, true, true, udp);
-        }
-        pkt.csum(l4csum, old_port as u32, gport as u32, 2, true, false, udp);
+    } else if proto != IPPROTO_ICMP {
+        pkt.csum(csum_off, Sum::of(proto, true), daddr, gaddr, 4);
     }
+    wr::<u16>(pkt, port_off, gport);
+    pkt.csum(
+        csum_off,
+        Sum::of(sum_proto, false),
+        old_port as u32,
+        gport as u32,
+        2,
+    );
+    dec_ttl(pkt, ttl_word);
+    wr::<[u8; 6]>(pkt, 0, gmac);
+    wr::<[u8; 6]>(pkt, 6, cfg.gw_mac);
     if xdp {
         count(|s| s.in_xdp += 1);
     } else {

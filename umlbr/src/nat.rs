@@ -2,7 +2,6 @@
 //! table, and the kernel slow path beside the BPF one.
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
     process::{Command, Stdio},
 };
 
@@ -14,9 +13,9 @@ use umlbr_common::{
 };
 
 use crate::{
-    bridge::{Bridge, Programs, prog_fd},
+    bridge::{Bridge, Programs},
     error::{Error, Result},
-    link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST},
+    link::{Link, Net},
     port, sys,
 };
 
@@ -167,31 +166,7 @@ pub async fn attach(
 ) -> Result<String> {
     let link = net.require(iface).await?;
     let progs = Programs::read();
-    let all = Bridge::list(net).await?;
-    for b in &all {
-        if b.host.index == link.index || b.switch_port.index == link.index {
-            return Err(Error::HostPort(format!("{iface} (bridge {})", b.name)));
-        }
-        if b.port_ifindexes().contains(&link.index) {
-            return Err(Error::AlreadyAttached {
-                iface: iface.into(),
-                bridge: b.name.clone(),
-            });
-        }
-        if b.maps.nat_config()?.nat_ifindex == link.index {
-            return Err(Error::AlreadyAttached {
-                iface: iface.into(),
-                bridge: format!("{} (as its masquerade uplink)", b.name),
-            });
-        }
-    }
-    if let Some(id) = link.xdp_prog {
-        return Err(Error::ForeignXdp {
-            iface: iface.into(),
-            prog_id: id,
-        });
-    }
-    drop(all);
+    port::check_free(net, &link, &progs).await?;
     let mut br = Bridge::open_or_only(net, bridge).await?;
     let old = br.maps.nat_config()?;
     if old.nat_ifindex != 0 {
@@ -267,20 +242,7 @@ pub async fn attach(
                 .map_err(|e| Error::Load(format!("adding {iface} to the devmap: {e}")))?;
         }
         br.maps.set_nat_config(cfg)?;
-        let xdp_fd = prog_fd(br.xdp_prog_id)?;
-        let raw = xdp_fd.as_fd().as_raw_fd();
-        let f = XDP_FLAGS_UPDATE_IF_NOEXIST;
-        if net
-            .set_xdp(link.index, iface, Some(raw), f | XDP_FLAGS_DRV_MODE)
-            .await
-            .is_err()
-        {
-            net.set_xdp(link.index, iface, Some(raw), f | XDP_FLAGS_SKB_MODE)
-                .await?;
-        }
-        let tc_fd = prog_fd(tc_id)?;
-        sys::tcx_attach(link.index, tc_fd.as_fd(), sys::BPF_TCX_INGRESS)
-            .map_err(|e| Error::io(format!("attaching TC to {iface}"), e))?;
+        port::hook(net, &link, br.xdp_prog_id, tc_id).await?;
         Ok::<(), Error>(())
     }
     .await;

@@ -128,6 +128,59 @@ pub async fn restore_promisc(net: &Net, link: &Link, kind_flags: Option<(u32, u3
     Ok(())
 }
 
+/// Refuse an interface that is a bridge's own, a port already (of any
+/// bridge, or a masquerade uplink), or has an XDP program of its own.
+pub async fn check_free(net: &Net, link: &Link, progs: &Programs) -> Result<()> {
+    let iface = link.name.as_str();
+    for b in Bridge::list(net).await? {
+        if b.host.index == link.index || b.switch_port.index == link.index {
+            return Err(Error::HostPort(format!("{iface} (bridge {})", b.name)));
+        }
+        if b.port_ifindexes().contains(&link.index) {
+            return Err(Error::AlreadyAttached {
+                iface: iface.into(),
+                bridge: b.name.clone(),
+            });
+        }
+        if b.maps.nat_config()?.nat_ifindex == link.index {
+            return Err(Error::AlreadyAttached {
+                iface: iface.into(),
+                bridge: format!("{} (as its masquerade uplink)", b.name),
+            });
+        }
+    }
+    match link.xdp_prog {
+        Some(id) if progs.is_umlbr_xdp(id) => Err(Error::OrphanPort {
+            iface: iface.into(),
+        }),
+        Some(id) => Err(Error::ForeignXdp {
+            iface: iface.into(),
+            prog_id: id,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Attach the bridge's XDP program (driver mode where the device has it,
+/// generic XDP on an skb otherwise) and its TC program to `link`.
+pub async fn hook(net: &Net, link: &Link, xdp_id: u32, tc_id: u32) -> Result<()> {
+    let iface = link.name.as_str();
+    let xdp_fd = prog_fd(xdp_id)?;
+    let raw = xdp_fd.as_fd().as_raw_fd();
+    let f = XDP_FLAGS_UPDATE_IF_NOEXIST;
+    if net
+        .set_xdp(link.index, iface, Some(raw), f | XDP_FLAGS_DRV_MODE)
+        .await
+        .is_err()
+    {
+        net.set_xdp(link.index, iface, Some(raw), f | XDP_FLAGS_SKB_MODE)
+            .await?;
+    }
+    let tc_fd = prog_fd(tc_id)?;
+    sys::tcx_attach(link.index, tc_fd.as_fd(), sys::BPF_TCX_INGRESS)
+        .map_err(|e| Error::io(format!("attaching TC to {iface}"), e))
+}
+
 /// How a port was attached.
 #[derive(Debug)]
 pub struct Attached {
@@ -149,34 +202,7 @@ pub async fn attach(
 ) -> Result<Attached> {
     let link = net.require(iface).await?;
     let progs = Programs::read();
-    let all = Bridge::list(net).await?;
-    if let Some(b) = all
-        .iter()
-        .find(|b| b.host.index == link.index || b.switch_port.index == link.index)
-    {
-        return Err(Error::HostPort(format!("{iface} (bridge {})", b.name)));
-    }
-    if let Some(b) = all
-        .iter()
-        .find(|b| b.port_ifindexes().contains(&link.index))
-    {
-        return Err(Error::AlreadyAttached {
-            iface: iface.into(),
-            bridge: b.name.clone(),
-        });
-    }
-    if let Some(id) = link.xdp_prog {
-        if progs.is_umlbr_xdp(id) {
-            return Err(Error::OrphanPort {
-                iface: iface.into(),
-            });
-        }
-        return Err(Error::ForeignXdp {
-            iface: iface.into(),
-            prog_id: id,
-        });
-    }
-    drop(all);
+    check_free(net, &link, &progs).await?;
     let mut br = Bridge::open_or_only(net, bridge).await?;
     let tc_id = br
         .tc_prog_id(&progs)
@@ -241,22 +267,7 @@ pub async fn attach(
             br.maps.set_config(c)?;
             net.set_promisc(link.index, iface, true).await?;
         }
-        let xdp_fd = prog_fd(br.xdp_prog_id)?;
-        let raw = xdp_fd.as_fd().as_raw_fd();
-        let xflags = XDP_FLAGS_UPDATE_IF_NOEXIST;
-        // Driver mode where the device has it (tap, veth, most NICs);
-        // generic XDP on an skb otherwise.
-        if net
-            .set_xdp(link.index, iface, Some(raw), xflags | XDP_FLAGS_DRV_MODE)
-            .await
-            .is_err()
-        {
-            net.set_xdp(link.index, iface, Some(raw), xflags | XDP_FLAGS_SKB_MODE)
-                .await?;
-        }
-        let tc_fd = prog_fd(tc_id)?;
-        sys::tcx_attach(link.index, tc_fd.as_fd(), sys::BPF_TCX_INGRESS)
-            .map_err(|e| Error::io(format!("attaching TC to {iface}"), e))?;
+        hook(net, &link, br.xdp_prog_id, tc_id).await?;
         if uplink {
             let id = tc_out_id
                 .ok_or_else(|| Error::Load(format!("bridge {} has no egress program", br.name)))?;
