@@ -757,6 +757,20 @@ pub fn ping_counts(out: &str) -> Option<(u32, u32)> {
     Some((*nums.first()?, *nums.get(1)?))
 }
 
+/// Sequence numbers of the replies a ping printed (`seq=N`).
+pub fn ping_seqs(out: &str) -> std::collections::BTreeSet<u32> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            let rest = &l[l.find("seq=")? + 4..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect()
+}
+
 /// The summary lines of a ping's output (for printing).
 pub fn ping_summary(out: &str) -> String {
     out.lines()
@@ -777,6 +791,9 @@ mod tests {
                    40 packets transmitted, 39 packets received, 2% packet loss\n\
                    round-trip min/avg/max = 0.2/0.3/0.5 ms\n";
         assert_eq!(ping_counts(out), Some((40, 39)));
+        let out2 = "64 bytes from 1.2.3.4: seq=0 ttl=64 time=0.7 ms\n\
+                    64 bytes from 1.2.3.4: seq=2 ttl=64 time=0.5 ms\n";
+        assert_eq!(ping_seqs(out2).into_iter().collect::<Vec<_>>(), vec![0, 2]);
         assert!(ping_summary(out).starts_with("40 packets"));
     }
 
