@@ -63,6 +63,7 @@ const AF_INET: u8 = 2;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn config() -> Option<&'static NatConfig> {
@@ -397,8 +398,22 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
     let (sport, proto, tcp_flags) = (req.sport, req.proto, req.tcp_flags);
     let _ = tcp_flags;
     let nat_port = mapping_out(pkt.raw_ctx(), cfg, &req);
+    if nat_port == NO_MAPPING {
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    }
     if nat_port == 0 {
         count(|s| s.slow_path += 1);
+        // One line at the 1st, 2nd, 4th, 8th... failure on this CPU:
+        // visible in `umlbr log`, without flooding the log ring. (Called
+        // from here, not from mapping_out, to keep the call chain's stack
+        // within 512 bytes.)
+        if let Some(st) = stats()
+            && st.alloc_fail != 0
+            && st.alloc_fail & (st.alloc_fail - 1) == 0
+        {
+            log_no_port(cfg, &req, st.alloc_fail);
+        }
         return OUT_NOT_NAT;
     }
     let nat_port = nat_port as u16;
@@ -580,8 +595,12 @@ struct Flow {
     mac: [u8; 6],
 }
 
+/// `mapping_out`: the flow is not to be mapped (the kernel's path).
+const NO_MAPPING: u32 = 1 << 16;
+
 /// The outside port of the flow (network byte order), allocating a
-/// mapping if it has none; 0 if no port is free.
+/// mapping if it has none; 0 if no port is free, NO_MAPPING if the flow
+/// must not get one.
 #[inline(never)]
 fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
     let (proto, saddr, daddr, sport, dport, mac, tcp_flags) = (
@@ -631,6 +650,13 @@ fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
         }
         let _ = NAT_OUT.remove(okey);
         count(|s| s.expired += 1);
+    }
+    // A TCP flow gets a mapping only from its first SYN: a flow that began
+    // on the kernel's path (before the masquerade was attached, or while
+    // the port range was full) stays there instead of changing its source
+    // port mid-stream.
+    if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return NO_MAPPING;
     }
     let range = (cfg.port_hi as u32).wrapping_sub(cfg.port_lo as u32) + 1;
     if cfg.port_hi < cfg.port_lo || range == 0 {
@@ -703,6 +729,22 @@ fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
     }
     count(|s| s.alloc_fail += 1);
     0
+}
+
+#[inline(never)]
+fn log_no_port(cfg: &NatConfig, f: &Flow, failures: u64) {
+    aya_log_ebpf::warn!(
+        &(),
+        "NAT port range {}-{} exhausted: no port for proto {} {:i}:{} -> {:i}:{} ({} failures on this CPU so far)",
+        cfg.port_lo,
+        cfg.port_hi,
+        f.proto,
+        u32::from_be(f.saddr),
+        u16::from_be(f.sport),
+        u32::from_be(f.daddr),
+        u16::from_be(f.dport),
+        failures
+    );
 }
 
 /// Where a packet from the masquerade uplink goes.

@@ -101,6 +101,13 @@ enum Cmd {
     /// Show the masquerade's NAT table.
     #[command(subcommand)]
     Nat(NatCmd),
+    /// Print what the datapath logged (e.g. an exhausted NAT port range),
+    /// oldest first; --follow keeps printing new lines.
+    Log {
+        name: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Per-port counters: frames, bytes, forwarded, flooded, dropped, learned,
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
     /// counters when the bridge masquerades.
@@ -454,6 +461,21 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::Log { name, follow } => {
+            let br = Bridge::open_or_only(&net, name.as_deref()).await?;
+            let logger = LinePrinter {
+                bridge: br.name.clone(),
+            };
+            let mut reader = aya_log::EbpfLogger::init_from_id_with_logger(br.xdp_prog_id, logger)
+                .with_context(|| format!("opening the log ring of bridge {}", br.name))?;
+            loop {
+                reader.flush();
+                if !follow {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
         Cmd::Nat(NatCmd::Show { name, out }) => {
             let mut bridges = match name.as_deref() {
                 Some(n) => vec![Bridge::open(&net, n).await?],
@@ -507,6 +529,23 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the datapath's log records as lines on stdout.
+struct LinePrinter {
+    bridge: String,
+}
+
+impl log::Log for LinePrinter {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        println!("{} {}: {}", self.bridge, record.level(), record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 async fn views(net: &Net, name: Option<&str>) -> Result<Vec<stats::BridgeView>> {
