@@ -33,7 +33,27 @@ pub mod ethertype {
 /// IP protocol numbers.
 pub mod ipproto {
     pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const GRE: u8 = 47;
+}
+
+/// TCP header flags.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMP types used in tests.
+pub mod icmp_type {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
 }
 
 /// Ethernet header length (no tag).
@@ -390,6 +410,311 @@ pub fn parse_ethernet(f: &[u8]) -> Option<EthernetView<'_>> {
     }
 }
 
+/// The fields of a TCP header a test chooses; the data offset and the
+/// checksum are computed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpHeader {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// `tcp_flags::*`.
+    pub flags: u8,
+    pub window: u16,
+    /// Options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+}
+
+impl TcpHeader {
+    /// A header from `sport` to `dport` with `flags`, sequence number 1000,
+    /// acknowledgment 0 (or 2000 when ACK is set), window 64240.
+    pub fn new(sport: u16, dport: u16, flags: u8) -> Self {
+        TcpHeader {
+            sport,
+            dport,
+            seq: 1000,
+            ack: if flags & tcp_flags::ACK != 0 { 2000 } else { 0 },
+            flags,
+            window: 64240,
+            options: Vec::new(),
+        }
+    }
+
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    pub fn ack(mut self, ack: u32) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    pub fn options(mut self, options: &[u8]) -> Self {
+        assert!(options.len().is_multiple_of(4) && options.len() <= 40);
+        self.options = options.to_vec();
+        self
+    }
+}
+
+/// A TCP segment with its checksum over the IPv4 pseudo-header.
+pub fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, h: &TcpHeader, data: &[u8]) -> Vec<u8> {
+    let hlen = 20 + h.options.len();
+    let len = hlen + data.len();
+    assert!(len <= u16::MAX as usize, "TCP segment too long");
+    let mut t = Vec::with_capacity(len);
+    t.extend_from_slice(&h.sport.to_be_bytes());
+    t.extend_from_slice(&h.dport.to_be_bytes());
+    t.extend_from_slice(&h.seq.to_be_bytes());
+    t.extend_from_slice(&h.ack.to_be_bytes());
+    t.push(((hlen / 4) as u8) << 4);
+    t.push(h.flags);
+    t.extend_from_slice(&h.window.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    t.extend_from_slice(&h.options);
+    t.extend_from_slice(data);
+    let c = checksum_with(pseudo_header_sum(src, dst, ipproto::TCP, len as u16), &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// An ICMP error message: type, code, the four bytes after the checksum
+/// (unused, pointer, or next-hop MTU), and the quoted offending packet.
+pub fn icmp_error(ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + quoted.len());
+    m.extend_from_slice(&[ty, code, 0, 0]);
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quoted);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+impl Frame {
+    /// An IPv4 packet (20-byte header, DF) carrying `payload` as protocol
+    /// `proto`; the payload is taken as is.
+    pub fn ipv4(
+        self,
+        src: impl Into<Ipv4Addr>,
+        dst: impl Into<Ipv4Addr>,
+        proto: u8,
+        ttl: u8,
+        payload: &[u8],
+    ) -> Self {
+        let ip = ipv4_packet(src.into(), dst.into(), proto, ttl, payload);
+        self.ethertype(ethertype::IPV4).payload(&ip)
+    }
+
+    /// An IPv4 TCP segment.
+    pub fn tcp(
+        self,
+        src: impl Into<Ipv4Addr>,
+        dst: impl Into<Ipv4Addr>,
+        h: &TcpHeader,
+        data: &[u8],
+    ) -> Self {
+        let (src, dst) = (src.into(), dst.into());
+        let t = tcp_segment(src, dst, h, data);
+        self.ipv4(src, dst, ipproto::TCP, 64, &t)
+    }
+
+    /// An IPv4 UDP datagram sent without a checksum (field 0).
+    pub fn udp_no_checksum(
+        self,
+        src: impl Into<Ipv4Addr>,
+        sport: u16,
+        dst: impl Into<Ipv4Addr>,
+        dport: u16,
+        data: &[u8],
+    ) -> Self {
+        let (src, dst) = (src.into(), dst.into());
+        let mut udp = udp_datagram(src, sport, dst, dport, data);
+        udp[6..8].copy_from_slice(&[0, 0]);
+        self.ipv4(src, dst, ipproto::UDP, 64, &udp)
+    }
+
+    /// An IPv4 ICMP error quoting `quoted` (an IPv4 header and what
+    /// follows it).
+    pub fn icmp_error(
+        self,
+        src: impl Into<Ipv4Addr>,
+        dst: impl Into<Ipv4Addr>,
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        quoted: &[u8],
+    ) -> Self {
+        let m = icmp_error(ty, code, rest, quoted);
+        self.ipv4(src, dst, ipproto::ICMP, 64, &m)
+    }
+}
+
+/// Offset of the IPv4 header in an Ethernet frame (after any tags), if the
+/// frame carries IPv4.
+pub fn ipv4_offset(f: &[u8]) -> Option<usize> {
+    let e = parse_ethernet(f)?;
+    (e.ethertype == ethertype::IPV4).then(|| f.len() - e.payload.len())
+}
+
+/// Whether an ICMP type carries a quoted IPv4 header (RFC 792 errors).
+pub fn icmp_is_error(ty: u8) -> bool {
+    matches!(ty, 3 | 4 | 5 | 11 | 12)
+}
+
+/// Recompute, from scratch, the header checksum of the IPv4 header at the
+/// start of `ip` (its IHL honoured). Does nothing to a short header.
+pub fn fix_ipv4_header_checksum(ip: &mut [u8]) {
+    let Some(&vihl) = ip.first() else { return };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return;
+    }
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&ip[..ihl]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An IPv4 packet's header length, total length (bounded by what is
+/// there), addresses, protocol, and whether it is a fragment.
+struct Ipv4Parts {
+    ihl: usize,
+    total: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    fragment: bool,
+}
+
+fn ipv4_parts(ip: &[u8]) -> Option<Ipv4Parts> {
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let total = (u16::from_be_bytes([ip[2], ip[3]]) as usize).clamp(ihl, ip.len());
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    Some(Ipv4Parts {
+        ihl,
+        total,
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        proto: ip[9],
+        fragment: frag & 0x3fff != 0,
+    })
+}
+
+/// Recompute every checksum of an Ethernet + IPv4 frame from scratch
+/// (RFC 1071): the IP header; the TCP or UDP checksum over the
+/// pseudo-header (a UDP checksum of 0, "none", stays 0; a computed 0 is
+/// sent as 0xffff); the ICMP checksum, after the quoted IPv4 header's own
+/// checksum for ICMP errors. The quoted transport header is left alone
+/// (an ICMP error usually quotes only 8 bytes of it). Fragments get only
+/// their IP header checksum. Frames that are not IPv4 are left as they are.
+pub fn fix_checksums(frame: &mut [u8]) {
+    let Some(off) = ipv4_offset(frame) else {
+        return;
+    };
+    let ip = &mut frame[off..];
+    let Some(p) = ipv4_parts(ip) else { return };
+    if !p.fragment {
+        let l4 = &mut ip[p.ihl..p.total];
+        let len = l4.len() as u16;
+        match p.proto {
+            ipproto::TCP if l4.len() >= 20 => {
+                l4[16..18].copy_from_slice(&[0, 0]);
+                let c = checksum_with(pseudo_header_sum(p.src, p.dst, ipproto::TCP, len), l4);
+                l4[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            ipproto::UDP if l4.len() >= 8 && l4[6..8] != [0, 0] => {
+                l4[6..8].copy_from_slice(&[0, 0]);
+                let c = checksum_with(pseudo_header_sum(p.src, p.dst, ipproto::UDP, len), l4);
+                let c = if c == 0 { 0xffff } else { c };
+                l4[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            ipproto::ICMP if l4.len() >= 4 => {
+                if icmp_is_error(l4[0]) && l4.len() >= 8 + 20 {
+                    fix_ipv4_header_checksum(&mut l4[8..]);
+                }
+                l4[2..4].copy_from_slice(&[0, 0]);
+                let c = checksum(l4);
+                l4[2..4].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+    fix_ipv4_header_checksum(ip);
+}
+
+/// Verify, from scratch, every checksum of an Ethernet + IPv4 frame that
+/// `fix_checksums` would set: the IP header, the TCP/UDP checksum with its
+/// pseudo-header (UDP 0 means none), the ICMP checksum, and the quoted
+/// IPv4 header of an ICMP error. `Err` names each one that is wrong.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let off = ipv4_offset(frame).ok_or("not an IPv4 frame")?;
+    let ip = &frame[off..];
+    let p = ipv4_parts(ip).ok_or("truncated IPv4 header")?;
+    let mut bad = Vec::new();
+    if checksum(&ip[..p.ihl]) != 0 {
+        bad.push(format!(
+            "IPv4 header checksum {:#06x}",
+            u16::from_be_bytes([ip[10], ip[11]])
+        ));
+    }
+    let l4 = &ip[p.ihl..p.total];
+    let len = l4.len() as u16;
+    if !p.fragment {
+        match p.proto {
+            ipproto::TCP
+                if l4.len() >= 20
+                    && checksum_with(pseudo_header_sum(p.src, p.dst, ipproto::TCP, len), l4)
+                        != 0 =>
+            {
+                bad.push(format!(
+                    "TCP checksum {:#06x}",
+                    u16::from_be_bytes([l4[16], l4[17]])
+                ));
+            }
+            ipproto::UDP
+                if l4.len() >= 8
+                    && l4[6..8] != [0, 0]
+                    && checksum_with(pseudo_header_sum(p.src, p.dst, ipproto::UDP, len), l4)
+                        != 0 =>
+            {
+                bad.push(format!(
+                    "UDP checksum {:#06x}",
+                    u16::from_be_bytes([l4[6], l4[7]])
+                ));
+            }
+            ipproto::ICMP if l4.len() >= 4 => {
+                if checksum(l4) != 0 {
+                    bad.push(format!(
+                        "ICMP checksum {:#06x}",
+                        u16::from_be_bytes([l4[2], l4[3]])
+                    ));
+                }
+                if icmp_is_error(l4[0]) && l4.len() >= 8 + 20 {
+                    let inner = &l4[8..];
+                    let ihl = (inner[0] & 0x0f) as usize * 4;
+                    if ihl >= 20 && inner.len() >= ihl && checksum(&inner[..ihl]) != 0 {
+                        bad.push(format!(
+                            "quoted IPv4 header checksum {:#06x}",
+                            u16::from_be_bytes([inner[10], inner[11]])
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +829,46 @@ mod tests {
             ipv4_multicast_mac(Ipv4Addr::new(224, 128, 0, 251)),
             [1, 0, 0x5e, 0, 0, 251]
         );
+    }
+
+    #[test]
+    fn tcp_and_icmp_errors_verify_and_fix() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let h = TcpHeader::new(40000, 80, tcp_flags::SYN).options(&[2, 4, 5, 0xb4]);
+        let f = Frame::new(station(2), station(1))
+            .tcp(a, b, &h, b"odd")
+            .build();
+        verify_checksums(&f).unwrap();
+        let ip = parse_ethernet(&f).unwrap().payload;
+        assert_eq!(ip[9], ipproto::TCP);
+        assert_eq!(ip[20 + 12], 6 << 4);
+        assert_eq!(ip[20 + 13], tcp_flags::SYN);
+
+        let quoted = &ip[..28];
+        let e = Frame::new(station(1), station(2))
+            .icmp_error(b, a, icmp_type::DEST_UNREACH, 4, [0, 0, 5, 0xdc], quoted)
+            .build();
+        verify_checksums(&e).unwrap();
+        // Break each checksum in turn: verify names it, fix repairs it.
+        for (at, what) in [
+            (14 + 10, "IPv4 header"),
+            (14 + 22, "ICMP"),
+            (14 + 28 + 10, "quoted"),
+        ] {
+            let mut x = e.clone();
+            x[at] ^= 0x55;
+            let err = verify_checksums(&x).unwrap_err();
+            assert!(err.contains(what), "{what}: {err}");
+            fix_checksums(&mut x);
+            verify_checksums(&x).unwrap();
+            assert_eq!(x, e);
+        }
+        // UDP without a checksum verifies and stays without one.
+        let mut u = Frame::new(station(2), station(1))
+            .udp_no_checksum(a, 1, b, 2, b"x")
+            .build();
+        verify_checksums(&u).unwrap();
+        fix_checksums(&mut u);
+        assert_eq!(&u[14 + 26..14 + 28], &[0, 0]);
     }
 }

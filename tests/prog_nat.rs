@@ -1,0 +1,3024 @@
+//! Table-driven BPF_PROG_TEST_RUN tests of umlbr's in-kernel masquerade
+//! (scenario D): guest flows translated on their way out of the uplink,
+//! replies and ICMP errors translated back, and everything the datapath
+//! leaves to the kernel.
+//!
+//! Each test makes a network namespace and moves its own thread into it
+//! (network namespaces are per thread; the test run's ingress ifindex, the
+//! devmap, `bpf_fib_lookup` and `bpf_sk_lookup_*` all work in the caller's
+//! namespace). In it:
+//!
+//! - taps g1, g2, g3: guest ports; tap hp: the bridge's host port (the
+//!   switch side, `Config.host_port`), a tap so that live tests can read
+//!   what reaches it;
+//! - veth br0 (MAC `GW_MAC`, 192.168.2.1/24): the bridge's host interface,
+//!   the `host_ifindex` route lookups start from;
+//! - tap up0 (MAC `UP_MAC`, 192.168.1.200/24, MTU 9000): the masquerade
+//!   uplink, default route via 192.168.1.1 (static neighbour `NH_MAC`),
+//!   198.51.100.0/24 via 192.168.1.2 (no neighbour: NO_NEIGH), a /32 with
+//!   a locked MTU of 1000, an unreachable /32; a LAN host 192.168.1.50 with
+//!   a static neighbour entry;
+//! - veth d1 (10.77.0.1/16): a route that does not leave via the uplink;
+//! - forwarding on.
+//!
+//! The object is loaded with `umlbr::bridge::load_object()` and its maps
+//! are filled by hand as `umlbr up --masquerade` would. Every expected
+//! output frame is built from the input by setting the translated fields
+//! and recomputing every checksum from scratch (`wire::fix_checksums`,
+//! RFC 1071), never with the datapath's incremental arithmetic; outputs are
+//! also checked with `wire::verify_checksums`.
+//!
+//! Needs root.
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+    },
+};
+use umlbr_common::{
+    Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN,
+    NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
+    NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
+    NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_KIND_OTHER, PortStats, names,
+};
+use umlbr_tests::{
+    netns::Netns,
+    wire::{
+        Frame, Mac, TcpHeader, fix_checksums, fmt_mac, icmp_type, ipproto, tcp_flags,
+        verify_checksums,
+    },
+};
+
+// ---------------------------------------------------------------------------
+// Kernel constants and context layouts (include/uapi/linux/bpf.h).
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+fn xdp_md(data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
+    let mut c = [0u8; 24];
+    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
+    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c
+}
+
+/// struct __sk_buff (192 bytes) with ingress_ifindex (offset 36) and
+/// ifindex (offset 40) set.
+fn sk_buff(ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
+    let mut c = [0u8; 192];
+    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+const SEC: u64 = 1_000_000_000;
+const AGING_NS: u64 = 60 * SEC;
+
+// ---------------------------------------------------------------------------
+// Addresses.
+
+/// br0's MAC: the guests' gateway, `NatConfig.gw_mac`.
+const GW_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
+/// up0's MAC: the source of everything that leaves translated.
+const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
+/// The default gateway 192.168.1.1 (static neighbour).
+const NH_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
+/// A host on the uplink's LAN, 192.168.1.50 (static neighbour).
+const LAN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
+/// What answers the ARP for 192.168.1.2 in the NO_NEIGH live test.
+const NH2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
+
+const NAT_IP: [u8; 4] = [192, 168, 1, 200];
+const GW_IP: [u8; 4] = [192, 168, 2, 1];
+const LAN_HOST: [u8; 4] = [192, 168, 1, 50];
+/// Remote hosts behind the default route.
+const R1: [u8; 4] = [203, 0, 113, 5];
+const R2: [u8; 4] = [203, 0, 113, 6];
+/// Behind 192.168.1.2, which has no neighbour entry.
+const NN: [u8; 4] = [198, 51, 100, 7];
+/// Behind d1, not the uplink.
+const OTHER_NET: [u8; 4] = [10, 77, 0, 5];
+/// An unreachable route.
+const UNREACH: [u8; 4] = [203, 0, 113, 99];
+/// A route with a locked MTU of 1000.
+const SMALL_MTU: [u8; 4] = [203, 0, 113, 77];
+/// A router that sends ICMP errors.
+const ROUTER: [u8; 4] = [198, 18, 0, 1];
+
+const PORT_LO: u16 = 61000;
+const PORT_HI: u16 = 61999;
+/// Ports of pre-made mappings.
+const P: u16 = 61234;
+const P2: u16 = 61300;
+const P3: u16 = 61400;
+
+fn gip(g: usize) -> [u8; 4] {
+    [192, 168, 2, 10 + g as u8]
+}
+
+fn gmac(g: usize) -> Mac {
+    [0x02, 0, 0, 0, 0x02, 0x10 + g as u8]
+}
+
+fn be32(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+fn ip4(a: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(a)
+}
+
+/// The neighbour MAC a translated packet to `remote` must carry.
+fn next_hop_mac(remote: [u8; 4]) -> Mac {
+    if remote == LAN_HOST { LAN_MAC } else { NH_MAC }
+}
+
+// ---------------------------------------------------------------------------
+// The test bench.
+
+/// This thread in another network namespace until dropped.
+struct InNetns {
+    orig: OwnedFd,
+}
+
+impl InNetns {
+    fn enter(ns: &Netns) -> Result<Self> {
+        let orig: OwnedFd = File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's netns")?
+            .into();
+        let target = File::open(format!("/run/netns/{}", ns.name))
+            .with_context(|| format!("opening netns {}", ns.name))?;
+        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(InNetns { orig })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// A tap (IFF_TAP | IFF_NO_PI) in the current thread's namespace.
+fn open_tap(name: &str) -> Result<File> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: all-zero ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: valid fd and ifreq.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &ifr) } < 0 {
+        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
+
+fn now_coarse() -> u64 {
+    umlbr::sys::monotonic_coarse_ns()
+}
+
+/// A device of the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dev {
+    /// Guest port g1..g3.
+    G(usize),
+    /// The host port hp.
+    Host,
+    /// The masquerade uplink up0.
+    Up,
+}
+
+const TAP_NAMES: [&str; 5] = ["g1", "g2", "g3", "hp", "up0"];
+const NR_GUESTS: usize = 3;
+
+fn tap_of(d: Dev) -> usize {
+    match d {
+        Dev::G(i) => i,
+        Dev::Host => 3,
+        Dev::Up => 4,
+    }
+}
+
+/// Field order is drop order: programs and links go first, then the taps
+/// and sockets, then the thread leaves the namespace, which is deleted.
+struct Bench {
+    ebpf: Ebpf,
+    taps: Vec<(u32, File)>,
+    br0: u32,
+    nr_cpus: usize,
+    _in: InNetns,
+    _ns: Netns,
+}
+
+/// The default masquerade settings of the bench.
+fn nat_config(up0: u32, br0: u32) -> NatConfig {
+    NatConfig {
+        nat_ifindex: up0,
+        nat_addr: be32(NAT_IP),
+        host_ifindex: br0,
+        subnet: be32([192, 168, 2, 0]),
+        mask: be32([255, 255, 255, 0]),
+        port_lo: PORT_LO,
+        port_hi: PORT_HI,
+        gw_mac: GW_MAC,
+        flags: NAT_F_XDP_TX,
+        tcp_established_ns: NAT_TCP_ESTABLISHED_SECS * SEC,
+        tcp_transitory_ns: NAT_TCP_TRANSITORY_SECS * SEC,
+        tcp_closing_ns: NAT_TCP_CLOSING_SECS * SEC,
+        udp_ns: NAT_UDP_SECS * SEC,
+        udp_stream_ns: NAT_UDP_STREAM_SECS * SEC,
+        icmp_ns: NAT_ICMP_SECS * SEC,
+    }
+}
+
+impl Bench {
+    fn new(tag: &str) -> Result<Self> {
+        let ns = Netns::new(&format!("nat-{tag}"))?;
+        ns.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+             && ip link add br0 type veth peer name br0p && ip link set br0 address {gw} \
+             && ip addr add 192.168.2.1/24 dev br0 && ip link set br0p up && ip link set br0 up \
+             && ip link add d1 type veth peer name d1p && ip addr add 10.77.0.1/16 dev d1 \
+             && ip link set d1p up && ip link set d1 up",
+            gw = fmt_mac(&GW_MAC)
+        ))?;
+        let inside = InNetns::enter(&ns)?;
+        let mut taps = Vec::new();
+        for name in TAP_NAMES {
+            let f = open_tap(name)?;
+            taps.push((ifindex(name)?, f));
+        }
+        ns.sh(&format!(
+            "ip link set up0 address {up} mtu 9000 && ip link set up0 up \
+             && ip addr add 192.168.1.200/24 dev up0 \
+             && ip neigh replace 192.168.1.1 lladdr {nh} dev up0 nud permanent \
+             && ip neigh replace 192.168.1.50 lladdr {lan} dev up0 nud permanent \
+             && ip route add default via 192.168.1.1 dev up0 \
+             && ip route add 198.51.100.0/24 via 192.168.1.2 dev up0 \
+             && ip route add 203.0.113.77/32 via 192.168.1.1 dev up0 mtu lock 1000 \
+             && ip route add unreachable 203.0.113.99/32 \
+             && for t in g1 g2 g3 hp; do ip link set $t up || exit 1; done \
+             && sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.forwarding=1 \
+                net.ipv4.conf.br0.forwarding=1",
+            up = fmt_mac(&UP_MAC),
+            nh = fmt_mac(&NH_MAC),
+            lan = fmt_mac(&LAN_MAC),
+        ))?;
+        let br0 = ifindex("br0")?;
+        let ebpf = umlbr::bridge::load_object().context("load_object")?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut b = Bench {
+            ebpf,
+            taps,
+            br0,
+            nr_cpus,
+            _in: inside,
+            _ns: ns,
+        };
+        b.reset(&|_| {})?;
+        Ok(b)
+    }
+
+    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))?;
+        Ok(T::try_from(m)?)
+    }
+
+    fn ifindex(&self, d: Dev) -> u32 {
+        self.taps[tap_of(d)].0
+    }
+
+    fn nat_cfg(&self) -> NatConfig {
+        nat_config(self.ifindex(Dev::Up), self.br0)
+    }
+
+    /// The state `umlbr up --address 192.168.2.1/24 --masquerade up0`
+    /// leaves, with g1..g3 attached and their guests' MACs learned: every
+    /// port in the devmap (and up0, NAT_F_XDP_TX), flood list and stats;
+    /// the gateway's MAC on the host port; empty NAT tables, zero counters;
+    /// `tweak` applied to the NAT settings. Taps drained.
+    fn reset(&mut self, tweak: &dyn Fn(&mut NatConfig)) -> Result<()> {
+        let ports: Vec<u32> = (0..4).map(|i| self.taps[i].0).collect();
+        let host = self.ifindex(Dev::Host);
+        let up = self.ifindex(Dev::Up);
+        let mut cfg = self.nat_cfg();
+        tweak(&mut cfg);
+        {
+            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+            for &i in &ports {
+                devmap.insert(i, i, None, 0)?;
+            }
+            if cfg.flags & NAT_F_XDP_TX != 0 {
+                devmap.insert(up, up, None, 0)?;
+            } else {
+                let _ = devmap.remove(up);
+            }
+        }
+        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
+        for (n, &i) in ports.iter().enumerate() {
+            list.set(n as u32, i, 0)?;
+        }
+        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
+        config.set(
+            0,
+            Config {
+                aging_ns: AGING_NS,
+                nr_ports: ports.len() as u32,
+                host_port: host,
+                ..Default::default()
+            },
+            0,
+        )?;
+        let n = self.nr_cpus;
+        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        for &i in &ports {
+            let zero = PortStats {
+                kind: PORT_KIND_OTHER,
+                ..Default::default()
+            };
+            stats.insert(i, PerCpuValues::try_from(vec![zero; n])?, 0)?;
+        }
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            fdb.remove(&k)?;
+        }
+        let now = now_coarse();
+        fdb.insert(
+            FdbKey::new(GW_MAC),
+            FdbEntry {
+                ifindex: host,
+                flags: FDB_F_STATIC,
+                updated_ns: now,
+            },
+            0,
+        )?;
+        for (g, &port) in ports.iter().enumerate().take(NR_GUESTS) {
+            fdb.insert(
+                FdbKey::new(gmac(g)),
+                FdbEntry {
+                    ifindex: port,
+                    flags: 0,
+                    updated_ns: now,
+                },
+                0,
+            )?;
+        }
+        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
+        nc.set(0, cfg, 0)?;
+        let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
+        let keys: Vec<NatKey> = out.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            out.remove(&k)?;
+        }
+        let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
+        let keys: Vec<NatKey> = inm.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            inm.remove(&k)?;
+        }
+        let mut st: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
+        st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
+        for t in 0..self.taps.len() {
+            self.drain(t);
+        }
+        Ok(())
+    }
+
+    fn set_nat_cfg(&mut self, cfg: NatConfig) -> Result<()> {
+        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
+        nc.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    fn forget_guest(&mut self, g: usize) -> Result<()> {
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        fdb.remove(&FdbKey::new(gmac(g)))?;
+        Ok(())
+    }
+
+    /// Insert a mapping's entries as the datapath would have made them,
+    /// last used `m.idle_ns` ago.
+    fn put_mapping(&mut self, m: &Mapping, now: u64) -> Result<()> {
+        if m.out {
+            let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
+            out.insert(
+                m.flow.out_key(),
+                NatOut {
+                    addr: be32(NAT_IP),
+                    port: m.nat_port.to_be(),
+                    _pad: 0,
+                },
+                0,
+            )?;
+        }
+        if m.inn {
+            let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
+            inm.insert(m.flow.in_key(m.nat_port), m.nat_in(now), 0)?;
+        }
+        Ok(())
+    }
+
+    fn nat_out(&mut self) -> Result<BTreeMap<KeyOrd, NatOut>> {
+        let m: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
+        m.iter()
+            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
+            .collect()
+    }
+
+    fn nat_in(&mut self) -> Result<BTreeMap<KeyOrd, NatIn>> {
+        let m: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
+        m.iter()
+            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
+            .collect()
+    }
+
+    /// The NAT counters, summed over the CPUs.
+    fn nat_stats(&mut self) -> Result<NatStats> {
+        let m: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
+        let mut t = NatStats::default();
+        for s in m.get(&0, 0)?.iter() {
+            t.out_xdp += s.out_xdp;
+            t.out_tc += s.out_tc;
+            t.in_xdp += s.in_xdp;
+            t.in_tc += s.in_tc;
+            t.icmp_errors += s.icmp_errors;
+            t.in_miss += s.in_miss;
+            t.allocs += s.allocs;
+            t.alloc_fail += s.alloc_fail;
+            t.slow_path += s.slow_path;
+            t.expired += s.expired;
+        }
+        Ok(t)
+    }
+
+    fn xdp(&self) -> &Xdp {
+        self.ebpf
+            .program(names::XDP_PROG)
+            .expect("umlbr_xdp")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    fn tc(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(names::TC_PROG)
+            .expect("umlbr_tc")
+            .try_into()
+            .expect("a TC program")
+    }
+
+    fn run(&self, prog: Prog, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = match prog {
+            Prog::Xdp => {
+                let ctx = xdp_md(frame.len() as u32, ingress);
+                self.xdp().test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..Default::default()
+                })
+            }
+            Prog::Tc => {
+                let ctx = sk_buff(ingress, ingress);
+                self.tc().test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..Default::default()
+                })
+            }
+        }
+        .map_err(run_err)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
+    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
+        let ctx = xdp_md(frame.len() as u32, ingress);
+        self.xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .map_err(run_err)?;
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, devs: &[&str]) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::TC_PROG)
+            .context("umlbr_tc")?
+            .try_into()?;
+        for name in devs {
+            prog.attach(name, TcAttachType::Ingress)
+                .with_context(|| format!("attaching TC to {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, t: usize) {
+        let mut buf = vec![0u8; 65536];
+        while self.taps[t].1.read(&mut buf).is_ok() {}
+    }
+
+    /// Everything the taps transmit: waits until each tap i has `want[i]`
+    /// frames (up to `wait`), then 20 ms more for extras.
+    fn collect(&mut self, want: &[usize], wait: Duration) -> Vec<Vec<Vec<u8>>> {
+        let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.taps.len()];
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + wait;
+        let mut grace: Option<Instant> = None;
+        loop {
+            let mut any = false;
+            for (i, (_, f)) in self.taps.iter_mut().enumerate() {
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(n) => {
+                            any = true;
+                            got[i].push(buf[..n].to_vec());
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("reading {}: {e}", TAP_NAMES[i]),
+                    }
+                }
+            }
+            let now = Instant::now();
+            let done = got.iter().zip(want).all(|(g, w)| g.len() >= *w);
+            if done && grace.is_none() {
+                grace = Some(now + Duration::from_millis(20));
+            }
+            if grace.is_some_and(|g| now >= g) || now >= deadline {
+                return got;
+            }
+            if !any {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn run_err(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::SyscallError(s) => anyhow::anyhow!("test run failed: {}", s.io_error),
+        e => anyhow::anyhow!("test run failed: {e}"),
+    }
+}
+
+/// NatKey with an order, for sorted dumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KeyOrd(NatKey);
+
+impl KeyOrd {
+    fn tuple(&self) -> (u8, u32, u32, u16, u16) {
+        let k = self.0;
+        (
+            k.proto,
+            k.local_addr,
+            k.remote_addr,
+            k.local_port,
+            k.remote_port,
+        )
+    }
+}
+
+impl PartialOrd for KeyOrd {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for KeyOrd {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.tuple().cmp(&o.tuple())
+    }
+}
+
+fn fmt_key(k: &NatKey) -> String {
+    let p = match k.proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        _ => "?",
+    };
+    format!(
+        "{p} {}:{} <-> {}:{}",
+        Ipv4Addr::from(k.local_addr.to_ne_bytes()),
+        u16::from_be(k.local_port),
+        Ipv4Addr::from(k.remote_addr.to_ne_bytes()),
+        u16::from_be(k.remote_port)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Flows, mappings and frames.
+
+/// A guest flow: protocol, guest index and port (ICMP: echo id), remote
+/// address and port (ICMP: 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flow {
+    proto: u8,
+    guest: usize,
+    gport: u16,
+    remote: [u8; 4],
+    rport: u16,
+}
+
+fn udp(guest: usize, gport: u16, remote: [u8; 4], rport: u16) -> Flow {
+    Flow {
+        proto: ipproto::UDP,
+        guest,
+        gport,
+        remote,
+        rport,
+    }
+}
+
+fn tcp(guest: usize, gport: u16, remote: [u8; 4], rport: u16) -> Flow {
+    Flow {
+        proto: ipproto::TCP,
+        guest,
+        gport,
+        remote,
+        rport,
+    }
+}
+
+fn icmp(guest: usize, id: u16, remote: [u8; 4]) -> Flow {
+    Flow {
+        proto: ipproto::ICMP,
+        guest,
+        gport: id,
+        remote,
+        rport: 0,
+    }
+}
+
+impl Flow {
+    fn out_key(&self) -> NatKey {
+        NatKey {
+            proto: self.proto,
+            _pad: [0; 3],
+            local_addr: be32(gip(self.guest)),
+            remote_addr: be32(self.remote),
+            local_port: self.gport.to_be(),
+            remote_port: self.rport.to_be(),
+        }
+    }
+
+    fn in_key(&self, nat_port: u16) -> NatKey {
+        NatKey {
+            proto: self.proto,
+            _pad: [0; 3],
+            local_addr: be32(NAT_IP),
+            remote_addr: be32(self.remote),
+            local_port: nat_port.to_be(),
+            remote_port: self.rport.to_be(),
+        }
+    }
+
+    /// The guest's packet (to the gateway's MAC). TCP: `flags`; ICMP: an
+    /// echo request with sequence 1.
+    fn out_frame(&self, flags: u8, data: &[u8]) -> Vec<u8> {
+        let f = Frame::new(GW_MAC, gmac(self.guest));
+        let (g, r) = (gip(self.guest), self.remote);
+        match self.proto {
+            ipproto::UDP => f.udp(g, self.gport, r, self.rport, data),
+            ipproto::TCP => f.tcp(g, r, &TcpHeader::new(self.gport, self.rport, flags), data),
+            _ => f.icmp_echo(g, r, false, self.gport, 1, data),
+        }
+        .build()
+    }
+
+    /// The remote's answer to the mapping at `nat_port`, as it arrives on
+    /// the uplink (from the gateway's MAC to up0's). ICMP: an echo reply.
+    fn reply_frame(&self, nat_port: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+        let f = Frame::new(UP_MAC, next_hop_mac(self.remote));
+        let r = self.remote;
+        match self.proto {
+            ipproto::UDP => f.udp(r, self.rport, NAT_IP, nat_port, data),
+            ipproto::TCP => f.tcp(
+                r,
+                NAT_IP,
+                &TcpHeader::new(self.rport, nat_port, flags).seq(5000),
+                data,
+            ),
+            _ => f.icmp_echo(r, NAT_IP, true, nat_port, 1, data),
+        }
+        .build()
+    }
+
+    /// The packet as it left translated (its IPv4 header and transport
+    /// header), as an ICMP error about it quotes it: the first `len` bytes.
+    fn quoted(&self, nat_port: u16, len: usize) -> Vec<u8> {
+        let f = Frame::new(NH_MAC, UP_MAC);
+        let r = self.remote;
+        let frame = match self.proto {
+            ipproto::UDP => f.udp(NAT_IP, nat_port, r, self.rport, b"quoted datagram"),
+            ipproto::TCP => f.tcp(
+                NAT_IP,
+                r,
+                &TcpHeader::new(nat_port, self.rport, tcp_flags::SYN),
+                b"",
+            ),
+            _ => f.icmp_echo(NAT_IP, r, false, nat_port, 1, b"quoted ping"),
+        }
+        .build();
+        let mut ip = frame[14..].to_vec();
+        ip[8] -= 1;
+        fix_ip_header(&mut ip);
+        ip.truncate(len);
+        ip
+    }
+}
+
+fn fix_ip_header(ip: &mut [u8]) {
+    umlbr_tests::wire::fix_ipv4_header_checksum(ip);
+}
+
+/// An ICMP error from `from` to the masquerade address quoting `quoted`.
+fn icmp_error_frame(from: [u8; 4], ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    Frame::new(UP_MAC, NH_MAC)
+        .icmp_error(from, NAT_IP, ty, code, rest, quoted)
+        .build()
+}
+
+/// A mapping present before the run.
+#[derive(Clone, Copy, Debug)]
+struct Mapping {
+    flow: Flow,
+    nat_port: u16,
+    state: u16,
+    idle_ns: u64,
+    /// Its NAT_OUT entry exists.
+    out: bool,
+    /// Its NAT_IN entry exists.
+    inn: bool,
+}
+
+fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
+    Mapping {
+        flow,
+        nat_port,
+        state,
+        idle_ns,
+        out: true,
+        inn: true,
+    }
+}
+
+impl Mapping {
+    fn nat_in(&self, now: u64) -> NatIn {
+        NatIn {
+            addr: be32(gip(self.flow.guest)),
+            port: self.flow.gport.to_be(),
+            state: self.state,
+            mac: gmac(self.flow.guest),
+            _pad: [0; 2],
+            last_seen_ns: now - self.idle_ns,
+            created_ns: now - self.idle_ns - SEC,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Expected outputs, built from the input and re-checksummed from scratch.
+
+const IP: usize = 14;
+const L4: usize = IP + 20;
+
+/// The guest's packet as it must leave: MACs from the neighbour (unless the
+/// neighbour is unresolved), source = the masquerade address and port (ICMP:
+/// echo id), TTL - 1.
+fn snat_expect(input: &[u8], nat_port: u16, macs: Option<(Mac, Mac)>) -> Vec<u8> {
+    let mut f = input.to_vec();
+    if let Some((d, s)) = macs {
+        f[0..6].copy_from_slice(&d);
+        f[6..12].copy_from_slice(&s);
+    }
+    f[IP + 8] -= 1;
+    f[IP + 12..IP + 16].copy_from_slice(&NAT_IP);
+    let at = if f[IP + 9] == ipproto::ICMP {
+        L4 + 4
+    } else {
+        L4
+    };
+    f[at..at + 2].copy_from_slice(&nat_port.to_be_bytes());
+    fix_checksums(&mut f);
+    f
+}
+
+/// A reply as it must reach the guest: to the guest's MAC from the
+/// gateway's, destination = the guest's address and port, TTL - 1.
+fn dnat_expect(input: &[u8], flow: &Flow) -> Vec<u8> {
+    let mut f = input.to_vec();
+    f[0..6].copy_from_slice(&gmac(flow.guest));
+    f[6..12].copy_from_slice(&GW_MAC);
+    f[IP + 8] -= 1;
+    f[IP + 16..IP + 20].copy_from_slice(&gip(flow.guest));
+    let at = if f[IP + 9] == ipproto::ICMP {
+        L4 + 4
+    } else {
+        L4 + 2
+    };
+    f[at..at + 2].copy_from_slice(&flow.gport.to_be_bytes());
+    fix_checksums(&mut f);
+    f
+}
+
+/// Offset of the quoted transport checksum in an ICMP error frame, if the
+/// quote reaches it.
+fn quoted_l4_csum(f: &[u8]) -> Option<usize> {
+    let inner = L4 + 8;
+    let il4 = inner + 20;
+    let at = match *f.get(inner + 9)? {
+        ipproto::UDP => il4 + 6,
+        ipproto::TCP => il4 + 16,
+        ipproto::ICMP => il4 + 2,
+        _ => return None,
+    };
+    (at + 2 <= f.len()).then_some(at)
+}
+
+/// An ICMP error as it must reach the guest: outer destination and the
+/// quoted source (address and port / echo id) are the guest's, TTL - 1,
+/// MACs as for a reply; outer IP, ICMP and quoted IP checksums recomputed.
+/// Whether the quoted transport checksum is updated is not specified
+/// (Linux's NAT updates it where the quote holds it; receivers do not
+/// check it): it is taken from `seen`, the datapath's output, before the
+/// ICMP checksum is computed, so that everything else is checked exactly.
+fn icmp_err_expect(input: &[u8], flow: &Flow, seen: &[u8]) -> Vec<u8> {
+    let mut f = input.to_vec();
+    f[0..6].copy_from_slice(&gmac(flow.guest));
+    f[6..12].copy_from_slice(&GW_MAC);
+    f[IP + 8] -= 1;
+    f[IP + 16..IP + 20].copy_from_slice(&gip(flow.guest));
+    let inner = L4 + 8;
+    f[inner + 12..inner + 16].copy_from_slice(&gip(flow.guest));
+    let il4 = inner + 20;
+    let at = if f[inner + 9] == ipproto::ICMP {
+        il4 + 4
+    } else {
+        il4
+    };
+    f[at..at + 2].copy_from_slice(&flow.gport.to_be_bytes());
+    if let Some(c) = quoted_l4_csum(&f)
+        && seen.len() == f.len()
+    {
+        f[c..c + 2].copy_from_slice(&seen[c..c + 2]);
+    }
+    fix_checksums(&mut f);
+    f
+}
+
+/// Modify the IPv4 packet of `frame` with `edit`, then recompute its
+/// checksums so that only the edit differs.
+fn edit_ip(frame: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut ip = frame[IP..].to_vec();
+    edit(&mut ip);
+    let mut f = frame[..IP].to_vec();
+    f.extend_from_slice(&ip);
+    fix_checksums(&mut f);
+    f
+}
+
+/// Insert 4 bytes of IP options (NOP, NOP, NOP, EOL).
+fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    edit_ip(frame, |ip| {
+        ip.splice(20..20, [1, 1, 1, 0]);
+        ip[0] = 0x46;
+        let tot = u16::from_be_bytes([ip[2], ip[3]]) + 4;
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    })
+}
+
+fn set_frag(frame: &[u8], frag: u16) -> Vec<u8> {
+    edit_ip(frame, |ip| ip[6..8].copy_from_slice(&frag.to_be_bytes()))
+}
+
+fn set_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    edit_ip(frame, |ip| ip[8] = ttl)
+}
+
+// ---------------------------------------------------------------------------
+// The table.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prog {
+    Xdp,
+    Tc,
+}
+
+/// What the program does with the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Translated for the flow and sent out of the uplink: XDP_REDIRECT /
+    /// TC_ACT_REDIRECT, MACs from the FIB.
+    Snat(Flow),
+    /// TC only: translated, sent with bpf_redirect_neigh (TC_ACT_REDIRECT),
+    /// MACs left for the kernel to fill in.
+    SnatNeigh(Flow),
+    /// A reply for pre-made mapping `i`, translated and redirected to its
+    /// guest's port.
+    Dnat(usize),
+    /// A reply for pre-made mapping `i` whose guest MAC is not in the FDB:
+    /// translated, XDP redirects it to the devmap broadcast, TC clones it to
+    /// every port but the host port and drops the original.
+    DnatFlood(usize),
+    /// An ICMP error about pre-made mapping `i`, translated and redirected
+    /// to its guest's port.
+    IcmpErr(usize),
+    /// Not translated: switched to the host port as any frame to the
+    /// gateway (XDP_REDIRECT / TC_ACT_REDIRECT), bytes unchanged.
+    Switched,
+    /// XDP_PASS / TC_ACT_OK, bytes unchanged (to the host's stack, or from
+    /// XDP to TC).
+    Pass,
+    /// The kernel refuses the input (EINVAL): BPF_PROG_TEST_RUN builds an
+    /// skb for TC and rejects an IPv4 EtherType with less than a 20-byte
+    /// header behind it, so the TC program never sees such a frame from a
+    /// test run. Nothing may change.
+    Refused,
+    /// Not run for this program.
+    Skip,
+}
+
+/// The counters a run adds (`out`/`in_` are out_xdp/in_xdp or
+/// out_tc/in_tc, by program).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cnt {
+    out: u64,
+    in_: u64,
+    icmp_errors: u64,
+    in_miss: u64,
+    allocs: u64,
+    alloc_fail: u64,
+    slow_path: u64,
+    expired: u64,
+}
+
+const NONE: Cnt = Cnt {
+    out: 0,
+    in_: 0,
+    icmp_errors: 0,
+    in_miss: 0,
+    allocs: 0,
+    alloc_fail: 0,
+    slow_path: 0,
+    expired: 0,
+};
+const ALLOC: Cnt = Cnt {
+    out: 1,
+    allocs: 1,
+    ..NONE
+};
+const REUSE: Cnt = Cnt { out: 1, ..NONE };
+const SLOW: Cnt = Cnt {
+    slow_path: 1,
+    ..NONE
+};
+const IN: Cnt = Cnt { in_: 1, ..NONE };
+const ICMP_ERR: Cnt = Cnt {
+    in_: 1,
+    icmp_errors: 1,
+    ..NONE
+};
+const MISS: Cnt = Cnt { in_miss: 1, ..NONE };
+const FAIL: Cnt = Cnt {
+    alloc_fail: 1,
+    slow_path: 1,
+    ..NONE
+};
+
+impl Cnt {
+    fn stats(&self, prog: Prog) -> NatStats {
+        let (ox, ot, ix, it) = match prog {
+            Prog::Xdp => (self.out, 0, self.in_, 0),
+            Prog::Tc => (0, self.out, 0, self.in_),
+        };
+        NatStats {
+            out_xdp: ox,
+            out_tc: ot,
+            in_xdp: ix,
+            in_tc: it,
+            icmp_errors: self.icmp_errors,
+            in_miss: self.in_miss,
+            allocs: self.allocs,
+            alloc_fail: self.alloc_fail,
+            slow_path: self.slow_path,
+            expired: self.expired,
+        }
+    }
+}
+
+/// Which outside port a new mapping may get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PortRule {
+    /// Any in [port_lo, port_hi].
+    InRange,
+    Is(u16),
+    /// In range, and none of these.
+    Not(Vec<u16>),
+}
+
+/// The NAT tables after the run. Pre-made mappings not named are expected
+/// unchanged; the tables must hold exactly what is listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Post {
+    /// Pre-made mapping `i` with this state, its time refreshed if it was
+    /// idle over a second, otherwise unchanged.
+    Touched(usize, u16),
+    /// Pre-made mapping `i` gone from both tables.
+    Gone(usize),
+    /// A new mapping for the flow, in this state, made during the run.
+    New(Flow, u16, PortRule),
+}
+
+#[derive(Clone, Debug)]
+struct Expect {
+    fate: Fate,
+    cnt: Cnt,
+    post: Vec<Post>,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    name: String,
+    ingress: Dev,
+    frame: Vec<u8>,
+    pre: Vec<Mapping>,
+    /// NAT settings for this case.
+    tweak: fn(&mut NatConfig),
+    /// Guests whose MAC is not in the FDB.
+    forget: Vec<usize>,
+    xdp: Expect,
+    tc: Expect,
+}
+
+fn no_tweak(_: &mut NatConfig) {}
+
+impl Case {
+    fn new(name: impl Into<String>, ingress: Dev, frame: Vec<u8>) -> Self {
+        let e = Expect {
+            fate: Fate::Skip,
+            cnt: NONE,
+            post: vec![],
+        };
+        Case {
+            name: name.into(),
+            ingress,
+            frame,
+            pre: vec![],
+            tweak: no_tweak,
+            forget: vec![],
+            xdp: e.clone(),
+            tc: e,
+        }
+    }
+    fn pre(mut self, m: &[Mapping]) -> Self {
+        self.pre = m.to_vec();
+        self
+    }
+    fn tweak(mut self, t: fn(&mut NatConfig)) -> Self {
+        self.tweak = t;
+        self
+    }
+    fn forget(mut self, g: usize) -> Self {
+        self.forget.push(g);
+        self
+    }
+    /// The same outcome for XDP and TC.
+    fn both(mut self, fate: Fate, cnt: Cnt, post: &[Post]) -> Self {
+        let e = Expect {
+            fate,
+            cnt,
+            post: post.to_vec(),
+        };
+        self.xdp = e.clone();
+        self.tc = e;
+        self
+    }
+    fn xdp(mut self, fate: Fate, cnt: Cnt, post: &[Post]) -> Self {
+        self.xdp = Expect {
+            fate,
+            cnt,
+            post: post.to_vec(),
+        };
+        self
+    }
+    fn tc(mut self, fate: Fate, cnt: Cnt, post: &[Post]) -> Self {
+        self.tc = Expect {
+            fate,
+            cnt,
+            post: post.to_vec(),
+        };
+        self
+    }
+    /// A guest's packet for a new flow: translated by both programs with a
+    /// fresh mapping in `state`.
+    fn fresh(self, flow: Flow, state: u16) -> Self {
+        self.both(
+            Fate::Snat(flow),
+            ALLOC,
+            &[Post::New(flow, state, PortRule::InRange)],
+        )
+    }
+    /// Not translated by either program: switched to the host port, NAT
+    /// tables unchanged.
+    fn switched(self, cnt: Cnt) -> Self {
+        self.both(Fate::Switched, cnt, &[])
+    }
+    /// Left to the host by both programs, tables unchanged.
+    fn pass(self, cnt: Cnt) -> Self {
+        self.both(Fate::Pass, cnt, &[])
+    }
+}
+
+fn guest(g: usize) -> Dev {
+    Dev::G(g)
+}
+
+const UP: Dev = Dev::Up;
+
+fn table() -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let u1 = udp(0, 40000, R1, 53);
+    let t1 = tcp(0, 40001, R1, 80);
+    let i1 = icmp(0, 0x1234, R1);
+    let u_lan = udp(0, 40003, LAN_HOST, 53);
+    let u_nn = udp(0, 40004, NN, 53);
+    let u_small = udp(0, 40005, SMALL_MTU, 9);
+    let u1_g2 = udp(1, 40000, R1, 53);
+    let u1_r2 = udp(0, 40000, R2, 53);
+    let u_zero = udp(1, 40006, R2, 69);
+    let syn = tcp_flags::SYN;
+    let ack = tcp_flags::ACK;
+    let udp_zero_frame = Frame::new(GW_MAC, gmac(1))
+        .udp_no_checksum(gip(1), 40006, R2, 69, b"no checksum")
+        .build();
+    let mut t = vec![
+        // Outbound: new flows.
+        Case::new("UDP from a guest: new mapping, translated", guest(0), u1.out_frame(0, b"query"))
+            .fresh(u1, 0),
+        Case::new(
+            "UDP with an odd-length payload: translated",
+            guest(0),
+            u1.out_frame(0, b"odd"),
+        )
+        .fresh(u1, 0),
+        Case::new(
+            "UDP without a checksum (0): translated, the checksum stays 0",
+            guest(1),
+            udp_zero_frame.clone(),
+        )
+        .fresh(u_zero, 0),
+        Case::new("TCP SYN: new mapping in syn_sent", guest(0), t1.out_frame(syn, b""))
+            .fresh(t1, NAT_S_SYN_OUT),
+        Case::new(
+            "TCP SYN with options: translated",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .tcp(
+                    gip(0),
+                    R1,
+                    &TcpHeader::new(40001, 80, syn).options(&[2, 4, 5, 0xb4, 1, 3, 3, 7]),
+                    b"",
+                )
+                .build(),
+        )
+        .fresh(t1, NAT_S_SYN_OUT),
+        // A TCP flow is mapped only from its first SYN: one that began on
+        // the kernel's path stays there.
+        Case::new(
+            "TCP ACK with data and no mapping: not mapped, the kernel's",
+            guest(0),
+            t1.out_frame(ack | tcp_flags::PSH, b"GET / HTTP/1.0\r\n\r\n"),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TCP SYN-ACK from a guest with no mapping: not mapped, the kernel's",
+            guest(0),
+            t1.out_frame(syn | ack, b""),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TCP RST with no mapping: not mapped, the kernel's",
+            guest(0),
+            t1.out_frame(tcp_flags::RST, b""),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TCP FIN with no mapping: not mapped, the kernel's",
+            guest(0),
+            t1.out_frame(tcp_flags::FIN | ack, b""),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TCP SYN with FIN set: mapped (only SYN without ACK counts)",
+            guest(0),
+            t1.out_frame(syn | tcp_flags::FIN, b""),
+        )
+        .fresh(t1, NAT_S_SYN_OUT | NAT_S_FIN_OUT),
+        Case::new(
+            "ICMP echo request: new mapping, echo id translated",
+            guest(0),
+            i1.out_frame(0, b"ping payload"),
+        )
+        .fresh(i1, 0),
+        Case::new(
+            "UDP to a host on the uplink's LAN: its own MAC as next hop",
+            guest(0),
+            u_lan.out_frame(0, b"lan"),
+        )
+        .fresh(u_lan, 0),
+        Case::new(
+            "UDP from guest 3 with TTL 2: translated, leaves with TTL 1",
+            guest(2),
+            set_ttl(&udp(2, 5000, R1, 53).out_frame(0, b"ttl2"), 2),
+        )
+        .fresh(udp(2, 5000, R1, 53), 0),
+        Case::new(
+            "1514-byte UDP frame (IP 1500): translated by XDP",
+            guest(0),
+            u1.out_frame(0, &[0x5a; 1500 - 28]),
+        )
+        .fresh(u1, 0),
+        Case::new(
+            "2000-byte UDP frame: XDP passes it (over 1518), TC translates it",
+            guest(0),
+            u1.out_frame(0, &[0x5b; 2000 - 42]),
+        )
+        .xdp(Pass, NONE, &[])
+        .tc(Snat(u1), ALLOC, &[New(u1, 0, PortRule::InRange)]),
+        Case::new(
+            "UDP of 1000 bytes on a route with MTU 1000: translated",
+            guest(0),
+            u_small.out_frame(0, &[1; 1000 - 28]),
+        )
+        .fresh(u_small, 0),
+        Case::new(
+            "UDP of 1001 bytes on a route with MTU 1000: FRAG_NEEDED, the kernel's",
+            guest(0),
+            u_small.out_frame(0, &[1; 1001 - 28]),
+        )
+        .switched(SLOW),
+        Case::new(
+            "next hop without a neighbour entry: XDP passes to TC, TC translates and redirect_neigh",
+            guest(0),
+            u_nn.out_frame(0, b"nn"),
+        )
+        .xdp(Pass, NONE, &[])
+        .tc(SnatNeigh(u_nn), ALLOC, &[New(u_nn, 0, PortRule::InRange)]),
+        Case::new(
+            "uplink without XDP tx (not in the devmap): XDP passes, TC translates",
+            guest(0),
+            u1.out_frame(0, b"veth uplink"),
+        )
+        .tweak(|c| c.flags &= !NAT_F_XDP_TX)
+        .xdp(Pass, NONE, &[])
+        .tc(Snat(u1), ALLOC, &[New(u1, 0, PortRule::InRange)]),
+        Case::new(
+            "CHECKSUM_PARTIAL-looking UDP from a guest: XDP leaves it to TC",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp_partial(gip(0), 40000, R1, 53, b"offloaded")
+                .build(),
+        )
+        .xdp(Pass, NONE, &[]),
+        // Outbound: existing mappings.
+        Case::new(
+            "UDP of a live mapping (idle 5 s): reused, time refreshed",
+            guest(0),
+            u1.out_frame(0, b"again"),
+        )
+        .pre(&[mapping(u1, P, 0, 5 * SEC)])
+        .both(Snat(u1), REUSE, &[Touched(0, 0)]),
+        Case::new(
+            "UDP of a live mapping idle 0.2 s: reused, time not rewritten",
+            guest(0),
+            u1.out_frame(0, b"again"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, SEC / 5)])
+        .both(Snat(u1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "TCP ACK of an established mapping: reused, state kept",
+            guest(0),
+            t1.out_frame(ack, b"data"),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 3 * SEC)])
+        .both(Snat(t1), REUSE, &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED)]),
+        Case::new(
+            "ICMP echo of a live mapping: reused",
+            guest(0),
+            i1.out_frame(0, b"ping 2"),
+        )
+        .pre(&[mapping(i1, P3, NAT_S_REPLIED, 2 * SEC)])
+        .both(Snat(i1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "same guest port and remote from another guest: a different mapping",
+            guest(1),
+            u1_g2.out_frame(0, b"g2"),
+        )
+        .pre(&[mapping(u1, P, 0, 0)])
+        .both(
+            Snat(u1_g2),
+            ALLOC,
+            &[New(u1_g2, 0, PortRule::Not(vec![P]))],
+        ),
+        Case::new(
+            "same guest flow to another remote: its own mapping",
+            guest(0),
+            u1_r2.out_frame(0, b"r2"),
+        )
+        .pre(&[mapping(u1, P, 0, 0)])
+        .both(Snat(u1_r2), ALLOC, &[New(u1_r2, 0, PortRule::InRange)]),
+        Case::new(
+            "own mapping past the UDP timeout: not used, replaced by a new one",
+            guest(0),
+            u1.out_frame(0, b"late"),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS + 1) * SEC)])
+        .both(
+            Snat(u1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(u1, 0, PortRule::InRange)],
+        ),
+        Case::new(
+            "TCP ACK of an expired mapping: retired (expired), not mapped again, the kernel's",
+            guest(0),
+            t1.out_frame(ack, b"late data"),
+        )
+        .pre(&[mapping(
+            t1,
+            P2,
+            NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT | NAT_S_FIN_IN,
+            (NAT_TCP_CLOSING_SECS + 1) * SEC,
+        )])
+        .both(
+            Switched,
+            Cnt {
+                expired: 1,
+                ..SLOW
+            },
+            &[Gone(0)],
+        ),
+        Case::new(
+            "TCP SYN of an expired mapping: replaced by a new one",
+            guest(0),
+            t1.out_frame(syn, b""),
+        )
+        .pre(&[mapping(
+            t1,
+            P2,
+            NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST,
+            (NAT_TCP_CLOSING_SECS + 1) * SEC,
+        )])
+        .both(
+            Snat(t1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(t1, NAT_S_SYN_OUT, PortRule::InRange)],
+        ),
+        Case::new(
+            "own NAT_OUT entry without its NAT_IN entry: replaced",
+            guest(0),
+            u1.out_frame(0, b"half"),
+        )
+        .pre(&[Mapping {
+            inn: false,
+            ..mapping(u1, P, 0, 0)
+        }])
+        .both(
+            Snat(u1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(u1, 0, PortRule::InRange)],
+        ),
+        // Port allocation.
+        Case::new(
+            "1-port range taken by another guest's live mapping to the same remote: alloc_fail, the kernel's",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(u1_g2, P, 0, 0)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P))
+        .switched(FAIL),
+        Case::new(
+            "1-port range taken for another remote only: the port is reused",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(udp(1, 40000, R2, 53), P, 0, 0)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P))
+        .both(Snat(u1), ALLOC, &[New(u1, 0, PortRule::Is(P))]),
+        Case::new(
+            "1-port range taken by a TCP mapping: free for UDP",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(tcp(1, 40000, R1, 53), P, NAT_S_SYN_OUT, 0)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P))
+        .both(Snat(u1), ALLOC, &[New(u1, 0, PortRule::Is(P))]),
+        Case::new(
+            "2-port range, low port taken: the high one",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(u1_g2, P, 0, 0)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P + 1))
+        .both(Snat(u1), ALLOC, &[New(u1, 0, PortRule::Is(P + 1))]),
+        Case::new(
+            "2-port range, high port taken: the low one",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(u1_g2, P + 1, 0, 0)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P + 1))
+        .both(Snat(u1), ALLOC, &[New(u1, 0, PortRule::Is(P))]),
+        Case::new(
+            "3-port range, two taken: the third",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[
+            mapping(u1_g2, P, 0, 0),
+            mapping(udp(2, 40000, R1, 53), P + 2, 0, 0),
+        ])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P + 2))
+        .both(Snat(u1), ALLOC, &[New(u1, 0, PortRule::Is(P + 1))]),
+        Case::new(
+            "2-port range, both taken (exhausted for this remote): alloc_fail, the kernel's",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[
+            mapping(u1_g2, P, 0, 0),
+            mapping(udp(2, 40000, R1, 53), P + 1, 0, 0),
+        ])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P + 1))
+        .switched(FAIL),
+        Case::new(
+            "1-port range held by an expired mapping: reclaimed (both its entries), expired counted",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(u1_g2, P, 0, (NAT_UDP_SECS + 5) * SEC)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P))
+        .both(
+            Snat(u1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(u1, 0, PortRule::Is(P))],
+        ),
+        Case::new(
+            "1-port range held by a replied UDP mapping idle 100 s (udp_stream 120 s): still live",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .pre(&[mapping(u1_g2, P, NAT_S_REPLIED, 100 * SEC)])
+        .tweak(|c| (c.port_lo, c.port_hi) = (P, P))
+        .switched(FAIL),
+        Case::new(
+            "port_hi below port_lo: alloc_fail",
+            guest(0),
+            u1.out_frame(0, b"x"),
+        )
+        .tweak(|c| (c.port_lo, c.port_hi) = (P + 1, P))
+        .switched(FAIL),
+        // Outbound: not translated.
+        Case::new(
+            "UDP to another guest in the subnet (via the gateway's MAC): switched, not counted",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp(gip(0), 1000, gip(1), 2000, b"local")
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "ICMP echo to the gateway address: switched",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .icmp_echo(gip(0), GW_IP, false, 9, 1, b"gw")
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "UDP to the masquerade address itself: switched",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp(gip(0), 1000, NAT_IP, 53, b"host")
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "first fragment (MF): slow path",
+            guest(0),
+            set_frag(&u1.out_frame(0, b"frag"), 0x2000),
+        )
+        .switched(SLOW),
+        Case::new(
+            "later fragment (offset 185): slow path",
+            guest(0),
+            set_frag(&u1.out_frame(0, b"frag"), 185),
+        )
+        .switched(SLOW),
+        Case::new(
+            "IPv4 options: slow path",
+            guest(0),
+            with_ip_options(&u1.out_frame(0, b"opts")),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TTL 1: slow path (the kernel sends time exceeded)",
+            guest(0),
+            set_ttl(&u1.out_frame(0, b"ttl1"), 1),
+        )
+        .switched(SLOW),
+        Case::new(
+            "TTL 0: slow path",
+            guest(0),
+            set_ttl(&t1.out_frame(syn, b""), 0),
+        )
+        .switched(SLOW),
+        Case::new(
+            "GRE: slow path",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .ipv4(gip(0), R1, ipproto::GRE, 64, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20])
+                .build(),
+        )
+        .switched(SLOW),
+        Case::new(
+            "ICMP port unreachable from a guest: slow path",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .icmp_error(gip(0), R1, 3, 3, [0; 4], &u1.quoted(P, 28))
+                .build(),
+        )
+        .switched(SLOW),
+        Case::new(
+            "ICMP echo reply from a guest: slow path",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .icmp_echo(gip(0), R1, true, 77, 1, b"pong")
+                .build(),
+        )
+        .switched(SLOW),
+        Case::new(
+            "UDP to a network routed via another device: slow path",
+            guest(0),
+            udp(0, 1000, OTHER_NET, 53).out_frame(0, b"other"),
+        )
+        .switched(SLOW),
+        Case::new(
+            "UDP to an unreachable route: slow path",
+            guest(0),
+            udp(0, 1000, UNREACH, 53).out_frame(0, b"unreach"),
+        )
+        .switched(SLOW),
+        Case::new(
+            "UDP to the uplink LAN's broadcast address: slow path",
+            guest(0),
+            udp(0, 1000, [192, 168, 1, 255], 53).out_frame(0, b"bcast"),
+        )
+        .switched(SLOW),
+        Case::new(
+            "ARP to the gateway's MAC: switched, not counted",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .arp_reply(gip(0), GW_IP)
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "IPv6 to the gateway's MAC: switched, not counted",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .ethertype(umlbr_tests::wire::ethertype::IPV6)
+                .pattern(60)
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "802.1Q-tagged UDP to the gateway's MAC: switched, not counted",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .vlan(5, 0)
+                .udp(gip(0), 40000, R1, 53, b"tagged")
+                .build(),
+        )
+        .switched(NONE),
+        Case::new(
+            "UDP to a public address but another guest's MAC: plain switching, no NAT",
+            guest(0),
+            Frame::new(gmac(1), gmac(0))
+                .udp(gip(0), 40000, R1, 53, b"not via gw")
+                .build(),
+        )
+        .switched(NONE),
+        // Outbound: malformed.
+        Case::new(
+            "IPv4 header cut at 10 bytes: switched, no crash (TC: refused by the test run)",
+            guest(0),
+            u1.out_frame(0, b"x")[..IP + 10].to_vec(),
+        )
+        .switched(NONE)
+        .tc(Refused, NONE, &[]),
+        Case::new(
+            "IPv4 header and 4 bytes of UDP: switched",
+            guest(0),
+            u1.out_frame(0, b"x")[..L4 + 4].to_vec(),
+        )
+        .switched(NONE),
+        Case::new(
+            "TCP header cut at 12 bytes: switched",
+            guest(0),
+            t1.out_frame(syn, b"")[..L4 + 12].to_vec(),
+        )
+        .switched(NONE),
+    ];
+
+    // Inbound: replies.
+    let m_u1 = mapping(u1, P, 0, 5 * SEC);
+    let m_t1 = mapping(t1, P2, NAT_S_SYN_OUT, 2 * SEC);
+    let m_i1 = mapping(i1, P3, 0, 2 * SEC);
+    let reply_zero = Frame::new(UP_MAC, NH_MAC)
+        .udp_no_checksum(R1, 53, NAT_IP, P, b"answer, no checksum")
+        .build();
+    t.extend([
+        Case::new(
+            "UDP reply: translated to the guest",
+            UP,
+            u1.reply_frame(P, 0, b"answer"),
+        )
+        .pre(&[m_u1])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP reply without a checksum: translated, stays 0",
+            UP,
+            reply_zero,
+        )
+        .pre(&[m_u1])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP reply to a mapping of guest 3: to guest 3's port",
+            UP,
+            udp(2, 7000, R2, 123).reply_frame(P2, 0, b"ntp"),
+        )
+        .pre(&[m_u1, mapping(udp(2, 7000, R2, 123), P2, 0, 5 * SEC)])
+        .both(Dnat(1), IN, &[Touched(1, NAT_S_REPLIED)]),
+        Case::new(
+            "TCP SYN-ACK: translated, mapping established",
+            UP,
+            t1.reply_frame(P2, syn | ack, b""),
+        )
+        .pre(&[m_t1])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED)]),
+        Case::new(
+            "TCP FIN from the remote: closing",
+            UP,
+            t1.reply_frame(P2, tcp_flags::FIN | ack, b""),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(
+            Dnat(0),
+            IN,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_IN)],
+        ),
+        Case::new(
+            "TCP RST from the remote: reset",
+            UP,
+            t1.reply_frame(P2, tcp_flags::RST, b""),
+        )
+        .pre(&[m_t1])
+        .both(
+            Dnat(0),
+            IN,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST)],
+        ),
+        Case::new(
+            "ICMP echo reply: translated, echo id restored",
+            UP,
+            i1.reply_frame(P3, 0, b"ping payload"),
+        )
+        .pre(&[m_i1])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "reply from a host on the uplink's LAN: translated",
+            UP,
+            u_lan.reply_frame(P, 0, b"lan answer"),
+        )
+        .pre(&[mapping(u_lan, P, 0, 5 * SEC)])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP reply within the timeout (idle 29 s): translated",
+            UP,
+            u1.reply_frame(P, 0, b"late answer"),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS - 1) * SEC)])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP reply past the timeout (idle 31 s): not used, the host's (in_miss)",
+            UP,
+            u1.reply_frame(P, 0, b"too late"),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS + 1) * SEC)])
+        .pass(MISS),
+        Case::new(
+            "TCP reply to a closed mapping idle 11 s (closing timeout 10 s): not used",
+            UP,
+            t1.reply_frame(P2, ack, b""),
+        )
+        .pre(&[mapping(
+            t1,
+            P2,
+            NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT | NAT_S_FIN_IN,
+            (NAT_TCP_CLOSING_SECS + 1) * SEC,
+        )])
+        .pass(MISS),
+        Case::new(
+            "TCP reply to an established mapping idle 11 s: translated",
+            UP,
+            t1.reply_frame(P2, ack, b"data"),
+        )
+        .pre(&[mapping(
+            t1,
+            P2,
+            NAT_S_SYN_OUT | NAT_S_REPLIED,
+            (NAT_TCP_CLOSING_SECS + 1) * SEC,
+        )])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED)]),
+        Case::new(
+            "reply whose guest MAC is not in the FDB: translated and flooded to the guests",
+            UP,
+            u1.reply_frame(P, 0, b"who?"),
+        )
+        .pre(&[m_u1])
+        .forget(0)
+        .both(DnatFlood(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        // Inbound: the host's own.
+        Case::new(
+            "UDP to the masquerade address with no mapping: the host's (in_miss), untouched",
+            UP,
+            u1.reply_frame(P, 0, b"stray"),
+        )
+        .pass(MISS),
+        Case::new(
+            "reply from another remote port: no mapping",
+            UP,
+            udp(0, 40000, R1, 54).reply_frame(P, 0, b"x"),
+        )
+        .pre(&[m_u1])
+        .pass(MISS),
+        Case::new(
+            "reply from another remote address: no mapping",
+            UP,
+            udp(0, 40000, R2, 53).reply_frame(P, 0, b"x"),
+        )
+        .pre(&[m_u1])
+        .pass(MISS),
+        Case::new(
+            "UDP reply to a TCP mapping's port: no mapping",
+            UP,
+            udp(0, 40001, R1, 80).reply_frame(P2, 0, b"x"),
+        )
+        .pre(&[m_t1])
+        .pass(MISS),
+        Case::new(
+            "ICMP echo request to the masquerade address: the host's, not counted",
+            UP,
+            Frame::new(UP_MAC, NH_MAC)
+                .icmp_echo(R1, NAT_IP, false, P3, 1, b"ping the host")
+                .build(),
+        )
+        .pre(&[m_i1])
+        .pass(NONE),
+        Case::new(
+            "UDP to another address on the uplink: not ours, not counted",
+            UP,
+            Frame::new(UP_MAC, NH_MAC)
+                .udp(R1, 53, [192, 168, 1, 201], P, b"x")
+                .build(),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "ARP on the uplink: the host's",
+            UP,
+            Frame::new([0xff; 6], NH_MAC)
+                .arp_request([192, 168, 1, 1], NAT_IP)
+                .build(),
+        )
+        .pass(NONE),
+        Case::new(
+            "reply with TTL 1: the host's",
+            UP,
+            set_ttl(&u1.reply_frame(P, 0, b"x"), 1),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "reply fragment: the host's",
+            UP,
+            set_frag(&u1.reply_frame(P, 0, b"x"), 0x2000),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "reply with IP options: the host's",
+            UP,
+            with_ip_options(&u1.reply_frame(P, 0, b"x")),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "CHECKSUM_PARTIAL-looking UDP reply: XDP leaves it to TC",
+            UP,
+            Frame::new(UP_MAC, NH_MAC)
+                .udp_partial(R1, 53, NAT_IP, P, b"offloaded")
+                .build(),
+        )
+        .pre(&[m_u1])
+        .xdp(Pass, NONE, &[]),
+        // Inbound: malformed.
+        Case::new(
+            "reply cut inside the IPv4 header: no crash, the host's (TC: refused by the test run)",
+            UP,
+            u1.reply_frame(P, 0, b"x")[..IP + 12].to_vec(),
+        )
+        .pre(&[m_u1])
+        .pass(NONE)
+        .tc(Refused, NONE, &[]),
+        Case::new(
+            "reply with 4 bytes of UDP: the host's",
+            UP,
+            u1.reply_frame(P, 0, b"x")[..L4 + 4].to_vec(),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "TCP reply cut at 12 bytes of header: the host's",
+            UP,
+            t1.reply_frame(P2, syn | ack, b"")[..L4 + 12].to_vec(),
+        )
+        .pre(&[m_t1])
+        .pass(NONE),
+    ]);
+
+    // Inbound: ICMP errors about mappings.
+    let err =
+        |ty: u8, code: u8, rest: [u8; 4], q: Vec<u8>| icmp_error_frame(ROUTER, ty, code, rest, &q);
+    t.extend([
+        Case::new(
+            "port unreachable (3/3) about a UDP mapping: translated",
+            UP,
+            icmp_error_frame(R1, icmp_type::DEST_UNREACH, 3, [0; 4], &u1.quoted(P, 28)),
+        )
+        .pre(&[m_u1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "port unreachable quoting the whole UDP datagram: translated",
+            UP,
+            icmp_error_frame(R1, icmp_type::DEST_UNREACH, 3, [0; 4], &u1.quoted(P, 1000)),
+        )
+        .pre(&[m_u1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "fragmentation needed (3/4, MTU 1400) about a TCP mapping: translated, MTU kept",
+            UP,
+            err(
+                icmp_type::DEST_UNREACH,
+                4,
+                [0, 0, 0x05, 0x78],
+                t1.quoted(P2, 28),
+            ),
+        )
+        .pre(&[m_t1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "time exceeded (11/0) about a UDP mapping: translated",
+            UP,
+            err(icmp_type::TIME_EXCEEDED, 0, [0; 4], u1.quoted(P, 28)),
+        )
+        .pre(&[m_u1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "time exceeded (11/0) about a TCP mapping (full header quoted): translated",
+            UP,
+            err(icmp_type::TIME_EXCEEDED, 0, [0; 4], t1.quoted(P2, 40)),
+        )
+        .pre(&[m_t1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "host unreachable (3/1) about an ICMP echo: translated, quoted echo id restored",
+            UP,
+            err(icmp_type::DEST_UNREACH, 1, [0; 4], i1.quoted(P3, 28)),
+        )
+        .pre(&[m_i1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "time exceeded (11/0) about an ICMP echo: translated",
+            UP,
+            err(icmp_type::TIME_EXCEEDED, 0, [0; 4], i1.quoted(P3, 36)),
+        )
+        .pre(&[m_i1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "fragmentation needed (3/4, MTU 1280) about an ICMP echo: translated",
+            UP,
+            err(
+                icmp_type::DEST_UNREACH,
+                4,
+                [0, 0, 0x05, 0x00],
+                i1.quoted(P3, 28),
+            ),
+        )
+        .pre(&[m_i1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "parameter problem (12/0) about a TCP mapping: translated",
+            UP,
+            err(
+                icmp_type::PARAMETER_PROBLEM,
+                0,
+                [20, 0, 0, 0],
+                t1.quoted(P2, 28),
+            ),
+        )
+        .pre(&[m_t1])
+        .both(IcmpErr(0), ICMP_ERR, &[]),
+        Case::new(
+            "ICMP error about a mapping of guest 2: to guest 2",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], u1_g2.quoted(P2, 28)),
+        )
+        .pre(&[m_u1, mapping(u1_g2, P2, 0, SEC)])
+        .both(IcmpErr(1), ICMP_ERR, &[]),
+        Case::new(
+            "ICMP error about no mapping: the host's (in_miss)",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], u1.quoted(P + 1, 28)),
+        )
+        .pre(&[m_u1])
+        .pass(MISS),
+        Case::new(
+            "ICMP error about an expired mapping: the host's (in_miss)",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], u1.quoted(P, 28)),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS + 1) * SEC)])
+        .pass(MISS),
+        Case::new(
+            "ICMP error quoting another source address: the host's, not counted",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], {
+                let mut q = u1.quoted(P, 28);
+                q[12..16].copy_from_slice(&[192, 168, 1, 201]);
+                fix_ip_header(&mut q);
+                q
+            }),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "ICMP error with the quoted transport header cut at 4 bytes: no crash, the host's",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], u1.quoted(P, 24)),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "ICMP error quoting only 12 bytes of IPv4 header: the host's",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], u1.quoted(P, 12)),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "ICMP error whose quoted header has options: the host's",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], {
+                let mut q = u1.quoted(P, 28);
+                q.splice(20..20, [1, 1, 1, 0]);
+                q[0] = 0x46;
+                fix_ip_header(&mut q);
+                q
+            }),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "ICMP error quoting GRE: the host's",
+            UP,
+            err(icmp_type::DEST_UNREACH, 3, [0; 4], {
+                let mut q = u1.quoted(P, 28);
+                q[9] = ipproto::GRE;
+                fix_ip_header(&mut q);
+                q
+            }),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+        Case::new(
+            "source quench (4) about a mapping: not an error umlbr translates",
+            UP,
+            err(4, 0, [0; 4], u1.quoted(P, 28)),
+        )
+        .pre(&[m_u1])
+        .pass(NONE),
+    ]);
+    t
+}
+
+impl Bench {
+    /// Run one case on one program; Err describes every mismatch.
+    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
+        let e = match prog {
+            Prog::Xdp => &c.xdp,
+            Prog::Tc => &c.tc,
+        };
+        if e.fate == Fate::Skip {
+            return Ok(());
+        }
+        self.reset(&c.tweak)?;
+        let now = now_coarse();
+        for m in &c.pre {
+            self.put_mapping(m, now)?;
+        }
+        for &g in &c.forget {
+            self.forget_guest(g)?;
+        }
+        let out_before = self.nat_out()?;
+        let in_before = self.nat_in()?;
+        let ingress = self.ifindex(c.ingress);
+        let t0 = now_coarse();
+        let res = self.run(prog, ingress, &c.frame);
+        let t1 = now_coarse();
+        let mut errs = Vec::new();
+        let out_after = self.nat_out()?;
+        let in_after = self.nat_in()?;
+        let mut cfg = self.nat_cfg();
+        (c.tweak)(&mut cfg);
+
+        // The NAT tables: exactly the expected entries.
+        let mut want_out: Vec<KeyOrd> = Vec::new();
+        let mut want_in: Vec<KeyOrd> = Vec::new();
+        let mut named = vec![false; c.pre.len()];
+        for p in &e.post {
+            match p {
+                Post::Touched(i, state) => {
+                    named[*i] = true;
+                    let m = &c.pre[*i];
+                    let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+                    want_out.push(ok);
+                    want_in.push(ik);
+                    if out_after.get(&ok) != out_before.get(&ok) {
+                        errs.push(format!(
+                            "NAT_OUT {} changed: {:?} -> {:?}",
+                            fmt_key(&ok.0),
+                            out_before.get(&ok),
+                            out_after.get(&ok)
+                        ));
+                    }
+                    match (in_before.get(&ik), in_after.get(&ik)) {
+                        (Some(b), Some(a)) => {
+                            let mut w = *b;
+                            w.state = *state;
+                            let refreshed = m.idle_ns > SEC + SEC / 2;
+                            let time_ok = if refreshed {
+                                a.last_seen_ns >= t0 && a.last_seen_ns <= t1
+                            } else {
+                                a.last_seen_ns == b.last_seen_ns
+                            };
+                            w.last_seen_ns = a.last_seen_ns;
+                            if *a != w || !time_ok {
+                                errs.push(format!(
+                                    "NAT_IN {}: {a:?}, expected state {state:#x}, time {} (was {b:?})",
+                                    fmt_key(&ik.0),
+                                    if refreshed { "refreshed" } else { "kept" }
+                                ));
+                            }
+                        }
+                        (b, a) => errs.push(format!(
+                            "NAT_IN {}: {b:?} -> {a:?}, expected kept",
+                            fmt_key(&ik.0)
+                        )),
+                    }
+                }
+                Post::Gone(i) => named[*i] = true,
+                Post::New(flow, state, rule) => {
+                    let ok = KeyOrd(flow.out_key());
+                    want_out.push(ok);
+                    let Some(o) = out_after.get(&ok) else {
+                        errs.push(format!("no NAT_OUT entry for {}", fmt_key(&ok.0)));
+                        continue;
+                    };
+                    let port = u16::from_be(o.port);
+                    let in_range = port >= cfg.port_lo && port <= cfg.port_hi;
+                    let rule_ok = match rule {
+                        PortRule::InRange => in_range,
+                        PortRule::Is(p) => port == *p,
+                        PortRule::Not(v) => in_range && !v.contains(&port),
+                    };
+                    if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
+                        errs.push(format!(
+                            "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
+                            fmt_key(&ok.0),
+                            Ipv4Addr::from(o.addr.to_ne_bytes()),
+                            ip4(NAT_IP),
+                            cfg.port_lo,
+                            cfg.port_hi
+                        ));
+                    }
+                    let ik = KeyOrd(flow.in_key(port));
+                    want_in.push(ik);
+                    match in_after.get(&ik) {
+                        Some(i) => {
+                            let stamped = |t: u64| t >= t0 && t <= t1;
+                            if i.addr != be32(gip(flow.guest))
+                                || i.port != flow.gport.to_be()
+                                || i.state != *state
+                                || i.mac != gmac(flow.guest)
+                                || i._pad != [0; 2]
+                                || !stamped(i.last_seen_ns)
+                                || !stamped(i.created_ns)
+                            {
+                                errs.push(format!(
+                                    "NAT_IN {}: {i:?}, expected guest {}:{} mac {} state {state:#x} stamped in [{t0}, {t1}]",
+                                    fmt_key(&ik.0),
+                                    ip4(gip(flow.guest)),
+                                    flow.gport,
+                                    fmt_mac(&gmac(flow.guest))
+                                ));
+                            }
+                        }
+                        None => errs.push(format!("no NAT_IN entry {}", fmt_key(&ik.0))),
+                    }
+                }
+            }
+        }
+        for (i, m) in c.pre.iter().enumerate() {
+            if named[i] {
+                continue;
+            }
+            // Unchanged, entry for entry.
+            let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+            if m.out {
+                want_out.push(ok);
+                if out_after.get(&ok) != out_before.get(&ok) {
+                    errs.push(format!("NAT_OUT {} changed", fmt_key(&ok.0)));
+                }
+            }
+            if m.inn {
+                want_in.push(ik);
+                if in_after.get(&ik) != in_before.get(&ik) {
+                    errs.push(format!(
+                        "NAT_IN {} changed: {:?} -> {:?}",
+                        fmt_key(&ik.0),
+                        in_before.get(&ik),
+                        in_after.get(&ik)
+                    ));
+                }
+            }
+        }
+        want_out.sort();
+        want_out.dedup();
+        want_in.sort();
+        want_in.dedup();
+        let got_out: Vec<KeyOrd> = out_after.keys().copied().collect();
+        let got_in: Vec<KeyOrd> = in_after.keys().copied().collect();
+        if got_out != want_out {
+            errs.push(format!(
+                "NAT_OUT holds [{}], expected [{}]",
+                got_out
+                    .iter()
+                    .map(|k| fmt_key(&k.0))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                want_out
+                    .iter()
+                    .map(|k| fmt_key(&k.0))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        if got_in != want_in {
+            errs.push(format!(
+                "NAT_IN holds [{}], expected [{}]",
+                got_in
+                    .iter()
+                    .map(|k| fmt_key(&k.0))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                want_in
+                    .iter()
+                    .map(|k| fmt_key(&k.0))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+
+        // Return code and output bytes.
+        let port_of = |f: &Flow| {
+            out_after
+                .get(&KeyOrd(f.out_key()))
+                .map(|o| u16::from_be(o.port))
+        };
+        let (want_ret, want_bytes) = match e.fate {
+            Fate::Snat(f) => (
+                redirect(prog),
+                port_of(&f)
+                    .map(|p| snat_expect(&c.frame, p, Some((next_hop_mac(f.remote), UP_MAC)))),
+            ),
+            Fate::SnatNeigh(f) => (
+                redirect(prog),
+                port_of(&f).map(|p| snat_expect(&c.frame, p, None)),
+            ),
+            Fate::Dnat(i) => (redirect(prog), Some(dnat_expect(&c.frame, &c.pre[i].flow))),
+            Fate::DnatFlood(i) => (
+                match prog {
+                    Prog::Xdp => XDP_REDIRECT,
+                    Prog::Tc => TC_ACT_SHOT,
+                },
+                Some(dnat_expect(&c.frame, &c.pre[i].flow)),
+            ),
+            Fate::IcmpErr(i) => {
+                let seen = res.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
+                (
+                    redirect(prog),
+                    Some(icmp_err_expect(&c.frame, &c.pre[i].flow, seen)),
+                )
+            }
+            Fate::Switched => (redirect(prog), Some(c.frame.clone())),
+            Fate::Pass => (
+                match prog {
+                    Prog::Xdp => XDP_PASS,
+                    Prog::Tc => TC_ACT_OK,
+                },
+                Some(c.frame.clone()),
+            ),
+            Fate::Refused => (0, None),
+            Fate::Skip => unreachable!(),
+        };
+        let translated = !matches!(e.fate, Fate::Switched | Fate::Pass | Fate::Refused);
+        if translated && let Err(bad) = verify_checksums(&c.frame) {
+            errs.push(format!("(test data) input checksums wrong: {bad}"));
+        }
+        let mut out_frame = None;
+        match res {
+            Err(err) if e.fate == Fate::Refused => {
+                if !format!("{err:#}").contains("os error 22") {
+                    errs.push(format!("{err:#}, expected EINVAL"));
+                }
+            }
+            Err(err) => errs.push(format!("{err:#}")),
+            Ok((ret, out)) if e.fate == Fate::Refused => {
+                errs.push(format!(
+                    "the kernel ran it (returned {ret}, {} bytes out): expected EINVAL; \
+                     turn this row into a real expectation",
+                    out.len()
+                ));
+            }
+            Ok((ret, out)) => {
+                if ret != want_ret {
+                    errs.push(format!(
+                        "returned {ret}, expected {want_ret} ({:?})",
+                        e.fate
+                    ));
+                }
+                match &want_bytes {
+                    Some(w) if out != *w => errs.push(format!(
+                        "output bytes differ from the expected ({} bytes in, {} out):\n      got  {}\n      want {}",
+                        c.frame.len(),
+                        out.len(),
+                        diff_hex(&out, w).0,
+                        diff_hex(&out, w).1
+                    )),
+                    None => errs.push("no mapping to build the expected frame from".into()),
+                    _ => {}
+                }
+                if translated && let Err(bad) = verify_checksums(&out) {
+                    errs.push(format!("output checksums wrong: {bad}"));
+                }
+                out_frame = Some(out);
+            }
+        }
+
+        // What the taps transmitted: only TC floods send during a plain
+        // test run.
+        let mut want_copies = vec![0usize; self.taps.len()];
+        if let (Fate::DnatFlood(_), Prog::Tc) = (e.fate, prog) {
+            for w in want_copies.iter_mut().take(NR_GUESTS) {
+                *w = 1;
+            }
+        }
+        let got = self.collect(&want_copies, Duration::from_millis(500));
+        for (i, frames) in got.iter().enumerate() {
+            let good = frames
+                .iter()
+                .filter(|f| Some(*f) == want_bytes.as_ref() || Some(*f) == out_frame.as_ref())
+                .count();
+            if frames.len() != want_copies[i] || good != want_copies[i] {
+                errs.push(format!(
+                    "{} transmitted {} frames ({good} the expected), expected {}",
+                    TAP_NAMES[i],
+                    frames.len(),
+                    want_copies[i]
+                ));
+            }
+        }
+
+        // Counters.
+        let got = self.nat_stats()?;
+        let want = e.cnt.stats(prog);
+        if got != want {
+            errs.push(format!("NAT counters {got:?}, expected {want:?}"));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errs.join("\n    "))
+        }
+    }
+
+    fn run_table(&mut self, prog: Prog) -> Result<()> {
+        let cases = table();
+        let mut failed = Vec::new();
+        let mut ran = 0;
+        for c in &cases {
+            let e = match prog {
+                Prog::Xdp => &c.xdp,
+                Prog::Tc => &c.tc,
+            };
+            if e.fate == Fate::Skip {
+                continue;
+            }
+            ran += 1;
+            if let Err(e) = self.check(c, prog) {
+                failed.push(format!("  [{prog:?}] {}:\n    {e:#}", c.name));
+            }
+        }
+        eprintln!("{prog:?}: {ran} cases, {} passed", ran - failed.len());
+        if !failed.is_empty() {
+            bail!(
+                "{} of {ran} {prog:?} cases failed:\n{}",
+                failed.len(),
+                failed.join("\n")
+            );
+        }
+        Ok(())
+    }
+}
+
+fn redirect(prog: Prog) -> u32 {
+    match prog {
+        Prog::Xdp => XDP_REDIRECT,
+        Prog::Tc => TC_ACT_REDIRECT,
+    }
+}
+
+/// Hex of both frames from the first differing byte (32 bytes).
+fn diff_hex(a: &[u8], b: &[u8]) -> (String, String) {
+    let first = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let show = |f: &[u8]| {
+        let end = (first + 32).min(f.len());
+        format!(
+            "@{first}: {}",
+            f[first.min(f.len())..end]
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    (show(a), show(b))
+}
+
+#[test]
+fn xdp_table() -> Result<()> {
+    Bench::new("xdp")?.run_table(Prog::Xdp)
+}
+
+#[test]
+fn tc_table() -> Result<()> {
+    Bench::new("tc")?.run_table(Prog::Tc)
+}
+
+// ---------------------------------------------------------------------------
+// Sequences: mappings over several packets.
+
+impl Bench {
+    /// The mapping of `flow`: its outside port and NAT_IN entry.
+    fn mapping_of(&mut self, flow: &Flow) -> Result<Option<(u16, NatIn)>> {
+        let out = self.nat_out()?;
+        let Some(o) = out.get(&KeyOrd(flow.out_key())) else {
+            return Ok(None);
+        };
+        let port = u16::from_be(o.port);
+        let inm = self.nat_in()?;
+        Ok(inm.get(&KeyOrd(flow.in_key(port))).map(|i| (port, *i)))
+    }
+
+    /// Run a frame that must be translated (redirected, checksums right).
+    fn translate(&mut self, prog: Prog, dev: Dev, frame: &[u8]) -> Result<Vec<u8>> {
+        let (ret, out) = self.run(prog, self.ifindex(dev), frame)?;
+        ensure!(
+            ret == redirect(prog),
+            "{prog:?} returned {ret}, expected a redirect"
+        );
+        verify_checksums(&out).map_err(|e| anyhow::anyhow!("{prog:?}: {e}"))?;
+        Ok(out)
+    }
+}
+
+fn state_name(s: u16) -> String {
+    umlbr::nat::state_name(6, s)
+}
+
+/// SYN out: syn_sent; SYN-ACK back: established; FIN one way: closing;
+/// FIN both ways: closed (the short timeout). RST either way: reset.
+#[test]
+fn tcp_states_follow_the_flags() -> Result<()> {
+    use tcp_flags::*;
+    let mut b = Bench::new("tcp")?;
+    let mut errs = Vec::new();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset(&no_tweak)?;
+        let cfg = b.nat_cfg();
+        let f = tcp(0, 45000, R1, 443);
+        let mut port = 0;
+        let steps: [(Dev, u8, u16, &str, u64); 7] = [
+            (
+                guest(0),
+                SYN,
+                NAT_S_SYN_OUT,
+                "syn_sent",
+                cfg.tcp_transitory_ns,
+            ),
+            (
+                UP,
+                SYN | ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED,
+                "established",
+                cfg.tcp_established_ns,
+            ),
+            (
+                guest(0),
+                ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED,
+                "established",
+                cfg.tcp_established_ns,
+            ),
+            (
+                guest(0),
+                FIN | ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT,
+                "closing",
+                cfg.tcp_transitory_ns,
+            ),
+            (
+                UP,
+                ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT,
+                "closing",
+                cfg.tcp_transitory_ns,
+            ),
+            (
+                UP,
+                FIN | ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT | NAT_S_FIN_IN,
+                "closed",
+                cfg.tcp_closing_ns,
+            ),
+            (
+                guest(0),
+                ACK,
+                NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT | NAT_S_FIN_IN,
+                "closed",
+                cfg.tcp_closing_ns,
+            ),
+        ];
+        for (n, (dev, flags, state, name, timeout)) in steps.into_iter().enumerate() {
+            let frame = if dev == UP {
+                f.reply_frame(port, flags, b"")
+            } else {
+                f.out_frame(flags, b"")
+            };
+            if let Err(e) = b.translate(prog, dev, &frame) {
+                errs.push(format!("[{prog:?}] step {n}: {e:#}"));
+                break;
+            }
+            let Some((p, m)) = b.mapping_of(&f)? else {
+                errs.push(format!("[{prog:?}] step {n}: no mapping"));
+                break;
+            };
+            if n > 0 && p != port {
+                errs.push(format!("[{prog:?}] step {n}: port moved {port} -> {p}"));
+            }
+            port = p;
+            if m.state != state
+                || state_name(m.state) != name
+                || cfg.timeout_ns(6, m.state) != timeout
+            {
+                errs.push(format!(
+                    "[{prog:?}] step {n}: state {:#x} ({}), expected {state:#x} ({name})",
+                    m.state,
+                    state_name(m.state)
+                ));
+            }
+        }
+        // RST from the remote, and from the guest.
+        for (k, rst_from) in [UP, guest(0)].into_iter().enumerate() {
+            let f = tcp(0, 46000 + k as u16, R2, 22);
+            let mut seq: Vec<(Dev, u8)> = vec![(guest(0), SYN)];
+            if rst_from == guest(0) {
+                seq.push((UP, SYN | ACK));
+            }
+            seq.push((rst_from, RST | ACK));
+            for (dev, flags) in seq {
+                let port = b.mapping_of(&f)?.map_or(0, |(p, _)| p);
+                let frame = if dev == UP {
+                    f.reply_frame(port, flags, b"")
+                } else {
+                    f.out_frame(flags, b"")
+                };
+                if let Err(e) = b.translate(prog, dev, &frame) {
+                    errs.push(format!("[{prog:?}] RST from {rst_from:?}: {e:#}"));
+                }
+            }
+            match b.mapping_of(&f)? {
+                Some((_, m)) if m.state & NAT_S_RST != 0 && state_name(m.state) == "reset" => {
+                    if cfg.timeout_ns(6, m.state) != cfg.tcp_closing_ns {
+                        errs.push(format!(
+                            "[{prog:?}] reset mapping not on the closing timeout"
+                        ));
+                    }
+                }
+                m => errs.push(format!(
+                    "[{prog:?}] RST from {rst_from:?}: mapping {m:?}, expected reset"
+                )),
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errs.join("\n"))
+    }
+}
+
+/// "A new SYN on a closed mapping starts it afresh" (nat.rs, `touch`): a
+/// guest that reopens the same 4-tuple after a reset, or after both FINs,
+/// gets a mapping in syn_sent again, on the transitory timeout, and not one
+/// stuck in reset/closed (10 s timeout) for the whole new connection.
+#[test]
+fn a_new_syn_restarts_a_reset_or_closed_mapping() -> Result<()> {
+    use tcp_flags::*;
+    let mut b = Bench::new("resyn")?;
+    let mut errs = Vec::new();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        for (what, ending) in [
+            ("reset", vec![(UP, RST | ACK)]),
+            ("closed", vec![(guest(0), FIN | ACK), (UP, FIN | ACK)]),
+        ] {
+            b.reset(&no_tweak)?;
+            let f = tcp(0, 47000, R1, 80);
+            let mut seq = vec![(guest(0), SYN), (UP, SYN | ACK)];
+            seq.extend(ending);
+            seq.push((guest(0), SYN));
+            for (dev, flags) in seq {
+                let port = b.mapping_of(&f)?.map_or(0, |(p, _)| p);
+                let frame = if dev == UP {
+                    f.reply_frame(port, flags, b"")
+                } else {
+                    f.out_frame(flags, b"")
+                };
+                b.translate(prog, dev, &frame)
+                    .with_context(|| format!("[{prog:?}] {what}"))?;
+            }
+            let (_, m) = b.mapping_of(&f)?.context("no mapping")?;
+            if m.state != NAT_S_SYN_OUT {
+                errs.push(format!(
+                    "[{prog:?}] SYN after {what}: state {:#x} ({}), timeout {} s; expected {NAT_S_SYN_OUT:#x} (syn_sent, {} s)",
+                    m.state,
+                    state_name(m.state),
+                    b.nat_cfg().timeout_ns(6, m.state) / SEC,
+                    NAT_TCP_TRANSITORY_SECS
+                ));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errs.join("\n"))
+    }
+}
+
+/// A port a host socket would take replies on is never handed out
+/// (bpf_sk_lookup_udp/tcp): with a 1-port range the allocation fails and
+/// the packet is left to the kernel; with two ports the other is used;
+/// without the socket the port is used.
+#[test]
+fn ports_of_host_sockets_are_skipped() -> Result<()> {
+    let mut b = Bench::new("sock")?;
+    let mut errs = Vec::new();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        for proto in [ipproto::UDP, ipproto::TCP] {
+            let f = Flow {
+                proto,
+                guest: 0,
+                gport: 40000,
+                remote: R1,
+                rport: 53,
+            };
+            let frame = f.out_frame(tcp_flags::SYN, b"x");
+            for (what, bind, range, want) in [
+                (
+                    "socket on nat_addr:P, range P-P",
+                    Some(NAT_IP),
+                    (P, P),
+                    None,
+                ),
+                ("socket on 0.0.0.0:P, range P-P", Some([0; 4]), (P, P), None),
+                (
+                    "socket on nat_addr:P, range P-P+1",
+                    Some(NAT_IP),
+                    (P, P + 1),
+                    Some(P + 1),
+                ),
+                (
+                    "socket on 127.0.0.1:P, range P-P",
+                    Some([127, 0, 0, 1]),
+                    (P, P),
+                    Some(P),
+                ),
+                ("no socket, range P-P", None, (P, P), Some(P)),
+            ] {
+                let tag = format!(
+                    "[{prog:?}] {} {what}",
+                    if proto == 6 { "TCP" } else { "UDP" }
+                );
+                b.reset(&no_tweak)?;
+                let mut cfg = b.nat_cfg();
+                (cfg.port_lo, cfg.port_hi) = range;
+                b.set_nat_cfg(cfg)?;
+                // The sockets live in this thread's namespace.
+                let sa = bind.map(|a| std::net::SocketAddrV4::new(ip4(a), P));
+                let _udp = match (proto, sa) {
+                    (ipproto::UDP, Some(sa)) => Some(UdpSocket::bind(sa).context("bind UDP")?),
+                    _ => None,
+                };
+                let _tcp = match (proto, sa) {
+                    (ipproto::TCP, Some(sa)) => Some(TcpListener::bind(sa).context("listen TCP")?),
+                    _ => None,
+                };
+                let (ret, out) = b.run(prog, b.ifindex(guest(0)), &frame)?;
+                let st = b.nat_stats()?;
+                let m = b.mapping_of(&f)?;
+                match want {
+                    None => {
+                        if ret != redirect(prog)
+                            || out != frame
+                            || m.is_some()
+                            || st.alloc_fail != 1
+                            || st.slow_path != 1
+                            || st.allocs != 0
+                        {
+                            errs.push(format!(
+                                "{tag}: ret {ret}, {} , mapping {m:?}, {st:?}; expected untranslated, alloc_fail 1, slow_path 1",
+                                if out == frame { "unchanged" } else { "changed" }
+                            ));
+                        }
+                    }
+                    Some(p) => {
+                        let got = m.map(|(p, _)| p);
+                        if ret != redirect(prog) || got != Some(p) || st.allocs != 1 {
+                            errs.push(format!(
+                                "{tag}: ret {ret}, port {got:?}, {st:?}; expected port {p}"
+                            ));
+                        } else {
+                            let want = snat_expect(&frame, p, Some((NH_MAC, UP_MAC)));
+                            if out != want {
+                                errs.push(format!("{tag}: output differs from the expected"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errs.join("\n"))
+    }
+}
+
+/// With one port of a large range taken, the allocation must find another
+/// of the thousands free: up to NAT_TRIES probes. The probe stride is
+/// 7919; a range whose size is a multiple of it must not make every probe
+/// hit the same port. Ranges of 7918 ports (one short) and of 2 x 7919
+/// ports (the probes alternate between two ports) are the controls.
+#[test]
+fn one_taken_port_never_exhausts_a_large_range() -> Result<()> {
+    let mut b = Bench::new("stride")?;
+    let mut errs = Vec::new();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        for range in [
+            (50000u16, 50000 + 7918),
+            (50000, 50000 + 7917),
+            (40000, 40000 + 2 * 7919 - 1),
+        ] {
+            let size = range.1 - range.0 + 1;
+            b.reset(&no_tweak)?;
+            let mut cfg = b.nat_cfg();
+            (cfg.port_lo, cfg.port_hi) = range;
+            b.set_nat_cfg(cfg)?;
+            let f = udp(0, 40000, R1, 53);
+            let frame = f.out_frame(0, b"x");
+            // Where this flow lands in an empty table.
+            b.translate(prog, guest(0), &frame)?;
+            let (first, _) = b.mapping_of(&f)?.context("no first mapping")?;
+            // Another guest's live mapping takes that port; the flow starts
+            // again.
+            b.reset(&no_tweak)?;
+            b.set_nat_cfg(cfg)?;
+            b.put_mapping(&mapping(udp(1, 40000, R1, 53), first, 0, 0), now_coarse())?;
+            let (ret, _) = b.run(prog, b.ifindex(guest(0)), &frame)?;
+            let st = b.nat_stats()?;
+            let got = b.mapping_of(&f)?.map(|(p, _)| p);
+            let ok = ret == redirect(prog)
+                && got.is_some_and(|p| p != first && p >= range.0 && p <= range.1)
+                && st.alloc_fail == 0;
+            if !ok {
+                errs.push(format!(
+                    "[{prog:?}] range {}-{} ({size} ports), port {first} taken: ret {ret}, new port {got:?}, alloc_fail {}",
+                    range.0, range.1, st.alloc_fail
+                ));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errs.join("\n"))
+    }
+}
+
+/// One flow through both programs in turn, as XDP and TC share the maps:
+/// what XDP mapped, TC reuses, and the other way round.
+#[test]
+fn xdp_and_tc_share_mappings() -> Result<()> {
+    let mut b = Bench::new("share")?;
+    for (first, second) in [(Prog::Xdp, Prog::Tc), (Prog::Tc, Prog::Xdp)] {
+        b.reset(&no_tweak)?;
+        let f = udp(0, 41000, R1, 53);
+        let a = b.translate(first, guest(0), &f.out_frame(0, b"one"))?;
+        let (p1, _) = b.mapping_of(&f)?.context("no mapping")?;
+        let c = b.translate(second, guest(0), &f.out_frame(0, b"one"))?;
+        let (p2, _) = b.mapping_of(&f)?.context("no mapping")?;
+        ensure!(
+            p1 == p2 && a == c,
+            "{first:?} then {second:?}: port {p1} then {p2}"
+        );
+        let r = b.translate(second, UP, &f.reply_frame(p1, 0, b"answer"))?;
+        ensure!(r == dnat_expect(&f.reply_frame(p1, 0, b"answer"), &f));
+        let st = b.nat_stats()?;
+        ensure!(
+            st.allocs == 1 && st.out_xdp == 1 && st.out_tc == 1,
+            "{st:?}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Live frames: where translated packets really go.
+
+/// XDP, live: a guest's packet leaves by the uplink translated, the reply
+/// reaches the guest's tap translated back, a packet left to the kernel
+/// reaches the host port unchanged. Nothing goes anywhere else.
+#[test]
+fn live_xdp_translates_both_ways() -> Result<()> {
+    let mut b = Bench::new("live-xdp")?;
+    let f = udp(0, 42000, R1, 53);
+    let out = f.out_frame(0, b"live query");
+    b.run_xdp_live(b.ifindex(guest(0)), &out)
+        .context("live run")?;
+    let mut want = vec![0; 5];
+    want[tap_of(UP)] = 1;
+    let got = b.collect(&want, Duration::from_secs(1));
+    let (port, _) = b.mapping_of(&f)?.context("no mapping")?;
+    let expect = snat_expect(&out, port, Some((NH_MAC, UP_MAC)));
+    ensure!(
+        got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[tap_of(UP)][0] == expect,
+        "out: got {:?} frames, expected {want:?} (up0 frame right: {})",
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        got[tap_of(UP)].first() == Some(&expect)
+    );
+
+    let reply = f.reply_frame(port, 0, b"live answer");
+    b.run_xdp_live(b.ifindex(UP), &reply).context("live run")?;
+    let mut want = vec![0; 5];
+    want[0] = 1;
+    let got = b.collect(&want, Duration::from_secs(1));
+    let expect = dnat_expect(&reply, &f);
+    ensure!(
+        got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[0][0] == expect,
+        "in: got {:?} frames, expected {want:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    let frag = set_frag(&out, 0x2000);
+    b.run_xdp_live(b.ifindex(guest(0)), &frag)
+        .context("live run")?;
+    let mut want = vec![0; 5];
+    want[tap_of(Dev::Host)] = 1;
+    let got = b.collect(&want, Duration::from_secs(1));
+    ensure!(
+        got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[tap_of(Dev::Host)][0] == frag,
+        "slow path: got {:?} frames, expected {want:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// XDP, live: a reply whose guest MAC aged out of the FDB is flooded to
+/// the guests, as TC does (clones to every port but the host port). It
+/// must not go back out of the uplink it came from (a frame for a private
+/// address on the LAN) nor to the host port.
+#[test]
+fn live_xdp_reply_for_an_unknown_guest_mac_floods_to_guests_only() -> Result<()> {
+    let mut b = Bench::new("live-flood")?;
+    let f = udp(0, 42000, R1, 53);
+    b.put_mapping(&mapping(f, P, 0, 0), now_coarse())?;
+    b.forget_guest(0)?;
+    let reply = f.reply_frame(P, 0, b"who has it?");
+    let expect = dnat_expect(&reply, &f);
+    // TC first, as the reference.
+    let (ret, _) = b.run(Prog::Tc, b.ifindex(UP), &reply)?;
+    ensure!(ret == TC_ACT_SHOT, "TC returned {ret}");
+    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(1));
+    let tc_counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    ensure!(
+        tc_counts == vec![1, 1, 1, 0, 0] && got[..3].iter().all(|v| v[0] == expect),
+        "TC: frames on g1 g2 g3 hp up0: {tc_counts:?}"
+    );
+    b.put_mapping(&mapping(f, P, 0, 0), now_coarse())?;
+    b.run_xdp_live(b.ifindex(UP), &reply).context("live run")?;
+    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(1));
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    let right = got.iter().flatten().all(|x| *x == expect);
+    ensure!(
+        counts == vec![1, 1, 1, 0, 0] && right,
+        "XDP: frames on g1 g2 g3 hp up0: {counts:?} (TC: {tc_counts:?}), all the translated reply: {right}"
+    );
+    Ok(())
+}
+
+/// TC, live, on the taps' tcx ingress: a frame written into a guest's tap
+/// (as the guest sends it) leaves by the uplink translated; the reply
+/// written into the uplink's tap (as the wire delivers it) reaches the
+/// guest's tap translated back.
+#[test]
+fn live_tc_translates_both_ways() -> Result<()> {
+    let mut b = Bench::new("live-tc")?;
+    b.attach_tc(&["g1", "up0"])?;
+    let f = udp(0, 43000, R1, 53);
+    let out = f.out_frame(0, b"live tc query");
+    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    let mut want = vec![0; 5];
+    want[tap_of(UP)] = 1;
+    let got = b.collect(&want, Duration::from_secs(1));
+    let (port, _) = b.mapping_of(&f)?.context("no mapping")?;
+    let expect = snat_expect(&out, port, Some((NH_MAC, UP_MAC)));
+    ensure!(
+        got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[tap_of(UP)][0] == expect,
+        "out: got {:?} frames, expected {want:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let reply = f.reply_frame(port, 0, b"live tc answer");
+    b.taps[tap_of(UP)]
+        .1
+        .write_all(&reply)
+        .context("writing into up0")?;
+    let mut want = vec![0; 5];
+    want[0] = 1;
+    let got = b.collect(&want, Duration::from_secs(1));
+    ensure!(
+        got.iter().map(Vec::len).collect::<Vec<_>>() == want
+            && got[0][0] == dnat_expect(&reply, &f),
+        "in: got {:?} frames, expected {want:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let st = b.nat_stats()?;
+    ensure!(st.out_tc == 1 && st.in_tc == 1 && st.allocs == 1, "{st:?}");
+    Ok(())
+}
+
+/// TC, live: a next hop with no neighbour entry. bpf_redirect_neigh makes
+/// the kernel resolve it: an ARP request leaves by the uplink, and once
+/// answered the translated packet follows with the resolved MACs.
+#[test]
+fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
+    let mut b = Bench::new("live-neigh")?;
+    b.attach_tc(&["g1"])?;
+    let f = udp(0, 44000, NN, 53);
+    let out = f.out_frame(0, b"via an unresolved next hop");
+    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    let mut want = vec![0; 5];
+    want[tap_of(UP)] = 1;
+    let got = b.collect(&want, Duration::from_secs(2));
+    let arp = got[tap_of(UP)]
+        .iter()
+        .find(|x| x.len() >= 42 && x[12..14] == [0x08, 0x06])
+        .context(format!(
+            "no ARP request on up0: frames {:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        ))?
+        .clone();
+    ensure!(
+        arp[0..6] == [0xff; 6] && arp[6..12] == UP_MAC && arp[14 + 24..14 + 28] == [192, 168, 1, 2],
+        "unexpected ARP {arp:02x?}"
+    );
+    let answer = Frame::new(UP_MAC, NH2_MAC)
+        .arp_reply([192, 168, 1, 2], NAT_IP)
+        .build();
+    b.taps[tap_of(UP)]
+        .1
+        .write_all(&answer)
+        .context("answering the ARP")?;
+    let got = b.collect(&want, Duration::from_secs(2));
+    let (port, _) = b.mapping_of(&f)?.context("no mapping")?;
+    let expect = snat_expect(&out, port, Some((NH2_MAC, UP_MAC)));
+    ensure!(
+        got[tap_of(UP)].contains(&expect),
+        "after the ARP reply: frames {:?}, translated packet with resolved MACs among them: false",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    Ok(())
+}
