@@ -173,8 +173,10 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &umlbr_common::NatConfig) -> u32 {
             let cfg = config();
             match fdb::lookup(&FDB, mac, fdb::now(), cfg.aging_ns) {
                 Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
-                // The guest's MAC aged out of the FDB: flood the reply.
-                _ => PORTS.redirect(0, 8).unwrap_or(xdp_action::XDP_DROP),
+                // Checked by inbound(); only a racing removal gets here.
+                _ => PORTS
+                    .redirect(0, FLOOD_FLAGS)
+                    .unwrap_or(xdp_action::XDP_DROP),
             }
         }
     }

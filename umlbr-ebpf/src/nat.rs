@@ -529,12 +529,16 @@ fn live(cfg: &NatConfig, proto: u8, e: &NatIn, now: u64) -> bool {
 /// per flow (a busy flow should not dirty the entry on every packet).
 #[inline(always)]
 fn touch(e: &mut NatIn, now: u64, state: u16) {
+    let closed = e.state & NAT_S_RST != 0
+        || e.state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == NAT_S_FIN_OUT | NAT_S_FIN_IN;
+    if state & NAT_S_SYN_OUT != 0 && closed {
+        // A new SYN on a reset or closed mapping starts it afresh.
+        e.state = NAT_S_SYN_OUT;
+        e.last_seen_ns = now;
+        return;
+    }
     if e.state | state != e.state {
         e.state |= state;
-        // A new SYN on a closed mapping starts it afresh.
-        if state & NAT_S_SYN_OUT != 0 && e.state & NAT_S_RST != 0 {
-            e.state = NAT_S_SYN_OUT;
-        }
     }
     if now.wrapping_sub(e.last_seen_ns) > 1_000_000_000 {
         e.last_seen_ns = now;
@@ -678,7 +682,13 @@ fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
     };
     let mut i = 0u32;
     while i < NAT_TRIES {
-        let cand = (cfg.port_lo as u32 + (h.wrapping_add(i.wrapping_mul(7919)) % range)) as u16;
+        // Probe i: a fresh hash of (flow, i), so no range size makes the
+        // probes repeat a few ports.
+        let mut p = h ^ i.wrapping_mul(0x9e37_79b9);
+        p ^= p >> 16;
+        p = p.wrapping_mul(0x85eb_ca6b);
+        p ^= p >> 13;
+        let cand = (cfg.port_lo as u32 + p % range) as u16;
         let cand = cand.to_be();
         i += 1;
         let ikey = NatKey {
@@ -900,6 +910,17 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
     let e = unsafe { &mut *e };
     if !live(cfg, key.proto, e, now) {
         count(|s| s.in_miss += 1);
+        return 0;
+    }
+    // XDP cannot flood to the guests alone (a devmap broadcast would reach
+    // the host port too): a reply for a guest whose MAC aged out of the
+    // FDB is left, untouched, to TC, which translates and floods it.
+    if xdp
+        && !matches!(
+            crate::fdb::lookup(&crate::FDB, e.mac, now, crate::config().aging_ns),
+            Some((_, false))
+        )
+    {
         return 0;
     }
     if !icmp_err {
