@@ -1,1 +1,835 @@
-fn main() {}
+//! `umlbr-bench`: umlbr against the Linux bridge, side by side, on taps
+//! driven like a guest's tap transport. Run by `cargo xtask bench
+//! [--quick]` (as root); writes bench/results/latest.{json,md} and one SVG
+//! per group of rows.
+//!
+//! Every topology lives in a network namespace of its own
+//! (`umlbrt-bench-<pid>-<n>`), made for one contender and one group of
+//! rows and deleted right after, also on error. The contenders take turns
+//! (interleaved repetitions, the order rotating every repetition), so slow
+//! drifts of the machine's load hit them all alike.
+mod report;
+mod tap;
+mod topo;
+mod traffic;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::json;
+
+use crate::{
+    report::{Check, Goal, Results, RowDef},
+    tap::{BROADCAST, TapMode, gen_mac, sink_mac, udp_frame},
+    topo::{Contender, Topo},
+    traffic::{GenSpec, Job, Outcome, SinkSpec},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "umlbr-bench",
+    about = "umlbr against the kernel bridge, side by side (run as root; `cargo xtask bench`)"
+)]
+struct Args {
+    /// Short run: 1 s windows, 3 repetitions, fewer rows; within 5 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// The umlbr binary (default: $UMLBR_BIN, else target/{debug,release}/umlbr).
+    #[arg(long, value_name = "PATH")]
+    umlbr: Option<PathBuf>,
+    /// Where to write latest.json, latest.md and the SVGs.
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+    /// Repetitions of every measurement (default 3 with --quick, else 5).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds of each measured window (default 1 with --quick, else 3).
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Only these groups: tap-to-tap, flooding, scale, fdb (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only these contenders: kernel, kernel-tuned, umlbr, umlbr-tc, ceiling.
+    #[arg(long, value_delimiter = ',')]
+    contenders: Vec<String>,
+    /// Let the scheduler place the threads (default: the writer of flow i
+    /// on CPU i, readers on the next CPU, so that a writer and its reader
+    /// never share a core by chance).
+    #[arg(long)]
+    no_pin: bool,
+}
+
+struct Cfg {
+    quick: bool,
+    reps: usize,
+    window: Duration,
+    warmup: Duration,
+    groups: Vec<&'static str>,
+    contenders: Vec<Contender>,
+    /// Sizes of the 1-flow tap→tap rows besides 64 B.
+    sizes: Vec<usize>,
+    flood_ports: Vec<usize>,
+    scale_taps: Vec<usize>,
+    fdb_macs: u32,
+    /// Stop starting repetitions when the next would end after this.
+    budget: Option<Duration>,
+    umlbr: PathBuf,
+    /// CPUs to spread the threads over; None: no pinning.
+    cpus: Option<usize>,
+}
+
+const GROUPS: [&str; 4] = ["tap-to-tap", "flooding", "scale", "fdb"];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root: the bench creates network namespaces, taps and BPF programs");
+    }
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+    let cfg = config(&args)?;
+    topo::clean_stale();
+    let mut res = Results::default();
+    define_rows(&cfg, &mut res);
+    let load_before = loadavg();
+    let t0 = Instant::now();
+    let mut rep_times = Vec::new();
+    let mut reps_done = 0;
+    for rep in 0..cfg.reps {
+        if let (Some(budget), Some(&last)) = (cfg.budget, rep_times.iter().max())
+            && t0.elapsed() + last > budget
+        {
+            let msg = format!(
+                "stopped after {rep} of {} repetitions to stay within {} s",
+                cfg.reps,
+                budget.as_secs()
+            );
+            eprintln!("bench: {msg}");
+            res.errors.push(msg);
+            break;
+        }
+        let r0 = Instant::now();
+        // Rotate the order every repetition.
+        let n = cfg.contenders.len();
+        for k in 0..n {
+            let c = cfg.contenders[(k + rep) % n];
+            for &g in &cfg.groups {
+                check_interrupted()?;
+                let p = Progress {
+                    t0,
+                    rep,
+                    reps: cfg.reps,
+                    contender: c,
+                };
+                let r = match g {
+                    "tap-to-tap" => tap_to_tap(&cfg, &p, &mut res),
+                    "flooding" => flooding(&cfg, &p, &mut res),
+                    "scale" => scale(&cfg, &p, &mut res),
+                    "fdb" => fdb(&cfg, &p, &mut res),
+                    _ => Ok(()),
+                };
+                if let Err(e) = r {
+                    check_interrupted()?;
+                    let msg = format!("rep {} {} {g}: {e:#}", rep + 1, c.as_str());
+                    eprintln!("bench: ERROR {msg}");
+                    res.errors.push(msg);
+                }
+            }
+        }
+        reps_done = rep + 1;
+        rep_times.push(r0.elapsed());
+    }
+    let machine = machine_info(&cfg, reps_done, &load_before, t0.elapsed());
+    report::write_all(&args.out, &res, machine.clone())?;
+    eprintln!(
+        "bench: done in {:.0} s; wrote {}/latest.json, latest.md and the SVGs",
+        t0.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    print!("{}", res.to_markdown(&machine));
+    Ok(())
+}
+
+fn config(args: &Args) -> Result<Cfg> {
+    let umlbr = match &args.umlbr {
+        Some(p) => p.clone(),
+        None => umlbr_tests::umlbr_bin(),
+    };
+    if !umlbr.exists() {
+        bail!("no umlbr binary at {}", umlbr.display());
+    }
+    let groups: Vec<&'static str> = if args.only.is_empty() {
+        GROUPS.to_vec()
+    } else {
+        let mut g = Vec::new();
+        for o in &args.only {
+            match GROUPS.iter().find(|&&x| x == o) {
+                Some(&x) => g.push(x),
+                None => bail!("unknown group {o} (groups: {})", GROUPS.join(", ")),
+            }
+        }
+        g
+    };
+    let contenders = if args.contenders.is_empty() {
+        Contender::ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for o in &args.contenders {
+            match Contender::ALL.iter().find(|c| c.as_str() == o) {
+                Some(&c) => v.push(c),
+                None => bail!("unknown contender {o}"),
+            }
+        }
+        v
+    };
+    let q = args.quick;
+    Ok(Cfg {
+        quick: q,
+        reps: args.reps.unwrap_or(if q { 3 } else { 5 }).max(1),
+        window: Duration::from_secs_f64(args.secs.unwrap_or(if q { 1.0 } else { 3.0 })),
+        warmup: Duration::from_millis(if q { 200 } else { 500 }),
+        groups,
+        contenders,
+        sizes: if q { vec![1500] } else { vec![512, 1500] },
+        flood_ports: if q { vec![2, 8] } else { vec![2, 8, 32] },
+        scale_taps: if q { vec![16] } else { vec![16, 64] },
+        fdb_macs: 100_000,
+        budget: q.then(|| Duration::from_secs(285)),
+        umlbr,
+        cpus: (!args.no_pin).then(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+    })
+}
+
+fn define_rows(cfg: &Cfg, res: &mut Results) {
+    use Contender::{Kernel, KernelTuned};
+    let row = |id: &str, group, name: &str, unit, hib, goal| RowDef {
+        id: id.into(),
+        group,
+        name: name.into(),
+        unit,
+        higher_is_better: hib,
+        goal,
+    };
+    let g = "tap-to-tap";
+    res.define(row(
+        "p64_1",
+        g,
+        "64 B tap→tap, 1 flow",
+        "kpps",
+        true,
+        Some(Goal {
+            text: "≥ 3× kernel and ≥ 2× kernel-tuned",
+            checks: vec![
+                Check::RatioAtLeast(Kernel, 3.0),
+                Check::RatioAtLeast(KernelTuned, 2.0),
+            ],
+        }),
+    ));
+    res.define(row(
+        "p64_1_cpu",
+        g,
+        "64 B, 1 flow: CPU per frame (writer + reader threads)",
+        "µs",
+        false,
+        Some(Goal {
+            text: "≤ 1/3 of kernel",
+            checks: vec![Check::RatioAtMost(Kernel, 1.0 / 3.0)],
+        }),
+    ));
+    res.define(row(
+        "p64_1_sys",
+        g,
+        "64 B, 1 flow: machine CPU per frame (/proc/stat, other load included)",
+        "µs",
+        false,
+        None,
+    ));
+    res.define(row(
+        "p64_2",
+        g,
+        "64 B tap→tap, 2 flows (2 writers, 2 readers, 2 cores)",
+        "kpps",
+        true,
+        Some(Goal {
+            text: "≥ 3× kernel",
+            checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
+        }),
+    ));
+    res.define(row(
+        "p64_2_cpu",
+        g,
+        "64 B, 2 flows: CPU per frame (threads)",
+        "µs",
+        false,
+        None,
+    ));
+    for &s in &cfg.sizes {
+        res.define(row(
+            &format!("p{s}_1"),
+            g,
+            &format!("{s} B tap→tap, 1 flow"),
+            "kpps",
+            true,
+            None,
+        ));
+        res.define(row(
+            &format!("p{s}_1_cpu"),
+            g,
+            &format!("{s} B, 1 flow: CPU per frame (threads)"),
+            "µs",
+            false,
+            None,
+        ));
+    }
+    if !cfg.quick {
+        res.define(row(
+            "p64_1_blk",
+            g,
+            "64 B, 1 flow, blocking writer (generic XDP on the tap)",
+            "kpps",
+            true,
+            None,
+        ));
+        res.define(row(
+            "p64_1_vnet",
+            g,
+            "64 B, 1 flow, IFF_VNET_HDR writer and reader",
+            "kpps",
+            true,
+            None,
+        ));
+    }
+    for &k in &cfg.flood_ports {
+        res.define(row(
+            &format!("flood_{k}"),
+            "flooding",
+            &format!("64 B broadcast from 1 writer to {k} ports, per port"),
+            "kpps",
+            true,
+            (k == 8).then(|| Goal {
+                text: "≥ 1.5× kernel",
+                checks: vec![Check::RatioAtLeast(Kernel, 1.5)],
+            }),
+        ));
+    }
+    for &n in &cfg.scale_taps {
+        res.define(row(
+            &format!("scale_{n}"),
+            "scale",
+            &format!("64 B, {n} taps, {} flows, total", n / 2),
+            "kpps",
+            true,
+            None,
+        ));
+        res.define(row(
+            &format!("scale_{n}_ratio"),
+            "scale",
+            &format!("{n} taps ({} flows) vs 4 taps (2 flows): total rate", n / 2),
+            "×",
+            true,
+            Some(Goal {
+                text: "flat: umlbr ≥ 0.9 (≤ 10% loss)",
+                checks: vec![Check::UmlbrAtLeast(0.9)],
+            }),
+        ));
+    }
+    let m = fmt_count(cfg.fdb_macs);
+    res.define(row(
+        "fdb_pps",
+        "fdb",
+        &format!("64 B, 1 flow, {m} learned MACs in the FDB"),
+        "kpps",
+        true,
+        None,
+    ));
+    res.define(row(
+        "fdb_entries",
+        "fdb",
+        &format!("entries in the FDB after frames from {m} new source MACs"),
+        "MACs",
+        true,
+        None,
+    ));
+    res.define(row(
+        "fdb_ratio",
+        "fdb",
+        &format!("64 B, 1 flow: {m} MACs vs a nearly empty FDB"),
+        "×",
+        true,
+        Some(Goal {
+            text: "lookup cost unchanged: umlbr ≥ 0.9",
+            checks: vec![Check::UmlbrAtLeast(0.9)],
+        }),
+    ));
+    res.define(row(
+        "cp_attach",
+        "control-plane",
+        "attach one tap (`umlbr attach` / `ip link set master`, wall time)",
+        "ms",
+        false,
+        None,
+    ));
+    res.define(row(
+        "cp_fdb_show",
+        "control-plane",
+        &format!("list {m} learned MACs (`umlbr fdb show --json` / `bridge fdb show`)"),
+        "s",
+        false,
+        None,
+    ));
+}
+
+fn fmt_count(n: u32) -> String {
+    if n >= 1000 {
+        format!("{} {:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+struct Progress {
+    t0: Instant,
+    rep: usize,
+    reps: usize,
+    contender: Contender,
+}
+
+impl Progress {
+    fn say(&self, what: &str, result: &str) {
+        let t = self.t0.elapsed().as_secs();
+        eprintln!(
+            "bench [{:>2}:{:02}] rep {}/{} {:<12} {:<34} {result}",
+            t / 60,
+            t % 60,
+            self.rep + 1,
+            self.reps,
+            self.contender.as_str(),
+            what
+        );
+    }
+}
+
+/// A flow: a writer on tap `from` sending to the station on tap `to`
+/// (None: broadcast).
+struct Flow {
+    from: usize,
+    to: Option<usize>,
+}
+
+fn run_flows(
+    cfg: &Cfg,
+    topo: &Topo,
+    flows: &[Flow],
+    sinks: &[usize],
+    size: usize,
+    mode: TapMode,
+) -> Result<Outcome> {
+    let ceiling = topo.contender == Contender::Ceiling;
+    let job = Job {
+        netns: topo.ns.name.clone(),
+        gens: flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| GenSpec {
+                tap: topo.taps[f.from].clone(),
+                frame: udp_frame(
+                    f.to.map(sink_mac).unwrap_or(BROADCAST),
+                    gen_mac(f.from),
+                    size,
+                    i as u16,
+                ),
+                mode,
+                cpu: cfg.cpus.map(|n| i % n),
+            })
+            .collect(),
+        sinks: if ceiling {
+            Vec::new()
+        } else {
+            sinks
+                .iter()
+                .enumerate()
+                .map(|(j, &s)| SinkSpec {
+                    tap: topo.taps[s].clone(),
+                    mac: sink_mac(s),
+                    vnet_hdr: mode.vnet_hdr,
+                    cpu: cfg.cpus.map(|n| (j + 1) % n),
+                })
+                .collect()
+        },
+        warmup: cfg.warmup,
+        window: cfg.window,
+        probe: !ceiling,
+    };
+    let out = traffic::run(&job)?;
+    if !ceiling && out.delivered() == 0 {
+        bail!("no frame was delivered in the window");
+    }
+    Ok(out)
+}
+
+/// The rate a row reports: frames delivered to the sinks, or for the
+/// ceiling frames written (and dropped by XDP at the writer's tap).
+fn rate_kpps(topo: &Topo, o: &Outcome) -> f64 {
+    if topo.contender == Contender::Ceiling {
+        o.sent_pps() / 1e3
+    } else {
+        o.delivered_pps() / 1e3
+    }
+}
+
+fn cpu_us(topo: &Topo, o: &Outcome) -> f64 {
+    if topo.contender == Contender::Ceiling {
+        if o.sent == 0 {
+            f64::NAN
+        } else {
+            o.gen_cpu_s * 1e6 / o.sent as f64
+        }
+    } else {
+        o.thread_us_per_frame()
+    }
+}
+
+fn describe(topo: &Topo, o: &Outcome) -> String {
+    let per = |cpu: f64, n: u64| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            cpu * 1e6 / n as f64
+        }
+    };
+    let mut s = format!(
+        "{:>7.1} kpps {:>5.2} µs/frame (writer {:.2} µs/sent, reader {:.2} µs/read; machine {:.2}) sent {:.0} kpps",
+        rate_kpps(topo, o),
+        cpu_us(topo, o),
+        per(o.gen_cpu_s, o.sent),
+        per(o.sink_cpu_s, o.delivered()),
+        if topo.contender == Contender::Ceiling {
+            per(o.sys_busy_s, o.sent)
+        } else {
+            o.sys_us_per_frame()
+        },
+        o.sent_pps() / 1e3
+    );
+    if o.send_errors > 0 {
+        s.push_str(&format!(" write errors {}", o.send_errors));
+    }
+    s
+}
+
+/// Measure and note which path umlbr took for it.
+fn measured(
+    topo: &Topo,
+    p: &Progress,
+    res: &mut Results,
+    row: &str,
+    what: &str,
+    f: impl FnOnce() -> Result<Outcome>,
+) -> Result<Outcome> {
+    let before = topo.paths()?;
+    let o = f().with_context(|| what.to_string())?;
+    p.say(what, &describe(topo, &o));
+    if topo.contender.is_umlbr() {
+        let d = topo.paths()?.since(&before);
+        res.note(
+            row,
+            format!("{} switched by {}", topo.contender.as_str(), d.describe()),
+        );
+    }
+    Ok(o)
+}
+
+fn tap_to_tap(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    // tap0 -> tap1 and tap2 -> tap3.
+    let topo = Topo::new(c, 4, &[0, 2], &cfg.umlbr)?;
+    if matches!(c, Contender::Kernel | Contender::Umlbr) {
+        let ms = 1e3 * topo.attach_s.iter().sum::<f64>() / topo.attach_s.len() as f64;
+        res.add("cp_attach", c, ms);
+    }
+    let one = [Flow {
+        from: 0,
+        to: Some(1),
+    }];
+    let two = [
+        Flow {
+            from: 0,
+            to: Some(1),
+        },
+        Flow {
+            from: 2,
+            to: Some(3),
+        },
+    ];
+    let nb = TapMode::default();
+    let o = measured(&topo, p, res, "p64_1", "64 B, 1 flow", || {
+        run_flows(cfg, &topo, &one, &[1], 64, nb)
+    })?;
+    res.add("p64_1", c, rate_kpps(&topo, &o));
+    res.add("p64_1_cpu", c, cpu_us(&topo, &o));
+    if c != Contender::Ceiling {
+        res.add("p64_1_sys", c, o.sys_us_per_frame());
+    }
+    check_interrupted()?;
+    let o = measured(&topo, p, res, "p64_2", "64 B, 2 flows", || {
+        run_flows(cfg, &topo, &two, &[1, 3], 64, nb)
+    })?;
+    res.add("p64_2", c, rate_kpps(&topo, &o));
+    res.add("p64_2_cpu", c, cpu_us(&topo, &o));
+    for &s in &cfg.sizes {
+        check_interrupted()?;
+        let row = format!("p{s}_1");
+        let o = measured(&topo, p, res, &row, &format!("{s} B, 1 flow"), || {
+            run_flows(cfg, &topo, &one, &[1], s, nb)
+        })?;
+        res.add(&row, c, rate_kpps(&topo, &o));
+        res.add(&format!("{row}_cpu"), c, cpu_us(&topo, &o));
+    }
+    if !cfg.quick {
+        check_interrupted()?;
+        let blk = TapMode {
+            nonblocking: false,
+            vnet_hdr: false,
+        };
+        let o = measured(
+            &topo,
+            p,
+            res,
+            "p64_1_blk",
+            "64 B, 1 flow, blocking writer",
+            || run_flows(cfg, &topo, &one, &[1], 64, blk),
+        )?;
+        res.add("p64_1_blk", c, rate_kpps(&topo, &o));
+        check_interrupted()?;
+        let vnet = TapMode {
+            nonblocking: true,
+            vnet_hdr: true,
+        };
+        let o = measured(
+            &topo,
+            p,
+            res,
+            "p64_1_vnet",
+            "64 B, 1 flow, IFF_VNET_HDR",
+            || run_flows(cfg, &topo, &one, &[1], 64, vnet),
+        )?;
+        res.add("p64_1_vnet", c, rate_kpps(&topo, &o));
+    }
+    Ok(())
+}
+
+fn flooding(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    if c == Contender::Ceiling {
+        return Ok(());
+    }
+    for &k in &cfg.flood_ports {
+        check_interrupted()?;
+        let topo = Topo::new(c, k + 1, &[], &cfg.umlbr)?;
+        let sinks: Vec<usize> = (1..=k).collect();
+        let row = format!("flood_{k}");
+        let o = measured(
+            &topo,
+            p,
+            res,
+            &row,
+            &format!("broadcast to {k} ports"),
+            || {
+                run_flows(
+                    cfg,
+                    &topo,
+                    &[Flow { from: 0, to: None }],
+                    &sinks,
+                    64,
+                    TapMode::default(),
+                )
+            },
+        )?;
+        res.add(&row, c, o.delivered_pps() / 1e3 / k as f64);
+    }
+    Ok(())
+}
+
+fn scale(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    if c == Contender::Ceiling {
+        return Ok(());
+    }
+    for &n in &cfg.scale_taps {
+        check_interrupted()?;
+        let topo = Topo::new(c, n, &[], &cfg.umlbr)?;
+        let flows: Vec<Flow> = (0..n / 2)
+            .map(|i| Flow {
+                from: 2 * i,
+                to: Some(2 * i + 1),
+            })
+            .collect();
+        let sinks: Vec<usize> = (0..n / 2).map(|i| 2 * i + 1).collect();
+        let row = format!("scale_{n}");
+        let o = measured(
+            &topo,
+            p,
+            res,
+            &row,
+            &format!("{n} taps, {} flows", n / 2),
+            || run_flows(cfg, &topo, &flows, &sinks, 64, TapMode::default()),
+        )?;
+        let total = o.delivered_pps() / 1e3;
+        res.add(&row, c, total);
+        // Against this repetition's 2-flow rate on 4 taps.
+        let base = res
+            .samples
+            .get(&("p64_2".to_string(), c))
+            .and_then(|v| v.get(p.rep).copied());
+        if let Some(b) = base.filter(|b| *b > 0.0) {
+            res.add(&format!("{row}_ratio"), c, total / b);
+        }
+    }
+    Ok(())
+}
+
+fn fdb(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    let wanted = if cfg.quick {
+        matches!(c, Contender::Kernel | Contender::Umlbr)
+    } else {
+        c != Contender::Ceiling
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let topo = Topo::new(c, 2, &[], &cfg.umlbr)?;
+    let one = [Flow {
+        from: 0,
+        to: Some(1),
+    }];
+    let nb = TapMode::default();
+    let pre = measured(
+        &topo,
+        p,
+        res,
+        "fdb_ratio",
+        "64 B, 1 flow, empty FDB",
+        || run_flows(cfg, &topo, &one, &[1], 64, nb),
+    )?;
+    check_interrupted()?;
+    let took = traffic::fill_fdb(&topo.ns.name, &topo.taps[0], sink_mac(1), cfg.fdb_macs)?;
+    let (entries, show_s) = topo.fdb_show()?;
+    p.say(
+        &format!("FDB fill with {} MACs", fmt_count(cfg.fdb_macs)),
+        &format!(
+            "written in {:.2} s; {entries} entries listed in {show_s:.2} s",
+            took.as_secs_f64()
+        ),
+    );
+    res.add("fdb_entries", c, entries as f64);
+    res.add("cp_fdb_show", c, show_s);
+    check_interrupted()?;
+    let post = measured(
+        &topo,
+        p,
+        res,
+        "fdb_pps",
+        &format!("64 B, 1 flow, {} MACs", fmt_count(cfg.fdb_macs)),
+        || run_flows(cfg, &topo, &one, &[1], 64, nb),
+    )?;
+    res.add("fdb_pps", c, post.delivered_pps() / 1e3);
+    if pre.delivered_pps() > 0.0 {
+        res.add("fdb_ratio", c, post.delivered_pps() / pre.delivered_pps());
+    }
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine_info(
+    cfg: &Cfg,
+    reps_done: usize,
+    load_before: &str,
+    took: Duration,
+) -> serde_json::Value {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cores": cores,
+        "cpu": cpu,
+        "kernel": kernel,
+        "date": date,
+        "mode": if cfg.quick { "quick" } else { "full" },
+        "repetitions": reps_done,
+        "pinning": if cfg.cpus.is_some() {
+            "writer of flow i on CPU i, reader of flow i on CPU i+1 (mod cores)"
+        } else {
+            "none"
+        },
+        "window_s": cfg.window.as_secs_f64(),
+        "duration_s": took.as_secs(),
+        "load_before": load_before,
+        "load_after": loadavg(),
+        "note": "Figures are relative: compare contenders within one run on one machine only. \
+                 Frame sizes are as written to the tap (Ethernet header, no FCS). Writers use \
+                 O_NONBLOCK (tun's native XDP path) unless a row says otherwise; the ceiling is \
+                 a native XDP drop program on each writer's tap, so it is what the writers alone \
+                 can do. umlbr-tc is umlbr with the XDP program removed from the taps \
+                 (ip link set dev TAP xdp off): only its tcx program switches. A load average \
+                 above the core count means other work shared the CPUs.",
+    })
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up a Debian 12 machine for umlbr, build it, run the
 //! demo and the tests. Run `cargo xtask help`.
+mod bench;
 mod clean;
 mod demo;
 mod setup;
@@ -95,6 +96,14 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// umlbr against the kernel bridge, side by side (root).
+    ///
+    /// Sets up and builds umlbr and the bench (bench/, crate umlbr-bench)
+    /// in release, then measures every contender (kernel, kernel-tuned,
+    /// umlbr, umlbr-tc, ceiling) on the same topologies, in network
+    /// namespaces of their own, with interleaved repetitions. Writes
+    /// bench/results/latest.json, latest.md and one SVG per group of rows.
+    Bench(bench::BenchArgs),
     /// Delete network namespaces (and their processes) left by crashed runs.
     ///
     /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
@@ -139,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             unsafe { std::env::set_var("UMLBR_BIN", &bin) };
             demo::run(keep)
         }
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::CleanNetns { all, names } => clean::run(all, &names),
     }
 }

@@ -1,0 +1,229 @@
+//! A guest's tap transport, as User Mode Linux's or QEMU's: /dev/net/tun
+//! opened with IFF_TAP|IFF_NO_PI (optionally IFF_VNET_HDR), one frame per
+//! read() or write(); and the test frames it sends.
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use umlbr_tests::wire::{Frame, Mac};
+
+/// Size of `struct virtio_net_hdr` (without num_buffers): what a tap with
+/// IFF_VNET_HDR and the default TUNSETVNETHDRSZ expects before each frame.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// How a tap is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TapMode {
+    /// O_NONBLOCK: tun's native XDP path for written frames
+    /// (`tun_can_build_skb` needs a non-blocking writer); blocking writes
+    /// build an skb and get generic XDP.
+    pub nonblocking: bool,
+    /// IFF_VNET_HDR: a 10-byte virtio_net_hdr (all zeros: no GSO, no
+    /// checksum offload) before every frame, both ways.
+    pub vnet_hdr: bool,
+}
+
+impl Default for TapMode {
+    fn default() -> Self {
+        TapMode {
+            nonblocking: true,
+            vnet_hdr: false,
+        }
+    }
+}
+
+/// An open tap queue. The tap must exist in the calling thread's network
+/// namespace (the file is bound to the namespace it was opened in).
+pub struct Tap {
+    fd: OwnedFd,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tap {
+    pub fn open(name: &str, mode: TapMode) -> Result<Tap> {
+        if name.len() >= libc::IFNAMSIZ {
+            bail!("tap name {name} too long");
+        }
+        let mut oflags = libc::O_RDWR | libc::O_CLOEXEC;
+        if mode.nonblocking {
+            oflags |= libc::O_NONBLOCK;
+        }
+        // SAFETY: plain open(2) of a NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), oflags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("opening /dev/net/tun");
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        if mode.vnet_hdr {
+            req.flags |= libc::IFF_VNET_HDR as libc::c_short;
+        }
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes a struct ifreq.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("TUNSETIFF {name}"));
+        }
+        Ok(Tap { fd })
+    }
+
+    /// Write one frame (with the vnet header in front if the mode has one,
+    /// which `frame` must already carry: see [`wire_frame`]).
+    #[inline]
+    pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: write(2) from a valid buffer.
+        let n = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Read one frame; `Ok(None)` if none is queued (non-blocking mode).
+    #[inline]
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: read(2) into a valid buffer.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Wait until a frame is readable or `timeout` passes.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        rc > 0
+    }
+}
+
+/// Enter the network namespace `name` (this thread only).
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns(2) on a namespace file; affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("setns {name}"));
+    }
+    Ok(())
+}
+
+/// A generator's MAC: 02:b0:00:00:HI:LO.
+pub fn gen_mac(i: usize) -> Mac {
+    [0x02, 0xb0, 0, 0, (i >> 8) as u8, i as u8]
+}
+
+/// A sink's MAC: 02:b1:00:00:HI:LO.
+pub fn sink_mac(i: usize) -> Mac {
+    [0x02, 0xb1, 0, 0, (i >> 8) as u8, i as u8]
+}
+
+/// Source MACs of the FDB fill: 02:c0:00:HI:MID:LO.
+pub fn fill_mac(i: u32) -> Mac {
+    [0x02, 0xc0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+pub const BROADCAST: Mac = [0xff; 6];
+
+/// Whether a received frame (without vnet header) is one of ours: sent by
+/// a generator or by the FDB fill.
+#[inline]
+pub fn is_bench_frame(f: &[u8]) -> bool {
+    f.len() >= 14 && f[6] == 0x02 && (f[7] == 0xb0 || f[7] == 0xc0)
+}
+
+/// An Ethernet/IPv4/UDP frame of exactly `len` bytes (Ethernet header
+/// included, no FCS) with valid IPv4 and UDP checksums.
+pub fn udp_frame(dst: Mac, src: Mac, len: usize, flow: u16) -> Vec<u8> {
+    const HDRS: usize = 14 + 20 + 8;
+    let data_len = len.max(60).saturating_sub(HDRS);
+    let data: Vec<u8> = (0..data_len).map(|i| i as u8).collect();
+    let ip = |host: u8| std::net::Ipv4Addr::new(192, 168, 2, host);
+    Frame::new(dst, src)
+        .udp(
+            ip(10 + (src[5] % 200)),
+            10_000 + flow,
+            ip(10 + (dst[5] % 200)),
+            9,
+            &data,
+        )
+        .pad_to(len)
+        .build()
+}
+
+/// `frame` as written to a tap of `mode`: with a zero vnet header in front
+/// where the mode has one.
+pub fn wire_frame(frame: &[u8], mode: TapMode) -> Vec<u8> {
+    let mut v = Vec::with_capacity(frame.len() + VNET_HDR_LEN);
+    if mode.vnet_hdr {
+        v.extend_from_slice(&[0; VNET_HDR_LEN]);
+    }
+    v.extend_from_slice(frame);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umlbr_tests::wire::checksum;
+
+    #[test]
+    fn frames_have_the_asked_length_and_valid_checksums() {
+        for len in [64, 512, 1500] {
+            let f = udp_frame(sink_mac(0), gen_mac(1), len, 3);
+            assert_eq!(f.len(), len);
+            assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum");
+            assert!(is_bench_frame(&f));
+        }
+        assert!(!is_bench_frame(&udp_frame(gen_mac(0), sink_mac(0), 64, 0)));
+        assert_eq!(
+            wire_frame(
+                &[1, 2],
+                TapMode {
+                    nonblocking: true,
+                    vnet_hdr: true
+                }
+            )
+            .len(),
+            12
+        );
+    }
+}

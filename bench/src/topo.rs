@@ -1,0 +1,389 @@
+//! Topologies: taps in a network namespace of their own, switched by one
+//! contender. The namespace (and with it the taps, the bridge and every
+//! BPF program attached to them) is deleted when the topology is dropped,
+//! also on error.
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use umlbr_tests::netns::Netns;
+
+use crate::tap;
+
+/// Who switches the frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Contender {
+    /// Linux bridge with the taps as ports; bridge netfilter as the kernel
+    /// has it (net.bridge.bridge-nf-call-* = 1 in a new namespace).
+    Kernel,
+    /// The same with net.bridge.bridge-nf-call-{iptables,ip6tables,arptables} = 0
+    /// (per network namespace on this kernel).
+    KernelTuned,
+    /// `umlbr up br0` and `umlbr attach` of every tap: XDP and TC.
+    Umlbr,
+    /// umlbr with the XDP program removed from the taps after `attach`
+    /// (`ip link set dev TAP xdp off`): only the tcx program switches.
+    UmlbrTc,
+    /// No switch: a native-mode XDP program that drops every frame on each
+    /// writer's tap. What the writers alone can do.
+    Ceiling,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 5] = [
+        Contender::Kernel,
+        Contender::KernelTuned,
+        Contender::Umlbr,
+        Contender::UmlbrTc,
+        Contender::Ceiling,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contender::Kernel => "kernel",
+            Contender::KernelTuned => "kernel-tuned",
+            Contender::Umlbr => "umlbr",
+            Contender::UmlbrTc => "umlbr-tc",
+            Contender::Ceiling => "ceiling",
+        }
+    }
+
+    pub fn is_umlbr(self) -> bool {
+        matches!(self, Contender::Umlbr | Contender::UmlbrTc)
+    }
+}
+
+pub const BRIDGE: &str = "br0";
+
+/// A topology: taps tap0..tapN-1 in a fresh namespace, switched by one
+/// contender.
+pub struct Topo {
+    // Dropped first: the ceiling's XDP links.
+    _xdp_links: Vec<OwnedFd>,
+    pub ns: Netns,
+    pub contender: Contender,
+    pub taps: Vec<String>,
+    /// Wall time of each port's attach command (`ip link set TAP master
+    /// br0` or `umlbr attach TAP`), seconds.
+    pub attach_s: Vec<f64>,
+    umlbr: PathBuf,
+}
+
+impl Topo {
+    /// `ntaps` taps; for the ceiling, `drop_on` are the taps that get the
+    /// XDP drop program.
+    pub fn new(
+        contender: Contender,
+        ntaps: usize,
+        drop_on: &[usize],
+        umlbr: &Path,
+    ) -> Result<Topo> {
+        let ns = Netns::new("bench")?;
+        let taps: Vec<String> = (0..ntaps).map(|i| format!("tap{i}")).collect();
+        let mut script = String::from(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1\n",
+        );
+        for t in &taps {
+            script.push_str(&format!(
+                "ip tuntap add dev {t} mode tap && ip link set dev {t} up\n"
+            ));
+        }
+        ns.sh(&format!("set -e\n{script}"))
+            .context("creating the taps")?;
+        let mut topo = Topo {
+            _xdp_links: Vec::new(),
+            ns,
+            contender,
+            taps,
+            attach_s: Vec::new(),
+            umlbr: umlbr.to_path_buf(),
+        };
+        topo.setup(drop_on)
+            .with_context(|| format!("setting up {}", contender.as_str()))?;
+        Ok(topo)
+    }
+
+    fn setup(&mut self, drop_on: &[usize]) -> Result<()> {
+        match self.contender {
+            Contender::Kernel | Contender::KernelTuned => {
+                if self.contender == Contender::KernelTuned {
+                    self.ns
+                        .sh("sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+                         net.bridge.bridge-nf-call-ip6tables=0 \
+                         net.bridge.bridge-nf-call-arptables=0")?;
+                }
+                self.ns.sh(&format!(
+                    "ip link add {BRIDGE} type bridge stp_state 0 forward_delay 0 && \
+                     ip link set dev {BRIDGE} up"
+                ))?;
+                for t in self.taps.clone() {
+                    let s = self.timed("ip", &["link", "set", "dev", &t, "master", BRIDGE])?;
+                    self.attach_s.push(s);
+                }
+            }
+            Contender::Umlbr | Contender::UmlbrTc => {
+                let bin = self.umlbr.to_string_lossy().into_owned();
+                self.timed(&bin, &["up", BRIDGE])?;
+                for t in self.taps.clone() {
+                    let s = self.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;
+                    self.attach_s.push(s);
+                }
+                if self.contender == Contender::UmlbrTc {
+                    let script: String = self
+                        .taps
+                        .iter()
+                        .map(|t| format!("ip link set dev {t} xdp off\n"))
+                        .collect();
+                    self.ns.sh(&format!("set -e\n{script}"))?;
+                }
+            }
+            Contender::Ceiling => {
+                for &i in drop_on {
+                    let fd = xdp_drop_link(&self.ns.name, &self.taps[i])?;
+                    self._xdp_links.push(fd);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `program args` in the namespace; its wall time in seconds.
+    fn timed(&self, program: &str, args: &[&str]) -> Result<f64> {
+        let t0 = Instant::now();
+        let out = self
+            .ns
+            .cmd(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program} {args:?}"))?;
+        let s = t0.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "{program} {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(s)
+    }
+
+    /// `umlbr ARGS` in the namespace: stdout, and wall time in seconds.
+    pub fn umlbr_out(&self, args: &[&str]) -> Result<(String, f64)> {
+        let t0 = Instant::now();
+        let out = self
+            .ns
+            .cmd(&self.umlbr.to_string_lossy())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running umlbr {args:?}"))?;
+        let s = t0.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "umlbr {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), s))
+    }
+
+    /// Which path switched the frames so far, summed over all ports
+    /// (umlbr only): (xdp_native, xdp_generic, tc).
+    pub fn paths(&self) -> Result<Paths> {
+        if !self.contender.is_umlbr() {
+            return Ok(Paths::default());
+        }
+        let (out, _) = self.umlbr_out(&["stats", BRIDGE, "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("parsing umlbr stats")?;
+        let mut p = Paths::default();
+        for port in v["ports"].as_array().into_iter().flatten() {
+            let s = &port["stats"];
+            p.native += s["xdp_native"].as_u64().unwrap_or(0);
+            p.generic += s["xdp_generic"].as_u64().unwrap_or(0);
+            p.tc += s["tc"].as_u64().unwrap_or(0);
+            p.dropped += s["dropped"].as_u64().unwrap_or(0);
+        }
+        Ok(p)
+    }
+
+    /// Entries in the forwarding table, and how long listing them took
+    /// (`umlbr fdb show br0 --json`, or `bridge fdb show br br0`), seconds.
+    pub fn fdb_show(&self) -> Result<(usize, f64)> {
+        match self.contender {
+            Contender::Umlbr | Contender::UmlbrTc => {
+                let (out, s) = self.umlbr_out(&["fdb", "show", BRIDGE, "--json"])?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&out).context("parsing umlbr fdb show")?;
+                Ok((v.as_array().map(|a| a.len()).unwrap_or(0), s))
+            }
+            Contender::Kernel | Contender::KernelTuned => {
+                let t0 = Instant::now();
+                let out = self
+                    .ns
+                    .cmd("bridge")
+                    .args(["fdb", "show", "br", BRIDGE])
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .context("running bridge fdb show")?;
+                let s = t0.elapsed().as_secs_f64();
+                // Learned entries only, like umlbr's (not the bridge's own
+                // and multicast entries).
+                let n = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.contains("permanent"))
+                    .count();
+                Ok((n, s))
+            }
+            Contender::Ceiling => Ok((0, 0.0)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Paths {
+    pub native: u64,
+    pub generic: u64,
+    pub tc: u64,
+    pub dropped: u64,
+}
+
+impl Paths {
+    pub fn since(&self, before: &Paths) -> Paths {
+        Paths {
+            native: self.native.saturating_sub(before.native),
+            generic: self.generic.saturating_sub(before.generic),
+            tc: self.tc.saturating_sub(before.tc),
+            dropped: self.dropped.saturating_sub(before.dropped),
+        }
+    }
+
+    /// "xdp_native 99.9% / xdp_generic 0.0% / tc 0.1%".
+    pub fn describe(&self) -> String {
+        let total = (self.native + self.generic + self.tc).max(1) as f64;
+        format!(
+            "xdp_native {:.1}% / xdp_generic {:.1}% / tc {:.1}%",
+            100.0 * self.native as f64 / total,
+            100.0 * self.generic as f64 / total,
+            100.0 * self.tc as f64 / total
+        )
+    }
+}
+
+// bpf(2) commands, types and flags (include/uapi/linux/bpf.h, if_link.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 4;
+const XDP_DROP: i32 = 1;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
+    // SAFETY: bpf(2) with a zero-padded attribute buffer of 128 bytes.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn put_u32(a: &mut [u8; 128], off: usize, v: u32) {
+    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(a: &mut [u8; 128], off: usize, v: u64) {
+    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// Attach `r0 = XDP_DROP; exit` in driver mode to `iface` in `netns`
+/// through a BPF link: it stays attached while the returned descriptor is
+/// open. (Two instructions by hand: there is no C compiler for BPF here,
+/// and umlbr's object has no drop-everything program.)
+pub fn xdp_drop_link(netns: &str, iface: &str) -> Result<OwnedFd> {
+    let (netns, iface) = (netns.to_string(), iface.to_string());
+    // Namespaced lookups (the ifindex) happen in a thread inside the namespace.
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        tap::enter_netns(&netns)?;
+        let ifindex = nix_ifindex(&iface)?;
+        // mov64 r0, XDP_DROP; exit
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]) | ((XDP_DROP as u32 as u64) << 32),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        let license = c"GPL";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+        put_u32(&mut attr, 4, insns.len() as u32);
+        put_u64(&mut attr, 8, insns.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..57].copy_from_slice(b"bench_drp");
+        put_u32(&mut attr, 68, BPF_XDP);
+        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP drop program")?;
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+        put_u32(&mut attr, 4, ifindex);
+        put_u32(&mut attr, 8, BPF_XDP);
+        put_u32(&mut attr, 12, XDP_FLAGS_DRV_MODE);
+        bpf(BPF_LINK_CREATE, &mut attr)
+            .with_context(|| format!("attaching the XDP drop program to {iface} (driver mode)"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the XDP loader thread panicked"))?
+}
+
+fn nix_ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: if_nametoindex on a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("no interface {iface}"));
+    }
+    Ok(i)
+}
+
+/// Delete bench namespaces left by a bench run that died (their pid is
+/// gone): `umlbrt-bench-<pid>-<n>`.
+pub fn clean_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("umlbrt-bench-") else {
+            continue;
+        };
+        let pid: i32 = match rest.split('-').next().and_then(|p| p.parse().ok()) {
+            Some(p) => p,
+            None => continue,
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let pids = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: plain kill(2) of a process left in a stale bench namespace.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        eprintln!("bench: deleted stale namespace {name}");
+    }
+}

@@ -1,0 +1,432 @@
+//! Traffic: writer ("generator") and reader ("sink") threads on taps, one
+//! thread per tap like a guest's transport, with per-thread and system
+//! CPU accounting over a fixed window.
+use std::{
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use umlbr_tests::wire::Mac;
+
+use crate::tap::{self, Tap, TapMode, VNET_HDR_LEN, wire_frame};
+
+/// A writer: `tap` sends `frame` (a whole Ethernet frame) over and over.
+#[derive(Clone, Debug)]
+pub struct GenSpec {
+    pub tap: String,
+    pub frame: Vec<u8>,
+    pub mode: TapMode,
+    /// Run on this CPU only.
+    pub cpu: Option<usize>,
+}
+
+/// A reader on `tap`, the station `mac`.
+#[derive(Clone, Debug)]
+pub struct SinkSpec {
+    pub tap: String,
+    pub mac: Mac,
+    /// Open with IFF_VNET_HDR (each frame read has a header in front).
+    pub vnet_hdr: bool,
+    /// Run on this CPU only.
+    pub cpu: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub netns: String,
+    pub gens: Vec<GenSpec>,
+    pub sinks: Vec<SinkSpec>,
+    /// Traffic before the measured window (learning, queues filling).
+    pub warmup: Duration,
+    pub window: Duration,
+    /// Wait until every sink got a frame before measuring (false where
+    /// nothing is forwarded, e.g. the XDP-drop ceiling).
+    pub probe: bool,
+}
+
+/// What one window measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub secs: f64,
+    /// Frames written by all generators.
+    pub sent: u64,
+    pub send_errors: u64,
+    /// Our frames read by each sink.
+    pub received: Vec<u64>,
+    /// CPU time of the generator threads, and of the sink threads.
+    pub gen_cpu_s: f64,
+    pub sink_cpu_s: f64,
+    /// Busy CPU time of the whole machine (all cores, /proc/stat), which
+    /// includes softirq work off our threads and other processes' load.
+    pub sys_busy_s: f64,
+}
+
+impl Outcome {
+    pub fn delivered(&self) -> u64 {
+        self.received.iter().sum()
+    }
+    pub fn delivered_pps(&self) -> f64 {
+        self.delivered() as f64 / self.secs
+    }
+    pub fn sent_pps(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
+    /// Thread CPU (writers + readers) per delivered frame, µs.
+    pub fn thread_us_per_frame(&self) -> f64 {
+        per_frame(self.gen_cpu_s + self.sink_cpu_s, self.delivered())
+    }
+    pub fn sys_us_per_frame(&self) -> f64 {
+        per_frame(self.sys_busy_s, self.delivered())
+    }
+}
+
+fn per_frame(cpu_s: f64, frames: u64) -> f64 {
+    if frames == 0 {
+        f64::NAN
+    } else {
+        cpu_s * 1e6 / frames as f64
+    }
+}
+
+const PH_SETUP: u8 = 0;
+const PH_PROBE: u8 = 1;
+const PH_RUN: u8 = 2;
+const PH_STOP: u8 = 3;
+
+/// A counter on its own cache line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Counter {
+    frames: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Shared {
+    phase: AtomicU8,
+    /// A thread could not open its tap.
+    failed: AtomicBool,
+    gens: Vec<Counter>,
+    sinks: Vec<Counter>,
+}
+
+/// Run one job: open every tap in its own thread, prime learning, probe,
+/// then measure a window.
+pub fn run(job: &Job) -> Result<Outcome> {
+    let shared = Arc::new(Shared {
+        phase: AtomicU8::new(PH_SETUP),
+        failed: AtomicBool::new(false),
+        gens: job.gens.iter().map(|_| Counter::default()).collect(),
+        sinks: job.sinks.iter().map(|_| Counter::default()).collect(),
+    });
+    let n = job.gens.len() + job.sinks.len();
+    let ready = Arc::new(Barrier::new(n + 1));
+    let mut handles: Vec<JoinHandle<Result<()>>> = Vec::new();
+    for (i, s) in job.sinks.iter().enumerate() {
+        let (sh, ready, s, ns) = (shared.clone(), ready.clone(), s.clone(), job.netns.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("sink{i}"))
+                .spawn(move || sink(&ns, &s, i, &sh, &ready))
+                .context("spawning a sink thread")?,
+        );
+    }
+    for (i, g) in job.gens.iter().enumerate() {
+        let (sh, ready, g, ns) = (shared.clone(), ready.clone(), g.clone(), job.netns.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("gen{i}"))
+                .spawn(move || generator(&ns, &g, i, &sh, &ready))
+                .context("spawning a generator thread")?,
+        );
+    }
+    let result = measure(job, &shared, &ready, &handles);
+    shared.phase.store(PH_STOP, Ordering::SeqCst);
+    let mut errors = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push("a traffic thread panicked".into()),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    result
+}
+
+fn measure(
+    job: &Job,
+    shared: &Shared,
+    ready: &Barrier,
+    handles: &[JoinHandle<Result<()>>],
+) -> Result<Outcome> {
+    // A thread that failed to open its tap still reaches the barrier.
+    ready.wait();
+    if shared.failed.load(Ordering::SeqCst) {
+        bail!("a traffic thread failed to open its tap");
+    }
+    shared.phase.store(PH_PROBE, Ordering::SeqCst);
+    if job.probe {
+        let t0 = Instant::now();
+        while shared
+            .sinks
+            .iter()
+            .any(|c| c.frames.load(Ordering::Relaxed) == 0)
+        {
+            if t0.elapsed() > Duration::from_secs(3) {
+                let got: Vec<u64> = shared
+                    .sinks
+                    .iter()
+                    .map(|c| c.frames.load(Ordering::Relaxed))
+                    .collect();
+                bail!("probe: not every sink got a frame within 3 s (per sink: {got:?})");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    shared.phase.store(PH_RUN, Ordering::SeqCst);
+    std::thread::sleep(job.warmup);
+    let clocks: Vec<libc::clockid_t> = handles.iter().map(thread_clock).collect::<Result<_>>()?;
+    let snap = |shared: &Shared| {
+        let c: Vec<f64> = clocks.iter().map(|&c| clock_s(c)).collect();
+        let g: Vec<(u64, u64)> = shared
+            .gens
+            .iter()
+            .map(|c| {
+                (
+                    c.frames.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let s: Vec<u64> = shared
+            .sinks
+            .iter()
+            .map(|c| c.frames.load(Ordering::Relaxed))
+            .collect();
+        (c, g, s)
+    };
+    let stat0 = proc_stat_busy()?;
+    let t0 = Instant::now();
+    let (c0, g0, s0) = snap(shared);
+    std::thread::sleep(job.window);
+    let (c1, g1, s1) = snap(shared);
+    let secs = t0.elapsed().as_secs_f64();
+    let stat1 = proc_stat_busy()?;
+    let nsinks = job.sinks.len();
+    // Handles are sinks first, then generators.
+    let sink_cpu_s: f64 = (0..nsinks).map(|i| c1[i] - c0[i]).sum();
+    let gen_cpu_s: f64 = (nsinks..clocks.len()).map(|i| c1[i] - c0[i]).sum();
+    Ok(Outcome {
+        secs,
+        sent: g0.iter().zip(&g1).map(|(a, b)| b.0 - a.0).sum(),
+        send_errors: g0.iter().zip(&g1).map(|(a, b)| b.1 - a.1).sum(),
+        received: s0.iter().zip(&s1).map(|(a, b)| b - a).collect(),
+        gen_cpu_s,
+        sink_cpu_s,
+        sys_busy_s: stat1 - stat0,
+    })
+}
+
+fn thread_clock(h: &JoinHandle<Result<()>>) -> Result<libc::clockid_t> {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: the thread is alive (it runs until PH_STOP).
+    let rc = unsafe { libc::pthread_getcpuclockid(h.as_pthread_t(), &mut id) };
+    if rc != 0 {
+        bail!("pthread_getcpuclockid: error {rc}");
+    }
+    Ok(id)
+}
+
+/// A CPU clock in seconds (CLOCK_THREAD_CPUTIME_ID of that thread).
+fn clock_s(id: libc::clockid_t) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a valid timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Busy time of all CPUs since boot (user, nice, system, irq, softirq,
+/// steal), seconds.
+pub fn proc_stat_busy() -> Result<f64> {
+    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = s.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        bail!("unexpected /proc/stat line: {line}");
+    }
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
+/// Pin the calling thread to `cpu`.
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_setaffinity(0, ..)
+    // applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning a thread to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}
+
+fn open_in(netns: &str, tap_name: &str, mode: TapMode) -> Result<Tap> {
+    tap::enter_netns(netns)?;
+    Tap::open(tap_name, mode)
+}
+
+/// Open the tap, then meet the others at the barrier (also on failure,
+/// which is flagged for the main thread).
+fn open_ready(
+    netns: &str,
+    tap_name: &str,
+    mode: TapMode,
+    sh: &Shared,
+    ready: &Barrier,
+) -> Result<Tap> {
+    let opened = open_in(netns, tap_name, mode);
+    if opened.is_err() {
+        sh.failed.store(true, Ordering::SeqCst);
+    }
+    ready.wait();
+    opened
+}
+
+fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -> Result<()> {
+    if let Err(e) = pin(g.cpu) {
+        eprintln!("bench: {e:#}");
+    }
+    let tap = open_ready(netns, &g.tap, g.mode, sh, ready)
+        .with_context(|| format!("generator on {}", g.tap))?;
+    let frame = wire_frame(&g.frame, g.mode);
+    let c = &sh.gens[i];
+    // Probe: a frame every 10 ms until the run starts.
+    loop {
+        match sh.phase.load(Ordering::Relaxed) {
+            PH_PROBE => {
+                let _ = tap.write(&frame);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            PH_SETUP => std::thread::sleep(Duration::from_millis(1)),
+            _ => break,
+        }
+    }
+    let (mut sent, mut errs) = (0u64, 0u64);
+    loop {
+        for _ in 0..64 {
+            match tap.write(&frame) {
+                Ok(_) => sent += 1,
+                Err(_) => errs += 1,
+            }
+        }
+        c.frames.store(sent, Ordering::Relaxed);
+        c.errors.store(errs, Ordering::Relaxed);
+        if sh.phase.load(Ordering::Relaxed) != PH_RUN {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Result<()> {
+    let mode = TapMode {
+        nonblocking: true,
+        vnet_hdr: s.vnet_hdr,
+    };
+    let skip = if s.vnet_hdr { VNET_HDR_LEN } else { 0 };
+    if let Err(e) = pin(s.cpu) {
+        eprintln!("bench: {e:#}");
+    }
+    let tap =
+        open_ready(netns, &s.tap, mode, sh, ready).with_context(|| format!("sink on {}", s.tap))?;
+    // The station announces itself so that the switch learns its MAC.
+    let hello = wire_frame(
+        &umlbr_tests::wire::Frame::new(tap::BROADCAST, s.mac)
+            .pad_min()
+            .build(),
+        mode,
+    );
+    let _ = tap.write(&hello);
+    let mut last_hello = Instant::now();
+    let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
+    let c = &sh.sinks[i];
+    let mut n = 0u64;
+    let mut batch = 0u32;
+    loop {
+        match tap.read(&mut buf)? {
+            Some(len) => {
+                if len > skip && tap::is_bench_frame(&buf[skip..len]) {
+                    n += 1;
+                    batch += 1;
+                    if batch == 32 {
+                        c.frames.store(n, Ordering::Relaxed);
+                        batch = 0;
+                    }
+                }
+                continue;
+            }
+            None => {
+                c.frames.store(n, Ordering::Relaxed);
+                batch = 0;
+            }
+        }
+        let phase = sh.phase.load(Ordering::Relaxed);
+        if phase == PH_STOP {
+            break;
+        }
+        if phase <= PH_PROBE && last_hello.elapsed() > Duration::from_millis(50) {
+            let _ = tap.write(&hello);
+            last_hello = Instant::now();
+        }
+        tap.wait_readable(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Send one frame from each of `count` source MACs (fill_mac(0..count))
+/// to `dst` through `tap_name`: the switch learns them all.
+pub fn fill_fdb(netns: &str, tap_name: &str, dst: Mac, count: u32) -> Result<Duration> {
+    let (netns, tap_name) = (netns.to_string(), tap_name.to_string());
+    std::thread::spawn(move || -> Result<Duration> {
+        let tap = open_in(&netns, &tap_name, TapMode::default())?;
+        let mut frame = tap::udp_frame(dst, tap::fill_mac(0), 64, 0);
+        let t0 = Instant::now();
+        for i in 0..count {
+            frame[6..12].copy_from_slice(&tap::fill_mac(i));
+            let mut tries = 0;
+            while tap.write(&frame).is_err() {
+                tries += 1;
+                if tries > 1000 {
+                    bail!("writing to {tap_name} keeps failing");
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(t0.elapsed())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the FDB fill thread panicked"))?
+}
