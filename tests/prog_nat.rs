@@ -760,17 +760,23 @@ impl Flow {
     /// The packet as it left translated (its IPv4 header and transport
     /// header), as an ICMP error about it quotes it: the first `len` bytes.
     fn quoted(&self, nat_port: u16, len: usize) -> Vec<u8> {
+        self.quoted_from(NAT_IP, nat_port, len)
+    }
+
+    /// The same packet as sent from `src:sport` (for ICMP, echo id
+    /// `sport`), quoted the same way.
+    fn quoted_from(&self, src: [u8; 4], sport: u16, len: usize) -> Vec<u8> {
         let f = Frame::new(NH_MAC, UP_MAC);
         let r = self.remote;
         let frame = match self.proto {
-            ipproto::UDP => f.udp(NAT_IP, nat_port, r, self.rport, b"quoted datagram"),
+            ipproto::UDP => f.udp(src, sport, r, self.rport, b"quoted datagram"),
             ipproto::TCP => f.tcp(
-                NAT_IP,
+                src,
                 r,
-                &TcpHeader::new(nat_port, self.rport, tcp_flags::SYN),
+                &TcpHeader::new(sport, self.rport, tcp_flags::SYN),
                 b"",
             ),
-            _ => f.icmp_echo(NAT_IP, r, false, nat_port, 1, b"quoted ping"),
+            _ => f.icmp_echo(src, r, false, sport, 1, b"quoted ping"),
         }
         .build();
         let mut ip = frame[14..].to_vec();
@@ -892,11 +898,10 @@ fn quoted_l4_csum(f: &[u8]) -> Option<usize> {
 /// An ICMP error as it must reach the guest: outer destination and the
 /// quoted source (address and port / echo id) are the guest's, TTL - 1,
 /// MACs as for a reply; outer IP, ICMP and quoted IP checksums recomputed.
-/// Whether the quoted transport checksum is updated is not specified
-/// (Linux's NAT updates it where the quote holds it; receivers do not
-/// check it): it is taken from `seen`, the datapath's output, before the
-/// ICMP checksum is computed, so that everything else is checked exactly.
-fn icmp_err_expect(input: &[u8], flow: &Flow, seen: &[u8]) -> Vec<u8> {
+/// The quoted transport checksum, where the quote holds it, is the one of
+/// the packet as the guest sent it (as Linux's NAT restores it): taken from
+/// that packet, built anew from the guest's address and port.
+fn icmp_err_expect(input: &[u8], flow: &Flow) -> Vec<u8> {
     let mut f = input.to_vec();
     f[0..6].copy_from_slice(&gmac(flow.guest));
     f[6..12].copy_from_slice(&GW_MAC);
@@ -911,10 +916,10 @@ fn icmp_err_expect(input: &[u8], flow: &Flow, seen: &[u8]) -> Vec<u8> {
         il4
     };
     f[at..at + 2].copy_from_slice(&flow.gport.to_be_bytes());
-    if let Some(c) = quoted_l4_csum(&f)
-        && seen.len() == f.len()
-    {
-        f[c..c + 2].copy_from_slice(&seen[c..c + 2]);
+    if let Some(c) = quoted_l4_csum(&f) {
+        let quote_at = L4 + 8;
+        let sent = flow.quoted_from(gip(flow.guest), flow.gport, f.len() - quote_at);
+        f[c..c + 2].copy_from_slice(&sent[c - quote_at..c - quote_at + 2]);
     }
     fix_checksums(&mut f);
     f
@@ -2303,13 +2308,10 @@ impl Bench {
                 },
                 Some(dnat_expect(&c.frame, &c.pre[i].flow)),
             ),
-            Fate::IcmpErr(i) => {
-                let seen = res.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[]);
-                (
-                    redirect(prog),
-                    Some(icmp_err_expect(&c.frame, &c.pre[i].flow, seen)),
-                )
-            }
+            Fate::IcmpErr(i) => (
+                redirect(prog),
+                Some(icmp_err_expect(&c.frame, &c.pre[i].flow)),
+            ),
             Fate::Switched => (redirect(prog), Some(c.frame.clone())),
             Fate::Pass => (
                 match prog {

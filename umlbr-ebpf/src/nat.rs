@@ -958,6 +958,29 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
         wr::<u16>(pkt, IN_IP + 10, new_icsum);
         pkt.csum(csum_off, Sum::L4, daddr, gaddr, 4);
         pkt.csum(csum_off, Sum::L4, old_icsum as u32, new_icsum as u32, 2);
+        // The quoted transport checksum too, as Linux's NAT does, where the
+        // quote holds it: it covers the inner source (UDP, TCP) and port.
+        let in_l4 = IN_IP + 20;
+        let (l4sum_off, pseudo) = match key.proto {
+            IPPROTO_UDP => (in_l4 + 6, true),
+            IPPROTO_TCP => (in_l4 + 16, true),
+            _ => (in_l4 + 2, false),
+        };
+        if let Some(old_l4) = rd::<u16>(pkt, l4sum_off)
+            && !(key.proto == IPPROTO_UDP && old_l4 == 0)
+        {
+            let mut new_l4 = if pseudo {
+                csum_replace(old_l4, daddr, gaddr, 4)
+            } else {
+                old_l4
+            };
+            new_l4 = csum_replace(new_l4, old_port as u32, gport as u32, 2);
+            if key.proto == IPPROTO_UDP && new_l4 == 0 {
+                new_l4 = 0xffff;
+            }
+            wr::<u16>(pkt, l4sum_off, new_l4);
+            pkt.csum(csum_off, Sum::L4, old_l4 as u32, new_l4 as u32, 2);
+        }
         count(|s| s.icmp_errors += 1);
     } else if proto != IPPROTO_ICMP {
         pkt.csum(csum_off, Sum::of(proto, true), daddr, gaddr, 4);
