@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::{
     report::{Check, Goal, Results, RowDef},
     tap::{BROADCAST, TapMode, gen_mac, sink_mac, udp_frame},
-    topo::{Contender, Topo},
+    topo::{Contender, Topo, Uplink},
     traffic::{GenSpec, Job, Outcome, SinkSpec},
 };
 
@@ -52,7 +52,7 @@ struct Args {
     /// Seconds of each measured window (default 1 with --quick, else 3).
     #[arg(long)]
     secs: Option<f64>,
-    /// Only these groups: tap-to-tap, flooding, scale, fdb (comma-separated).
+    /// Only these groups: tap-to-tap, flooding, scale, fdb, nat (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these contenders: kernel, kernel-tuned, umlbr, umlbr-tc, ceiling.
@@ -77,6 +77,8 @@ struct Cfg {
     flood_ports: Vec<usize>,
     scale_taps: Vec<usize>,
     fdb_macs: u32,
+    /// Round trips of the latency rows.
+    round_trips: usize,
     /// Stop starting repetitions when the next would end after this.
     budget: Option<Duration>,
     umlbr: PathBuf,
@@ -84,7 +86,7 @@ struct Cfg {
     cpus: Option<usize>,
 }
 
-const GROUPS: [&str; 4] = ["tap-to-tap", "flooding", "scale", "fdb"];
+const GROUPS: [&str; 5] = ["tap-to-tap", "flooding", "scale", "fdb", "nat"];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -160,6 +162,7 @@ fn run(args: Args) -> Result<()> {
                     "flooding" => flooding(&cfg, &p, &mut res),
                     "scale" => scale(&cfg, &p, &mut res),
                     "fdb" => fdb(&cfg, &p, &mut res),
+                    "nat" => nat(&cfg, &p, &mut res),
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -228,6 +231,7 @@ fn config(args: &Args) -> Result<Cfg> {
         flood_ports: if q { vec![2, 8] } else { vec![2, 8, 32] },
         scale_taps: if q { vec![16] } else { vec![16, 64] },
         fdb_macs: 100_000,
+        round_trips: if q { 2000 } else { 10_000 },
         budget: q.then(|| Duration::from_secs(285)),
         umlbr,
         cpus: (!args.no_pin).then(|| {
@@ -337,6 +341,25 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
             None,
         ));
     }
+    res.define(row(
+        "lat_p50",
+        "latency",
+        "64 B round trip tap↔tap (echoed by the other tap's reader), p50",
+        "µs",
+        false,
+        Some(Goal {
+            text: "p50 ≤ 0.8× kernel",
+            checks: vec![Check::RatioAtMost(Kernel, 0.8)],
+        }),
+    ));
+    res.define(row(
+        "lat_p99",
+        "latency",
+        "64 B round trip tap↔tap, p99",
+        "µs",
+        false,
+        None,
+    ));
     for &k in &cfg.flood_ports {
         res.define(row(
             &format!("flood_{k}"),
@@ -399,6 +422,38 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
             checks: vec![Check::UmlbrAtLeast(0.9)],
         }),
     ));
+    for (id, up) in [
+        ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
+        ("nat_64_veth", "veth uplink to a LAN namespace"),
+    ] {
+        res.define(row(
+            id,
+            "nat",
+            &format!("NAT: 64 B UDP guest→LAN, 1 flow, {up}"),
+            "kpps",
+            true,
+            Some(Goal {
+                text: "≥ 3× kernel (iptables MASQUERADE)",
+                checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
+            }),
+        ));
+        res.define(row(
+            &format!("{id}_cpu"),
+            "nat",
+            &format!("NAT, {up}: CPU per datagram (guest writer + LAN reader threads)"),
+            "µs",
+            false,
+            None,
+        ));
+        res.define(row(
+            &format!("{id}_sys"),
+            "nat",
+            &format!("NAT, {up}: machine CPU per datagram (/proc/stat, other load included)"),
+            "µs",
+            false,
+            None,
+        ));
+    }
     res.define(row(
         "cp_attach",
         "control-plane",
@@ -478,6 +533,7 @@ fn run_flows(
                 ),
                 mode,
                 cpu: cfg.cpus.map(|n| i % n),
+                hello: None,
             })
             .collect(),
         sinks: if ceiling {
@@ -491,6 +547,7 @@ fn run_flows(
                     mac: sink_mac(s),
                     vnet_hdr: mode.vnet_hdr,
                     cpu: cfg.cpus.map(|n| (j + 1) % n),
+                    udp: None,
                 })
                 .collect()
         },
@@ -621,6 +678,34 @@ fn tap_to_tap(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         })?;
         res.add(&row, c, rate_kpps(&topo, &o));
         res.add(&format!("{row}_cpu"), c, cpu_us(&topo, &o));
+    }
+    if c != Contender::Ceiling {
+        check_interrupted()?;
+        let rtts = traffic::ping_pong(&traffic::PingPong {
+            netns: topo.ns.name.clone(),
+            a_tap: topo.taps[0].clone(),
+            b_tap: topo.taps[1].clone(),
+            a_mac: gen_mac(0),
+            b_mac: sink_mac(1),
+            len: 64,
+            count: cfg.round_trips,
+            a_cpu: cfg.cpus.map(|_| 0),
+            b_cpu: cfg.cpus.map(|n| 1 % n),
+        })
+        .context("round trips")?;
+        let (p50, p99) = (
+            traffic::quantile(&rtts, 0.5),
+            traffic::quantile(&rtts, 0.99),
+        );
+        p.say(
+            "64 B round trip tap0↔tap1",
+            &format!(
+                "p50 {p50:.1} µs  p99 {p99:.1} µs  ({} round trips)",
+                rtts.len()
+            ),
+        );
+        res.add("lat_p50", c, p50);
+        res.add("lat_p99", c, p99);
     }
     if !cfg.quick {
         check_interrupted()?;
@@ -773,6 +858,112 @@ fn fdb(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     res.add("fdb_pps", c, post.delivered_pps() / 1e3);
     if pre.delivered_pps() > 0.0 {
         res.add("fdb_ratio", c, post.delivered_pps() / pre.delivered_pps());
+    }
+    Ok(())
+}
+
+/// Guest → LAN through the masquerade, once with a tap as the uplink
+/// (like a NIC: umlbr may send XDP frames to it) and once with a veth to a
+/// LAN namespace (umlbr keeps a veth uplink on TC).
+fn nat(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    if p.contender == Contender::Ceiling {
+        return Ok(());
+    }
+    nat_row(cfg, p, res, Uplink::Tap, "nat_64")?;
+    check_interrupted()?;
+    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth")
+}
+
+/// A writer on tap0 (192.168.2.10; it first asks for the gateway's MAC,
+/// as a guest would) sends 64 B UDP datagrams to 10.99.0.2:9 through the
+/// gateway br0. Counted where they leave: a reader on the uplink tap, or
+/// a UDP socket in the LAN namespace (recvmmsg, 64 at a time).
+fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str) -> Result<()> {
+    let c = p.contender;
+    let topo = Topo::nat(c, 1, uplink, &cfg.umlbr)?;
+    let gw = topo.gw_mac.context("no gateway MAC")?;
+    let sink = match &topo.lan {
+        Some(lan) => SinkSpec {
+            tap: String::new(),
+            mac: [0; 6],
+            vnet_hdr: false,
+            cpu: cfg.cpus.map(|n| 1 % n),
+            udp: Some((lan.name.clone(), tap::UDP_SINK_PORT)),
+        },
+        None => SinkSpec {
+            tap: "up0".into(),
+            mac: topo::NAT_LAN_MAC,
+            vnet_hdr: false,
+            cpu: cfg.cpus.map(|n| 1 % n),
+            udp: None,
+        },
+    };
+    let job = Job {
+        netns: topo.ns.name.clone(),
+        gens: vec![GenSpec {
+            tap: topo.taps[0].clone(),
+            frame: tap::udp_frame_ip(
+                gw,
+                gen_mac(0),
+                topo::NAT_GUEST,
+                topo::NAT_LAN_HOST,
+                10_000,
+                64,
+            ),
+            mode: TapMode::default(),
+            cpu: cfg.cpus.map(|_| 0),
+            // Who has the gateway's address? The reply (from br0) is what
+            // teaches the switch where the gateway's MAC is.
+            hello: Some(
+                umlbr_tests::wire::Frame::new(tap::BROADCAST, gen_mac(0))
+                    .arp_request(topo::NAT_GUEST, topo::NAT_GW_IP)
+                    .pad_min()
+                    .build(),
+            ),
+        }],
+        sinks: vec![sink],
+        warmup: cfg.warmup,
+        window: cfg.window,
+        probe: true,
+    };
+    let n0 = topo.nat_counters()?;
+    let what = match uplink {
+        Uplink::Tap => "NAT 64 B UDP guest→LAN (tap uplink)",
+        Uplink::Veth => "NAT 64 B UDP guest→LAN (veth uplink)",
+    };
+    let o = traffic::run(&job).context(what)?;
+    p.say(what, &describe(&topo, &o));
+    res.add(row, c, o.delivered_pps() / 1e3);
+    res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
+    res.add(&format!("{row}_sys"), c, o.sys_us_per_frame());
+    if c.is_umlbr() {
+        let n1 = topo.nat_counters()?;
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            eprintln!("bench: NAT counters before {n0} after {n1}");
+            eprintln!("{}", topo.umlbr_out(&["stats", topo::BRIDGE])?.0);
+        }
+        let d = |k: &str| {
+            n1[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(n0[k].as_u64().unwrap_or(0))
+        };
+        let (x, t, slow) = (d("out_xdp"), d("out_tc"), d("slow_path"));
+        let total = (x + t).max(1) as f64;
+        res.note(
+            row,
+            format!(
+                "{}: translated by XDP {:.1}% / TC {:.1}%{}",
+                c.as_str(),
+                100.0 * x as f64 / total,
+                100.0 * t as f64 / total,
+                if slow > 0 {
+                    format!(", slow path {slow}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     io,
+    net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
@@ -163,31 +164,75 @@ pub fn fill_mac(i: u32) -> Mac {
 
 pub const BROADCAST: Mac = [0xff; 6];
 
-/// Whether a received frame (without vnet header) is one of ours: sent by
-/// a generator or by the FDB fill.
+/// Whether a received frame (without vnet header) is one of ours: an
+/// IPv4 UDP datagram to the sink port, as every generator sends (also
+/// after a masquerade rewrote its source).
 #[inline]
 pub fn is_bench_frame(f: &[u8]) -> bool {
-    f.len() >= 14 && f[6] == 0x02 && (f[7] == 0xb0 || f[7] == 0xc0)
+    f.len() >= 38
+        && f[12] == 0x08
+        && f[13] == 0x00
+        && f[14] == 0x45
+        && f[23] == 17
+        && u16::from_be_bytes([f[36], f[37]]) == UDP_SINK_PORT
 }
 
 /// An Ethernet/IPv4/UDP frame of exactly `len` bytes (Ethernet header
-/// included, no FCS) with valid IPv4 and UDP checksums.
+/// included, no FCS) with valid IPv4 and UDP checksums, between addresses
+/// of 192.168.2.0/24 derived from the MACs.
 pub fn udp_frame(dst: Mac, src: Mac, len: usize, flow: u16) -> Vec<u8> {
+    let ip = |host: u8| Ipv4Addr::new(192, 168, 2, host);
+    udp_frame_ip(
+        dst,
+        src,
+        ip(10 + (src[5] % 200)),
+        ip(10 + (dst[5] % 200)),
+        10_000 + flow,
+        len,
+    )
+}
+
+/// The same from `src_ip`:`sport` to `dst_ip`:9 (discard).
+pub fn udp_frame_ip(
+    dst: Mac,
+    src: Mac,
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    sport: u16,
+    len: usize,
+) -> Vec<u8> {
     const HDRS: usize = 14 + 20 + 8;
     let data_len = len.max(60).saturating_sub(HDRS);
     let data: Vec<u8> = (0..data_len).map(|i| i as u8).collect();
-    let ip = |host: u8| std::net::Ipv4Addr::new(192, 168, 2, host);
+    Frame::new(dst, src)
+        .udp(src_ip, sport, dst_ip, UDP_SINK_PORT, &data)
+        .pad_to(len)
+        .build()
+}
+
+/// A 64 B-style test frame whose UDP payload starts with `seq` (bytes
+/// 42..46 of the frame), for round trips.
+pub fn udp_frame_seq(dst: Mac, src: Mac, len: usize, seq: u32) -> Vec<u8> {
+    const HDRS: usize = 14 + 20 + 8;
+    let mut data: Vec<u8> = (0..len.max(60).saturating_sub(HDRS).max(4))
+        .map(|i| i as u8)
+        .collect();
+    data[..4].copy_from_slice(&seq.to_be_bytes());
+    let ip = |host: u8| Ipv4Addr::new(192, 168, 2, host);
     Frame::new(dst, src)
         .udp(
             ip(10 + (src[5] % 200)),
-            10_000 + flow,
+            10_000,
             ip(10 + (dst[5] % 200)),
-            9,
+            UDP_SINK_PORT,
             &data,
         )
         .pad_to(len)
         .build()
 }
+
+/// Destination port of the test datagrams.
+pub const UDP_SINK_PORT: u16 = 9;
 
 /// `frame` as written to a tap of `mode`: with a zero vnet header in front
 /// where the mode has one.
@@ -213,7 +258,8 @@ mod tests {
             assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum");
             assert!(is_bench_frame(&f));
         }
-        assert!(!is_bench_frame(&udp_frame(gen_mac(0), sink_mac(0), 64, 0)));
+        let hello = Frame::new(BROADCAST, sink_mac(0)).pad_min().build();
+        assert!(!is_bench_frame(&hello));
         assert_eq!(
             wire_frame(
                 &[1, 2],

@@ -4,6 +4,7 @@
 //! also on error.
 use std::{
     io,
+    net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -11,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use umlbr_tests::netns::Netns;
+use umlbr_tests::{netns::Netns, wire::Mac};
 
 use crate::tap;
 
@@ -72,6 +73,27 @@ pub struct Topo {
     /// br0` or `umlbr attach TAP`), seconds.
     pub attach_s: Vec<f64>,
     umlbr: PathBuf,
+    /// NAT topologies: the "LAN" namespace behind the uplink, and the
+    /// gateway's (br0's) MAC.
+    pub lan: Option<Netns>,
+    pub gw_mac: Option<Mac>,
+}
+
+/// The NAT topology's addresses: guests on 192.168.2.0/24 behind br0
+/// (192.168.2.1), the host's uplink `up0` 10.99.0.1/24 on a veth whose
+/// peer `lan0` (10.99.0.2/24) is in the LAN namespace.
+pub const NAT_GW: &str = "192.168.2.1";
+pub const NAT_GW_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 1);
+pub const NAT_GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 10);
+pub const NAT_LAN_HOST: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+/// The LAN host's MAC where up0 is a tap.
+pub const NAT_LAN_MAC: Mac = [0x02, 0xb2, 0, 0, 0, 2];
+
+/// What the masquerade's uplink up0 is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uplink {
+    Veth,
+    Tap,
 }
 
 impl Topo {
@@ -102,10 +124,140 @@ impl Topo {
             taps,
             attach_s: Vec::new(),
             umlbr: umlbr.to_path_buf(),
+            lan: None,
+            gw_mac: None,
         };
         topo.setup(drop_on)
             .with_context(|| format!("setting up {}", contender.as_str()))?;
         Ok(topo)
+    }
+
+    /// Guests on `ntaps` taps behind a gateway bridge that masquerades
+    /// them through the uplink up0: the seed's recipe (Linux bridge with an
+    /// address, ip_forward, `iptables -t nat -A POSTROUTING -s
+    /// 192.168.2.0/24 -o up0 -j MASQUERADE`) or `umlbr up br0 --address
+    /// 192.168.2.1/24 --masquerade up0`.
+    ///
+    /// With `Uplink::Veth` the LAN host is a namespace behind a veth pair;
+    /// with `Uplink::Tap`, up0 is a tap (a NIC that takes XDP frames, as a
+    /// real one does: umlbr keeps a veth uplink on TC) whose reader plays
+    /// the wire, with a permanent neighbour entry for the LAN host.
+    pub fn nat(contender: Contender, ntaps: usize, uplink: Uplink, umlbr: &Path) -> Result<Topo> {
+        if contender == Contender::Ceiling {
+            bail!("no NAT ceiling");
+        }
+        let ns = Netns::new("bench")?;
+        let lan = match uplink {
+            Uplink::Veth => Some(Netns::new("bench")?),
+            Uplink::Tap => None,
+        };
+        let taps: Vec<String> = (0..ntaps).map(|i| format!("tap{i}")).collect();
+        let mut script = String::from(
+            "set -e
+             sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+",
+        );
+        match &lan {
+            Some(lan) => script.push_str(&format!(
+                "ip link add up0 type veth peer name lan0 netns {}\n",
+                lan.name
+            )),
+            None => script.push_str("ip tuntap add dev up0 mode tap\n"),
+        }
+        script.push_str("ip addr add 10.99.0.1/24 dev up0\nip link set up0 up\n");
+        if lan.is_none() {
+            script.push_str(&format!(
+                "ip neigh replace {NAT_LAN_HOST} lladdr {} dev up0 nud permanent\n",
+                umlbr_tests::wire::fmt_mac(&NAT_LAN_MAC)
+            ));
+        }
+        for t in &taps {
+            script.push_str(&format!(
+                "ip tuntap add dev {t} mode tap && ip link set dev {t} up\n"
+            ));
+        }
+        ns.sh(&script).context("creating the taps and the uplink")?;
+        if let Some(lan) = &lan {
+            lan.sh(&format!(
+                "set -e
+                 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+                 ip addr add {NAT_LAN_HOST}/24 dev lan0
+                 ip link set lan0 up"
+            ))
+            .context("setting up the LAN namespace")?;
+        }
+        let mut topo = Topo {
+            _xdp_links: Vec::new(),
+            ns,
+            contender,
+            taps,
+            attach_s: Vec::new(),
+            umlbr: umlbr.to_path_buf(),
+            lan,
+            gw_mac: None,
+        };
+        let bin = topo.umlbr.to_string_lossy().into_owned();
+        match contender {
+            Contender::Kernel | Contender::KernelTuned => {
+                if contender == Contender::KernelTuned {
+                    topo.ns
+                        .sh("sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+                         net.bridge.bridge-nf-call-ip6tables=0 \
+                         net.bridge.bridge-nf-call-arptables=0")?;
+                }
+                topo.ns.sh(&format!(
+                    "set -e
+                     ip link add {BRIDGE} type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+                     ip addr add {NAT_GW}/24 dev {BRIDGE}
+                     ip link set dev {BRIDGE} up
+                     sysctl -qw net.ipv4.ip_forward=1
+                     iptables -t nat -A POSTROUTING -s 192.168.2.0/24 -o up0 -j MASQUERADE"
+                ))?;
+                for t in topo.taps.clone() {
+                    let s = topo.timed("ip", &["link", "set", "dev", &t, "master", BRIDGE])?;
+                    topo.attach_s.push(s);
+                }
+            }
+            Contender::Umlbr | Contender::UmlbrTc => {
+                let gw = format!("{NAT_GW}/24");
+                topo.timed(
+                    &bin,
+                    &["up", BRIDGE, "--address", &gw, "--masquerade", "up0"],
+                )?;
+                for t in topo.taps.clone() {
+                    let s = topo.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;
+                    topo.attach_s.push(s);
+                }
+                if contender == Contender::UmlbrTc {
+                    let script: String = topo
+                        .taps
+                        .iter()
+                        .map(|t| format!("ip link set dev {t} xdp off\n"))
+                        .collect();
+                    topo.ns.sh(&format!("set -e\n{script}"))?;
+                }
+            }
+            Contender::Ceiling => unreachable!(),
+        }
+        let mac = topo
+            .ns
+            .sh(&format!("cat /sys/class/net/{BRIDGE}/address"))?;
+        let mac = mac.trim();
+        if mac.len() != 17 {
+            bail!("unexpected MAC of {BRIDGE}: {mac:?}");
+        }
+        topo.gw_mac = Some(umlbr_tests::wire::mac(mac));
+        Ok(topo)
+    }
+
+    /// umlbr's NAT counters (`umlbr stats br0 --json`, `nat.counters`).
+    pub fn nat_counters(&self) -> Result<serde_json::Value> {
+        if !self.contender.is_umlbr() {
+            return Ok(serde_json::Value::Null);
+        }
+        let (out, _) = self.umlbr_out(&["stats", BRIDGE, "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("parsing umlbr stats")?;
+        Ok(v["nat"]["counters"].clone())
     }
 
     fn setup(&mut self, drop_on: &[usize]) -> Result<()> {

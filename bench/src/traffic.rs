@@ -23,6 +23,9 @@ pub struct GenSpec {
     pub mode: TapMode,
     /// Run on this CPU only.
     pub cpu: Option<usize>,
+    /// A frame to write once before anything else (e.g. an ARP request
+    /// for the gateway, as a guest would send first).
+    pub hello: Option<Vec<u8>>,
 }
 
 /// A reader on `tap`, the station `mac`.
@@ -34,6 +37,9 @@ pub struct SinkSpec {
     pub vnet_hdr: bool,
     /// Run on this CPU only.
     pub cpu: Option<usize>,
+    /// Not a tap but a UDP socket on this port, in `netns` (a "LAN" host
+    /// behind the masquerade): counts datagrams.
+    pub udp: Option<(String, u16)>,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +328,9 @@ fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -
     let tap = open_ready(netns, &g.tap, g.mode, sh, ready)
         .with_context(|| format!("generator on {}", g.tap))?;
     let frame = wire_frame(&g.frame, g.mode);
+    if let Some(h) = &g.hello {
+        let _ = tap.write(&wire_frame(h, g.mode));
+    }
     let c = &sh.gens[i];
     // Probe: a frame every 10 ms until the run starts.
     loop {
@@ -352,6 +361,19 @@ fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -
 }
 
 fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Result<()> {
+    if let Some((ns, port)) = &s.udp {
+        if let Err(e) = pin(s.cpu) {
+            eprintln!("bench: {e:#}");
+        }
+        let sock = tap::enter_netns(ns).and_then(|()| UdpSink::bind(*port));
+        if sock.is_err() {
+            sh.failed.store(true, Ordering::SeqCst);
+        }
+        ready.wait();
+        return sock
+            .with_context(|| format!("UDP sink on port {port} in {ns}"))?
+            .run(&sh.sinks[i], &sh.phase);
+    }
     let mode = TapMode {
         nonblocking: true,
         vnet_hdr: s.vnet_hdr,
@@ -429,4 +451,216 @@ pub fn fill_fdb(netns: &str, tap_name: &str, dst: Mac, count: u32) -> Result<Dur
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the FDB fill thread panicked"))?
+}
+
+/// A UDP socket that counts datagrams, reading up to 64 per recvmmsg().
+struct UdpSink {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl UdpSink {
+    fn bind(port: u16) -> Result<UdpSink> {
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
+            .with_context(|| format!("binding UDP port {port}"))?;
+        sock.set_nonblocking(true)?;
+        let fd: std::os::fd::OwnedFd = sock.into();
+        // A bigger receive buffer than the default, so that bursts are not
+        // lost while the reader is descheduled (same for every contender).
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt with a c_int value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(UdpSink { fd })
+    }
+
+    fn run(&self, c: &Counter, phase: &AtomicU8) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        const BATCH: usize = 64;
+        let mut bufs = vec![[0u8; 2048]; BATCH];
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdrs, each pointed at its own iovec below.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut n = 0u64;
+        loop {
+            // SAFETY: recvmmsg into BATCH valid message headers.
+            let got = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if got > 0 {
+                n += got as u64;
+                c.frames.store(n, Ordering::Relaxed);
+                continue;
+            }
+            if phase.load(Ordering::Relaxed) == PH_STOP {
+                return Ok(());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 20) };
+        }
+    }
+}
+
+/// Round trips between two taps: A writes a frame to B, B's reader sends
+/// it straight back, A reads it; the time from A's write() to A's read()
+/// is one round trip through the switch, both ways, with the readers'
+/// wake-ups (both wait in poll() like an idle guest).
+pub struct PingPong {
+    pub netns: String,
+    pub a_tap: String,
+    pub b_tap: String,
+    pub a_mac: Mac,
+    pub b_mac: Mac,
+    pub len: usize,
+    pub count: usize,
+    pub a_cpu: Option<usize>,
+    pub b_cpu: Option<usize>,
+}
+
+/// Round-trip times in µs (lost frames are resent after 100 ms and not
+/// counted).
+pub fn ping_pong(pp: &PingPong) -> Result<Vec<f64>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(2));
+    let echo = {
+        let (stop, ready) = (stop.clone(), ready.clone());
+        let (ns, tap_name, mac, cpu) = (pp.netns.clone(), pp.b_tap.clone(), pp.b_mac, pp.b_cpu);
+        std::thread::spawn(move || -> Result<()> {
+            if let Err(e) = pin(cpu) {
+                eprintln!("bench: {e:#}");
+            }
+            let tap = open_in(&ns, &tap_name, TapMode::default());
+            ready.wait();
+            let tap = tap?;
+            let hello = umlbr_tests::wire::Frame::new(tap::BROADCAST, mac)
+                .pad_min()
+                .build();
+            let _ = tap.write(&hello);
+            let mut buf = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                match tap.read(&mut buf)? {
+                    Some(n) if tap::is_bench_frame(&buf[..n]) => {
+                        // Back to where it came from.
+                        let (dst, src): ([u8; 6], [u8; 6]) = (
+                            buf[6..12].try_into().unwrap(),
+                            buf[0..6].try_into().unwrap(),
+                        );
+                        buf[0..6].copy_from_slice(&dst);
+                        buf[6..12].copy_from_slice(&src);
+                        let _ = tap.write(&buf[..n]);
+                    }
+                    Some(_) => {}
+                    None => {
+                        tap.wait_readable(Duration::from_millis(20));
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    let result = (|| -> Result<Vec<f64>> {
+        let (ns, tap_name) = (pp.netns.clone(), pp.a_tap.clone());
+        let (a_mac, b_mac, len, count, cpu) = (pp.a_mac, pp.b_mac, pp.len, pp.count, pp.a_cpu);
+        let ready = ready.clone();
+        std::thread::spawn(move || -> Result<Vec<f64>> {
+            if let Err(e) = pin(cpu) {
+                eprintln!("bench: {e:#}");
+            }
+            let tap = open_in(&ns, &tap_name, TapMode::default());
+            ready.wait();
+            let tap = tap?;
+            let hello = umlbr_tests::wire::Frame::new(tap::BROADCAST, a_mac)
+                .pad_min()
+                .build();
+            let _ = tap.write(&hello);
+            std::thread::sleep(Duration::from_millis(50));
+            let mut buf = vec![0u8; 2048];
+            let mut rtts = Vec::with_capacity(count);
+            let warmup = count / 10 + 10;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut seq: u32 = 0;
+            while rtts.len() < count {
+                if Instant::now() > deadline {
+                    bail!(
+                        "ping-pong: only {} of {count} round trips in 20 s",
+                        rtts.len()
+                    );
+                }
+                seq += 1;
+                let frame = tap::udp_frame_seq(b_mac, a_mac, len, seq);
+                let t0 = Instant::now();
+                let _ = tap.write(&frame);
+                loop {
+                    match tap.read(&mut buf)? {
+                        Some(n)
+                            if tap::is_bench_frame(&buf[..n])
+                                && buf[..n].get(42..46) == Some(&seq.to_be_bytes()[..]) =>
+                        {
+                            let rtt = t0.elapsed().as_secs_f64() * 1e6;
+                            if seq as usize > warmup {
+                                rtts.push(rtt);
+                            }
+                            break;
+                        }
+                        Some(_) => {}
+                        None => {
+                            if t0.elapsed() > Duration::from_millis(100) {
+                                break;
+                            }
+                            tap.wait_readable(Duration::from_millis(20));
+                        }
+                    }
+                }
+            }
+            Ok(rtts)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the ping thread panicked"))?
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    let rtts = result?;
+    echoed?;
+    Ok(rtts)
+}
+
+/// The `q` quantile (0..=1) of `v`.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() - 1) as f64 * q).round() as usize;
+    s[i]
 }
