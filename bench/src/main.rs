@@ -52,7 +52,7 @@ struct Args {
     /// Seconds of each measured window (default 1 with --quick, else 3).
     #[arg(long)]
     secs: Option<f64>,
-    /// Only these groups: tap-to-tap, flooding, scale, fdb, nat, guests
+    /// Only these groups: tap-to-tap, flooding, scale, fdb, uplink, nat, guests
     /// (comma-separated; guests, real UML guests with iperf3, run by
     /// default only without --quick).
     #[arg(long, value_delimiter = ',')]
@@ -90,7 +90,15 @@ struct Cfg {
     cpus: Option<usize>,
 }
 
-const GROUPS: [&str; 6] = ["tap-to-tap", "flooding", "scale", "fdb", "nat", "guests"];
+const GROUPS: [&str; 7] = [
+    "tap-to-tap",
+    "flooding",
+    "scale",
+    "fdb",
+    "uplink",
+    "nat",
+    "guests",
+];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -168,6 +176,7 @@ fn run(args: Args) -> Result<()> {
                     "flooding" => flooding(&cfg, &p, &mut res),
                     "scale" => scale(&cfg, &p, &mut res),
                     "fdb" => fdb(&cfg, &p, &mut res),
+                    "uplink" => uplink(&cfg, &p, &mut res),
                     "nat" => nat(&cfg, &p, &mut res),
                     "guests" => guests(&cfg, &p, &mut res),
                     _ => Ok(()),
@@ -434,6 +443,36 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
             checks: vec![Check::UmlbrAtLeast(0.9)],
         }),
     ));
+    for (id, name) in [
+        (
+            "uplink_out",
+            "64 B guest→LAN through a veth uplink (bridged)",
+        ),
+        (
+            "uplink_in",
+            "64 B LAN→guest through a veth uplink (bridged)",
+        ),
+    ] {
+        res.define(row(
+            id,
+            "uplink",
+            name,
+            "kpps",
+            true,
+            Some(Goal {
+                text: "≥ 3× kernel",
+                checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
+            }),
+        ));
+        res.define(row(
+            &format!("{id}_cpu"),
+            "uplink",
+            &format!("{name}: CPU per frame (writer + reader threads)"),
+            "µs",
+            false,
+            None,
+        ));
+    }
     for (id, up) in [
         ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
         ("nat_64_veth", "veth uplink to a LAN namespace"),
@@ -582,6 +621,7 @@ fn run_flows(
                 mode,
                 cpu: cfg.cpus.map(|n| i % n),
                 hello: None,
+                packet_ns: None,
             })
             .collect(),
         sinks: if ceiling {
@@ -596,6 +636,7 @@ fn run_flows(
                     vnet_hdr: mode.vnet_hdr,
                     cpu: cfg.cpus.map(|n| (j + 1) % n),
                     udp: None,
+                    packet_ns: None,
                 })
                 .collect()
         },
@@ -910,6 +951,68 @@ fn fdb(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
+/// Guest ↔ LAN bridged through a veth uplink: a writer on tap0 sends to
+/// the LAN station (a packet socket on lan0 in the LAN namespace), and the
+/// LAN station's writer sends to the guest's tap.
+fn uplink(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    if c == Contender::Ceiling {
+        return Ok(());
+    }
+    let topo = Topo::uplink(c, 1, &cfg.umlbr)?;
+    let lan = topo.lan.as_ref().context("no LAN namespace")?.name.clone();
+    let lan_mac = topo::NAT_LAN_MAC;
+    let lan_gen_mac = gen_mac(0x100);
+    let tap = |name: &str| -> (String, Option<String>) { (name.to_string(), None) };
+    let lan_end = || -> (String, Option<String>) { ("lan0".to_string(), Some(lan.clone())) };
+    for (row, what, (gtap, gns), gsrc, (stap, sns), smac) in [
+        (
+            "uplink_out",
+            "64 B guest→LAN (veth uplink)",
+            tap("tap0"),
+            gen_mac(0),
+            lan_end(),
+            lan_mac,
+        ),
+        (
+            "uplink_in",
+            "64 B LAN→guest (veth uplink)",
+            lan_end(),
+            lan_gen_mac,
+            tap("tap0"),
+            sink_mac(0),
+        ),
+    ] {
+        check_interrupted()?;
+        let job = Job {
+            netns: topo.ns.name.clone(),
+            gens: vec![GenSpec {
+                tap: gtap,
+                frame: udp_frame(smac, gsrc, 64, 0),
+                mode: TapMode::default(),
+                cpu: cfg.cpus.map(|_| 0),
+                hello: None,
+                packet_ns: gns,
+            }],
+            sinks: vec![SinkSpec {
+                tap: stap,
+                mac: smac,
+                vnet_hdr: false,
+                cpu: cfg.cpus.map(|n| 1 % n),
+                udp: None,
+                packet_ns: sns,
+            }],
+            warmup: cfg.warmup,
+            window: cfg.window,
+            probe: true,
+        };
+        let o = measured(&topo, p, res, row, what, || traffic::run(&job))?;
+        res.add(row, c, o.delivered_pps() / 1e3);
+        res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
+    }
+    Ok(())
+}
+
 /// Guest → LAN through the masquerade, once with a tap as the uplink
 /// (like a NIC: umlbr may send XDP frames to it) and once with a veth to a
 /// LAN namespace (umlbr keeps a veth uplink on TC).
@@ -937,6 +1040,7 @@ fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str
             vnet_hdr: false,
             cpu: cfg.cpus.map(|n| 1 % n),
             udp: Some((lan.name.clone(), tap::UDP_SINK_PORT)),
+            packet_ns: None,
         },
         None => SinkSpec {
             tap: "up0".into(),
@@ -944,6 +1048,7 @@ fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str
             vnet_hdr: false,
             cpu: cfg.cpus.map(|n| 1 % n),
             udp: None,
+            packet_ns: None,
         },
     };
     let job = Job {
@@ -968,6 +1073,7 @@ fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str
                     .pad_min()
                     .build(),
             ),
+            packet_ns: None,
         }],
         sinks: vec![sink],
         warmup: cfg.warmup,

@@ -83,6 +83,51 @@ impl Tap {
         Ok(Tap { fd })
     }
 
+    /// A packet socket on `iface` (AF_PACKET, SOCK_RAW, ETH_P_IP, non-
+    /// blocking) used like a tap: write() sends a whole frame out of the
+    /// interface, read() returns one that came in (IPv4 only, and not our
+    /// own outgoing ones). For the "LAN" end of a veth.
+    pub fn packet(iface: &str) -> Result<Tap> {
+        let c = std::ffi::CString::new(iface)?;
+        // SAFETY: if_nametoindex on a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("no interface {iface}"));
+        }
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto as libc::c_int,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("opening a packet socket");
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_ll, then the fields bind(2) needs.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: bind(2) with a valid sockaddr_ll.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {iface}"));
+        }
+        Ok(Tap { fd })
+    }
+
     /// Write one frame (with the vnet header in front if the mode has one,
     /// which `frame` must already carry: see [`wire_frame`]).
     #[inline]

@@ -250,6 +250,69 @@ impl Topo {
         Ok(topo)
     }
 
+    /// Guests on `ntaps` taps bridged onto a LAN through the uplink up0, a
+    /// veth whose peer lan0 is in the LAN namespace: a Linux bridge with
+    /// tap0.. and up0 as ports, or `umlbr up br0 --uplink up0` and `umlbr
+    /// attach` of the taps (umlbr switches a veth uplink with TC only).
+    pub fn uplink(contender: Contender, ntaps: usize, umlbr: &Path) -> Result<Topo> {
+        if contender == Contender::Ceiling {
+            bail!("no uplink ceiling");
+        }
+        let ns = Netns::new("bench")?;
+        let lan = Netns::new("bench")?;
+        let taps: Vec<String> = (0..ntaps).map(|i| format!("tap{i}")).collect();
+        let v6off =
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1";
+        let mut script = format!(
+            "set -e\n{v6off}\nip link add up0 type veth peer name lan0 netns {}\nip link set up0 up\n",
+            lan.name
+        );
+        for t in &taps {
+            script.push_str(&format!(
+                "ip tuntap add dev {t} mode tap && ip link set dev {t} up\n"
+            ));
+        }
+        ns.sh(&script).context("creating the taps and the uplink")?;
+        lan.sh(&format!("set -e\n{v6off}\nip link set lan0 up"))
+            .context("setting up the LAN namespace")?;
+        let mut topo = Topo {
+            _xdp_links: Vec::new(),
+            ns,
+            contender,
+            taps,
+            attach_s: Vec::new(),
+            umlbr: umlbr.to_path_buf(),
+            lan: Some(lan),
+            gw_mac: None,
+        };
+        let bin = topo.umlbr.to_string_lossy().into_owned();
+        match contender {
+            Contender::Kernel | Contender::KernelTuned => {
+                topo.setup(&[])?;
+                topo.timed("ip", &["link", "set", "dev", "up0", "master", BRIDGE])?;
+            }
+            Contender::Umlbr | Contender::UmlbrTc => {
+                topo.timed(&bin, &["up", BRIDGE, "--uplink", "up0"])?;
+                for t in topo.taps.clone() {
+                    let s = topo.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;
+                    topo.attach_s.push(s);
+                }
+                if contender == Contender::UmlbrTc {
+                    // The uplink too: its XDP program runs natively on a veth.
+                    let script: String = topo
+                        .taps
+                        .iter()
+                        .chain(std::iter::once(&"up0".to_string()))
+                        .map(|t| format!("ip link set dev {t} xdp off\n"))
+                        .collect();
+                    topo.ns.sh(&format!("set -e\n{script}"))?;
+                }
+            }
+            Contender::Ceiling => unreachable!(),
+        }
+        Ok(topo)
+    }
+
     /// umlbr's NAT counters (`umlbr stats br0 --json`, `nat.counters`).
     pub fn nat_counters(&self) -> Result<serde_json::Value> {
         if !self.contender.is_umlbr() {

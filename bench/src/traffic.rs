@@ -26,6 +26,8 @@ pub struct GenSpec {
     /// A frame to write once before anything else (e.g. an ARP request
     /// for the gateway, as a guest would send first).
     pub hello: Option<Vec<u8>>,
+    /// Not a tap: a packet socket on interface `tap` in this namespace.
+    pub packet_ns: Option<String>,
 }
 
 /// A reader on `tap`, the station `mac`.
@@ -40,6 +42,8 @@ pub struct SinkSpec {
     /// Not a tap but a UDP socket on this port, in `netns` (a "LAN" host
     /// behind the masquerade): counts datagrams.
     pub udp: Option<(String, u16)>,
+    /// Not a tap: a packet socket on interface `tap` in this namespace.
+    pub packet_ns: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -304,16 +308,21 @@ fn open_in(netns: &str, tap_name: &str, mode: TapMode) -> Result<Tap> {
     Tap::open(tap_name, mode)
 }
 
-/// Open the tap, then meet the others at the barrier (also on failure,
-/// which is flagged for the main thread).
+/// Open the tap (or, with `packet_ns`, a packet socket on that
+/// interface in that namespace), then meet the others at the barrier
+/// (also on failure, which is flagged for the main thread).
 fn open_ready(
     netns: &str,
     tap_name: &str,
     mode: TapMode,
+    packet_ns: Option<&str>,
     sh: &Shared,
     ready: &Barrier,
 ) -> Result<Tap> {
-    let opened = open_in(netns, tap_name, mode);
+    let opened = match packet_ns {
+        Some(ns) => tap::enter_netns(ns).and_then(|()| Tap::packet(tap_name)),
+        None => open_in(netns, tap_name, mode),
+    };
     if opened.is_err() {
         sh.failed.store(true, Ordering::SeqCst);
     }
@@ -325,7 +334,7 @@ fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -
     if let Err(e) = pin(g.cpu) {
         eprintln!("bench: {e:#}");
     }
-    let tap = open_ready(netns, &g.tap, g.mode, sh, ready)
+    let tap = open_ready(netns, &g.tap, g.mode, g.packet_ns.as_deref(), sh, ready)
         .with_context(|| format!("generator on {}", g.tap))?;
     let frame = wire_frame(&g.frame, g.mode);
     if let Some(h) = &g.hello {
@@ -382,8 +391,8 @@ fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Re
     if let Err(e) = pin(s.cpu) {
         eprintln!("bench: {e:#}");
     }
-    let tap =
-        open_ready(netns, &s.tap, mode, sh, ready).with_context(|| format!("sink on {}", s.tap))?;
+    let tap = open_ready(netns, &s.tap, mode, s.packet_ns.as_deref(), sh, ready)
+        .with_context(|| format!("sink on {}", s.tap))?;
     // The station announces itself so that the switch learns its MAC.
     let hello = wire_frame(
         &umlbr_tests::wire::Frame::new(tap::BROADCAST, s.mac)
