@@ -266,6 +266,8 @@ fn nat_config(up0: u32, br0: u32) -> NatConfig {
         udp_ns: NAT_UDP_SECS * SEC,
         udp_stream_ns: NAT_UDP_STREAM_SECS * SEC,
         icmp_ns: NAT_ICMP_SECS * SEC,
+        mtu: 1500,
+        _pad2: 0,
     }
 }
 
@@ -1245,6 +1247,22 @@ fn table() -> Vec<Case> {
         .fresh(t1, NAT_S_SYN_OUT),
         // A TCP flow is mapped only from its first SYN: one that began on
         // the kernel's path stays there.
+        // Bigger than the uplink's MTU (or a route's): the kernel's path,
+        // which answers "fragmentation needed" as a router does.
+        Case::new(
+            "UDP of 1100 bytes with an uplink MTU of 1000: not mapped, the kernel's",
+            guest(0),
+            u1.out_frame(0, &[7u8; 1072]),
+        )
+        .tweak(|c| c.mtu = 1000)
+        .switched(SLOW),
+        Case::new(
+            "UDP of 1000 bytes with an uplink MTU of 1000: translated",
+            guest(0),
+            u1.out_frame(0, &[7u8; 972]),
+        )
+        .tweak(|c| c.mtu = 1000)
+        .fresh(u1, 0),
         Case::new(
             "TCP ACK with data and no mapping: not mapped, the kernel's",
             guest(0),
@@ -1300,10 +1318,11 @@ fn table() -> Vec<Case> {
         )
         .fresh(u1, 0),
         Case::new(
-            "2000-byte UDP frame: XDP passes it (over 1518), TC translates it",
+            "2000-byte UDP frame, jumbo uplink: XDP passes it (over 1518), TC translates it",
             guest(0),
             u1.out_frame(0, &[0x5b; 2000 - 42]),
         )
+        .tweak(|c| c.mtu = 9000)
         .xdp(Pass, NONE, &[])
         .tc(Snat(u1), ALLOC, &[New(u1, 0, PortRule::InRange)]),
         Case::new(

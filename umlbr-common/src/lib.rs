@@ -33,6 +33,7 @@ pub mod names {
     pub const NAT_IN: &str = "UMLBR_NAT_IN";
     pub const NAT_CONFIG: &str = "UMLBR_NAT_CFG";
     pub const NAT_STATS: &str = "UMLBR_NAT_STAT";
+    pub const NAT_MTU: &str = "UMLBR_NAT_MTU";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -213,10 +214,22 @@ pub struct NatConfig {
     pub udp_ns: u64,
     pub udp_stream_ns: u64,
     pub icmp_ns: u64,
+    /// Largest packet (IPv4 total length) the fast path sends out of the
+    /// uplink: its MTU, or the MTU of the route to the destination when
+    /// UMLBR_NAT_MTU has one (bpf_fib_lookup honours a route's MTU only
+    /// when it is locked; the kernel's forwarding always does). Bigger
+    /// packets take the kernel's path, which answers "fragmentation
+    /// needed".
+    pub mtu: u32,
+    pub _pad2: u32,
 }
 
 /// The uplink takes XDP frames (it is in the devmap).
 pub const NAT_F_XDP_TX: u16 = 1;
+/// Routes out of the uplink carry MTUs: look them up in UMLBR_NAT_MTU.
+pub const NAT_F_ROUTE_MTU: u16 = 2;
+/// Entries of UMLBR_NAT_MTU (routes with an MTU out of the uplink).
+pub const NAT_MTU_ROUTES: u32 = 1024;
 
 /// Conntrack-like default timeouts (seconds).
 pub const NAT_TCP_ESTABLISHED_SECS: u64 = 432_000;
@@ -332,7 +345,7 @@ mod tests {
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 8);
         assert_eq!(size_of::<NatIn>(), 32);
-        assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8);
+        assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
         assert_eq!(size_of::<NatStats>(), 10 * 8);
     }
 }

@@ -25,12 +25,12 @@ use aya_ebpf::{
         bpf_sk_lookup_udp, bpf_sk_release,
     },
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    NAT_F_XDP_TX, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE,
-    NAT_TRIES, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
+    NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE, NAT_TRIES, NatConfig, NatIn, NatKey, NatOut, NatStats,
 };
 
 #[map(name = "UMLBR_NAT_OUT")]
@@ -44,6 +44,11 @@ static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "UMLBR_NAT_STAT")]
 static NAT_STATS: PerCpuArray<NatStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// MTUs of the routes out of the uplink that have one, by destination
+/// prefix (address in network byte order).
+#[map(name = "UMLBR_NAT_MTU")]
+static NAT_MTU: LpmTrie<u32, u32> = LpmTrie::with_max_entries(NAT_MTU_ROUTES, 0);
 
 const ETH_HLEN: usize = 14;
 const IP_OFF: usize = ETH_HLEN;
@@ -91,6 +96,8 @@ pub trait Pkt {
     fn data(&self) -> usize;
     fn end(&self) -> usize;
     fn raw_ctx(&self) -> *mut c_void;
+    /// The segment size of a GSO packet, 0 otherwise.
+    fn gso_size(&self) -> u32;
     /// Fix the 16-bit checksum at `off` of kind `sum` for a `size`-byte
     /// field (2 or 4) going from `old` to `new`.
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8);
@@ -162,6 +169,10 @@ impl Pkt for XdpContext {
         self.ctx as *mut c_void
     }
     #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+    #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
         let udp = sum == Sum::Udp || sum == Sum::UdpPseudo;
         let Some(p) = at::<u16>(Pkt::data(self), Pkt::end(self), off) else {
@@ -194,6 +205,11 @@ impl Pkt for TcContext {
     #[inline(always)]
     fn raw_ctx(&self) -> *mut c_void {
         self.skb.skb as *mut c_void
+    }
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: reading a field of the context.
+        unsafe { (*self.skb.skb).gso_size }
     }
     #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
@@ -362,12 +378,15 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         daddr,
         mac: guest_mac,
     };
+    let mut l4_hlen = 8u32;
     let port_off = if proto == IPPROTO_TCP {
         if data + L4_OFF + 20 > end {
             return OUT_NOT_NAT;
         }
         // SAFETY: checked just above.
-        req.tcp_flags = unsafe { ld::<u8>(data, L4_OFF + 13) };
+        let (doff, flags) = unsafe { (ld::<u8>(data, L4_OFF + 12), ld::<u8>(data, L4_OFF + 13)) };
+        req.tcp_flags = flags;
+        l4_hlen = ((doff >> 4) as u32) * 4;
         L4_OFF
     } else if proto == IPPROTO_UDP {
         L4_OFF
@@ -380,6 +399,24 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         count(|s| s.slow_path += 1);
         return OUT_NOT_NAT;
     };
+    // A GSO packet leaves as segments of gso_size behind the same headers:
+    // those must fit, not the super-packet.
+    let gso = pkt.gso_size();
+    if gso != 0 {
+        req.tot_len = (20 + l4_hlen + gso).min(req.tot_len as u32) as u16;
+    }
+    // Too big for the uplink or a route's MTU: the kernel's path answers
+    // "fragmentation needed" (or fragments) as a router does.
+    let mut mtu = cfg.mtu;
+    if cfg.flags & NAT_F_ROUTE_MTU != 0
+        && let Some(m) = NAT_MTU.get(Key::new(32, daddr))
+    {
+        mtu = mtu.min(*m);
+    }
+    if mtu != 0 && req.tot_len as u32 > mtu {
+        count(|s| s.slow_path += 1);
+        return OUT_NOT_NAT;
+    }
     let mut macs = [0u8; 12];
     let r = route(pkt.raw_ctx(), cfg, &req, &mut macs);
     let (ret, oif) = ((r >> 32) as u32, r as u32);

@@ -55,6 +55,7 @@ pub struct Maps {
     pub nat_in: HashMap<MapData, NatKey, NatIn>,
     pub nat_config: Array<MapData, NatConfig>,
     pub nat_stats: aya::maps::PerCpuArray<MapData, NatStats>,
+    pub nat_mtu: aya::maps::LpmTrie<MapData, u32, u32>,
 }
 
 /// One bridge, found in the current network namespace.
@@ -169,6 +170,9 @@ impl Maps {
             nat_stats: take(names::NAT_STATS)?
                 .try_into()
                 .map_err(map_err(names::NAT_STATS))?,
+            nat_mtu: take(names::NAT_MTU)?
+                .try_into()
+                .map_err(map_err(names::NAT_MTU))?,
         })
     }
 

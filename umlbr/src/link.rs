@@ -51,6 +51,7 @@ pub struct Link {
     pub peer: Option<u32>,
     pub up: bool,
     pub promisc: bool,
+    pub mtu: u32,
     pub mac: Option<[u8; 6]>,
     pub xdp_mode: XdpMode,
     pub xdp_prog: Option<u32>,
@@ -69,6 +70,7 @@ impl Link {
             peer: None,
             up: msg.header.flags.contains(LinkFlags::Up),
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            mtu: 0,
             mac: None,
             xdp_mode: XdpMode::None,
             xdp_prog: None,
@@ -81,6 +83,7 @@ impl Link {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Link(p) => link.peer = Some(*p),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Address(a) if a.len() == 6 => {
                     let mut mac = [0; 6];
                     mac.copy_from_slice(a);
@@ -290,6 +293,46 @@ impl Net {
                         out.push((*v4, msg.header.prefix_len));
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv4 routes out of `ifindex` that carry an MTU: (destination,
+    /// prefix length, MTU).
+    pub async fn route_mtus_via(&self, ifindex: u32) -> Result<Vec<(std::net::Ipv4Addr, u8, u32)>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMetric};
+        let msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(r) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing routes", e))?
+        {
+            let mut oif = None;
+            let mut dst = std::net::Ipv4Addr::UNSPECIFIED;
+            let mut mtu = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                    RouteAttribute::Metrics(ms) => {
+                        for m in ms {
+                            if let RouteMetric::Mtu(v) = m
+                                && *v > 0
+                            {
+                                mtu = Some(*v);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(i), Some(m)) = (oif, mtu)
+                && i == ifindex
+            {
+                out.push((dst, r.header.destination_prefix_length, m));
             }
         }
         Ok(out)

@@ -7,9 +7,9 @@ use std::{
 
 use serde::Serialize;
 use umlbr_common::{
-    NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST,
-    NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS,
-    NAT_UDP_SECS, NAT_UDP_STREAM_SECS, NatConfig, NatKey, NatStats,
+    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
+    NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS,
+    NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS, NatConfig, NatKey, NatStats,
 };
 
 use crate::{
@@ -210,6 +210,8 @@ pub async fn attach(
             * 1_000_000_000
     };
     let xdp_tx = link.kind.as_deref() != Some("veth");
+    let mtu = link.mtu;
+    let route_mtus = net.route_mtus_via(link.index).await?;
     let mut cfg = NatConfig {
         nat_ifindex: link.index,
         nat_addr: u32::from(nat_addr).to_be(),
@@ -219,13 +221,20 @@ pub async fn attach(
         port_lo,
         port_hi,
         gw_mac,
-        flags: if xdp_tx { NAT_F_XDP_TX } else { 0 },
+        flags: if xdp_tx { NAT_F_XDP_TX } else { 0 }
+            | if route_mtus.is_empty() {
+                0
+            } else {
+                NAT_F_ROUTE_MTU
+            },
         tcp_established_ns: secs("tcp_established", NAT_TCP_ESTABLISHED_SECS),
         tcp_transitory_ns: secs("tcp_transitory", NAT_TCP_TRANSITORY_SECS),
         tcp_closing_ns: secs("tcp_closing", NAT_TCP_CLOSING_SECS),
         udp_ns: secs("udp", NAT_UDP_SECS),
         udp_stream_ns: secs("udp_stream", NAT_UDP_STREAM_SECS),
         icmp_ns: secs("icmp", NAT_ICMP_SECS),
+        mtu,
+        _pad2: 0,
     };
     let tc_id = br
         .tc_prog_id(&progs)
@@ -240,6 +249,16 @@ pub async fn attach(
                 .ports
                 .insert(link.index, link.index, None, 0)
                 .map_err(|e| Error::Load(format!("adding {iface} to the devmap: {e}")))?;
+        }
+        for (dst, len, mtu) in &route_mtus {
+            let key = aya::maps::lpm_trie::Key::new(*len as u32, u32::from(*dst).to_be());
+            br.maps
+                .nat_mtu
+                .insert(&key, *mtu, 0)
+                .map_err(|e| Error::Map {
+                    map: umlbr_common::names::NAT_MTU,
+                    err: e,
+                })?;
         }
         br.maps.set_nat_config(cfg)?;
         port::hook(net, &link, br.xdp_prog_id, tc_id).await?;
@@ -266,6 +285,10 @@ async fn release(net: &Net, br: &mut Bridge, link: &Link, progs: &Programs) {
 }
 
 fn flush(br: &mut Bridge) {
+    let keys: Vec<_> = br.maps.nat_mtu.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        let _ = br.maps.nat_mtu.remove(&k);
+    }
     let keys: Vec<NatKey> = br.maps.nat_out.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         let _ = br.maps.nat_out.remove(&k);
