@@ -17,6 +17,8 @@ pub enum Check {
     RatioAtMost(Contender, f64),
     /// median(umlbr) >= x (rows that are themselves ratios)
     UmlbrAtLeast(f64),
+    /// median(umlbr) <= x
+    UmlbrAtMost(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +116,7 @@ impl Results {
                 Check::RatioAtLeast(vs, x) => self.ratio(&def.id, vs)? >= x,
                 Check::RatioAtMost(vs, x) => self.ratio(&def.id, vs)? <= x,
                 Check::UmlbrAtLeast(x) => self.summary(&def.id, Contender::Umlbr)?.median >= x,
+                Check::UmlbrAtMost(x) => self.summary(&def.id, Contender::Umlbr)?.median <= x,
             };
         }
         Some(ok)

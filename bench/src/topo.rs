@@ -72,6 +72,9 @@ pub struct Topo {
     /// Wall time of each port's attach command (`ip link set TAP master
     /// br0` or `umlbr attach TAP`), seconds.
     pub attach_s: Vec<f64>,
+    /// Wall time of creating the bridge (`umlbr up br0`, or `ip link add
+    /// br0 type bridge ...` and `ip link set br0 up` in one shell), seconds.
+    pub up_s: f64,
     umlbr: PathBuf,
     /// NAT topologies: the "LAN" namespace behind the uplink, and the
     /// gateway's (br0's) MAC.
@@ -123,6 +126,7 @@ impl Topo {
             contender,
             taps,
             attach_s: Vec::new(),
+            up_s: 0.0,
             umlbr: umlbr.to_path_buf(),
             lan: None,
             gw_mac: None,
@@ -192,6 +196,7 @@ impl Topo {
             contender,
             taps,
             attach_s: Vec::new(),
+            up_s: 0.0,
             umlbr: umlbr.to_path_buf(),
             lan,
             gw_mac: None,
@@ -281,6 +286,7 @@ impl Topo {
             contender,
             taps,
             attach_s: Vec::new(),
+            up_s: 0.0,
             umlbr: umlbr.to_path_buf(),
             lan: Some(lan),
             gw_mac: None,
@@ -332,10 +338,12 @@ impl Topo {
                          net.bridge.bridge-nf-call-ip6tables=0 \
                          net.bridge.bridge-nf-call-arptables=0")?;
                 }
+                let t0 = Instant::now();
                 self.ns.sh(&format!(
                     "ip link add {BRIDGE} type bridge stp_state 0 forward_delay 0 && \
                      ip link set dev {BRIDGE} up"
                 ))?;
+                self.up_s = t0.elapsed().as_secs_f64();
                 for t in self.taps.clone() {
                     let s = self.timed("ip", &["link", "set", "dev", &t, "master", BRIDGE])?;
                     self.attach_s.push(s);
@@ -343,7 +351,7 @@ impl Topo {
             }
             Contender::Umlbr | Contender::UmlbrTc => {
                 let bin = self.umlbr.to_string_lossy().into_owned();
-                self.timed(&bin, &["up", BRIDGE])?;
+                self.up_s = self.timed(&bin, &["up", BRIDGE])?;
                 for t in self.taps.clone() {
                     let s = self.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;
                     self.attach_s.push(s);

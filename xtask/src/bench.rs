@@ -14,7 +14,7 @@ use crate::{
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug, Default)]
 pub struct BenchArgs {
-    /// Short run (1 s windows, 3 repetitions, fewer rows): within 5 minutes.
+    /// Short run (0.8 s windows, 3 repetitions, fewer rows): within 5 minutes.
     #[arg(long)]
     pub quick: bool,
     /// More arguments for umlbr-bench, after `--` (e.g. `--only tap-to-tap`,
