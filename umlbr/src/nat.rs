@@ -261,7 +261,9 @@ pub async fn attach(
                 })?;
         }
         br.maps.set_nat_config(cfg)?;
-        port::hook(net, &link, br.xdp_prog_id, tc_id).await?;
+        // As for a veth uplink port: TC alone is cheaper than veth's XDP.
+        let xdp = xdp_tx.then_some(br.xdp_prog_id);
+        port::hook(net, &link, xdp, tc_id).await?;
         Ok::<(), Error>(())
     }
     .await;
