@@ -334,17 +334,17 @@ impl Results {
                 y += BAR_H + GAP;
             }
             if let Some(r) = self.ratio(&d.id, Contender::Kernel) {
-                let goal = d.goal.as_ref().map(|g| g.text).unwrap_or("");
-                let met = match self.meets(d) {
-                    Some(true) => " (met)",
-                    Some(false) => " (missed)",
-                    None => "",
+                let goal = match (&d.goal, self.meets(d)) {
+                    (Some(g), Some(true)) => format!("  goal: {} (met)", g.text),
+                    (Some(g), Some(false)) => format!("  goal: {} (missed)", g.text),
+                    (Some(g), None) => format!("  goal: {}", g.text),
+                    (None, _) => String::new(),
                 };
                 let _ = writeln!(
                     body,
-                    r##"<text x="{LABEL}" y="{:.0}" fill="#444">umlbr/kernel {r:.2}×  goal: {}{met}</text>"##,
+                    r##"<text x="{LABEL}" y="{:.0}" fill="#444">umlbr/kernel {r:.2}×{}</text>"##,
                     y + 12.0,
-                    esc(goal)
+                    esc(&goal)
                 );
                 y += 18.0;
             }
