@@ -31,6 +31,8 @@ pub fn fold(mut s: u32) -> u16 {
 /// Whether the frame's TCP/UDP checksum equals its bare pseudo-header sum,
 /// the mark of CHECKSUM_PARTIAL. A complete checksum matches by chance
 /// once in 65536; such a frame merely takes the TC path too.
+// A BPF function of its own: inlined it pushes the NAT call chain past
+// the 512-byte stack limit.
 #[inline(never)]
 pub fn looks_partial(data: usize, end: usize) -> bool {
     if data + ETH_HLEN > end {

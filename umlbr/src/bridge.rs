@@ -402,6 +402,22 @@ impl Bridge {
             let mut c = maps.config()?;
             c.host_port = swl.index;
             maps.set_config(c)?;
+            // The host's own MAC is a permanent entry, as a Linux bridge's
+            // own address is: frames for the gateway are never flooded,
+            // whether or not the host has spoken lately.
+            if let Some(mac) = host.mac {
+                maps.fdb
+                    .insert(
+                        FdbKey::new(mac),
+                        FdbEntry {
+                            ifindex: swl.index,
+                            flags: umlbr_common::FDB_F_STATIC,
+                            updated_ns: sys::monotonic_coarse_ns(),
+                        },
+                        0,
+                    )
+                    .map_err(map_err(names::FDB))?;
+            }
             // XDP frames redirected into the switch port reach the host only
             // if the host side runs NAPI, which GRO turns on.
             sys::set_gro(name, true)
