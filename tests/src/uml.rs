@@ -31,8 +31,8 @@
 //! guest of the other transport.
 //!
 //! Every command available on the host runs in the guest (the guest's / is
-//! the host's /): `ip`, `iperf3`, `tcpdump`, `busybox ping` (this machine
-//! has no iputils ping)...
+//! the host's /): `ip`, `iperf3`, `tcpdump`, `ping` (iputils, which
+//! `cargo xtask setup` installs), busybox's `udhcpc` and `traceroute`...
 //!
 //! # The xstate workaround
 //!

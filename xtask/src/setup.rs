@@ -45,6 +45,7 @@ const RUSTC_WEB_PACKAGES: &[&str] = &[
 pub const TOOL_PACKAGES: &[&str] = &[
     "user-mode-linux",
     "iperf3",
+    "iputils-ping",
     "iproute2",
     "nftables",
     "iptables",
