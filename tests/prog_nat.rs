@@ -31,13 +31,9 @@
 //! Needs root.
 use std::{
     collections::BTreeMap,
-    fs::{File, OpenOptions},
+    fs::File,
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::fs::OpenOptionsExt,
-    },
     time::{Duration, Instant},
 };
 
@@ -57,6 +53,7 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     netns::Netns,
+    netns::{InNetns, ifindex, open_tap},
     wire::{
         Frame, Mac, TcpHeader, fix_checksums, fmt_mac, icmp_type, ipproto, tcp_flags,
         verify_checksums,
@@ -153,63 +150,6 @@ fn next_hop_mac(remote: [u8; 4]) -> Mac {
 
 // ---------------------------------------------------------------------------
 // The test bench.
-
-/// This thread in another network namespace until dropped.
-struct InNetns {
-    orig: OwnedFd,
-}
-
-impl InNetns {
-    fn enter(ns: &Netns) -> Result<Self> {
-        let orig: OwnedFd = File::open("/proc/thread-self/ns/net")
-            .context("opening this thread's netns")?
-            .into();
-        let target = File::open(format!("/run/netns/{}", ns.name))
-            .with_context(|| format!("opening netns {}", ns.name))?;
-        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
-        }
-        Ok(InNetns { orig })
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// A tap (IFF_TAP | IFF_NO_PI) in the current thread's namespace.
-fn open_tap(name: &str) -> Result<File> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/net/tun")
-        .context("opening /dev/net/tun")?;
-    // SAFETY: all-zero ifreq is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: valid fd and ifreq.
-    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &ifr) } < 0 {
-        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(f)
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name}");
-    Ok(i)
-}
 
 fn now_coarse() -> u64 {
     umlbr::sys::monotonic_coarse_ns()
@@ -2894,7 +2834,7 @@ fn live_xdp_translates_both_ways() -> Result<()> {
         .context("live run")?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
-    let got = b.collect(&want, Duration::from_secs(1));
+    let got = b.collect(&want, Duration::from_secs(3));
     let (port, _) = b.mapping_of(&f)?.context("no mapping")?;
     let expect = snat_expect(&out, port, Some((NH_MAC, UP_MAC)));
     ensure!(
@@ -2908,7 +2848,7 @@ fn live_xdp_translates_both_ways() -> Result<()> {
     b.run_xdp_live(b.ifindex(UP), &reply).context("live run")?;
     let mut want = vec![0; 5];
     want[0] = 1;
-    let got = b.collect(&want, Duration::from_secs(1));
+    let got = b.collect(&want, Duration::from_secs(3));
     let expect = dnat_expect(&reply, &f);
     ensure!(
         got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[0][0] == expect,
@@ -2921,7 +2861,7 @@ fn live_xdp_translates_both_ways() -> Result<()> {
         .context("live run")?;
     let mut want = vec![0; 5];
     want[tap_of(Dev::Host)] = 1;
-    let got = b.collect(&want, Duration::from_secs(1));
+    let got = b.collect(&want, Duration::from_secs(3));
     ensure!(
         got.iter().map(Vec::len).collect::<Vec<_>>() == want && got[tap_of(Dev::Host)][0] == frag,
         "slow path: got {:?} frames, expected {want:?}",
@@ -2946,7 +2886,7 @@ fn live_xdp_reply_for_an_unknown_guest_mac_floods_to_guests_only() -> Result<()>
     // TC first, as the reference.
     let (ret, _) = b.run(Prog::Tc, b.ifindex(UP), &reply)?;
     ensure!(ret == TC_ACT_SHOT, "TC returned {ret}");
-    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(1));
+    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(3));
     let tc_counts: Vec<usize> = got.iter().map(Vec::len).collect();
     ensure!(
         tc_counts == vec![1, 1, 1, 0, 0] && got[..3].iter().all(|v| v[0] == expect),
@@ -2956,7 +2896,7 @@ fn live_xdp_reply_for_an_unknown_guest_mac_floods_to_guests_only() -> Result<()>
     // As umlbr sets it up: TC on the uplink finishes what XDP passes.
     b.attach_tc(&["up0"])?;
     b.run_xdp_live(b.ifindex(UP), &reply).context("live run")?;
-    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(1));
+    let got = b.collect(&[1, 1, 1, 0, 0], Duration::from_secs(3));
     let counts: Vec<usize> = got.iter().map(Vec::len).collect();
     let right = got.iter().flatten().all(|x| *x == expect);
     ensure!(
@@ -2979,7 +2919,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
     b.taps[0].1.write_all(&out).context("writing into g1")?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
-    let got = b.collect(&want, Duration::from_secs(1));
+    let got = b.collect(&want, Duration::from_secs(3));
     let (port, _) = b.mapping_of(&f)?.context("no mapping")?;
     let expect = snat_expect(&out, port, Some((NH_MAC, UP_MAC)));
     ensure!(
@@ -2994,7 +2934,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
         .context("writing into up0")?;
     let mut want = vec![0; 5];
     want[0] = 1;
-    let got = b.collect(&want, Duration::from_secs(1));
+    let got = b.collect(&want, Duration::from_secs(3));
     ensure!(
         got.iter().map(Vec::len).collect::<Vec<_>>() == want
             && got[0][0] == dnat_expect(&reply, &f),

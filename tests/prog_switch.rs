@@ -19,12 +19,8 @@
 //!
 //! Needs root.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{ErrorKind, Read, Write},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::fs::OpenOptionsExt,
-    },
     time::{Duration, Instant},
 };
 
@@ -42,6 +38,7 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     netns::Netns,
+    netns::{InNetns, ifindex, open_tap},
     wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
 };
 
@@ -79,64 +76,6 @@ const SEC: u64 = 1_000_000_000;
 
 // ---------------------------------------------------------------------------
 // The test bench: a namespace, its ports, the loaded object.
-
-/// This thread in another network namespace until dropped.
-struct InNetns {
-    orig: OwnedFd,
-}
-
-impl InNetns {
-    fn enter(ns: &Netns) -> Result<Self> {
-        let orig: OwnedFd = File::open("/proc/thread-self/ns/net")
-            .context("opening this thread's netns")?
-            .into();
-        let target = File::open(format!("/run/netns/{}", ns.name))
-            .with_context(|| format!("opening netns {}", ns.name))?;
-        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
-        }
-        Ok(InNetns { orig })
-    }
-}
-
-impl Drop for InNetns {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
-
-/// A tap (IFF_TAP | IFF_NO_PI) in the current thread's namespace; the
-/// device lives as long as the fd.
-fn open_tap(name: &str) -> Result<File> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/net/tun")
-        .context("opening /dev/net/tun")?;
-    // SAFETY: all-zero ifreq is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: valid fd and ifreq.
-    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &ifr) } < 0 {
-        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(f)
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name}");
-    Ok(i)
-}
 
 fn now_coarse() -> u64 {
     umlbr::sys::monotonic_coarse_ns()

@@ -120,3 +120,67 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// This thread in another network namespace until dropped (namespaces
+/// are per thread, so a test can run BPF_PROG_TEST_RUN or open taps
+/// inside one without touching the rest of the process).
+pub struct InNetns {
+    orig: std::os::fd::OwnedFd,
+}
+
+impl InNetns {
+    pub fn enter(ns: &Netns) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let orig: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+            .context("opening this thread's netns")?
+            .into();
+        let target = std::fs::File::open(format!("/run/netns/{}", ns.name))
+            .with_context(|| format!("opening netns {}", ns.name))?;
+        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(InNetns { orig })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// A non-blocking tap (IFF_TAP | IFF_NO_PI) in the current thread's
+/// namespace; the device lives as long as the fd.
+pub fn open_tap(name: &str) -> Result<std::fs::File> {
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: all-zero ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: valid fd and ifreq.
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &ifr) } < 0 {
+        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// The ifindex of `name` in the current thread's namespace.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
