@@ -938,3 +938,81 @@ fn help() -> Result<()> {
     }
     Ok(())
 }
+
+/// `attach --tc-only`: the port gets the TC program and no XDP, and frames
+/// still cross between it and an XDP port, both ways.
+#[test]
+fn attach_tc_only() -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use umlbr_tests::netns::{InNetns, open_tap};
+    let ns = netns("cli-tconly")?;
+    // Taps held open by this thread (non-persistent: they go with the fds).
+    let inside = InNetns::enter(&ns)?;
+    let mut a = open_tap("tapa")?;
+    let mut b = open_tap("tapb")?;
+    drop(inside);
+    ns.umlbr_ok(&["up", "br0"])?;
+    ns.umlbr_ok(&["attach", "tapa", "--tc-only"])?;
+    ns.umlbr_ok(&["attach", "tapb"])?;
+    let show: Value = serde_json::from_str(&ns.umlbr_ok(&["show", "br0", "--json"])?)?;
+    let port = |name: &str| -> Result<Value> {
+        show["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .with_context(|| format!("{name} not in {show}"))
+    };
+    let (pa, pb) = (port("tapa")?, port("tapb")?);
+    ensure!(pa["xdp"] == "none" && pa["tc"] == "tcx", "tapa: {pa}");
+    ensure!(pb["xdp"] == "driver" && pb["tc"] == "tcx", "tapb: {pb}");
+    let ma = [2, 0, 0, 0, 0, 0xa];
+    let mb = [2, 0, 0, 0, 0, 0xb];
+    let frame = |dst: [u8; 6], src: [u8; 6]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.extend_from_slice(&[0x5a; 50]);
+        f
+    };
+    // Reads the next frame from `t` with source `src`, within 2 s.
+    let recv = |t: &mut File, src: [u8; 6]| -> Result<Vec<u8>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut buf = [0u8; 2048];
+        loop {
+            match t.read(&mut buf) {
+                Ok(n) if buf[6..12] == src => return Ok(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "no frame from {src:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => bail!("reading a tap: {e}"),
+            }
+        }
+    };
+    // b announces itself (flooded), then a (TC only) sends to b and back.
+    b.write_all(&frame([0xff; 6], mb))?;
+    let got = recv(&mut a, mb)?;
+    ensure!(
+        got == frame([0xff; 6], mb),
+        "broadcast from b reached a changed"
+    );
+    a.write_all(&frame(mb, ma))?;
+    ensure!(recv(&mut b, ma)? == frame(mb, ma), "a -> b");
+    b.write_all(&frame(ma, mb))?;
+    ensure!(recv(&mut a, mb)? == frame(ma, mb), "b -> a");
+    let stats: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    let sa = stats["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "tapa").cloned())
+        .context("tapa in stats")?;
+    ensure!(
+        sa["stats"]["tc"].as_u64() == Some(1) && sa["stats"]["xdp_native"].as_u64() == Some(0),
+        "tapa's frame must be switched by TC: {sa}"
+    );
+    ns.umlbr_ok(&["down", "br0"])?;
+    Ok(())
+}

@@ -428,7 +428,7 @@ impl Bridge {
             net.set_up(swl.index, &sw).await?;
             net.set_up(host.index, name).await?;
             if let Some(uplink) = &opts.uplink {
-                port::attach(net, uplink, Some(name), true).await?;
+                port::attach(net, uplink, Some(name), true, false).await?;
             }
             if let Some((iface, nopts)) = &opts.masquerade {
                 crate::nat::attach(net, iface, Some(name), nopts).await?;

@@ -84,6 +84,12 @@ enum Cmd {
         /// Masquerade the bridge's guests behind IFACE (see `up --masquerade`).
         #[arg(long)]
         masquerade: bool,
+        /// Switch this port's frames with the TC program alone, no XDP. For
+        /// guests with vnet headers and offloads (UML vector transport,
+        /// virtio-net): a tap with XDP sends their GSO super-frames through
+        /// generic XDP, which copies each before XDP hands it to TC.
+        #[arg(long, conflicts_with = "masquerade")]
+        tc_only: bool,
         #[command(flatten)]
         nat: NatArgs,
     },
@@ -343,9 +349,10 @@ async fn run(cli: Cli) -> Result<()> {
             iface,
             bridge,
             uplink,
+            tc_only,
             ..
         } => {
-            let a = port::attach(&net, &iface, bridge.as_deref(), uplink).await?;
+            let a = port::attach(&net, &iface, bridge.as_deref(), uplink, tc_only).await?;
             eprintln!(
                 "{} attached to {}{} (xdp {}, tc tcx)",
                 a.iface,

@@ -202,6 +202,7 @@ pub async fn attach(
     iface: &str,
     bridge: Option<&str>,
     uplink: bool,
+    tc_only: bool,
 ) -> Result<Attached> {
     let link = net.require(iface).await?;
     let progs = Programs::read();
@@ -273,7 +274,7 @@ pub async fn attach(
         // A veth uplink's frames arrive as skbs from its LAN-side peer:
         // veth's XDP would first copy each into an xdp_buff (measured:
         // slower than TC alone, bench/ uplink rows), so TC switches them.
-        let xdp = (flags & PORT_F_NO_XDP_TX == 0).then_some(br.xdp_prog_id);
+        let xdp = (flags & PORT_F_NO_XDP_TX == 0 && !tc_only).then_some(br.xdp_prog_id);
         hook(net, &link, xdp, tc_id).await?;
         if uplink {
             let id = tc_out_id
