@@ -8,6 +8,8 @@
 //! rows and deleted right after, also on error. The contenders take turns
 //! (interleaved repetitions, the order rotating every repetition), so slow
 //! drifts of the machine's load hit them all alike.
+mod guests;
+mod nat;
 mod report;
 mod tap;
 mod topo;
@@ -27,7 +29,7 @@ use serde_json::json;
 use crate::{
     report::{Check, Goal, Results, RowDef},
     tap::{BROADCAST, TapMode, gen_mac, sink_mac, udp_frame},
-    topo::{Contender, Topo, Uplink},
+    topo::{Contender, Topo},
     traffic::{GenSpec, Job, Outcome, SinkSpec},
 };
 
@@ -177,8 +179,8 @@ fn run(args: Args) -> Result<()> {
                     "scale" => scale(&cfg, &p, &mut res),
                     "fdb" => fdb(&cfg, &p, &mut res),
                     "uplink" => uplink(&cfg, &p, &mut res),
-                    "nat" => nat(&cfg, &p, &mut res),
-                    "guests" => guests(&cfg, &p, &mut res),
+                    "nat" => nat::run(&cfg, &p, &mut res),
+                    "guests" => guests::run(&cfg, &p, &mut res),
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -489,74 +491,8 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
             None,
         ));
     }
-    for (id, up) in [
-        ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
-        ("nat_64_veth", "veth uplink to a LAN namespace"),
-    ] {
-        res.define(row(
-            id,
-            "nat",
-            &format!("NAT: 64 B UDP guest→LAN, 1 flow, {up}"),
-            "kpps",
-            true,
-            Some(Goal {
-                text: "≥ 3× kernel (iptables MASQUERADE)",
-                checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
-            }),
-        ));
-        res.define(row(
-            &format!("{id}_cpu"),
-            "nat",
-            &format!("NAT, {up}: CPU per datagram (guest writer + LAN reader threads)"),
-            "µs",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("{id}_sys"),
-            "nat",
-            &format!("NAT, {up}: machine CPU per datagram (/proc/stat, other load included)"),
-            "µs",
-            false,
-            None,
-        ));
-    }
-    for (tr, goal_rate, goal_cpu) in [
-        ("legacy", None, None),
-        (
-            "vector",
-            Some(Goal {
-                text: "not slower: ≥ 1.0× kernel",
-                checks: vec![Check::RatioAtLeast(Kernel, 1.0)],
-            }),
-            Some(Goal {
-                text: "less host CPU than kernel: < 1.0×",
-                checks: vec![Check::RatioAtMost(Kernel, 0.999)],
-            }),
-        ),
-    ] {
-        let what = if tr == "legacy" {
-            "legacy tuntap, one frame per read/write"
-        } else {
-            "vector transport, IFF_VNET_HDR with GSO"
-        };
-        res.define(row(
-            &format!("guest_tcp_{tr}"),
-            "guests",
-            &format!("UML guest→guest TCP (iperf3), {what}"),
-            "Gbit/s",
-            true,
-            goal_rate,
-        ));
-        res.define(row(
-            &format!("guest_cpu_{tr}"),
-            "guests",
-            &format!("UML guest→guest TCP, {tr}: host CPU per GB (guests included)"),
-            "CPU-s/GB",
-            false,
-            goal_cpu,
-        ));
-    }
+    nat::define_rows(cfg, res);
+    guests::define_rows(cfg, res);
     res.define(row(
         "cp_up",
         "control-plane",
@@ -1049,207 +985,6 @@ fn uplink(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
     }
     Ok(())
-}
-
-/// Guest → LAN through the masquerade, once with a tap as the uplink
-/// (like a NIC: umlbr may send XDP frames to it) and once with a veth to a
-/// LAN namespace (umlbr keeps a veth uplink on TC).
-fn nat(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
-    if p.contender == Contender::Ceiling {
-        return Ok(());
-    }
-    nat_row(cfg, p, res, Uplink::Tap, "nat_64")?;
-    check_interrupted()?;
-    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth")
-}
-
-/// A writer on tap0 (192.168.2.10; it first asks for the gateway's MAC,
-/// as a guest would) sends 64 B UDP datagrams to 10.99.0.2:9 through the
-/// gateway br0. Counted where they leave: a reader on the uplink tap, or
-/// a UDP socket in the LAN namespace (recvmmsg, 64 at a time).
-fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str) -> Result<()> {
-    let c = p.contender;
-    let topo = Topo::nat(c, 1, uplink, &cfg.umlbr)?;
-    let gw = topo.gw_mac.context("no gateway MAC")?;
-    let sink = match &topo.lan {
-        Some(lan) => SinkSpec {
-            tap: String::new(),
-            mac: [0; 6],
-            vnet_hdr: false,
-            cpu: cfg.cpus.map(|n| 1 % n),
-            udp: Some((lan.name.clone(), tap::UDP_SINK_PORT)),
-            packet_ns: None,
-        },
-        None => SinkSpec {
-            tap: "up0".into(),
-            mac: topo::NAT_LAN_MAC,
-            vnet_hdr: false,
-            cpu: cfg.cpus.map(|n| 1 % n),
-            udp: None,
-            packet_ns: None,
-        },
-    };
-    let job = Job {
-        netns: topo.ns.name.clone(),
-        gens: vec![GenSpec {
-            tap: topo.taps[0].clone(),
-            frame: tap::udp_frame_ip(
-                gw,
-                gen_mac(0),
-                topo::NAT_GUEST,
-                topo::NAT_LAN_HOST,
-                10_000,
-                64,
-            ),
-            mode: TapMode::default(),
-            cpu: cfg.cpus.map(|_| 0),
-            // Who has the gateway's address? The reply (from br0) is what
-            // teaches the switch where the gateway's MAC is.
-            hello: Some(
-                umlbr_tests::wire::Frame::new(tap::BROADCAST, gen_mac(0))
-                    .arp_request(topo::NAT_GUEST, topo::NAT_GW_IP)
-                    .pad_min()
-                    .build(),
-            ),
-            packet_ns: None,
-        }],
-        sinks: vec![sink],
-        warmup: cfg.warmup,
-        window: cfg.window,
-        probe: true,
-    };
-    let n0 = topo.nat_counters()?;
-    let what = match uplink {
-        Uplink::Tap => "NAT 64 B UDP guest→LAN (tap uplink)",
-        Uplink::Veth => "NAT 64 B UDP guest→LAN (veth uplink)",
-    };
-    let o = traffic::run(&job).context(what)?;
-    p.say(what, &describe(&topo, &o));
-    res.add(row, c, o.delivered_pps() / 1e3);
-    res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
-    res.add(&format!("{row}_sys"), c, o.sys_us_per_frame());
-    if c.is_umlbr() {
-        let n1 = topo.nat_counters()?;
-        if std::env::var_os("BENCH_DEBUG").is_some() {
-            eprintln!("bench: NAT counters before {n0} after {n1}");
-            eprintln!("{}", topo.umlbr_out(&["stats", topo::BRIDGE])?.0);
-        }
-        let d = |k: &str| {
-            n1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(n0[k].as_u64().unwrap_or(0))
-        };
-        let (x, t, slow) = (d("out_xdp"), d("out_tc"), d("slow_path"));
-        let total = (x + t).max(1) as f64;
-        res.note(
-            row,
-            format!(
-                "{}: translated by XDP {:.1}% / TC {:.1}%{}",
-                c.as_str(),
-                100.0 * x as f64 / total,
-                100.0 * t as f64 / total,
-                if slow > 0 {
-                    format!(", slow path {slow}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
-    }
-    Ok(())
-}
-
-/// Two real User Mode Linux guests on the contender's bridge, iperf3 from
-/// one to the other: once with the legacy tuntap transport, once with the
-/// vector transport (GSO), each pair on taps of its own. Host CPU is the
-/// whole machine's busy time while iperf3 runs (the guests are host
-/// processes, and they account for most of it).
-fn guests(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
-    use umlbr_tests::uml::{Guest, GuestSpec, Transport};
-    let c = p.contender;
-    if c == Contender::Ceiling {
-        return Ok(());
-    }
-    let topo = Topo::new(c, 4, &[], &cfg.umlbr)?;
-    for (tr, taps, name) in [
-        (Transport::Legacy, [0, 1], "legacy"),
-        (Transport::Vector, [2, 3], "vector"),
-    ] {
-        check_interrupted()?;
-        let specs: Vec<GuestSpec> = taps
-            .iter()
-            .map(|&t| {
-                GuestSpec::new(
-                    &format!("bench{t}"),
-                    tr,
-                    &topo.taps[t],
-                    &format!("02:b3:00:00:00:{:02x}", t + 2),
-                    &format!("192.168.2.{}/24", t + 2),
-                )
-            })
-            .collect();
-        let t0 = Instant::now();
-        let mut gs = Guest::boot_all(&topo.ns.name, &specs)
-            .with_context(|| format!("booting two {name} guests"))?;
-        let boot_s = t0.elapsed().as_secs_f64();
-        let r = iperf(&gs[0], &gs[1], cfg.iperf_secs);
-        for g in &mut gs {
-            g.halt();
-        }
-        let (gbps, bytes, cpu_s) = r.with_context(|| format!("iperf3 between {name} guests"))?;
-        let cpu_per_gb = cpu_s / (bytes / 1e9);
-        p.say(
-            &format!("UML {name} guests, iperf3 TCP"),
-            &format!("{gbps:.2} Gbit/s, {cpu_per_gb:.2} host CPU-s/GB (boot {boot_s:.1} s)"),
-        );
-        res.add(&format!("guest_tcp_{name}"), c, gbps);
-        res.add(&format!("guest_cpu_{name}"), c, cpu_per_gb);
-    }
-    Ok(())
-}
-
-/// iperf3 from `client` to `server` for `secs`: the receiver's Gbit/s and
-/// bytes, and the machine's busy CPU seconds meanwhile.
-fn iperf(
-    client: &umlbr_tests::uml::Guest,
-    server: &umlbr_tests::uml::Guest,
-    secs: u32,
-) -> Result<(f64, f64, f64)> {
-    let srv = server.spawn("exec iperf3 -s -1 --forceflush")?;
-    srv.wait_output("Server listening", Duration::from_secs(20))?;
-    let busy0 = traffic::proc_stat_busy()?;
-    let (rc, out) = client.run_timeout(
-        &format!("iperf3 -c {} -t {secs} -f g", server.ip),
-        Duration::from_secs(secs as u64 + 40),
-    )?;
-    let busy = traffic::proc_stat_busy()? - busy0;
-    let _ = srv.wait(Duration::from_secs(10));
-    if rc != 0 {
-        bail!("iperf3 exited {rc}: {out}");
-    }
-    // "[  5]   0.00-3.00   sec  1.85 GBytes  5.29 Gbits/sec   receiver"
-    let line = out
-        .lines()
-        .find(|l| l.contains("receiver"))
-        .with_context(|| format!("no receiver line in iperf3's output: {out}"))?;
-    let w: Vec<&str> = line.split_whitespace().collect();
-    let before = |unit: &str| -> Option<f64> {
-        let i = w.iter().position(|x| *x == unit)?;
-        w.get(i.checked_sub(1)?)?.parse().ok()
-    };
-    let gbps = before("Gbits/sec").context("no Gbits/sec in iperf3's receiver line")?;
-    // iperf3's transfer units are powers of 1024, whatever -f says.
-    let bytes = [
-        ("GBytes", 1u64 << 30),
-        ("MBytes", 1 << 20),
-        ("KBytes", 1 << 10),
-        ("Bytes", 1),
-    ]
-    .iter()
-    .find_map(|&(u, m)| before(u).map(|v| v * m as f64))
-    .context("no transfer in iperf3's receiver line")?;
-    Ok((gbps, bytes, busy))
 }
 
 fn loadavg() -> String {

@@ -43,7 +43,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if args.quick { " --quick" } else { "" }
     ));
     let mut c = Command::new(&bench);
-    c.arg("--umlbr").arg(&umlbr).arg("--out").arg(&out);
+    c.arg("--umlbr").arg(&umlbr);
+    // A caller's own --out (after `--`) wins over bench/results.
+    if !args
+        .bench_args
+        .iter()
+        .any(|a| a == "--out" || a.starts_with("--out="))
+    {
+        c.arg("--out").arg(&out);
+    }
     if args.quick {
         c.arg("--quick");
     }
