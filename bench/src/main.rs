@@ -8,6 +8,7 @@
 //! rows and deleted right after, also on error. The contenders take turns
 //! (interleaved repetitions, the order rotating every repetition), so slow
 //! drifts of the machine's load hit them all alike.
+mod gso;
 mod guests;
 mod nat;
 mod report;
@@ -92,13 +93,14 @@ struct Cfg {
     cpus: Option<usize>,
 }
 
-const GROUPS: [&str; 7] = [
+const GROUPS: [&str; 8] = [
     "tap-to-tap",
     "flooding",
     "scale",
     "fdb",
     "uplink",
     "nat",
+    "gso",
     "guests",
 ];
 
@@ -180,6 +182,7 @@ fn run(args: Args) -> Result<()> {
                     "fdb" => fdb(&cfg, &p, &mut res),
                     "uplink" => uplink(&cfg, &p, &mut res),
                     "nat" => nat::run(&cfg, &p, &mut res),
+                    "gso" => gso::run(&cfg, &p, &mut res),
                     "guests" => guests::run(&cfg, &p, &mut res),
                     _ => Ok(()),
                 };
@@ -492,6 +495,7 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
         ));
     }
     nat::define_rows(cfg, res);
+    gso::define_rows(cfg, res);
     guests::define_rows(cfg, res);
     res.define(row(
         "cp_up",

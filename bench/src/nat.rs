@@ -1,14 +1,26 @@
 //! The nat group: guests behind the masquerade, umlbr against iptables
 //! MASQUERADE on a Linux bridge.
-use anyhow::{Context, Result};
+use std::{path::Path, process::Stdio, time::Instant};
+
+use anyhow::{Context, Result, bail};
 
 use crate::{
     Cfg, Progress, check_interrupted, describe,
     report::{Check, Goal, Results, RowDef},
     tap::{self, TapMode, gen_mac},
     topo::{self, Contender, Topo, Uplink},
-    traffic::{self, GenSpec, Job, SinkSpec},
+    traffic::{self, GenSpec, Job, Outcome, SinkSpec},
 };
+
+/// Flows of the NAT table rows.
+const TABLE_FLOWS: u32 = 100_000;
+/// Destination ports the fill spreads its flows over (20000..20000+N):
+/// the inbound key holds the remote port, so each remote port has the
+/// whole port range to itself. umlbr's default range is what lies above
+/// the host's ip_local_port_range: 61000-65535 here, 4 536 ports; with
+/// 100 remote ports a flow's 16 random probes meet at most 22% taken
+/// ports (1 000 flows each), so they always find one.
+const TABLE_DPORTS: u32 = 100;
 
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
@@ -53,6 +65,65 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
             None,
         ));
     }
+    let n = crate::fmt_count(TABLE_FLOWS);
+    let up = "tap uplink";
+    res.define(row(
+        "nat_table_pps",
+        "nat",
+        &format!("NAT: 64 B UDP guest→LAN, 1 flow, {up}, with {n} live flows in the table"),
+        "kpps",
+        true,
+        None,
+    ));
+    res.define(row(
+        "nat_table_ratio",
+        "nat",
+        &format!("NAT, {up}: 64 B 1 flow with {n} live flows vs a nearly empty table"),
+        "×",
+        true,
+        Some(Goal {
+            text: "lookup cost unchanged: umlbr ≥ 0.9",
+            checks: vec![Check::UmlbrAtLeast(0.9)],
+        }),
+    ));
+    res.define(row(
+        "nat_table_cost",
+        "nat",
+        &format!(
+            "NAT, {up}: guest writer's CPU per datagram sent (write() and translation) with \
+             {n} live flows vs a nearly empty table"
+        ),
+        "×",
+        false,
+        None,
+    ));
+    res.define(row(
+        "nat_table_flows",
+        "nat",
+        &format!(
+            "live flows in the NAT table after {n} new guest flows \
+             (`umlbr nat show` rows / nf_conntrack_count)"
+        ),
+        "flows",
+        true,
+        None,
+    ));
+    res.define(row(
+        "nat_table_fill",
+        "nat",
+        &format!("new NAT flows set up per second, {n} from the guest's tap (one datagram each)"),
+        "kflows/s",
+        true,
+        None,
+    ));
+    res.define(row(
+        "nat_table_show",
+        "nat",
+        &format!("list {n} NAT flows (`umlbr nat show --json` / `conntrack -L`, wall time)"),
+        "s",
+        false,
+        None,
+    ));
 }
 
 /// Guest → LAN through the masquerade, once with a tap as the uplink
@@ -62,16 +133,29 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     if p.contender == Contender::Ceiling {
         return Ok(());
     }
-    nat_row(cfg, p, res, Uplink::Tap, "nat_64")?;
+    // The 100 000-flow table: kernel and umlbr only in --quick, like the
+    // FDB rows.
+    let table = !cfg.quick || matches!(p.contender, Contender::Kernel | Contender::Umlbr);
+    nat_row(cfg, p, res, Uplink::Tap, "nat_64", table)?;
     check_interrupted()?;
-    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth")
+    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)
 }
 
 /// A writer on tap0 (192.168.2.10; it first asks for the gateway's MAC,
 /// as a guest would) sends 64 B UDP datagrams to 10.99.0.2:9 through the
 /// gateway br0. Counted where they leave: a reader on the uplink tap, or
 /// a UDP socket in the LAN namespace (recvmmsg, 64 at a time).
-fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str) -> Result<()> {
+///
+/// With `table`, then fill the NAT table with [`TABLE_FLOWS`] more flows
+/// and measure again (see [`nat_table`]).
+fn nat_row(
+    cfg: &Cfg,
+    p: &Progress,
+    res: &mut Results,
+    uplink: Uplink,
+    row: &str,
+    table: bool,
+) -> Result<()> {
     let c = p.contender;
     let topo = Topo::nat(c, 1, uplink, &cfg.umlbr)?;
     let gw = topo.gw_mac.context("no gateway MAC")?;
@@ -132,6 +216,17 @@ fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str
     res.add(row, c, o.delivered_pps() / 1e3);
     res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
     res.add(&format!("{row}_sys"), c, o.sys_us_per_frame());
+    note_paths(res, &topo, row, &n0)?;
+    if table {
+        check_interrupted()?;
+        nat_table(cfg, p, res, &topo, &job, &o)?;
+    }
+    Ok(())
+}
+
+/// Note which path translated the frames since the counters `n0`.
+fn note_paths(res: &mut Results, topo: &Topo, row: &str, n0: &serde_json::Value) -> Result<()> {
+    let c = topo.contender;
     if c.is_umlbr() {
         let n1 = topo.nat_counters()?;
         if std::env::var_os("BENCH_DEBUG").is_some() {
@@ -162,4 +257,217 @@ fn nat_row(cfg: &Cfg, p: &Progress, res: &mut Results, uplink: Uplink, row: &str
         );
     }
     Ok(())
+}
+
+/// The NAT table with [`TABLE_FLOWS`] live flows: after the nearly empty
+/// table's measurement `pre` (of `job`, one flow), the guest's tap sends
+/// one datagram of each of 100 000 new flows (192.168.2.10, source ports
+/// 1024..2023, to 10.99.0.2 ports 20000..20099) as fast as the tap takes
+/// them; then how many flows the table holds and how long listing them
+/// takes, and the same one-flow rate again.
+fn nat_table(
+    cfg: &Cfg,
+    p: &Progress,
+    res: &mut Results,
+    topo: &Topo,
+    job: &Job,
+    pre: &Outcome,
+) -> Result<()> {
+    let c = p.contender;
+    let gw = topo.gw_mac.context("no gateway MAC")?;
+    // conntrack's limit is the whole machine's (the table is per
+    // namespace, the maximum is not): make room if it is too small.
+    let _ct_max = match c {
+        Contender::Kernel | Contender::KernelTuned => {
+            Some(CtMax::at_least(TABLE_FLOWS as u64 * 5 / 4 + 10_000)?)
+        }
+        _ => None,
+    };
+    let frames: Vec<Vec<u8>> = (0..TABLE_FLOWS)
+        .map(|i| {
+            tap::udp_frame_ports(
+                gw,
+                gen_mac(0),
+                topo::NAT_GUEST,
+                topo::NAT_LAN_HOST,
+                (1024 + i / TABLE_DPORTS) as u16,
+                (20_000 + i % TABLE_DPORTS) as u16,
+                64,
+            )
+        })
+        .collect();
+    // Where up0 is a tap, hold it open so that its carrier is up (as in
+    // the measurements, where its reader plays the wire).
+    let hold: Vec<String> = if topo.lan.is_none() {
+        vec!["up0".into()]
+    } else {
+        Vec::new()
+    };
+    let n0 = topo.nat_counters()?;
+    let took = traffic::fill_frames(&topo.ns.name, &topo.taps[0], frames, &hold)
+        .context("filling the NAT table")?;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!(
+            "{}",
+            topo.ns.sh("ip -s link show tap0; ip -s link show up0; \
+                 head -3 /proc/net/stat/nf_conntrack || true")?
+        );
+    }
+    let (flows, show_s) = table_size(topo)?;
+    let n = crate::fmt_count(TABLE_FLOWS);
+    p.say(
+        &format!("NAT table fill with {n} flows"),
+        &format!(
+            "written in {:.2} s ({:.0} kflows/s); {flows} live flows{}",
+            took.as_secs_f64(),
+            TABLE_FLOWS as f64 / took.as_secs_f64() / 1e3,
+            match show_s {
+                Some(s) => format!(", listed in {s:.2} s"),
+                None => ", not listed (no conntrack tool)".into(),
+            }
+        ),
+    );
+    res.add("nat_table_flows", c, flows as f64);
+    res.add(
+        "nat_table_fill",
+        c,
+        TABLE_FLOWS as f64 / took.as_secs_f64() / 1e3,
+    );
+    match show_s {
+        Some(s) => res.add("nat_table_show", c, s),
+        None => res.note(
+            "nat_table_show",
+            format!(
+                "{}: conntrack(8) is not installed, so no listing time",
+                c.as_str()
+            ),
+        ),
+    }
+    if c.is_umlbr() {
+        let n1 = topo.nat_counters()?;
+        let d = |k: &str| {
+            n1[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(n0[k].as_u64().unwrap_or(0))
+        };
+        if d("alloc_fail") > 0 || d("slow_path") > 0 {
+            res.note(
+                "nat_table_flows",
+                format!(
+                    "{}: the fill found no free port {} times, left {} to the slow path",
+                    c.as_str(),
+                    d("alloc_fail"),
+                    d("slow_path")
+                ),
+            );
+        }
+    }
+    check_interrupted()?;
+    let n0 = topo.nat_counters()?;
+    let what = format!("NAT 64 B UDP, {n} flows in the table");
+    let post = traffic::run(job).context(what.clone())?;
+    p.say(&what, &describe(topo, &post));
+    res.add("nat_table_pps", c, post.delivered_pps() / 1e3);
+    if pre.delivered_pps() > 0.0 {
+        res.add(
+            "nat_table_ratio",
+            c,
+            post.delivered_pps() / pre.delivered_pps(),
+        );
+    }
+    // Where the lookups happen (the writer's write()), unaffected by how
+    // much CPU the reader gets.
+    if pre.sent > 0 && post.sent > 0 && pre.gen_cpu_s > 0.0 {
+        res.add(
+            "nat_table_cost",
+            c,
+            (post.gen_cpu_s / post.sent as f64) / (pre.gen_cpu_s / pre.sent as f64),
+        );
+    }
+    note_paths(res, topo, "nat_table_pps", &n0)?;
+    let _ = cfg;
+    Ok(())
+}
+
+/// Live flows in the contender's NAT table, and the wall time of listing
+/// them (None: the kernel's, with no conntrack tool to list them).
+fn table_size(topo: &Topo) -> Result<(u64, Option<f64>)> {
+    if topo.contender.is_umlbr() {
+        let (out, s) = topo.umlbr_out(&["nat", "show", topo::BRIDGE, "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("parsing umlbr nat show")?;
+        let n = v
+            .as_array()
+            .context("umlbr nat show --json: not an array")?
+            .len();
+        return Ok((n as u64, Some(s)));
+    }
+    let count = topo
+        .ns
+        .sh("cat /proc/sys/net/netfilter/nf_conntrack_count")?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .with_context(|| format!("nf_conntrack_count: {count:?}"))?;
+    if !has_conntrack_tool() {
+        return Ok((count, None));
+    }
+    let t0 = Instant::now();
+    let out = topo
+        .ns
+        .cmd("conntrack")
+        .arg("-L")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("running conntrack -L")?;
+    let s = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("conntrack -L failed ({})", out.status);
+    }
+    Ok((count, Some(s)))
+}
+
+fn has_conntrack_tool() -> bool {
+    [
+        "/usr/sbin/conntrack",
+        "/sbin/conntrack",
+        "/usr/bin/conntrack",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
+}
+
+/// net.netfilter.nf_conntrack_max raised for a while (it is global),
+/// restored on drop.
+struct CtMax {
+    old: Option<u64>,
+}
+
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl CtMax {
+    fn at_least(want: u64) -> Result<CtMax> {
+        let s = std::fs::read_to_string(CT_MAX).with_context(|| format!("reading {CT_MAX}"))?;
+        let old: u64 = s
+            .trim()
+            .parse()
+            .with_context(|| format!("{CT_MAX}: {s:?}"))?;
+        if old >= want {
+            return Ok(CtMax { old: None });
+        }
+        std::fs::write(CT_MAX, want.to_string()).with_context(|| format!("writing {CT_MAX}"))?;
+        eprintln!("bench: raised nf_conntrack_max from {old} to {want} for the NAT table rows");
+        Ok(CtMax { old: Some(old) })
+    }
+}
+
+impl Drop for CtMax {
+    fn drop(&mut self) {
+        if let Some(old) = self.old
+            && let Err(e) = std::fs::write(CT_MAX, old.to_string())
+        {
+            eprintln!("bench: could not restore nf_conntrack_max to {old}: {e}");
+        }
+    }
 }

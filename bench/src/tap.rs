@@ -168,6 +168,20 @@ impl Tap {
         Ok(Some(n as usize))
     }
 
+    /// TUNSETOFFLOAD: the offloads this reader takes (`TUN_F_*`), as a
+    /// virtio guest's tap transport announces them. With TUN_F_CSUM and
+    /// TUN_F_TSO4 the tap has TSO, so the stack hands it GSO frames whole
+    /// (a vnet_hdr reader gets them with their GSO header); without, the
+    /// stack segments them before the tap.
+    pub fn set_offload(&self, flags: u32) -> Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes an unsigned int by value.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error()).context("TUNSETOFFLOAD");
+        }
+        Ok(())
+    }
+
     /// Wait until a frame is readable or `timeout` passes.
     pub fn wait_readable(&self, timeout: Duration) -> bool {
         let mut pfd = libc::pollfd {
@@ -180,6 +194,13 @@ impl Tap {
         rc > 0
     }
 }
+
+/// `_IOW('T', 208, unsigned int)` (include/uapi/linux/if_tun.h), and its
+/// flags.
+const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
 
 /// Enter the network namespace `name` (this thread only).
 pub fn enter_netns(name: &str) -> Result<()> {
@@ -210,16 +231,81 @@ pub fn fill_mac(i: u32) -> Mac {
 pub const BROADCAST: Mac = [0xff; 6];
 
 /// Whether a received frame (without vnet header) is one of ours: an
-/// IPv4 UDP datagram to the sink port, as every generator sends (also
-/// after a masquerade rewrote its source).
+/// IPv4 UDP datagram (or, from the GSO rows, a TCP segment) to the sink
+/// port, as every generator sends (also after a masquerade rewrote its
+/// source).
 #[inline]
 pub fn is_bench_frame(f: &[u8]) -> bool {
     f.len() >= 38
         && f[12] == 0x08
         && f[13] == 0x00
         && f[14] == 0x45
-        && f[23] == 17
+        && (f[23] == 17 || f[23] == 6)
         && u16::from_be_bytes([f[36], f[37]]) == UDP_SINK_PORT
+}
+
+/// The L4 payload bytes of a bench frame (see [`is_bench_frame`]): the
+/// TCP or UDP payload as the IPv4 header's total length gives it, so a
+/// GSO super-frame counts all of its segments' data.
+#[inline]
+pub fn bench_payload(f: &[u8]) -> u64 {
+    let tot = (u16::from_be_bytes([f[16], f[17]]) as usize).min(f.len() - 14);
+    let l4 = if f[23] == 6 {
+        match f.get(14 + 20 + 12) {
+            Some(d) => ((d >> 4) as usize) * 4,
+            None => return 0,
+        }
+    } else {
+        8
+    };
+    tot.saturating_sub(20 + l4) as u64
+}
+
+/// `struct virtio_net_hdr` flags and GSO types (include/uapi/linux/virtio_net.h).
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+
+/// A TCP "super-frame" as a virtio guest with TSO hands it to its tap
+/// (IFF_VNET_HDR), the vnet header included: a 10-byte virtio_net_hdr
+/// (NEEDS_CSUM with csum_start/csum_offset at the TCP checksum, gso_type
+/// TCPV4, gso_size `mss`, hdr_len of the Ethernet/IPv4/TCP headers) and
+/// one Ethernet/IPv4/TCP frame carrying `segs` × `mss` bytes of payload,
+/// whose TCP checksum field holds the pseudo-header sum (not
+/// complemented), for the "device" to finish per segment. The headers are
+/// little-endian, as tun expects by default on this host. Sent to port 9
+/// (so [`is_bench_frame`] knows it), with ACK|PSH.
+pub fn gso_tcp_frame(
+    dst: Mac,
+    src: Mac,
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    mss: u16,
+    segs: usize,
+) -> Vec<u8> {
+    use umlbr_tests::wire::{TcpHeader, ipproto, pseudo_header_sum, tcp_flags};
+    let payload: Vec<u8> = (0..mss as usize * segs).map(|i| i as u8).collect();
+    let h = TcpHeader::new(20_000, UDP_SINK_PORT, tcp_flags::ACK | tcp_flags::PSH);
+    let mut f = Frame::new(dst, src)
+        .tcp(src_ip, dst_ip, &h, &payload)
+        .build();
+    const L4: usize = 14 + 20;
+    let tcp_len = (f.len() - L4) as u16;
+    let mut sum = pseudo_header_sum(src_ip, dst_ip, ipproto::TCP, tcp_len);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[L4 + 16..L4 + 18].copy_from_slice(&(sum as u16).to_be_bytes());
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4;
+    hdr[2..4].copy_from_slice(&((L4 + 20) as u16).to_le_bytes()); // hdr_len
+    hdr[4..6].copy_from_slice(&mss.to_le_bytes()); // gso_size
+    hdr[6..8].copy_from_slice(&(L4 as u16).to_le_bytes()); // csum_start
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    let mut v = Vec::with_capacity(VNET_HDR_LEN + f.len());
+    v.extend_from_slice(&hdr);
+    v.extend_from_slice(&f);
+    v
 }
 
 /// An Ethernet/IPv4/UDP frame of exactly `len` bytes (Ethernet header
@@ -246,11 +332,24 @@ pub fn udp_frame_ip(
     sport: u16,
     len: usize,
 ) -> Vec<u8> {
+    udp_frame_ports(dst, src, src_ip, dst_ip, sport, UDP_SINK_PORT, len)
+}
+
+/// The same from `src_ip`:`sport` to `dst_ip`:`dport`.
+pub fn udp_frame_ports(
+    dst: Mac,
+    src: Mac,
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    len: usize,
+) -> Vec<u8> {
     const HDRS: usize = 14 + 20 + 8;
     let data_len = len.max(60).saturating_sub(HDRS);
     let data: Vec<u8> = (0..data_len).map(|i| i as u8).collect();
     Frame::new(dst, src)
-        .udp(src_ip, sport, dst_ip, UDP_SINK_PORT, &data)
+        .udp(src_ip, sport, dst_ip, dport, &data)
         .pad_to(len)
         .build()
 }
@@ -303,6 +402,30 @@ mod tests {
             assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum");
             assert!(is_bench_frame(&f));
         }
+        let g = gso_tcp_frame(
+            sink_mac(1),
+            gen_mac(0),
+            Ipv4Addr::new(192, 168, 2, 10),
+            Ipv4Addr::new(192, 168, 2, 11),
+            1448,
+            44,
+        );
+        let f = &g[VNET_HDR_LEN..];
+        assert!(is_bench_frame(f));
+        assert_eq!(bench_payload(f), 1448 * 44);
+        assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum");
+        assert_eq!(u16::from_le_bytes([g[6], g[7]]), 34, "csum_start");
+        // Finishing the checksum as a device would gives a valid segment.
+        let mut t = f[34..].to_vec();
+        let c = checksum(&t);
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        let ph = umlbr_tests::wire::pseudo_header_sum(
+            Ipv4Addr::new(192, 168, 2, 10),
+            Ipv4Addr::new(192, 168, 2, 11),
+            6,
+            t.len() as u16,
+        );
+        assert_eq!(umlbr_tests::wire::checksum_with(ph, &t), 0);
         let hello = Frame::new(BROADCAST, sink_mac(0)).pad_min().build();
         assert!(!is_bench_frame(&hello));
         assert_eq!(

@@ -68,6 +68,12 @@ pub struct Outcome {
     pub send_errors: u64,
     /// Our frames read by each sink.
     pub received: Vec<u64>,
+    /// Their L4 payload bytes (TCP or UDP data; a GSO frame counts all
+    /// of its segments), per sink.
+    pub received_bytes: Vec<u64>,
+    /// Frames read with a GSO virtio_net_hdr (gso_type set), all sinks:
+    /// super-frames the kernel delivered whole to a vnet_hdr reader.
+    pub received_gso: u64,
     /// CPU time of the generator threads, and of the sink threads.
     pub gen_cpu_s: f64,
     pub sink_cpu_s: f64,
@@ -93,6 +99,9 @@ impl Outcome {
     pub fn sys_us_per_frame(&self) -> f64 {
         per_frame(self.sys_busy_s, self.delivered())
     }
+    pub fn delivered_bytes(&self) -> u64 {
+        self.received_bytes.iter().sum()
+    }
 }
 
 fn per_frame(cpu_s: f64, frames: u64) -> f64 {
@@ -114,6 +123,9 @@ const PH_STOP: u8 = 3;
 struct Counter {
     frames: AtomicU64,
     errors: AtomicU64,
+    /// Sinks: payload bytes, and frames with a GSO vnet header.
+    bytes: AtomicU64,
+    gso: AtomicU64,
 }
 
 struct Shared {
@@ -124,9 +136,27 @@ struct Shared {
     sinks: Vec<Counter>,
 }
 
+/// How [`run_with`] treats a job's frames.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOpts {
+    /// The generators' frames are written as they are: with IFF_VNET_HDR
+    /// they already carry their own virtio_net_hdr (e.g. a GSO one, see
+    /// `tap::gso_tcp_frame`) instead of a zero one put in front.
+    pub raw_frames: bool,
+    /// Readers with IFF_VNET_HDR announce checksum and TSO offloads
+    /// (TUNSETOFFLOAD CSUM|TSO4|TSO6) like a virtio guest's transport:
+    /// they may then get GSO frames whole.
+    pub sink_offload: bool,
+}
+
 /// Run one job: open every tap in its own thread, prime learning, probe,
 /// then measure a window.
 pub fn run(job: &Job) -> Result<Outcome> {
+    run_with(job, RunOpts::default())
+}
+
+/// [`run`], with options.
+pub fn run_with(job: &Job, opts: RunOpts) -> Result<Outcome> {
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(PH_SETUP),
         failed: AtomicBool::new(false),
@@ -141,7 +171,7 @@ pub fn run(job: &Job) -> Result<Outcome> {
         handles.push(
             std::thread::Builder::new()
                 .name(format!("sink{i}"))
-                .spawn(move || sink(&ns, &s, i, &sh, &ready))
+                .spawn(move || sink(&ns, &s, i, &sh, &ready, opts))
                 .context("spawning a sink thread")?,
         );
     }
@@ -150,7 +180,7 @@ pub fn run(job: &Job) -> Result<Outcome> {
         handles.push(
             std::thread::Builder::new()
                 .name(format!("gen{i}"))
-                .spawn(move || generator(&ns, &g, i, &sh, &ready))
+                .spawn(move || generator(&ns, &g, i, &sh, &ready, opts))
                 .context("spawning a generator thread")?,
         );
     }
@@ -215,10 +245,16 @@ fn measure(
                 )
             })
             .collect();
-        let s: Vec<u64> = shared
+        let s: Vec<(u64, u64, u64)> = shared
             .sinks
             .iter()
-            .map(|c| c.frames.load(Ordering::Relaxed))
+            .map(|c| {
+                (
+                    c.frames.load(Ordering::Relaxed),
+                    c.bytes.load(Ordering::Relaxed),
+                    c.gso.load(Ordering::Relaxed),
+                )
+            })
             .collect();
         (c, g, s)
     };
@@ -237,7 +273,9 @@ fn measure(
         secs,
         sent: g0.iter().zip(&g1).map(|(a, b)| b.0 - a.0).sum(),
         send_errors: g0.iter().zip(&g1).map(|(a, b)| b.1 - a.1).sum(),
-        received: s0.iter().zip(&s1).map(|(a, b)| b - a).collect(),
+        received: s0.iter().zip(&s1).map(|(a, b)| b.0 - a.0).collect(),
+        received_bytes: s0.iter().zip(&s1).map(|(a, b)| b.1 - a.1).collect(),
+        received_gso: s0.iter().zip(&s1).map(|(a, b)| b.2 - a.2).sum(),
         gen_cpu_s,
         sink_cpu_s,
         sys_busy_s: stat1 - stat0,
@@ -330,13 +368,24 @@ fn open_ready(
     opened
 }
 
-fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -> Result<()> {
+fn generator(
+    netns: &str,
+    g: &GenSpec,
+    i: usize,
+    sh: &Shared,
+    ready: &Barrier,
+    opts: RunOpts,
+) -> Result<()> {
     if let Err(e) = pin(g.cpu) {
         eprintln!("bench: {e:#}");
     }
     let tap = open_ready(netns, &g.tap, g.mode, g.packet_ns.as_deref(), sh, ready)
         .with_context(|| format!("generator on {}", g.tap))?;
-    let frame = wire_frame(&g.frame, g.mode);
+    let frame = if opts.raw_frames {
+        g.frame.clone()
+    } else {
+        wire_frame(&g.frame, g.mode)
+    };
     if let Some(h) = &g.hello {
         let _ = tap.write(&wire_frame(h, g.mode));
     }
@@ -355,9 +404,11 @@ fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -
     let (mut sent, mut errs) = (0u64, 0u64);
     loop {
         for _ in 0..64 {
+            // A short write is a failure too (nothing is, on a tap: it
+            // takes whole frames or none).
             match tap.write(&frame) {
-                Ok(_) => sent += 1,
-                Err(_) => errs += 1,
+                Ok(n) if n == frame.len() => sent += 1,
+                _ => errs += 1,
             }
         }
         c.frames.store(sent, Ordering::Relaxed);
@@ -369,7 +420,14 @@ fn generator(netns: &str, g: &GenSpec, i: usize, sh: &Shared, ready: &Barrier) -
     Ok(())
 }
 
-fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Result<()> {
+fn sink(
+    netns: &str,
+    s: &SinkSpec,
+    i: usize,
+    sh: &Shared,
+    ready: &Barrier,
+    opts: RunOpts,
+) -> Result<()> {
     if let Some((ns, port)) = &s.udp {
         if let Err(e) = pin(s.cpu) {
             eprintln!("bench: {e:#}");
@@ -393,6 +451,10 @@ fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Re
     }
     let tap = open_ready(netns, &s.tap, mode, s.packet_ns.as_deref(), sh, ready)
         .with_context(|| format!("sink on {}", s.tap))?;
+    if opts.sink_offload && s.vnet_hdr {
+        tap.set_offload(tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6)
+            .with_context(|| format!("sink on {}", s.tap))?;
+    }
     // The station announces itself so that the switch learns its MAC.
     let hello = wire_frame(
         &umlbr_tests::wire::Frame::new(tap::BROADCAST, s.mac)
@@ -404,23 +466,33 @@ fn sink(netns: &str, s: &SinkSpec, i: usize, sh: &Shared, ready: &Barrier) -> Re
     let mut last_hello = Instant::now();
     let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
     let c = &sh.sinks[i];
-    let mut n = 0u64;
+    let (mut n, mut bytes, mut gso) = (0u64, 0u64, 0u64);
     let mut batch = 0u32;
+    let store = |n, bytes, gso| {
+        c.bytes.store(bytes, Ordering::Relaxed);
+        c.gso.store(gso, Ordering::Relaxed);
+        c.frames.store(n, Ordering::Relaxed);
+    };
     loop {
         match tap.read(&mut buf)? {
             Some(len) => {
                 if len > skip && tap::is_bench_frame(&buf[skip..len]) {
                     n += 1;
+                    bytes += tap::bench_payload(&buf[skip..len]);
+                    // virtio_net_hdr.gso_type
+                    if skip > 0 && buf[1] != 0 {
+                        gso += 1;
+                    }
                     batch += 1;
                     if batch == 32 {
-                        c.frames.store(n, Ordering::Relaxed);
+                        store(n, bytes, gso);
                         batch = 0;
                     }
                 }
                 continue;
             }
             None => {
-                c.frames.store(n, Ordering::Relaxed);
+                store(n, bytes, gso);
                 batch = 0;
             }
         }
@@ -460,6 +532,42 @@ pub fn fill_fdb(netns: &str, tap_name: &str, dst: Mac, count: u32) -> Result<Dur
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the FDB fill thread panicked"))?
+}
+
+/// Write each of `frames` once through `tap_name` (non-blocking, as fast
+/// as the tap takes them; a failed write is retried), e.g. one datagram
+/// of each of 100 000 new flows to fill a NAT table. The taps in `hold`
+/// are opened (not read) meanwhile, so that their carrier is up and the
+/// frames switched to them are not refused before they reach the switch's
+/// tables. Returns the wall time of the writes.
+pub fn fill_frames(
+    netns: &str,
+    tap_name: &str,
+    frames: Vec<Vec<u8>>,
+    hold: &[String],
+) -> Result<Duration> {
+    let (netns, tap_name, hold) = (netns.to_string(), tap_name.to_string(), hold.to_vec());
+    std::thread::spawn(move || -> Result<Duration> {
+        let tap = open_in(&netns, &tap_name, TapMode::default())?;
+        let _held: Vec<Tap> = hold
+            .iter()
+            .map(|h| Tap::open(h, TapMode::default()))
+            .collect::<Result<_>>()?;
+        let t0 = Instant::now();
+        for f in &frames {
+            let mut tries = 0;
+            while tap.write(f).map(|n| n != f.len()).unwrap_or(true) {
+                tries += 1;
+                if tries > 1000 {
+                    bail!("writing to {tap_name} keeps failing");
+                }
+                std::thread::yield_now();
+            }
+        }
+        Ok(t0.elapsed())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fill thread panicked"))?
 }
 
 /// A UDP socket that counts datagrams, reading up to 64 per recvmmsg().

@@ -1,0 +1,244 @@
+//! The gso group: the tap generator acting like a virtio or vector guest
+//! with TSO: IFF_VNET_HDR and ~64 KB TCP super-frames (gso_type TCPV4,
+//! NEEDS_CSUM), tap0 → tap1.
+//!
+//! What it shows: tun builds such a frame as an skb (too big for its
+//! native XDP path, `tun_can_build_skb`), so a tap with umlbr's XDP
+//! program runs it through generic XDP, which copies the super-frame,
+//! before the program passes it on to TC; umlbr-tc (no XDP on the taps,
+//! like `umlbr attach TAP --tc-only`) skips that copy.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    Cfg, Progress, check_interrupted,
+    report::{Check, Goal, Results, RowDef},
+    tap::{self, TapMode, gen_mac, sink_mac},
+    topo::{Contender, Topo},
+    traffic::{self, GenSpec, Job, Outcome, RunOpts, SinkSpec},
+};
+
+/// The segment size a guest with a 1500 B MTU and no TCP options uses,
+/// and segments per super-frame: 44 × 1448 = 63 712 B of payload, a
+/// 63 766 B frame.
+const MSS: u16 = 1448;
+const SEGS: usize = 44;
+
+pub fn define_rows(cfg: &Cfg, res: &mut Results) {
+    let _ = cfg;
+    let row = |id: &str, name: String, unit, hib, goal| RowDef {
+        id: id.into(),
+        group: "gso",
+        name,
+        unit,
+        higher_is_better: hib,
+        goal,
+    };
+    let frame = crate::fmt_count((14 + 20 + 20 + MSS as usize * SEGS) as u32);
+    for (id, reader, goal) in [
+        (
+            "gso_tcp",
+            "reader with TSO offloads, like a virtio guest",
+            Some(Goal {
+                text: "not slower: ≥ 1.0× kernel",
+                checks: vec![Check::RatioAtLeast(Contender::Kernel, 1.0)],
+            }),
+        ),
+        ("gso_tcp_seg", "reader without offloads", None),
+    ] {
+        res.define(row(
+            id,
+            format!(
+                "TCP GSO super-frames tap→tap (IFF_VNET_HDR, {frame} B frames, gso_size {MSS}), \
+                 {reader}: TCP payload delivered"
+            ),
+            "Gbit/s",
+            true,
+            goal,
+        ));
+        res.define(row(
+            &format!("{id}_cpu"),
+            format!("TCP GSO tap→tap, {reader}: CPU per GB delivered (writer + reader threads)"),
+            "CPU-s/GB",
+            false,
+            None,
+        ));
+        res.define(row(
+            &format!("{id}_wcpu"),
+            format!(
+                "TCP GSO tap→tap, {reader}: writer CPU per super-frame written (write() and \
+                 switching: where generic XDP's copy would show)"
+            ),
+            "µs",
+            false,
+            None,
+        ));
+        res.define(row(
+            &format!("{id}_sys"),
+            format!(
+                "TCP GSO tap→tap, {reader}: machine CPU per GB delivered (/proc/stat, other load \
+                 included)"
+            ),
+            "CPU-s/GB",
+            false,
+            None,
+        ));
+    }
+}
+
+/// One writer on tap0 sends the same TCP super-frame (with its
+/// virtio_net_hdr) to the station on tap1 over and over; a reader with
+/// IFF_VNET_HDR on tap1 counts the TCP payload bytes that arrive, whole
+/// super-frames or segments. Twice: the reader announcing checksum and
+/// TSO offloads (TUNSETOFFLOAD, as a virtio guest's transport does: tap1
+/// then takes GSO frames whole), and a reader without (the stack
+/// segments the super-frames before tap1, in the writer's softirq).
+pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
+    let c = p.contender;
+    if matches!(c, Contender::Kernel | Contender::KernelTuned) || c.is_umlbr() {
+        // The segmenting reader first: TUNSETOFFLOAD stays on the tap.
+        for (row, offload) in [("gso_tcp_seg", false), ("gso_tcp", true)] {
+            check_interrupted()?;
+            // A fresh topology each: the offloads stay with the device.
+            let topo = Topo::new(c, 2, &[], &cfg.umlbr)?;
+            gso_row(cfg, p, res, &topo, row, offload)?;
+        }
+    }
+    Ok(())
+}
+
+fn gso_row(
+    cfg: &Cfg,
+    p: &Progress,
+    res: &mut Results,
+    topo: &Topo,
+    row: &str,
+    offload: bool,
+) -> Result<()> {
+    let c = p.contender;
+    let vnet = TapMode {
+        nonblocking: true,
+        vnet_hdr: true,
+    };
+    let ip = |h| Ipv4Addr::new(192, 168, 2, h);
+    let frame = tap::gso_tcp_frame(sink_mac(1), gen_mac(0), ip(10), ip(11), MSS, SEGS);
+    let frame_payload = MSS as u64 * SEGS as u64;
+    let job = Job {
+        netns: topo.ns.name.clone(),
+        gens: vec![GenSpec {
+            tap: topo.taps[0].clone(),
+            frame,
+            mode: vnet,
+            cpu: cfg.cpus.map(|_| 0),
+            hello: None,
+            packet_ns: None,
+        }],
+        sinks: vec![SinkSpec {
+            tap: topo.taps[1].clone(),
+            mac: sink_mac(1),
+            vnet_hdr: true,
+            cpu: cfg.cpus.map(|n| 1 % n),
+            udp: None,
+            packet_ns: None,
+        }],
+        warmup: cfg.warmup,
+        window: cfg.window,
+        probe: true,
+    };
+    let what = if offload {
+        "TCP GSO tap→tap, TSO reader"
+    } else {
+        "TCP GSO tap→tap, plain reader"
+    };
+    let before = topo.paths()?;
+    let o = traffic::run_with(
+        &job,
+        RunOpts {
+            raw_frames: true,
+            sink_offload: offload,
+        },
+    )
+    .context(what)?;
+    let paths = topo.paths()?.since(&before);
+    check(&o).context(what)?;
+    let bytes = o.delivered_bytes();
+    let gb = bytes as f64 / 1e9;
+    let gbps = bytes as f64 * 8.0 / o.secs / 1e9;
+    let written = o.sent * frame_payload;
+    let got = o.delivered();
+    let per_frame = bytes as f64 / got.max(1) as f64;
+    p.say(
+        what,
+        &format!(
+            "{gbps:>6.2} Gbit/s {:.2} CPU-s/GB (writer {:.2}, reader {:.2}; machine {:.2}) \
+             written {:.2} Gbit/s ({} super-frames, {:.1} µs writer CPU each, {} write \
+             errors); read {got} frames of {per_frame:.0} B payload on average, {} with a GSO \
+             header",
+            (o.gen_cpu_s + o.sink_cpu_s) / gb,
+            o.gen_cpu_s / gb,
+            o.sink_cpu_s / gb,
+            o.sys_busy_s / gb,
+            written as f64 * 8.0 / o.secs / 1e9,
+            o.sent,
+            o.gen_cpu_s * 1e6 / o.sent as f64,
+            o.send_errors,
+            o.received_gso,
+        ),
+    );
+    res.add(row, c, gbps);
+    res.add(&format!("{row}_cpu"), c, (o.gen_cpu_s + o.sink_cpu_s) / gb);
+    res.add(&format!("{row}_sys"), c, o.sys_busy_s / gb);
+    res.add(&format!("{row}_wcpu"), c, o.gen_cpu_s * 1e6 / o.sent as f64);
+    // What the reader got: whole super-frames (the tap took them as GSO
+    // frames) or segments (the stack segmented them on the way).
+    let arrived = if o.received_gso * 100 >= got * 99 {
+        format!("whole GSO super-frames ({frame_payload} B payload each)")
+    } else if o.received_gso * 100 <= got {
+        format!("segments (~{:.0} B payload each)", per_frame.round())
+    } else {
+        format!(
+            "a mix: {:.0}% GSO super-frames",
+            100.0 * o.received_gso as f64 / got as f64
+        )
+    };
+    res.note(row, format!("{}: the reader got {arrived}", c.as_str()));
+    if c.is_umlbr() {
+        res.note(
+            row,
+            format!("{} switched by {}", c.as_str(), paths.describe()),
+        );
+    }
+    if o.send_errors > 0 {
+        res.note(
+            row,
+            format!("{}: some writes of super-frames failed", c.as_str()),
+        );
+    }
+    Ok(())
+}
+
+/// Writes that fail, or frames that never arrive, must not pass for a
+/// slow switch.
+fn check(o: &Outcome) -> Result<()> {
+    if o.sent == 0 {
+        bail!(
+            "no super-frame was written in the window ({} write errors)",
+            o.send_errors
+        );
+    }
+    if o.send_errors > o.sent {
+        bail!(
+            "most writes failed: {} errors, {} frames written",
+            o.send_errors,
+            o.sent
+        );
+    }
+    if o.delivered_bytes() == 0 {
+        bail!(
+            "{} super-frames written, nothing delivered to the reader",
+            o.sent
+        );
+    }
+    Ok(())
+}
