@@ -1016,3 +1016,36 @@ fn attach_tc_only() -> Result<()> {
     ns.umlbr_ok(&["down", "br0"])?;
     Ok(())
 }
+
+/// A tap already set up with vnet headers (as a vector UML guest, QEMU's
+/// virtio-net or Firecracker leave it) gets TC only, and says why; a
+/// plain tap in the same bridge gets XDP.
+#[test]
+fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
+    let ns = netns("cli-vnethdr")?;
+    ns.sh(
+        "ip tuntap add dev tapv mode tap vnet_hdr && ip tuntap add dev tapp mode tap && \
+         ip link set tapv up && ip link set tapp up",
+    )?;
+    ns.umlbr_ok(&["up", "br0"])?;
+    let out = ns.umlbr(&["attach", "tapv"])?;
+    ensure!(out.status.success(), "attach tapv: {out:?}");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        msg.contains("xdp none") && msg.contains("vnet headers"),
+        "attach of a vnet_hdr tap must say it got no XDP and why: {msg:?}"
+    );
+    ns.umlbr_ok(&["attach", "tapp"])?;
+    let show: Value = serde_json::from_str(&ns.umlbr_ok(&["show", "br0", "--json"])?)?;
+    let port = |name: &str| -> Result<Value> {
+        show["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .with_context(|| format!("{name} not in {show}"))
+    };
+    let (pv, pp) = (port("tapv")?, port("tapp")?);
+    ensure!(pv["xdp"] == "none" && pv["tc"] == "tcx", "tapv: {pv}");
+    ensure!(pp["xdp"] == "driver" && pp["tc"] == "tcx", "tapp: {pp}");
+    ns.umlbr_ok(&["down", "br0"])?;
+    Ok(())
+}

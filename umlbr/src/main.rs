@@ -87,7 +87,9 @@ enum Cmd {
         /// Switch this port's frames with the TC program alone, no XDP. For
         /// guests with vnet headers and offloads (UML vector transport,
         /// virtio-net): a tap with XDP sends their GSO super-frames through
-        /// generic XDP, which copies each before XDP hands it to TC.
+        /// generic XDP, which copies each before XDP hands it to TC. A tap
+        /// already set up with vnet headers when attached gets TC only
+        /// without this flag.
         #[arg(long, conflicts_with = "masquerade")]
         tc_only: bool,
         #[command(flatten)]
@@ -354,11 +356,14 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let a = port::attach(&net, &iface, bridge.as_deref(), uplink, tc_only).await?;
             eprintln!(
-                "{} attached to {}{} (xdp {}, tc tcx)",
+                "{} attached to {}{} (xdp {}, tc tcx){}",
                 a.iface,
                 a.bridge,
                 if a.uplink { " as its uplink" } else { "" },
-                a.xdp.as_str()
+                a.xdp.as_str(),
+                a.no_xdp_reason
+                    .map(|r| format!("; no XDP: {r}"))
+                    .unwrap_or_default()
             );
         }
         Cmd::Detach { iface } => {
