@@ -60,7 +60,8 @@ struct Args {
     /// default only without --quick).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only these contenders: kernel, kernel-tuned, umlbr, umlbr-tc, ceiling.
+    /// Only these contenders: kernel, kernel-tuned, umlbr, umlbr-tc,
+    /// redirect, ceiling.
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// Let the scheduler place the threads (default: the writer of flow i
@@ -70,6 +71,7 @@ struct Args {
     no_pin: bool,
 }
 
+#[derive(Clone)]
 struct Cfg {
     quick: bool,
     reps: usize,
@@ -168,6 +170,11 @@ fn run(args: Args) -> Result<()> {
         for k in 0..n {
             let c = cfg.contenders[(k + rep) % n];
             for &g in &cfg.groups {
+                // The redirect floor forwards fixed tap pairs: unicast
+                // tap-to-tap rows only.
+                if c == Contender::Redirect && g != "tap-to-tap" {
+                    continue;
+                }
                 check_interrupted()?;
                 let p = Progress {
                     t0,
@@ -303,6 +310,14 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
             text: "≤ 1/3 of kernel",
             checks: vec![Check::RatioAtMost(Kernel, 1.0 / 3.0)],
         }),
+    ));
+    res.define(row(
+        "p64_1_prog",
+        g,
+        "64 B, 1 flow: run time of the XDP program on the writer's tap, per frame (kernel.bpf_stats, in a window of its own)",
+        "ns",
+        false,
+        None,
     ));
     res.define(row(
         "p64_1_sys",
@@ -664,6 +679,32 @@ fn describe(topo: &Topo, o: &Outcome) -> String {
     s
 }
 
+/// What the XDP program on the writer's tap costs per frame: one more
+/// short window of `flows` with kernel.bpf_stats_enabled on (never during
+/// the rate rows), its run time over its runs.
+fn xdp_run_ns(cfg: &Cfg, topo: &Topo, flows: &[Flow]) -> Result<f64> {
+    let id = topo::xdp_prog_id(&topo.ns, &topo.taps[flows[0].from])?
+        .context("no XDP program on the writer's tap")?;
+    let short = Cfg {
+        window: Duration::from_millis(300),
+        warmup: Duration::from_millis(50),
+        ..cfg.clone()
+    };
+    let sinks: Vec<usize> = flows.iter().filter_map(|f| f.to).collect();
+    let stats = topo::BpfStats::enable()?;
+    let (t0, n0) = topo::prog_run_stats(id)?;
+    run_flows(&short, topo, flows, &sinks, 64, TapMode::default())?;
+    let (t1, n1) = topo::prog_run_stats(id)?;
+    drop(stats);
+    if n1 <= n0 {
+        bail!(
+            "the XDP program on {} did not run",
+            topo.taps[flows[0].from]
+        );
+    }
+    Ok((t1 - t0) as f64 / (n1 - n0) as f64)
+}
+
 /// Measure and note which path umlbr took for it.
 fn measured(
     topo: &Topo,
@@ -717,6 +758,15 @@ fn tap_to_tap(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     res.add("p64_1_cpu", c, cpu_us(&topo, &o));
     if c != Contender::Ceiling {
         res.add("p64_1_sys", c, o.sys_us_per_frame());
+    }
+    if matches!(
+        c,
+        Contender::Umlbr | Contender::Redirect | Contender::Ceiling
+    ) {
+        check_interrupted()?;
+        let ns = xdp_run_ns(cfg, &topo, &one)?;
+        p.say("64 B, 1 flow: XDP program", &format!("{ns:.0} ns per run"));
+        res.add("p64_1_prog", c, ns);
     }
     check_interrupted()?;
     let o = measured(&topo, p, res, "p64_2", "64 B, 2 flows", || {
@@ -1042,7 +1092,8 @@ fn machine_info(
                  Frame sizes are as written to the tap (Ethernet header, no FCS). Writers use \
                  O_NONBLOCK (tun's native XDP path) unless a row says otherwise; the ceiling is \
                  a native XDP drop program on each writer's tap, so it is what the writers alone \
-                 can do. umlbr-tc is umlbr with the XDP program removed from the taps \
+                 can do. redirect is the floor of any XDP switch on tun: a native XDP program that only \
+                 calls bpf_redirect() to a fixed peer tap (tap-to-tap rows). umlbr-tc is umlbr with the XDP program removed from the taps \
                  (ip link set dev TAP xdp off): only its tcx program switches. A load average \
                  above the core count means other work shared the CPUs.",
     })

@@ -379,6 +379,7 @@ fn color(c: Contender) -> &'static str {
         Contender::KernelTuned => "#b9b9b9",
         Contender::Umlbr => "#2b7bd6",
         Contender::UmlbrTc => "#8bb8ea",
+        Contender::Redirect => "#6fbf73",
         Contender::Ceiling => "#e0a030",
     }
 }

@@ -30,17 +30,23 @@ pub enum Contender {
     /// umlbr with the XDP program removed from the taps after `attach`
     /// (`ip link set dev TAP xdp off`): only the tcx program switches.
     UmlbrTc,
+    /// The floor of any XDP switch on tun: on each tap of a pair (tap0 and
+    /// tap1, tap2 and tap3, ...) a three-instruction native XDP program
+    /// `return bpf_redirect(peer, 0)`: no learning, no lookup, no counters.
+    /// Unicast tap-to-tap rows only.
+    Redirect,
     /// No switch: a native-mode XDP program that drops every frame on each
     /// writer's tap. What the writers alone can do.
     Ceiling,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Kernel,
         Contender::KernelTuned,
         Contender::Umlbr,
         Contender::UmlbrTc,
+        Contender::Redirect,
         Contender::Ceiling,
     ];
 
@@ -50,6 +56,7 @@ impl Contender {
             Contender::KernelTuned => "kernel-tuned",
             Contender::Umlbr => "umlbr",
             Contender::UmlbrTc => "umlbr-tc",
+            Contender::Redirect => "redirect",
             Contender::Ceiling => "ceiling",
         }
     }
@@ -64,7 +71,7 @@ pub const BRIDGE: &str = "br0";
 /// A topology: taps tap0..tapN-1 in a fresh namespace, switched by one
 /// contender.
 pub struct Topo {
-    // Dropped first: the ceiling's XDP links.
+    // Dropped first: the ceiling's and the redirect floor's XDP links.
     _xdp_links: Vec<OwnedFd>,
     pub ns: Netns,
     pub contender: Contender,
@@ -147,8 +154,8 @@ impl Topo {
     /// real one does: umlbr keeps a veth uplink on TC) whose reader plays
     /// the wire, with a permanent neighbour entry for the LAN host.
     pub fn nat(contender: Contender, ntaps: usize, uplink: Uplink, umlbr: &Path) -> Result<Topo> {
-        if contender == Contender::Ceiling {
-            bail!("no NAT ceiling");
+        if matches!(contender, Contender::Ceiling | Contender::Redirect) {
+            bail!("no NAT topology for {}", contender.as_str());
         }
         let ns = Netns::new("bench")?;
         let lan = match uplink {
@@ -242,7 +249,7 @@ impl Topo {
                     topo.ns.sh(&format!("set -e\n{script}"))?;
                 }
             }
-            Contender::Ceiling => unreachable!(),
+            Contender::Ceiling | Contender::Redirect => unreachable!(),
         }
         let mac = topo
             .ns
@@ -260,8 +267,8 @@ impl Topo {
     /// tap0.. and up0 as ports, or `umlbr up br0 --uplink up0` and `umlbr
     /// attach` of the taps (umlbr switches a veth uplink with TC only).
     pub fn uplink(contender: Contender, ntaps: usize, umlbr: &Path) -> Result<Topo> {
-        if contender == Contender::Ceiling {
-            bail!("no uplink ceiling");
+        if matches!(contender, Contender::Ceiling | Contender::Redirect) {
+            bail!("no uplink topology for {}", contender.as_str());
         }
         let ns = Netns::new("bench")?;
         let lan = Netns::new("bench")?;
@@ -314,7 +321,7 @@ impl Topo {
                     topo.ns.sh(&format!("set -e\n{script}"))?;
                 }
             }
-            Contender::Ceiling => unreachable!(),
+            Contender::Ceiling | Contender::Redirect => unreachable!(),
         }
         Ok(topo)
     }
@@ -367,7 +374,14 @@ impl Topo {
             }
             Contender::Ceiling => {
                 for &i in drop_on {
-                    let fd = xdp_drop_link(&self.ns.name, &self.taps[i])?;
+                    let fd = xdp_link(&self.ns.name, &self.taps[i], XdpAction::Drop)?;
+                    self._xdp_links.push(fd);
+                }
+            }
+            Contender::Redirect => {
+                for i in 0..self.taps.len() & !1 {
+                    let peer = XdpAction::Redirect(self.taps[i ^ 1].clone());
+                    let fd = xdp_link(&self.ns.name, &self.taps[i], peer)?;
                     self._xdp_links.push(fd);
                 }
             }
@@ -467,7 +481,7 @@ impl Topo {
                     .count();
                 Ok((n, s))
             }
-            Contender::Ceiling => Ok((0, 0.0)),
+            Contender::Ceiling | Contender::Redirect => Ok((0, 0.0)),
         }
     }
 }
@@ -509,6 +523,7 @@ const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_DROP: i32 = 1;
+const BPF_FUNC_REDIRECT: u32 = 23;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
     // SAFETY: bpf(2) with a zero-padded attribute buffer of 128 bytes.
@@ -528,40 +543,115 @@ fn put_u64(a: &mut [u8; 128], off: usize, v: u64) {
     a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
-/// Attach `r0 = XDP_DROP; exit` in driver mode to `iface` in `netns`
-/// through a BPF link: it stays attached while the returned descriptor is
-/// open. (Two instructions by hand: there is no C compiler for BPF here,
-/// and umlbr's object has no drop-everything program.)
-pub fn xdp_drop_link(netns: &str, iface: &str) -> Result<OwnedFd> {
+/// What the bench's own XDP programs do.
+#[derive(Clone, Debug)]
+pub enum XdpAction {
+    /// `r0 = XDP_DROP; exit`
+    Drop,
+    /// `r1 = ifindex of the named interface; r2 = 0; call bpf_redirect; exit`
+    Redirect(String),
+}
+
+/// Attach a bench program in driver mode to `iface` in `netns` through a
+/// BPF link: it stays attached while the returned descriptor is open.
+/// (A few instructions by hand: there is no C compiler for BPF here, and
+/// umlbr's object has no such programs.)
+pub fn xdp_link(netns: &str, iface: &str, action: XdpAction) -> Result<OwnedFd> {
     let (netns, iface) = (netns.to_string(), iface.to_string());
     // Namespaced lookups (the ifindex) happen in a thread inside the namespace.
     std::thread::spawn(move || -> Result<OwnedFd> {
         tap::enter_netns(&netns)?;
         let ifindex = nix_ifindex(&iface)?;
-        // mov64 r0, XDP_DROP; exit
-        let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]) | ((XDP_DROP as u32 as u64) << 32),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
+        // mov64 dst, imm: opcode 0xb7, dst register in the low nibble of byte 1.
+        let mov = |dst: u8, imm: u32| {
+            u64::from_le_bytes([0xb7, dst, 0, 0, 0, 0, 0, 0]) | ((imm as u64) << 32)
+        };
+        let exit = u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]);
+        let insns: Vec<u64> = match &action {
+            XdpAction::Drop => vec![mov(0, XDP_DROP as u32), exit],
+            XdpAction::Redirect(peer) => vec![
+                mov(1, nix_ifindex(peer)?),
+                mov(2, 0),
+                // call imm: opcode 0x85
+                u64::from_le_bytes([0x85, 0, 0, 0, 0, 0, 0, 0])
+                    | ((BPF_FUNC_REDIRECT as u64) << 32),
+                exit,
+            ],
+        };
         let license = c"GPL";
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
         put_u32(&mut attr, 4, insns.len() as u32);
         put_u64(&mut attr, 8, insns.as_ptr() as u64);
         put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..57].copy_from_slice(b"bench_drp");
+        let name: &[u8] = match &action {
+            XdpAction::Drop => b"bench_drop",
+            XdpAction::Redirect(_) => b"bench_redirect",
+        };
+        attr[48..48 + name.len()].copy_from_slice(name);
         put_u32(&mut attr, 68, BPF_XDP);
-        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP drop program")?;
+        let prog = bpf(BPF_PROG_LOAD, &mut attr)
+            .with_context(|| format!("loading the bench's XDP program ({action:?})"))?;
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
         put_u32(&mut attr, 4, ifindex);
         put_u32(&mut attr, 8, BPF_XDP);
         put_u32(&mut attr, 12, XDP_FLAGS_DRV_MODE);
         bpf(BPF_LINK_CREATE, &mut attr)
-            .with_context(|| format!("attaching the XDP drop program to {iface} (driver mode)"))
+            .with_context(|| format!("attaching the bench's XDP program to {iface} (driver mode)"))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the XDP loader thread panicked"))?
+}
+
+/// The XDP program on `iface`: its id (from `ip -j -d link show`).
+pub fn xdp_prog_id(ns: &Netns, iface: &str) -> Result<Option<u32>> {
+    let out = ns.sh(&format!("ip -j -d link show dev {iface}"))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link")?;
+    Ok(v[0]["xdp"]["prog"]["id"].as_u64().map(|i| i as u32))
+}
+
+/// Run time and run count of a BPF program, as its fdinfo shows them
+/// (counted only while kernel.bpf_stats_enabled is 1).
+pub fn prog_run_stats(id: u32) -> Result<(u64, u64)> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+        .with_context(|| format!("opening BPF program {id}"))?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("run_time_ns"), field("run_cnt")))
+}
+
+/// Turns kernel.bpf_stats_enabled on while alive (it is global, and it
+/// costs every program two clock reads per run: never on during a rate
+/// measurement).
+pub struct BpfStats {
+    was: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let was = std::fs::read_to_string(PATH)
+            .context("reading kernel.bpf_stats_enabled")?
+            .trim()
+            .to_string();
+        std::fs::write(PATH, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats { was })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.was);
+    }
 }
 
 fn nix_ifindex(iface: &str) -> Result<u32> {
