@@ -328,6 +328,17 @@ fn nat_table(
         ),
     );
     res.add("nat_table_flows", c, flows as f64);
+    // The fill's flows and the measured one.
+    if flows < TABLE_FLOWS as u64 + 1 {
+        res.note(
+            "nat_table_flows",
+            format!(
+                "{}: {} of the {n} new flows were not in the table after the fill",
+                c.as_str(),
+                TABLE_FLOWS as u64 + 1 - flows
+            ),
+        );
+    }
     res.add(
         "nat_table_fill",
         c,
