@@ -122,6 +122,48 @@ impl Results {
         Some(ok)
     }
 
+    /// The redirect floor's median over the kernel's: what the cheapest
+    /// possible XDP forwarding on tun reaches in this row.
+    pub fn floor_ratio(&self, row: &str) -> Option<f64> {
+        let f = self.summary(row, Contender::Redirect)?;
+        let k = self.summary(row, Contender::Kernel)?;
+        (k.median != 0.0).then(|| f.median / k.median)
+    }
+
+    /// Where a row's goal compares umlbr with the kernel and the redirect
+    /// floor ran too: can any XDP switch on tun meet the goal here, and how
+    /// close umlbr is to the floor. Computed from the run, never fixed text.
+    pub fn floor_verdict(&self, def: &RowDef) -> Option<String> {
+        let goal = def.goal.as_ref()?;
+        let floor = self.floor_ratio(&def.id)?;
+        let umlbr = self.ratio(&def.id, Contender::Kernel)?;
+        let mut floor_meets = true;
+        for c in &goal.checks {
+            floor_meets &= match *c {
+                Check::RatioAtLeast(Contender::Kernel, x) => floor >= x,
+                Check::RatioAtMost(Contender::Kernel, x) => floor <= x,
+                _ => continue,
+            };
+        }
+        let of_floor = if def.higher_is_better {
+            umlbr / floor
+        } else {
+            floor / umlbr
+        };
+        Some(format!(
+            "goal {}: umlbr {umlbr:.2}× kernel; the redirect floor (a bare bpf_redirect to \
+             the peer tap, no switching) {floor:.2}× kernel, so {}; umlbr performs at {:.0}% \
+             of the floor",
+            goal.text,
+            if floor_meets {
+                "the goal is within reach of an XDP switch on tun here"
+            } else {
+                "no XDP switch on tun can meet this goal on this machine"
+            },
+            100.0 * of_floor
+        ))
+    }
+
     fn contenders(&self, row: &str) -> Vec<(Contender, Summary)> {
         Contender::ALL
             .iter()
@@ -153,6 +195,8 @@ impl Results {
                     "ratio": self.ratio(&d.id, Contender::Kernel).map(round),
                     "goal": d.goal.as_ref().map(|g| g.text),
                     "meets_goal": self.meets(d),
+                    "floor_ratio": self.floor_ratio(&d.id).map(round),
+                    "floor_verdict": self.floor_verdict(d),
                     "notes": self.notes.get(&d.id).cloned().unwrap_or_default(),
                 })
             })
@@ -222,6 +266,17 @@ impl Results {
                 None => "–",
             };
             let _ = writeln!(md, " {ratio} | {goal} | {met} |");
+        }
+        let verdicts: Vec<(&RowDef, String)> = self
+            .defs
+            .iter()
+            .filter_map(|d| self.floor_verdict(d).map(|v| (d, v)))
+            .collect();
+        if !verdicts.is_empty() {
+            let _ = writeln!(md, "\n## Goals against the floor\n");
+            for (d, v) in verdicts {
+                let _ = writeln!(md, "- {}: {v}", d.name);
+            }
         }
         let notes: Vec<(&RowDef, &Vec<String>)> = self
             .defs
@@ -450,5 +505,45 @@ mod tests {
         assert_eq!(j["rows"][0]["ratio"], 2.5);
         assert!(r.to_markdown(&json!({})).contains("| x | kpps ↑ |"));
         assert!(r.to_svgs()[0].1.starts_with("<svg"));
+    }
+
+    #[test]
+    fn the_floor_says_whether_a_goal_is_reachable() {
+        let mut r = Results::default();
+        let def = |id: &str, x: f64| RowDef {
+            id: id.into(),
+            group: "g",
+            name: id.into(),
+            unit: "kpps",
+            higher_is_better: true,
+            goal: Some(Goal {
+                text: "≥ 3× kernel",
+                checks: vec![Check::RatioAtLeast(Contender::Kernel, x)],
+            }),
+        };
+        r.define(def("a", 3.0));
+        r.define(def("b", 2.0));
+        for id in ["a", "b"] {
+            r.add(id, Contender::Kernel, 100.0);
+            r.add(id, Contender::Umlbr, 200.0);
+        }
+        assert_eq!(
+            r.floor_verdict(&r.defs[0].clone()),
+            None,
+            "no floor measured"
+        );
+        for id in ["a", "b"] {
+            r.add(id, Contender::Redirect, 250.0);
+        }
+        let a = r.floor_verdict(&r.defs[0].clone()).unwrap();
+        assert!(a.contains("no XDP switch on tun can meet"), "{a}");
+        assert!(a.contains("at 80% of the floor"), "{a}");
+        let b = r.floor_verdict(&r.defs[1].clone()).unwrap();
+        assert!(b.contains("within reach"), "{b}");
+        assert_eq!(r.to_json(json!({}))["rows"][0]["floor_ratio"], 2.5);
+        assert!(
+            r.to_markdown(&json!({}))
+                .contains("## Goals against the floor")
+        );
     }
 }
