@@ -170,9 +170,9 @@ fn run(args: Args) -> Result<()> {
         for k in 0..n {
             let c = cfg.contenders[(k + rep) % n];
             for &g in &cfg.groups {
-                // The redirect floor forwards fixed tap pairs: unicast
-                // tap-to-tap rows only.
-                if c == Contender::Redirect && g != "tap-to-tap" {
+                // The redirect floor forwards fixed pairs: unicast
+                // tap-to-tap and uplink rows only.
+                if c == Contender::Redirect && g != "tap-to-tap" && g != "uplink" {
                     continue;
                 }
                 check_interrupted()?;

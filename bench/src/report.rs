@@ -152,13 +152,13 @@ impl Results {
         };
         Some(format!(
             "goal {}: umlbr {umlbr:.2}× kernel; the redirect floor (a bare bpf_redirect to \
-             the peer tap, no switching) {floor:.2}× kernel, so {}; umlbr performs at {:.0}% \
-             of the floor",
+             the peer port on the same hooks, no switching) {floor:.2}× kernel, so {}; umlbr \
+             performs at {:.0}% of the floor",
             goal.text,
             if floor_meets {
-                "the goal is within reach of an XDP switch on tun here"
+                "the goal is within reach of a switch on these hooks here"
             } else {
-                "no XDP switch on tun can meet this goal on this machine"
+                "no switch on these hooks can meet this goal on this machine"
             },
             100.0 * of_floor
         ))
@@ -536,7 +536,7 @@ mod tests {
             r.add(id, Contender::Redirect, 250.0);
         }
         let a = r.floor_verdict(&r.defs[0].clone()).unwrap();
-        assert!(a.contains("no XDP switch on tun can meet"), "{a}");
+        assert!(a.contains("no switch on these hooks can meet"), "{a}");
         assert!(a.contains("at 80% of the floor"), "{a}");
         let b = r.floor_verdict(&r.defs[1].clone()).unwrap();
         assert!(b.contains("within reach"), "{b}");

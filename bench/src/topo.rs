@@ -30,10 +30,12 @@ pub enum Contender {
     /// umlbr with the XDP program removed from the taps after `attach`
     /// (`ip link set dev TAP xdp off`): only the tcx program switches.
     UmlbrTc,
-    /// The floor of any XDP switch on tun: on each tap of a pair (tap0 and
-    /// tap1, tap2 and tap3, ...) a three-instruction native XDP program
-    /// `return bpf_redirect(peer, 0)`: no learning, no lookup, no counters.
-    /// Unicast tap-to-tap rows only.
+    /// The floor of any switch on the same hooks: on each tap of a pair
+    /// (tap0 and tap1, tap2 and tap3, ...) a three-instruction native XDP
+    /// program `return bpf_redirect(peer, 0)`: no learning, no lookup, no
+    /// counters. Unicast tap-to-tap rows, and the uplink rows (there as
+    /// tcx programs between tap0 and up0, the hooks umlbr uses for a veth
+    /// uplink).
     Redirect,
     /// No switch: a native-mode XDP program that drops every frame on each
     /// writer's tap. What the writers alone can do.
@@ -266,8 +268,12 @@ impl Topo {
     /// veth whose peer lan0 is in the LAN namespace: a Linux bridge with
     /// tap0.. and up0 as ports, or `umlbr up br0 --uplink up0` and `umlbr
     /// attach` of the taps (umlbr switches a veth uplink with TC only).
+    ///
+    /// For the redirect floor, no bridge: tcx ingress programs on tap0 and
+    /// up0 that `bpf_redirect` every skb to the other (the path umlbr takes
+    /// with a veth uplink, minus all switching).
     pub fn uplink(contender: Contender, ntaps: usize, umlbr: &Path) -> Result<Topo> {
-        if matches!(contender, Contender::Ceiling | Contender::Redirect) {
+        if contender == Contender::Ceiling {
             bail!("no uplink topology for {}", contender.as_str());
         }
         let ns = Netns::new("bench")?;
@@ -321,7 +327,13 @@ impl Topo {
                     topo.ns.sh(&format!("set -e\n{script}"))?;
                 }
             }
-            Contender::Ceiling | Contender::Redirect => unreachable!(),
+            Contender::Redirect => {
+                for (from, to) in [("tap0", "up0"), ("up0", "tap0")] {
+                    let fd = tcx_link(&topo.ns.name, from, XdpAction::Redirect(to.into()))?;
+                    topo._xdp_links.push(fd);
+                }
+            }
+            Contender::Ceiling => unreachable!(),
         }
         Ok(topo)
     }
@@ -520,6 +532,8 @@ impl Paths {
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_DROP: i32 = 1;
@@ -557,6 +571,16 @@ pub enum XdpAction {
 /// (A few instructions by hand: there is no C compiler for BPF here, and
 /// umlbr's object has no such programs.)
 pub fn xdp_link(netns: &str, iface: &str, action: XdpAction) -> Result<OwnedFd> {
+    bench_link(netns, iface, action, false)
+}
+
+/// The same program as a tcx ingress classifier on `iface`
+/// (`bpf_redirect` sends the skb out of the target).
+pub fn tcx_link(netns: &str, iface: &str, action: XdpAction) -> Result<OwnedFd> {
+    bench_link(netns, iface, action, true)
+}
+
+fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<OwnedFd> {
     let (netns, iface) = (netns.to_string(), iface.to_string());
     // Namespaced lookups (the ifindex) happen in a thread inside the namespace.
     std::thread::spawn(move || -> Result<OwnedFd> {
@@ -580,7 +604,12 @@ pub fn xdp_link(netns: &str, iface: &str, action: XdpAction) -> Result<OwnedFd> 
         };
         let license = c"GPL";
         let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+        let (prog_type, attach_type) = if tcx {
+            (BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_INGRESS)
+        } else {
+            (BPF_PROG_TYPE_XDP, BPF_XDP)
+        };
+        put_u32(&mut attr, 0, prog_type);
         put_u32(&mut attr, 4, insns.len() as u32);
         put_u64(&mut attr, 8, insns.as_ptr() as u64);
         put_u64(&mut attr, 16, license.as_ptr() as u64);
@@ -589,16 +618,24 @@ pub fn xdp_link(netns: &str, iface: &str, action: XdpAction) -> Result<OwnedFd> 
             XdpAction::Redirect(_) => b"bench_redirect",
         };
         attr[48..48 + name.len()].copy_from_slice(name);
-        put_u32(&mut attr, 68, BPF_XDP);
+        put_u32(&mut attr, 68, attach_type);
         let prog = bpf(BPF_PROG_LOAD, &mut attr)
             .with_context(|| format!("loading the bench's XDP program ({action:?})"))?;
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
         put_u32(&mut attr, 4, ifindex);
-        put_u32(&mut attr, 8, BPF_XDP);
-        put_u32(&mut attr, 12, XDP_FLAGS_DRV_MODE);
-        bpf(BPF_LINK_CREATE, &mut attr)
-            .with_context(|| format!("attaching the bench's XDP program to {iface} (driver mode)"))
+        put_u32(&mut attr, 8, attach_type);
+        put_u32(&mut attr, 12, if tcx { 0 } else { XDP_FLAGS_DRV_MODE });
+        bpf(BPF_LINK_CREATE, &mut attr).with_context(|| {
+            format!(
+                "attaching the bench's {} program to {iface}",
+                if tcx {
+                    "tcx ingress"
+                } else {
+                    "XDP (driver mode)"
+                }
+            )
+        })
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the XDP loader thread panicked"))?
