@@ -171,8 +171,8 @@ fn run(args: Args) -> Result<()> {
             let c = cfg.contenders[(k + rep) % n];
             for &g in &cfg.groups {
                 // The redirect floor forwards fixed pairs: unicast
-                // tap-to-tap and uplink rows only.
-                if c == Contender::Redirect && g != "tap-to-tap" && g != "uplink" {
+                // tap-to-tap, uplink and the NAT tap-uplink rows only.
+                if c == Contender::Redirect && !matches!(g, "tap-to-tap" | "uplink" | "nat") {
                     continue;
                 }
                 check_interrupted()?;

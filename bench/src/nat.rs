@@ -135,8 +135,13 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     }
     // The 100 000-flow table: kernel and umlbr only in --quick, like the
     // FDB rows.
-    let table = !cfg.quick || matches!(p.contender, Contender::Kernel | Contender::Umlbr);
+    let table = (!cfg.quick || matches!(p.contender, Contender::Kernel | Contender::Umlbr))
+        && p.contender != Contender::Redirect;
     nat_row(cfg, p, res, Uplink::Tap, "nat_64", table)?;
+    if p.contender == Contender::Redirect {
+        // The floor exists for the tap uplink only.
+        return Ok(());
+    }
     check_interrupted()?;
     nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)
 }

@@ -155,8 +155,15 @@ impl Topo {
     /// with `Uplink::Tap`, up0 is a tap (a NIC that takes XDP frames, as a
     /// real one does: umlbr keeps a veth uplink on TC) whose reader plays
     /// the wire, with a permanent neighbour entry for the LAN host.
+    ///
+    /// For the redirect floor (tap uplink only): no gateway and no
+    /// translation, a native XDP program on each guest tap that redirects
+    /// every frame to up0: what forwarding guest→uplink costs on these
+    /// hooks before any NAT work.
     pub fn nat(contender: Contender, ntaps: usize, uplink: Uplink, umlbr: &Path) -> Result<Topo> {
-        if matches!(contender, Contender::Ceiling | Contender::Redirect) {
+        if contender == Contender::Ceiling
+            || (contender == Contender::Redirect && uplink != Uplink::Tap)
+        {
             bail!("no NAT topology for {}", contender.as_str());
         }
         let ns = Netns::new("bench")?;
@@ -251,7 +258,16 @@ impl Topo {
                     topo.ns.sh(&format!("set -e\n{script}"))?;
                 }
             }
-            Contender::Ceiling | Contender::Redirect => unreachable!(),
+            Contender::Redirect => {
+                for t in topo.taps.clone() {
+                    let fd = xdp_link(&topo.ns.name, &t, XdpAction::Redirect("up0".into()))?;
+                    topo._xdp_links.push(fd);
+                }
+                // Nobody answers the guest's ARP: any gateway MAC will do.
+                topo.gw_mac = Some([0x02, 0xb2, 0, 0, 0, 1]);
+                return Ok(topo);
+            }
+            Contender::Ceiling => unreachable!(),
         }
         let mac = topo
             .ns
