@@ -1018,8 +1018,9 @@ fn attach_tc_only() -> Result<()> {
 }
 
 /// A tap already set up with vnet headers (as a vector UML guest, QEMU's
-/// virtio-net or Firecracker leave it) gets TC only, and says why; a
-/// plain tap in the same bridge gets XDP.
+/// virtio-net or Firecracker leave it, or as `umlbr tap add --vnet-hdr`
+/// makes it) gets TC only, and says why; a plain tap in the same bridge
+/// gets XDP.
 #[test]
 fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
     let ns = netns("cli-vnethdr")?;
@@ -1027,7 +1028,14 @@ fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
         "ip tuntap add dev tapv mode tap vnet_hdr && ip tuntap add dev tapp mode tap && \
          ip link set tapv up && ip link set tapp up",
     )?;
+    ns.umlbr_ok(&["tap", "add", "tapu", "--vnet-hdr"])?;
+    ns.sh("ip link set tapu up")?;
     ns.umlbr_ok(&["up", "br0"])?;
+    let out = ns.umlbr(&["attach", "tapu"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stderr).contains("xdp none"),
+        "a tap made by `tap add --vnet-hdr` must get TC only: {out:?}"
+    );
     let out = ns.umlbr(&["attach", "tapv"])?;
     ensure!(out.status.success(), "attach tapv: {out:?}");
     let msg = String::from_utf8_lossy(&out.stderr);

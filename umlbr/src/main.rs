@@ -137,6 +137,12 @@ enum TapCmd {
         /// Group allowed to open it without root (name or gid).
         #[arg(long, short)]
         group: Option<String>,
+        /// The guest will use vnet headers (UML's vector transport, QEMU
+        /// virtio-net, Firecracker): `attach` then switches the tap with TC
+        /// alone, since a tap with XDP copies every GSO super-frame through
+        /// generic XDP.
+        #[arg(long)]
+        vnet_hdr: bool,
     },
     /// Delete a tap (detaching it from its bridge first).
     Del { tap: String },
@@ -309,15 +315,23 @@ async fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("bridge {name}"))?;
             eprintln!("bridge {name} removed (detached: {})", list_or_none(&ports));
         }
-        Cmd::Tap(TapCmd::Add { tap, user, group }) => {
+        Cmd::Tap(TapCmd::Add {
+            tap,
+            user,
+            group,
+            vnet_hdr,
+        }) => {
             check_ifname(&tap)?;
             let uid = user.as_deref().map(tap::resolve_user).transpose()?;
             let gid = group.as_deref().map(tap::resolve_group).transpose()?;
             if net.link_by_name(&tap).await?.is_some() {
                 return Err(umlbr::Error::InterfaceExists(tap).into());
             }
-            tap::create(&tap, uid, gid)?;
-            eprintln!("tap {tap} created");
+            tap::create(&tap, uid, gid, vnet_hdr)?;
+            eprintln!(
+                "tap {tap} created{}",
+                if vnet_hdr { " (vnet headers)" } else { "" }
+            );
         }
         Cmd::Tap(TapCmd::Del { tap }) => {
             let link = net.require(&tap).await?;

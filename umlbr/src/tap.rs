@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 nix::ioctl_write_ptr_bad!(
     tunsetiff,
@@ -39,8 +40,10 @@ pub fn resolve_group(group: &str) -> Result<u32> {
 
 /// Create a persistent tap (IFF_TAP | IFF_NO_PI) named `name`. The caller
 /// has checked that no interface of that name exists: TUNSETIFF would
-/// otherwise attach to it instead of failing.
-pub fn create(name: &str, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+/// otherwise attach to it instead of failing. With `vnet_hdr` the tap is
+/// marked for a guest that uses vnet headers (IFF_VNET_HDR, which tun
+/// keeps): `attach` then gives it TC only.
+pub fn create(name: &str, uid: Option<u32>, gid: Option<u32>, vnet_hdr: bool) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -51,7 +54,7 @@ pub fn create(name: &str, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
     for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
     let fd = file.as_raw_fd();
     let what = |op: &str| format!("{op} on tap {name}");
     // SAFETY: valid fd and ifreq; the int ioctls take values, not pointers.
