@@ -45,11 +45,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut c = Command::new(&bench);
     c.arg("--umlbr").arg(&umlbr);
     // A caller's own --out (after `--`) wins over bench/results.
-    if !args
+    let own_out = args
         .bench_args
         .iter()
-        .any(|a| a == "--out" || a.starts_with("--out="))
-    {
+        .any(|a| a == "--out" || a.starts_with("--out="));
+    if !own_out {
         c.arg("--out").arg(&out);
     }
     if args.quick {
@@ -57,6 +57,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     c.args(&args.bench_args);
     util::run(&mut c)?;
-    say(format!("results: {}", out.join("latest.md").display()));
+    if !own_out {
+        say(format!("results: {}", out.join("latest.md").display()));
+    }
     Ok(())
 }
