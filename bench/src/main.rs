@@ -1092,8 +1092,9 @@ fn machine_info(
                  Frame sizes are as written to the tap (Ethernet header, no FCS). Writers use \
                  O_NONBLOCK (tun's native XDP path) unless a row says otherwise; the ceiling is \
                  a native XDP drop program on each writer's tap, so it is what the writers alone \
-                 can do. redirect is the floor of any XDP switch on tun: a native XDP program that only \
-                 calls bpf_redirect() to a fixed peer tap (tap-to-tap rows). umlbr-tc is umlbr with the XDP program removed from the taps \
+                 can do. redirect is the floor of any switch on the same hooks: a program that only \
+                 calls bpf_redirect() to a fixed peer port (native XDP between taps; tcx between \
+                 tap0 and a veth uplink), no switching work at all. umlbr-tc is umlbr with the XDP program removed from the taps \
                  (ip link set dev TAP xdp off): only its tcx program switches. A load average \
                  above the core count means other work shared the CPUs.",
     })
