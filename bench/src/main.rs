@@ -170,9 +170,11 @@ fn run(args: Args) -> Result<()> {
         for k in 0..n {
             let c = cfg.contenders[(k + rep) % n];
             for &g in &cfg.groups {
-                // The redirect floor forwards fixed pairs: unicast
-                // tap-to-tap, uplink and the NAT tap-uplink rows only.
-                if c == Contender::Redirect && !matches!(g, "tap-to-tap" | "uplink" | "nat") {
+                // The redirect floor forwards fixed pairs (or floods
+                // from tap0): the rows of these groups only.
+                if c == Contender::Redirect
+                    && !matches!(g, "tap-to-tap" | "flooding" | "uplink" | "nat")
+                {
                     continue;
                 }
                 check_interrupted()?;
@@ -854,7 +856,7 @@ fn flooding(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     }
     for &k in &cfg.flood_ports {
         check_interrupted()?;
-        let topo = Topo::new(c, k + 1, &[], &cfg.umlbr)?;
+        let topo = Topo::flood(c, k + 1, &cfg.umlbr)?;
         let sinks: Vec<usize> = (1..=k).collect();
         let row = format!("flood_{k}");
         let o = measured(
@@ -1094,7 +1096,8 @@ fn machine_info(
                  a native XDP drop program on each writer's tap, so it is what the writers alone \
                  can do. redirect is the floor of any switch on the same hooks: a program that only \
                  calls bpf_redirect() to a fixed peer port (native XDP between taps; tcx between \
-                 tap0 and a veth uplink), no switching work at all. umlbr-tc is umlbr with the XDP program removed from the taps \
+                 tap0 and a veth uplink) or broadcasts through a devmap (flooding rows), no \
+                 switching work at all. umlbr-tc is umlbr with the XDP program removed from the taps \
                  (ip link set dev TAP xdp off): only its tcx program switches. A load average \
                  above the core count means other work shared the CPUs.",
     })

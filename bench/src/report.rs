@@ -151,8 +151,8 @@ impl Results {
             floor / umlbr
         };
         Some(format!(
-            "goal {}: umlbr {umlbr:.2}× kernel; the redirect floor (a bare bpf_redirect to \
-             the peer port on the same hooks, no switching) {floor:.2}× kernel, so {}; umlbr \
+            "goal {}: umlbr {umlbr:.2}× kernel; the redirect floor (bare bpf_redirect to \
+             the peer port, or a devmap broadcast, on the same hooks: no switching work) {floor:.2}× kernel, so {}; umlbr \
              performs at {:.0}% of the floor",
             goal.text,
             if floor_meets {

@@ -145,6 +145,22 @@ impl Topo {
         Ok(topo)
     }
 
+    /// `ntaps` taps where tap0 floods the others: the contender's bridge,
+    /// or for the redirect floor a native XDP program on tap0 that
+    /// broadcasts every frame to the other taps through a devmap.
+    pub fn flood(contender: Contender, ntaps: usize, umlbr: &Path) -> Result<Topo> {
+        if contender != Contender::Redirect {
+            return Topo::new(contender, ntaps, &[], umlbr);
+        }
+        // No pairs: Ceiling's setup with nothing to drop, then the flood.
+        let mut topo = Topo::new(Contender::Ceiling, ntaps, &[], umlbr)?;
+        topo.contender = Contender::Redirect;
+        let others = topo.taps[1..].to_vec();
+        let fd = xdp_link(&topo.ns.name, &topo.taps[0], XdpAction::Broadcast(others))?;
+        topo._xdp_links.push(fd);
+        Ok(topo)
+    }
+
     /// Guests on `ntaps` taps behind a gateway bridge that masquerades
     /// them through the uplink up0: the seed's recipe (Linux bridge with an
     /// address, ip_forward, `iptables -t nat -A POSTROUTING -s
@@ -554,6 +570,7 @@ const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_DROP: i32 = 1;
 const BPF_FUNC_REDIRECT: u32 = 23;
+const BPF_FUNC_REDIRECT_MAP: u32 = 51;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
     // SAFETY: bpf(2) with a zero-padded attribute buffer of 128 bytes.
@@ -580,6 +597,10 @@ pub enum XdpAction {
     Drop,
     /// `r1 = ifindex of the named interface; r2 = 0; call bpf_redirect; exit`
     Redirect(String),
+    /// `r1 = devmap of the named interfaces; r2 = 0;
+    /// r3 = BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS; call bpf_redirect_map;
+    /// exit`: a flood with no switching work.
+    Broadcast(Vec<String>),
 }
 
 /// Attach a bench program in driver mode to `iface` in `netns` through a
@@ -607,6 +628,8 @@ fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<
             u64::from_le_bytes([0xb7, dst, 0, 0, 0, 0, 0, 0]) | ((imm as u64) << 32)
         };
         let exit = u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]);
+        // The flood's devmap: the program holds it once loaded.
+        let mut _map: Option<OwnedFd> = None;
         let insns: Vec<u64> = match &action {
             XdpAction::Drop => vec![mov(0, XDP_DROP as u32), exit],
             XdpAction::Redirect(peer) => vec![
@@ -617,6 +640,21 @@ fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<
                     | ((BPF_FUNC_REDIRECT as u64) << 32),
                 exit,
             ],
+            XdpAction::Broadcast(ports) => {
+                let map = devmap_of(ports)?;
+                let fd = map.as_raw_fd() as u32;
+                _map = Some(map);
+                vec![
+                    // ld_imm64 r1, map fd (src_reg BPF_PSEUDO_MAP_FD = 1)
+                    u64::from_le_bytes([0x18, 0x11, 0, 0, 0, 0, 0, 0]) | ((fd as u64) << 32),
+                    0,
+                    mov(2, 0),
+                    mov(3, 8 | 16),
+                    u64::from_le_bytes([0x85, 0, 0, 0, 0, 0, 0, 0])
+                        | ((BPF_FUNC_REDIRECT_MAP as u64) << 32),
+                    exit,
+                ]
+            }
         };
         let license = c"GPL";
         let mut attr = [0u8; 128];
@@ -632,6 +670,7 @@ fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<
         let name: &[u8] = match &action {
             XdpAction::Drop => b"bench_drop",
             XdpAction::Redirect(_) => b"bench_redirect",
+            XdpAction::Broadcast(_) => b"bench_flood",
         };
         attr[48..48 + name.len()].copy_from_slice(name);
         put_u32(&mut attr, 68, attach_type);
@@ -705,6 +744,41 @@ impl Drop for BpfStats {
     fn drop(&mut self) {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.was);
     }
+}
+
+/// A BPF_MAP_TYPE_DEVMAP_HASH holding `ports` (in the calling thread's
+/// namespace), keyed and valued by ifindex.
+fn devmap_of(ports: &[String]) -> Result<OwnedFd> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_MAP_TYPE_DEVMAP_HASH);
+    put_u32(&mut attr, 4, 4);
+    put_u32(&mut attr, 8, 4);
+    put_u32(&mut attr, 12, ports.len().max(1) as u32);
+    let map = bpf(BPF_MAP_CREATE, &mut attr).context("creating the flood floor's devmap")?;
+    for p in ports {
+        let i = nix_ifindex(p)?;
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, map.as_raw_fd() as u32);
+        put_u64(&mut attr, 8, &i as *const u32 as u64);
+        put_u64(&mut attr, 16, &i as *const u32 as u64);
+        // SAFETY: bpf(2) with a zero-padded attribute buffer; no fd comes back.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                attr.as_mut_ptr(),
+                attr.len(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("adding {p} to the devmap"));
+        }
+    }
+    Ok(map)
 }
 
 fn nix_ifindex(iface: &str) -> Result<u32> {
