@@ -473,13 +473,16 @@ fn learning(kind: Kind) -> Result<()> {
 
     // Unknown: B has sent nothing since it booted (or it aged out).
     t.wait_fdb(&mac_b, None, Duration::from_secs(2 * AGING + 2))?;
-    a.run("busybox ping -c 3 -i 0.2 -W 1 192.168.2.77")?;
+    // busybox ping's -W counts from the first echo: a guest stalled by
+    // the host for most of it would stop before sending all three (no
+    // reply ever comes). The phases without a time limit give it more.
+    let (_, ping_unknown) = a.run("busybox ping -c 3 -i 0.2 -W 3 192.168.2.77")?;
 
     // Learned: B sends one frame (to an unknown MAC, which is flooded).
     let t_sent = Instant::now();
     let b_ping = b.spawn("busybox ping -c 1 -W 1 192.168.2.200")?;
     t.wait_fdb(&mac_b, Some("tap1"), Duration::from_secs(3))?;
-    a.run("busybox ping -c 3 -i 0.2 -W 1 192.168.2.78")?;
+    let (_, ping_learned) = a.run("busybox ping -c 3 -i 0.2 -W 1 192.168.2.78")?;
     let known_phase = t_sent.elapsed();
     ensure!(
         known_phase < Duration::from_secs(AGING),
@@ -493,7 +496,7 @@ fn learning(kind: Kind) -> Result<()> {
     // umlbr drops aged entries from `fdb show` at once; the kernel's
     // garbage collector runs every aging interval.
     t.wait_fdb(&mac_b, None, Duration::from_secs(AGING + 2))?;
-    a.run("busybox ping -c 3 -i 0.2 -W 1 192.168.2.79")?;
+    let (_, ping_aged) = a.run("busybox ping -c 3 -i 0.2 -W 3 192.168.2.79")?;
     std::thread::sleep(Duration::from_millis(500));
 
     let out_b = dump_b.stop()?;
@@ -510,14 +513,17 @@ fn learning(kind: Kind) -> Result<()> {
         "[{}] frames to B's MAC seen on B (unknown, learned, aged): {sb:?}, on C: {sc:?}",
         kind.as_str()
     );
+    // What A says it sent, for a failure's message.
+    let sent = [&ping_unknown, &ping_learned, &ping_aged]
+        .map(|o| o.lines().find(|l| l.contains("transmitted")).unwrap_or("?"));
     ensure!(
         sb == [3, 3, 3],
-        "B must get every frame to its MAC, got {sb:?}:\n{out_b}"
+        "B must get every frame to its MAC, got {sb:?} (A's pings: {sent:?}):\n{out_b}"
     );
     ensure!(
         sc == [3, 0, 3],
         "C must see frames to B's MAC only while B is unknown (flooded), got \
-         {sc:?} for (unknown, learned, aged):\n{out_c}"
+         {sc:?} for (unknown, learned, aged) (A's pings: {sent:?}):\n{out_c}"
     );
     Ok(())
 }
