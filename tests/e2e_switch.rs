@@ -466,8 +466,11 @@ fn learning(kind: Kind) -> Result<()> {
         b.iface
     ))?;
     let filter = format!("ether dst {mac_b} and icmp");
-    let dump_b = b.spawn(&format!("exec tcpdump -n -l -i {} {filter}", b.iface))?;
-    let dump_c = c.spawn(&format!("exec tcpdump -n -l -i {} {filter}", c.iface))?;
+    // Immediate mode: by default tcpdump gets frames a ring block at a
+    // time (up to 1 s late), and an interrupt loses what it has not got.
+    let dump = |iface: &str| format!("exec tcpdump --immediate-mode -n -l -i {iface} {filter}");
+    let dump_b = b.spawn(&dump(&b.iface))?;
+    let dump_c = c.spawn(&dump(&c.iface))?;
     dump_b.wait_output("listening on", Duration::from_secs(20))?;
     dump_c.wait_output("listening on", Duration::from_secs(20))?;
 
@@ -497,15 +500,23 @@ fn learning(kind: Kind) -> Result<()> {
     // garbage collector runs every aging interval.
     t.wait_fdb(&mac_b, None, Duration::from_secs(AGING + 2))?;
     let (_, ping_aged) = a.run("busybox ping -c 3 -i 0.2 -W 3 192.168.2.79")?;
-    std::thread::sleep(Duration::from_millis(500));
 
-    let out_b = dump_b.stop()?;
-    let out_c = dump_c.stop()?;
     let count = |out: &str, ip: &str| {
         out.lines()
             .filter(|l| l.contains(&format!("> {ip}: ICMP echo request")))
             .count()
     };
+    // A guest's tcpdump prints late when the host starves the guest: give
+    // each the aged phase's 3 frames (bounded) before stopping it.
+    let t_wait = Instant::now();
+    while (count(&dump_b.output(), "192.168.2.79") < 3
+        || count(&dump_c.output(), "192.168.2.79") < 3)
+        && t_wait.elapsed() < Duration::from_secs(3)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out_b = dump_b.stop()?;
+    let out_c = dump_c.stop()?;
     let seen =
         |out: &str| ["192.168.2.77", "192.168.2.78", "192.168.2.79"].map(|ip| count(out, ip));
     let (sb, sc) = (seen(&out_b), seen(&out_c));
