@@ -469,8 +469,8 @@ fn learning(kind: Kind) -> Result<()> {
     // Immediate mode: by default tcpdump gets frames a ring block at a
     // time (up to 1 s late), and an interrupt loses what it has not got.
     let dump = |iface: &str| format!("exec tcpdump --immediate-mode -n -l -i {iface} {filter}");
-    let dump_b = b.spawn(&dump(&b.iface))?;
-    let dump_c = c.spawn(&dump(&c.iface))?;
+    let dump_b = b.spawn(&dump(b.iface))?;
+    let dump_c = c.spawn(&dump(c.iface))?;
     dump_b.wait_output("listening on", Duration::from_secs(20))?;
     dump_c.wait_output("listening on", Duration::from_secs(20))?;
 

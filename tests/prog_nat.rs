@@ -46,7 +46,7 @@ use aya::{
     },
 };
 use umlbr_common::{
-    Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN,
+    Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
     NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
     NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
     NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_KIND_OTHER, PortStats, names,
@@ -146,6 +146,14 @@ fn ip4(a: [u8; 4]) -> Ipv4Addr {
 /// The neighbour MAC a translated packet to `remote` must carry.
 fn next_hop_mac(remote: [u8; 4]) -> Mac {
     if remote == LAN_HOST { LAN_MAC } else { NH_MAC }
+}
+
+/// `NatOut.hop` for a next hop `dmac` out of up0.
+fn hop_bytes(dmac: Mac) -> [u8; 12] {
+    let mut h = [0; 12];
+    h[..6].copy_from_slice(&dmac);
+    h[6..].copy_from_slice(&UP_MAC);
+    h
 }
 
 // ---------------------------------------------------------------------------
@@ -393,6 +401,9 @@ impl Bench {
                     addr: be32(NAT_IP),
                     port: m.nat_port.to_be(),
                     _pad: 0,
+                    hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
+                    _pad2: 0,
+                    hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
                 },
                 0,
             )?;
@@ -649,7 +660,8 @@ impl Flow {
     fn out_key(&self) -> NatKey {
         NatKey {
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             local_addr: be32(gip(self.guest)),
             remote_addr: be32(self.remote),
             local_port: self.gport.to_be(),
@@ -660,7 +672,8 @@ impl Flow {
     fn in_key(&self, nat_port: u16) -> NatKey {
         NatKey {
             proto: self.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             local_addr: be32(NAT_IP),
             remote_addr: be32(self.remote),
             local_port: nat_port.to_be(),
@@ -751,6 +764,9 @@ struct Mapping {
     out: bool,
     /// Its NAT_IN entry exists.
     inn: bool,
+    /// A next hop cached in its NAT_OUT entry: dst MAC, looked up this
+    /// long ago.
+    hop: Option<(Mac, u64)>,
 }
 
 fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
@@ -761,10 +777,23 @@ fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
         idle_ns,
         out: true,
         inn: true,
+        hop: None,
     }
 }
 
 impl Mapping {
+    fn with_hop(mut self, dmac: Mac, age_ns: u64) -> Self {
+        self.hop = Some((dmac, age_ns));
+        self
+    }
+
+    /// The cached next hop, if young enough to be used.
+    fn fresh_hop(&self) -> Option<Mac> {
+        self.hop
+            .filter(|&(_, age)| age < NAT_HOP_NS)
+            .map(|(mac, _)| mac)
+    }
+
     fn nat_in(&self, now: u64) -> NatIn {
         NatIn {
             addr: be32(gip(self.flow.guest)),
@@ -1329,6 +1358,81 @@ fn table() -> Vec<Case> {
         )
         .pre(&[mapping(i1, P3, NAT_S_REPLIED, 2 * SEC)])
         .both(Snat(i1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        // The next-hop cache: a fresh one is used as is (no route lookup:
+        // the frame leaves for the cached MAC, not the FIB's); a stale one
+        // is looked up again and replaced.
+        // A fresh hop also spares the inbound lookup (the check that
+        // cached it refreshed the mapping): idle as long as the hop's age.
+        Case::new(
+            "UDP of a mapping with a next hop cached 0.5 s ago: sent to the cached MAC, inbound entry untouched",
+            guest(0),
+            u1.out_frame(0, b"cached"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 2)])
+        .both(Snat(u1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "a fresh next hop and no inbound entry (evicted): still translated, for at most NAT_HOP_NS",
+            guest(0),
+            u1.out_frame(0, b"evicted"),
+        )
+        .pre(&[Mapping {
+            inn: false,
+            ..mapping(u1, P, NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 2)
+        }])
+        .both(Snat(u1), REUSE, &[]),
+        Case::new(
+            "TCP FIN of a mapping with a fresh next hop: the inbound state still follows",
+            guest(0),
+            t1.out_frame(tcp_flags::FIN | ack, b""),
+        )
+        .pre(&[
+            mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 2),
+        ])
+        .both(
+            Snat(t1),
+            REUSE,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_OUT)],
+        ),
+        Case::new(
+            "a fresh next hop under a 3 s UDP timeout: the inbound entry is still checked and refreshed",
+            guest(0),
+            u1.out_frame(0, b"short timeout"),
+        )
+        .tweak(|c| {
+            c.udp_ns = 3 * SEC;
+            c.udp_stream_ns = 3 * SEC;
+        })
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, 2 * SEC).with_hop(NH2_MAC, SEC / 2)])
+        .both(Snat(u1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP of a mapping with a next hop cached 1.5 s ago: looked up again, cache refreshed",
+            guest(0),
+            u1.out_frame(0, b"stale"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, 2 * SEC).with_hop(NH2_MAC, 3 * SEC / 2)])
+        .both(Snat(u1), REUSE, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "a flow routed elsewhere since its next hop was cached 0.5 s ago: still sent to it",
+            guest(0),
+            udp(0, 1000, OTHER_NET, 53).out_frame(0, b"moved"),
+        )
+        .pre(&[mapping(udp(0, 1000, OTHER_NET, 53), P, NAT_S_REPLIED, SEC / 2)
+            .with_hop(NH_MAC, SEC / 2)])
+        .both(
+            Snat(udp(0, 1000, OTHER_NET, 53)),
+            REUSE,
+            &[Touched(0, NAT_S_REPLIED)],
+        ),
+        // (Idle 0.2 s: finding the mapping refreshes it, and rewrites the
+        // time of one idle over a second, which "unchanged" would flag.)
+        Case::new(
+            "a flow routed elsewhere, its cached next hop 1.5 s old: the kernel's path",
+            guest(0),
+            udp(0, 1000, OTHER_NET, 53).out_frame(0, b"moved"),
+        )
+        .pre(&[mapping(udp(0, 1000, OTHER_NET, 53), P, NAT_S_REPLIED, SEC / 5)
+            .with_hop(NH_MAC, 3 * SEC / 2)])
+        .switched(SLOW),
         Case::new(
             "same guest port and remote from another guest: a different mapping",
             guest(1),
@@ -2097,13 +2201,29 @@ impl Bench {
                     let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
                     want_out.push(ok);
                     want_in.push(ik);
-                    if out_after.get(&ok) != out_before.get(&ok) {
-                        errs.push(format!(
-                            "NAT_OUT {} changed: {:?} -> {:?}",
-                            fmt_key(&ok.0),
-                            out_before.get(&ok),
-                            out_after.get(&ok)
-                        ));
+                    // Sent with the FIB's next hop: now cached in NAT_OUT.
+                    let looked_up =
+                        matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
+                    match (out_before.get(&ok), out_after.get(&ok)) {
+                        (Some(b), Some(a)) if looked_up => {
+                            let w = NatOut {
+                                hop: hop_bytes(next_hop_mac(m.flow.remote)),
+                                hop_ns: a.hop_ns,
+                                ..*b
+                            };
+                            if *a != w || a.hop_ns < t0 || a.hop_ns > t1 {
+                                errs.push(format!(
+                                    "NAT_OUT {}: {a:?}, expected {b:?} with next hop {} stamped in [{t0}, {t1}]",
+                                    fmt_key(&ok.0),
+                                    fmt_mac(&next_hop_mac(m.flow.remote))
+                                ));
+                            }
+                        }
+                        (b, a) if a != b || a.is_none() => errs.push(format!(
+                            "NAT_OUT {} changed: {b:?} -> {a:?}",
+                            fmt_key(&ok.0)
+                        )),
+                        _ => {}
                     }
                     match (in_before.get(&ik), in_after.get(&ik)) {
                         (Some(b), Some(a)) => {
@@ -2145,6 +2265,26 @@ impl Bench {
                         PortRule::Is(p) => port == *p,
                         PortRule::Not(v) => in_range && !v.contains(&port),
                     };
+                    // The next hop the packet left with is cached; an
+                    // unresolved one is not.
+                    let hop_ok = match e.fate {
+                        Fate::Snat(_) => {
+                            o.hop == hop_bytes(next_hop_mac(flow.remote))
+                                && o.hop_ns >= t0
+                                && o.hop_ns <= t1
+                        }
+                        _ => o.hop_ns == 0,
+                    };
+                    if !hop_ok || o._pad2 != 0 {
+                        errs.push(format!(
+                            "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
+                            fmt_key(&ok.0),
+                            o.hop,
+                            o.hop_ns,
+                            fmt_mac(&next_hop_mac(flow.remote)),
+                            e.fate
+                        ));
+                    }
                     if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
                         errs.push(format!(
                             "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
@@ -2250,11 +2390,19 @@ impl Bench {
                 .map(|o| u16::from_be(o.port))
         };
         let (want_ret, want_bytes) = match e.fate {
-            Fate::Snat(f) => (
-                redirect(prog),
-                port_of(&f)
-                    .map(|p| snat_expect(&c.frame, p, Some((next_hop_mac(f.remote), UP_MAC)))),
-            ),
+            Fate::Snat(f) => {
+                // A mapping's fresh cached next hop, else the FIB's.
+                let dmac = c
+                    .pre
+                    .iter()
+                    .find(|m| m.flow == f)
+                    .and_then(Mapping::fresh_hop)
+                    .unwrap_or(next_hop_mac(f.remote));
+                (
+                    redirect(prog),
+                    port_of(&f).map(|p| snat_expect(&c.frame, p, Some((dmac, UP_MAC)))),
+                )
+            }
             Fate::SnatNeigh(f) => (
                 redirect(prog),
                 port_of(&f).map(|p| snat_expect(&c.frame, p, None)),

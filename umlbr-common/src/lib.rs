@@ -147,21 +147,36 @@ pub const NAT_TRIES: u32 = 16;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not [u8; 3]: the BPF backend zeroes an odd-sized array
+    // with a call to a byte-wise memset, on every key built.
+    pub _pad: u8,
+    pub _pad2: u16,
     pub local_addr: u32,
     pub remote_addr: u32,
     pub local_port: u16,
     pub remote_port: u16,
 }
 
-/// Outbound map value: the outside address and port of the mapping.
+/// Outbound map value: the outside address and port of the mapping, and
+/// the flow's next hop as the last route lookup found it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatOut {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
+    /// Destination and source MAC for the uplink (bpf_fib_lookup's dmac
+    /// and smac), valid while `hop_ns` is younger than [`NAT_HOP_NS`].
+    pub hop: [u8; 12],
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC_COARSE ns of that lookup; 0: none yet.
+    pub hop_ns: u64,
 }
+
+/// How long a flow's cached next hop is used before the route is looked
+/// up again: a route or neighbour change reaches established flows within
+/// this time (new flows at once).
+pub const NAT_HOP_NS: u64 = 1_000_000_000;
 
 /// Inbound map value: where replies go, and the flow's state.
 #[repr(C)]
@@ -343,7 +358,7 @@ mod tests {
         assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<PortStats>(), 8 + 10 * 8);
         assert_eq!(size_of::<NatKey>(), 16);
-        assert_eq!(size_of::<NatOut>(), 8);
+        assert_eq!(size_of::<NatOut>(), 32);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
         assert_eq!(size_of::<NatStats>(), 10 * 8);

@@ -113,7 +113,14 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     // SAFETY: bounds checked above.
     let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
     let cfg = config();
-    let action = match switch::decide(&FDB, cfg, dst, src, ingress, stats) {
+    // Guest traffic to the gateway, the masquerade's way out: its port
+    // is the host port (a static FDB entry), so no lookup is needed.
+    let verdict = if cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac) {
+        switch::decide_known(&FDB, src, ingress, cfg.host_port, stats)
+    } else {
+        switch::decide(&FDB, cfg, dst, src, ingress, stats)
+    };
+    let action = match verdict {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
+    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_HOP_NS, NAT_MTU_ROUTES, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
     NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE, NAT_TRIES, NatConfig, NatIn, NatKey, NatOut, NatStats,
 };
 
@@ -423,24 +423,45 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         count(|s| s.slow_path += 1);
         return OUT_NOT_NAT;
     }
-    let mut macs = [0u8; 12];
-    let r = route(pkt.raw_ctx(), cfg, &req, &mut macs);
-    let (ret, oif) = ((r >> 32) as u32, r as u32);
-    let neigh = if ret == BPF_FIB_LKUP_RET_SUCCESS && oif == cfg.nat_ifindex {
-        false
-    } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH && oif == cfg.nat_ifindex {
-        true
+    // An established flow with a fresh cached next hop skips the route
+    // lookup, the costliest step (bench/: NAT rows).
+    let now = crate::fdb::now();
+    // The next hop's dst and src MAC. Left uninitialised: both ways below
+    // write it before it is read, and zeroing it costs a call to the BPF
+    // backend's byte-wise memset on every packet.
+    let mut macs = core::mem::MaybeUninit::<[u8; 12]>::uninit();
+    let found = mapping_find(cfg, &req, now, macs.as_mut_ptr());
+    let (nat_port, neigh) = if found & FOUND_HOP != 0 {
+        (found & 0xffff, false)
     } else {
-        // Not routed via the uplink (or needs fragmenting): the kernel.
-        count(|s| s.slow_path += 1);
-        return OUT_NOT_NAT;
+        let r = route(pkt.raw_ctx(), cfg, &req, macs.as_mut_ptr());
+        let (ret, oif) = ((r >> 32) as u32, r as u32);
+        let neigh = if ret == BPF_FIB_LKUP_RET_SUCCESS && oif == cfg.nat_ifindex {
+            false
+        } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH && oif == cfg.nat_ifindex {
+            true
+        } else {
+            // Not routed via the uplink (or needs fragmenting): the kernel.
+            count(|s| s.slow_path += 1);
+            return OUT_NOT_NAT;
+        };
+        if xdp && neigh {
+            return OUT_TO_TC;
+        }
+        // An unresolved neighbour is not cached: TC's redirect_neigh
+        // resolves it, and the next packet looks again.
+        let port = if found != 0 {
+            found
+        } else {
+            mapping_new(pkt.raw_ctx(), cfg, &req, now)
+        };
+        // (A new mapping gets its hop here too, not from mapping_new,
+        // whose stack frame has no room left for it.)
+        if !neigh && port != 0 && port != NO_MAPPING {
+            store_hop(&req, macs.as_ptr(), now);
+        }
+        (port, neigh)
     };
-    if xdp && neigh {
-        return OUT_TO_TC;
-    }
-    let (sport, proto, tcp_flags) = (req.sport, req.proto, req.tcp_flags);
-    let _ = tcp_flags;
-    let nat_port = mapping_out(pkt.raw_ctx(), cfg, &req);
     if nat_port == NO_MAPPING {
         count(|s| s.slow_path += 1);
         return OUT_NOT_NAT;
@@ -449,7 +470,7 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         count(|s| s.slow_path += 1);
         // One line at the 1st, 2nd, 4th, 8th... failure on this CPU:
         // visible in `umlbr log`, without flooding the log ring. (Called
-        // from here, not from mapping_out, to keep the call chain's stack
+        // from here, not from mapping_new, to keep the call chain's stack
         // within 512 bytes.)
         if let Some(st) = stats()
             && st.alloc_fail != 0
@@ -459,7 +480,7 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         }
         return OUT_NOT_NAT;
     }
-    let nat_port = nat_port as u16;
+    let (nat_port, sport) = (nat_port as u16, req.sport);
     let csum_off = l4_csum_off(proto);
     let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
         return OUT_NOT_NAT;
@@ -481,7 +502,8 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
     );
     dec_ttl(pkt, ttl_word);
     if !neigh {
-        wr::<[u8; 12]>(pkt, 0, macs);
+        // SAFETY: written by mapping_find (FOUND_HOP) or route (resolved).
+        wr::<[u8; 12]>(pkt, 0, unsafe { macs.assume_init() });
     }
     if xdp {
         count(|s| s.out_xdp += 1);
@@ -499,7 +521,7 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
 /// interface: result << 32 | output ifindex (all ones on a helper error);
 /// `macs` gets dst and src MACs.
 #[inline(never)]
-fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: &mut [u8; 12]) -> u64 {
+fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: *mut [u8; 12]) -> u64 {
     let tot_len = f.tot_len;
     let mut fib = bpf_fib_lookup {
         family: AF_INET,
@@ -528,8 +550,11 @@ fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: &mut [u8; 12]) -> u6
             0,
         )
     };
-    macs[..6].copy_from_slice(&fib.dmac);
-    macs[6..].copy_from_slice(&fib.smac);
+    // SAFETY: the caller's 12 bytes, written whatever the result.
+    unsafe {
+        macs.cast::<[u8; 6]>().write(fib.dmac);
+        macs.cast::<[u8; 6]>().add(1).write(fib.smac);
+    }
     if ret < 0 {
         return u64::MAX;
     }
@@ -561,6 +586,19 @@ fn tcp_state_in(flags: u8) -> u16 {
         s |= NAT_S_RST;
     }
     s
+}
+
+/// The shortest time a mapping of `proto` may stay idle, whatever its state.
+#[inline(always)]
+fn min_timeout_ns(cfg: &NatConfig, proto: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => cfg
+            .tcp_closing_ns
+            .min(cfg.tcp_transitory_ns)
+            .min(cfg.tcp_established_ns),
+        IPPROTO_UDP => cfg.udp_ns.min(cfg.udp_stream_ns),
+        _ => cfg.icmp_ns,
+    }
 }
 
 #[inline(always)]
@@ -642,67 +680,108 @@ struct Flow {
     mac: [u8; 6],
 }
 
-/// `mapping_out`: the flow is not to be mapped (the kernel's path).
+/// `mapping_new`: the flow is not to be mapped (the kernel's path).
 const NO_MAPPING: u32 = 1 << 16;
+/// `mapping_find`: the mapping's cached next hop is fresh (in `macs`).
+const FOUND_HOP: u32 = 1 << 17;
 
-/// The outside port of the flow (network byte order), allocating a
-/// mapping if it has none; 0 if no port is free, NO_MAPPING if the flow
-/// must not get one.
-#[inline(never)]
-fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
-    let (proto, saddr, daddr, sport, dport, mac, tcp_flags) = (
-        f.proto,
-        f.saddr,
-        f.daddr,
-        f.sport,
-        f.dport,
-        f.mac,
-        f.tcp_flags,
-    );
-    let now = crate::fdb::now();
-    let state = if proto == IPPROTO_TCP {
-        tcp_state_out(tcp_flags)
+#[inline(always)]
+fn out_key(f: &Flow) -> NatKey {
+    NatKey {
+        proto: f.proto,
+        _pad: 0,
+        _pad2: 0,
+        local_addr: f.saddr,
+        remote_addr: f.daddr,
+        local_port: f.sport,
+        remote_port: f.dport,
+    }
+}
+
+#[inline(always)]
+fn flow_state(f: &Flow) -> u16 {
+    if f.proto == IPPROTO_TCP {
+        tcp_state_out(f.tcp_flags)
     } else {
         0
-    };
-    let okey = NatKey {
-        proto,
-        _pad: [0; 3],
-        local_addr: saddr,
-        remote_addr: daddr,
-        local_port: sport,
-        remote_port: dport,
-    };
-    if let Some(o) = NAT_OUT.get_ptr(okey) {
-        // SAFETY: pointer into the map value, read once.
-        let o = unsafe { *o };
-        let ikey = NatKey {
-            proto,
-            _pad: [0; 3],
-            local_addr: o.addr,
-            remote_addr: daddr,
-            local_port: o.port,
-            remote_port: dport,
-        };
-        if let Some(i) = NAT_IN.get_ptr_mut(ikey) {
-            // SAFETY: pointer into the map value.
-            let i = unsafe { &mut *i };
-            if i.addr == saddr && i.port == sport && live(cfg, proto, i, now) {
-                touch(i, now, state);
-                return o.port as u32;
-            }
-            if i.addr == saddr && i.port == sport {
-                let _ = NAT_IN.remove(ikey);
-            }
-        }
-        let _ = NAT_OUT.remove(okey);
-        count(|s| s.expired += 1);
     }
+}
+
+/// The outside port (network byte order) of the flow's live mapping,
+/// refreshed, with FOUND_HOP and the next hop in `macs` if the cached
+/// one is fresh; 0 if the flow has no live mapping (an expired one is
+/// removed).
+#[inline(never)]
+fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut [u8; 12]) -> u32 {
+    let okey = out_key(f);
+    let Some(o) = NAT_OUT.get_ptr(okey) else {
+        return 0;
+    };
+    // SAFETY: pointer into the map value, read once.
+    let o = unsafe { *o };
+    let state = flow_state(f);
+    let hop_fresh = o.hop_ns != 0 && now.wrapping_sub(o.hop_ns) <= NAT_HOP_NS;
+    // A fresh hop means that this check ran in full (inbound entry found
+    // live, and refreshed) under NAT_HOP_NS ago, so the mapping's time
+    // lags by at most twice that: skip the inbound lookup when no timeout
+    // is near that short and the packet changes no state. (Replies
+    // refresh it on their own.)
+    if hop_fresh && state == 0 && min_timeout_ns(cfg, f.proto) > 4 * NAT_HOP_NS {
+        // SAFETY: the caller's 12 bytes.
+        unsafe { macs.write(o.hop) };
+        return o.port as u32 | FOUND_HOP;
+    }
+    let ikey = NatKey {
+        proto: f.proto,
+        _pad: 0,
+        _pad2: 0,
+        local_addr: o.addr,
+        remote_addr: f.daddr,
+        local_port: o.port,
+        remote_port: f.dport,
+    };
+    if let Some(i) = NAT_IN.get_ptr_mut(ikey) {
+        // SAFETY: pointer into the map value.
+        let i = unsafe { &mut *i };
+        if i.addr == f.saddr && i.port == f.sport && live(cfg, f.proto, i, now) {
+            touch(i, now, state);
+            if hop_fresh {
+                // SAFETY: the caller's 12 bytes.
+                unsafe { macs.write(o.hop) };
+                return o.port as u32 | FOUND_HOP;
+            }
+            return o.port as u32;
+        }
+        if i.addr == f.saddr && i.port == f.sport {
+            let _ = NAT_IN.remove(ikey);
+        }
+    }
+    let _ = NAT_OUT.remove(okey);
+    count(|s| s.expired += 1);
+    0
+}
+
+/// Cache a route lookup's next hop in the flow's mapping.
+#[inline(never)]
+fn store_hop(f: &Flow, macs: *const [u8; 12], now: u64) {
+    if let Some(o) = NAT_OUT.get_ptr_mut(out_key(f)) {
+        // SAFETY: pointer into the map value; a racing CPU stores the same.
+        let o = unsafe { &mut *o };
+        // SAFETY: the caller's 12 bytes, written by route().
+        o.hop = unsafe { macs.read() };
+        o.hop_ns = now;
+    }
+}
+
+/// A new mapping for a flow that has none: its outside port (network byte
+/// order), 0 if no port is free, NO_MAPPING if the flow must not get one.
+#[inline(never)]
+fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, now: u64) -> u32 {
     // A TCP flow gets a mapping only from its first SYN: a flow that began
     // on the kernel's path (before the masquerade was attached, or while
     // the port range was full) stays there instead of changing its source
     // port mid-stream.
-    if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    if f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return NO_MAPPING;
     }
     let range = (cfg.port_hi as u32).wrapping_sub(cfg.port_lo as u32) + 1;
@@ -710,20 +789,12 @@ fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
         count(|s| s.alloc_fail += 1);
         return 0;
     }
-    let mut h = saddr ^ daddr.rotate_left(7) ^ ((sport as u32) << 16 | dport as u32);
+    let mut h = f.saddr ^ f.daddr.rotate_left(7) ^ ((f.sport as u32) << 16 | f.dport as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
-    let fresh = NatIn {
-        addr: saddr,
-        port: sport,
-        state,
-        mac,
-        _pad: [0; 2],
-        last_seen_ns: now,
-        created_ns: now,
-    };
     let mut i = 0u32;
+    let mut claimed = None;
     while i < NAT_TRIES {
         // Probe i: a fresh hash of (flow, i), so no range size makes the
         // probes repeat a few ports.
@@ -734,54 +805,103 @@ fn mapping_out(ctx: *mut c_void, cfg: &NatConfig, f: &Flow) -> u32 {
         let cand = (cfg.port_lo as u32 + p % range) as u16;
         let cand = cand.to_be();
         i += 1;
-        let ikey = NatKey {
-            proto,
-            _pad: [0; 3],
-            local_addr: cfg.nat_addr,
-            remote_addr: daddr,
-            local_port: cand,
-            remote_port: dport,
-        };
-        if let Some(e) = NAT_IN.get_ptr(ikey) {
-            // SAFETY: pointer into the map value, read once.
-            let e = unsafe { *e };
-            if live(cfg, proto, &e, now) {
-                continue;
-            }
-            // An expired mapping: retire both of its entries.
-            let stale = NatKey {
-                proto,
-                _pad: [0; 3],
-                local_addr: e.addr,
-                remote_addr: daddr,
-                local_port: e.port,
-                remote_port: dport,
-            };
-            let _ = NAT_OUT.remove(stale);
-            let _ = NAT_IN.remove(ikey);
-            count(|s| s.expired += 1);
-        }
-        if host_socket(ctx, proto, daddr, dport, cfg.nat_addr, cand) {
-            continue;
-        }
-        // BPF_NOEXIST: a racing CPU may have taken this port.
-        if NAT_IN.insert(ikey, fresh, 1).is_err() {
-            continue;
-        }
-        let o = NatOut {
-            addr: cfg.nat_addr,
-            port: cand,
-            _pad: 0,
-        };
-        if NAT_OUT.insert(okey, o, 0).is_err() {
-            let _ = NAT_IN.remove(ikey);
+        if port_free(cfg, f, cand, now)
+            && !host_socket(ctx, f.proto, f.daddr, f.dport, cfg.nat_addr, cand)
+            && insert_in(cfg, f, cand, now)
+        {
+            claimed = Some(cand);
             break;
         }
-        count(|s| s.allocs += 1);
-        return cand as u32;
     }
-    count(|s| s.alloc_fail += 1);
-    0
+    let Some(cand) = claimed else {
+        count(|s| s.alloc_fail += 1);
+        return 0;
+    };
+    if !insert_out(cfg, f, cand) {
+        count(|s| s.alloc_fail += 1);
+        return 0;
+    }
+    count(|s| s.allocs += 1);
+    cand as u32
+}
+
+#[inline(always)]
+fn in_key(cfg: &NatConfig, f: &Flow, port: u16) -> NatKey {
+    NatKey {
+        proto: f.proto,
+        _pad: 0,
+        _pad2: 0,
+        local_addr: cfg.nat_addr,
+        remote_addr: f.daddr,
+        local_port: port,
+        remote_port: f.dport,
+    }
+}
+
+/// Whether outside port `cand` (network byte order) is free of live
+/// mappings for the flow's remote end; an expired mapping on it is
+/// retired.
+// mapping_new's steps are BPF functions of their own: inlined into its
+// loop, their spills took the call chain past the 512-byte stack limit.
+#[inline(never)]
+fn port_free(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
+    let ikey = in_key(cfg, f, cand);
+    let Some(e) = NAT_IN.get_ptr(ikey) else {
+        return true;
+    };
+    // SAFETY: pointer into the map value, read in place.
+    let e = unsafe { &*e };
+    if live(cfg, f.proto, e, now) {
+        return false;
+    }
+    let stale = NatKey {
+        proto: f.proto,
+        _pad: 0,
+        _pad2: 0,
+        local_addr: e.addr,
+        remote_addr: f.daddr,
+        local_port: e.port,
+        remote_port: f.dport,
+    };
+    let _ = NAT_OUT.remove(stale);
+    let _ = NAT_IN.remove(ikey);
+    count(|s| s.expired += 1);
+    true
+}
+
+/// Claim outside port `cand` with the flow's inbound entry; false if a
+/// racing CPU took it first.
+#[inline(never)]
+fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
+    let fresh = NatIn {
+        addr: f.saddr,
+        port: f.sport,
+        state: flow_state(f),
+        mac: f.mac,
+        _pad: [0; 2],
+        last_seen_ns: now,
+        created_ns: now,
+    };
+    NAT_IN.insert(in_key(cfg, f, cand), fresh, 1).is_ok()
+}
+
+/// The flow's outbound entry for outside port `cand`; on failure the
+/// inbound entry is taken back.
+#[inline(never)]
+fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16) -> bool {
+    let o = NatOut {
+        addr: cfg.nat_addr,
+        port: cand,
+        _pad: 0,
+        hop: [0; 12],
+        _pad2: 0,
+        hop_ns: 0,
+    };
+    if NAT_OUT.insert(out_key(f), o, 0).is_ok() {
+        return true;
+    }
+    let _ = NAT_IN.remove(in_key(cfg, f, cand));
+    false
 }
 
 #[inline(never)]
@@ -877,7 +997,8 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
     // The key of the mapping, and where the translated port sits.
     let mut key = NatKey {
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
         local_addr: cfg.nat_addr,
         remote_addr: saddr,
         local_port: 0,

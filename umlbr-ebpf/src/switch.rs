@@ -65,3 +65,25 @@ pub fn decide(
         None => Verdict::Flood,
     }
 }
+
+/// `decide` for a frame whose destination port the caller already knows
+/// (the gateway's MAC, a static entry on the host port): learn the source
+/// and spare the lookup.
+#[inline(always)]
+pub fn decide_known(
+    fdb_map: &LruHashMap<FdbKey, FdbEntry>,
+    src: [u8; 6],
+    ingress: u32,
+    port: u32,
+    stats: &mut PortStats,
+) -> Verdict {
+    if is_multicast(&src) || src == [0; 6] {
+        return Verdict::Drop;
+    }
+    fdb::learn(fdb_map, src, ingress, fdb::now(), stats);
+    if port == ingress {
+        Verdict::Drop
+    } else {
+        Verdict::Unicast(port)
+    }
+}

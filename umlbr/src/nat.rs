@@ -404,7 +404,8 @@ pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
         if idle > timeout {
             let out = NatKey {
                 proto: k.proto,
-                _pad: [0; 3],
+                _pad: 0,
+                _pad2: 0,
                 local_addr: v.addr,
                 remote_addr: k.remote_addr,
                 local_port: v.port,
