@@ -138,10 +138,6 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     let table = (!cfg.quick || matches!(p.contender, Contender::Kernel | Contender::Umlbr))
         && p.contender != Contender::Redirect;
     nat_row(cfg, p, res, Uplink::Tap, "nat_64", table)?;
-    if p.contender == Contender::Redirect {
-        // The floor exists for the tap uplink only.
-        return Ok(());
-    }
     check_interrupted()?;
     nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)
 }

@@ -172,14 +172,12 @@ impl Topo {
     /// real one does: umlbr keeps a veth uplink on TC) whose reader plays
     /// the wire, with a permanent neighbour entry for the LAN host.
     ///
-    /// For the redirect floor (tap uplink only): no gateway and no
-    /// translation, a native XDP program on each guest tap that redirects
-    /// every frame to up0: what forwarding guest→uplink costs on these
-    /// hooks before any NAT work.
+    /// For the redirect floor: no gateway and no translation, a program on
+    /// each guest tap that redirects every frame to up0 (native XDP to a
+    /// tap uplink, tcx to a veth one, the hooks umlbr translates on): what
+    /// forwarding guest→uplink costs before any NAT work.
     pub fn nat(contender: Contender, ntaps: usize, uplink: Uplink, umlbr: &Path) -> Result<Topo> {
-        if contender == Contender::Ceiling
-            || (contender == Contender::Redirect && uplink != Uplink::Tap)
-        {
+        if contender == Contender::Ceiling {
             bail!("no NAT topology for {}", contender.as_str());
         }
         let ns = Netns::new("bench")?;
@@ -275,12 +273,36 @@ impl Topo {
                 }
             }
             Contender::Redirect => {
-                for t in topo.taps.clone() {
-                    let fd = xdp_link(&topo.ns.name, &t, XdpAction::Redirect("up0".into()))?;
-                    topo._xdp_links.push(fd);
+                match &topo.lan {
+                    // A veth uplink: tcx redirect, the hook umlbr
+                    // translates on there. The guest addresses its frames
+                    // to lan0's MAC (the veth peer drops any other) and
+                    // the LAN host routes the untranslated source back.
+                    Some(lan) => {
+                        let mac = lan.sh("cat /sys/class/net/lan0/address")?;
+                        let mac = mac.trim();
+                        if mac.len() != 17 {
+                            bail!("unexpected MAC of lan0: {mac:?}");
+                        }
+                        lan.sh("ip route add 192.168.2.0/24 dev lan0")?;
+                        for t in topo.taps.clone() {
+                            let to = XdpAction::Redirect("up0".into());
+                            let fd = tcx_link(&topo.ns.name, &t, to)?;
+                            topo._xdp_links.push(fd);
+                        }
+                        topo.gw_mac = Some(umlbr_tests::wire::mac(mac));
+                    }
+                    None => {
+                        for t in topo.taps.clone() {
+                            let to = XdpAction::Redirect("up0".into());
+                            let fd = xdp_link(&topo.ns.name, &t, to)?;
+                            topo._xdp_links.push(fd);
+                        }
+                        // Nobody answers the guest's ARP: any gateway MAC
+                        // will do.
+                        topo.gw_mac = Some([0x02, 0xb2, 0, 0, 0, 1]);
+                    }
                 }
-                // Nobody answers the guest's ARP: any gateway MAC will do.
-                topo.gw_mac = Some([0x02, 0xb2, 0, 0, 0, 1]);
                 return Ok(topo);
             }
             Contender::Ceiling => unreachable!(),
