@@ -93,6 +93,14 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     {
         return xdp_nat_in(ctx, n);
     }
+    // Guest traffic to masquerade out of an uplink that takes no XDP
+    // frames (a veth): TC does all of it, learning included, so XDP hands
+    // it over before any work of its own.
+    if let Some(n) = ncfg
+        && nat::for_tc_uplink(data, end, n)
+    {
+        return xdp_action::XDP_PASS;
+    }
     let Some(stats) = STATS.get_ptr_mut(ingress) else {
         // Not (or no longer) a port of this bridge.
         return xdp_action::XDP_PASS;
@@ -255,7 +263,13 @@ fn try_tc(ctx: &TcContext) -> i32 {
     // SAFETY: bounds checked above.
     let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
     let cfg = config();
-    match switch::decide(&FDB, cfg, dst, src, ingress, stats) {
+    // As in XDP: the gateway's MAC needs no lookup.
+    let verdict = if cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac) {
+        switch::decide_known(&FDB, src, ingress, cfg.host_port, stats)
+    } else {
+        switch::decide(&FDB, cfg, dst, src, ingress, stats)
+    };
+    match verdict {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
@@ -267,8 +281,7 @@ fn try_tc(ctx: &TcContext) -> i32 {
                 return TC_ACT_OK as i32;
             };
             stats.forwarded += 1;
-            // Headers must be linear and writable for direct access.
-            let _ = ctx.pull_data(ctx.len().min(NAT_PULL));
+            pull_headers(ctx);
             match nat::out_tc(ctx, n, &src) {
                 nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
                 nat::Out::Redirect(ifx) => redirect(ifx, 0),
@@ -305,11 +318,23 @@ fn try_tc(ctx: &TcContext) -> i32 {
 /// inner IPv4 and 8 bytes of an ICMP error.
 const NAT_PULL: u32 = 14 + 20 + 8 + 20 + 8;
 
+/// Make the headers the NAT code reads linear for direct access, unless
+/// they already are (the helper call costs on every packet). Writability
+/// needs nothing: the verifier's prologue un-clones the skb of a program
+/// that writes packet data.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let want = ctx.len().min(NAT_PULL) as usize;
+    if ctx.data() + want > ctx.data_end() {
+        let _ = ctx.pull_data(want as u32);
+    }
+}
+
 /// A frame from the masquerade uplink (TC): a reply for a guest, or the
 /// host's own.
 #[inline(always)]
 fn tc_nat_in(ctx: &TcContext, ncfg: &umlbr_common::NatConfig) -> i32 {
-    let _ = ctx.pull_data(ctx.len().min(NAT_PULL));
+    pull_headers(ctx);
     match nat::inbound_tc(ctx, ncfg) {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {

@@ -308,6 +308,28 @@ impl Out {
     }
 }
 
+/// A guest's IPv4 packet to the gateway's MAC for outside the subnet,
+/// while the uplink takes no XDP frames: TC's to translate (or to hand to
+/// the kernel).
+#[inline(always)]
+pub fn for_tc_uplink(data: usize, end: usize, cfg: &NatConfig) -> bool {
+    if cfg.flags & NAT_F_XDP_TX != 0 || data + IP_OFF + 20 > end {
+        return false;
+    }
+    // SAFETY: 34 bytes checked above.
+    let (dst, ethtype, daddr) = unsafe {
+        (
+            ld::<[u8; 6]>(data, 0),
+            ld::<u16>(data, 12),
+            ld::<u32>(data, IP_OFF + 16),
+        )
+    };
+    dst == cfg.gw_mac
+        && ethtype == ETH_P_IP_RAW
+        && daddr & cfg.mask != cfg.subnet
+        && daddr != cfg.nat_addr
+}
+
 /// Translate a guest packet addressed to the gateway's MAC (XDP).
 #[inline(always)]
 pub fn out_xdp(ctx: &XdpContext, cfg: &NatConfig, guest_mac: &[u8; 6]) -> Out {
