@@ -2,11 +2,12 @@
 //! with TSO: IFF_VNET_HDR and ~64 KB TCP super-frames (gso_type TCPV4,
 //! NEEDS_CSUM), tap0 → tap1.
 //!
-//! What it shows: tun builds such a frame as an skb (too big for its
-//! native XDP path, `tun_can_build_skb`), so a tap with umlbr's XDP
-//! program runs it through generic XDP, which copies the super-frame,
-//! before the program passes it on to TC; umlbr-tc (no XDP on the taps,
-//! like `umlbr attach TAP --tc-only`) skips that copy.
+//! tun builds such a frame as an skb (too big for its native XDP path,
+//! `tun_can_build_skb`); on a tap with umlbr's XDP program, generic XDP
+//! would copy each super-frame before the program passes it on to TC. So
+//! umlbr attaches both taps TC only, as the README advises for guests
+//! with vnet headers (`tap add --vnet-hdr`, `attach --tc-only`): here the
+//! umlbr and umlbr-tc contenders are the same set-up.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
@@ -102,6 +103,9 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
             check_interrupted()?;
             // A fresh topology each: the offloads stay with the device.
             let topo = Topo::new(c, 2, &[], &cfg.umlbr)?;
+            for t in &topo.taps {
+                topo.for_vnet_guest(t)?;
+            }
             gso_row(cfg, p, res, &topo, row, offload)?;
         }
     }

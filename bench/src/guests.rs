@@ -227,6 +227,11 @@ fn pairs(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> 
         (Transport::Vector, [2, 3], "vector"),
     ] {
         check_interrupted()?;
+        if tr == Transport::Vector {
+            for &t in &taps {
+                topo.for_vnet_guest(&topo.taps[t])?;
+            }
+        }
         let specs: Vec<GuestSpec> = taps
             .iter()
             .map(|&t| {
@@ -317,6 +322,7 @@ fn nat(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> Re
     let c = p.contender;
     let topo = Topo::nat(c, 1, Uplink::Veth, &cfg.umlbr)?;
     let lan = topo.lan.as_ref().context("no LAN namespace")?;
+    topo.for_vnet_guest(&topo.taps[0])?;
     let spec = GuestSpec::new(
         "benchnat",
         Transport::Vector,

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! umlbr up br0 --address 192.168.2.1/24
-//! umlbr tap add tap0; umlbr attach tap0        (and tap1, tap2)
+//! umlbr tap add tap0; umlbr attach tap0        (and tap1)
+//! umlbr tap add tap2 --vnet-hdr; umlbr attach tap2   (TC only: for GSO)
 //! linux.uml ... eth0=tuntap,tap0,MAC            guest uml1 192.168.2.2 (legacy tap)
 //! linux.uml ... eth0=tuntap,tap1,MAC            guest uml2 192.168.2.3 (legacy tap)
 //! linux.uml ... vec0:transport=tap,ifname=tap2  guest uml3 192.168.2.4 (vector tap: GSO)
@@ -189,7 +190,13 @@ pub fn run(keep: bool) -> Result<()> {
     umlbr(&["up", BRIDGE, "--address", "192.168.2.1/24"])?;
     let taps = ["tap0", "tap1", "tap2"];
     for tap in taps {
-        umlbr(&["tap", "add", tap])?;
+        // tap2 is for the vector guest (vnet headers, GSO): made with
+        // --vnet-hdr, it gets TC only, as the README advises.
+        if tap == "tap2" {
+            umlbr(&["tap", "add", tap, "--vnet-hdr"])?;
+        } else {
+            umlbr(&["tap", "add", tap])?;
+        }
         umlbr(&["attach", tap])?;
     }
 
