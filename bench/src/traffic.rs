@@ -545,15 +545,16 @@ pub fn fill_frames(
     tap_name: &str,
     frames: Vec<Vec<u8>>,
     hold: &[String],
-) -> Result<Duration> {
+) -> Result<(Duration, f64)> {
     let (netns, tap_name, hold) = (netns.to_string(), tap_name.to_string(), hold.to_vec());
-    std::thread::spawn(move || -> Result<Duration> {
+    std::thread::spawn(move || -> Result<(Duration, f64)> {
         let tap = open_in(&netns, &tap_name, TapMode::default())?;
         let _held: Vec<Tap> = hold
             .iter()
             .map(|h| Tap::open(h, TapMode::default()))
             .collect::<Result<_>>()?;
         let t0 = Instant::now();
+        let cpu0 = clock_s(libc::CLOCK_THREAD_CPUTIME_ID);
         for f in &frames {
             let mut tries = 0;
             while tap.write(f).map(|n| n != f.len()).unwrap_or(true) {
@@ -564,7 +565,7 @@ pub fn fill_frames(
                 std::thread::yield_now();
             }
         }
-        Ok(t0.elapsed())
+        Ok((t0.elapsed(), clock_s(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the fill thread panicked"))?
