@@ -1331,6 +1331,31 @@ fn table() -> Vec<Case> {
                 .build(),
         )
         .xdp(Pass, NONE, &[]),
+        Case::new(
+            "CHECKSUM_PARTIAL-looking TCP SYN from a guest: XDP leaves it to TC",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .tcp_partial(gip(0), R1, &TcpHeader::new(40001, 80, tcp_flags::SYN), b"")
+                .build(),
+        )
+        .xdp(Pass, NONE, &[]),
+        Case::new(
+            "CHECKSUM_PARTIAL-looking UDP of a mapping with a fresh next hop: XDP leaves it to TC, untranslated",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp_partial(gip(0), 40000, R1, 53, b"offloaded")
+                .build(),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 4)])
+        .xdp(Pass, NONE, &[]),
+        Case::new(
+            "CHECKSUM_PARTIAL-looking UDP to the gateway's own address: not NAT, and XDP leaves it to TC",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp_partial(gip(0), 40000, GW_IP, 53, b"offloaded")
+                .build(),
+        )
+        .xdp(Pass, NONE, &[]),
         // Outbound: existing mappings.
         Case::new(
             "UDP of a live mapping (idle 5 s): reused, time refreshed",

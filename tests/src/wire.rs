@@ -518,6 +518,25 @@ impl Frame {
         self.ipv4(src, dst, ipproto::TCP, 64, &t)
     }
 
+    /// An IPv4 TCP segment with a CHECKSUM_PARTIAL checksum field (the
+    /// folded pseudo-header sum, as a sender with offload hands it over).
+    pub fn tcp_partial(
+        self,
+        src: impl Into<Ipv4Addr>,
+        dst: impl Into<Ipv4Addr>,
+        h: &TcpHeader,
+        data: &[u8],
+    ) -> Self {
+        let (src, dst) = (src.into(), dst.into());
+        let mut t = tcp_segment(src, dst, h, data);
+        let mut sum = pseudo_header_sum(src, dst, ipproto::TCP, t.len() as u16);
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        t[16..18].copy_from_slice(&(sum as u16).to_be_bytes());
+        self.ipv4(src, dst, ipproto::TCP, 64, &t)
+    }
+
     /// An IPv4 UDP datagram sent without a checksum (field 0).
     pub fn udp_no_checksum(
         self,

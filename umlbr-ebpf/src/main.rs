@@ -115,15 +115,18 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
         stats.dropped += 1;
         return xdp_action::XDP_DROP;
     }
-    if csum::looks_partial(data, end) {
-        return xdp_action::XDP_PASS;
-    }
     // SAFETY: bounds checked above.
     let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
     let cfg = config();
+    let to_gw = cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac);
+    // What the masquerade translates it checks for CHECKSUM_PARTIAL itself
+    // (nat::out); everything else here.
+    if !to_gw && csum::looks_partial(data, end) {
+        return xdp_action::XDP_PASS;
+    }
     // Guest traffic to the gateway, the masquerade's way out: its port
     // is the host port (a static FDB entry), so no lookup is needed.
-    let verdict = if cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac) {
+    let verdict = if to_gw {
         switch::decide_known(&FDB, src, ingress, cfg.host_port, stats)
     } else {
         switch::decide(&FDB, cfg, dst, src, ingress, stats)
@@ -133,13 +136,14 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
             stats.dropped += 1;
             xdp_action::XDP_DROP
         }
-        Verdict::Unicast(port)
-            if port == cfg.host_port && ncfg.is_some_and(|n| dst == n.gw_mac) =>
-        {
+        Verdict::Unicast(port) if to_gw && port == cfg.host_port => {
             let Some(n) = ncfg else {
                 return xdp_action::XDP_PASS;
             };
             match nat::out_xdp(ctx, n, &src) {
+                nat::Out::NotNat if csum::looks_partial(ctx.data(), ctx.data_end()) => {
+                    xdp_action::XDP_PASS
+                }
                 nat::Out::NotNat => redirect_xdp(port, stats),
                 nat::Out::Redirect(ifx) => redirect_xdp(ifx, stats),
                 nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
