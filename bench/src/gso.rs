@@ -7,7 +7,8 @@
 //! would copy each super-frame before the program passes it on to TC. So
 //! umlbr attaches both taps TC only, as the README advises for guests
 //! with vnet headers (`tap add --vnet-hdr`, `attach --tc-only`): here the
-//! umlbr and umlbr-tc contenders are the same set-up.
+//! umlbr and umlbr-tc contenders are the same set-up. The redirect floor
+//! is a tcx `bpf_redirect` from tap0 to tap1, the same hook.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
@@ -97,12 +98,17 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
 /// segments the super-frames before tap1, in the writer's softirq).
 pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     let c = p.contender;
-    if matches!(c, Contender::Kernel | Contender::KernelTuned) || c.is_umlbr() {
+    if c != Contender::Ceiling {
         // The segmenting reader first: TUNSETOFFLOAD stays on the tap.
         for (row, offload) in [("gso_tcp_seg", false), ("gso_tcp", true)] {
             check_interrupted()?;
             // A fresh topology each: the offloads stay with the device.
-            let topo = Topo::new(c, 2, &[], &cfg.umlbr)?;
+            // The floor redirects in tcx, the hook umlbr switches these on.
+            let topo = if c == Contender::Redirect {
+                Topo::tc_redirect(2, &cfg.umlbr)?
+            } else {
+                Topo::new(c, 2, &[], &cfg.umlbr)?
+            };
             for t in &topo.taps {
                 topo.for_vnet_guest(t)?;
             }

@@ -161,6 +161,21 @@ impl Topo {
         Ok(topo)
     }
 
+    /// The redirect floor on the TC hook: `ntaps` taps, a tcx program on
+    /// each of a pair that `bpf_redirect`s every skb out of the other.
+    /// For frames that never take native XDP (GSO super-frames), where
+    /// umlbr switches in TC too.
+    pub fn tc_redirect(ntaps: usize, umlbr: &Path) -> Result<Topo> {
+        let mut topo = Topo::new(Contender::Ceiling, ntaps, &[], umlbr)?;
+        topo.contender = Contender::Redirect;
+        for i in 0..topo.taps.len() & !1 {
+            let peer = XdpAction::Redirect(topo.taps[i ^ 1].clone());
+            let fd = tcx_link(&topo.ns.name, &topo.taps[i], peer)?;
+            topo._xdp_links.push(fd);
+        }
+        Ok(topo)
+    }
+
     /// Guests on `ntaps` taps behind a gateway bridge that masquerades
     /// them through the uplink up0: the seed's recipe (Linux bridge with an
     /// address, ip_forward, `iptables -t nat -A POSTROUTING -s
