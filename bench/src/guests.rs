@@ -182,11 +182,13 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
 /// vector guest behind its masquerade. A failed measurement costs its
 /// rows only: the others still run, and the errors are returned together.
 pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
-    // Switches only (no ceiling: guests need one).
-    if !matches!(
+    // Switches, and the redirect floor for the guest pairs (no ceiling:
+    // guests need a way to each other).
+    let switch = matches!(
         p.contender,
         Contender::Kernel | Contender::KernelTuned | Contender::Umlbr | Contender::UmlbrTc
-    ) {
+    );
+    if !switch && p.contender != Contender::Redirect {
         return Ok(());
     }
     let mut errs: Vec<String> = Vec::new();
@@ -194,7 +196,8 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         errs.push(format!("{e:#}"));
     }
     check_interrupted()?;
-    if let Err(e) = nat(cfg, p, res, &mut errs) {
+    // The floor has no gateway to masquerade through.
+    if switch && let Err(e) = nat(cfg, p, res, &mut errs) {
         errs.push(format!("{e:#}"));
     }
     if !errs.is_empty() {
@@ -221,7 +224,11 @@ fn measure(errs: &mut Vec<String>, what: &str, f: impl FnOnce() -> Result<()>) -
 /// host processes, and they account for most of it).
 fn pairs(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> Result<()> {
     let c = p.contender;
-    let topo = Topo::new(c, 4, &[], &cfg.umlbr)?;
+    let topo = if c == Contender::Redirect {
+        Topo::guest_redirect(&cfg.umlbr)?
+    } else {
+        Topo::new(c, 4, &[], &cfg.umlbr)?
+    };
     for (tr, taps, name) in [
         (Transport::Legacy, [0, 1], "legacy"),
         (Transport::Vector, [2, 3], "vector"),

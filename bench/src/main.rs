@@ -173,7 +173,10 @@ fn run(args: Args) -> Result<()> {
                 // The redirect floor forwards fixed pairs (or floods
                 // from tap0): the rows of these groups only.
                 if c == Contender::Redirect
-                    && !matches!(g, "tap-to-tap" | "flooding" | "uplink" | "nat" | "gso")
+                    && !matches!(
+                        g,
+                        "tap-to-tap" | "flooding" | "uplink" | "nat" | "gso" | "guests"
+                    )
                 {
                     continue;
                 }
@@ -1096,8 +1099,9 @@ fn machine_info(
                  a native XDP drop program on each writer's tap, so it is what the writers alone \
                  can do. redirect is the floor of any switch on the same hooks: a program that only \
                  calls bpf_redirect() to a fixed peer port (native XDP between taps; tcx between \
-                 tap0 and a veth uplink, and between the taps for GSO super-frames) or broadcasts through a devmap (flooding rows), no \
-                 switching work at all. umlbr-tc is umlbr with the XDP program removed from the taps \
+                 tap0 and a veth uplink, and between the taps of GSO super-frames and of vector \
+                 guests) or broadcasts through a devmap (flooding rows), no switching work at \
+                 all. umlbr-tc is umlbr with the XDP program removed from the taps \
                  (ip link set dev TAP xdp off): only its tcx program switches. A load average \
                  above the core count means other work shared the CPUs.",
     })

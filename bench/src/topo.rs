@@ -176,6 +176,25 @@ impl Topo {
         Ok(topo)
     }
 
+    /// The redirect floor for the guest pairs: taps 0 and 1 (legacy
+    /// guests, whose frames take tun's native XDP path) redirect to each
+    /// other in XDP, taps 2 and 3 (vector guests: GSO super-frames, which
+    /// umlbr switches in TC) in tcx. The hooks umlbr uses for each.
+    pub fn guest_redirect(umlbr: &Path) -> Result<Topo> {
+        let mut topo = Topo::new(Contender::Ceiling, 4, &[], umlbr)?;
+        topo.contender = Contender::Redirect;
+        for i in 0..4 {
+            let peer = XdpAction::Redirect(topo.taps[i ^ 1].clone());
+            let fd = if i < 2 {
+                xdp_link(&topo.ns.name, &topo.taps[i], peer)?
+            } else {
+                tcx_link(&topo.ns.name, &topo.taps[i], peer)?
+            };
+            topo._xdp_links.push(fd);
+        }
+        Ok(topo)
+    }
+
     /// Guests on `ntaps` taps behind a gateway bridge that masquerades
     /// them through the uplink up0: the seed's recipe (Linux bridge with an
     /// address, ip_forward, `iptables -t nat -A POSTROUTING -s
