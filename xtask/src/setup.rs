@@ -49,6 +49,8 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iptables",
+    // conntrack -L: the bench times listing the kernel's NAT table.
+    "conntrack",
     "dnsmasq-base",
     "busybox-static",
     "ethtool",
