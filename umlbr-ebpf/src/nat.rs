@@ -488,16 +488,21 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         }
         // An unresolved neighbour is not cached: TC's redirect_neigh
         // resolves it, and the next packet looks again.
+        // A new mapping is stored with its hop (one insert, no second
+        // lookup); an existing one gets the fresh hop stored.
+        let hop = if neigh {
+            core::ptr::null()
+        } else {
+            macs.as_ptr()
+        };
         let port = if found != 0 {
+            if !neigh {
+                store_hop(&req, hop, now);
+            }
             found
         } else {
-            mapping_new(pkt.raw_ctx(), cfg, &req, now)
+            mapping_new(pkt.raw_ctx(), cfg, &req, hop, now)
         };
-        // (A new mapping gets its hop here too, not from mapping_new,
-        // whose stack frame has no room left for it.)
-        if !neigh && port != 0 && port != NO_MAPPING {
-            store_hop(&req, macs.as_ptr(), now);
-        }
         (port, neigh)
     };
     if nat_port == NO_MAPPING {
@@ -846,7 +851,7 @@ unsafe fn copy_hop(dst: *mut Hop, src: *const Hop) {
 /// A new mapping for a flow that has none: its outside port (network byte
 /// order), 0 if no port is free, NO_MAPPING if the flow must not get one.
 #[inline(never)]
-fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, now: u64) -> u32 {
+fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, hop: *const Hop, now: u64) -> u32 {
     // A TCP flow gets a mapping only from its first SYN: a flow that began
     // on the kernel's path (before the masquerade was attached, or while
     // the port range was full) stays there instead of changing its source
@@ -875,10 +880,12 @@ fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, now: u64) -> u32 {
         let cand = (cfg.port_lo as u32 + p % range) as u16;
         let cand = cand.to_be();
         i += 1;
-        if port_free(cfg, f, cand, now)
-            && !host_socket(ctx, f.proto, f.daddr, f.dport, cfg.nat_addr, cand)
-            && insert_in(cfg, f, cand, now)
-        {
+        if host_socket(ctx, f.proto, f.daddr, f.dport, cfg.nat_addr, cand) {
+            continue;
+        }
+        // Claim first, look second: a free port (the usual case) costs
+        // one walk of its bucket instead of a lookup and then an insert.
+        if insert_in(cfg, f, cand, now) || port_free(cfg, f, cand, now) && insert_in(cfg, f, cand, now) {
             claimed = Some(cand);
             break;
         }
@@ -887,7 +894,7 @@ fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, now: u64) -> u32 {
         count(|s| s.alloc_fail += 1);
         return 0;
     };
-    if !insert_out(cfg, f, cand) {
+    if !insert_out(cfg, f, cand, hop, now) {
         count(|s| s.alloc_fail += 1);
         return 0;
     }
@@ -958,7 +965,7 @@ fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
 /// The flow's outbound entry for outside port `cand`; on failure the
 /// inbound entry is taken back.
 #[inline(never)]
-fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16) -> bool {
+fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, now: u64) -> bool {
     // Zeroed by words: a `hop: [0; 12]` initialiser is a memset call on
     // every new flow.
     let mut o = core::mem::MaybeUninit::<NatOut>::uninit();
@@ -968,6 +975,10 @@ fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16) -> bool {
         zero_words(o.as_mut_ptr());
         (*o.as_mut_ptr()).addr = cfg.nat_addr;
         (*o.as_mut_ptr()).port = cand;
+        if !hop.is_null() {
+            copy_hop((*o.as_mut_ptr()).hop.as_mut_ptr().cast(), hop);
+            (*o.as_mut_ptr()).hop_ns = now;
+        }
         &*o.as_ptr()
     };
     if NAT_OUT.insert(out_key(f), o, 0).is_ok() {
