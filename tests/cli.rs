@@ -430,6 +430,69 @@ fn invalid_up_options() -> Result<()> {
     Ok(())
 }
 
+/// `up --uplink/--masquerade` with an interface that cannot be one: a
+/// clear error, and nothing made.
+#[test]
+fn up_with_an_unfit_uplink() -> Result<()> {
+    let ns = netns("cli-upl")?;
+    ns.sh(
+        "ip link add d0 type veth peer name d0p && ip link add d1 type veth peer name d1p \
+           && ip addr add 10.0.0.1/24 dev d1",
+    )?;
+    ok(
+        &ns,
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.5.1/24",
+            "--masquerade",
+            "d1",
+        ],
+    )?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["attach", "tap0"])?;
+    let up = |extra: &[&'static str]| {
+        let mut a = vec!["up", "br1"];
+        a.extend_from_slice(extra);
+        a
+    };
+    all(vec![
+        (
+            "masquerade without an IPv4 address",
+            fails(
+                &ns,
+                &up(&["--address", "192.168.6.1/24", "--masquerade", "d0"]),
+                &["d0", "no IPv4 address"],
+            ),
+        ),
+        (
+            "another bridge's masquerade uplink",
+            fails(
+                &ns,
+                &up(&["--address", "192.168.6.1/24", "--masquerade", "d1"]),
+                &["d1", "br0", "masquerade uplink"],
+            ),
+        ),
+        (
+            "a port of another bridge",
+            fails(&ns, &up(&["--uplink", "tap0"]), &["tap0", "br0", "already"]),
+        ),
+        (
+            "another bridge's own interface",
+            fails(&ns, &up(&["--uplink", "br0"]), &["br0", "host port"]),
+        ),
+        (
+            "missing",
+            fails(
+                &ns,
+                &up(&["--uplink", "nosuch0"]),
+                &["\"nosuch0\"", "does not exist"],
+            ),
+        ),
+    ])
+}
+
 /// `up` fails after it made the veth pair and attached the programs (the
 /// kernel refuses the address): everything it made must go again.
 #[test]

@@ -332,6 +332,7 @@ impl Bridge {
                 return Err(Error::InterfaceExists(n.into()));
             }
         }
+        Self::preflight(net, name, opts).await?;
         let aging = opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS);
         let mut ebpf = load_object()?;
         {
@@ -441,6 +442,29 @@ impl Bridge {
                 let _ = net.del_link(l.index, name).await;
             }
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// What `up` can check before it loads the programs, which is most of
+    /// its time (the verifier's, about half a second): a mistaken uplink
+    /// fails at once, before anything is made.
+    async fn preflight(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
+        let progs = Programs::read();
+        let nat = opts.masquerade.as_ref();
+        for iface in opts.uplink.iter().chain(nat.map(|(i, _)| i)) {
+            let link = net.require(iface).await?;
+            crate::port::check_free(net, &link, &progs).await?;
+        }
+        if let Some((iface, nopts)) = nat {
+            let link = net.require(iface).await?;
+            if net.ipv4_addrs(link.index).await?.is_empty() {
+                return Err(Error::NoAddress(iface.clone()));
+            }
+            if !matches!(opts.address, Some((IpAddr::V4(_), _))) {
+                return Err(Error::NoAddress(format!("{name} (give `up --address`)")));
+            }
+            crate::nat::choose_ports(nopts.ports, crate::nat::local_port_range())?;
         }
         Ok(())
     }

@@ -289,9 +289,6 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             umlbr::sys::check_kernel()?;
             let address = address.as_deref().map(parse_cidr).transpose()?;
-            for u in uplink.iter().chain(masquerade.iter()) {
-                net.require(u).await?;
-            }
             if matches!(address, Some((std::net::IpAddr::V6(_), _))) && masquerade.is_some() {
                 anyhow::bail!("--masquerade needs an IPv4 --address");
             }

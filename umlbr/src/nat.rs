@@ -76,7 +76,7 @@ pub fn parse_timeout(s: &str) -> Result<(String, u64)> {
 }
 
 /// The host's ephemeral port range.
-fn local_port_range() -> (u16, u16) {
+pub(crate) fn local_port_range() -> (u16, u16) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| {
