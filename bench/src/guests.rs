@@ -182,8 +182,8 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
 /// vector guest behind its masquerade. A failed measurement costs its
 /// rows only: the others still run, and the errors are returned together.
 pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
-    // Switches, and the redirect floor for the guest pairs (no ceiling:
-    // guests need a way to each other).
+    // Switches, and the redirect floor (no ceiling: guests need a way to
+    // each other and to the LAN).
     let switch = matches!(
         p.contender,
         Contender::Kernel | Contender::KernelTuned | Contender::Umlbr | Contender::UmlbrTc
@@ -196,8 +196,7 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         errs.push(format!("{e:#}"));
     }
     check_interrupted()?;
-    // The floor has no gateway to masquerade through.
-    if switch && let Err(e) = nat(cfg, p, res, &mut errs) {
+    if let Err(e) = nat(cfg, p, res, &mut errs) {
         errs.push(format!("{e:#}"));
     }
     if !errs.is_empty() {
@@ -327,7 +326,11 @@ fn pair_measurements(
 /// LAN namespace, ping to the LAN host.
 fn nat(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> Result<()> {
     let c = p.contender;
-    let topo = Topo::nat(c, 1, Uplink::Veth, &cfg.umlbr)?;
+    let mut topo = Topo::nat(c, 1, Uplink::Veth, &cfg.umlbr)?;
+    // The floor: no gateway and no translation, bpf_redirect both ways.
+    if c == Contender::Redirect {
+        topo.nat_floor_way_back()?;
+    }
     let lan = topo.lan.as_ref().context("no LAN namespace")?;
     topo.for_vnet_guest(&topo.taps[0])?;
     let spec = GuestSpec::new(

@@ -515,6 +515,28 @@ impl Topo {
     /// A tap for a guest with vnet headers (UML vector, virtio): umlbr
     /// attaches it TC only, as the README advises (generic XDP would copy
     /// each GSO super-frame first). Other contenders: nothing to do.
+    /// The redirect floor's way back for a guest behind the veth uplink
+    /// (`Topo::nat(Redirect, 1, Uplink::Veth)`): lan0 also holds the
+    /// gateway's address, so the guest resolves its gateway to lan0, and
+    /// up0's tcx ingress redirects every frame to tap0. Guest and LAN host
+    /// then talk through bare `bpf_redirect` both ways, untranslated: what
+    /// a guest→LAN connection costs before any NAT work.
+    pub fn nat_floor_way_back(&mut self) -> Result<()> {
+        if self.contender != Contender::Redirect {
+            bail!("only the redirect floor routes guests without a gateway");
+        }
+        let lan = self
+            .lan
+            .as_ref()
+            .context("the guest NAT floor needs the LAN namespace")?;
+        lan.sh(&format!("ip addr add {NAT_GW}/32 dev lan0"))
+            .context("giving lan0 the gateway's address")?;
+        let tap = self.taps.first().context("no tap")?.clone();
+        let fd = tcx_link(&self.ns.name, "up0", XdpAction::Redirect(tap))?;
+        self._xdp_links.push(fd);
+        Ok(())
+    }
+
     pub fn for_vnet_guest(&self, tap: &str) -> Result<()> {
         if self.contender == Contender::Umlbr {
             self.umlbr_out(&["detach", tap])?;
