@@ -98,8 +98,7 @@ fn state(ns: &Netns) -> Result<State> {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t =
-                    umlbr::sys::tcx_query(i, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default();
+                let mut t = umlbr::object::tcx_prog_ids(i, umlbr::object::Tc::Ingress);
                 t.sort_unstable();
                 t
             })
