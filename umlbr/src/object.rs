@@ -211,12 +211,21 @@ pub(crate) fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
     move |err| Error::Map { map, err }
 }
 
-/// A per-CPU value summed over the CPUs.
+/// A per-CPU value summed over the CPUs: the first CPU's, with every
+/// other one added (fields that `+=` leaves alone, such as a port's kind,
+/// are the first CPU's).
 pub fn sum<T: Copy + Default + AddAssign + aya::Pod>(values: &PerCpuValues<T>) -> T {
-    values.iter().fold(T::default(), |mut acc, v| {
-        acc += *v;
-        acc
-    })
+    sum_of(values.iter().copied())
+}
+
+fn sum_of<T: Default + AddAssign>(values: impl IntoIterator<Item = T>) -> T {
+    values
+        .into_iter()
+        .reduce(|mut acc, v| {
+            acc += v;
+            acc
+        })
+        .unwrap_or_default()
 }
 
 /// Handles on a bridge's maps, opened by id from its programs.
@@ -322,4 +331,27 @@ impl Maps {
 
 fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
     T::try_from(map).map_err(map_err(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_sums_keep_the_ports_kind() {
+        let cpu = |n: u64| PortStats {
+            kind: 3,
+            flags: 1,
+            rx_packets: n,
+            tc: 2 * n,
+            ..Default::default()
+        };
+        let s = sum_of([cpu(1), cpu(2), cpu(4)]);
+        assert_eq!((s.kind, s.flags, s.rx_packets, s.tc), (3, 1, 7, 14));
+        let nat = NatStats {
+            allocs: 5,
+            ..Default::default()
+        };
+        assert_eq!(sum_of([nat, nat]).allocs, 10);
+    }
 }
