@@ -103,8 +103,9 @@ pub enum Error {
         #[source]
         err: aya::maps::xdp::XdpMapError,
     },
-    #[error("program {prog} has no map {map}")]
-    NoMap { prog: u32, map: &'static str },
+    /// `owner` is "program ID" or "umlbr's eBPF object".
+    #[error("{owner} has no map {map}")]
+    NoMap { owner: String, map: &'static str },
     #[error("loading umlbr's eBPF object")]
     Object(#[source] aya::EbpfError),
     #[error("umlbr's eBPF object has no {kind} program {name}")]

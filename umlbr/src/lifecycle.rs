@@ -65,8 +65,8 @@ async fn preflight(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
 /// Load the programs, with the aging time in their config.
 fn load(aging_secs: u64) -> Result<Ebpf> {
     let mut ebpf = object::load()?;
-    let map = ebpf.map_mut(names::CONFIG).ok_or(Error::NoMap {
-        prog: 0,
+    let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::NoMap {
+        owner: "umlbr's eBPF object".into(),
         map: names::CONFIG,
     })?;
     let mut config: Array<&mut MapData, Config> = map.try_into().map_err(map_err(names::CONFIG))?;

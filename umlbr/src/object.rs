@@ -34,7 +34,10 @@ pub fn load() -> Result<Ebpf> {
         let res = match ebpf.program_mut(name) {
             Some(Program::Xdp(p)) => p.load(),
             Some(Program::SchedClassifier(p)) => p.load(),
-            _ => return Err(Error::NoProgram { name, kind: "" }),
+            _ => {
+                let kind = "XDP or TC";
+                return Err(Error::NoProgram { name, kind });
+            }
         };
         res.map_err(|e| load_error(name, e))?;
     }
@@ -269,8 +272,8 @@ impl Maps {
     pub fn open(prog_ids: &[u32]) -> Result<Self> {
         let mut found = maps_of(prog_ids)?;
         let mut take = |map: &'static str| -> Result<Map> {
-            let data = found.remove(map).ok_or(Error::NoMap {
-                prog: prog_ids[0],
+            let data = found.remove(map).ok_or_else(|| Error::NoMap {
+                owner: format!("program {}", prog_ids[0]),
                 map,
             })?;
             Map::from_map_data(data).map_err(map_err(map))
