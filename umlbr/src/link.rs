@@ -1,12 +1,12 @@
 //! Network interfaces over rtnetlink (and tun's flags in sysfs), and the
 //! addresses umlbr is given: MACs and CIDRs.
-use std::{net::IpAddr, os::fd::RawFd};
+use std::{fmt::Display, net::IpAddr, os::fd::RawFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkGetRequest, LinkUnspec, LinkVeth};
 
 use crate::error::{Error, Result};
 
@@ -188,30 +188,30 @@ impl Net {
         Ok(out)
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_index(index).execute();
-        match stream.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
+    /// The one interface a get request asks for; None if there is none.
+    async fn one_link(&self, get: LinkGetRequest, what: impl Display) -> Result<Option<Link>> {
+        match get.execute().try_next().await {
+            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(Error::netlink(format!("reading interface {index}"), e)),
+            Err(e) => Err(Error::netlink(format!("reading interface {what}"), e)),
         }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let get = self.handle.link().get().match_index(index);
+        self.one_link(get, index).await
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         check_ifname(name)?;
-        let mut stream = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match stream.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(Error::netlink(format!("reading interface {name}"), e)),
-        }
+        let get = self.handle.link().get().match_name(name.to_string());
+        self.one_link(get, name).await
+    }
+
+    /// Change an interface; `what` says what, for the error.
+    async fn set(&self, msg: LinkMessage, what: String) -> Result<()> {
+        let res = self.handle.link().set(msg).execute().await;
+        res.map_err(|e| Error::netlink(what, e))
     }
 
     /// The name of interface `ifindex`, or `if<ifindex>` if it is gone.
@@ -249,21 +249,14 @@ impl Net {
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("setting {name} up"), e))
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set(msg, format!("setting {name} up")).await
     }
 
     pub async fn set_promisc(&self, index: u32, name: &str, on: bool) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).promiscuous(on).build())
-            .execute()
+        let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
+        self.set(msg, format!("setting promiscuous mode on {name}"))
             .await
-            .map_err(|e| Error::netlink(format!("setting promiscuous mode on {name}"), e))
     }
 
     pub async fn add_address(
@@ -375,14 +368,12 @@ impl Net {
                 LinkXdp::Flags(flags),
             ]))
             .build();
-        self.handle.link().set(msg).execute().await.map_err(|e| {
-            let what = if fd.is_some() {
-                "attaching XDP to"
-            } else {
-                "detaching XDP from"
-            };
-            Error::netlink(format!("{what} {name}"), e)
-        })
+        let what = if fd.is_some() {
+            "attaching XDP to"
+        } else {
+            "detaching XDP from"
+        };
+        self.set(msg, format!("{what} {name}")).await
     }
 }
 

@@ -2,6 +2,8 @@
 //! creating them, and deleting them (detached from their bridge first).
 use std::{fs::OpenOptions, os::fd::AsRawFd};
 
+use nix::unistd::{Group, User};
+
 use crate::{
     error::{Error, Result},
     link::{Net, check_ifname},
@@ -26,24 +28,19 @@ pub struct TapOptions {
 
 /// Resolve a user name or numeric uid.
 pub fn resolve_user(user: &str) -> Result<u32> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Ok(uid);
-    }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        _ => Err(Error::NoSuchUser(user.into())),
-    }
+    user.parse()
+        .ok()
+        .or_else(|| Some(User::from_name(user).ok()??.uid.as_raw()))
+        .ok_or_else(|| Error::NoSuchUser(user.into()))
 }
 
 /// Resolve a group name or numeric gid.
 pub fn resolve_group(group: &str) -> Result<u32> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(Error::NoSuchGroup(group.into())),
-    }
+    group
+        .parse()
+        .ok()
+        .or_else(|| Some(Group::from_name(group).ok()??.gid.as_raw()))
+        .ok_or_else(|| Error::NoSuchGroup(group.into()))
 }
 
 /// Create a persistent tap named `name` (none may exist: TUNSETIFF would
