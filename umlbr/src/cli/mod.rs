@@ -132,11 +132,12 @@ pub struct AttachArgs {
 /// The masquerade's options; only with --masquerade.
 #[derive(Args, Clone, Default)]
 pub struct NatArgs {
-    /// Source ports for masqueraded flows (default: just above the host's
-    /// ip_local_port_range, so they never meet the host's own sockets).
+    /// With --masquerade: source ports for masqueraded flows (default: just
+    /// above the host's ip_local_port_range, so they never meet the host's
+    /// own sockets).
     #[arg(long, value_name = "LO-HI", requires = "masquerade", value_parser = parse_port_range)]
     pub nat_ports: Option<(u16, u16)>,
-    /// Idle timeout of mappings, repeatable: tcp_established (432000),
+    /// With --masquerade: idle timeout of mappings, repeatable: tcp_established (432000),
     /// tcp_transitory (120), tcp_closing (10), udp (30), udp_stream (120),
     /// icmp (30).
     #[arg(long, value_name = "KEY=SECONDS", requires = "masquerade", value_parser = parse_timeout)]
