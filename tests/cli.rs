@@ -98,8 +98,7 @@ fn state(ns: &Netns) -> Result<State> {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t =
-                    umlbr::sys::tcx_query(i, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default();
+                let mut t = umlbr::object::tcx_prog_ids(i, umlbr::object::Tc::Ingress);
                 t.sort_unstable();
                 t
             })
@@ -1119,4 +1118,40 @@ fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
     ensure!(pp["xdp"] == "driver" && pp["tc"] == "tcx", "tapp: {pp}");
     ns.umlbr_ok(&["down", "br0"])?;
     Ok(())
+}
+
+/// Usage errors (a value clap cannot parse, flags that do not go
+/// together) exit 2 with one line, and change nothing; a command that
+/// fails exits 1.
+#[test]
+fn usage_errors_exit_2() -> Result<()> {
+    let ns = netns("cli-usage")?;
+    let mut checks = Vec::new();
+    for args in [
+        &["up", "br0", "--address", "garbage"][..],
+        &["up", "br0", "--address", "192.168.2.1/33"],
+        &["up", "br0", "--aging", "0"],
+        &["up", "br0", "--nat-ports", "61000-61999"],
+        &["up", "br0", "--address", "fd00::1/64", "--masquerade", "lo"],
+        &["fdb", "add", "zz:00:00:00:00:01", "tap0"],
+        &["fdb", "del", "02:00:00:00:00"],
+        &["attach", "tap0", "--uplink", "--masquerade"],
+        &["attach", "tap0", "--tc-only", "--nat-timeout", "udp=5"],
+        &["attach", "tap0", "--masquerade", "--nat-timeout", "bogus=5"],
+        &["attach", "tap0", "--masquerade", "--nat-ports", "5-1"],
+    ] {
+        let what = format!("umlbr {}", args.join(" "));
+        let r = fails(&ns, args, &[]).and_then(|m| {
+            let out = ns.umlbr(args)?;
+            ensure!(out.status.code() == Some(2), "{what}: exit {}", out.status);
+            Ok(m)
+        });
+        checks.push(("usage error", r));
+    }
+    let out = ns.umlbr(&["attach", "nosuch0"])?;
+    ensure!(
+        out.status.code() == Some(1),
+        "a failed command exits 1: {out:?}"
+    );
+    all(checks)
 }

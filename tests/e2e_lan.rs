@@ -506,8 +506,8 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
     let (tcx_in, tcx_out) = in_netns(ns, || {
         Ok((
-            umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default(),
-            umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_EGRESS).unwrap_or_default(),
+            umlbr::object::tcx_prog_ids(ifindex, umlbr::object::Tc::Ingress),
+            umlbr::object::tcx_prog_ids(ifindex, umlbr::object::Tc::Egress),
         ))
     })?;
     Ok(Hooks {

@@ -21,7 +21,7 @@
 //! - veth d1 (10.77.0.1/16): a route that does not leave via the uplink;
 //! - forwarding on.
 //!
-//! The object is loaded with `umlbr::bridge::load_object()` and its maps
+//! The object is loaded with `umlbr::object::load()` and its maps
 //! are filled by hand as `umlbr up --masquerade` would. Every expected
 //! output frame is built from the input by setting the translated fields
 //! and recomputing every checksum from scratch (`wire::fix_checksums`,
@@ -253,7 +253,7 @@ impl Bench {
             lan = fmt_mac(&LAN_MAC),
         ))?;
         let br0 = ifindex("br0")?;
-        let ebpf = umlbr::bridge::load_object().context("load_object")?;
+        let ebpf = umlbr::object::load().context("load_object")?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut b = Bench {
             ebpf,

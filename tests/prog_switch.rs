@@ -6,7 +6,7 @@
 //! and moves its own thread into that namespace: network namespaces are
 //! per thread, and the kernel resolves the test run's ingress ifindex, the
 //! devmap's ifindexes and the TC program's clone targets in the caller's
-//! namespace. The object is loaded with `umlbr::bridge::load_object()` and
+//! namespace. The object is loaded with `umlbr::object::load()` and
 //! the maps are filled by hand, as `umlbr up` and `attach` would.
 //!
 //! What each program does with a frame is checked by its return code, its
@@ -132,7 +132,7 @@ impl Bench {
             });
         }
         let other = ifindex("np0")?;
-        let ebpf = umlbr::bridge::load_object().context("load_object")?;
+        let ebpf = umlbr::object::load().context("load_object")?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut b = Bench {
             ebpf,

@@ -216,7 +216,7 @@ impl Bench {
             fmt_mac(&H)
         ))?;
         let sniffer = Sniffer::new(ifindex("up0")?)?;
-        let ebpf = umlbr::bridge::load_object().context("load_object")?;
+        let ebpf = umlbr::object::load().context("load_object")?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut b = Bench {
             ebpf,

@@ -106,10 +106,13 @@ pub const PORT_F_NO_XDP_TX: u32 = 2;
 /// Per-port, per-CPU counters, keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct PortStats {
     /// `PORT_KIND_*`, written by userspace at attach time.
+    #[cfg_attr(feature = "user", serde(skip))]
     pub kind: u32,
     /// `PORT_F_*`, written by userspace at attach time.
+    #[cfg_attr(feature = "user", serde(skip))]
     pub flags: u32,
     /// Frames and bytes received on this port.
     pub rx_packets: u64,
@@ -319,6 +322,42 @@ mod pod {
     unsafe impl aya::Pod for super::NatIn {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::NatStats {}
+}
+
+// Userspace additions: per-CPU sums.
+
+/// Adds the counters; `kind` and `flags` are the port's (the same on
+/// every CPU) and stay as they are.
+#[cfg(feature = "user")]
+impl core::ops::AddAssign for PortStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.forwarded += o.forwarded;
+        self.flooded += o.flooded;
+        self.dropped += o.dropped;
+        self.learned += o.learned;
+        self.moved += o.moved;
+        self.xdp_native += o.xdp_native;
+        self.xdp_generic += o.xdp_generic;
+        self.tc += o.tc;
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::ops::AddAssign for NatStats {
+    fn add_assign(&mut self, o: Self) {
+        self.out_xdp += o.out_xdp;
+        self.out_tc += o.out_tc;
+        self.in_xdp += o.in_xdp;
+        self.in_tc += o.in_tc;
+        self.icmp_errors += o.icmp_errors;
+        self.in_miss += o.in_miss;
+        self.allocs += o.allocs;
+        self.alloc_fail += o.alloc_fail;
+        self.slow_path += o.slow_path;
+        self.expired += o.expired;
+    }
 }
 
 #[cfg(test)]

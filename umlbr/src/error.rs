@@ -1,4 +1,8 @@
-//! Errors of the umlbr library: each says what went wrong and with what.
+//! Errors of the umlbr library: each says what went wrong and with what,
+//! and keeps the error underneath as its `source`. A caller printing the
+//! chain (`{:#}` of an anyhow error) gets "what: cause"; some aya errors
+//! repeat their own source in their message, so the `umlbr` command skips
+//! a cause whose text it has printed already.
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -29,8 +33,26 @@ pub enum Error {
     UplinkExists { bridge: String, uplink: String },
     #[error("{0} has no IPv4 address")]
     NoAddress(String),
-    #[error("invalid {0}")]
-    BadValue(String),
+    #[error("invalid port range {0:?} (expected LO-HI, e.g. 61000-65535)")]
+    BadPortRange(String),
+    #[error(
+        "invalid timeout {0:?} (expected KEY=SECONDS, KEY one of tcp_established, \
+         tcp_transitory, tcp_closing, udp, udp_stream, icmp)"
+    )]
+    BadTimeout(String),
+    #[error(
+        "invalid NAT ports {lo}-{hi} overlap the host's ip_local_port_range {host_lo}-{host_hi}"
+    )]
+    NatPortsOverlap {
+        lo: u16,
+        hi: u16,
+        host_lo: u16,
+        host_hi: u16,
+    },
+    #[error(
+        "the host's ip_local_port_range {0}-{1} leaves no room for NAT ports; give --nat-ports"
+    )]
+    NoRoomForNatPorts(u16, u16),
     #[error("{0} has no Ethernet address; only Ethernet devices can be ports")]
     NotEthernet(String),
     #[error("{0} is not a port of any umlbr bridge")]
@@ -57,35 +79,84 @@ pub enum Error {
     NotPrivileged(String),
     #[error("this kernel lacks what umlbr needs: {0}")]
     KernelFeature(String),
-    // The cause is part of the message and not also a `source`, so that a
-    // printed chain names it once.
-    #[error("netlink request failed ({what}): {err}")]
-    Netlink { what: String, err: rtnetlink::Error },
-    #[error("{what}: {err}")]
-    Io { what: String, err: std::io::Error },
-    #[error("BPF map {map}: {err}")]
+    #[error("netlink request failed ({what})")]
+    Netlink {
+        what: String,
+        #[source]
+        err: rtnetlink::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("BPF map {map}")]
     Map {
         map: &'static str,
+        #[source]
         err: aya::maps::MapError,
     },
-    #[error("loading umlbr's eBPF programs: {0}")]
-    Load(String),
+    #[error("adding {iface} to the devmap")]
+    DevMap {
+        iface: String,
+        #[source]
+        err: aya::maps::xdp::XdpMapError,
+    },
+    /// `owner` is "program ID" or "umlbr's eBPF object".
+    #[error("{owner} has no map {map}")]
+    NoMap { owner: String, map: &'static str },
+    #[error("loading umlbr's eBPF object")]
+    Object(#[source] aya::EbpfError),
+    #[error("umlbr's eBPF object has no {kind} program {name}")]
+    NoProgram {
+        name: &'static str,
+        kind: &'static str,
+    },
+    /// The verifier refused a program: `log` is its last line (the whole
+    /// log with UMLBR_VERBOSE set).
+    #[error("loading umlbr's eBPF program {name} (verifier: {log})")]
+    Verifier {
+        name: &'static str,
+        log: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{what}")]
+    Program {
+        what: String,
+        #[source]
+        err: aya::programs::ProgramError,
+    },
+    #[error("BPF program id {0} is gone")]
+    ProgramGone(u32),
+    #[error("{what} did not attach to {iface}")]
+    NotHooked { what: &'static str, iface: String },
+    #[error("bridge {bridge} has no {what} program")]
+    BridgeLacks { bridge: String, what: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, err: std::io::Error) -> Self {
         Error::Io {
             what: what.into(),
-            err: source,
+            err,
         }
     }
 
-    pub(crate) fn netlink(what: impl Into<String>, source: rtnetlink::Error) -> Self {
+    pub(crate) fn netlink(what: impl Into<String>, err: rtnetlink::Error) -> Self {
         Error::Netlink {
             what: what.into(),
-            err: source,
+            err,
+        }
+    }
+
+    pub(crate) fn program(what: impl Into<String>, err: aya::programs::ProgramError) -> Self {
+        Error::Program {
+            what: what.into(),
+            err,
         }
     }
 }

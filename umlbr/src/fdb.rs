@@ -1,13 +1,16 @@
-//! The forwarding database: listing, static entries, aging sweep.
+//! The forwarding database: every write userspace makes to it (static
+//! entries, entries from `fdb add`, forgetting a port's MACs), listing, and
+//! the aging sweep.
 use std::collections::HashMap as StdHashMap;
 
 use serde::Serialize;
-use umlbr_common::{FDB_F_STATIC, FdbEntry, FdbKey, names};
+use umlbr_common::{FDB_F_LOCAL, FDB_F_STATIC, FdbEntry, FdbKey, names};
 
 use crate::{
     bridge::Bridge,
     error::{Error, Result},
-    link::{Net, fmt_mac, parse_mac},
+    link::{Net, fmt_mac},
+    object::{Maps, map_err},
     sys,
 };
 
@@ -24,10 +27,46 @@ pub struct FdbRow {
     pub age: f64,
 }
 
-fn map_err(source: aya::maps::MapError) -> Error {
-    Error::Map {
-        map: names::FDB,
-        err: source,
+/// What an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Ages, and moves when the MAC shows up on another port.
+    Learned,
+    /// Never ages, never moves.
+    Static,
+    /// Static, and the MAC of the port's own host interface (an uplink's):
+    /// frames to it go up that interface's stack, not out of it.
+    Local,
+}
+
+/// Write the entry for `mac`: behind port `ifindex`, as `what`.
+pub fn put(maps: &mut Maps, mac: [u8; 6], ifindex: u32, what: Entry) -> Result<()> {
+    let flags = match what {
+        Entry::Learned => 0,
+        Entry::Static => FDB_F_STATIC,
+        Entry::Local => FDB_F_STATIC | FDB_F_LOCAL,
+    };
+    let entry = FdbEntry {
+        ifindex,
+        flags,
+        updated_ns: sys::monotonic_coarse_ns(),
+    };
+    maps.fdb
+        .insert(FdbKey::new(mac), entry, 0)
+        .map_err(map_err(names::FDB))
+}
+
+/// Forget every MAC behind port `ifindex`.
+pub fn forget_port(maps: &mut Maps, ifindex: u32) {
+    let stale: Vec<FdbKey> = maps
+        .fdb
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| v.ifindex == ifindex)
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        let _ = maps.fdb.remove(&k);
     }
 }
 
@@ -51,13 +90,10 @@ pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
             let _ = br.maps.fdb.remove(&k);
             continue;
         }
-        let port = if v.ifindex == br.switch_port.index {
-            br.name.clone()
-        } else {
-            names
-                .get(&v.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("if{}", v.ifindex))
+        let port = match names.get(&v.ifindex) {
+            _ if v.ifindex == br.switch_port.index => br.name.clone(),
+            Some(n) => n.clone(),
+            None => format!("if{}", v.ifindex),
         };
         rows.push(FdbRow {
             bridge: br.name.clone(),
@@ -72,51 +108,44 @@ pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
     Ok(rows)
 }
 
-/// Add (or replace) an entry for `mac` behind `iface`.
-pub async fn add(net: &Net, mac: &str, iface: &str, is_static: bool) -> Result<String> {
-    let mac_b = parse_mac(mac)?;
-    if mac_b[0] & 1 != 0 || mac_b == [0; 6] {
-        return Err(Error::MulticastMac(mac.into()));
+/// Add (or replace) an entry for `mac` behind `iface`. Returns the
+/// bridge's name.
+pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Result<String> {
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(Error::MulticastMac(fmt_mac(&mac)));
     }
     let link = net.require(iface).await?;
     // The host interface stands for the switch port behind it.
-    let all = Bridge::list(net).await?;
-    let (mut br, port) = match all.into_iter().find_map(|b| {
+    let found = Bridge::list(net).await?.into_iter().find_map(|b| {
         if b.host.index == link.index {
             let p = b.switch_port.index;
             Some((b, p))
-        } else if b.port_ifindexes().contains(&link.index) {
-            Some((b, link.index))
         } else {
-            None
+            b.has_port(link.index).then_some((b, link.index))
         }
-    }) {
-        Some(x) => x,
-        None => return Err(Error::NotAttached(iface.into())),
+    });
+    let Some((mut br, port)) = found else {
+        return Err(Error::NotAttached(iface.into()));
     };
-    let entry = FdbEntry {
-        ifindex: port,
-        flags: if is_static { FDB_F_STATIC } else { 0 },
-        updated_ns: sys::monotonic_coarse_ns(),
+    let what = if is_static {
+        Entry::Static
+    } else {
+        Entry::Learned
     };
-    br.maps
-        .fdb
-        .insert(FdbKey::new(mac_b), entry, 0)
-        .map_err(map_err)?;
+    put(&mut br.maps, mac, port, what)?;
     Ok(br.name)
 }
 
-/// Remove the entry for `mac`.
-pub async fn del(net: &Net, mac: &str, bridge: Option<&str>) -> Result<String> {
-    let mac_b = parse_mac(mac)?;
+/// Remove the entry for `mac`. Returns the bridge's name.
+pub async fn del(net: &Net, mac: [u8; 6], bridge: Option<&str>) -> Result<String> {
     let mut br = Bridge::open_or_only(net, bridge).await?;
-    let key = FdbKey::new(mac_b);
+    let key = FdbKey::new(mac);
     if br.maps.fdb.get(&key, 0).is_err() {
         return Err(Error::NoSuchFdbEntry {
-            mac: fmt_mac(&mac_b),
+            mac: fmt_mac(&mac),
             bridge: br.name.clone(),
         });
     }
-    br.maps.fdb.remove(&key).map_err(map_err)?;
+    br.maps.fdb.remove(&key).map_err(map_err(names::FDB))?;
     Ok(br.name)
 }

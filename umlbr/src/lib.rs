@@ -2,11 +2,20 @@
 //!
 //! The library behind the `umlbr` command. Every function works on the
 //! current network namespace and keeps no state outside the kernel.
+//!
+//! Modules, each using only those listed before it:
+//! `error`; `sys` (syscalls the libraries lack) and `link` (interfaces,
+//! MACs, CIDRs); `object` (the eBPF object: loading it, its programs on
+//! their hooks, its maps by id); `bridge` (finding a bridge again);
+//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
+//! (`up` and `down`).
 pub mod bridge;
 pub mod error;
 pub mod fdb;
+pub mod lifecycle;
 pub mod link;
 pub mod nat;
+pub mod object;
 pub mod port;
 pub mod stats;
 pub mod sys;

@@ -1,11 +1,12 @@
-//! Network interfaces over rtnetlink: the only way umlbr touches links.
-use std::{net::IpAddr, os::fd::RawFd};
+//! Network interfaces over rtnetlink (and tun's flags in sysfs), and the
+//! addresses umlbr is given: MACs and CIDRs.
+use std::{fmt::Display, net::IpAddr, os::fd::RawFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkGetRequest, LinkUnspec, LinkVeth};
 
 use crate::error::{Error, Result};
 
@@ -80,55 +81,66 @@ impl Link {
             rx_bytes: 0,
         };
         for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => link.name = n.clone(),
-                LinkAttribute::Link(p) => link.peer = Some(*p),
-                LinkAttribute::Mtu(m) => link.mtu = *m,
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    let mut mac = [0; 6];
-                    mac.copy_from_slice(a);
-                    link.mac = Some(mac);
-                }
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(match k {
-                                InfoKind::Other(s) => s.clone(),
-                                k => k.to_string(),
-                            });
-                        }
-                    }
-                }
-                LinkAttribute::Xdp(xdp) => {
-                    for x in xdp {
-                        match x {
-                            LinkXdp::Attached(a) => {
-                                link.xdp_mode = match a {
-                                    XdpAttached::None => XdpMode::None,
-                                    XdpAttached::Driver => XdpMode::Driver,
-                                    XdpAttached::SocketBuffer => XdpMode::Generic,
-                                    _ => XdpMode::Other,
-                                }
-                            }
-                            LinkXdp::ProgId(id) if *id != 0 => link.xdp_prog = Some(*id),
-                            _ => {}
-                        }
-                    }
-                }
-                LinkAttribute::Stats64(s) => {
-                    link.tx_packets = s.tx_packets;
-                    link.tx_bytes = s.tx_bytes;
-                    link.rx_packets = s.rx_packets;
-                    link.rx_bytes = s.rx_bytes;
-                }
-                _ => {}
-            }
+            link.read(attr);
         }
         link
     }
 
+    fn read(&mut self, attr: &LinkAttribute) {
+        match attr {
+            LinkAttribute::IfName(n) => self.name = n.clone(),
+            LinkAttribute::Link(p) => self.peer = Some(*p),
+            LinkAttribute::Mtu(m) => self.mtu = *m,
+            LinkAttribute::Address(a) => self.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        self.kind = Some(match k {
+                            InfoKind::Other(s) => s.clone(),
+                            k => k.to_string(),
+                        });
+                    }
+                }
+            }
+            LinkAttribute::Xdp(xdp) => xdp.iter().for_each(|x| self.read_xdp(x)),
+            LinkAttribute::Stats64(s) => {
+                self.tx_packets = s.tx_packets;
+                self.tx_bytes = s.tx_bytes;
+                self.rx_packets = s.rx_packets;
+                self.rx_bytes = s.rx_bytes;
+            }
+            _ => {}
+        }
+    }
+
+    fn read_xdp(&mut self, x: &LinkXdp) {
+        match x {
+            LinkXdp::Attached(a) => {
+                self.xdp_mode = match a {
+                    XdpAttached::None => XdpMode::None,
+                    XdpAttached::Driver => XdpMode::Driver,
+                    XdpAttached::SocketBuffer => XdpMode::Generic,
+                    _ => XdpMode::Other,
+                }
+            }
+            LinkXdp::ProgId(id) if *id != 0 => self.xdp_prog = Some(*id),
+            _ => {}
+        }
+    }
+
     pub fn is_tun(&self) -> bool {
         self.kind.as_deref() == Some("tun")
+    }
+
+    /// Whether a tap was last set up with vnet headers (UML's vector
+    /// transport, QEMU virtio-net, Firecracker): tun keeps the flags of the
+    /// last TUNSETIFF, also after the guest closes it.
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.is_tun()
+            && std::fs::read_to_string(format!("/sys/class/net/{}/tun_flags", self.name))
+                .ok()
+                .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+                .is_some_and(|f| f & libc::IFF_VNET_HDR as u32 != 0)
     }
 }
 
@@ -176,30 +188,39 @@ impl Net {
         Ok(out)
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_index(index).execute();
-        match stream.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
+    /// The one interface a get request asks for; None if there is none.
+    async fn one_link(&self, get: LinkGetRequest, what: impl Display) -> Result<Option<Link>> {
+        match get.execute().try_next().await {
+            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(Error::netlink(format!("reading interface {index}"), e)),
+            Err(e) => Err(Error::netlink(format!("reading interface {what}"), e)),
         }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let get = self.handle.link().get().match_index(index);
+        self.one_link(get, index).await
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         check_ifname(name)?;
-        let mut stream = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match stream.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(Error::netlink(format!("reading interface {name}"), e)),
-        }
+        let get = self.handle.link().get().match_name(name.to_string());
+        self.one_link(get, name).await
+    }
+
+    /// Change an interface; `what` says what, for the error.
+    async fn set(&self, msg: LinkMessage, what: String) -> Result<()> {
+        let res = self.handle.link().set(msg).execute().await;
+        res.map_err(|e| Error::netlink(what, e))
+    }
+
+    /// The name of interface `ifindex`, or `if<ifindex>` if it is gone.
+    pub async fn name_of(&self, ifindex: u32) -> Result<String> {
+        Ok(self
+            .link_by_index(ifindex)
+            .await?
+            .map(|l| l.name)
+            .unwrap_or_else(|| format!("if{ifindex}")))
     }
 
     /// The interface, or a "does not exist" error naming it.
@@ -228,21 +249,14 @@ impl Net {
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("setting {name} up"), e))
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set(msg, format!("setting {name} up")).await
     }
 
     pub async fn set_promisc(&self, index: u32, name: &str, on: bool) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).promiscuous(on).build())
-            .execute()
+        let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
+        self.set(msg, format!("setting promiscuous mode on {name}"))
             .await
-            .map_err(|e| Error::netlink(format!("setting promiscuous mode on {name}"), e))
     }
 
     pub async fn add_address(
@@ -354,14 +368,12 @@ impl Net {
                 LinkXdp::Flags(flags),
             ]))
             .build();
-        self.handle.link().set(msg).execute().await.map_err(|e| {
-            let what = if fd.is_some() {
-                "attaching XDP to"
-            } else {
-                "detaching XDP from"
-            };
-            Error::netlink(format!("{what} {name}"), e)
-        })
+        let what = if fd.is_some() {
+            "attaching XDP to"
+        } else {
+            "detaching XDP from"
+        };
+        self.set(msg, format!("{what} {name}")).await
     }
 }
 

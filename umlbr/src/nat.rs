@@ -5,17 +5,19 @@ use std::{
     process::{Command, Stdio},
 };
 
+use aya::programs::ProgramInfo;
 use serde::Serialize;
 use umlbr_common::{
     NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
     NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS,
-    NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS, NatConfig, NatKey, NatStats,
+    NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS, NatConfig, NatKey, NatStats, names,
 };
 
 use crate::{
-    bridge::{Bridge, Programs},
+    bridge::Bridge,
     error::{Error, Result},
     link::{Link, Net},
+    object::{Programs, Tc, map_err, sum},
     port, sys,
 };
 
@@ -28,18 +30,79 @@ pub struct NatOptions {
     /// Source ports to allocate, inclusive; default: above (or below) the
     /// host's ip_local_port_range.
     pub ports: Option<(u16, u16)>,
-    /// `KEY=SECONDS` timeouts: tcp_established, tcp_transitory,
-    /// tcp_closing, udp, udp_stream, icmp.
-    pub timeouts: Vec<(String, u64)>,
+    /// Idle timeouts in seconds, in the order given (the last one of a
+    /// kind counts).
+    pub timeouts: Vec<(NatTimeout, u64)>,
+}
+
+/// The idle timeouts of mappings, as `--nat-timeout KEY=SECONDS` names
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatTimeout {
+    TcpEstablished,
+    TcpTransitory,
+    TcpClosing,
+    Udp,
+    UdpStream,
+    Icmp,
+}
+
+impl NatTimeout {
+    pub const ALL: [NatTimeout; 6] = [
+        NatTimeout::TcpEstablished,
+        NatTimeout::TcpTransitory,
+        NatTimeout::TcpClosing,
+        NatTimeout::Udp,
+        NatTimeout::UdpStream,
+        NatTimeout::Icmp,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            NatTimeout::TcpEstablished => "tcp_established",
+            NatTimeout::TcpTransitory => "tcp_transitory",
+            NatTimeout::TcpClosing => "tcp_closing",
+            NatTimeout::Udp => "udp",
+            NatTimeout::UdpStream => "udp_stream",
+            NatTimeout::Icmp => "icmp",
+        }
+    }
+
+    /// Conntrack's default.
+    pub fn default_secs(self) -> u64 {
+        match self {
+            NatTimeout::TcpEstablished => NAT_TCP_ESTABLISHED_SECS,
+            NatTimeout::TcpTransitory => NAT_TCP_TRANSITORY_SECS,
+            NatTimeout::TcpClosing => NAT_TCP_CLOSING_SECS,
+            NatTimeout::Udp => NAT_UDP_SECS,
+            NatTimeout::UdpStream => NAT_UDP_STREAM_SECS,
+            NatTimeout::Icmp => NAT_ICMP_SECS,
+        }
+    }
+
+    fn field(self, c: &mut NatConfig) -> &mut u64 {
+        match self {
+            NatTimeout::TcpEstablished => &mut c.tcp_established_ns,
+            NatTimeout::TcpTransitory => &mut c.tcp_transitory_ns,
+            NatTimeout::TcpClosing => &mut c.tcp_closing_ns,
+            NatTimeout::Udp => &mut c.udp_ns,
+            NatTimeout::UdpStream => &mut c.udp_stream_ns,
+            NatTimeout::Icmp => &mut c.icmp_ns,
+        }
+    }
+
+    /// Set every timeout of `c`: the defaults, then `given` in order.
+    pub fn apply(c: &mut NatConfig, given: &[(NatTimeout, u64)]) {
+        let defaults = NatTimeout::ALL.map(|t| (t, t.default_secs()));
+        for (t, secs) in defaults.iter().chain(given) {
+            *t.field(c) = secs.saturating_mul(1_000_000_000);
+        }
+    }
 }
 
 /// Parse `LO-HI`.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
-    let bad = || {
-        Error::BadValue(format!(
-            "port range {s:?} (expected LO-HI, e.g. 61000-65535)"
-        ))
-    };
+    let bad = || Error::BadPortRange(s.into());
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let lo: u16 = a.trim().parse().map_err(|_| bad())?;
     let hi: u16 = b.trim().parse().map_err(|_| bad())?;
@@ -50,29 +113,17 @@ pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
 }
 
 /// Parse `KEY=SECONDS`.
-pub fn parse_timeout(s: &str) -> Result<(String, u64)> {
-    let bad = || {
-        Error::BadValue(format!(
-            "timeout {s:?} (expected KEY=SECONDS, KEY one of tcp_established, \
-             tcp_transitory, tcp_closing, udp, udp_stream, icmp)"
-        ))
-    };
+pub fn parse_timeout(s: &str) -> Result<(NatTimeout, u64)> {
+    let bad = || Error::BadTimeout(s.into());
     let (k, v) = s.split_once('=').ok_or_else(bad)?;
-    let secs: u64 = v.parse().map_err(|_| bad())?;
-    if secs == 0
-        || ![
-            "tcp_established",
-            "tcp_transitory",
-            "tcp_closing",
-            "udp",
-            "udp_stream",
-            "icmp",
-        ]
-        .contains(&k)
-    {
-        return Err(bad());
+    let key = NatTimeout::ALL
+        .into_iter()
+        .find(|t| t.key() == k)
+        .ok_or_else(bad)?;
+    match v.parse() {
+        Ok(secs) if secs > 0 => Ok((key, secs)),
+        _ => Err(bad()),
     }
-    Ok((k.to_string(), secs))
 }
 
 /// The host's ephemeral port range.
@@ -89,24 +140,17 @@ pub(crate) fn local_port_range() -> (u16, u16) {
 /// A NAT port range that stays clear of the host's own ephemeral ports.
 pub fn choose_ports(requested: Option<(u16, u16)>, host: (u16, u16)) -> Result<(u16, u16)> {
     let overlaps = |(lo, hi): (u16, u16)| lo <= host.1 && hi >= host.0;
-    if let Some(r) = requested {
-        if overlaps(r) {
-            return Err(Error::BadValue(format!(
-                "NAT ports {}-{} overlap the host's ip_local_port_range {}-{}",
-                r.0, r.1, host.0, host.1
-            )));
-        }
-        return Ok(r);
-    }
-    if host.1 <= 65535 - 1024 {
-        Ok((host.1 + 1, 65535))
-    } else if host.0 >= 2048 {
-        Ok((1024, host.0 - 1))
-    } else {
-        Err(Error::BadValue(format!(
-            "the host's ip_local_port_range {}-{} leaves no room for NAT ports; give --nat-ports",
-            host.0, host.1
-        )))
+    match requested {
+        Some((lo, hi)) if overlaps((lo, hi)) => Err(Error::NatPortsOverlap {
+            lo,
+            hi,
+            host_lo: host.0,
+            host_hi: host.1,
+        }),
+        Some(r) => Ok(r),
+        None if host.1 <= 65535 - 1024 => Ok((host.1 + 1, 65535)),
+        None if host.0 >= 2048 => Ok((1024, host.0 - 1)),
+        None => Err(Error::NoRoomForNatPorts(host.0, host.1)),
     }
 }
 
@@ -157,7 +201,87 @@ fn nft(script: &str) -> std::io::Result<()> {
     }
 }
 
-/// Masquerade the bridge's guests through `iface`.
+/// The guests' subnet: the bridge's host address and prefix length.
+async fn guest_subnet(net: &Net, br: &Bridge) -> Result<(Ipv4Addr, u8, u32)> {
+    let (gw, prefix) = *net
+        .ipv4_addrs(br.host.index)
+        .await?
+        .first()
+        .ok_or_else(|| Error::NoAddress(format!("{} (give `up --address`)", br.name)))?;
+    let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+    Ok((Ipv4Addr::from(u32::from(gw) & mask), prefix, mask))
+}
+
+/// The masquerade's settings for `br` through `link`, and the routes out
+/// of `link` that carry an MTU.
+async fn plan(
+    net: &Net,
+    br: &Bridge,
+    link: &Link,
+    opts: &NatOptions,
+) -> Result<(NatConfig, u8, Vec<(Ipv4Addr, u8, u32)>)> {
+    let (nat_addr, _) = *net
+        .ipv4_addrs(link.index)
+        .await?
+        .first()
+        .ok_or_else(|| Error::NoAddress(link.name.clone()))?;
+    let (subnet, prefix, mask) = guest_subnet(net, br).await?;
+    let (port_lo, port_hi) = choose_ports(opts.ports, local_port_range())?;
+    let gw_mac = br
+        .host
+        .mac
+        .ok_or_else(|| Error::NotEthernet(br.name.clone()))?;
+    let route_mtus = net.route_mtus_via(link.index).await?;
+    // As for a veth uplink port: TC alone is cheaper than veth's XDP.
+    let xdp_tx = link.kind.as_deref() != Some("veth");
+    let mut cfg = NatConfig {
+        nat_ifindex: link.index,
+        nat_addr: u32::from(nat_addr).to_be(),
+        host_ifindex: br.host.index,
+        subnet: u32::from(subnet).to_be(),
+        mask: mask.to_be(),
+        port_lo,
+        port_hi,
+        gw_mac,
+        mtu: link.mtu,
+        ..Default::default()
+    };
+    if xdp_tx {
+        cfg.flags |= NAT_F_XDP_TX;
+    }
+    if !route_mtus.is_empty() {
+        cfg.flags |= NAT_F_ROUTE_MTU;
+    }
+    NatTimeout::apply(&mut cfg, &opts.timeouts);
+    Ok((cfg, prefix, route_mtus))
+}
+
+/// The part of `attach` that `release` undoes.
+async fn connect(
+    net: &Net,
+    br: &mut Bridge,
+    link: &Link,
+    tc: &ProgramInfo,
+    cfg: NatConfig,
+    route_mtus: &[(Ipv4Addr, u8, u32)],
+) -> Result<()> {
+    let xdp_tx = cfg.flags & NAT_F_XDP_TX != 0;
+    if xdp_tx {
+        br.maps.add_to_devmap(link.index, &link.name)?;
+    }
+    for (dst, len, mtu) in route_mtus {
+        let key = aya::maps::lpm_trie::Key::new(*len as u32, u32::from(*dst).to_be());
+        br.maps
+            .nat_mtu
+            .insert(&key, *mtu, 0)
+            .map_err(map_err(names::NAT_MTU))?;
+    }
+    br.maps.set_nat_config(cfg)?;
+    port::hook(net, link, xdp_tx.then_some(br.xdp_prog_id), tc).await
+}
+
+/// Masquerade the bridge's guests through `iface`. Returns the bridge's
+/// name.
 pub async fn attach(
     net: &Net,
     iface: &str,
@@ -172,102 +296,16 @@ pub async fn attach(
     if old.nat_ifindex != 0 {
         return Err(Error::UplinkExists {
             bridge: br.name.clone(),
-            uplink: net
-                .link_by_index(old.nat_ifindex)
-                .await?
-                .map(|l| l.name)
-                .unwrap_or_default(),
+            uplink: net.name_of(old.nat_ifindex).await?,
         });
     }
-    let (nat_addr, _) = *net
-        .ipv4_addrs(link.index)
-        .await?
-        .first()
-        .ok_or_else(|| Error::NoAddress(iface.into()))?;
-    let (gw, prefix) = *net
-        .ipv4_addrs(br.host.index)
-        .await?
-        .first()
-        .ok_or_else(|| Error::NoAddress(format!("{} (give `up --address`)", br.name)))?;
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
-    let subnet = Ipv4Addr::from(u32::from(gw) & mask);
-    let (port_lo, port_hi) = choose_ports(opts.ports, local_port_range())?;
-    let gw_mac = br
-        .host
-        .mac
-        .ok_or_else(|| Error::NotEthernet(br.name.clone()))?;
-    let secs = |k: &str, d: u64| {
-        opts.timeouts
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(d)
-            * 1_000_000_000
-    };
-    let xdp_tx = link.kind.as_deref() != Some("veth");
-    let mtu = link.mtu;
-    let route_mtus = net.route_mtus_via(link.index).await?;
-    let mut cfg = NatConfig {
-        nat_ifindex: link.index,
-        nat_addr: u32::from(nat_addr).to_be(),
-        host_ifindex: br.host.index,
-        subnet: (u32::from(subnet)).to_be(),
-        mask: mask.to_be(),
-        port_lo,
-        port_hi,
-        gw_mac,
-        flags: if xdp_tx { NAT_F_XDP_TX } else { 0 }
-            | if route_mtus.is_empty() {
-                0
-            } else {
-                NAT_F_ROUTE_MTU
-            },
-        tcp_established_ns: secs("tcp_established", NAT_TCP_ESTABLISHED_SECS),
-        tcp_transitory_ns: secs("tcp_transitory", NAT_TCP_TRANSITORY_SECS),
-        tcp_closing_ns: secs("tcp_closing", NAT_TCP_CLOSING_SECS),
-        udp_ns: secs("udp", NAT_UDP_SECS),
-        udp_stream_ns: secs("udp_stream", NAT_UDP_STREAM_SECS),
-        icmp_ns: secs("icmp", NAT_ICMP_SECS),
-        mtu,
-        _pad2: 0,
-    };
-    let tc_id = br
-        .tc_prog_id(&progs)
-        .ok_or_else(|| Error::Load(format!("bridge {} has no TC program", br.name)))?;
-    let was_off = slow_path_on(&br.name, subnet, prefix, iface)?;
-    if was_off {
+    let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
+    let tc = br.require_tc_prog(Tc::Ingress)?;
+    let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
+    if slow_path_on(&br.name, subnet, prefix, iface)? {
         cfg.flags |= NAT_F_FWD_WAS_OFF;
     }
-    let res = async {
-        if xdp_tx {
-            br.maps
-                .ports
-                .insert(link.index, link.index, None, 0)
-                .map_err(|e| Error::Load(format!("adding {iface} to the devmap: {e}")))?;
-        }
-        for (dst, len, mtu) in &route_mtus {
-            let key = aya::maps::lpm_trie::Key::new(*len as u32, u32::from(*dst).to_be());
-            br.maps
-                .nat_mtu
-                .insert(&key, *mtu, 0)
-                .map_err(|e| Error::Map {
-                    map: umlbr_common::names::NAT_MTU,
-                    err: e,
-                })?;
-        }
-        br.maps.set_nat_config(cfg)?;
-        // As for a veth uplink port: TC alone is cheaper than veth's XDP.
-        let xdp = xdp_tx.then_some(br.xdp_prog_id);
-        port::hook(net, &link, xdp, tc_id).await?;
-        Ok::<(), Error>(())
-    }
-    .await;
-    if let Err(e) = res {
+    if let Err(e) = connect(net, &mut br, &link, &tc, cfg, &route_mtus).await {
         release(net, &mut br, &link, &progs).await;
         return Err(e);
     }
@@ -436,24 +474,12 @@ pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
 
 /// NAT counters summed over CPUs.
 pub fn counters(br: &Bridge) -> Result<NatStats> {
-    let v = br.maps.nat_stats.get(&0, 0).map_err(|source| Error::Map {
-        map: umlbr_common::names::NAT_STATS,
-        err: source,
-    })?;
-    let mut t = NatStats::default();
-    for s in v.iter() {
-        t.out_xdp += s.out_xdp;
-        t.out_tc += s.out_tc;
-        t.in_xdp += s.in_xdp;
-        t.in_tc += s.in_tc;
-        t.icmp_errors += s.icmp_errors;
-        t.in_miss += s.in_miss;
-        t.allocs += s.allocs;
-        t.alloc_fail += s.alloc_fail;
-        t.slow_path += s.slow_path;
-        t.expired += s.expired;
-    }
-    Ok(t)
+    let v = br
+        .maps
+        .nat_stats
+        .get(&0, 0)
+        .map_err(map_err(names::NAT_STATS))?;
+    Ok(sum(&v))
 }
 
 #[cfg(test)]
@@ -473,14 +499,53 @@ mod tests {
         assert!(parse_port_range("10-5").is_err());
         assert!(parse_port_range("0-5").is_err());
         assert_eq!(parse_port_range("61000-65535").unwrap(), (61000, 65535));
+        for bad in ["", "61000", "61000-", "-5", "1-65536", "a-b", "1:5"] {
+            assert!(
+                matches!(parse_port_range(bad), Err(Error::BadPortRange(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
     fn timeouts_parse() {
-        assert_eq!(parse_timeout("udp=5").unwrap(), ("udp".into(), 5));
-        assert!(parse_timeout("udp=0").is_err());
-        assert!(parse_timeout("bogus=5").is_err());
-        assert!(parse_timeout("udp").is_err());
+        assert_eq!(parse_timeout("udp=5").unwrap(), (NatTimeout::Udp, 5));
+        assert_eq!(
+            parse_timeout("tcp_closing=1").unwrap(),
+            (NatTimeout::TcpClosing, 1)
+        );
+        for bad in [
+            "udp=0", "bogus=5", "udp", "udp=", "=5", "udp=-1", "UDP=5", "udp=x",
+        ] {
+            assert!(
+                matches!(parse_timeout(bad), Err(Error::BadTimeout(_))),
+                "{bad}"
+            );
+        }
+        for t in NatTimeout::ALL {
+            let s = format!("{}=7", t.key());
+            assert_eq!(parse_timeout(&s).unwrap(), (t, 7));
+        }
+    }
+
+    #[test]
+    fn timeouts_apply_defaults_then_the_last_given() {
+        let mut c = NatConfig::default();
+        NatTimeout::apply(
+            &mut c,
+            &[
+                (NatTimeout::Udp, 5),
+                (NatTimeout::Icmp, 1),
+                (NatTimeout::Udp, 6),
+            ],
+        );
+        let s = 1_000_000_000;
+        assert_eq!(c.udp_ns, 6 * s);
+        assert_eq!(c.icmp_ns, s);
+        assert_eq!(c.tcp_established_ns, NAT_TCP_ESTABLISHED_SECS * s);
+        assert_eq!(c.tcp_transitory_ns, NAT_TCP_TRANSITORY_SECS * s);
+        assert_eq!(c.tcp_closing_ns, NAT_TCP_CLOSING_SECS * s);
+        assert_eq!(c.udp_stream_ns, NAT_UDP_STREAM_SECS * s);
     }
 
     #[test]

@@ -1,26 +1,22 @@
-//! Per-port counters: the datapath's per-CPU counters summed, with the
-//! kernel's own interface counters beside them.
+//! What `show` and `stats` print about a bridge: its ports with the
+//! datapath's per-CPU counters summed and the kernel's own interface
+//! counters beside them, and its masquerade.
 use serde::Serialize;
-use umlbr_common::{PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats, names};
+use umlbr_common::{NatStats, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats};
 
 use crate::{
     bridge::Bridge,
-    error::{Error, Result},
-    link::{Net, XdpMode},
+    error::Result,
+    link::{Link, Net, XdpMode},
+    nat,
+    object::{Tc, sum},
 };
 
+/// A port's counters: the datapath's, and what the interface sent.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PortCounters {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub forwarded: u64,
-    pub flooded: u64,
-    pub dropped: u64,
-    pub learned: u64,
-    pub moved: u64,
-    pub xdp_native: u64,
-    pub xdp_generic: u64,
-    pub tc: u64,
+    #[serde(flatten)]
+    pub datapath: PortStats,
     /// From the interface (IFLA_STATS64): what the port sent out.
     pub tx_packets: u64,
     pub tx_bytes: u64,
@@ -44,7 +40,7 @@ pub struct NatView {
     pub address: String,
     pub ports: String,
     pub mappings: usize,
-    pub counters: umlbr_common::NatStats,
+    pub counters: NatStats,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,81 +63,74 @@ fn kind_name(k: u32) -> &'static str {
     }
 }
 
+/// Port `ifindex` of `br`, which is `link` unless it is gone; `tc_id` is
+/// the bridge's TC program.
+fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) -> PortView {
+    let datapath = br
+        .maps
+        .stats
+        .get(&ifindex, 0)
+        .map(|v| sum(&v))
+        .unwrap_or_default();
+    let Some(l) = link else {
+        return PortView {
+            name: format!("if{ifindex} (gone)"),
+            ifindex,
+            kind: kind_name(datapath.kind),
+            xdp: XdpMode::None,
+            tc: "none",
+            up: false,
+            stats: PortCounters {
+                datapath,
+                ..Default::default()
+            },
+        };
+    };
+    let tc_on = tc_id.is_some_and(|id| Tc::Ingress.programs(&l.name).iter().any(|p| p.id() == id));
+    PortView {
+        ifindex,
+        kind: kind_name(datapath.kind),
+        xdp: l.xdp_mode,
+        tc: if tc_on { "tcx" } else { "none" },
+        up: l.up,
+        stats: PortCounters {
+            datapath,
+            tx_packets: l.tx_packets,
+            tx_bytes: l.tx_bytes,
+        },
+        name: l.name,
+    }
+}
+
+/// The bridge's masquerade, if it has one.
+async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
+    let ncfg = br.maps.nat_config()?;
+    if ncfg.nat_ifindex == 0 {
+        return Ok(None);
+    }
+    let uplink = match net.link_by_index(ncfg.nat_ifindex).await? {
+        Some(l) => l.name,
+        None => format!("if{} (gone)", ncfg.nat_ifindex),
+    };
+    Ok(Some(NatView {
+        uplink,
+        address: std::net::Ipv4Addr::from(u32::from_be(ncfg.nat_addr)).to_string(),
+        ports: format!("{}-{}", ncfg.port_lo, ncfg.port_hi),
+        mappings: br.maps.nat_in.keys().count(),
+        counters: nat::counters(br)?,
+    }))
+}
+
 /// Everything `show` and `stats` print about one bridge.
 pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
-    let progs = crate::bridge::Programs::read();
-    let tc_id = br.tc_prog_id(&progs);
+    let tc_id = br.tc_prog(Tc::Ingress).map(|p| p.id());
     let mut ports = Vec::new();
     for ifindex in br.port_ifindexes() {
         let link = net.link_by_index(ifindex).await?;
-        let per_cpu = br.maps.stats.get(&ifindex, 0).map_err(|source| Error::Map {
-            map: names::PORT_STATS,
-            err: source,
-        });
-        let mut c = PortCounters::default();
-        let mut kind = 0;
-        if let Ok(values) = per_cpu {
-            for v in values.iter() {
-                let v: &PortStats = v;
-                kind = v.kind;
-                c.rx_packets += v.rx_packets;
-                c.rx_bytes += v.rx_bytes;
-                c.forwarded += v.forwarded;
-                c.flooded += v.flooded;
-                c.dropped += v.dropped;
-                c.learned += v.learned;
-                c.moved += v.moved;
-                c.xdp_native += v.xdp_native;
-                c.xdp_generic += v.xdp_generic;
-                c.tc += v.tc;
-            }
-        }
-        let (name, xdp, tc, up) = match &link {
-            Some(l) => {
-                c.tx_packets = l.tx_packets;
-                c.tx_bytes = l.tx_bytes;
-                let tc_on = tc_id.is_some_and(|id| {
-                    crate::sys::tcx_query(l.index, crate::sys::BPF_TCX_INGRESS)
-                        .unwrap_or_default()
-                        .contains(&id)
-                });
-                (
-                    l.name.clone(),
-                    l.xdp_mode,
-                    if tc_on { "tcx" } else { "none" },
-                    l.up,
-                )
-            }
-            None => (format!("if{ifindex} (gone)"), XdpMode::None, "none", false),
-        };
-        ports.push(PortView {
-            name,
-            ifindex,
-            kind: kind_name(kind),
-            xdp,
-            tc,
-            up,
-            stats: c,
-        });
+        ports.push(port_view(br, ifindex, link, tc_id));
     }
-    let ncfg = br.maps.nat_config()?;
-    let nat = if ncfg.nat_ifindex != 0 {
-        Some(NatView {
-            uplink: net
-                .link_by_index(ncfg.nat_ifindex)
-                .await?
-                .map(|l| l.name)
-                .unwrap_or_else(|| format!("if{} (gone)", ncfg.nat_ifindex)),
-            address: std::net::Ipv4Addr::from(u32::from_be(ncfg.nat_addr)).to_string(),
-            ports: format!("{}-{}", ncfg.port_lo, ncfg.port_hi),
-            mappings: br.maps.nat_in.keys().count(),
-            counters: crate::nat::counters(br)?,
-        })
-    } else {
-        None
-    };
     Ok(BridgeView {
-        nat,
+        nat: nat_view(net, br).await?,
         name: br.name.clone(),
         host_interface: br.host.name.clone(),
         switch_port: br.switch_port.name.clone(),

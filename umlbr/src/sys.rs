@@ -1,17 +1,20 @@
-//! The few bpf(2) commands aya does not offer for objects it did not load:
-//! tcx attach/detach/query without a link, so that attachments outlive the
-//! process that made them and need no bpffs pin.
+//! What neither aya nor rtnetlink offer: tcx attach and detach owned by
+//! the device, GRO through ethtool, and the process's capabilities, clock
+//! and kernel checks.
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
+use aya::util::KernelVersion;
+use nix::time::{ClockId, clock_gettime};
+
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_DETACH: libc::c_long = 9;
-const BPF_PROG_QUERY: libc::c_long = 16;
 pub const BPF_TCX_INGRESS: u32 = 46;
 pub const BPF_TCX_EGRESS: u32 = 47;
 
+/// The prefix of `union bpf_attr` that BPF_PROG_ATTACH and DETACH read.
 #[repr(C)]
 #[derive(Default)]
 struct AttachAttr {
@@ -24,30 +27,20 @@ struct AttachAttr {
     expected_revision: u64,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct QueryAttr {
-    target_ifindex: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    count: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+fn prog_attach(cmd: libc::c_long, ifindex: u32, prog: BorrowedFd<'_>, ty: u32) -> io::Result<()> {
+    let mut attr = AttachAttr {
+        target_ifindex: ifindex,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: ty,
+        ..Default::default()
+    };
     // SAFETY: attr is a valid bpf_attr prefix of the size we pass.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>(),
+            &mut attr as *mut AttachAttr as *mut libc::c_void,
+            std::mem::size_of::<AttachAttr>(),
         )
     };
     if ret < 0 {
@@ -58,38 +51,18 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 }
 
 /// Attach a program to the tcx hook of `ifindex`, owned by the device.
+///
+/// aya 0.14 attaches tcx programs only through a bpf link, which lives as
+/// long as the process holds it (or a bpffs pin): umlbr's attachments must
+/// outlive the command without either, which BPF_PROG_ATTACH gives.
 pub fn tcx_attach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
-    let mut attr = AttachAttr {
-        target_ifindex: ifindex,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_ATTACH, &mut attr)
+    prog_attach(BPF_PROG_ATTACH, ifindex, prog, attach_type)
 }
 
+/// Detach a program that [`tcx_attach`] attached (aya can only detach
+/// its own links).
 pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
-    let mut attr = AttachAttr {
-        target_ifindex: ifindex,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
-        attach_type,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_DETACH, &mut attr)
-}
-
-/// Ids of the programs on the tcx hook of `ifindex`.
-pub fn tcx_query(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
-    let mut ids = [0u32; 64];
-    let mut attr = QueryAttr {
-        target_ifindex: ifindex,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        count: ids.len() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_QUERY, &mut attr)?;
-    Ok(ids[..attr.count.min(64) as usize].to_vec())
+    prog_attach(BPF_PROG_DETACH, ifindex, prog, attach_type)
 }
 
 /// Effective capabilities of this process (from /proc/self/status).
@@ -108,25 +81,28 @@ pub const CAP_BPF: u32 = 39;
 
 /// CLOCK_MONOTONIC_COARSE now, the clock of `bpf_ktime_get_coarse_ns`.
 pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // This clock cannot fail on Linux.
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
-/// Turn GRO on for `name` (ETHTOOL_SGRO). A veth whose peer receives XDP
-/// redirects needs NAPI, which GRO enables.
+/// `ETHTOOL_SGRO` in include/uapi/linux/ethtool.h (libc lacks it).
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+nix::ioctl_readwrite_bad!(siocethtool, libc::SIOCETHTOOL, libc::ifreq);
+
+/// Turn GRO on or off for `name` (ETHTOOL_SGRO). A veth whose peer
+/// receives XDP redirects needs NAPI, which GRO enables.
 pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    const ETHTOOL_SGRO: u32 = 0x2c;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     let mut value = EthtoolValue {
         cmd: ETHTOOL_SGRO,
         data: on as u32,
@@ -137,46 +113,36 @@ pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
         *d = s as libc::c_char;
     }
     ifr.ifr_ifru.ifru_data = &mut value as *mut EthtoolValue as *mut libc::c_char;
-    // SAFETY: a datagram socket for the ioctl, closed below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: valid socket and ifreq.
-    let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut ifr) };
-    let err = io::Error::last_os_error();
-    // SAFETY: we own sock.
-    unsafe { libc::close(sock) };
-    if ret < 0 { Err(err) } else { Ok(()) }
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: a valid socket, and an ifreq pointing at a live ethtool_value.
+    unsafe { siocethtool(sock.as_raw_fd(), &mut ifr) }?;
+    Ok(())
 }
 
 /// Oldest kernel umlbr runs on: tcx (6.6) and a devmap broadcast that
 /// excludes the ingress port (5.15).
-pub const MIN_KERNEL: (u32, u32) = (6, 6);
-
-/// Parse "6.18.44-foo" into (6, 18).
-pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
+pub const MIN_KERNEL: KernelVersion = KernelVersion::new(6, 6, 0);
 
 /// Refuse kernels without the features the datapath uses.
-pub fn check_kernel_release(release: &str) -> crate::Result<()> {
-    match parse_kernel_release(release) {
-        Some(v) if v >= MIN_KERNEL => Ok(()),
-        _ => Err(crate::Error::KernelFeature(format!(
-            "kernel {release} is older than {}.{} (tcx hooks and devmap broadcast are needed)",
-            MIN_KERNEL.0, MIN_KERNEL.1
-        ))),
+pub fn check_kernel_version(v: KernelVersion) -> crate::Result<()> {
+    if v >= MIN_KERNEL {
+        return Ok(());
     }
+    Err(crate::Error::KernelFeature(format!(
+        "kernel {v} is older than {MIN_KERNEL} (tcx hooks and devmap broadcast are needed)"
+    )))
 }
 
-/// Check the running kernel: release, BTF and the bpf(2) syscall.
+/// Check the running kernel: version and BTF.
 pub fn check_kernel() -> crate::Result<()> {
-    let uts = nix::sys::utsname::uname().map_err(|e| crate::Error::io("uname", e.into()))?;
-    check_kernel_release(&uts.release().to_string_lossy())?;
+    let v = KernelVersion::current()
+        .map_err(|e| crate::Error::io("reading the kernel version", io::Error::other(e)))?;
+    check_kernel_version(v)?;
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(crate::Error::KernelFeature(
             "no BTF (/sys/kernel/btf/vmlinux); build the kernel with CONFIG_DEBUG_INFO_BTF".into(),
@@ -190,12 +156,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_releases() {
-        assert_eq!(parse_kernel_release("6.18.44-fc-v657"), Some((6, 18)));
-        assert!(check_kernel_release("6.6.0").is_ok());
-        assert!(check_kernel_release("7.0.1").is_ok());
-        assert!(check_kernel_release("6.1.0-28-amd64").is_err());
-        assert!(check_kernel_release("5.15.0").is_err());
-        assert!(check_kernel_release("garbage").is_err());
+    fn kernel_versions() {
+        assert!(check_kernel_version(KernelVersion::new(6, 6, 0)).is_ok());
+        assert!(check_kernel_version(KernelVersion::new(6, 18, 44)).is_ok());
+        assert!(check_kernel_version(KernelVersion::new(7, 0, 1)).is_ok());
+        assert!(check_kernel_version(KernelVersion::new(6, 1, 0)).is_err());
+        assert!(check_kernel_version(KernelVersion::new(5, 15, 0)).is_err());
+        assert!(KernelVersion::current().is_ok());
+    }
+
+    #[test]
+    fn coarse_clock_runs() {
+        let a = monotonic_coarse_ns();
+        assert!(a > 0 && monotonic_coarse_ns() >= a);
     }
 }

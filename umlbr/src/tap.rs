@@ -1,49 +1,80 @@
-//! Persistent tap devices owned by a user or group, as `tunctl -u/-g`.
+//! Persistent tap devices owned by a user or group, as `tunctl -u/-g`:
+//! creating them, and deleting them (detached from their bridge first).
 use std::{fs::OpenOptions, os::fd::AsRawFd};
 
-use crate::error::{Error, Result};
+use nix::unistd::{Group, User};
 
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
+use crate::{
+    error::{Error, Result},
+    link::{Net, check_ifname},
+    port,
+};
 
-nix::ioctl_write_ptr_bad!(
-    tunsetiff,
-    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
-    libc::ifreq
-);
-nix::ioctl_write_int!(tunsetpersist, b'T', 203);
-nix::ioctl_write_int!(tunsetowner, b'T', 204);
-nix::ioctl_write_int!(tunsetgroup, b'T', 206);
+nix::ioctl_write_ptr_bad!(tunsetiff, libc::TUNSETIFF, libc::ifreq);
+nix::ioctl_write_int_bad!(tunsetpersist, libc::TUNSETPERSIST);
+nix::ioctl_write_int_bad!(tunsetowner, libc::TUNSETOWNER);
+nix::ioctl_write_int_bad!(tunsetgroup, libc::TUNSETGROUP);
+
+/// Options of `tap add`.
+#[derive(Clone, Debug, Default)]
+pub struct TapOptions {
+    /// Owner allowed to open it without root: a name or a uid.
+    pub user: Option<String>,
+    /// Group allowed to open it without root: a name or a gid.
+    pub group: Option<String>,
+    /// Mark it for a guest that uses vnet headers.
+    pub vnet_hdr: bool,
+}
 
 /// Resolve a user name or numeric uid.
 pub fn resolve_user(user: &str) -> Result<u32> {
-    if let Ok(uid) = user.parse::<u32>() {
-        return Ok(uid);
-    }
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        _ => Err(Error::NoSuchUser(user.into())),
-    }
+    user.parse()
+        .ok()
+        .or_else(|| Some(User::from_name(user).ok()??.uid.as_raw()))
+        .ok_or_else(|| Error::NoSuchUser(user.into()))
 }
 
 /// Resolve a group name or numeric gid.
 pub fn resolve_group(group: &str) -> Result<u32> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(Error::NoSuchGroup(group.into())),
-    }
+    group
+        .parse()
+        .ok()
+        .or_else(|| Some(Group::from_name(group).ok()??.gid.as_raw()))
+        .ok_or_else(|| Error::NoSuchGroup(group.into()))
 }
 
-/// Create a persistent tap (IFF_TAP | IFF_NO_PI) named `name`. The caller
-/// has checked that no interface of that name exists: TUNSETIFF would
-/// otherwise attach to it instead of failing. With `vnet_hdr` the tap is
-/// marked for a guest that uses vnet headers (IFF_VNET_HDR, which tun
-/// keeps): `attach` then gives it TC only.
-pub fn create(name: &str, uid: Option<u32>, gid: Option<u32>, vnet_hdr: bool) -> Result<()> {
+/// Create a persistent tap named `name` (none may exist: TUNSETIFF would
+/// attach to it instead of failing).
+pub async fn add(net: &Net, name: &str, opts: &TapOptions) -> Result<()> {
+    check_ifname(name)?;
+    let uid = opts.user.as_deref().map(resolve_user).transpose()?;
+    let gid = opts.group.as_deref().map(resolve_group).transpose()?;
+    if net.link_by_name(name).await?.is_some() {
+        return Err(Error::InterfaceExists(name.into()));
+    }
+    create(name, uid, gid, opts.vnet_hdr)
+}
+
+/// Delete tap `name`, detaching it from its bridge first.
+pub async fn del(net: &Net, name: &str) -> Result<()> {
+    let link = net.require(name).await?;
+    if !link.is_tun() {
+        return Err(Error::NotATap {
+            kind: link.kind.clone().unwrap_or_else(|| "device".into()),
+            iface: name.into(),
+        });
+    }
+    match port::detach(net, name).await {
+        Ok(_) | Err(Error::NotAttached(_)) => {}
+        Err(e) => return Err(e),
+    }
+    net.del_link(link.index, name).await
+}
+
+/// Create a persistent tap (IFF_TAP | IFF_NO_PI) named `name`. With
+/// `vnet_hdr` the tap is marked for a guest that uses vnet headers
+/// (IFF_VNET_HDR, which tun keeps): `attach` then gives it TC only.
+fn create(name: &str, uid: Option<u32>, gid: Option<u32>, vnet_hdr: bool) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -54,7 +85,8 @@ pub fn create(name: &str, uid: Option<u32>, gid: Option<u32>, vnet_hdr: bool) ->
     for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+    let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | vnet) as libc::c_short;
     let fd = file.as_raw_fd();
     let what = |op: &str| format!("{op} on tap {name}");
     // SAFETY: valid fd and ifreq; the int ioctls take values, not pointers.

@@ -1,0 +1,332 @@
+//! The command line's grammar: clap parses every value (CIDR, MAC, port
+//! range, NAT timeouts) and rejects flags that do not go together, so
+//! that every usage error exits 2 before umlbr touches anything.
+use std::net::IpAddr;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
+use umlbr::{
+    link::{parse_cidr, parse_mac},
+    nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
+};
+
+pub mod print;
+
+const ABOUT: &str = "An eBPF/XDP switch for VM guests on TUN/TAP: replaces a Linux bridge, \
+tunctl and iptables MASQUERADE for User Mode Linux, QEMU and Firecracker guests.";
+
+const LONG_ABOUT: &str = "\
+An eBPF/XDP switch for VM guests on TUN/TAP.
+
+A bridge NAME is a switch in the kernel: XDP and TC programs on every port
+forward frames through BPF maps (MAC learning, aging, flooding). NAME is
+also an interface on the host, the host's own station on the switch, like
+a Linux bridge's br0.
+
+The seed recipe, and the umlbr commands that replace it:
+  brctl addbr br0; ifconfig br0 192.168.2.1 up   umlbr up br0 --address 192.168.2.1/24
+  tunctl -u giorgos -t tap0                      umlbr tap add tap0 --user giorgos
+  brctl addif br0 tap0                           umlbr attach tap0
+  brctl addif br0 eth0  (section C)              umlbr up br0 --uplink eth0
+  ip_forward=1; iptables -t nat -A POSTROUTING \\
+    -o eth0 -j MASQUERADE  (section D)            umlbr up br0 --address 192.168.2.1/24 --masquerade eth0
+  brctl show / brctl showmacs br0                umlbr show / umlbr fdb show br0
+
+Every command acts on the current network namespace (it works under
+`ip netns exec`), needs root, and keeps no state outside the kernel.
+Read commands take --json and then print only JSON on stdout.";
+
+/// `--masquerade` and its options, which a port (`--uplink`, `--tc-only`)
+/// does not take. Named here as well as by `requires`: clap drops a
+/// requirement that conflicts with an argument given.
+const MASQUERADE_ARGS: [&str; 3] = ["masquerade", "nat_ports", "nat_timeout"];
+
+#[derive(Parser)]
+#[command(name = "umlbr", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a bridge: the switch, and the host interface NAME on it.
+    Up(UpArgs),
+    /// Remove a bridge, its host interface and everything `up` and `attach` made.
+    Down { name: String },
+    /// Create or delete persistent tap devices for guests.
+    #[command(subcommand)]
+    Tap(TapCmd),
+    /// Make an interface (a guest's tap, a veth) a port of a bridge.
+    Attach(AttachArgs),
+    /// Remove an interface from its bridge (the interface stays).
+    Detach { iface: String },
+    /// Show bridges and their ports, with the XDP mode and TC hook of each.
+    Show(ShowArgs),
+    /// Show or edit the MAC table (forwarding database).
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Show the masquerade's NAT table.
+    #[command(subcommand)]
+    Nat(NatCmd),
+    /// Print what the datapath logged (e.g. an exhausted NAT port range),
+    /// oldest first; --follow keeps printing new lines.
+    Log {
+        name: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Per-port counters: frames, bytes, forwarded, flooded, dropped, learned,
+    /// and which path (XDP native, XDP generic, TC) switched them; NAT
+    /// counters when the bridge masquerades.
+    Stats(ShowArgs),
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Bridge name; also the host's interface on the switch (max 15 bytes).
+    pub name: String,
+    /// Address for the host interface, e.g. 192.168.2.1/24 (the guests' gateway).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub address: Option<(IpAddr, u8)>,
+    /// Seconds after which a learned MAC is forgotten (default 300).
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub aging: Option<u64>,
+    /// Make the host's NIC IFACE a port (guests bridged onto the LAN).
+    /// IFACE keeps its addresses and routes; it is made promiscuous while
+    /// it is a port.
+    #[arg(long, value_name = "IFACE", conflicts_with_all = MASQUERADE_ARGS)]
+    pub uplink: Option<String>,
+    /// Masquerade the guests' subnet (from --address, IPv4) behind IFACE's
+    /// address, in BPF (replaces ip_forward + iptables MASQUERADE).
+    #[arg(long, value_name = "IFACE", requires = "address")]
+    pub masquerade: Option<String>,
+    #[command(flatten)]
+    pub nat: NatArgs,
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    pub iface: String,
+    /// The bridge; may be left out when exactly one exists.
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// IFACE is the host's NIC onto the LAN (see `up --uplink`).
+    #[arg(long, conflicts_with_all = MASQUERADE_ARGS)]
+    pub uplink: bool,
+    /// Masquerade the bridge's guests behind IFACE (see `up --masquerade`).
+    #[arg(long)]
+    pub masquerade: bool,
+    /// Switch this port's frames with the TC program alone, no XDP. For
+    /// guests with vnet headers and offloads (UML vector transport,
+    /// virtio-net): a tap with XDP sends their GSO super-frames through
+    /// generic XDP, which copies each before XDP hands it to TC. A tap
+    /// already set up with vnet headers when attached gets TC only
+    /// without this flag.
+    #[arg(long, conflicts_with_all = MASQUERADE_ARGS)]
+    pub tc_only: bool,
+    #[command(flatten)]
+    pub nat: NatArgs,
+}
+
+/// The masquerade's options; only with --masquerade.
+#[derive(Args, Clone, Default)]
+pub struct NatArgs {
+    /// With --masquerade: source ports for masqueraded flows (default: just
+    /// above the host's ip_local_port_range, so they never meet the host's
+    /// own sockets).
+    #[arg(long, value_name = "LO-HI", requires = "masquerade", value_parser = parse_port_range)]
+    pub nat_ports: Option<(u16, u16)>,
+    /// With --masquerade: idle timeout of mappings, repeatable: tcp_established (432000),
+    /// tcp_transitory (120), tcp_closing (10), udp (30), udp_stream (120),
+    /// icmp (30).
+    #[arg(long, value_name = "KEY=SECONDS", requires = "masquerade", value_parser = parse_timeout)]
+    pub nat_timeout: Vec<(NatTimeout, u64)>,
+}
+
+impl NatArgs {
+    pub fn options(&self) -> NatOptions {
+        NatOptions {
+            ports: self.nat_ports,
+            timeouts: self.nat_timeout.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TapCmd {
+    /// Create a persistent tap (like `tunctl -t TAP -u USER`).
+    Add {
+        tap: String,
+        /// Owner allowed to open it without root (name or uid).
+        #[arg(long, short)]
+        user: Option<String>,
+        /// Group allowed to open it without root (name or gid).
+        #[arg(long, short)]
+        group: Option<String>,
+        /// The guest will use vnet headers (UML's vector transport, QEMU
+        /// virtio-net, Firecracker): `attach` then switches the tap with TC
+        /// alone, since a tap with XDP copies every GSO super-frame through
+        /// generic XDP.
+        #[arg(long)]
+        vnet_hdr: bool,
+    },
+    /// Delete a tap (detaching it from its bridge first).
+    Del { tap: String },
+}
+
+#[derive(Subcommand)]
+pub enum FdbCmd {
+    /// List MAC entries: port, static or learned, age in seconds.
+    Show(ShowArgs),
+    /// Add an entry for MAC behind port IFACE.
+    Add {
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+        iface: String,
+        /// Never ages and never moves to another port.
+        #[arg(long = "static")]
+        is_static: bool,
+    },
+    /// Remove the entry for MAC.
+    Del {
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+        #[arg(long, value_name = "NAME")]
+        bridge: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NatCmd {
+    /// Live mappings: protocol, inside, outside, remote, state, age.
+    Show(ShowArgs),
+}
+
+/// A read command: one bridge or all, as a table or JSON.
+#[derive(Args)]
+pub struct ShowArgs {
+    pub name: Option<String>,
+    /// Print only JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Cli {
+    /// Parse the command line; what clap cannot express is checked here,
+    /// as a usage error too.
+    pub fn parse_checked() -> Result<Cli, clap::Error> {
+        let cli = Cli::try_parse()?;
+        if let Cmd::Up(a) = &cli.cmd
+            && a.masquerade.is_some()
+            && matches!(a.address, Some((IpAddr::V6(_), _)))
+        {
+            let msg = "--masquerade needs an IPv4 --address";
+            return Err(Cli::command().error(ErrorKind::ArgumentConflict, msg));
+        }
+        Ok(cli)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        let argv = std::iter::once("umlbr").chain(args.split_whitespace());
+        let cli = Cli::try_parse_from(argv)?;
+        if let Cmd::Up(a) = &cli.cmd
+            && a.masquerade.is_some()
+            && matches!(a.address, Some((IpAddr::V6(_), _)))
+        {
+            return Err(Cli::command().error(ErrorKind::ArgumentConflict, "v6"));
+        }
+        Ok(cli)
+    }
+
+    fn usage_error(args: &str) -> ErrorKind {
+        match parse(args) {
+            Ok(_) => panic!("{args}: accepted"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn values_are_parsed_by_clap() {
+        let Cmd::Up(a) = parse(
+            "up br0 --address 192.168.2.1/24 --masquerade eth0 --nat-ports 61000-61999 \
+             --nat-timeout udp=5 --nat-timeout tcp_closing=1",
+        )
+        .unwrap()
+        .cmd
+        else {
+            panic!("not up");
+        };
+        assert_eq!(a.address, Some(("192.168.2.1".parse().unwrap(), 24)));
+        let o = a.nat.options();
+        assert_eq!(o.ports, Some((61000, 61999)));
+        assert_eq!(
+            o.timeouts,
+            vec![(NatTimeout::Udp, 5), (NatTimeout::TcpClosing, 1)]
+        );
+        let Cmd::Fdb(FdbCmd::Add { mac, .. }) =
+            parse("fdb add 02-00-00-00-00-0A tap0").unwrap().cmd
+        else {
+            panic!("not fdb add");
+        };
+        assert_eq!(mac, [2, 0, 0, 0, 0, 10]);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            "up br0 --address 192.168.2.1",
+            "up br0 --address 192.168.2.1/33",
+            "up br0 --address garbage",
+            "up br0 --aging 0",
+            "up br0 --aging abc",
+            "fdb add zz:00:00:00:00:01 tap0",
+            "fdb del 02:00:00:00:00",
+            "up br0 --address 10.0.0.1/24 --masquerade eth0 --nat-ports 10-5",
+            "up br0 --address 10.0.0.1/24 --masquerade eth0 --nat-timeout bogus=5",
+            "attach eth0 --masquerade --nat-timeout udp=0",
+        ] {
+            assert_eq!(usage_error(args), ErrorKind::ValueValidation, "{args}");
+        }
+    }
+
+    #[test]
+    fn flags_that_do_not_go_together_are_usage_errors() {
+        for args in [
+            "up br0 --uplink eth0 --masquerade eth1 --address 10.0.0.1/24",
+            "attach eth0 --uplink --masquerade",
+            "attach eth0 --tc-only --masquerade",
+            "attach eth0 --uplink --nat-timeout udp=5",
+            "attach eth0 --tc-only --nat-ports 61000-61999",
+            "up br0 --uplink eth0 --nat-ports 61000-61999",
+            "up br0 --address fd00::1/64 --masquerade eth0",
+        ] {
+            assert_eq!(usage_error(args), ErrorKind::ArgumentConflict, "{args}");
+        }
+        for args in [
+            "up br0 --masquerade eth0",
+            "up br0 --nat-ports 61000-61999",
+            "up br0 --address 10.0.0.1/24 --nat-timeout udp=5",
+            "attach eth0 --nat-ports 61000-61999",
+        ] {
+            assert_eq!(
+                usage_error(args),
+                ErrorKind::MissingRequiredArgument,
+                "{args}"
+            );
+        }
+        // An uplink may be switched by TC alone.
+        assert!(parse("attach eth0 --uplink --tc-only").is_ok());
+        assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
+    }
+}

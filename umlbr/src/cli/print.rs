@@ -1,0 +1,122 @@
+//! What the read commands print: a table on stdout, or only JSON.
+use anyhow::Result;
+use serde::Serialize;
+use umlbr::{
+    fdb::FdbRow,
+    nat::NatRow,
+    stats::{BridgeView, NatView},
+};
+
+/// Print `value` as JSON, alone on stdout.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// One named bridge prints as an object, otherwise an array.
+pub fn views_json(views: &[BridgeView], one: bool) -> Result<()> {
+    match views {
+        [v] if one => json(v),
+        _ => json(views),
+    }
+}
+
+/// `show`: bridges and their ports.
+pub fn show(views: &[BridgeView]) {
+    if views.is_empty() {
+        println!("no bridges (create one with `umlbr up NAME`)");
+    }
+    for v in views {
+        println!(
+            "{}  host {}  switch port {}  aging {} s  {} MACs",
+            v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
+        );
+        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE");
+        for p in &v.ports {
+            println!(
+                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {}",
+                p.name,
+                p.ifindex,
+                p.kind,
+                p.xdp.as_str(),
+                p.tc,
+                if p.up { "up" } else { "down" }
+            );
+        }
+    }
+}
+
+/// `stats`: per-port counters, and the masquerade's.
+pub fn stats(views: &[BridgeView]) {
+    for v in views {
+        println!("{}", v.name);
+        println!(
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED LEARNED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+        );
+        for p in &v.ports {
+            let s = &p.stats.datapath;
+            println!(
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                p.name,
+                s.rx_packets,
+                s.rx_bytes,
+                s.forwarded,
+                s.flooded,
+                s.dropped,
+                s.learned,
+                s.xdp_native,
+                s.xdp_generic,
+                s.tc,
+                p.stats.tx_packets
+            );
+        }
+        if let Some(n) = &v.nat {
+            nat_counters(n);
+        }
+    }
+}
+
+fn nat_counters(n: &NatView) {
+    let c = &n.counters;
+    println!(
+        "  masquerade via {} as {} (ports {}): {} mappings",
+        n.uplink, n.address, n.ports, n.mappings
+    );
+    println!(
+        "    out: xdp {} tc {}   in: xdp {} tc {}   icmp errors {}   in_miss {}",
+        c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
+    );
+    println!(
+        "    allocs {}   alloc_fail {}   expired {}   slow_path {}",
+        c.allocs, c.alloc_fail, c.expired, c.slow_path
+    );
+}
+
+/// `fdb show`.
+pub fn fdb(rows: &[FdbRow]) {
+    println!("BRIDGE   MAC               PORT             FLAGS     AGE(s)");
+    for r in rows {
+        println!(
+            "{:<8} {:<17} {:<16} {:<7} {:>8.1}",
+            r.bridge,
+            r.mac,
+            r.port,
+            if r.is_static { "static" } else { "learned" },
+            r.age
+        );
+    }
+}
+
+/// `nat show`.
+pub fn nat(rows: &[NatRow]) {
+    println!(
+        "{:<8} {:<5} {:<21} {:<21} {:<21} {:<12} {:>7} {:>10}",
+        "BRIDGE", "PROTO", "INSIDE", "OUTSIDE", "REMOTE", "STATE", "AGE(s)", "EXPIRES(s)"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<5} {:<21} {:<21} {:<21} {:<12} {:>7.1} {:>10.0}",
+            r.bridge, r.protocol, r.inside, r.outside, r.remote, r.state, r.age, r.expires_in
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Creating a bridge (`up`) and removing it (`down`): the orchestration of
+//! the object, ports, FDB and masquerade below.
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{SchedClassifier, Xdp},
+};
+use umlbr_common::{Config, DEFAULT_AGING_SECS, PORT_KIND_HOST, names};
+
+use crate::{
+    bridge::{Bridge, switch_port_name},
+    error::{Error, Result},
+    fdb,
+    link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, check_ifname},
+    nat::{self, NatOptions},
+    object::{self, Maps, Programs, Tc, map_err},
+    port, sys,
+};
+
+/// Options of `umlbr up`.
+#[derive(Clone, Debug, Default)]
+pub struct UpOptions {
+    pub address: Option<(IpAddr, u8)>,
+    pub aging_secs: Option<u64>,
+    /// The host's NIC to make the uplink port (scenario C).
+    pub uplink: Option<String>,
+    /// The uplink to masquerade guest traffic through (scenario D).
+    pub masquerade: Option<(String, NatOptions)>,
+}
+
+/// What `up` can check before it loads the programs, which is most of
+/// its time (the verifier's, about half a second): a mistaken name or
+/// uplink fails at once, before anything is made.
+async fn preflight(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
+    check_ifname(name)?;
+    for n in [name, switch_port_name(name).as_str()] {
+        if net.link_by_name(n).await?.is_some() {
+            return Err(Error::InterfaceExists(n.into()));
+        }
+    }
+    let progs = Programs::read();
+    let nat = opts.masquerade.as_ref();
+    for iface in opts.uplink.iter().chain(nat.map(|(i, _)| i)) {
+        let link = net.require(iface).await?;
+        port::check_free(net, &link, &progs).await?;
+    }
+    if let Some((iface, nopts)) = nat {
+        let link = net.require(iface).await?;
+        if net.ipv4_addrs(link.index).await?.is_empty() {
+            return Err(Error::NoAddress(iface.clone()));
+        }
+        if !matches!(opts.address, Some((IpAddr::V4(_), _))) {
+            return Err(Error::NoAddress(format!("{name} (give `up --address`)")));
+        }
+        nat::choose_ports(nopts.ports, nat::local_port_range())?;
+    }
+    Ok(())
+}
+
+/// Load the programs, with the aging time in their config.
+fn load(aging_secs: u64) -> Result<Ebpf> {
+    let mut ebpf = object::load()?;
+    let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::NoMap {
+        owner: "umlbr's eBPF object".into(),
+        map: names::CONFIG,
+    })?;
+    let mut config: Array<&mut MapData, Config> = map.try_into().map_err(map_err(names::CONFIG))?;
+    let c = Config {
+        aging_ns: aging_secs.saturating_mul(1_000_000_000),
+        ..Default::default()
+    };
+    config.set(0, c, 0).map_err(map_err(names::CONFIG))?;
+    Ok(ebpf)
+}
+
+/// Attach the programs to the switch port `sw` and open the maps from
+/// them: the programs belong to the device from then on.
+async fn hook_switch_port(net: &Net, ebpf: &Ebpf, sw: &Link) -> Result<Maps> {
+    let xdp: &Xdp = object::program(ebpf, names::XDP_PROG, "XDP")?;
+    let tc: &SchedClassifier = object::program(ebpf, names::TC_PROG, "TC")?;
+    let tc_out: &SchedClassifier = object::program(ebpf, names::TC_OUT_PROG, "TC egress")?;
+    let fd_err = |name: &'static str| move |e| Error::program(format!("opening program {name}"), e);
+    let xdp_fd = xdp.fd().map_err(fd_err(names::XDP_PROG))?;
+    // Attach XDP first so the maps can be found by id from it.
+    let flags = XDP_FLAGS_DRV_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST;
+    let raw = xdp_fd.as_fd().as_raw_fd();
+    net.set_xdp(sw.index, &sw.name, Some(raw), flags).await?;
+    let not_hooked = |what| Error::NotHooked {
+        what,
+        iface: sw.name.clone(),
+    };
+    let xdp_id = net.require(&sw.name).await?.xdp_prog;
+    let xdp_id = xdp_id.ok_or_else(|| not_hooked("XDP"))?;
+    // The uplink-egress program must outlive this process even before an
+    // uplink exists: the switch port's egress holds it. It only acts on
+    // frames from the uplink's MAC, which never pass there, so it costs a
+    // map read per frame the TC path sends up.
+    let mut ids = vec![xdp_id];
+    for (hook, prog, name) in [
+        (Tc::Ingress, tc, names::TC_PROG),
+        (Tc::Egress, tc_out, names::TC_OUT_PROG),
+    ] {
+        hook.attach(sw.index, &sw.name, prog.fd().map_err(fd_err(name))?)?;
+        let found = hook
+            .umlbr_prog(&sw.name)
+            .ok_or_else(|| not_hooked(hook.what()))?;
+        ids.push(found.id());
+    }
+    Maps::open(&ids)
+}
+
+/// Make the switch port the bridge's first port, the host's MAC a static
+/// entry, and both ends of the veth pair up.
+async fn set_up_host(
+    net: &Net,
+    maps: &mut Maps,
+    host: &Link,
+    sw: &Link,
+    opts: &UpOptions,
+) -> Result<()> {
+    port::register(maps, sw, PORT_KIND_HOST, 0)?;
+    let mut c = maps.config()?;
+    c.host_port = sw.index;
+    maps.set_config(c)?;
+    // The host's own MAC is a permanent entry, as a Linux bridge's own
+    // address is: frames for the gateway are never flooded, whether or not
+    // the host has spoken lately.
+    if let Some(mac) = host.mac {
+        fdb::put(maps, mac, sw.index, fdb::Entry::Static)?;
+    }
+    // XDP frames redirected into the switch port reach the host only if
+    // the host side runs NAPI, which GRO turns on.
+    sys::set_gro(&host.name, true)
+        .map_err(|e| Error::io(format!("turning GRO on for {}", host.name), e))?;
+    if let Some((addr, prefix)) = opts.address {
+        net.add_address(host.index, &host.name, addr, prefix)
+            .await?;
+    }
+    net.set_up(sw.index, &sw.name).await?;
+    net.set_up(host.index, &host.name).await
+}
+
+/// Everything `up` does once the veth pair exists.
+async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<()> {
+    let host = net.require(name).await?;
+    let sw = net.require(&switch_port_name(name)).await?;
+    let mut maps = hook_switch_port(net, ebpf, &sw).await?;
+    set_up_host(net, &mut maps, &host, &sw, opts).await?;
+    if let Some(uplink) = &opts.uplink {
+        port::attach(net, uplink, Some(name), true, false).await?;
+    }
+    if let Some((iface, nopts)) = &opts.masquerade {
+        nat::attach(net, iface, Some(name), nopts).await?;
+    }
+    Ok(())
+}
+
+/// Create bridge `name`: load the programs, make the host's veth pair
+/// and attach the switch side as the first port.
+pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
+    preflight(net, name, opts).await?;
+    let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
+    net.add_veth(name, &switch_port_name(name)).await?;
+    // From here on, deleting the veth pair undoes everything.
+    if let Err(e) = build(net, name, &ebpf, opts).await {
+        if let Ok(Some(l)) = net.link_by_name(name).await {
+            let _ = net.del_link(l.index, name).await;
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Remove the bridge: detach every port, delete the veth pair. The
+/// programs and maps go with their last attachment. Returns the
+/// interfaces it detached.
+pub async fn down(net: &Net, mut br: Bridge) -> Result<Vec<String>> {
+    let mut detached = Vec::new();
+    if let Some(n) = nat::detach_from(net, &mut br).await? {
+        detached.push(n);
+    }
+    let progs = Programs::read();
+    for ifindex in br.port_ifindexes() {
+        if ifindex == br.switch_port.index {
+            continue;
+        }
+        if let Some(link) = net.link_by_index(ifindex).await? {
+            let kf = port::kind_and_flags(&br.maps, ifindex);
+            port::unhook(net, &link, &progs).await?;
+            port::restore_promisc(net, &link, kf).await?;
+            detached.push(link.name);
+        }
+    }
+    net.del_link(br.host.index, &br.name).await?;
+    Ok(detached)
+}

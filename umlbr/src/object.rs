@@ -1,0 +1,360 @@
+//! umlbr's eBPF object in the kernel: loading it, its programs (which one
+//! sits on which hook of an interface) and its maps, opened again by id.
+//!
+//! Nothing is pinned and no process holds anything: the programs belong to
+//! the devices they are attached to, and every command finds them, and the
+//! maps they use, from the interfaces.
+use std::{collections::HashMap as StdHashMap, ops::AddAssign, os::fd::AsFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
+    programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
+};
+use umlbr_common::{
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortStats, names,
+};
+
+use crate::{
+    error::{Error, Result},
+    sys,
+};
+
+/// The compiled eBPF object, built by build.rs.
+pub static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/umlbr.bpf.o"));
+
+/// Load umlbr's programs into the kernel (not attached anywhere yet).
+pub fn load() -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).map_err(Error::Object)?;
+    for name in [names::XDP_PROG, names::TC_PROG, names::TC_OUT_PROG] {
+        let res = match ebpf.program_mut(name) {
+            Some(Program::Xdp(p)) => p.load(),
+            Some(Program::SchedClassifier(p)) => p.load(),
+            _ => {
+                let kind = "XDP or TC";
+                return Err(Error::NoProgram { name, kind });
+            }
+        };
+        res.map_err(|e| load_error(name, e))?;
+    }
+    Ok(ebpf)
+}
+
+/// A program of the object loaded by [`load`], by name and type.
+pub fn program<'a, T>(ebpf: &'a Ebpf, name: &'static str, kind: &'static str) -> Result<&'a T>
+where
+    &'a T: TryFrom<&'a Program>,
+{
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(Error::NoProgram { name, kind })
+}
+
+/// The kernel's reason, with the verifier log cut to its last line unless
+/// UMLBR_VERBOSE is set: errors stay one line.
+fn load_error(name: &'static str, e: ProgramError) -> Error {
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    else {
+        return Error::program(format!("loading umlbr's eBPF program {name}"), e);
+    };
+    let log = verifier_log.to_string();
+    let log = if std::env::var_os("UMLBR_VERBOSE").is_some() {
+        log
+    } else {
+        let last = log
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| {
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("processed")
+                    && !l.starts_with("stack depth")
+                    && !l.starts_with(':')
+            })
+            .unwrap_or("");
+        format!("{last}; UMLBR_VERBOSE=1 shows the whole log")
+    };
+    Error::Verifier {
+        name,
+        log,
+        err: io_error,
+    }
+}
+
+/// Names of loaded BPF programs by id, read once per command.
+pub struct Programs(StdHashMap<u32, String>);
+
+impl Programs {
+    pub fn read() -> Self {
+        Programs(
+            aya::programs::loaded_programs()
+                .filter_map(|p| p.ok())
+                .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+                .collect(),
+        )
+    }
+
+    /// Whether program `id` is umlbr's XDP program.
+    pub fn is_umlbr_xdp(&self, id: u32) -> bool {
+        self.0.get(&id).is_some_and(|n| n == names::XDP_PROG)
+    }
+}
+
+/// An owned fd of a loaded program, by id.
+pub fn prog_fd(id: u32) -> Result<ProgramFd> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .ok_or(Error::ProgramGone(id))?
+        .fd()
+        .map_err(|e| Error::program(format!("opening program id {id}"), e))
+}
+
+/// An owned fd of a program found on a hook.
+pub fn fd_of(p: &ProgramInfo) -> Result<ProgramFd> {
+    p.fd()
+        .map_err(|e| Error::program(format!("opening program id {}", p.id()), e))
+}
+
+/// A tcx hook, and umlbr's program for it: the switch's TC program on
+/// ingress, the uplink-egress program on egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tc {
+    Ingress,
+    Egress,
+}
+
+impl Tc {
+    pub const BOTH: [Tc; 2] = [Tc::Ingress, Tc::Egress];
+
+    /// The name of umlbr's program on this hook.
+    pub fn prog_name(self) -> &'static str {
+        match self {
+            Tc::Ingress => names::TC_PROG,
+            Tc::Egress => names::TC_OUT_PROG,
+        }
+    }
+
+    /// What error messages call it.
+    pub fn what(self) -> &'static str {
+        match self {
+            Tc::Ingress => "TC",
+            Tc::Egress => "TC egress",
+        }
+    }
+
+    fn attach_type(self) -> u32 {
+        match self {
+            Tc::Ingress => sys::BPF_TCX_INGRESS,
+            Tc::Egress => sys::BPF_TCX_EGRESS,
+        }
+    }
+
+    fn aya(self) -> TcAttachType {
+        match self {
+            Tc::Ingress => TcAttachType::Ingress,
+            Tc::Egress => TcAttachType::Egress,
+        }
+    }
+
+    /// The programs on this hook of `iface` (none if it cannot be read).
+    pub fn programs(self, iface: &str) -> Vec<ProgramInfo> {
+        SchedClassifier::query_tcx(iface, self.aya())
+            .map(|(_, progs)| progs)
+            .unwrap_or_default()
+    }
+
+    /// umlbr's program on this hook of `iface`.
+    pub fn umlbr_prog(self, iface: &str) -> Option<ProgramInfo> {
+        self.programs(iface)
+            .into_iter()
+            .find(|p| p.name_as_str() == Some(self.prog_name()))
+    }
+
+    /// Attach `prog` to this hook of `ifindex` (named `iface`).
+    pub fn attach(self, ifindex: u32, iface: &str, prog: &ProgramFd) -> Result<()> {
+        sys::tcx_attach(ifindex, prog.as_fd(), self.attach_type())
+            .map_err(|e| Error::io(format!("attaching {} to {iface}", self.what()), e))
+    }
+
+    /// Detach every umlbr program from this hook of `ifindex`.
+    pub fn detach_umlbr(self, ifindex: u32, iface: &str) -> Result<()> {
+        for p in self.programs(iface) {
+            let name = p.name_as_str();
+            if name != Some(names::TC_PROG) && name != Some(names::TC_OUT_PROG) {
+                continue;
+            }
+            let fd = fd_of(&p)?;
+            sys::tcx_detach(ifindex, fd.as_fd(), self.attach_type())
+                .map_err(|e| Error::io(format!("detaching {} from {iface}", self.what()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Ids of the programs on tcx hook `hook` of interface `ifindex`.
+pub fn tcx_prog_ids(ifindex: u32, hook: Tc) -> Vec<u32> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|n| n.into_string().ok())
+        .map(|n| hook.programs(&n).iter().map(ProgramInfo::id).collect())
+        .unwrap_or_default()
+}
+
+/// The error of map `map`.
+pub(crate) fn map_err(map: &'static str) -> impl Fn(MapError) -> Error {
+    move |err| Error::Map { map, err }
+}
+
+/// A per-CPU value summed over the CPUs: the first CPU's, with every
+/// other one added (fields that `+=` leaves alone, such as a port's kind,
+/// are the first CPU's).
+pub fn sum<T: Copy + Default + AddAssign + aya::Pod>(values: &PerCpuValues<T>) -> T {
+    sum_of(values.iter().copied())
+}
+
+fn sum_of<T: Default + AddAssign>(values: impl IntoIterator<Item = T>) -> T {
+    values
+        .into_iter()
+        .reduce(|mut acc, v| {
+            acc += v;
+            acc
+        })
+        .unwrap_or_default()
+}
+
+/// Handles on a bridge's maps, opened by id from its programs.
+pub struct Maps {
+    pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
+    pub ports: DevMapHash<MapData>,
+    pub port_list: Array<MapData, u32>,
+    pub stats: PerCpuHashMap<MapData, u32, PortStats>,
+    pub config: Array<MapData, Config>,
+    pub nat_out: HashMap<MapData, NatKey, NatOut>,
+    pub nat_in: HashMap<MapData, NatKey, NatIn>,
+    pub nat_config: Array<MapData, NatConfig>,
+    pub nat_stats: PerCpuArray<MapData, NatStats>,
+    pub nat_mtu: LpmTrie<MapData, u32, u32>,
+}
+
+/// The maps the programs `prog_ids` use, by name.
+fn maps_of(prog_ids: &[u32]) -> Result<StdHashMap<String, MapData>> {
+    let mut ids = Vec::new();
+    for info in aya::programs::loaded_programs().filter_map(|p| p.ok()) {
+        if prog_ids.contains(&info.id()) {
+            let what = || format!("reading map ids of program {}", info.id());
+            let found = info.map_ids().map_err(|e| Error::program(what(), e))?;
+            ids.extend(found.unwrap_or_default());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = StdHashMap::new();
+    for id in ids {
+        let data = MapData::from_id(id).map_err(map_err("(by id)"))?;
+        let info = data.info().map_err(map_err("(by id)"))?;
+        found.insert(info.name_as_str().unwrap_or("").to_string(), data);
+    }
+    Ok(found)
+}
+
+impl Maps {
+    /// Open the maps the XDP and TC programs of a bridge use (the XDP
+    /// program's id first).
+    pub fn open(prog_ids: &[u32]) -> Result<Self> {
+        let mut found = maps_of(prog_ids)?;
+        let mut take = |map: &'static str| -> Result<Map> {
+            let data = found.remove(map).ok_or_else(|| Error::NoMap {
+                owner: format!("program {}", prog_ids[0]),
+                map,
+            })?;
+            Map::from_map_data(data).map_err(map_err(map))
+        };
+        Ok(Maps {
+            fdb: typed(take(names::FDB)?, names::FDB)?,
+            ports: typed(take(names::PORTS)?, names::PORTS)?,
+            port_list: typed(take(names::PORT_LIST)?, names::PORT_LIST)?,
+            stats: typed(take(names::PORT_STATS)?, names::PORT_STATS)?,
+            config: typed(take(names::CONFIG)?, names::CONFIG)?,
+            nat_out: typed(take(names::NAT_OUT)?, names::NAT_OUT)?,
+            nat_in: typed(take(names::NAT_IN)?, names::NAT_IN)?,
+            nat_config: typed(take(names::NAT_CONFIG)?, names::NAT_CONFIG)?,
+            nat_stats: typed(take(names::NAT_STATS)?, names::NAT_STATS)?,
+            nat_mtu: typed(take(names::NAT_MTU)?, names::NAT_MTU)?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, c: Config) -> Result<()> {
+        self.config.set(0, c, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn nat_config(&self) -> Result<NatConfig> {
+        self.nat_config
+            .get(&0, 0)
+            .map_err(map_err(names::NAT_CONFIG))
+    }
+
+    pub fn set_nat_config(&mut self, c: NatConfig) -> Result<()> {
+        self.nat_config
+            .set(0, c, 0)
+            .map_err(map_err(names::NAT_CONFIG))
+    }
+
+    /// Ports in the port list, in attach order.
+    pub fn port_list(&self) -> Result<Vec<u32>> {
+        let nr = self.config()?.nr_ports;
+        Ok((0..nr)
+            .filter_map(|i| self.port_list.get(&i, 0).ok())
+            .filter(|&p| p != 0)
+            .collect())
+    }
+
+    /// Add `ifindex` to the devmap (named `iface` in errors).
+    pub fn add_to_devmap(&mut self, ifindex: u32, iface: &str) -> Result<()> {
+        self.ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|err| Error::DevMap {
+                iface: iface.into(),
+                err,
+            })
+    }
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(map: Map, name: &'static str) -> Result<T> {
+    T::try_from(map).map_err(map_err(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_sums_keep_the_ports_kind() {
+        let cpu = |n: u64| PortStats {
+            kind: 3,
+            flags: 1,
+            rx_packets: n,
+            tc: 2 * n,
+            ..Default::default()
+        };
+        let s = sum_of([cpu(1), cpu(2), cpu(4)]);
+        assert_eq!((s.kind, s.flags, s.rx_packets, s.tc), (3, 1, 7, 14));
+        let nat = NatStats {
+            allocs: 5,
+            ..Default::default()
+        };
+        assert_eq!(sum_of([nat, nat]).allocs, 10);
+    }
+}
