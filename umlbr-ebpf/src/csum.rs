@@ -7,17 +7,19 @@
 //! packet arrives with a wrong checksum. XDP therefore passes them to the
 //! TC program, where the skb keeps its checksum state.
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+use crate::hdr::{
+    ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_TYPE, IPPROTO_TCP, IPPROTO_UDP, l4_check,
+};
+
+#[inline(always)]
+fn raw16(p: usize) -> u16 {
+    // SAFETY: callers bounds-check p + 2 against data_end first.
+    unsafe { core::ptr::read_unaligned(p as *const u16) }
+}
 
 #[inline(always)]
 fn be16(p: usize) -> u16 {
-    // SAFETY: callers bounds-check p + 2 against data_end first.
-    unsafe { u16::from_be(core::ptr::read_unaligned(p as *const u16)) }
+    u16::from_be(raw16(p))
 }
 
 /// Fold a 32-bit one's complement sum to 16 bits.
@@ -38,14 +40,14 @@ pub fn looks_partial(data: usize, end: usize) -> bool {
     if data + ETH_HLEN > end {
         return false;
     }
-    let mut off = data + 12;
-    let mut proto = be16(off);
+    let mut off = data + ETH_TYPE;
+    let mut proto = raw16(off);
     if proto == ETH_P_8021Q {
         if data + ETH_HLEN + 4 > end {
             return false;
         }
         off += 4;
-        proto = be16(off);
+        proto = raw16(off);
     }
     let l3 = off + 2;
     if proto == ETH_P_IP {
@@ -96,11 +98,10 @@ pub fn looks_partial(data: usize, end: usize) -> bool {
 
 #[inline(always)]
 fn check_field(l4: usize, end: usize, l4proto: u8, pseudo: u16) -> bool {
-    let at = match l4proto {
-        IPPROTO_TCP => l4 + 16,
-        IPPROTO_UDP => l4 + 6,
-        _ => return false,
-    };
+    if l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP {
+        return false;
+    }
+    let at = l4 + l4_check(l4proto);
     if at + 2 > end {
         return false;
     }

@@ -10,6 +10,7 @@
 
 mod csum;
 mod fdb;
+mod hdr;
 mod nat;
 mod switch;
 
@@ -48,8 +49,6 @@ static STATS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::with_max_entries(MA
 
 #[map(name = "UMLBR_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-const ETH_HLEN: usize = 14;
 
 // BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
 const FLOOD_FLAGS: u64 = 8 | 16;
@@ -110,13 +109,11 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx);
     // The headroom probe invalidated the packet pointers: read them again.
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
+    let Some((dst, src)) = hdr::macs(data, end) else {
         count_xdp(stats, len, generic);
         stats.dropped += 1;
         return xdp_action::XDP_DROP;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
     let to_gw = cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac);
     // What the masquerade translates it checks for CHECKSUM_PARTIAL itself
@@ -259,13 +256,10 @@ fn try_tc(ctx: &TcContext) -> i32 {
     stats.rx_packets += 1;
     stats.rx_bytes += ctx.len() as u64;
     stats.tc += 1;
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
         stats.dropped += 1;
         return TC_ACT_SHOT as i32;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
     // As in XDP: the gateway's MAC needs no lookup.
     let verdict = if cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac) {
@@ -411,12 +405,9 @@ pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc_out(ctx: &TcContext) -> i32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK as i32;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
     if cfg.uplink == 0 || src != cfg.uplink_mac {
         return TC_ACT_OK as i32;

@@ -12,6 +12,7 @@
 
 use core::ffi::c_void;
 
+use crate::hdr::*;
 use aya_ebpf::{
     bindings::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -27,8 +28,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_HOP_NS, NAT_MTU_ROUTES, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
-    NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE, NAT_TRIES, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_HOP_NS, NAT_MTU_ROUTES, NAT_S_FIN_IN, NAT_S_FIN_OUT,
+    NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_SIZE, NAT_TRIES, NatConfig, NatIn, NatKey, NatOut,
+    NatStats, nat_tcp_closed,
 };
 
 #[map(name = "UMLBR_NAT_OUT")]
@@ -48,25 +50,10 @@ static NAT_STATS: PerCpuArray<NatStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "UMLBR_NAT_MTU")]
 static NAT_MTU: LpmTrie<u32, u32> = LpmTrie::with_max_entries(NAT_MTU_ROUTES, 0);
 
-const ETH_HLEN: usize = 14;
 const IP_OFF: usize = ETH_HLEN;
-const L4_OFF: usize = ETH_HLEN + 20;
-const IP_CSUM: usize = IP_OFF + 10;
-// 0x0800 as it sits in memory, read as a little-endian u16.
-const ETH_P_IP_RAW: u16 = 0x0008;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const ICMP_ECHOREPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO: u8 = 8;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
+const L4_OFF: usize = ETH_HLEN + IP_HLEN;
+const IP_CSUM: usize = IP_OFF + IP_CHECK;
 const AF_INET: u8 = 2;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn config() -> Option<&'static NatConfig> {
@@ -255,17 +242,13 @@ fn wr<T: Copy>(pkt: &impl Pkt, off: usize, v: T) {
 /// Offset of the checksum of a TCP, UDP or ICMP header at L4_OFF.
 #[inline(always)]
 fn l4_csum_off(proto: u8) -> usize {
-    match proto {
-        IPPROTO_TCP => L4_OFF + 16,
-        IPPROTO_UDP => L4_OFF + 6,
-        _ => L4_OFF + 2,
-    }
+    L4_OFF + l4_check(proto)
 }
 
 /// Decrement the TTL as a router does (the caller checked it is > 1).
 #[inline(always)]
 fn dec_ttl(pkt: &impl Pkt, ttl_word: u16) {
-    wr::<u16>(pkt, IP_OFF + 8, ttl_word.wrapping_sub(1));
+    wr::<u16>(pkt, IP_OFF + IP_TTL, ttl_word.wrapping_sub(1));
     pkt.csum(
         IP_CSUM,
         Sum::L3,
@@ -311,19 +294,19 @@ impl Out {
 /// the kernel).
 #[inline(always)]
 pub fn for_tc_uplink(data: usize, end: usize, cfg: &NatConfig) -> bool {
-    if cfg.flags & NAT_F_XDP_TX != 0 || data + IP_OFF + 20 > end {
+    if cfg.flags & NAT_F_XDP_TX != 0 || data + IP_OFF + IP_HLEN > end {
         return false;
     }
     // SAFETY: 34 bytes checked above.
     let (dst, ethtype, daddr) = unsafe {
         (
             ld::<[u8; 6]>(data, 0),
-            ld::<u16>(data, 12),
-            ld::<u32>(data, IP_OFF + 16),
+            ld::<u16>(data, ETH_TYPE),
+            ld::<u32>(data, IP_OFF + IP_DADDR),
         )
     };
     dst == cfg.gw_mac
-        && ethtype == ETH_P_IP_RAW
+        && ethtype == ETH_P_IP
         && daddr & cfg.mask != cfg.subnet
         && daddr != cfg.nat_addr
 }
@@ -359,24 +342,24 @@ fn out_tc_sub(ctx: *mut c_void, cfg: &NatConfig, guest_mac: &[u8; 6]) -> u64 {
 fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
     // See `inbound` on why reads are checked once and then plain.
     let (data, end) = (pkt.data(), pkt.end());
-    if data + L4_OFF + 8 > end {
+    if data + L4_OFF + UDP_HLEN > end {
         return OUT_NOT_NAT;
     }
     // SAFETY: 42 bytes checked above.
     let (ethtype, vihl, frag, ttl, proto, saddr, daddr, tot, ports) = unsafe {
         (
-            ld::<u16>(data, 12),
-            ld::<u8>(data, IP_OFF),
-            ld::<u16>(data, IP_OFF + 6),
-            ld::<u8>(data, IP_OFF + 8),
-            ld::<u8>(data, IP_OFF + 9),
-            ld::<u32>(data, IP_OFF + 12),
-            ld::<u32>(data, IP_OFF + 16),
-            ld::<u16>(data, IP_OFF + 2),
-            ld::<u32>(data, L4_OFF),
+            ld::<u16>(data, ETH_TYPE),
+            ld::<u8>(data, IP_OFF + IP_VIHL),
+            ld::<u16>(data, IP_OFF + IP_FRAG),
+            ld::<u8>(data, IP_OFF + IP_TTL),
+            ld::<u8>(data, IP_OFF + IP_PROTO),
+            ld::<u32>(data, IP_OFF + IP_SADDR),
+            ld::<u32>(data, IP_OFF + IP_DADDR),
+            ld::<u16>(data, IP_OFF + IP_TOT_LEN),
+            ld::<u32>(data, L4_OFF + L4_PORTS),
         )
     };
-    if ethtype != ETH_P_IP_RAW {
+    if ethtype != ETH_P_IP {
         return OUT_NOT_NAT;
     }
     // Inside the guest subnet or to the host itself: plain switching.
@@ -390,7 +373,7 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         return OUT_TO_TC;
     }
     // IP options, fragments and expiring TTLs are the kernel's business.
-    if vihl != 0x45 || u16::from_be(frag) & 0x3fff != 0 || ttl <= 1 {
+    if vihl != IP_VIHL_PLAIN || u16::from_be(frag) & IP_FRAG_MASK != 0 || ttl <= 1 {
         count(|s| s.slow_path += 1);
         return OUT_NOT_NAT;
     }
@@ -406,11 +389,16 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
     };
     let mut l4_hlen = 8u32;
     let port_off = if proto == IPPROTO_TCP {
-        if data + L4_OFF + 20 > end {
+        if data + L4_OFF + TCP_HLEN > end {
             return OUT_NOT_NAT;
         }
         // SAFETY: checked just above.
-        let (doff, flags) = unsafe { (ld::<u8>(data, L4_OFF + 12), ld::<u8>(data, L4_OFF + 13)) };
+        let (doff, flags) = unsafe {
+            (
+                ld::<u8>(data, L4_OFF + TCP_DOFF),
+                ld::<u8>(data, L4_OFF + TCP_FLAGS),
+            )
+        };
         req.tcp_flags = flags;
         l4_hlen = ((doff >> 4) as u32) * 4;
         L4_OFF
@@ -418,9 +406,9 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         L4_OFF
     } else if proto == IPPROTO_ICMP && ports as u8 == ICMP_ECHO {
         // SAFETY: 42 bytes checked above.
-        req.sport = unsafe { ld::<u16>(data, L4_OFF + 4) };
+        req.sport = unsafe { ld::<u16>(data, L4_OFF + ICMP_ECHO_ID) };
         req.dport = 0;
-        L4_OFF + 4
+        L4_OFF + ICMP_ECHO_ID
     } else {
         count(|s| s.slow_path += 1);
         return OUT_NOT_NAT;
@@ -435,7 +423,10 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
         let check = unsafe { ld::<u16>(data, l4_csum_off(proto)) };
         let (s, d) = (u32::from_be(saddr), u32::from_be(daddr));
         let pseudo = fold(
-            (s >> 16) + (s & 0xffff) + (d >> 16) + (d & 0xffff)
+            (s >> 16)
+                + (s & 0xffff)
+                + (d >> 16)
+                + (d & 0xffff)
                 + proto as u32
                 + (req.tot_len - 20) as u32,
         );
@@ -525,12 +516,12 @@ fn out(pkt: &impl Pkt, cfg: &NatConfig, guest_mac: [u8; 6], xdp: bool) -> u64 {
     }
     let (nat_port, sport) = (nat_port as u16, req.sport);
     let csum_off = l4_csum_off(proto);
-    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
+    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + IP_TTL) else {
         return OUT_NOT_NAT;
     };
     // Each write re-derives its pointer: TC's checksum helpers move the
     // packet, so none is kept across them.
-    wr::<u32>(pkt, IP_OFF + 12, cfg.nat_addr);
+    wr::<u32>(pkt, IP_OFF + IP_SADDR, cfg.nat_addr);
     pkt.csum(IP_CSUM, Sum::L3, saddr, cfg.nat_addr, 4);
     if proto != IPPROTO_ICMP {
         pkt.csum(csum_off, Sum::of(proto, true), saddr, cfg.nat_addr, 4);
@@ -579,12 +570,7 @@ fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: *mut Hop) -> u64 {
         (*p).ifindex = cfg.host_ifindex;
         (*p).__bindgen_anon_3.ipv6_src[0] = f.saddr;
         (*p).__bindgen_anon_4.ipv6_dst[0] = f.daddr;
-        fib_lookup(
-            ctx,
-            p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+        fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     // SAFETY: the caller's Hop, written whatever the result.
     unsafe {
@@ -648,9 +634,7 @@ fn live(cfg: &NatConfig, proto: u8, e: &NatIn, now: u64) -> bool {
 /// per flow (a busy flow should not dirty the entry on every packet).
 #[inline(always)]
 fn touch(e: &mut NatIn, now: u64, state: u16) {
-    let closed = e.state & NAT_S_RST != 0
-        || e.state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == NAT_S_FIN_OUT | NAT_S_FIN_IN;
-    if state & NAT_S_SYN_OUT != 0 && closed {
+    if state & NAT_S_SYN_OUT != 0 && nat_tcp_closed(e.state) {
         // A new SYN on a reset or closed mapping starts it afresh.
         e.state = NAT_S_SYN_OUT;
         e.last_seen_ns = now;
@@ -725,15 +709,7 @@ const FOUND_HOP: u32 = 1 << 17;
 
 #[inline(always)]
 fn out_key(f: &Flow) -> NatKey {
-    NatKey {
-        proto: f.proto,
-        _pad: 0,
-        _pad2: 0,
-        local_addr: f.saddr,
-        remote_addr: f.daddr,
-        local_port: f.sport,
-        remote_port: f.dport,
-    }
+    NatKey::new(f.proto, f.saddr, f.sport, f.daddr, f.dport)
 }
 
 #[inline(always)]
@@ -769,15 +745,7 @@ fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> u32 {
         unsafe { copy_hop(macs, (*op).hop.as_ptr().cast()) };
         return port as u32 | FOUND_HOP;
     }
-    let ikey = NatKey {
-        proto: f.proto,
-        _pad: 0,
-        _pad2: 0,
-        local_addr: addr,
-        remote_addr: f.daddr,
-        local_port: port,
-        remote_port: f.dport,
-    };
+    let ikey = NatKey::new(f.proto, addr, port, f.daddr, f.dport);
     if let Some(i) = NAT_IN.get_ptr_mut(ikey) {
         // SAFETY: pointer into the map value.
         let i = unsafe { &mut *i };
@@ -885,7 +853,9 @@ fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, hop: *const Hop, now
         }
         // Claim first, look second: a free port (the usual case) costs
         // one walk of its bucket instead of a lookup and then an insert.
-        if insert_in(cfg, f, cand, now) || port_free(cfg, f, cand, now) && insert_in(cfg, f, cand, now) {
+        if insert_in(cfg, f, cand, now)
+            || port_free(cfg, f, cand, now) && insert_in(cfg, f, cand, now)
+        {
             claimed = Some(cand);
             break;
         }
@@ -904,15 +874,7 @@ fn mapping_new(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, hop: *const Hop, now
 
 #[inline(always)]
 fn in_key(cfg: &NatConfig, f: &Flow, port: u16) -> NatKey {
-    NatKey {
-        proto: f.proto,
-        _pad: 0,
-        _pad2: 0,
-        local_addr: cfg.nat_addr,
-        remote_addr: f.daddr,
-        local_port: port,
-        remote_port: f.dport,
-    }
+    NatKey::new(f.proto, cfg.nat_addr, port, f.daddr, f.dport)
 }
 
 /// Whether outside port `cand` (network byte order) is free of live
@@ -931,15 +893,7 @@ fn port_free(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
     if live(cfg, f.proto, e, now) {
         return false;
     }
-    let stale = NatKey {
-        proto: f.proto,
-        _pad: 0,
-        _pad2: 0,
-        local_addr: e.addr,
-        remote_addr: f.daddr,
-        local_port: e.port,
-        remote_port: f.dport,
-    };
+    let stale = NatKey::new(f.proto, e.addr, e.port, f.daddr, f.dport);
     let _ = NAT_OUT.remove(stale);
     let _ = NAT_IN.remove(ikey);
     count(|s| s.expired += 1);
@@ -1057,77 +1011,74 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
     // branchy Option reads let the compiler correlate paths the verifier
     // cannot follow.
     let (data, end) = (pkt.data(), pkt.end());
-    if data + L4_OFF + 8 > end {
+    if data + L4_OFF + UDP_HLEN > end {
         return 0;
     }
     // SAFETY: 42 bytes checked above.
     let (ethtype, vihl, frag, ttl, proto, saddr, daddr) = unsafe {
         (
-            ld::<u16>(data, 12),
-            ld::<u8>(data, IP_OFF),
-            ld::<u16>(data, IP_OFF + 6),
-            ld::<u8>(data, IP_OFF + 8),
-            ld::<u8>(data, IP_OFF + 9),
-            ld::<u32>(data, IP_OFF + 12),
-            ld::<u32>(data, IP_OFF + 16),
+            ld::<u16>(data, ETH_TYPE),
+            ld::<u8>(data, IP_OFF + IP_VIHL),
+            ld::<u16>(data, IP_OFF + IP_FRAG),
+            ld::<u8>(data, IP_OFF + IP_TTL),
+            ld::<u8>(data, IP_OFF + IP_PROTO),
+            ld::<u32>(data, IP_OFF + IP_SADDR),
+            ld::<u32>(data, IP_OFF + IP_DADDR),
         )
     };
-    if ethtype != ETH_P_IP_RAW || daddr != cfg.nat_addr || vihl != 0x45 {
+    if ethtype != ETH_P_IP || daddr != cfg.nat_addr || vihl != IP_VIHL_PLAIN {
         return 0;
     }
-    if u16::from_be(frag) & 0x3fff != 0 || ttl <= 1 {
+    if u16::from_be(frag) & IP_FRAG_MASK != 0 || ttl <= 1 {
         return 0;
     }
     // The key of the mapping, and where the translated port sits.
-    let mut key = NatKey {
-        proto,
-        _pad: 0,
-        _pad2: 0,
-        local_addr: cfg.nat_addr,
-        remote_addr: saddr,
-        local_port: 0,
-        remote_port: 0,
-    };
-    let mut port_off = L4_OFF + 2;
+    let mut key = NatKey::new(proto, cfg.nat_addr, 0, saddr, 0);
+    let mut port_off = L4_OFF + ICMP_CHECK;
     let mut icmp_err = false;
     let mut tcp_flags = 0u8;
     if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
         // SAFETY: 42 bytes checked above.
-        let ports = unsafe { ld::<u32>(data, L4_OFF) };
+        let ports = unsafe { ld::<u32>(data, L4_OFF + L4_PORTS) };
         key.remote_port = ports as u16;
         key.local_port = (ports >> 16) as u16;
         if proto == IPPROTO_TCP {
-            if data + L4_OFF + 20 > end {
+            if data + L4_OFF + TCP_HLEN > end {
                 return 0;
             }
             // SAFETY: checked just above.
-            tcp_flags = unsafe { ld::<u8>(data, L4_OFF + 13) };
+            tcp_flags = unsafe { ld::<u8>(data, L4_OFF + TCP_FLAGS) };
         }
     } else if proto == IPPROTO_ICMP {
         // SAFETY: 42 bytes checked above.
-        let (ty, id) = unsafe { (ld::<u8>(data, L4_OFF), ld::<u16>(data, L4_OFF + 4)) };
+        let (ty, id) = unsafe {
+            (
+                ld::<u8>(data, L4_OFF),
+                ld::<u16>(data, L4_OFF + ICMP_ECHO_ID),
+            )
+        };
         if ty == ICMP_ECHOREPLY {
             key.local_port = id;
-            port_off = L4_OFF + 4;
+            port_off = L4_OFF + ICMP_ECHO_ID;
         } else if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAMETERPROB {
             // The offending packet's header: it left as nat_addr:port.
-            const IN_IP: usize = L4_OFF + 8;
-            const IN_L4: usize = IN_IP + 20;
-            if data + IN_L4 + 8 > end {
+            const IN_IP: usize = L4_OFF + ICMP_HLEN;
+            const IN_L4: usize = IN_IP + IP_HLEN;
+            if data + IN_L4 + UDP_HLEN > end {
                 return 0;
             }
             // SAFETY: checked just above.
             let (ivihl, iproto, isaddr, idaddr, iports, iid) = unsafe {
                 (
-                    ld::<u8>(data, IN_IP),
-                    ld::<u8>(data, IN_IP + 9),
-                    ld::<u32>(data, IN_IP + 12),
-                    ld::<u32>(data, IN_IP + 16),
+                    ld::<u8>(data, IN_IP + IP_VIHL),
+                    ld::<u8>(data, IN_IP + IP_PROTO),
+                    ld::<u32>(data, IN_IP + IP_SADDR),
+                    ld::<u32>(data, IN_IP + IP_DADDR),
                     ld::<u32>(data, IN_L4),
-                    ld::<u16>(data, IN_L4 + 4),
+                    ld::<u16>(data, IN_L4 + ICMP_ECHO_ID),
                 )
             };
-            if ivihl != 0x45 || isaddr != cfg.nat_addr {
+            if ivihl != IP_VIHL_PLAIN || isaddr != cfg.nat_addr {
                 return 0;
             }
             key.proto = iproto;
@@ -1139,7 +1090,7 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
                 port_off = IN_L4;
             } else if iproto == IPPROTO_ICMP {
                 key.local_port = iid;
-                port_off = IN_L4 + 4;
+                port_off = IN_L4 + ICMP_ECHO_ID;
             } else {
                 return 0;
             }
@@ -1180,7 +1131,7 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
         touch(e, now, st);
     }
     let (gaddr, gport, gmac) = (e.addr, e.port, e.mac);
-    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + 8) else {
+    let Some(ttl_word) = rd::<u16>(pkt, IP_OFF + IP_TTL) else {
         return 0;
     };
     let Some(old_port) = rd::<u16>(pkt, port_off) else {
@@ -1190,30 +1141,27 @@ fn inbound(pkt: &impl Pkt, cfg: &NatConfig, xdp: bool) -> u64 {
     // header; the inner header's source (nat_addr, like the outer
     // destination) and its checksum change too.
     let (csum_off, sum_proto) = if icmp_err {
-        (L4_OFF + 2, IPPROTO_ICMP)
+        (L4_OFF + ICMP_CHECK, IPPROTO_ICMP)
     } else {
         (l4_csum_off(proto), proto)
     };
-    wr::<u32>(pkt, IP_OFF + 16, gaddr);
+    wr::<u32>(pkt, IP_OFF + IP_DADDR, gaddr);
     pkt.csum(IP_CSUM, Sum::L3, daddr, gaddr, 4);
     if icmp_err {
-        const IN_IP: usize = L4_OFF + 8;
-        let Some(old_icsum) = rd::<u16>(pkt, IN_IP + 10) else {
+        const IN_IP: usize = L4_OFF + ICMP_HLEN;
+        let Some(old_icsum) = rd::<u16>(pkt, IN_IP + IP_CHECK) else {
             return 0;
         };
         let new_icsum = csum_replace(old_icsum, daddr, gaddr, 4);
-        wr::<u32>(pkt, IN_IP + 12, gaddr);
-        wr::<u16>(pkt, IN_IP + 10, new_icsum);
+        wr::<u32>(pkt, IN_IP + IP_SADDR, gaddr);
+        wr::<u16>(pkt, IN_IP + IP_CHECK, new_icsum);
         pkt.csum(csum_off, Sum::L4, daddr, gaddr, 4);
         pkt.csum(csum_off, Sum::L4, old_icsum as u32, new_icsum as u32, 2);
         // The quoted transport checksum too, as Linux's NAT does, where the
         // quote holds it: it covers the inner source (UDP, TCP) and port.
-        let in_l4 = IN_IP + 20;
-        let (l4sum_off, pseudo) = match key.proto {
-            IPPROTO_UDP => (in_l4 + 6, true),
-            IPPROTO_TCP => (in_l4 + 16, true),
-            _ => (in_l4 + 2, false),
-        };
+        let in_l4 = IN_IP + IP_HLEN;
+        let l4sum_off = in_l4 + l4_check(key.proto);
+        let pseudo = key.proto == IPPROTO_UDP || key.proto == IPPROTO_TCP;
         if let Some(old_l4) = rd::<u16>(pkt, l4sum_off)
             && !(key.proto == IPPROTO_UDP && old_l4 == 0)
         {

@@ -1,0 +1,100 @@
+//! Protocol constants and packet header layouts, in one place.
+//!
+//! network-types gives the layouts: its `Ipv4Hdr`, `UdpHdr` and `Icmpv4Hdr`
+//! are all byte arrays (alignment 1), so the offsets of their fields name
+//! what the datapath reads and rewrites, and a checked packet pointer cast
+//! to one of them is a sound view at any address. Reads stay byte-wise
+//! loads either way (what `read_unaligned` lowers to on BPF).
+//!
+//! Where it does not serve, the views are our own:
+//! - TCP: network-types' `TcpHdr` keeps the data offset and the flags in a
+//!   bitfield read one bit per call; the NAT tests the flags byte whole
+//!   (SYN without ACK) and needs the data offset once, so [`TCP_FLAGS`]
+//!   and [`TCP_DOFF`] are plain byte offsets.
+//! - Ethernet: `EthHdr` has a `u16` field, so it is 2-aligned and a
+//!   reference to it at an odd packet address would be undefined; the MACs
+//!   are read as the `[u8; 6]` arrays they are ([`macs`]).
+
+use core::mem::offset_of;
+
+use network_types::{
+    eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
+    ip::Ipv4Hdr,
+    udp::UdpHdr,
+};
+pub use umlbr_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+pub const ETH_HLEN: usize = EthHdr::LEN;
+/// The EtherType field, and IPv4/IPv6/802.1Q as read from the packet into
+/// a little-endian `u16` (network-types' `EtherType` values).
+pub const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+pub const ETH_P_IP: u16 = EtherType::Ipv4 as u16;
+pub const ETH_P_IPV6: u16 = EtherType::Ipv6 as u16;
+pub const ETH_P_8021Q: u16 = EtherType::Ieee8021q as u16;
+
+/// An IPv4 header without options, the only kind the NAT translates.
+pub const IP_HLEN: usize = Ipv4Hdr::LEN;
+pub const IP_VIHL_PLAIN: u8 = 0x45;
+pub const IP_VIHL: usize = offset_of!(Ipv4Hdr, vihl);
+pub const IP_TOT_LEN: usize = offset_of!(Ipv4Hdr, tot_len);
+pub const IP_FRAG: usize = offset_of!(Ipv4Hdr, frags);
+/// The TTL and the protocol, as one 16-bit word for the checksum update.
+pub const IP_TTL: usize = offset_of!(Ipv4Hdr, ttl);
+pub const IP_PROTO: usize = offset_of!(Ipv4Hdr, proto);
+pub const IP_CHECK: usize = offset_of!(Ipv4Hdr, check);
+pub const IP_SADDR: usize = offset_of!(Ipv4Hdr, src_addr);
+pub const IP_DADDR: usize = offset_of!(Ipv4Hdr, dst_addr);
+/// More-fragments flag and fragment offset, host order: set in fragments.
+pub const IP_FRAG_MASK: u16 = 0x3fff;
+
+/// Source and destination port of TCP and UDP, as one little-endian `u32`
+/// read (source in the low half).
+pub const L4_PORTS: usize = offset_of!(UdpHdr, src);
+pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+pub const UDP_HLEN: usize = UdpHdr::LEN;
+pub const TCP_HLEN: usize = 20;
+pub const TCP_DOFF: usize = 12;
+pub const TCP_FLAGS: usize = 13;
+pub const TCP_CHECK: usize = 16;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_HLEN: usize = Icmpv4Hdr::LEN;
+pub const ICMP_CHECK: usize = offset_of!(Icmpv4Hdr, check);
+/// An echo's identifier: the first half of the header's `data`.
+pub const ICMP_ECHO_ID: usize = offset_of!(Icmpv4Hdr, data);
+// network-types' Icmpv4Type has no Time Exceeded: the types are ours.
+pub const ICMP_ECHOREPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+
+/// Offset of the checksum in a TCP, UDP or ICMP header.
+#[inline(always)]
+pub const fn l4_check(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => TCP_CHECK,
+        IPPROTO_UDP => UDP_CHECK,
+        _ => ICMP_CHECK,
+    }
+}
+
+/// Destination and source MAC of the frame at `data`, if it has an
+/// Ethernet header before `end`.
+#[inline(always)]
+pub fn macs(data: usize, end: usize) -> Option<([u8; 6], [u8; 6])> {
+    if data + ETH_HLEN > end {
+        return None;
+    }
+    // SAFETY: bounds checked above; byte arrays, any alignment.
+    unsafe {
+        Some((
+            *(data as *const [u8; 6]),
+            *((data + offset_of!(EthHdr, src_addr)) as *const [u8; 6]),
+        ))
+    }
+}
