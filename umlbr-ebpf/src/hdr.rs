@@ -7,6 +7,7 @@
 //! loads either way (what `read_unaligned` lowers to on BPF).
 //!
 //! Where it does not serve, the views are our own:
+//! - TCP and UDP ports: [`Ports`], the first word they share.
 //! - TCP: network-types' `TcpHdr` keeps the data offset and the flags in a
 //!   bitfield read one bit per call; the NAT tests the flags byte whole
 //!   (SYN without ACK) and needs the data offset once, so [`TCP_FLAGS`]
@@ -15,14 +16,10 @@
 //!   reference to it at an odd packet address would be undefined; the MACs
 //!   are read as the `[u8; 6]` arrays they are ([`macs`]).
 
-use core::mem::offset_of;
+use core::mem::{align_of, offset_of};
 
-use network_types::{
-    eth::{EthHdr, EtherType},
-    icmp::Icmpv4Hdr,
-    ip::Ipv4Hdr,
-    udp::UdpHdr,
-};
+use network_types::eth::{EthHdr, EtherType};
+pub use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 pub use umlbr_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
@@ -36,7 +33,6 @@ pub const ETH_P_8021Q: u16 = EtherType::Ieee8021q as u16;
 /// An IPv4 header without options, the only kind the NAT translates.
 pub const IP_HLEN: usize = Ipv4Hdr::LEN;
 pub const IP_VIHL_PLAIN: u8 = 0x45;
-pub const IP_VIHL: usize = offset_of!(Ipv4Hdr, vihl);
 pub const IP_TOT_LEN: usize = offset_of!(Ipv4Hdr, tot_len);
 pub const IP_FRAG: usize = offset_of!(Ipv4Hdr, frags);
 /// The TTL and the protocol, as one 16-bit word for the checksum update.
@@ -48,9 +44,15 @@ pub const IP_DADDR: usize = offset_of!(Ipv4Hdr, dst_addr);
 /// More-fragments flag and fragment offset, host order: set in fragments.
 pub const IP_FRAG_MASK: u16 = 0x3fff;
 
-/// Source and destination port of TCP and UDP, as one little-endian `u32`
-/// read (source in the low half).
-pub const L4_PORTS: usize = offset_of!(UdpHdr, src);
+/// Source and destination port: the first word of TCP and UDP alike
+/// (network-types has a type per protocol, not for what they share).
+#[repr(C)]
+pub struct Ports {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+}
+pub const L4_SPORT: usize = offset_of!(Ports, src);
+pub const L4_DPORT: usize = offset_of!(Ports, dst);
 pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
 pub const UDP_HLEN: usize = UdpHdr::LEN;
 pub const TCP_HLEN: usize = 20;
@@ -72,6 +74,38 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETERPROB: u8 = 12;
+
+const _: () =
+    assert!(align_of::<Ipv4Hdr>() == 1 && align_of::<Ports>() == 1 && align_of::<Icmpv4Hdr>() == 1);
+
+/// A view of the network-types header `T` at `data + off`.
+///
+/// # Safety
+/// The caller has checked `data + off + size_of::<T>()` against the
+/// packet's end; `T` is one of the byte-array headers asserted above.
+#[inline(always)]
+pub unsafe fn view<'a, T>(data: usize, off: usize) -> &'a T {
+    // SAFETY: per the contract above.
+    unsafe { &*((data + off) as *const T) }
+}
+
+/// A 16- or 32-bit field as read from the packet (network byte order),
+/// as the NAT keeps addresses and ports.
+#[inline(always)]
+pub const fn ne16(b: [u8; 2]) -> u16 {
+    u16::from_ne_bytes(b)
+}
+#[inline(always)]
+pub const fn ne32(b: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(b)
+}
+
+/// Whether the NAT translates an IPv4 header itself: no options, not a
+/// fragment, and a TTL that survives the hop.
+#[inline(always)]
+pub fn ip_plain(ip: &Ipv4Hdr) -> bool {
+    ip.vihl == IP_VIHL_PLAIN && u16::from_be_bytes(ip.frags) & IP_FRAG_MASK == 0 && ip.ttl > 1
+}
 
 /// Offset of the checksum in a TCP, UDP or ICMP header.
 #[inline(always)]

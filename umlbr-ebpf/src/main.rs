@@ -11,7 +11,9 @@
 mod csum;
 mod fdb;
 mod hdr;
+mod mem;
 mod nat;
+mod pkt;
 mod switch;
 
 use aya_ebpf::{
@@ -137,7 +139,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
             let Some(n) = ncfg else {
                 return xdp_action::XDP_PASS;
             };
-            match nat::out_xdp(ctx, n, &src) {
+            match nat::out(ctx, n, &src) {
                 nat::Out::NotNat if csum::looks_partial(ctx.data(), ctx.data_end()) => {
                     xdp_action::XDP_PASS
                 }
@@ -183,7 +185,7 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &umlbr_common::NatConfig) -> u32 {
     if csum::looks_partial(ctx.data(), ctx.data_end()) {
         return xdp_action::XDP_PASS;
     }
-    match nat::inbound_xdp(ctx, ncfg) {
+    match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
         nat::In::Guest(mac) => {
             let cfg = config();
@@ -280,7 +282,7 @@ fn try_tc(ctx: &TcContext) -> i32 {
             };
             stats.forwarded += 1;
             pull_headers(ctx);
-            match nat::out_tc(ctx, n, &src) {
+            match nat::out(ctx, n, &src) {
                 nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
                 nat::Out::Redirect(ifx) => redirect(ifx, 0),
                 nat::Out::RedirectNeigh(ifx) => {
@@ -333,7 +335,7 @@ fn pull_headers(ctx: &TcContext) {
 #[inline(always)]
 fn tc_nat_in(ctx: &TcContext, ncfg: &umlbr_common::NatConfig) -> i32 {
     pull_headers(ctx);
-    match nat::inbound_tc(ctx, ncfg) {
+    match nat::inbound(ctx, ncfg) {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
