@@ -89,6 +89,39 @@ pub unsafe fn view<'a, T>(data: usize, off: usize) -> &'a T {
     unsafe { &*((data + off) as *const T) }
 }
 
+/// An IPv4 header without options and the transport header behind it, as
+/// views: ports (TCP, UDP) or ICMP, whichever the protocol says.
+pub struct Ip4<'a> {
+    pub ip: &'a Ipv4Hdr,
+    pub ports: &'a Ports,
+    pub icmp: &'a Icmpv4Hdr,
+}
+
+impl Ip4<'_> {
+    /// The headers at `data + off`.
+    ///
+    /// # Safety
+    /// The caller has checked `data + off + IP_HLEN + 8` against the
+    /// packet's end.
+    #[inline(always)]
+    pub unsafe fn at(data: usize, off: usize) -> Self {
+        // SAFETY: per the contract above.
+        unsafe {
+            Ip4 {
+                ip: view(data, off),
+                ports: view(data, off + IP_HLEN),
+                icmp: view(data, off + IP_HLEN),
+            }
+        }
+    }
+
+    /// An ICMP echo's identifier (the first half of the header's data).
+    #[inline(always)]
+    pub fn echo_id(&self) -> u16 {
+        ne16([self.icmp.data[0], self.icmp.data[1]])
+    }
+}
+
 /// A 16- or 32-bit field as read from the packet (network byte order),
 /// as the NAT keeps addresses and ports.
 #[inline(always)]

@@ -52,6 +52,7 @@ pub trait Pkt: EbpfContext {
     /// The packet's `data` and `data_end`.
     fn bounds(&self) -> (usize, usize);
     /// The segment size of a GSO packet, 0 otherwise.
+    #[inline(always)]
     fn gso_size(&self) -> u32 {
         0
     }
@@ -96,16 +97,24 @@ pub unsafe fn ld<T: Copy>(data: usize, off: usize) -> T {
     unsafe { core::ptr::read_unaligned((data + off) as *const T) }
 }
 
+/// `from_raw` and `bounds`, the same but for the type: the contexts have
+/// `new`, `data` and `data_end` as inherent methods, not from a trait.
+macro_rules! ctx_access {
+    ($ctx:ident) => {
+        #[inline(always)]
+        unsafe fn from_raw(ctx: *mut c_void) -> Self {
+            $ctx::new(ctx.cast())
+        }
+        #[inline(always)]
+        fn bounds(&self) -> (usize, usize) {
+            (self.data(), self.data_end())
+        }
+    };
+}
+
 impl Pkt for XdpContext {
     const XDP: bool = true;
-    #[inline(always)]
-    unsafe fn from_raw(ctx: *mut c_void) -> Self {
-        XdpContext::new(ctx.cast())
-    }
-    #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
-    }
+    ctx_access!(XdpContext);
     #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
         let udp = sum == Sum::Udp || sum == Sum::UdpPseudo;
@@ -130,14 +139,7 @@ impl Pkt for XdpContext {
 
 impl Pkt for TcContext {
     const XDP: bool = false;
-    #[inline(always)]
-    unsafe fn from_raw(ctx: *mut c_void) -> Self {
-        TcContext::new(ctx.cast())
-    }
-    #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
-    }
+    ctx_access!(TcContext);
     #[inline(always)]
     fn gso_size(&self) -> u32 {
         // SAFETY: reading a field of the context.

@@ -67,17 +67,11 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         return None;
     }
     // SAFETY: 42 bytes checked above.
-    let (ethtype, ip, ports) = unsafe {
-        (
-            ld::<u16>(data, ETH_TYPE),
-            view::<Ipv4Hdr>(data, IP_OFF),
-            view::<Ports>(data, L4_OFF),
-        )
-    };
-    if ethtype != ETH_P_IP || ne32(ip.dst_addr) != cfg.nat_addr || !ip_plain(ip) {
+    let (ethtype, h) = unsafe { (ld::<u16>(data, ETH_TYPE), Ip4::at(data, IP_OFF)) };
+    if ethtype != ETH_P_IP || ne32(h.ip.dst_addr) != cfg.nat_addr || !ip_plain(h.ip) {
         return None;
     }
-    let (proto, saddr) = (ip.proto, ne32(ip.src_addr));
+    let (proto, saddr) = (h.ip.proto, ne32(h.ip.src_addr));
     let mut tcp_flags = 0;
     if proto == IPPROTO_TCP {
         if data + L4_OFF + TCP_HLEN > end {
@@ -86,11 +80,11 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         // SAFETY: checked just above.
         tcp_flags = unsafe { ld::<u8>(data, L4_OFF + TCP_FLAGS) };
     } else if proto == IPPROTO_ICMP {
-        return parse_icmp(data, end, cfg, saddr);
+        return parse_icmp(data, end, cfg, &h);
     } else if proto != IPPROTO_UDP {
         return None;
     }
-    let (sport, dport) = (ne16(ports.src), ne16(ports.dst));
+    let (sport, dport) = (ne16(h.ports.src), ne16(h.ports.dst));
     Some(Reply {
         key: NatKey::new(proto, cfg.nat_addr, dport, saddr, sport),
         port_off: L4_OFF + L4_DPORT,
@@ -100,16 +94,13 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
 }
 
 /// An echo reply, or an error quoting a packet that left as
-/// nat_addr:port. `data` has 42 bytes, checked by the caller.
+/// nat_addr:port. `data` has the 42 bytes of `h`, checked by the caller.
 #[inline(always)]
-fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, saddr: u32) -> Option<Reply> {
-    // SAFETY: checked by the caller.
-    let icmp = unsafe { view::<Icmpv4Hdr>(data, L4_OFF) };
-    let ty = icmp.type_;
+fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply> {
+    let (ty, saddr) = (h.icmp.type_, ne32(h.ip.src_addr));
     if ty == ICMP_ECHOREPLY {
-        let id = ne16([icmp.data[0], icmp.data[1]]);
         return Some(Reply {
-            key: NatKey::new(IPPROTO_ICMP, cfg.nat_addr, id, saddr, 0),
+            key: NatKey::new(IPPROTO_ICMP, cfg.nat_addr, h.echo_id(), saddr, 0),
             port_off: L4_OFF + ICMP_ECHO_ID,
             icmp_err: false,
             tcp_flags: 0,
@@ -122,24 +113,18 @@ fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, saddr: u32) -> Option<Re
         return None;
     }
     // SAFETY: checked just above.
-    let (ip, ports, echo) = unsafe {
-        (
-            view::<Ipv4Hdr>(data, IN_IP),
-            view::<Ports>(data, IN_L4),
-            view::<Icmpv4Hdr>(data, IN_L4),
-        )
-    };
-    if ip.vihl != IP_VIHL_PLAIN || ne32(ip.src_addr) != cfg.nat_addr {
+    let q = unsafe { Ip4::at(data, IN_IP) };
+    if q.ip.vihl != IP_VIHL_PLAIN || ne32(q.ip.src_addr) != cfg.nat_addr {
         return None;
     }
-    let (local_port, remote_port, port_off) = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => (ne16(ports.src), ne16(ports.dst), IN_L4 + L4_SPORT),
-        IPPROTO_ICMP => (ne16([echo.data[0], echo.data[1]]), 0, IN_L4 + ICMP_ECHO_ID),
+    let (local_port, remote_port, port_off) = match q.ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => (ne16(q.ports.src), ne16(q.ports.dst), IN_L4 + L4_SPORT),
+        IPPROTO_ICMP => (q.echo_id(), 0, IN_L4 + ICMP_ECHO_ID),
         _ => return None,
     };
-    let (local, remote) = (cfg.nat_addr, ne32(ip.dst_addr));
+    let (local, remote) = (cfg.nat_addr, ne32(q.ip.dst_addr));
     Some(Reply {
-        key: NatKey::new(ip.proto, local, local_port, remote, remote_port),
+        key: NatKey::new(q.ip.proto, local, local_port, remote, remote_port),
         port_off,
         icmp_err: true,
         tcp_flags: 0,

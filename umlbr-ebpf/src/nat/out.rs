@@ -80,16 +80,9 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
         return Err(Out::NotNat);
     }
     // SAFETY: 42 bytes checked above.
-    let (ethtype, ip, ports, icmp) = unsafe {
-        (
-            ld::<u16>(data, ETH_TYPE),
-            view::<Ipv4Hdr>(data, IP_OFF),
-            view::<Ports>(data, L4_OFF),
-            view::<Icmpv4Hdr>(data, L4_OFF),
-        )
-    };
+    let (ethtype, h) = unsafe { (ld::<u16>(data, ETH_TYPE), Ip4::at(data, IP_OFF)) };
     // Inside the guest subnet or to the host itself: plain switching.
-    if ethtype != ETH_P_IP || !leaves(cfg, ne32(ip.dst_addr)) {
+    if ethtype != ETH_P_IP || !leaves(cfg, ne32(h.ip.dst_addr)) {
         return Err(Out::NotNat);
     }
     // An uplink that takes no XDP frames (a veth): the TC program does all
@@ -99,21 +92,41 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
         return Err(Out::ToTc);
     }
     // IP options, fragments and expiring TTLs are the kernel's business.
-    if !ip_plain(ip) {
+    if !ip_plain(h.ip) {
         count(|s| s.slow_path += 1);
         return Err(Out::NotNat);
     }
     let mut f = Flow {
-        proto: ip.proto,
+        proto: h.ip.proto,
         tcp_flags: 0,
-        sport: ne16(ports.src),
-        dport: ne16(ports.dst),
-        tot_len: u16::from_be_bytes(ip.tot_len),
-        saddr: ne32(ip.src_addr),
-        daddr: ne32(ip.dst_addr),
+        sport: ne16(h.ports.src),
+        dport: ne16(h.ports.dst),
+        tot_len: u16::from_be_bytes(h.ip.tot_len),
+        saddr: ne32(h.ip.src_addr),
+        daddr: ne32(h.ip.dst_addr),
         mac,
     };
-    let (port_off, l4_hlen) = if f.proto == IPPROTO_TCP {
+    let (port_off, l4_hlen) = parse_l4(data, end, &h, &mut f)?;
+    // A CHECKSUM_PARTIAL packet (a vnet-header guest's offload) holds only
+    // the pseudo-header sum, which XDP cannot finish: TC's.
+    if P::XDP && partial(data, &f) {
+        return Err(Out::ToTc);
+    }
+    // A GSO packet leaves as segments of gso_size behind the same headers:
+    // those must fit, not the super-packet.
+    let gso = pkt.gso_size();
+    if gso != 0 {
+        f.tot_len = (IP_HLEN as u32 + l4_hlen + gso).min(f.tot_len as u32) as u16;
+    }
+    Ok(Outgoing { flow: f, port_off })
+}
+
+/// The transport part of `parse`: where the flow's port sits and the
+/// transport header's length; TCP's flags, ICMP's echo identifier into
+/// `f`. `data` has the 42 bytes of `h`, checked by the caller.
+#[inline(always)]
+fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u32), Out> {
+    if f.proto == IPPROTO_TCP {
         if data + L4_OFF + TCP_HLEN > end {
             return Err(Out::NotNat);
         }
@@ -125,37 +138,34 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
             )
         };
         f.tcp_flags = flags;
-        (L4_OFF + L4_SPORT, ((doff >> 4) as u32) * 4)
+        Ok((L4_OFF + L4_SPORT, ((doff >> 4) as u32) * 4))
     } else if f.proto == IPPROTO_UDP {
-        (L4_OFF + L4_SPORT, UDP_HLEN as u32)
-    } else if f.proto == IPPROTO_ICMP && icmp.type_ == ICMP_ECHO {
-        f.sport = ne16([icmp.data[0], icmp.data[1]]);
+        Ok((L4_OFF + L4_SPORT, UDP_HLEN as u32))
+    } else if f.proto == IPPROTO_ICMP && h.icmp.type_ == ICMP_ECHO {
+        f.sport = h.echo_id();
         f.dport = 0;
-        (L4_OFF + ICMP_ECHO_ID, ICMP_HLEN as u32)
+        Ok((L4_OFF + ICMP_ECHO_ID, ICMP_HLEN as u32))
     } else {
         count(|s| s.slow_path += 1);
-        return Err(Out::NotNat);
-    };
-    // A CHECKSUM_PARTIAL packet (a vnet-header guest's offload) holds only
-    // the pseudo-header sum, which XDP cannot finish: TC's. Checked here,
-    // on headers already parsed, instead of by csum::looks_partial before
-    // the switch (measured: its own parse and call cost ~40 ns a packet).
-    if P::XDP && f.proto != IPPROTO_ICMP && f.tot_len as usize >= IP_HLEN {
-        // SAFETY: the checksum field is within the bytes checked above
-        // (42 for UDP, 54 for TCP).
-        let check = unsafe { ld::<u16>(data, L4_OFF + l4_check(f.proto)) };
-        let l4len = (f.tot_len as usize - IP_HLEN) as u32;
-        if u16::from_be(check) == pseudo4(f.saddr, f.daddr, f.proto, l4len) {
-            return Err(Out::ToTc);
-        }
+        Err(Out::NotNat)
     }
-    // A GSO packet leaves as segments of gso_size behind the same headers:
-    // those must fit, not the super-packet.
-    let gso = pkt.gso_size();
-    if gso != 0 {
-        f.tot_len = (IP_HLEN as u32 + l4_hlen + gso).min(f.tot_len as u32) as u16;
+}
+
+/// Whether the flow's TCP/UDP checksum field holds the bare pseudo-header
+/// sum, the mark of CHECKSUM_PARTIAL. Checked here, on headers already
+/// parsed, instead of by csum::looks_partial before the switch (measured:
+/// its own parse and call cost ~40 ns a packet). `data` has the transport
+/// header, checked by `parse_l4`.
+#[inline(always)]
+fn partial(data: usize, f: &Flow) -> bool {
+    if f.proto == IPPROTO_ICMP || (f.tot_len as usize) < IP_HLEN {
+        return false;
     }
-    Ok(Outgoing { flow: f, port_off })
+    // SAFETY: the checksum field is within the bytes checked (42 for UDP,
+    // 54 for TCP).
+    let check = unsafe { ld::<u16>(data, L4_OFF + l4_check(f.proto)) };
+    let l4len = (f.tot_len as usize - IP_HLEN) as u32;
+    u16::from_be(check) == pseudo4(f.saddr, f.daddr, f.proto, l4len)
 }
 
 /// The flow's mapping and next hop (into `hop`), found or made; else the
