@@ -11,7 +11,8 @@
 use crate::{
     hdr::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_TYPE, IP_DADDR, IP_FRAG, IP_FRAG_MASK,
-        IP_HLEN, IP_PROTO, IP_SADDR, IP_TOT_LEN, IPPROTO_TCP, IPPROTO_UDP, l4_check,
+        IP_HLEN, IP_PROTO, IP_SADDR, IP_TOT_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, IPV6_NEXT,
+        IPV6_PLEN, IPV6_SADDR, VLAN_HLEN, l4_check,
     },
     pkt::ld,
 };
@@ -75,12 +76,13 @@ pub fn looks_partial(data: usize, end: usize) -> bool {
     let mut off = data + ETH_TYPE;
     let mut proto = raw16(off);
     if proto == ETH_P_8021Q {
-        if data + ETH_HLEN + 4 > end {
+        if data + ETH_HLEN + VLAN_HLEN > end {
             return false;
         }
-        off += 4;
+        off += VLAN_HLEN;
         proto = raw16(off);
     }
+    // The network header follows the (last) EtherType.
     let l3 = off + 2;
     if proto == ETH_P_IP {
         if l3 + IP_HLEN > end {
@@ -106,20 +108,20 @@ pub fn looks_partial(data: usize, end: usize) -> bool {
         let l4 = l3 + (ihl & 0x3c);
         check_field(l4, end, l4proto, pseudo4(saddr, daddr, l4proto, l4len))
     } else if proto == ETH_P_IPV6 {
-        if l3 + 40 > end {
+        if l3 + IPV6_HLEN > end {
             return false;
         }
         // SAFETY: bounds checked above.
-        let l4proto = unsafe { *((l3 + 6) as *const u8) };
-        let l4len = be16(l3 + 4) as u32;
+        let l4proto = unsafe { *((l3 + IPV6_NEXT) as *const u8) };
+        let l4len = be16(l3 + IPV6_PLEN) as u32;
         let mut sum: u32 = 0;
         let mut i = 0;
         while i < 16 {
-            sum += be16(l3 + 8 + i * 2) as u32;
+            sum += be16(l3 + IPV6_SADDR + i * 2) as u32;
             i += 1;
         }
         sum += l4proto as u32 + l4len;
-        check_field(l3 + 40, end, l4proto, fold(sum))
+        check_field(l3 + IPV6_HLEN, end, l4proto, fold(sum))
     } else {
         false
     }

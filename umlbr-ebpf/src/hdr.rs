@@ -18,11 +18,18 @@
 
 use core::mem::{align_of, offset_of};
 
-use network_types::eth::{EthHdr, EtherType};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv6Hdr,
+    vlan::VlanHdr,
+};
 pub use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, udp::UdpHdr};
 pub use umlbr_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = EthHdr::LEN;
+pub const ETH_SRC: usize = offset_of!(EthHdr, src_addr);
+/// An 802.1Q tag: the frame's EtherType moves behind it.
+pub const VLAN_HLEN: usize = VlanHdr::LEN;
 /// The EtherType field, and IPv4/IPv6/802.1Q as read from the packet into
 /// a little-endian `u16` (network-types' `EtherType` values).
 pub const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
@@ -43,6 +50,11 @@ pub const IP_SADDR: usize = offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DADDR: usize = offset_of!(Ipv4Hdr, dst_addr);
 /// More-fragments flag and fragment offset, host order: set in fragments.
 pub const IP_FRAG_MASK: u16 = 0x3fff;
+
+pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
+pub const IPV6_PLEN: usize = offset_of!(Ipv6Hdr, payload_len);
+pub const IPV6_NEXT: usize = offset_of!(Ipv6Hdr, next_hdr);
+pub const IPV6_SADDR: usize = offset_of!(Ipv6Hdr, src_addr);
 
 /// Source and destination port: the first word of TCP and UDP alike
 /// (network-types has a type per protocol, not for what they share).
@@ -161,7 +173,7 @@ pub fn macs(data: usize, end: usize) -> Option<([u8; 6], [u8; 6])> {
     unsafe {
         Some((
             *(data as *const [u8; 6]),
-            *((data + offset_of!(EthHdr, src_addr)) as *const [u8; 6]),
+            *((data + ETH_SRC) as *const [u8; 6]),
         ))
     }
 }

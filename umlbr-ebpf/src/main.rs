@@ -27,7 +27,10 @@ use umlbr_common::{
     CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_KIND_TAP, PortStats,
 };
 
-use crate::switch::{Verdict, is_multicast};
+use crate::{
+    hdr::{ETH_HLEN, ICMP_HLEN, IP_HLEN, UDP_HLEN},
+    switch::{Verdict, is_multicast},
+};
 
 /// The ports that take XDP frames, keyed by ifindex: unicast and broadcast
 /// redirect target for XDP.
@@ -318,7 +321,7 @@ fn tc_nat_out(ctx: &TcContext, gw: Option<&NatConfig>, src: &[u8; 6], port: u32)
 
 /// Bytes of headers the NAT code reads: Ethernet, IPv4, ICMP, and the
 /// inner IPv4 and 8 bytes of an ICMP error.
-const NAT_PULL: u32 = 14 + 20 + 8 + 20 + 8;
+const NAT_PULL: u32 = (ETH_HLEN + IP_HLEN + ICMP_HLEN + IP_HLEN + UDP_HLEN) as u32;
 
 /// Make the headers the NAT code reads linear for direct access, unless
 /// they already are (the helper call costs on every packet). Writability

@@ -202,7 +202,7 @@ fn rewrite(pkt: &impl Pkt, cfg: &NatConfig, r: &Reply, g: &Guest) -> bool {
     set_port(pkt, r.port_off, csum_off, proto, old_port, g.port);
     dec_ttl(pkt, ttl_word);
     pkt.wr::<[u8; 6]>(0, g.mac);
-    pkt.wr::<[u8; 6]>(6, cfg.gw_mac);
+    pkt.wr::<[u8; 6]>(ETH_SRC, cfg.gw_mac);
     true
 }
 
