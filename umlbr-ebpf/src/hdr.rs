@@ -1,10 +1,12 @@
 //! Protocol constants and packet header layouts, in one place.
 //!
-//! network-types gives the layouts: its `Ipv4Hdr`, `UdpHdr` and `Icmpv4Hdr`
-//! are all byte arrays (alignment 1), so the offsets of their fields name
-//! what the datapath reads and rewrites, and a checked packet pointer cast
-//! to one of them is a sound view at any address. Reads stay byte-wise
-//! loads either way (what `read_unaligned` lowers to on BPF).
+//! network-types gives the layouts: the lengths and field offsets of its
+//! `EthHdr`, `VlanHdr`, `Ipv4Hdr`, `Ipv6Hdr`, `UdpHdr` and `Icmpv4Hdr`
+//! name what the datapath reads and rewrites, and its `EtherType` values
+//! the protocols. `Ipv4Hdr` and `Icmpv4Hdr` are all byte arrays (alignment
+//! 1), so a checked packet pointer cast to one of them is a sound view at
+//! any address ([`view`], [`Ip4`]); reads stay byte-wise loads, what
+//! `read_unaligned` lowers to on BPF.
 //!
 //! Where it does not serve, the views are our own:
 //! - TCP and UDP ports: [`Ports`], the first word they share.
