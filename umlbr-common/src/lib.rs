@@ -142,6 +142,12 @@ pub const NAT_SIZE: u32 = 262_144;
 /// Ports tried when allocating a mapping before giving up.
 pub const NAT_TRIES: u32 = 16;
 
+/// IP protocol numbers (the IPv4 header's `protocol`) that the NAT maps:
+/// a [`NatKey`]'s `proto`.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
 /// One direction of a NAT mapping. Addresses and ports are in network
 /// byte order, as in the packet. `local` is this side's end: the guest's
 /// address/port in the outbound map, the masquerade address/port in the
@@ -158,6 +164,30 @@ pub struct NatKey {
     pub remote_addr: u32,
     pub local_port: u16,
     pub remote_port: u16,
+}
+
+impl NatKey {
+    /// The key of `proto` between `local_addr:local_port` and
+    /// `remote_addr:remote_port`, pad bytes zeroed (the kernel hashes every
+    /// byte of a key).
+    #[inline(always)]
+    pub const fn new(
+        proto: u8,
+        local_addr: u32,
+        local_port: u16,
+        remote_addr: u32,
+        remote_port: u16,
+    ) -> Self {
+        Self {
+            proto,
+            _pad: 0,
+            _pad2: 0,
+            local_addr,
+            remote_addr,
+            local_port,
+            remote_port,
+        }
+    }
 }
 
 /// Outbound map value: the outside address and port of the mapping, and
@@ -203,6 +233,14 @@ pub const NAT_S_REPLIED: u16 = 2;
 pub const NAT_S_FIN_OUT: u16 = 4;
 pub const NAT_S_FIN_IN: u16 = 8;
 pub const NAT_S_RST: u16 = 16;
+
+/// Whether a TCP mapping in `state` is closed: reset, or finished both
+/// ways. It then times out as closing, and a new SYN starts it afresh.
+#[inline(always)]
+pub const fn nat_tcp_closed(state: u16) -> bool {
+    const FIN_BOTH: u16 = NAT_S_FIN_OUT | NAT_S_FIN_IN;
+    state & NAT_S_RST != 0 || state & FIN_BOTH == FIN_BOTH
+}
 
 /// Masquerade settings of a bridge, index 0 of an array map. Zero
 /// `nat_ifindex` means no masquerade.
@@ -286,10 +324,8 @@ impl NatConfig {
     /// Idle timeout of a mapping in `state` for `proto`.
     pub fn timeout_ns(&self, proto: u8, state: u16) -> u64 {
         match proto {
-            6 => {
-                if state & NAT_S_RST != 0
-                    || state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == NAT_S_FIN_OUT | NAT_S_FIN_IN
-                {
+            IPPROTO_TCP => {
+                if nat_tcp_closed(state) {
                     self.tcp_closing_ns
                 } else if state & NAT_S_REPLIED != 0 && state & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == 0
                 {
@@ -298,7 +334,7 @@ impl NatConfig {
                     self.tcp_transitory_ns
                 }
             }
-            17 => {
+            IPPROTO_UDP => {
                 if state & NAT_S_REPLIED != 0 {
                     self.udp_stream_ns
                 } else {
@@ -384,6 +420,14 @@ mod tests {
         assert_eq!(c.timeout_ns(17, 0), 4);
         assert_eq!(c.timeout_ns(17, NAT_S_REPLIED), 5);
         assert_eq!(c.timeout_ns(1, 0), 6);
+    }
+
+    #[test]
+    fn tcp_closed_is_reset_or_finished_both_ways() {
+        assert!(nat_tcp_closed(NAT_S_REPLIED | NAT_S_RST));
+        assert!(nat_tcp_closed(NAT_S_FIN_OUT | NAT_S_FIN_IN));
+        assert!(!nat_tcp_closed(NAT_S_REPLIED | NAT_S_FIN_OUT));
+        assert!(!nat_tcp_closed(NAT_S_SYN_OUT | NAT_S_REPLIED));
     }
 
     extern crate std;

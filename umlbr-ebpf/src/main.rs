@@ -10,28 +10,27 @@
 
 mod csum;
 mod fdb;
+mod hdr;
+mod mem;
 mod nat;
+mod pkt;
 mod switch;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMapHash, LruHashMap, PerCpuHashMap},
+    maps::{Array, DevMapHash, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, FDB_SIZE, FdbEntry, FdbKey, MAX_PORTS, MAX_XDP_FRAME, PORT_KIND_TAP,
-    PortStats,
+    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_KIND_TAP, PortStats,
 };
 
-use crate::switch::{Verdict, is_multicast};
-
-/// MAC -> port. LRU so that a full table (MAC churn, a flooding guest)
-/// evicts the least recently used, usually aged, entries instead of
-/// refusing to learn.
-#[map(name = "UMLBR_FDB")]
-static FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_SIZE, 0);
+use crate::{
+    hdr::{ETH_HLEN, ICMP_HLEN, IP_HLEN, UDP_HLEN},
+    switch::{Verdict, is_multicast},
+};
 
 /// The ports that take XDP frames, keyed by ifindex: unicast and broadcast
 /// redirect target for XDP.
@@ -48,8 +47,6 @@ static STATS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::with_max_entries(MA
 
 #[map(name = "UMLBR_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-const ETH_HLEN: usize = 14;
 
 // BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
 const FLOOD_FLAGS: u64 = 8 | 16;
@@ -73,15 +70,16 @@ fn config() -> &'static Config {
     CONFIG.get(0).unwrap_or(&NO_CONFIG)
 }
 
-#[xdp]
-pub fn umlbr_xdp(ctx: XdpContext) -> u32 {
-    try_xdp(&ctx)
+/// The counters of port `ifindex`, if it is (still) a port of this bridge.
+#[inline(always)]
+fn port_stats(ifindex: u32) -> Option<&'static mut PortStats> {
+    // SAFETY: per-CPU value of a map entry, only this CPU writes it.
+    STATS.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
 }
 
-#[inline(always)]
-fn try_xdp(ctx: &XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let len = end - data;
+#[xdp]
+pub fn umlbr_xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
     // Too big for a devmap redirect in generic mode: the TC program takes it.
     if len > MAX_XDP_FRAME {
         return xdp_action::XDP_PASS;
@@ -91,63 +89,56 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     if let Some(n) = ncfg
         && ingress == n.nat_ifindex
     {
-        return xdp_nat_in(ctx, n);
+        return xdp_nat_in(&ctx, n);
     }
     // Guest traffic to masquerade out of an uplink that takes no XDP
     // frames (a veth): TC does all of it, learning included, so XDP hands
     // it over before any work of its own.
     if let Some(n) = ncfg
-        && nat::for_tc_uplink(data, end, n)
+        && nat::for_tc_uplink(ctx.data(), ctx.data_end(), n)
     {
         return xdp_action::XDP_PASS;
     }
-    let Some(stats) = STATS.get_ptr_mut(ingress) else {
-        // Not (or no longer) a port of this bridge.
+    let Some(stats) = port_stats(ingress) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: per-CPU value of a map entry, only this CPU writes it.
-    let stats = unsafe { &mut *stats };
-    let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx);
+    let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(&ctx);
+    let action = xdp_switch(&ctx, ncfg, ingress, stats);
+    // What XDP passes is counted by the TC program that finishes it.
+    if action != xdp_action::XDP_PASS {
+        count_xdp(stats, len, generic);
+    }
+    action
+}
+
+/// Switch a frame from a port in XDP: learn, decide, redirect.
+#[inline(always)]
+fn xdp_switch(
+    ctx: &XdpContext,
+    ncfg: Option<&NatConfig>,
+    ingress: u32,
+    stats: &mut PortStats,
+) -> u32 {
     // The headroom probe invalidated the packet pointers: read them again.
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
-        count_xdp(stats, len, generic);
+    let Some((dst, src)) = hdr::macs(data, end) else {
         stats.dropped += 1;
         return xdp_action::XDP_DROP;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
-    let to_gw = cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac);
+    let gw = switch::for_gateway(cfg, ncfg, &dst);
     // What the masquerade translates it checks for CHECKSUM_PARTIAL itself
     // (nat::out); everything else here.
-    if !to_gw && csum::looks_partial(data, end) {
+    if gw.is_none() && csum::looks_partial(data, end) {
         return xdp_action::XDP_PASS;
     }
-    // Guest traffic to the gateway, the masquerade's way out: its port
-    // is the host port (a static FDB entry), so no lookup is needed.
-    let verdict = if to_gw {
-        switch::decide_known(&FDB, src, ingress, cfg.host_port, stats)
-    } else {
-        switch::decide(&FDB, cfg, dst, src, ingress, stats)
-    };
-    let action = match verdict {
+    match switch::decide(cfg, gw.is_some(), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
         }
-        Verdict::Unicast(port) if to_gw && port == cfg.host_port => {
-            let Some(n) = ncfg else {
-                return xdp_action::XDP_PASS;
-            };
-            match nat::out_xdp(ctx, n, &src) {
-                nat::Out::NotNat if csum::looks_partial(ctx.data(), ctx.data_end()) => {
-                    xdp_action::XDP_PASS
-                }
-                nat::Out::NotNat => redirect_xdp(port, stats),
-                nat::Out::Redirect(ifx) => redirect_xdp(ifx, stats),
-                nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
-            }
+        Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
+            xdp_nat_out(ctx, gw, &src, port, stats)
         }
         Verdict::Unicast(port) => redirect_xdp(port, stats),
         Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
@@ -157,12 +148,28 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
                 .unwrap_or(xdp_action::XDP_DROP)
         }
         Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
-    };
-    // What XDP passes is counted by the TC program that finishes it.
-    if action != xdp_action::XDP_PASS {
-        count_xdp(stats, len, generic);
     }
-    action
+}
+
+/// Guest traffic to the gateway: masqueraded out of the uplink, or
+/// switched to the host `port`.
+#[inline(always)]
+fn xdp_nat_out(
+    ctx: &XdpContext,
+    gw: Option<&NatConfig>,
+    src: &[u8; 6],
+    port: u32,
+    stats: &mut PortStats,
+) -> u32 {
+    let Some(n) = gw else {
+        return xdp_action::XDP_PASS;
+    };
+    match nat::out(ctx, n, src) {
+        nat::Out::NotNat if csum::looks_partial(ctx.data(), ctx.data_end()) => xdp_action::XDP_PASS,
+        nat::Out::NotNat => redirect_xdp(port, stats),
+        nat::Out::Redirect(ifx) => redirect_xdp(ifx, stats),
+        nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
+    }
 }
 
 /// Redirect to a port through the devmap; ports outside it (no XDP tx)
@@ -180,24 +187,21 @@ fn redirect_xdp(port: u32, stats: &mut PortStats) -> u32 {
 
 /// A frame from the masquerade uplink: a reply for a guest, or the host's.
 #[inline(always)]
-fn xdp_nat_in(ctx: &XdpContext, ncfg: &umlbr_common::NatConfig) -> u32 {
+fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     // A veth uplink can carry CHECKSUM_PARTIAL from the LAN side; only the
     // skb keeps what is needed to finish such a checksum.
     if csum::looks_partial(ctx.data(), ctx.data_end()) {
         return xdp_action::XDP_PASS;
     }
-    match nat::inbound_xdp(ctx, ncfg) {
+    match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
-        nat::In::Guest(mac) => {
-            let cfg = config();
-            match fdb::lookup(&FDB, mac, fdb::now(), cfg.aging_ns) {
-                Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
-                // Checked by inbound(); only a racing removal gets here.
-                _ => PORTS
-                    .redirect(0, FLOOD_FLAGS)
-                    .unwrap_or(xdp_action::XDP_DROP),
-            }
-        }
+        nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), config().aging_ns) {
+            Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
+            // Checked by nat::inbound; only a racing removal gets here.
+            _ => PORTS
+                .redirect(0, FLOOD_FLAGS)
+                .unwrap_or(xdp_action::XDP_DROP),
+        },
     }
 }
 
@@ -233,11 +237,6 @@ fn xdp_is_generic(ctx: &XdpContext) -> bool {
 
 #[classifier]
 pub fn umlbr_tc(ctx: TcContext) -> i32 {
-    try_tc(&ctx)
-}
-
-#[inline(always)]
-fn try_tc(ctx: &TcContext) -> i32 {
     // SAFETY: reading fields of the context.
     let (ingress, mark) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).mark) };
     if mark == LOCAL_MARK {
@@ -249,57 +248,40 @@ fn try_tc(ctx: &TcContext) -> i32 {
     if let Some(n) = ncfg
         && ingress == n.nat_ifindex
     {
-        return tc_nat_in(ctx, n);
+        return tc_nat_in(&ctx, n);
     }
-    let Some(stats) = STATS.get_ptr_mut(ingress) else {
+    let Some(stats) = port_stats(ingress) else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: per-CPU value of a map entry, only this CPU writes it.
-    let stats = unsafe { &mut *stats };
     stats.rx_packets += 1;
     stats.rx_bytes += ctx.len() as u64;
     stats.tc += 1;
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
+    tc_switch(&ctx, ncfg, ingress, stats)
+}
+
+/// Switch a frame from a port in TC: learn, decide, redirect or clone.
+#[inline(always)]
+fn tc_switch(
+    ctx: &TcContext,
+    ncfg: Option<&NatConfig>,
+    ingress: u32,
+    stats: &mut PortStats,
+) -> i32 {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
         stats.dropped += 1;
         return TC_ACT_SHOT as i32;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
     // As in XDP: the gateway's MAC needs no lookup.
-    let verdict = if cfg.host_port != 0 && ncfg.is_some_and(|n| dst == n.gw_mac) {
-        switch::decide_known(&FDB, src, ingress, cfg.host_port, stats)
-    } else {
-        switch::decide(&FDB, cfg, dst, src, ingress, stats)
-    };
-    match verdict {
+    let gw = switch::for_gateway(cfg, ncfg, &dst);
+    match switch::decide(cfg, gw.is_some(), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
         }
-        Verdict::Unicast(port)
-            if port == cfg.host_port && ncfg.is_some_and(|n| dst == n.gw_mac) =>
-        {
-            let Some(n) = ncfg else {
-                return TC_ACT_OK as i32;
-            };
+        Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
             stats.forwarded += 1;
-            pull_headers(ctx);
-            match nat::out_tc(ctx, n, &src) {
-                nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
-                nat::Out::Redirect(ifx) => redirect(ifx, 0),
-                nat::Out::RedirectNeigh(ifx) => {
-                    // SAFETY: plain helper call; the kernel resolves the
-                    // next hop from the packet's destination.
-                    let ret = unsafe { bpf_redirect_neigh(ifx, core::ptr::null_mut(), 0, 0) };
-                    if ret == TC_ACT_REDIRECT as i64 {
-                        TC_ACT_REDIRECT as i32
-                    } else {
-                        TC_ACT_SHOT as i32
-                    }
-                }
-            }
+            tc_nat_out(ctx, gw, &src, port)
         }
         Verdict::Unicast(port) => {
             stats.forwarded += 1;
@@ -318,9 +300,28 @@ fn try_tc(ctx: &TcContext) -> i32 {
     }
 }
 
+/// Guest traffic to the gateway (TC): masqueraded out of the uplink, or
+/// switched to the host `port`.
+#[inline(always)]
+fn tc_nat_out(ctx: &TcContext, gw: Option<&NatConfig>, src: &[u8; 6], port: u32) -> i32 {
+    let Some(n) = gw else {
+        return TC_ACT_OK as i32;
+    };
+    pull_headers(ctx);
+    match nat::out(ctx, n, src) {
+        nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
+        nat::Out::Redirect(ifx) => redirect(ifx, 0),
+        // SAFETY: plain helper call; the kernel resolves the next hop from
+        // the packet's destination.
+        nat::Out::RedirectNeigh(ifx) => {
+            tc_redirected(unsafe { bpf_redirect_neigh(ifx, core::ptr::null_mut(), 0, 0) })
+        }
+    }
+}
+
 /// Bytes of headers the NAT code reads: Ethernet, IPv4, ICMP, and the
 /// inner IPv4 and 8 bytes of an ICMP error.
-const NAT_PULL: u32 = 14 + 20 + 8 + 20 + 8;
+const NAT_PULL: u32 = (ETH_HLEN + IP_HLEN + ICMP_HLEN + IP_HLEN + UDP_HLEN) as u32;
 
 /// Make the headers the NAT code reads linear for direct access, unless
 /// they already are (the helper call costs on every packet). Writability
@@ -337,13 +338,13 @@ fn pull_headers(ctx: &TcContext) {
 /// A frame from the masquerade uplink (TC): a reply for a guest, or the
 /// host's own.
 #[inline(always)]
-fn tc_nat_in(ctx: &TcContext, ncfg: &umlbr_common::NatConfig) -> i32 {
+fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
     pull_headers(ctx);
-    match nat::inbound_tc(ctx, ncfg) {
+    match nat::inbound(ctx, ncfg) {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
-            match fdb::lookup(&FDB, mac, fdb::now(), cfg.aging_ns) {
+            match fdb::lookup(mac, fdb::now(), cfg.aging_ns) {
                 Some((port, false)) => redirect(port, 0),
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, cfg.host_port, 0);
@@ -357,7 +358,12 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &umlbr_common::NatConfig) -> i32 {
 #[inline(always)]
 fn redirect(port: u32, flags: u64) -> i32 {
     // SAFETY: plain helper call.
-    let ret = unsafe { bpf_redirect(port, flags) };
+    tc_redirected(unsafe { bpf_redirect(port, flags) })
+}
+
+/// The TC verdict for a redirect helper's result.
+#[inline(always)]
+fn tc_redirected(ret: i64) -> i32 {
     if ret == TC_ACT_REDIRECT as i64 {
         TC_ACT_REDIRECT as i32
     } else {
@@ -406,27 +412,18 @@ fn flood_tc(ctx: &TcContext, cfg: &Config, ingress: u32, group: bool) -> i32 {
 /// its broadcasts go to the guests as well as the wire.
 #[classifier]
 pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
-    try_tc_out(&ctx)
-}
-
-#[inline(always)]
-fn try_tc_out(ctx: &TcContext) -> i32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_HLEN > end {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
         return TC_ACT_OK as i32;
-    }
-    // SAFETY: bounds checked above.
-    let (dst, src) = unsafe { (*(data as *const [u8; 6]), *((data + 6) as *const [u8; 6])) };
+    };
     let cfg = config();
     if cfg.uplink == 0 || src != cfg.uplink_mac {
         return TC_ACT_OK as i32;
     }
     if is_multicast(&dst) {
-        clone_to_ports(ctx, cfg.nr_ports, cfg.uplink, cfg.host_port);
+        clone_to_ports(&ctx, cfg.nr_ports, cfg.uplink, cfg.host_port);
         return TC_ACT_OK as i32;
     }
-    let aging_ns = cfg.aging_ns;
-    match fdb::lookup(&FDB, dst, fdb::now(), aging_ns) {
+    match fdb::lookup(dst, fdb::now(), cfg.aging_ns) {
         Some((port, false)) if port != cfg.uplink => redirect(port, 0),
         _ => TC_ACT_OK as i32,
     }

@@ -1,7 +1,6 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use aya_ebpf::maps::LruHashMap;
-use umlbr_common::{Config, DEFAULT_AGING_SECS, FdbEntry, FdbKey, PortStats};
+use umlbr_common::{Config, DEFAULT_AGING_SECS, NatConfig, PortStats};
 
 use crate::fdb;
 
@@ -31,25 +30,40 @@ fn is_link_local(mac: &[u8; 6]) -> bool {
         && mac[5] & 0xf0 == 0
 }
 
-/// Learn the source and decide where the frame goes. Counts `learned`,
-/// `moved` and the reasons for `dropped`; the caller counts the rest once
-/// it knows which program finishes the frame.
+/// The masquerade's settings if the frame is for the gateway (its MAC),
+/// the masquerade's way out: its port is the host port, a static FDB
+/// entry, so `decide` needs no lookup for it.
+#[inline(always)]
+pub fn for_gateway<'a>(
+    cfg: &Config,
+    ncfg: Option<&'a NatConfig>,
+    dst: &[u8; 6],
+) -> Option<&'a NatConfig> {
+    ncfg.filter(|n| cfg.host_port != 0 && *dst == n.gw_mac)
+}
+
+/// Learn the source and decide where the frame goes; `to_gw`: the frame
+/// is for the gateway (see `for_gateway`). Counts `learned`, `moved` and
+/// the reasons for `dropped`; the caller counts the rest once it knows
+/// which program finishes the frame.
 #[inline(always)]
 pub fn decide(
-    fdb_map: &LruHashMap<FdbKey, FdbEntry>,
     cfg: &Config,
-    dst: [u8; 6],
-    src: [u8; 6],
+    to_gw: bool,
+    (dst, src): ([u8; 6], [u8; 6]),
     ingress: u32,
     stats: &mut PortStats,
 ) -> Verdict {
     // A multicast or all-zero source is invalid (the kernel bridge drops it
     // too) and must never be learned.
-    if is_multicast(&src) || src == [0; 6] || is_link_local(&dst) {
+    if is_multicast(&src) || src == [0; 6] || !to_gw && is_link_local(&dst) {
         return Verdict::Drop;
     }
     let now = fdb::now();
-    fdb::learn(fdb_map, src, ingress, now, stats);
+    fdb::learn(src, ingress, now, stats);
+    if to_gw {
+        return unicast(cfg.host_port, ingress);
+    }
     if is_multicast(&dst) {
         return Verdict::Flood;
     }
@@ -58,29 +72,16 @@ pub fn decide(
     } else {
         DEFAULT_AGING_SECS * 1_000_000_000
     };
-    match fdb::lookup(fdb_map, dst, now, aging_ns) {
+    match fdb::lookup(dst, now, aging_ns) {
         Some((port, true)) => Verdict::Local(port),
-        Some((port, false)) if port == ingress => Verdict::Drop,
-        Some((port, false)) => Verdict::Unicast(port),
+        Some((port, false)) => unicast(port, ingress),
         None => Verdict::Flood,
     }
 }
 
-/// `decide` for a frame whose destination port the caller already knows
-/// (the gateway's MAC, a static entry on the host port): learn the source
-/// and spare the lookup.
+/// To `port`, unless that is where the frame came from.
 #[inline(always)]
-pub fn decide_known(
-    fdb_map: &LruHashMap<FdbKey, FdbEntry>,
-    src: [u8; 6],
-    ingress: u32,
-    port: u32,
-    stats: &mut PortStats,
-) -> Verdict {
-    if is_multicast(&src) || src == [0; 6] {
-        return Verdict::Drop;
-    }
-    fdb::learn(fdb_map, src, ingress, fdb::now(), stats);
+fn unicast(port: u32, ingress: u32) -> Verdict {
     if port == ingress {
         Verdict::Drop
     } else {

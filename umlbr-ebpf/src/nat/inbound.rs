@@ -1,0 +1,243 @@
+//! Uplink → guest: parse a reply (or an ICMP error quoting a translated
+//! packet), decide whose mapping it is, rewrite it for the guest.
+
+use umlbr_common::{NAT_S_REPLIED, NatConfig, NatKey};
+
+use super::{
+    IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl, set_ip_addr, set_port,
+    table::{live, tcp_state_in, touch},
+};
+use crate::{
+    csum::csum_replace,
+    hdr::*,
+    pkt::{Pkt, Sum, ld},
+};
+
+/// Where an ICMP error quotes the offending packet's headers.
+const IN_IP: usize = L4_OFF + ICMP_HLEN;
+const IN_L4: usize = IN_IP + IP_HLEN;
+
+/// A packet from the uplink that may belong to a mapping, as parsed.
+struct Reply {
+    /// The mapping's NAT_IN key.
+    key: NatKey,
+    /// Where the outside port (or echo identifier) to replace sits.
+    port_off: usize,
+    /// An ICMP error about a packet of the mapping: the quoted headers are
+    /// translated too, and the mapping's state is left alone.
+    icmp_err: bool,
+    tcp_flags: u8,
+}
+
+/// The guest end of the mapping.
+struct Guest {
+    addr: u32,
+    port: u16,
+    mac: [u8; 6],
+}
+
+/// Translate a reply (or an ICMP error about a mapping) arriving on the
+/// masquerade uplink.
+#[inline(always)]
+pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig) -> In {
+    let Some(r) = parse(pkt, cfg) else {
+        return In::Host;
+    };
+    let Some(g) = decide::<P>(cfg, &r) else {
+        return In::Host;
+    };
+    if !rewrite(pkt, cfg, &r, &g) {
+        return In::Host;
+    }
+    if P::XDP {
+        count(|s| s.in_xdp += 1);
+    } else {
+        count(|s| s.in_tc += 1);
+    }
+    In::Guest(g.mac)
+}
+
+/// The mapping the packet would belong to. One bounds check per shape,
+/// then plain loads from the same `data`: branchy Option reads let the
+/// compiler correlate paths the verifier cannot follow.
+#[inline(always)]
+fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
+    let (data, end) = pkt.bounds();
+    if data + L4_OFF + UDP_HLEN > end {
+        return None;
+    }
+    // SAFETY: 42 bytes checked above.
+    let (ethtype, h) = unsafe { (ld::<u16>(data, ETH_TYPE), Ip4::at(data, IP_OFF)) };
+    if ethtype != ETH_P_IP || ne32(h.ip.dst_addr) != cfg.nat_addr || !ip_plain(h.ip) {
+        return None;
+    }
+    let (proto, saddr) = (h.ip.proto, ne32(h.ip.src_addr));
+    let mut tcp_flags = 0;
+    if proto == IPPROTO_TCP {
+        if data + L4_OFF + TCP_HLEN > end {
+            return None;
+        }
+        // SAFETY: checked just above.
+        tcp_flags = unsafe { ld::<u8>(data, L4_OFF + TCP_FLAGS) };
+    } else if proto == IPPROTO_ICMP {
+        return parse_icmp(data, end, cfg, &h);
+    } else if proto != IPPROTO_UDP {
+        return None;
+    }
+    let (sport, dport) = (ne16(h.ports.src), ne16(h.ports.dst));
+    Some(Reply {
+        key: NatKey::new(proto, cfg.nat_addr, dport, saddr, sport),
+        port_off: L4_OFF + L4_DPORT,
+        icmp_err: false,
+        tcp_flags,
+    })
+}
+
+/// An echo reply, or an error quoting a packet that left as
+/// nat_addr:port. `data` has the 42 bytes of `h`, checked by the caller.
+#[inline(always)]
+fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply> {
+    let (ty, saddr) = (h.icmp.type_, ne32(h.ip.src_addr));
+    if ty == ICMP_ECHOREPLY {
+        return Some(Reply {
+            key: NatKey::new(IPPROTO_ICMP, cfg.nat_addr, h.echo_id(), saddr, 0),
+            port_off: L4_OFF + ICMP_ECHO_ID,
+            icmp_err: false,
+            tcp_flags: 0,
+        });
+    }
+    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
+        return None;
+    }
+    if data + IN_L4 + UDP_HLEN > end {
+        return None;
+    }
+    // SAFETY: checked just above.
+    let q = unsafe { Ip4::at(data, IN_IP) };
+    if q.ip.vihl != IP_VIHL_PLAIN || ne32(q.ip.src_addr) != cfg.nat_addr {
+        return None;
+    }
+    let (local_port, remote_port, port_off) = match q.ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => (ne16(q.ports.src), ne16(q.ports.dst), IN_L4 + L4_SPORT),
+        IPPROTO_ICMP => (q.echo_id(), 0, IN_L4 + ICMP_ECHO_ID),
+        _ => return None,
+    };
+    let (local, remote) = (cfg.nat_addr, ne32(q.ip.dst_addr));
+    Some(Reply {
+        key: NatKey::new(q.ip.proto, local, local_port, remote, remote_port),
+        port_off,
+        icmp_err: true,
+        tcp_flags: 0,
+    })
+}
+
+/// The guest of the reply's live mapping, refreshed by it (unless it is
+/// an ICMP error). XDP cannot flood to the guests alone (a devmap
+/// broadcast would reach the host port too): a reply for a guest whose
+/// MAC aged out of the FDB is left, untouched, to TC, which translates
+/// and floods it.
+#[inline(always)]
+fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
+    let now = crate::fdb::now();
+    let Some(e) = NAT_IN.get_ptr_mut(r.key) else {
+        count(|s| s.in_miss += 1);
+        return None;
+    };
+    // SAFETY: pointer into the map value.
+    let e = unsafe { &mut *e };
+    if !live(cfg, r.key.proto, e, now) {
+        count(|s| s.in_miss += 1);
+        return None;
+    }
+    if P::XDP
+        && !matches!(
+            crate::fdb::lookup(e.mac, now, crate::config().aging_ns),
+            Some((_, false))
+        )
+    {
+        return None;
+    }
+    if !r.icmp_err {
+        let st = if r.key.proto == IPPROTO_TCP {
+            tcp_state_in(r.tcp_flags)
+        } else {
+            NAT_S_REPLIED
+        };
+        touch(e, now, st);
+    }
+    Some(Guest {
+        addr: e.addr,
+        port: e.port,
+        mac: e.mac,
+    })
+}
+
+/// Rewrite the packet for the guest: destination address and port with
+/// their checksums (the quoted headers too in an ICMP error), the TTL,
+/// the MACs.
+#[inline(always)]
+fn rewrite(pkt: &impl Pkt, cfg: &NatConfig, r: &Reply, g: &Guest) -> bool {
+    let Some(ttl_word) = pkt.rd::<u16>(IP_OFF + IP_TTL) else {
+        return false;
+    };
+    let Some(old_port) = pkt.rd::<u16>(r.port_off) else {
+        return false;
+    };
+    // ICMP errors: the checksum to fix is the ICMP one, which has no
+    // pseudo header.
+    let proto = if r.icmp_err {
+        IPPROTO_ICMP
+    } else {
+        r.key.proto
+    };
+    let csum_off = L4_OFF + l4_check(proto);
+    set_ip_addr(pkt, IP_OFF + IP_DADDR, cfg.nat_addr, g.addr);
+    if r.icmp_err {
+        if !rewrite_quote(pkt, r.key.proto, cfg.nat_addr, old_port, g) {
+            return false;
+        }
+    } else if proto != IPPROTO_ICMP {
+        pkt.csum(csum_off, Sum::of(proto, true), cfg.nat_addr, g.addr, 4);
+    }
+    set_port(pkt, r.port_off, csum_off, proto, old_port, g.port);
+    dec_ttl(pkt, ttl_word);
+    pkt.wr::<[u8; 6]>(0, g.mac);
+    pkt.wr::<[u8; 6]>(ETH_SRC, cfg.gw_mac);
+    true
+}
+
+/// An ICMP error's quote of a packet that left as `addr`:`old_port`: its
+/// source becomes the guest's, with the quoted IP checksum, the quoted
+/// transport checksum where the quote holds it (as Linux's NAT does: it
+/// covers the source of UDP and TCP, and the port), and the ICMP checksum
+/// over all of it. The port itself is the caller's.
+#[inline(always)]
+fn rewrite_quote(pkt: &impl Pkt, proto: u8, addr: u32, old_port: u16, g: &Guest) -> bool {
+    const ICMP_SUM: usize = L4_OFF + ICMP_CHECK;
+    let Some(old_ipsum) = pkt.rd::<u16>(IN_IP + IP_CHECK) else {
+        return false;
+    };
+    let new_ipsum = csum_replace(old_ipsum, addr, g.addr, 4);
+    pkt.wr::<u32>(IN_IP + IP_SADDR, g.addr);
+    pkt.wr::<u16>(IN_IP + IP_CHECK, new_ipsum);
+    pkt.csum(ICMP_SUM, Sum::L4, addr, g.addr, 4);
+    pkt.csum(ICMP_SUM, Sum::L4, old_ipsum as u32, new_ipsum as u32, 2);
+    let l4sum_off = IN_L4 + l4_check(proto);
+    if let Some(old) = pkt.rd::<u16>(l4sum_off)
+        && !(proto == IPPROTO_UDP && old == 0)
+    {
+        let mut new = if proto == IPPROTO_UDP || proto == IPPROTO_TCP {
+            csum_replace(old, addr, g.addr, 4)
+        } else {
+            old
+        };
+        new = csum_replace(new, old_port as u32, g.port as u32, 2);
+        if proto == IPPROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        pkt.wr::<u16>(l4sum_off, new);
+        pkt.csum(ICMP_SUM, Sum::L4, old as u32, new as u32, 2);
+    }
+    count(|s| s.icmp_errors += 1);
+    true
+}

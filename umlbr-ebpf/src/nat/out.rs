@@ -1,0 +1,324 @@
+//! Guest → uplink: parse the guest's packet, decide its mapping and next
+//! hop, rewrite it as the uplink's.
+
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::bpf_fib_lookup as fib_lookup,
+    maps::lpm_trie::Key,
+};
+use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
+
+use super::{
+    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves, set_ip_addr, set_port, stats,
+    table::{
+        Flow, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find, mapping_new, store_hop,
+    },
+};
+use crate::{
+    csum::pseudo4,
+    hdr::*,
+    mem::{Hop, zero_words},
+    pkt::{Pkt, Sum, ld},
+};
+
+const AF_INET: u8 = 2;
+
+/// A guest packet to translate, as parsed.
+struct Outgoing {
+    flow: Flow,
+    /// Where the port (TCP, UDP) or echo identifier (ICMP) to replace sits.
+    port_off: usize,
+}
+
+/// How it leaves: its outside port, and whether the next hop's MAC is
+/// unknown (TC's redirect_neigh resolves it) or in the caller's Hop.
+struct Mapped {
+    port: u16,
+    neigh: bool,
+}
+
+/// Translate a guest packet addressed to the gateway's MAC, if it leaves
+/// through the masquerade uplink.
+#[inline(always)]
+pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig, guest_mac: [u8; 6]) -> Out {
+    let g = match parse(pkt, cfg, guest_mac) {
+        Ok(g) => g,
+        Err(verdict) => return verdict,
+    };
+    // The next hop's dst and src MAC. Left uninitialised: both ways of
+    // `decide` write it before it is read, and zeroing it costs a call to
+    // the BPF backend's byte-wise memset on every packet.
+    let mut hop = MaybeUninit::<Hop>::uninit();
+    let m = match decide(pkt, cfg, &g.flow, hop.as_mut_ptr()) {
+        Ok(m) => m,
+        Err(verdict) => return verdict,
+    };
+    if !rewrite(pkt, cfg, &g, &m, hop.as_ptr()) {
+        return Out::NotNat;
+    }
+    if P::XDP {
+        count(|s| s.out_xdp += 1);
+    } else {
+        count(|s| s.out_tc += 1);
+    }
+    if m.neigh {
+        Out::RedirectNeigh(cfg.nat_ifindex)
+    } else {
+        Out::Redirect(cfg.nat_ifindex)
+    }
+}
+
+/// The guest's flow, if the packet is one to translate here; else the
+/// verdict. One bounds check per shape, then plain loads (see
+/// `inbound::parse`).
+#[inline(always)]
+fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out> {
+    let (data, end) = pkt.bounds();
+    if data + L4_OFF + UDP_HLEN > end {
+        return Err(Out::NotNat);
+    }
+    // SAFETY: 42 bytes checked above.
+    let (ethtype, h) = unsafe { (ld::<u16>(data, ETH_TYPE), Ip4::at(data, IP_OFF)) };
+    // Inside the guest subnet or to the host itself: plain switching.
+    if ethtype != ETH_P_IP || !leaves(cfg, ne32(h.ip.dst_addr)) {
+        return Err(Out::NotNat);
+    }
+    // An uplink that takes no XDP frames (a veth): the TC program does all
+    // of it, so XDP spares its route and MTU lookups (measured: the NAT
+    // veth rows of bench/).
+    if P::XDP && cfg.flags & NAT_F_XDP_TX == 0 {
+        return Err(Out::ToTc);
+    }
+    // IP options, fragments and expiring TTLs are the kernel's business.
+    if !ip_plain(h.ip) {
+        count(|s| s.slow_path += 1);
+        return Err(Out::NotNat);
+    }
+    let mut f = Flow {
+        proto: h.ip.proto,
+        tcp_flags: 0,
+        sport: ne16(h.ports.src),
+        dport: ne16(h.ports.dst),
+        tot_len: u16::from_be_bytes(h.ip.tot_len),
+        saddr: ne32(h.ip.src_addr),
+        daddr: ne32(h.ip.dst_addr),
+        mac,
+    };
+    let (port_off, l4_hlen) = parse_l4(data, end, &h, &mut f)?;
+    // A CHECKSUM_PARTIAL packet (a vnet-header guest's offload) holds only
+    // the pseudo-header sum, which XDP cannot finish: TC's.
+    if P::XDP && partial(data, &f) {
+        return Err(Out::ToTc);
+    }
+    // A GSO packet leaves as segments of gso_size behind the same headers:
+    // those must fit, not the super-packet.
+    let gso = pkt.gso_size();
+    if gso != 0 {
+        f.tot_len = (IP_HLEN as u32 + l4_hlen + gso).min(f.tot_len as u32) as u16;
+    }
+    Ok(Outgoing { flow: f, port_off })
+}
+
+/// The transport part of `parse`: where the flow's port sits and the
+/// transport header's length; TCP's flags, ICMP's echo identifier into
+/// `f`. `data` has the 42 bytes of `h`, checked by the caller.
+#[inline(always)]
+fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u32), Out> {
+    if f.proto == IPPROTO_TCP {
+        if data + L4_OFF + TCP_HLEN > end {
+            return Err(Out::NotNat);
+        }
+        // SAFETY: checked just above.
+        let (doff, flags) = unsafe {
+            (
+                ld::<u8>(data, L4_OFF + TCP_DOFF),
+                ld::<u8>(data, L4_OFF + TCP_FLAGS),
+            )
+        };
+        f.tcp_flags = flags;
+        Ok((L4_OFF + L4_SPORT, ((doff >> 4) as u32) * 4))
+    } else if f.proto == IPPROTO_UDP {
+        Ok((L4_OFF + L4_SPORT, UDP_HLEN as u32))
+    } else if f.proto == IPPROTO_ICMP && h.icmp.type_ == ICMP_ECHO {
+        f.sport = h.echo_id();
+        f.dport = 0;
+        Ok((L4_OFF + ICMP_ECHO_ID, ICMP_HLEN as u32))
+    } else {
+        count(|s| s.slow_path += 1);
+        Err(Out::NotNat)
+    }
+}
+
+/// Whether the flow's TCP/UDP checksum field holds the bare pseudo-header
+/// sum, the mark of CHECKSUM_PARTIAL. Checked here, on headers already
+/// parsed, instead of by csum::looks_partial before the switch (measured:
+/// its own parse and call cost ~40 ns a packet). `data` has the transport
+/// header, checked by `parse_l4`.
+#[inline(always)]
+fn partial(data: usize, f: &Flow) -> bool {
+    if f.proto == IPPROTO_ICMP || (f.tot_len as usize) < IP_HLEN {
+        return false;
+    }
+    // SAFETY: the checksum field is within the bytes checked (42 for UDP,
+    // 54 for TCP).
+    let check = unsafe { ld::<u16>(data, L4_OFF + l4_check(f.proto)) };
+    let l4len = (f.tot_len as usize - IP_HLEN) as u32;
+    u16::from_be(check) == pseudo4(f.saddr, f.daddr, f.proto, l4len)
+}
+
+/// The flow's mapping and next hop (into `hop`), found or made; else the
+/// verdict (the kernel's path, or TC's).
+#[inline(always)]
+fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<Mapped, Out> {
+    if !fits_mtu(cfg, f) {
+        count(|s| s.slow_path += 1);
+        return Err(Out::NotNat);
+    }
+    // An established flow with a fresh cached next hop skips the route
+    // lookup, the costliest step (bench/: NAT rows).
+    let now = crate::fdb::now();
+    let found = mapping_find(cfg, f, now, hop);
+    if found.tag() == MAP_FOUND_HOP {
+        return Ok(Mapped {
+            port: found.val() as u16,
+            neigh: false,
+        });
+    }
+    let neigh = next_hop(pkt, cfg, f, hop)?;
+    if P::XDP && neigh {
+        return Err(Out::ToTc);
+    }
+    // An unresolved neighbour is not cached: TC's redirect_neigh resolves
+    // it, and the next packet looks again. A new mapping is stored with
+    // its hop (one insert, no second lookup); an existing one gets the
+    // fresh hop stored.
+    let hop: *const Hop = if neigh { core::ptr::null() } else { hop };
+    let m = if found.tag() == MAP_FOUND {
+        if !neigh {
+            store_hop(f, hop, now);
+        }
+        found
+    } else {
+        mapping_new(pkt.as_ptr(), cfg, f, hop, now)
+    };
+    match m.tag() {
+        MAP_FOUND => Ok(Mapped {
+            port: m.val() as u16,
+            neigh,
+        }),
+        MAP_NONE => {
+            no_port(cfg, f);
+            Err(Out::NotNat)
+        }
+        // MAP_REFUSED
+        _ => {
+            count(|s| s.slow_path += 1);
+            Err(Out::NotNat)
+        }
+    }
+}
+
+/// Whether the packet fits the uplink and its route's MTU; bigger ones
+/// take the kernel's path, which answers "fragmentation needed" (or
+/// fragments) as a router does.
+#[inline(always)]
+fn fits_mtu(cfg: &NatConfig, f: &Flow) -> bool {
+    let mut mtu = cfg.mtu;
+    if cfg.flags & NAT_F_ROUTE_MTU != 0
+        && let Some(m) = NAT_MTU.get(Key::new(32, f.daddr))
+    {
+        mtu = mtu.min(*m);
+    }
+    mtu == 0 || f.tot_len as u32 <= mtu
+}
+
+/// Route the flow: whether its next hop's MAC is still unresolved (else
+/// it is in `hop`); `Err` when it does not leave through the uplink (or
+/// needs fragmenting): the kernel's.
+#[inline(always)]
+fn next_hop(pkt: &impl Pkt, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<bool, Out> {
+    let r = route(pkt.as_ptr(), cfg, f, hop);
+    let via_uplink = r.val() as u32 == cfg.nat_ifindex;
+    match r.tag() as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS if via_uplink => Ok(false),
+        BPF_FIB_LKUP_RET_NO_NEIGH if via_uplink => Ok(true),
+        _ => {
+            count(|s| s.slow_path += 1);
+            Err(Out::NotNat)
+        }
+    }
+}
+
+/// No free port: the kernel's path. One line at the 1st, 2nd, 4th, 8th...
+/// failure on this CPU: visible in `umlbr log`, without flooding the log
+/// ring. (Called from here, not from mapping_new, to keep the call chain's
+/// stack within 512 bytes.)
+#[inline(always)]
+fn no_port(cfg: &NatConfig, f: &Flow) {
+    count(|s| s.slow_path += 1);
+    if let Some(st) = stats()
+        && st.alloc_fail != 0
+        && st.alloc_fail & (st.alloc_fail - 1) == 0
+    {
+        log_no_port(cfg, f, st.alloc_fail);
+    }
+}
+
+/// Rewrite the packet as the mapping's: source address and port with
+/// their checksums, the TTL, and the next hop's MACs when known. Each
+/// write re-derives its pointer: TC's checksum helpers move the packet.
+#[inline(always)]
+fn rewrite(pkt: &impl Pkt, cfg: &NatConfig, g: &Outgoing, m: &Mapped, hop: *const Hop) -> bool {
+    let f = &g.flow;
+    let Some(ttl_word) = pkt.rd::<u16>(IP_OFF + IP_TTL) else {
+        return false;
+    };
+    let csum_off = L4_OFF + l4_check(f.proto);
+    set_ip_addr(pkt, IP_OFF + IP_SADDR, f.saddr, cfg.nat_addr);
+    if f.proto != IPPROTO_ICMP {
+        pkt.csum(csum_off, Sum::of(f.proto, true), f.saddr, cfg.nat_addr, 4);
+    }
+    set_port(pkt, g.port_off, csum_off, f.proto, f.sport, m.port);
+    dec_ttl(pkt, ttl_word);
+    if !m.neigh {
+        // SAFETY: written by mapping_find (MAP_FOUND_HOP) or route.
+        pkt.wr::<Hop>(0, unsafe { *hop });
+    }
+    true
+}
+
+/// Route lookup for a guest flow entering the host through the bridge's
+/// interface: the lookup's result as the tag (u16::MAX on a helper error)
+/// and the output ifindex; `macs` gets dst and src MACs.
+#[inline(never)]
+fn route(ctx: *mut c_void, cfg: &NatConfig, f: &Flow, macs: *mut Hop) -> Packed {
+    let mut fib = MaybeUninit::<bpf_fib_lookup>::uninit();
+    let p = fib.as_mut_ptr();
+    // SAFETY: `p` is our own stack slot: zeroed word by word, then the
+    // fields that are not zero set; the helper gets it whole.
+    let ret = unsafe {
+        zero_words(p);
+        (*p).family = AF_INET;
+        (*p).l4_protocol = f.proto;
+        (*p).sport = if f.proto == IPPROTO_ICMP { 0 } else { f.sport };
+        (*p).dport = f.dport;
+        (*p).__bindgen_anon_1.tot_len = f.tot_len;
+        (*p).ifindex = cfg.host_ifindex;
+        (*p).__bindgen_anon_3.ipv6_src[0] = f.saddr;
+        (*p).__bindgen_anon_4.ipv6_dst[0] = f.daddr;
+        fib_lookup(ctx, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    // SAFETY: the caller's Hop, written whatever the result.
+    unsafe {
+        let m = macs.cast::<[u8; 6]>();
+        m.write((*p).dmac);
+        m.add(1).write((*p).smac);
+    }
+    if ret < 0 {
+        return Packed::pack(u16::MAX, 0);
+    }
+    // SAFETY: initialised above, and the helper only writes it.
+    Packed::pack(ret as u16, unsafe { (*p).ifindex } as u64)
+}
