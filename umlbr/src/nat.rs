@@ -8,9 +8,10 @@ use std::{
 use aya::programs::ProgramInfo;
 use serde::Serialize;
 use umlbr_common::{
-    NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED,
-    NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS,
-    NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS, NatConfig, NatKey, NatStats, names,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS,
+    NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
+    NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
+    NatConfig, NatKey, NatStats, names, nat_tcp_closed,
 };
 
 use crate::{
@@ -388,16 +389,16 @@ pub struct NatRow {
 
 fn proto_name(p: u8) -> &'static str {
     match p {
-        6 => "tcp",
-        17 => "udp",
-        1 => "icmp",
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
         _ => "other",
     }
 }
 
 /// Human name of a mapping's state.
 pub fn state_name(proto: u8, s: u16) -> String {
-    if proto != 6 {
+    if proto != IPPROTO_TCP {
         return if s & NAT_S_REPLIED != 0 {
             "replied"
         } else {
@@ -405,10 +406,12 @@ pub fn state_name(proto: u8, s: u16) -> String {
         }
         .into();
     }
-    if s & NAT_S_RST != 0 {
-        "reset"
-    } else if s & (NAT_S_FIN_OUT | NAT_S_FIN_IN) == NAT_S_FIN_OUT | NAT_S_FIN_IN {
-        "closed"
+    if nat_tcp_closed(s) {
+        if s & NAT_S_RST != 0 {
+            "reset"
+        } else {
+            "closed"
+        }
     } else if s & (NAT_S_FIN_OUT | NAT_S_FIN_IN) != 0 {
         "closing"
     } else if s & NAT_S_REPLIED != 0 {
@@ -423,7 +426,7 @@ pub fn state_name(proto: u8, s: u16) -> String {
 
 fn sock(addr_be: u32, port_be: u16, proto: u8) -> String {
     let a = Ipv4Addr::from(u32::from_be(addr_be));
-    if proto == 1 {
+    if proto == IPPROTO_ICMP {
         format!("{a} id {}", u16::from_be(port_be))
     } else {
         format!("{a}:{}", u16::from_be(port_be))
@@ -440,15 +443,7 @@ pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
         let idle = now.saturating_sub(v.last_seen_ns);
         let timeout = cfg.timeout_ns(k.proto, v.state);
         if idle > timeout {
-            let out = NatKey {
-                proto: k.proto,
-                _pad: 0,
-                _pad2: 0,
-                local_addr: v.addr,
-                remote_addr: k.remote_addr,
-                local_port: v.port,
-                remote_port: k.remote_port,
-            };
+            let out = NatKey::new(k.proto, v.addr, v.port, k.remote_addr, k.remote_port);
             let _ = br.maps.nat_out.remove(&out);
             let _ = br.maps.nat_in.remove(&k);
             continue;
