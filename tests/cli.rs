@@ -20,7 +20,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use umlbr_tests::{netns::Netns, umlbr_bin};
+use umlbr_tests::{
+    netns::{Netns, ifindex},
+    umlbr_bin,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -31,24 +34,6 @@ fn netns(tag: &str) -> Result<Netns> {
     let ns = Netns::new(tag)?;
     ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
     Ok(ns)
-}
-
-/// Run `f` on a thread inside `ns` (network namespaces are per thread).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns(2) on a valid fd; affects only this thread,
-            // which ends right after.
-            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
 }
 
 /// What a failed command must leave as it was.
@@ -94,7 +79,7 @@ fn state(ns: &Netns) -> Result<State> {
         idx.push(l["ifindex"].as_u64().unwrap_or(0) as u32);
         v.push((name, kind, ids, Vec::new()));
     }
-    let tcx = in_netns(ns, || {
+    let tcx = ns.run_in(|| {
         Ok(idx
             .iter()
             .map(|&i| {
@@ -747,11 +732,8 @@ fn bpf(cmd: u32, attr: &mut [u64; 18]) -> std::io::Result<OwnedFd> {
 /// Load `r0 = XDP_PASS; exit` as an XDP program called "foreign" and link
 /// it to `ifname` in `ns`. The attachment lasts as long as the fds.
 fn foreign_xdp(ns: &Netns, ifname: &str) -> Result<(OwnedFd, OwnedFd)> {
-    let ifname = std::ffi::CString::new(ifname)?;
-    in_netns(ns, move || {
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        ensure!(ifindex != 0, "no interface {ifname:?}");
+    ns.run_in(move || {
+        let ifindex = ifindex(ifname)?;
         // mov64 r0, 2 (XDP_PASS); exit
         let insns: [u64; 2] = [
             u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),

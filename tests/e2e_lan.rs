@@ -88,7 +88,7 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -466,24 +466,6 @@ fn netns(tag: &str) -> Result<Netns> {
     Ok(ns)
 }
 
-/// Run `f` on a thread inside `ns` (network namespaces are per thread).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns(2) on a valid fd; affects only this thread,
-            // which ends right after.
-            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
-}
-
 /// What is hooked on an interface: XDP program ids (from `ip -d link`),
 /// tcx ingress and egress program ids.
 #[derive(Debug, Default, PartialEq)]
@@ -504,7 +486,7 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let mut xdp = Vec::new();
     collect_ids(&v["xdp"], &mut xdp);
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
-    let (tcx_in, tcx_out) = in_netns(ns, || {
+    let (tcx_in, tcx_out) = ns.run_in(|| {
         Ok((
             umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default(),
             umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_EGRESS).unwrap_or_default(),

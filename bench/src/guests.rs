@@ -21,7 +21,6 @@ use umlbr_tests::uml::{Guest, GuestSpec, Transport};
 use crate::{
     Cfg, Progress, check_interrupted,
     report::{Check, Goal, Results, RowDef},
-    tap,
     topo::{self, Contender, Topo, Uplink},
     traffic,
 };
@@ -784,7 +783,7 @@ impl ConnServer {
         let (st, sv, ns) = (stop.clone(), served.clone(), netns.to_string());
         let thread = std::thread::spawn(move || -> Result<()> {
             let ls = (|| -> Result<Vec<TcpListener>> {
-                tap::enter_netns(&ns)?;
+                umlbr_tests::netns::enter(&ns)?;
                 (port..port + nports)
                     .map(|p| {
                         let l = TcpListener::bind(SocketAddrV4::new(ip, p))

@@ -2,7 +2,6 @@
 //! opened with IFF_TAP|IFF_NO_PI (optionally IFF_VNET_HDR), one frame per
 //! read() or write(); and the test frames it sends.
 use std::{
-    fs::File,
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -88,13 +87,7 @@ impl Tap {
     /// interface, read() returns one that came in (IPv4 only, and not our
     /// own outgoing ones). For the "LAN" end of a veth.
     pub fn packet(iface: &str) -> Result<Tap> {
-        let c = std::ffi::CString::new(iface)?;
-        // SAFETY: if_nametoindex on a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("no interface {iface}"));
-        }
+        let ifindex = umlbr_tests::netns::ifindex(iface)?;
         let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: socket(2).
         let fd = unsafe {
@@ -201,17 +194,6 @@ const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
 pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;
 pub const TUN_F_TSO6: u32 = 0x04;
-
-/// Enter the network namespace `name` (this thread only).
-pub fn enter_netns(name: &str) -> Result<()> {
-    let path = format!("/run/netns/{name}");
-    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns(2) on a namespace file; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("setns {name}"));
-    }
-    Ok(())
-}
 
 /// A generator's MAC: 02:b0:00:00:HI:LO.
 pub fn gen_mac(i: usize) -> Mac {

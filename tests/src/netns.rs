@@ -1,7 +1,11 @@
 //! Network namespaces owned by a test: created with a unique name, and
 //! deleted (with every process still running in them) on drop, also when
-//! the test panics.
+//! the test panics. Also the one place that enters a namespace (`enter`,
+//! `InNetns`, `Netns::run_in`), looks up an ifindex, and finds and deletes
+//! the namespaces a crashed run left (`stale`, `delete`): tests, the bench
+//! and xtask all use these.
 use std::{
+    path::Path,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -9,6 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Prefix of the namespaces `Netns::new` makes: `umlbrt-<tag>-<pid>-<n>`.
+pub const PREFIX: &str = "umlbrt-";
 
 pub struct Netns {
     pub name: String,
@@ -18,7 +25,7 @@ impl Netns {
     /// A new namespace `umlbrt-<tag>-<pid>-<n>` with `lo` up.
     pub fn new(tag: &str) -> Result<Self> {
         let name = format!(
-            "umlbrt-{tag}-{}-{}",
+            "{PREFIX}{tag}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
@@ -89,29 +96,21 @@ impl Netns {
 
     /// Pids of processes running in the namespace.
     pub fn pids(&self) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        pids(&self.name)
+    }
+
+    /// Run `f` on a thread inside the namespace (network namespaces are
+    /// per thread; the thread ends with `f`).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        run_in(&self.name, f)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         for _ in 0..50 {
-            let pids = self.pids();
-            if pids.is_empty() {
+            if kill_all(&self.name).is_empty() {
                 break;
-            }
-            for p in pids {
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(p, libc::SIGKILL) };
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -119,6 +118,31 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Move this thread into the namespace `name` (namespaces are per
+/// thread), for good: a thread that must come back holds an `InNetns`.
+pub fn enter(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let target = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: plain setns(2) on a valid fd; it affects only this thread.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Run `f` on a scoped thread inside the namespace `name`.
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(name)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    })
 }
 
 /// This thread in another network namespace until dropped (namespaces
@@ -130,16 +154,10 @@ pub struct InNetns {
 
 impl InNetns {
     pub fn enter(ns: &Netns) -> Result<Self> {
-        use std::os::fd::AsRawFd;
         let orig: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
             .context("opening this thread's netns")?
             .into();
-        let target = std::fs::File::open(format!("/run/netns/{}", ns.name))
-            .with_context(|| format!("opening netns {}", ns.name))?;
-        // SAFETY: plain setns(2) on valid fds; it affects only this thread.
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}: {}", ns.name, std::io::Error::last_os_error());
-        }
+        enter(&ns.name)?;
         Ok(InNetns { orig })
     }
 }
@@ -147,9 +165,88 @@ impl InNetns {
 impl Drop for InNetns {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
-        // SAFETY: as above.
+        // SAFETY: plain setns(2) back to the namespace the thread came from.
         unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
     }
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces left behind: `cargo xtask clean-netns`, `cargo xtask test`
+// and the bench delete them.
+
+/// Names of the network namespaces `ip netns` knows.
+pub fn list() -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pids of the processes running in namespace `name`.
+pub fn pids(name: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL every process in namespace `name`; the pids it signalled.
+pub fn kill_all(name: &str) -> Vec<i32> {
+    pids(name)
+        .into_iter()
+        // SAFETY: plain kill(2) with a pid read from the kernel.
+        .filter(|&p| unsafe { libc::kill(p, libc::SIGKILL) } == 0)
+        .collect()
+}
+
+/// Kill every process in namespace `name`, then delete it: the pids
+/// killed, and whether `ip netns del` succeeded.
+pub fn delete(name: &str) -> (Vec<i32>, bool) {
+    let killed = kill_all(name);
+    let ok = Command::new("ip")
+        .args(["netns", "del", name])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (killed, ok)
+}
+
+/// The pid in `umlbrt-<tag>-<pid>-<n>` (the tag may contain dashes).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let mut it = rest.rsplit('-');
+    it.next()?.parse::<u32>().ok()?;
+    let pid = it.next()?.parse().ok()?;
+    it.next()?; // the tag
+    Some(pid)
+}
+
+/// Whether process `pid` runs.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Namespaces `umlbrt-<tag>-<pid>-<n>` whose process is gone.
+pub fn stale() -> Vec<String> {
+    list()
+        .into_iter()
+        .filter(|n| owner_pid(n).is_some_and(|p| !alive(p)))
+        .collect()
 }
 
 /// A non-blocking tap (IFF_TAP | IFF_NO_PI) in the current thread's
@@ -181,6 +278,25 @@ pub fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: valid C string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    anyhow::ensure!(i != 0, "no interface {name}");
+    anyhow::ensure!(
+        i != 0,
+        "no interface {name}: {}",
+        std::io::Error::last_os_error()
+    );
     Ok(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn owner_pids() {
+        assert_eq!(owner_pid("umlbrt-fdb-1234-0"), Some(1234));
+        assert_eq!(owner_pid("umlbrt-two-words-99-12"), Some(99));
+        assert_eq!(owner_pid("umlbrt-bench-77-3"), Some(77));
+        assert_eq!(owner_pid("umlbrt-1234-0"), None);
+        assert_eq!(owner_pid("host"), None);
+        assert_eq!(owner_pid("umlbrt-x-y-0"), None);
+    }
 }
