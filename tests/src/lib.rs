@@ -1,5 +1,7 @@
 //! Test support for umlbr: network namespaces that clean up after
-//! themselves, UML guests, and frame builders.
+//! themselves, UML guests, frame builders, and the harness of the
+//! BPF_PROG_TEST_RUN tables.
+pub mod bpf;
 pub mod netns;
 pub mod uml;
 pub mod wire;

@@ -1,0 +1,592 @@
+//! The harness of the BPF_PROG_TEST_RUN tables (prog_switch, prog_uplink,
+//! prog_nat): a namespace with taps that this thread enters, the loaded
+//! object and its maps, running a program on a frame, reading what the
+//! taps (and an AF_PACKET sniffer) transmit, and running a table of cases.
+//!
+//! It knows nothing of the umlbr library: the tests load the object
+//! (`umlbr::bridge::load_object`) and hand it over.
+use std::{
+    fs::File,
+    io::{ErrorKind, Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+    },
+};
+use umlbr_common::{Config, FdbEntry, FdbKey, PortStats, names};
+
+use crate::{
+    netns::{InNetns, Netns, ifindex, open_tap},
+    wire::Mac,
+};
+
+// ---------------------------------------------------------------------------
+// Kernel constants and context layouts (include/uapi/linux/bpf.h).
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const SEC: u64 = 1_000_000_000;
+/// The FDB aging time the tables configure.
+pub const AGING_NS: u64 = 60 * SEC;
+
+/// struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex.
+pub fn xdp_md(data: u32, data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
+    let mut c = [0u8; 24];
+    c[0..4].copy_from_slice(&data.to_ne_bytes());
+    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
+    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c
+}
+
+/// struct __sk_buff (192 bytes) with mark (offset 8), ingress_ifindex
+/// (36) and ifindex (40) set; the test run rejects most other fields.
+pub fn sk_buff(mark: u32, ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
+    let mut c = [0u8; 192];
+    c[8..12].copy_from_slice(&mark.to_ne_bytes());
+    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+/// A failed test run's errno; shows as "test run failed: <error>".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = std::io::Error::from_raw_os_error(self.0);
+        write!(f, "test run failed: {e}")
+    }
+}
+
+impl std::error::Error for Errno {}
+
+fn errno(e: ProgramError) -> Errno {
+    match e {
+        ProgramError::SyscallError(s) => Errno(s.io_error.raw_os_error().unwrap_or(-1)),
+        e => panic!("test run failed: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The context: namespace, taps, object.
+
+/// Field order is drop order: programs and links go first, then the taps
+/// and the sniffer, then the thread leaves the namespace, which is then
+/// deleted.
+pub struct Ctx {
+    pub ebpf: Ebpf,
+    pub taps: Taps,
+    pub sniffer: Option<Sniffer>,
+    pub nr_cpus: usize,
+    _in: InNetns,
+    pub ns: Netns,
+}
+
+impl Ctx {
+    /// Move this thread into `ns` (made and prepared by the caller), open
+    /// the taps `names` there, run `setup` (sh) in it, and load the
+    /// object with `load`.
+    pub fn new(
+        ns: Netns,
+        names: &[&'static str],
+        setup: &str,
+        load: impl FnOnce() -> Result<Ebpf>,
+    ) -> Result<Self> {
+        let inside = InNetns::enter(&ns)?;
+        let taps = Taps::open(names)?;
+        ns.sh(setup)?;
+        let ebpf = load()?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        Ok(Ctx {
+            ebpf,
+            taps,
+            sniffer: None,
+            nr_cpus,
+            _in: inside,
+            ns,
+        })
+    }
+
+    /// The map `name` as a `T` (`HashMap<&mut MapData, K, V>`, ...).
+    pub fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("no map {name}"))?;
+        Ok(T::try_from(m)?)
+    }
+
+    /// Put `ifindexes` in the devmap (and take `out` out of it), and make
+    /// `ifindexes` the flood list.
+    pub fn set_ports(&mut self, ifindexes: &[u32], out: Option<u32>) -> Result<()> {
+        {
+            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+            for &i in ifindexes {
+                if Some(i) == out {
+                    let _ = devmap.remove(i);
+                } else {
+                    devmap.insert(i, i, None, 0)?;
+                }
+            }
+        }
+        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
+        for (n, &i) in ifindexes.iter().enumerate() {
+            list.set(n as u32, i, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn devmap_remove(&mut self, ifindex: u32) -> Result<()> {
+        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+        devmap.remove(ifindex)?;
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
+        config.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn config(&mut self) -> Result<Config> {
+        let config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
+        Ok(config.get(&0, 0)?)
+    }
+
+    /// Set element 0 of the array `name`.
+    pub fn set_array<V: Pod>(&mut self, name: &str, v: V) -> Result<()> {
+        let mut a: Array<&mut MapData, V> = self.map(name)?;
+        a.set(0, v, 0)?;
+        Ok(())
+    }
+
+    /// Remove every entry of the hash map `name`.
+    pub fn clear<K: Pod, V: Pod>(&mut self, name: &str) -> Result<()> {
+        let mut m: HashMap<&mut MapData, K, V> = self.map(name)?;
+        let keys: Vec<K> = m.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            m.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of the hash map `name`.
+    pub fn entries<K: Pod, V: Pod>(&mut self, name: &str) -> Result<Vec<(K, V)>> {
+        let m: HashMap<&mut MapData, K, V> = self.map(name)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert<K: Pod, V: Pod>(&mut self, name: &str, k: K, v: V) -> Result<()> {
+        let mut m: HashMap<&mut MapData, K, V> = self.map(name)?;
+        m.insert(k, v, 0)?;
+        Ok(())
+    }
+
+    pub fn fdb_insert(
+        &mut self,
+        mac: Mac,
+        ifindex: u32,
+        flags: u32,
+        updated_ns: u64,
+    ) -> Result<()> {
+        let e = FdbEntry {
+            ifindex,
+            flags,
+            updated_ns,
+        };
+        self.insert(names::FDB, FdbKey::new(mac), e)
+    }
+
+    /// The FDB, sorted by MAC.
+    pub fn fdb(&mut self) -> Result<Vec<(Mac, FdbEntry)>> {
+        let mut v: Vec<(Mac, FdbEntry)> = self
+            .entries::<FdbKey, FdbEntry>(names::FDB)?
+            .into_iter()
+            .map(|(k, e)| (k.mac, e))
+            .collect();
+        v.sort_by_key(|(m, _)| *m);
+        Ok(v)
+    }
+
+    /// Port `ifindex`'s counters: `s` on every CPU.
+    pub fn set_port_stats(&mut self, ifindex: u32, s: PortStats) -> Result<()> {
+        let n = self.nr_cpus;
+        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        stats.insert(ifindex, PerCpuValues::try_from(vec![s; n])?, 0)?;
+        Ok(())
+    }
+
+    /// The counters of each port in `ifindexes`, summed over the CPUs
+    /// (kind and flags as CPU 0 has them).
+    pub fn port_stats(&mut self, ifindexes: &[u32]) -> Result<Vec<PortStats>> {
+        let stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        let mut out = Vec::new();
+        for i in ifindexes {
+            let mut t = PortStats::default();
+            for (n, s) in stats.get(i, 0)?.iter().enumerate() {
+                if n == 0 {
+                    (t.kind, t.flags) = (s.kind, s.flags);
+                }
+                t.rx_packets += s.rx_packets;
+                t.rx_bytes += s.rx_bytes;
+                t.forwarded += s.forwarded;
+                t.flooded += s.flooded;
+                t.dropped += s.dropped;
+                t.learned += s.learned;
+                t.moved += s.moved;
+                t.xdp_native += s.xdp_native;
+                t.xdp_generic += s.xdp_generic;
+                t.tc += s.tc;
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    pub fn xdp(&self) -> &Xdp {
+        self.ebpf
+            .program(names::XDP_PROG)
+            .expect("umlbr_xdp")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    pub fn classifier(&self, name: &str) -> &SchedClassifier {
+        self.ebpf
+            .program(name)
+            .expect("a program")
+            .try_into()
+            .expect("a TC program")
+    }
+
+    /// Run umlbr_xdp on `meta` bytes of metadata followed by `frame`.
+    /// Returns the action and the output (metadata and frame).
+    pub fn run_xdp(
+        &self,
+        ingress: u32,
+        meta: usize,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), Errno> {
+        let mut data = vec![0xa5u8; meta];
+        data.extend_from_slice(frame);
+        let ctx = xdp_md(meta as u32, data.len() as u32, ingress);
+        let mut out = vec![0u8; data.len() + 512];
+        let r = self
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
+    pub fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<(), Errno> {
+        let ctx = xdp_md(0, frame.len() as u32, ingress);
+        self.xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                attrs: TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    /// Run the TC program `prog` on `frame` with the skb's mark, ingress
+    /// device (0 on egress) and device: (action, output, mark afterwards).
+    pub fn run_tc(
+        &self,
+        prog: &str,
+        mark: u32,
+        ingress: u32,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, u32), Errno> {
+        let ctx = sk_buff(mark, ingress, ifindex);
+        let mut ctx_out = [0u8; 192];
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = self
+            .classifier(prog)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
+                ..Default::default()
+            })
+            .map_err(errno)?;
+        out.truncate(r.data_size_out as usize);
+        let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+        Ok((r.return_value, out, mark))
+    }
+
+    /// Attach the TC program `prog` to `devs` at `at`.
+    pub fn attach_tc(&mut self, prog: &str, devs: &[&str], at: TcAttachType) -> Result<()> {
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("no program {prog}"))?
+            .try_into()?;
+        for d in devs {
+            p.attach(d, at)
+                .with_context(|| format!("attaching {prog} to {d}"))?;
+        }
+        Ok(())
+    }
+
+    /// Drop whatever the taps and the sniffer hold.
+    pub fn quiet(&mut self) {
+        self.taps.drain();
+        if let Some(s) = &self.sniffer {
+            let _ = s.incoming();
+        }
+    }
+
+    /// What each tap transmitted (and, after them, what entered the
+    /// sniffer's device): waits until column i has `want[i]` frames for
+    /// which `counts` holds (up to `wait`), then 20 ms more for extras.
+    pub fn collect(
+        &mut self,
+        want: &[usize],
+        wait: Duration,
+        counts: impl Fn(&[u8]) -> bool,
+    ) -> Vec<Vec<Vec<u8>>> {
+        let cols = self.taps.files.len() + usize::from(self.sniffer.is_some());
+        let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); cols];
+        let deadline = Instant::now() + wait;
+        let mut grace: Option<Instant> = None;
+        loop {
+            let mut any = self.taps.read_into(&mut got);
+            if let Some(s) = &self.sniffer {
+                let frames = s.incoming();
+                any |= !frames.is_empty();
+                got[cols - 1].extend(frames);
+            }
+            let now = Instant::now();
+            let done = got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| g.iter().filter(|f| counts(f)).count() >= *w);
+            if done && grace.is_none() {
+                grace = Some(now + Duration::from_millis(20));
+            }
+            if grace.is_some_and(|g| now >= g) || now >= deadline {
+                return got;
+            }
+            if !any {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Taps and the sniffer.
+
+/// Non-blocking taps, their fds held: what the kernel transmits on one
+/// can be read back from it.
+pub struct Taps {
+    pub names: Vec<&'static str>,
+    pub ifindex: Vec<u32>,
+    pub files: Vec<File>,
+}
+
+impl Taps {
+    /// Open taps `names` in this thread's namespace.
+    pub fn open(names: &[&'static str]) -> Result<Self> {
+        let mut t = Taps {
+            names: names.to_vec(),
+            ifindex: Vec::new(),
+            files: Vec::new(),
+        };
+        for name in names {
+            t.files.push(open_tap(name)?);
+            t.ifindex.push(ifindex(name)?);
+        }
+        Ok(t)
+    }
+
+    /// Write `frame` into tap `i`, as a guest would.
+    pub fn write(&mut self, i: usize, frame: &[u8]) -> Result<()> {
+        let name = self.names[i];
+        self.files[i]
+            .write_all(frame)
+            .with_context(|| format!("writing into {name}"))
+    }
+
+    /// Read and discard everything queued on every tap.
+    pub fn drain(&mut self) {
+        let mut buf = vec![0u8; 65536];
+        for f in &mut self.files {
+            while f.read(&mut buf).is_ok() {}
+        }
+    }
+
+    /// Append what each tap has queued to `got[i]`; whether any had.
+    fn read_into(&mut self, got: &mut [Vec<Vec<u8>>]) -> bool {
+        let mut buf = vec![0u8; 65536];
+        let mut any = false;
+        for (i, f) in self.files.iter_mut().enumerate() {
+            loop {
+                match f.read(&mut buf) {
+                    Ok(n) => {
+                        any = true;
+                        got[i].push(buf[..n].to_vec());
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("reading {}: {e}", self.names[i]),
+                }
+            }
+        }
+        any
+    }
+}
+
+/// An AF_PACKET socket on one device that reports the frames entering
+/// its stack (not the ones it sends).
+pub struct Sniffer(OwnedFd);
+
+impl Sniffer {
+    pub fn new(ifindex: u32) -> Result<Self> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto as i32,
+            )
+        };
+        ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero sockaddr_ll is valid.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_protocol = proto;
+        sa.sll_ifindex = ifindex as i32;
+        // SAFETY: valid fd and address.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        ensure!(
+            r == 0,
+            "binding AF_PACKET: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(Sniffer(fd))
+    }
+
+    /// Frames received so far (not PACKET_OUTGOING).
+    pub fn incoming(&self) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: all-zero sockaddr_ll is valid.
+            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: valid buffers.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                    &mut sa as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                return v;
+            }
+            if sa.sll_pkttype != libc::PACKET_OUTGOING {
+                v.push(buf[..n as usize].to_vec());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+
+/// The mismatches one case found.
+#[derive(Default)]
+pub struct Errs(Vec<String>);
+
+impl Errs {
+    pub fn push(&mut self, e: impl Into<String>) {
+        self.0.push(e.into());
+    }
+
+    /// Ok if nothing was pushed, else every mismatch.
+    pub fn done(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", self.0.join("\n    "))
+        }
+    }
+}
+
+/// Run `check` on every case that has an expectation for `prog` (`check`
+/// returns None for the others) and report every failure, with the
+/// number of cases run.
+pub fn run_table<C>(
+    prog: &str,
+    cases: &[C],
+    name: impl Fn(&C) -> &str,
+    mut check: impl FnMut(&C) -> Option<Result<()>>,
+) -> Result<()> {
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for c in cases {
+        let Some(r) = check(c) else {
+            continue;
+        };
+        ran += 1;
+        if let Err(e) = r {
+            failed.push(format!("  [{prog}] {}:\n    {e:#}", name(c)));
+        }
+    }
+    eprintln!("{prog}: {ran} cases, {} passed", ran - failed.len());
+    if !failed.is_empty() {
+        bail!(
+            "{} of {ran} {prog} cases failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}

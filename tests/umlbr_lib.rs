@@ -1,0 +1,15 @@
+//! Every item of the umlbr library the tests use, in one place (each test
+//! file has `mod umlbr_lib;`): when the library renames or moves one, this
+//! is the only file to change.
+#![allow(dead_code, unused_imports)]
+
+pub use umlbr::{
+    nat::state_name,
+    sys::{BPF_TCX_EGRESS, BPF_TCX_INGRESS, monotonic_coarse_ns, tcx_query},
+};
+
+/// umlbr's BPF object, loaded as `umlbr up` loads it.
+pub fn load_object() -> anyhow::Result<aya::Ebpf> {
+    use anyhow::Context;
+    umlbr::bridge::load_object().context("load_object")
+}
