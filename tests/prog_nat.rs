@@ -31,19 +31,14 @@
 //! Needs root.
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
-    Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
-    },
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::TcAttachType,
 };
 use umlbr_common::{
     Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
@@ -52,42 +47,19 @@ use umlbr_common::{
     NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
-    netns::Netns,
-    netns::{InNetns, ifindex, open_tap},
+    bpf::{
+        AGING_NS, Ctx, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT,
+        run_table,
+    },
+    netns::{Netns, ifindex},
     wire::{
         Frame, Mac, TcpHeader, fix_checksums, fmt_mac, icmp_type, ipproto, tcp_flags,
         verify_checksums,
     },
 };
 
-// ---------------------------------------------------------------------------
-// Kernel constants and context layouts (include/uapi/linux/bpf.h).
-
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-fn xdp_md(data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
-    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c
-}
-
-/// struct __sk_buff (192 bytes) with ingress_ifindex (offset 36) and
-/// ifindex (offset 40) set.
-fn sk_buff(ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
-    let mut c = [0u8; 192];
-    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
-}
-
-const SEC: u64 = 1_000_000_000;
-const AGING_NS: u64 = 60 * SEC;
+mod umlbr_lib;
+use umlbr_lib::monotonic_coarse_ns as now_coarse;
 
 // ---------------------------------------------------------------------------
 // Addresses.
@@ -159,10 +131,6 @@ fn hop_bytes(dmac: Mac) -> [u8; 12] {
 // ---------------------------------------------------------------------------
 // The test bench.
 
-fn now_coarse() -> u64 {
-    umlbr::sys::monotonic_coarse_ns()
-}
-
 /// A device of the bench.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dev {
@@ -185,15 +153,9 @@ fn tap_of(d: Dev) -> usize {
     }
 }
 
-/// Field order is drop order: programs and links go first, then the taps
-/// and sockets, then the thread leaves the namespace, which is deleted.
 struct Bench {
-    ebpf: Ebpf,
-    taps: Vec<(u32, File)>,
+    ctx: Ctx,
     br0: u32,
-    nr_cpus: usize,
-    _in: InNetns,
-    _ns: Netns,
 }
 
 /// The default masquerade settings of the bench.
@@ -230,13 +192,7 @@ impl Bench {
              && ip link set d1p up && ip link set d1 up",
             gw = fmt_mac(&GW_MAC)
         ))?;
-        let inside = InNetns::enter(&ns)?;
-        let mut taps = Vec::new();
-        for name in TAP_NAMES {
-            let f = open_tap(name)?;
-            taps.push((ifindex(name)?, f));
-        }
-        ns.sh(&format!(
+        let setup = format!(
             "ip link set up0 address {up} mtu 9000 && ip link set up0 up \
              && ip addr add 192.168.1.200/24 dev up0 \
              && ip neigh replace 192.168.1.1 lladdr {nh} dev up0 nud permanent \
@@ -251,35 +207,16 @@ impl Bench {
             up = fmt_mac(&UP_MAC),
             nh = fmt_mac(&NH_MAC),
             lan = fmt_mac(&LAN_MAC),
-        ))?;
+        );
+        let ctx = Ctx::new(ns, &TAP_NAMES, &setup, umlbr_lib::load_object)?;
         let br0 = ifindex("br0")?;
-        let ebpf = umlbr::bridge::load_object().context("load_object")?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut b = Bench {
-            ebpf,
-            taps,
-            br0,
-            nr_cpus,
-            _in: inside,
-            _ns: ns,
-        };
+        let mut b = Bench { ctx, br0 };
         b.reset(&|_| {})?;
         Ok(b)
     }
 
-    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("no map {name}"))?;
-        Ok(T::try_from(m)?)
-    }
-
     fn ifindex(&self, d: Dev) -> u32 {
-        self.taps[tap_of(d)].0
+        self.ctx.taps.ifindex[tap_of(d)]
     }
 
     fn nat_cfg(&self) -> NatConfig {
@@ -292,100 +229,52 @@ impl Bench {
     /// the gateway's MAC on the host port; empty NAT tables, zero counters;
     /// `tweak` applied to the NAT settings. Taps drained.
     fn reset(&mut self, tweak: &dyn Fn(&mut NatConfig)) -> Result<()> {
-        let ports: Vec<u32> = (0..4).map(|i| self.taps[i].0).collect();
+        let ports: Vec<u32> = self.ctx.taps.ifindex[..4].to_vec();
         let host = self.ifindex(Dev::Host);
         let up = self.ifindex(Dev::Up);
         let mut cfg = self.nat_cfg();
         tweak(&mut cfg);
-        {
-            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
-            for &i in &ports {
-                devmap.insert(i, i, None, 0)?;
-            }
-            if cfg.flags & NAT_F_XDP_TX != 0 {
-                devmap.insert(up, up, None, 0)?;
-            } else {
-                let _ = devmap.remove(up);
-            }
+        self.ctx.set_ports(&ports, None)?;
+        if cfg.flags & NAT_F_XDP_TX != 0 {
+            self.ctx.devmap_insert(up)?;
+        } else {
+            let _ = self.ctx.devmap_remove(up);
         }
-        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
-        for (n, &i) in ports.iter().enumerate() {
-            list.set(n as u32, i, 0)?;
-        }
-        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
-        config.set(
-            0,
-            Config {
-                aging_ns: AGING_NS,
-                nr_ports: ports.len() as u32,
-                host_port: host,
-                ..Default::default()
-            },
-            0,
-        )?;
-        let n = self.nr_cpus;
-        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        self.ctx.set_config(Config {
+            aging_ns: AGING_NS,
+            nr_ports: ports.len() as u32,
+            host_port: host,
+            ..Default::default()
+        })?;
         for &i in &ports {
             let zero = PortStats {
                 kind: PORT_KIND_OTHER,
                 ..Default::default()
             };
-            stats.insert(i, PerCpuValues::try_from(vec![zero; n])?, 0)?;
+            self.ctx.set_port_stats(i, zero)?;
         }
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            fdb.remove(&k)?;
-        }
+        self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
         let now = now_coarse();
-        fdb.insert(
-            FdbKey::new(GW_MAC),
-            FdbEntry {
-                ifindex: host,
-                flags: FDB_F_STATIC,
-                updated_ns: now,
-            },
-            0,
-        )?;
+        self.ctx.fdb_insert(GW_MAC, host, FDB_F_STATIC, now)?;
         for (g, &port) in ports.iter().enumerate().take(NR_GUESTS) {
-            fdb.insert(
-                FdbKey::new(gmac(g)),
-                FdbEntry {
-                    ifindex: port,
-                    flags: 0,
-                    updated_ns: now,
-                },
-                0,
-            )?;
+            self.ctx.fdb_insert(gmac(g), port, 0, now)?;
         }
-        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
-        nc.set(0, cfg, 0)?;
-        let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-        let keys: Vec<NatKey> = out.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            out.remove(&k)?;
-        }
-        let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-        let keys: Vec<NatKey> = inm.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            inm.remove(&k)?;
-        }
-        let mut st: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
+        self.set_nat_cfg(cfg)?;
+        self.ctx.clear::<NatKey, NatOut>(names::NAT_OUT)?;
+        self.ctx.clear::<NatKey, NatIn>(names::NAT_IN)?;
+        let n = self.ctx.nr_cpus;
+        let mut st: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
         st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
-        for t in 0..self.taps.len() {
-            self.drain(t);
-        }
+        self.ctx.quiet();
         Ok(())
     }
 
     fn set_nat_cfg(&mut self, cfg: NatConfig) -> Result<()> {
-        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
-        nc.set(0, cfg, 0)?;
-        Ok(())
+        self.ctx.set_array(names::NAT_CONFIG, cfg)
     }
 
     fn forget_guest(&mut self, g: usize) -> Result<()> {
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.ctx.map(names::FDB)?;
         fdb.remove(&FdbKey::new(gmac(g)))?;
         Ok(())
     }
@@ -394,44 +283,36 @@ impl Bench {
     /// last used `m.idle_ns` ago.
     fn put_mapping(&mut self, m: &Mapping, now: u64) -> Result<()> {
         if m.out {
-            let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-            out.insert(
-                m.flow.out_key(),
-                NatOut {
-                    addr: be32(NAT_IP),
-                    port: m.nat_port.to_be(),
-                    _pad: 0,
-                    hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
-                    _pad2: 0,
-                    hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
-                },
-                0,
-            )?;
+            let out = NatOut {
+                addr: be32(NAT_IP),
+                port: m.nat_port.to_be(),
+                _pad: 0,
+                hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
+                _pad2: 0,
+                hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
+            };
+            self.ctx.insert(names::NAT_OUT, m.flow.out_key(), out)?;
         }
         if m.inn {
-            let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-            inm.insert(m.flow.in_key(m.nat_port), m.nat_in(now), 0)?;
+            let k = m.flow.in_key(m.nat_port);
+            self.ctx.insert(names::NAT_IN, k, m.nat_in(now))?;
         }
         Ok(())
     }
 
     fn nat_out(&mut self) -> Result<BTreeMap<KeyOrd, NatOut>> {
-        let m: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-        m.iter()
-            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
-            .collect()
+        let v = self.ctx.entries::<NatKey, NatOut>(names::NAT_OUT)?;
+        Ok(v.into_iter().map(|(k, v)| (KeyOrd(k), v)).collect())
     }
 
     fn nat_in(&mut self) -> Result<BTreeMap<KeyOrd, NatIn>> {
-        let m: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-        m.iter()
-            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
-            .collect()
+        let v = self.ctx.entries::<NatKey, NatIn>(names::NAT_IN)?;
+        Ok(v.into_iter().map(|(k, v)| (KeyOrd(k), v)).collect())
     }
 
     /// The NAT counters, summed over the CPUs.
     fn nat_stats(&mut self) -> Result<NatStats> {
-        let m: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
+        let m: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
         let mut t = NatStats::default();
         for s in m.get(&0, 0)?.iter() {
             t.out_xdp += s.out_xdp;
@@ -448,122 +329,32 @@ impl Bench {
         Ok(t)
     }
 
-    fn xdp(&self) -> &Xdp {
-        self.ebpf
-            .program(names::XDP_PROG)
-            .expect("umlbr_xdp")
-            .try_into()
-            .expect("an XDP program")
-    }
-
-    fn tc(&self) -> &SchedClassifier {
-        self.ebpf
-            .program(names::TC_PROG)
-            .expect("umlbr_tc")
-            .try_into()
-            .expect("a TC program")
-    }
-
     fn run(&self, prog: Prog, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 512];
-        let r = match prog {
-            Prog::Xdp => {
-                let ctx = xdp_md(frame.len() as u32, ingress);
-                self.xdp().test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
-            }
+        Ok(match prog {
+            Prog::Xdp => self.ctx.run_xdp(ingress, 0, frame)?,
             Prog::Tc => {
-                let ctx = sk_buff(ingress, ingress);
-                self.tc().test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
+                let (ret, out, _) = self
+                    .ctx
+                    .run_tc(names::TC_PROG, 0, ingress, ingress, frame)?;
+                (ret, out)
             }
-        }
-        .map_err(run_err)?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        })
     }
 
     /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
     fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
-        let ctx = xdp_md(frame.len() as u32, ingress);
-        self.xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                attrs: TestRunAttrs::new().xdp_live_frames(1),
-                ..Default::default()
-            })
-            .map_err(run_err)?;
-        Ok(())
+        Ok(self.ctx.run_xdp_live(ingress, frame)?)
     }
 
     fn attach_tc(&mut self, devs: &[&str]) -> Result<()> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(names::TC_PROG)
-            .context("umlbr_tc")?
-            .try_into()?;
-        for name in devs {
-            prog.attach(name, TcAttachType::Ingress)
-                .with_context(|| format!("attaching TC to {name}"))?;
-        }
-        Ok(())
-    }
-
-    fn drain(&mut self, t: usize) {
-        let mut buf = vec![0u8; 65536];
-        while self.taps[t].1.read(&mut buf).is_ok() {}
+        self.ctx
+            .attach_tc(names::TC_PROG, devs, TcAttachType::Ingress)
     }
 
     /// Everything the taps transmit: waits until each tap i has `want[i]`
     /// frames (up to `wait`), then 20 ms more for extras.
     fn collect(&mut self, want: &[usize], wait: Duration) -> Vec<Vec<Vec<u8>>> {
-        let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.taps.len()];
-        let mut buf = vec![0u8; 65536];
-        let deadline = Instant::now() + wait;
-        let mut grace: Option<Instant> = None;
-        loop {
-            let mut any = false;
-            for (i, (_, f)) in self.taps.iter_mut().enumerate() {
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(n) => {
-                            any = true;
-                            got[i].push(buf[..n].to_vec());
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("reading {}: {e}", TAP_NAMES[i]),
-                    }
-                }
-            }
-            let now = Instant::now();
-            let done = got.iter().zip(want).all(|(g, w)| g.len() >= *w);
-            if done && grace.is_none() {
-                grace = Some(now + Duration::from_millis(20));
-            }
-            if grace.is_some_and(|g| now >= g) || now >= deadline {
-                return got;
-            }
-            if !any {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-fn run_err(e: ProgramError) -> anyhow::Error {
-    match e {
-        ProgramError::SyscallError(s) => anyhow::anyhow!("test run failed: {}", s.io_error),
-        e => anyhow::anyhow!("test run failed: {e}"),
+        self.ctx.collect(want, wait, |_| true)
     }
 }
 
@@ -2523,7 +2314,7 @@ impl Bench {
 
         // What the taps transmitted: only TC floods send during a plain
         // test run.
-        let mut want_copies = vec![0usize; self.taps.len()];
+        let mut want_copies = vec![0usize; TAP_NAMES.len()];
         if let (Fate::DnatFlood(_), Prog::Tc) = (e.fate, prog) {
             for w in want_copies.iter_mut().take(NR_GUESTS) {
                 *w = 1;
@@ -2559,31 +2350,19 @@ impl Bench {
     }
 
     fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let cases = table();
-        let mut failed = Vec::new();
-        let mut ran = 0;
-        for c in &cases {
-            let e = match prog {
-                Prog::Xdp => &c.xdp,
-                Prog::Tc => &c.tc,
-            };
-            if e.fate == Fate::Skip {
-                continue;
-            }
-            ran += 1;
-            if let Err(e) = self.check(c, prog) {
-                failed.push(format!("  [{prog:?}] {}:\n    {e:#}", c.name));
-            }
-        }
-        eprintln!("{prog:?}: {ran} cases, {} passed", ran - failed.len());
-        if !failed.is_empty() {
-            bail!(
-                "{} of {ran} {prog:?} cases failed:\n{}",
-                failed.len(),
-                failed.join("\n")
-            );
-        }
-        Ok(())
+        let label = format!("{prog:?}");
+        run_table(
+            &label,
+            &table(),
+            |c| &c.name,
+            |c| {
+                let e = match prog {
+                    Prog::Xdp => &c.xdp,
+                    Prog::Tc => &c.tc,
+                };
+                (e.fate != Fate::Skip).then(|| self.check(c, prog))
+            },
+        )
     }
 }
 
@@ -2653,7 +2432,7 @@ impl Bench {
 }
 
 fn state_name(s: u16) -> String {
-    umlbr::nat::state_name(6, s)
+    umlbr_lib::state_name(6, s)
 }
 
 /// SYN out: syn_sent; SYN-ACK back: established; FIN one way: closing;
@@ -3111,7 +2890,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
     b.attach_tc(&["g1", "up0"])?;
     let f = udp(0, 43000, R1, 53);
     let out = f.out_frame(0, b"live tc query");
-    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    b.ctx.taps.write(0, &out)?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
     let got = b.collect(&want, Duration::from_secs(3));
@@ -3123,10 +2902,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
         got.iter().map(Vec::len).collect::<Vec<_>>()
     );
     let reply = f.reply_frame(port, 0, b"live tc answer");
-    b.taps[tap_of(UP)]
-        .1
-        .write_all(&reply)
-        .context("writing into up0")?;
+    b.ctx.taps.write(tap_of(UP), &reply)?;
     let mut want = vec![0; 5];
     want[0] = 1;
     let got = b.collect(&want, Duration::from_secs(3));
@@ -3150,7 +2926,7 @@ fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
     b.attach_tc(&["g1"])?;
     let f = udp(0, 44000, NN, 53);
     let out = f.out_frame(0, b"via an unresolved next hop");
-    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    b.ctx.taps.write(0, &out)?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
     let got = b.collect(&want, Duration::from_secs(2));
@@ -3169,9 +2945,9 @@ fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
     let answer = Frame::new(UP_MAC, NH2_MAC)
         .arp_reply([192, 168, 1, 2], NAT_IP)
         .build();
-    b.taps[tap_of(UP)]
-        .1
-        .write_all(&answer)
+    b.ctx
+        .taps
+        .write(tap_of(UP), &answer)
         .context("answering the ARP")?;
     let got = b.collect(&want, Duration::from_secs(2));
     let (port, _) = b.mapping_of(&f)?.context("no mapping")?;

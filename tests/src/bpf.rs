@@ -153,6 +153,12 @@ impl Ctx {
         Ok(())
     }
 
+    pub fn devmap_insert(&mut self, ifindex: u32) -> Result<()> {
+        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+        devmap.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
+    }
+
     pub fn devmap_remove(&mut self, ifindex: u32) -> Result<()> {
         let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
         devmap.remove(ifindex)?;
