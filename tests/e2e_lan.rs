@@ -87,10 +87,10 @@
 //! (--nocapture shows the iperf3 numbers and the connection rates.)
 use std::{
     collections::BTreeSet,
-    fs::{self, File},
+    fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -98,7 +98,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
-    netns::Netns,
+    netns::{Netns, xdp_prog_ids},
     uml::{Guest, GuestSpec, Transport, ping_counts, ping_seqs, ping_summary},
 };
 
@@ -384,15 +384,9 @@ struct Proc {
 impl Proc {
     fn start(ns: &Netns, dir: &Scratch, name: &str, argv: &[&str]) -> Result<Proc> {
         let log = dir.file(&format!("{name}.log"));
-        let f = File::create(&log)?;
         let child = ns
-            .cmd(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {name}: {argv:?}"))?;
+            .spawn_logged(argv, &log)
+            .with_context(|| format!("starting {name}"))?;
         Ok(Proc {
             name: name.into(),
             child,
@@ -459,13 +453,6 @@ impl Drop for Proc {
     }
 }
 
-/// A fresh namespace without IPv6 (no autoconfiguration noise).
-fn netns(tag: &str) -> Result<Netns> {
-    let ns = Netns::new(tag)?;
-    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
-    Ok(ns)
-}
-
 /// What is hooked on an interface: XDP program ids (from `ip -d link`),
 /// tcx ingress and egress program ids.
 #[derive(Debug, Default, PartialEq)]
@@ -483,8 +470,7 @@ impl Hooks {
 
 fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let v = link_json(ns, dev)?;
-    let mut xdp = Vec::new();
-    collect_ids(&v["xdp"], &mut xdp);
+    let xdp = xdp_prog_ids(&v);
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
     let (tcx_in, tcx_out) = ns.run_in(|| {
         Ok((
@@ -497,22 +483,6 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
         tcx_in,
         tcx_out,
     })
-}
-
-fn collect_ids(v: &Value, out: &mut Vec<u64>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "id" {
-                    out.extend(x.as_u64());
-                } else {
-                    collect_ids(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_ids(x, out)),
-        _ => {}
-    }
 }
 
 /// `ip -j -d link show DEV` as one object.
@@ -668,10 +638,10 @@ impl Lab {
     /// The namespaces, links, addresses and servers (no bridge yet).
     fn new(tag: &str, kind: Kind, scenario: Scenario) -> Result<Lab> {
         let dir = Scratch::new(tag)?;
-        let host = netns(&format!("{tag}-host"))?;
-        let lan = netns(&format!("{tag}-lan"))?;
-        let rtr = netns(&format!("{tag}-rtr"))?;
-        let far = netns(&format!("{tag}-far"))?;
+        let host = Netns::without_ipv6(&format!("{tag}-host"))?;
+        let lan = Netns::without_ipv6(&format!("{tag}-lan"))?;
+        let rtr = Netns::without_ipv6(&format!("{tag}-rtr"))?;
+        let far = Netns::without_ipv6(&format!("{tag}-far"))?;
         let lab = Lab {
             guests: Vec::new(),
             procs: Vec::new(),

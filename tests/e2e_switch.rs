@@ -65,9 +65,8 @@ fn spec(i: usize, transport: Transport) -> GuestSpec {
 impl Topo {
     /// A namespace with br0 up, 192.168.2.1/24 on it; `aging` in seconds.
     fn new(tag: &str, kind: Kind, aging: Option<u64>) -> Result<Topo> {
-        let ns = Netns::new(tag)?;
         // No IPv6 autoconfiguration noise from the host side.
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        let ns = Netns::without_ipv6(tag)?;
         match kind {
             Kind::Umlbr => {
                 let aging = aging.map(|a| a.to_string());

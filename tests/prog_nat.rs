@@ -48,8 +48,8 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS, XDP_REDIRECT,
-        run_table,
+        AGING_NS, Ctx, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP, UP_MAC,
+        XDP_PASS, XDP_REDIRECT, run_table,
     },
     netns::{Netns, ifindex},
     wire::{
@@ -66,16 +66,16 @@ use umlbr_lib::monotonic_coarse_ns as now_coarse;
 
 /// br0's MAC: the guests' gateway, `NatConfig.gw_mac`.
 const GW_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
-/// up0's MAC: the source of everything that leaves translated.
-const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
 /// The default gateway 192.168.1.1 (static neighbour).
 const NH_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
-/// A host on the uplink's LAN, 192.168.1.50 (static neighbour).
-const LAN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
 /// What answers the ARP for 192.168.1.2 in the NO_NEIGH live test.
 const NH2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 
-const NAT_IP: [u8; 4] = [192, 168, 1, 200];
+// UP_MAC (up0's: the source of everything that leaves translated) and
+// LAN_MAC (a host on the uplink's LAN, 192.168.1.50, static neighbour):
+// umlbr_tests::bpf.
+/// The masquerade address: up0's.
+const NAT_IP: [u8; 4] = UP_IP;
 const GW_IP: [u8; 4] = [192, 168, 2, 1];
 const LAN_HOST: [u8; 4] = [192, 168, 1, 50];
 /// Remote hosts behind the default route.
@@ -183,10 +183,9 @@ fn nat_config(up0: u32, br0: u32) -> NatConfig {
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(&format!("nat-{tag}"))?;
+        let ns = Netns::without_ipv6(&format!("nat-{tag}"))?;
         ns.sh(&format!(
-            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
-             && ip link add br0 type veth peer name br0p && ip link set br0 address {gw} \
+            "ip link add br0 type veth peer name br0p && ip link set br0 address {gw} \
              && ip addr add 192.168.2.1/24 dev br0 && ip link set br0p up && ip link set br0 up \
              && ip link add d1 type veth peer name d1p && ip addr add 10.77.0.1/16 dev d1 \
              && ip link set d1p up && ip link set d1 up",
@@ -2394,15 +2393,7 @@ fn diff_hex(a: &[u8], b: &[u8]) -> (String, String) {
     (show(a), show(b))
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
-
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
-}
+umlbr_tests::table_tests!(Bench, Prog, xdp_table: "xdp" Xdp, tc_table: "tc" Tc);
 
 // ---------------------------------------------------------------------------
 // Sequences: mappings over several packets.

@@ -29,7 +29,7 @@ use umlbr_common::{
 use umlbr_tests::{
     bpf::{
         AGING_NS, Ctx, Errno, Errs, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP,
-        XDP_PASS, XDP_REDIRECT, run_table,
+        XDP_PASS, XDP_REDIRECT, count_rx, run_table,
     },
     netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
@@ -64,12 +64,9 @@ const P3: At = P(2);
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(tag)?;
         // No IPv6 autoconfiguration noise on the taps.
-        ns.sh(
-            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
-             && ip link add np0 type veth peer name np1 && ip link set np0 up",
-        )?;
+        let ns = Netns::without_ipv6(tag)?;
+        ns.sh("ip link add np0 type veth peer name np1 && ip link set np0 up")?;
         let ctx = Ctx::new(
             ns,
             &PORT_NAMES,
@@ -886,12 +883,7 @@ impl Bench {
             && switched
         {
             let s = &mut want[i];
-            s.rx_packets += 1;
-            s.rx_bytes += c.frame.len() as u64;
-            match prog {
-                Prog::Xdp => s.xdp_native += 1,
-                Prog::Tc => s.tc += 1,
-            }
+            count_rx(s, c.frame.len(), prog == Prog::Xdp);
             match fate {
                 Fate::Forward(_) => s.forwarded += 1,
                 Fate::Flood => s.flooded += 1,
@@ -901,15 +893,7 @@ impl Bench {
             s.learned += u64::from(c.learned);
             s.moved += u64::from(c.moved);
         }
-        let got = self.stats()?;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            if g != w {
-                errs.push(format!(
-                    "counters of {}: got {g:?}, expected {w:?}",
-                    PORT_NAMES[i]
-                ));
-            }
-        }
+        self.ctx.check_port_stats(&want, &mut errs)?;
         errs.done()
     }
 
@@ -919,15 +903,7 @@ impl Bench {
     }
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
-
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
-}
+umlbr_tests::table_tests!(Bench, Prog, xdp_table: "xdp" Xdp, tc_table: "tc" Tc);
 
 /// BPF_PROG_TEST_RUN refuses XDP input with less than an Ethernet header
 /// of packet data even when metadata makes up the 14 bytes, so the XDP
@@ -1120,8 +1096,7 @@ fn live_big_frame_goes_from_xdp_to_tc() -> Result<()> {
     let now = now_coarse();
     b.fdb_insert(C, b.ifindex(P3), 0, now)?;
     let f = Frame::new(C, A).pattern(1600).build();
-    b.run_xdp_live(b.ifindex(P1), &f)
-        .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+    b.run_xdp_live(b.ifindex(P1), &f).context("live run")?;
     let got = b.copies(&f, &[0, 0, 1]);
     ensure!(got == vec![0, 0, 1], "copies {got:?}");
     let s = b.stats()?[0];

@@ -32,8 +32,8 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, Errs, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS,
-        XDP_REDIRECT, run_table,
+        AGING_NS, Ctx, Errs, LAN_MAC, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP,
+        UP_MAC, XDP_PASS, XDP_REDIRECT, count_rx, run_table,
     },
     netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, fmt_mac, mac},
@@ -52,18 +52,17 @@ const LOCAL_MARK: u32 = 0x756d_6c62;
 // ---------------------------------------------------------------------------
 // Stations.
 
-const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
+// UP_MAC, UP_IP: up0's (umlbr_tests::bpf).
 /// Guests behind g1 and g2.
 const G1: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
 const G2: Mac = [0x02, 0, 0, 0, 0x02, 0x12];
 /// A host on the LAN, behind the uplink.
-const L: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
+const L: Mac = LAN_MAC;
 /// The bridge's host interface, behind the host port.
 const H: Mac = [0x02, 0, 0, 0, 0x03, 0x01];
 /// Nobody's.
 const X: Mac = [0x02, 0, 0, 0, 0x09, 0x99];
 
-const UP_IP: [u8; 4] = [192, 168, 1, 200];
 const G1_IP: [u8; 4] = [192, 168, 1, 10];
 
 // ---------------------------------------------------------------------------
@@ -92,8 +91,7 @@ struct Bench {
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(&format!("upl-{tag}"))?;
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        let ns = Netns::without_ipv6(&format!("upl-{tag}"))?;
         let mut ctx = Ctx::new(
             ns,
             &TAP_NAMES,
@@ -659,27 +657,14 @@ impl Bench {
             s.learned += 1;
         }
         if e.count != Count::Nothing {
-            s.rx_packets += 1;
-            s.rx_bytes += c.frame.len() as u64;
-            match prog {
-                Prog::Xdp => s.xdp_native += 1,
-                _ => s.tc += 1,
-            }
+            count_rx(s, c.frame.len(), prog == Prog::Xdp);
             match e.count {
                 Count::Forwarded => s.forwarded += 1,
                 Count::Flooded => s.flooded += 1,
                 _ => {}
             }
         }
-        let got = self.stats()?;
-        for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-            if g != w {
-                errs.push(format!(
-                    "counters of {}: {g:?}, expected {w:?}",
-                    TAP_NAMES[n]
-                ));
-            }
-        }
+        self.ctx.check_port_stats(&want, &mut errs)?;
         errs.done()
     }
 
@@ -701,20 +686,13 @@ impl Bench {
     }
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
-
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
-}
-
-#[test]
-fn tc_out_table() -> Result<()> {
-    Bench::new("tcout")?.run_table(Prog::TcOut)
-}
+umlbr_tests::table_tests!(
+    Bench,
+    Prog,
+    xdp_table: "xdp" Xdp,
+    tc_table: "tc" Tc,
+    tc_out_table: "tcout" TcOut,
+);
 
 // ---------------------------------------------------------------------------
 // Live: the programs attached, the host's stack answering.

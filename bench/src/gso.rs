@@ -29,14 +29,8 @@ const SEGS: usize = 44;
 
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
-    let row = |id: &str, name: String, unit, hib, goal| RowDef {
-        id: id.into(),
-        group: "gso",
-        name,
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
+    let row =
+        |id: &str, name: String, unit, hib, goal| RowDef::new(id, "gso", &name, unit, hib, goal);
     let frame = crate::fmt_count((14 + 20 + 20 + MSS as usize * SEGS) as u32);
     for (id, reader, goal) in [
         (

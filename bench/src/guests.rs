@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddrV4, TcpListener},
     os::fd::AsRawFd,
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -50,14 +50,8 @@ const RR_PORT: u16 = 7002;
 
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
-    let row = |id: &str, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group: "guests",
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
+    let row =
+        |id: &str, name: &str, unit, hib, goal| RowDef::new(id, "guests", name, unit, hib, goal);
     use Contender::Kernel;
     for (tr, goal_rate, goal_cpu) in [
         ("legacy", None, None),
@@ -726,15 +720,7 @@ struct HostProc {
 
 impl HostProc {
     fn start(ns: &umlbr_tests::netns::Netns, argv: &[&str], log: &std::path::Path) -> Result<Self> {
-        let f = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = ns
-            .cmd(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {argv:?} in {}", ns.name))?;
+        let child = ns.spawn_logged(argv, log)?;
         Ok(HostProc {
             child,
             log: log.to_path_buf(),

@@ -282,14 +282,7 @@ fn config(args: &Args) -> Result<Cfg> {
 
 fn define_rows(cfg: &Cfg, res: &mut Results) {
     use Contender::{Kernel, KernelTuned};
-    let row = |id: &str, group, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group,
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
+    let row = RowDef::new;
     let g = "tap-to-tap";
     res.define(row(
         "p64_1",

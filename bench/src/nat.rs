@@ -24,14 +24,7 @@ const TABLE_DPORTS: u32 = 100;
 
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
-    let row = |id: &str, group, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group,
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
+    let row = RowDef::new;
     use Contender::Kernel;
     for (id, up) in [
         ("nat_64", "tap uplink (XDP-capable, like a NIC)"),

@@ -37,6 +37,26 @@ pub struct RowDef {
     pub goal: Option<Goal>,
 }
 
+impl RowDef {
+    pub fn new(
+        id: &str,
+        group: &'static str,
+        name: &str,
+        unit: &'static str,
+        higher_is_better: bool,
+        goal: Option<Goal>,
+    ) -> RowDef {
+        RowDef {
+            id: id.into(),
+            group,
+            name: name.into(),
+            unit,
+            higher_is_better,
+            goal,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
     pub median: f64,

@@ -38,6 +38,11 @@ pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 pub const SEC: u64 = 1_000_000_000;
+
+// The uplink (tap up0) of the uplink and NAT benches, and a host on its LAN.
+pub const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
+pub const UP_IP: [u8; 4] = [192, 168, 1, 200];
+pub const LAN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
 /// The FDB aging time the tables configure.
 pub const AGING_NS: u64 = 60 * SEC;
 
@@ -59,6 +64,18 @@ pub fn sk_buff(mark: u32, ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
     c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     c
+}
+
+/// What a port counts for a frame of `len` bytes it received and a
+/// program finished there: by XDP (native) or by TC.
+pub fn count_rx(s: &mut PortStats, len: usize, xdp: bool) {
+    s.rx_packets += 1;
+    s.rx_bytes += len as u64;
+    if xdp {
+        s.xdp_native += 1;
+    } else {
+        s.tc += 1;
+    }
 }
 
 /// A failed test run's errno; shows as "test run failed: <error>".
@@ -264,6 +281,18 @@ impl Ctx {
             out.push(t);
         }
         Ok(out)
+    }
+
+    /// Every tap's counters against `want` (one per tap, in order).
+    pub fn check_port_stats(&mut self, want: &[PortStats], errs: &mut Errs) -> Result<()> {
+        let idx = self.taps.ifindex.clone();
+        let got = self.port_stats(&idx)?;
+        for ((g, w), name) in got.iter().zip(want).zip(&self.taps.names) {
+            if g != w {
+                errs.push(format!("counters of {name}: got {g:?}, expected {w:?}"));
+            }
+        }
+        Ok(())
     }
 
     pub fn xdp(&self) -> &Xdp {
@@ -595,4 +624,19 @@ pub fn run_table<C>(
         );
     }
     Ok(())
+}
+
+/// One `#[test]` per program, each running that program's table on a
+/// bench of its own: `table_tests!(Bench, Prog, xdp_table: "xdp" Xdp)`
+/// makes `fn xdp_table()` run `Bench::new("xdp")?.run_table(Prog::Xdp)`.
+#[macro_export]
+macro_rules! table_tests {
+    ($bench:ident, $prog:ident, $($name:ident: $tag:literal $p:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() -> anyhow::Result<()> {
+                $bench::new($tag)?.run_table($prog::$p)
+            }
+        )+
+    };
 }

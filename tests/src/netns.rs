@@ -6,7 +6,7 @@
 //! and xtask all use these.
 use std::{
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -41,6 +41,15 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A new namespace as `new`, without IPv6 (no autoconfiguration
+    /// traffic that would teach a bridge MACs while a test compares
+    /// states).
+    pub fn without_ipv6(tag: &str) -> Result<Self> {
+        let ns = Netns::new(tag)?;
+        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        Ok(ns)
+    }
+
     /// A command that runs inside the namespace.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -70,6 +79,20 @@ impl Netns {
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running `{script}` in netns {}", self.name))
+    }
+
+    /// Start `argv` inside, stdin from /dev/null, stdout and stderr to
+    /// the file `log` (created anew).
+    pub fn spawn_logged(&self, argv: &[&str], log: &Path) -> Result<Child> {
+        let f =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        self.cmd(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {}", self.name))
     }
 
     /// Run the umlbr binary inside with `args`.
@@ -174,35 +197,34 @@ impl Drop for InNetns {
 // Namespaces left behind: `cargo xtask clean-netns`, `cargo xtask test`
 // and the bench delete them.
 
-/// Names of the network namespaces `ip netns` knows.
-pub fn list() -> Vec<String> {
+/// The words `ip netns <args>` prints (none if it fails).
+fn ip_netns(args: &[&str]) -> Vec<String> {
     Command::new("ip")
-        .args(["netns", "list"])
+        .arg("netns")
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .filter_map(|l| l.split_whitespace().next())
+                .flat_map(|l| l.split_whitespace().next())
                 .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// Names of the network namespaces `ip netns` knows.
+pub fn list() -> Vec<String> {
+    ip_netns(&["list"])
+}
+
 /// Pids of the processes running in namespace `name`.
 pub fn pids(name: &str) -> Vec<i32> {
-    Command::new("ip")
-        .args(["netns", "pids", name])
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    ip_netns(&["pids", name])
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// SIGKILL every process in namespace `name`; the pids it signalled.
@@ -284,6 +306,29 @@ pub fn ifindex(name: &str) -> Result<u32> {
         std::io::Error::last_os_error()
     );
     Ok(i)
+}
+
+/// The ids of the XDP programs on a link, from its object in
+/// `ip -j -d link` (every "id" under "xdp").
+pub fn xdp_prog_ids(link: &serde_json::Value) -> Vec<u64> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<u64>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "id" {
+                        out.extend(x.as_u64());
+                    } else {
+                        walk(x, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut ids = Vec::new();
+    walk(&link["xdp"], &mut ids);
+    ids
 }
 
 #[cfg(test)]

@@ -70,16 +70,7 @@ impl HostNs {
     }
 
     fn pids(&self) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", NS])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        umlbr_tests::netns::pids(NS)
     }
 }
 
