@@ -958,9 +958,27 @@ fn guest(g: usize) -> Dev {
 
 const UP: Dev = Dev::Up;
 
-fn table() -> Vec<Case> {
-    use Fate::*;
-    use Post::*;
+/// The flows, mappings and frames the table's sections share.
+struct Shared {
+    u1: Flow,
+    t1: Flow,
+    i1: Flow,
+    u_lan: Flow,
+    u_nn: Flow,
+    u_small: Flow,
+    u1_g2: Flow,
+    u1_r2: Flow,
+    u_zero: Flow,
+    syn: u8,
+    ack: u8,
+    m_u1: Mapping,
+    m_t1: Mapping,
+    m_i1: Mapping,
+    udp_zero_frame: Vec<u8>,
+    reply_zero: Vec<u8>,
+}
+
+fn shared() -> Shared {
     let u1 = udp(0, 40000, R1, 53);
     let t1 = tcp(0, 40001, R1, 80);
     let i1 = icmp(0, 0x1234, R1);
@@ -975,8 +993,66 @@ fn table() -> Vec<Case> {
     let udp_zero_frame = Frame::new(GW_MAC, gmac(1))
         .udp_no_checksum(gip(1), 40006, R2, 69, b"no checksum")
         .build();
-    let mut t = vec![
-        // Outbound: new flows.
+    let m_u1 = mapping(u1, P, 0, 5 * SEC);
+    let m_t1 = mapping(t1, P2, NAT_S_SYN_OUT, 2 * SEC);
+    let m_i1 = mapping(i1, P3, 0, 2 * SEC);
+    let reply_zero = Frame::new(UP_MAC, NH_MAC)
+        .udp_no_checksum(R1, 53, NAT_IP, P, b"answer, no checksum")
+        .build();
+    Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        u_nn,
+        u_small,
+        u1_g2,
+        u1_r2,
+        u_zero,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        m_i1,
+        udp_zero_frame,
+        reply_zero,
+    }
+}
+
+fn table() -> Vec<Case> {
+    let s = shared();
+    [
+        outbound_new(&s),
+        outbound_existing(&s),
+        port_allocation(&s),
+        outbound_not_translated(&s),
+        outbound_malformed(&s),
+        inbound_replies(&s),
+        inbound_hosts_own(&s),
+        inbound_malformed(&s),
+        icmp_errors(&s),
+    ]
+    .concat()
+}
+
+/// Outbound: new flows.
+fn outbound_new(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        u_nn,
+        u_small,
+        u_zero,
+        syn,
+        ack,
+        ref udp_zero_frame,
+        ..
+    } = *s;
+    vec![
         Case::new("UDP from a guest: new mapping, translated", guest(0), u1.out_frame(0, b"query"))
             .fresh(u1, 0),
         Case::new(
@@ -1146,7 +1222,24 @@ fn table() -> Vec<Case> {
                 .build(),
         )
         .xdp(Pass, NONE, &[]),
-        // Outbound: existing mappings.
+    ]
+}
+
+/// Outbound: existing mappings.
+fn outbound_existing(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u1_g2,
+        u1_r2,
+        syn,
+        ack,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP of a live mapping (idle 5 s): reused, time refreshed",
             guest(0),
@@ -1337,7 +1430,15 @@ fn table() -> Vec<Case> {
             },
             &[Gone(0), New(u1, 0, PortRule::InRange)],
         ),
-        // Port allocation.
+    ]
+}
+
+/// Port allocation.
+fn port_allocation(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared { u1, u1_g2, .. } = *s;
+    vec![
         Case::new(
             "1-port range taken by another guest's live mapping to the same remote: alloc_fail, the kernel's",
             guest(0),
@@ -1430,7 +1531,13 @@ fn table() -> Vec<Case> {
         )
         .tweak(|c| (c.port_lo, c.port_hi) = (P + 1, P))
         .switched(FAIL),
-        // Outbound: not translated.
+    ]
+}
+
+/// Outbound: not translated.
+fn outbound_not_translated(s: &Shared) -> Vec<Case> {
+    let Shared { u1, t1, syn, .. } = *s;
+    vec![
         Case::new(
             "UDP to another guest in the subnet (via the gateway's MAC): switched, not counted",
             guest(0),
@@ -1509,7 +1616,13 @@ fn table() -> Vec<Case> {
             "GRE: slow path",
             guest(0),
             Frame::new(GW_MAC, gmac(0))
-                .ipv4(gip(0), R1, ipproto::GRE, 64, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20])
+                .ipv4(
+                    gip(0),
+                    R1,
+                    ipproto::GRE,
+                    64,
+                    &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20],
+                )
                 .build(),
         )
         .switched(SLOW),
@@ -1550,9 +1663,7 @@ fn table() -> Vec<Case> {
         Case::new(
             "ARP to the gateway's MAC: switched, not counted",
             guest(0),
-            Frame::new(GW_MAC, gmac(0))
-                .arp_reply(gip(0), GW_IP)
-                .build(),
+            Frame::new(GW_MAC, gmac(0)).arp_reply(gip(0), GW_IP).build(),
         )
         .switched(NONE),
         Case::new(
@@ -1581,7 +1692,14 @@ fn table() -> Vec<Case> {
                 .build(),
         )
         .switched(NONE),
-        // Outbound: malformed.
+    ]
+}
+
+/// Outbound: malformed.
+fn outbound_malformed(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared { u1, t1, syn, .. } = *s;
+    vec![
         Case::new(
             "IPv4 header cut at 10 bytes: switched, no crash (TC: refused by the test run)",
             guest(0),
@@ -1601,16 +1719,27 @@ fn table() -> Vec<Case> {
             t1.out_frame(syn, b"")[..L4 + 12].to_vec(),
         )
         .switched(NONE),
-    ];
+    ]
+}
 
-    // Inbound: replies.
-    let m_u1 = mapping(u1, P, 0, 5 * SEC);
-    let m_t1 = mapping(t1, P2, NAT_S_SYN_OUT, 2 * SEC);
-    let m_i1 = mapping(i1, P3, 0, 2 * SEC);
-    let reply_zero = Frame::new(UP_MAC, NH_MAC)
-        .udp_no_checksum(R1, 53, NAT_IP, P, b"answer, no checksum")
-        .build();
-    t.extend([
+/// Inbound: replies.
+fn inbound_replies(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        m_i1,
+        ref reply_zero,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP reply: translated to the guest",
             UP,
@@ -1621,7 +1750,7 @@ fn table() -> Vec<Case> {
         Case::new(
             "UDP reply without a checksum: translated, stays 0",
             UP,
-            reply_zero,
+            reply_zero.clone(),
         )
         .pre(&[m_u1])
         .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
@@ -1722,7 +1851,20 @@ fn table() -> Vec<Case> {
         .forget(0)
         .xdp(Pass, NONE, &[])
         .tc(DnatFlood(0), IN, &[Touched(0, NAT_S_REPLIED)]),
-        // Inbound: the host's own.
+    ]
+}
+
+/// Inbound: the host's own.
+fn inbound_hosts_own(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        m_u1,
+        m_t1,
+        m_i1,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP to the masquerade address with no mapping: the host's (in_miss), untouched",
             UP,
@@ -1806,7 +1948,22 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_u1])
         .xdp(Pass, NONE, &[]),
-        // Inbound: malformed.
+    ]
+}
+
+/// Inbound: malformed.
+fn inbound_malformed(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        t1,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "reply cut inside the IPv4 header: no crash, the host's (TC: refused by the test run)",
             UP,
@@ -1829,12 +1986,25 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_t1])
         .pass(NONE),
-    ]);
+    ]
+}
 
-    // Inbound: ICMP errors about mappings.
+/// Inbound: ICMP errors about mappings.
+fn icmp_errors(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u1_g2,
+        m_u1,
+        m_t1,
+        m_i1,
+        ..
+    } = *s;
     let err =
         |ty: u8, code: u8, rest: [u8; 4], q: Vec<u8>| icmp_error_frame(ROUTER, ty, code, rest, &q);
-    t.extend([
+    vec![
         Case::new(
             "port unreachable (3/3) about a UDP mapping: translated",
             UP,
@@ -1992,8 +2162,7 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_u1])
         .pass(NONE),
-    ]);
-    t
+    ]
 }
 
 impl Bench {

@@ -88,36 +88,8 @@ impl Tap {
     /// own outgoing ones). For the "LAN" end of a veth.
     pub fn packet(iface: &str) -> Result<Tap> {
         let ifindex = umlbr_tests::netns::ifindex(iface)?;
-        let proto = (libc::ETH_P_IP as u16).to_be();
-        // SAFETY: socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as libc::c_int,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a packet socket");
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: a zeroed sockaddr_ll, then the fields bind(2) needs.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: bind(2) with a valid sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {iface}"));
-        }
+        let fd = umlbr_tests::netns::packet_socket(ifindex, libc::ETH_P_IP)
+            .with_context(|| format!("a packet socket on {iface}"))?;
         Ok(Tap { fd })
     }
 

@@ -8,11 +8,11 @@
 use std::{
     fs::File,
     io::{ErrorKind, Read, Write},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, Pod,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
@@ -23,7 +23,7 @@ use aya::{
 use umlbr_common::{Config, FdbEntry, FdbKey, PortStats, names};
 
 use crate::{
-    netns::{InNetns, Netns, ifindex, open_tap},
+    netns::{InNetns, Netns, ifindex, open_tap, packet_socket},
     wire::Mac,
 };
 
@@ -507,41 +507,7 @@ pub struct Sniffer(OwnedFd);
 
 impl Sniffer {
     pub fn new(ifindex: u32) -> Result<Self> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as i32,
-            )
-        };
-        ensure!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: all-zero sockaddr_ll is valid.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = ifindex as i32;
-        // SAFETY: valid fd and address.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        ensure!(
-            r == 0,
-            "binding AF_PACKET: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(Sniffer(fd))
+        Ok(Sniffer(packet_socket(ifindex, libc::ETH_P_ALL)?))
     }
 
     /// Frames received so far (not PACKET_OUTGOING).

@@ -295,6 +295,48 @@ pub fn open_tap(name: &str) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// A non-blocking raw packet socket (AF_PACKET, SOCK_RAW) for
+/// `protocol` (ETH_P_*) bound to device `ifindex` in the current thread's
+/// namespace.
+pub fn packet_socket(ifindex: u32, protocol: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let proto = (protocol as u16).to_be();
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as i32,
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero sockaddr_ll is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: valid fd and address.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    anyhow::ensure!(
+        r == 0,
+        "binding AF_PACKET to ifindex {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(fd)
+}
+
 /// The ifindex of `name` in the current thread's namespace.
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name)?;
