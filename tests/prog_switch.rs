@@ -316,9 +316,26 @@ fn ip(last: u8) -> [u8; 4] {
 }
 
 fn table() -> Vec<Case> {
+    [
+        learning_and_flooding(),
+        known_unicast(),
+        moves_and_static_entries(),
+        invalid_sources(),
+        vlan_tagged(),
+        not_a_port(),
+        sizes(),
+        left_to_tc(),
+        link_local(),
+        odd_ethertypes(),
+        runts(),
+    ]
+    .concat()
+}
+
+/// Learning and flooding.
+fn learning_and_flooding() -> Vec<Case> {
     use Fate::*;
-    let mut t = vec![
-        // Learning and flooding.
+    vec![
         Case::new(
             "broadcast ARP request: floods, learns the new source",
             P1,
@@ -378,7 +395,13 @@ fn table() -> Vec<Case> {
             Flood,
         )
         .learns(A),
-        // Known unicast.
+    ]
+}
+
+/// Known unicast.
+fn known_unicast() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "known unicast ICMP echo: forwarded to its port",
             P1,
@@ -435,7 +458,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P1, 0)])
         .after(&[Post::Kept(B)])
         .learns(A),
-        // Moves and static entries.
+    ]
+}
+
+/// Moves and static entries.
+fn moves_and_static_entries() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "MAC move: a learned source moves to the new port",
             P1,
@@ -487,7 +516,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P2, AGING_NS - 5 * SEC)])
         .after(&[Post::Kept(B)])
         .learns(A),
-        // Invalid sources.
+    ]
+}
+
+/// Invalid sources.
+fn invalid_sources() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "multicast source: dropped, not learned",
             P1,
@@ -518,7 +553,13 @@ fn table() -> Vec<Case> {
         )
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)]),
-        // 802.1Q: VLAN-unaware, frames switched as they are.
+    ]
+}
+
+/// 802.1Q: VLAN-unaware, frames switched as they are.
+fn vlan_tagged() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "802.1Q-tagged known unicast: forwarded unchanged",
             P1,
@@ -563,7 +604,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)])
         .learns(C),
-        // Not a port.
+    ]
+}
+
+/// Not a port.
+fn not_a_port() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "frame from a device that is not a port: passed, untouched",
             At::NotPort,
@@ -578,7 +625,13 @@ fn table() -> Vec<Case> {
             Frame::new(BROADCAST, C).arp_request(ip(3), ip(1)).build(),
             Pass,
         ),
-        // Sizes.
+    ]
+}
+
+/// Sizes.
+fn sizes() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "1518-byte frame: switched by XDP",
             P1,
@@ -616,9 +669,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)])
         .learns(C),
-    ];
-    // What XDP leaves to TC besides big frames.
-    t.extend([
+    ]
+}
+
+/// What XDP leaves to TC besides big frames.
+fn left_to_tc() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "UDP with a CHECKSUM_PARTIAL checksum: XDP leaves it to TC, TC forwards it",
             P1,
@@ -681,8 +738,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P2, 0)])
         .after(&[Post::Kept(B)])
         .learns(A),
-    ]);
-    // Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
+    ]
+}
+
+/// Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
+fn link_local() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     for last in [0x00u8, 0x01, 0x02, 0x03, 0x0e, 0x0f] {
         let dst = [0x01, 0x80, 0xc2, 0, 0, last];
         t.push(Case::new(
@@ -692,7 +754,13 @@ fn table() -> Vec<Case> {
             Drop,
         ));
     }
-    // Odd EtherTypes and 802.3 length fields: switched like any frame.
+    t
+}
+
+/// Odd EtherTypes and 802.3 length fields: switched like any frame.
+fn odd_ethertypes() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     for (et, what) in [
         (0x0000u16, "EtherType 0x0000"),
         (0x0003, "802.3 length 3 (LLC)"),
@@ -717,10 +785,16 @@ fn table() -> Vec<Case> {
             .learns(B),
         );
     }
-    // Runts: 0..=13 bytes, prefixes of a broadcast from a new station. The
-    // kernel (6.18) refuses test input with less than an Ethernet header of
-    // packet data, for XDP also behind metadata: nothing may run, nothing
-    // may be learned, counted or sent. A 14-byte frame is accepted above.
+    t
+}
+
+/// Runts: 0..=13 bytes, prefixes of a broadcast from a new station. The
+/// kernel (6.18) refuses test input with less than an Ethernet header of
+/// packet data, for XDP also behind metadata: nothing may run, nothing
+/// may be learned, counted or sent. A 14-byte frame is accepted above.
+fn runts() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     let full = Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build();
     for len in 0..14usize {
         t.push(
