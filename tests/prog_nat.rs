@@ -48,7 +48,7 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP, UP_MAC,
+        AGING_NS, Ctx, Errs, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP, UP_MAC,
         XDP_PASS, XDP_REDIRECT, run_table,
     },
     netns::{Netns, ifindex},
@@ -2165,231 +2165,278 @@ fn icmp_errors(s: &Shared) -> Vec<Case> {
     ]
 }
 
-impl Bench {
-    /// Run one case on one program; Err describes every mismatch.
-    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
-        let e = match prog {
-            Prog::Xdp => &c.xdp,
-            Prog::Tc => &c.tc,
-        };
-        if e.fate == Fate::Skip {
-            return Ok(());
-        }
-        self.reset(&c.tweak)?;
-        let now = now_coarse();
-        for m in &c.pre {
-            self.put_mapping(m, now)?;
-        }
-        for &g in &c.forget {
-            self.forget_guest(g)?;
-        }
-        let out_before = self.nat_out()?;
-        let in_before = self.nat_in()?;
-        let ingress = self.ifindex(c.ingress);
-        let t0 = now_coarse();
-        let res = self.run(prog, ingress, &c.frame);
-        let t1 = now_coarse();
-        let mut errs = Vec::new();
-        let out_after = self.nat_out()?;
-        let in_after = self.nat_in()?;
-        let mut cfg = self.nat_cfg();
-        (c.tweak)(&mut cfg);
+/// One case's run on one program: the case, what it expects of that
+/// program, the NAT settings, the tables before and after, and when it
+/// ran (every stamp it makes is in [t0, t1]).
+struct Ran<'a> {
+    c: &'a Case,
+    e: &'a Expect,
+    prog: Prog,
+    cfg: NatConfig,
+    out_before: BTreeMap<KeyOrd, NatOut>,
+    in_before: BTreeMap<KeyOrd, NatIn>,
+    out_after: BTreeMap<KeyOrd, NatOut>,
+    in_after: BTreeMap<KeyOrd, NatIn>,
+    t0: u64,
+    t1: u64,
+}
 
-        // The NAT tables: exactly the expected entries.
-        let mut want_out: Vec<KeyOrd> = Vec::new();
-        let mut want_in: Vec<KeyOrd> = Vec::new();
+/// The keys the NAT tables must hold.
+#[derive(Default)]
+struct Want {
+    out: Vec<KeyOrd>,
+    inn: Vec<KeyOrd>,
+}
+
+impl Ran<'_> {
+    /// The NAT tables: exactly the expected entries.
+    fn tables(&self, errs: &mut Errs) {
+        let Ran { c, e, .. } = *self;
+        let mut want = Want::default();
         let mut named = vec![false; c.pre.len()];
         for p in &e.post {
             match p {
                 Post::Touched(i, state) => {
                     named[*i] = true;
-                    let m = &c.pre[*i];
-                    let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
-                    want_out.push(ok);
-                    want_in.push(ik);
-                    // Sent with the FIB's next hop: now cached in NAT_OUT.
-                    let looked_up =
-                        matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
-                    match (out_before.get(&ok), out_after.get(&ok)) {
-                        (Some(b), Some(a)) if looked_up => {
-                            let w = NatOut {
-                                hop: hop_bytes(next_hop_mac(m.flow.remote)),
-                                hop_ns: a.hop_ns,
-                                ..*b
-                            };
-                            if *a != w || a.hop_ns < t0 || a.hop_ns > t1 {
-                                errs.push(format!(
-                                    "NAT_OUT {}: {a:?}, expected {b:?} with next hop {} stamped in [{t0}, {t1}]",
-                                    fmt_key(&ok.0),
-                                    fmt_mac(&next_hop_mac(m.flow.remote))
-                                ));
-                            }
-                        }
-                        (b, a) if a != b || a.is_none() => errs.push(format!(
-                            "NAT_OUT {} changed: {b:?} -> {a:?}",
-                            fmt_key(&ok.0)
-                        )),
-                        _ => {}
-                    }
-                    match (in_before.get(&ik), in_after.get(&ik)) {
-                        (Some(b), Some(a)) => {
-                            let mut w = *b;
-                            w.state = *state;
-                            let refreshed = m.idle_ns > SEC + SEC / 2;
-                            let time_ok = if refreshed {
-                                a.last_seen_ns >= t0 && a.last_seen_ns <= t1
-                            } else {
-                                a.last_seen_ns == b.last_seen_ns
-                            };
-                            w.last_seen_ns = a.last_seen_ns;
-                            if *a != w || !time_ok {
-                                errs.push(format!(
-                                    "NAT_IN {}: {a:?}, expected state {state:#x}, time {} (was {b:?})",
-                                    fmt_key(&ik.0),
-                                    if refreshed { "refreshed" } else { "kept" }
-                                ));
-                            }
-                        }
-                        (b, a) => errs.push(format!(
-                            "NAT_IN {}: {b:?} -> {a:?}, expected kept",
-                            fmt_key(&ik.0)
-                        )),
-                    }
+                    self.touched(&c.pre[*i], *state, &mut want, errs);
                 }
                 Post::Gone(i) => named[*i] = true,
                 Post::New(flow, state, rule) => {
-                    let ok = KeyOrd(flow.out_key());
-                    want_out.push(ok);
-                    let Some(o) = out_after.get(&ok) else {
-                        errs.push(format!("no NAT_OUT entry for {}", fmt_key(&ok.0)));
-                        continue;
-                    };
-                    let port = u16::from_be(o.port);
-                    let in_range = port >= cfg.port_lo && port <= cfg.port_hi;
-                    let rule_ok = match rule {
-                        PortRule::InRange => in_range,
-                        PortRule::Is(p) => port == *p,
-                        PortRule::Not(v) => in_range && !v.contains(&port),
-                    };
-                    // The next hop the packet left with is cached; an
-                    // unresolved one is not.
-                    let hop_ok = match e.fate {
-                        Fate::Snat(_) => {
-                            o.hop == hop_bytes(next_hop_mac(flow.remote))
-                                && o.hop_ns >= t0
-                                && o.hop_ns <= t1
-                        }
-                        _ => o.hop_ns == 0,
-                    };
-                    if !hop_ok || o._pad2 != 0 {
-                        errs.push(format!(
-                            "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
-                            fmt_key(&ok.0),
-                            o.hop,
-                            o.hop_ns,
-                            fmt_mac(&next_hop_mac(flow.remote)),
-                            e.fate
-                        ));
-                    }
-                    if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
-                        errs.push(format!(
-                            "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
-                            fmt_key(&ok.0),
-                            Ipv4Addr::from(o.addr.to_ne_bytes()),
-                            ip4(NAT_IP),
-                            cfg.port_lo,
-                            cfg.port_hi
-                        ));
-                    }
-                    let ik = KeyOrd(flow.in_key(port));
-                    want_in.push(ik);
-                    match in_after.get(&ik) {
-                        Some(i) => {
-                            let stamped = |t: u64| t >= t0 && t <= t1;
-                            if i.addr != be32(gip(flow.guest))
-                                || i.port != flow.gport.to_be()
-                                || i.state != *state
-                                || i.mac != gmac(flow.guest)
-                                || i._pad != [0; 2]
-                                || !stamped(i.last_seen_ns)
-                                || !stamped(i.created_ns)
-                            {
-                                errs.push(format!(
-                                    "NAT_IN {}: {i:?}, expected guest {}:{} mac {} state {state:#x} stamped in [{t0}, {t1}]",
-                                    fmt_key(&ik.0),
-                                    ip4(gip(flow.guest)),
-                                    flow.gport,
-                                    fmt_mac(&gmac(flow.guest))
-                                ));
-                            }
-                        }
-                        None => errs.push(format!("no NAT_IN entry {}", fmt_key(&ik.0))),
-                    }
+                    self.new_mapping(flow, *state, rule, &mut want, errs)
                 }
             }
         }
-        for (i, m) in c.pre.iter().enumerate() {
-            if named[i] {
-                continue;
+        for (m, named) in c.pre.iter().zip(named) {
+            if !named {
+                self.unnamed(m, &mut want, errs);
             }
-            // Unchanged, entry for entry.
-            let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
-            if m.out {
-                want_out.push(ok);
-                if out_after.get(&ok) != out_before.get(&ok) {
-                    errs.push(format!("NAT_OUT {} changed", fmt_key(&ok.0)));
-                }
-            }
-            if m.inn {
-                want_in.push(ik);
-                if in_after.get(&ik) != in_before.get(&ik) {
+        }
+        self.holds(want, errs);
+    }
+
+    /// Pre-made mapping `m`, named with `state`: its NAT_OUT entry kept
+    /// (or given the FIB's next hop if it was looked up), its NAT_IN entry
+    /// in `state`, its time refreshed if it was idle over a second.
+    fn touched(&self, m: &Mapping, state: u16, want: &mut Want, errs: &mut Errs) {
+        let Ran {
+            e,
+            t0,
+            t1,
+            ref out_before,
+            ref in_before,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+        want_out.push(ok);
+        want_in.push(ik);
+        // Sent with the FIB's next hop: now cached in NAT_OUT.
+        let looked_up = matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
+        match (out_before.get(&ok), out_after.get(&ok)) {
+            (Some(b), Some(a)) if looked_up => {
+                let w = NatOut {
+                    hop: hop_bytes(next_hop_mac(m.flow.remote)),
+                    hop_ns: a.hop_ns,
+                    ..*b
+                };
+                if *a != w || a.hop_ns < t0 || a.hop_ns > t1 {
                     errs.push(format!(
-                        "NAT_IN {} changed: {:?} -> {:?}",
-                        fmt_key(&ik.0),
-                        in_before.get(&ik),
-                        in_after.get(&ik)
+                        "NAT_OUT {}: {a:?}, expected {b:?} with next hop {} stamped in [{t0}, {t1}]",
+                        fmt_key(&ok.0),
+                        fmt_mac(&next_hop_mac(m.flow.remote))
                     ));
                 }
             }
+            (b, a) if a != b || a.is_none() => errs.push(format!(
+                "NAT_OUT {} changed: {b:?} -> {a:?}",
+                fmt_key(&ok.0)
+            )),
+            _ => {}
         }
-        want_out.sort();
-        want_out.dedup();
-        want_in.sort();
-        want_in.dedup();
-        let got_out: Vec<KeyOrd> = out_after.keys().copied().collect();
-        let got_in: Vec<KeyOrd> = in_after.keys().copied().collect();
-        if got_out != want_out {
-            errs.push(format!(
-                "NAT_OUT holds [{}], expected [{}]",
-                got_out
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                want_out
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
+        match (in_before.get(&ik), in_after.get(&ik)) {
+            (Some(b), Some(a)) => {
+                let mut w = *b;
+                w.state = state;
+                let refreshed = m.idle_ns > SEC + SEC / 2;
+                let time_ok = if refreshed {
+                    a.last_seen_ns >= t0 && a.last_seen_ns <= t1
+                } else {
+                    a.last_seen_ns == b.last_seen_ns
+                };
+                w.last_seen_ns = a.last_seen_ns;
+                if *a != w || !time_ok {
+                    errs.push(format!(
+                        "NAT_IN {}: {a:?}, expected state {state:#x}, time {} (was {b:?})",
+                        fmt_key(&ik.0),
+                        if refreshed { "refreshed" } else { "kept" }
+                    ));
+                }
+            }
+            (b, a) => errs.push(format!(
+                "NAT_IN {}: {b:?} -> {a:?}, expected kept",
+                fmt_key(&ik.0)
+            )),
         }
-        if got_in != want_in {
-            errs.push(format!(
-                "NAT_IN holds [{}], expected [{}]",
-                got_in
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                want_in
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
+    }
 
-        // Return code and output bytes.
+    /// A new mapping for `flow` in `state`, its port by `rule`, made in the
+    /// run.
+    fn new_mapping(
+        &self,
+        flow: &Flow,
+        state: u16,
+        rule: &PortRule,
+        want: &mut Want,
+        errs: &mut Errs,
+    ) {
+        let Ran {
+            e,
+            ref cfg,
+            t0,
+            t1,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        let ok = KeyOrd(flow.out_key());
+        want_out.push(ok);
+        let Some(o) = out_after.get(&ok) else {
+            errs.push(format!("no NAT_OUT entry for {}", fmt_key(&ok.0)));
+            return;
+        };
+        let port = u16::from_be(o.port);
+        let in_range = port >= cfg.port_lo && port <= cfg.port_hi;
+        let rule_ok = match rule {
+            PortRule::InRange => in_range,
+            PortRule::Is(p) => port == *p,
+            PortRule::Not(v) => in_range && !v.contains(&port),
+        };
+        // The next hop the packet left with is cached; an
+        // unresolved one is not.
+        let hop_ok = match e.fate {
+            Fate::Snat(_) => {
+                o.hop == hop_bytes(next_hop_mac(flow.remote)) && o.hop_ns >= t0 && o.hop_ns <= t1
+            }
+            _ => o.hop_ns == 0,
+        };
+        if !hop_ok || o._pad2 != 0 {
+            errs.push(format!(
+                "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
+                fmt_key(&ok.0),
+                o.hop,
+                o.hop_ns,
+                fmt_mac(&next_hop_mac(flow.remote)),
+                e.fate
+            ));
+        }
+        if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
+            errs.push(format!(
+                "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
+                fmt_key(&ok.0),
+                Ipv4Addr::from(o.addr.to_ne_bytes()),
+                ip4(NAT_IP),
+                cfg.port_lo,
+                cfg.port_hi
+            ));
+        }
+        let ik = KeyOrd(flow.in_key(port));
+        want_in.push(ik);
+        match in_after.get(&ik) {
+            Some(i) => {
+                let stamped = |t: u64| t >= t0 && t <= t1;
+                if i.addr != be32(gip(flow.guest))
+                    || i.port != flow.gport.to_be()
+                    || i.state != state
+                    || i.mac != gmac(flow.guest)
+                    || i._pad != [0; 2]
+                    || !stamped(i.last_seen_ns)
+                    || !stamped(i.created_ns)
+                {
+                    errs.push(format!(
+                        "NAT_IN {}: {i:?}, expected guest {}:{} mac {} state {state:#x} stamped in [{t0}, {t1}]",
+                        fmt_key(&ik.0),
+                        ip4(gip(flow.guest)),
+                        flow.gport,
+                        fmt_mac(&gmac(flow.guest))
+                    ));
+                }
+            }
+            None => errs.push(format!("no NAT_IN entry {}", fmt_key(&ik.0))),
+        }
+    }
+
+    /// Pre-made mapping `m`, not named: unchanged, entry for entry.
+    fn unnamed(&self, m: &Mapping, want: &mut Want, errs: &mut Errs) {
+        let Ran {
+            ref out_before,
+            ref in_before,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        // Unchanged, entry for entry.
+        let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+        if m.out {
+            want_out.push(ok);
+            if out_after.get(&ok) != out_before.get(&ok) {
+                errs.push(format!("NAT_OUT {} changed", fmt_key(&ok.0)));
+            }
+        }
+        if m.inn {
+            want_in.push(ik);
+            if in_after.get(&ik) != in_before.get(&ik) {
+                errs.push(format!(
+                    "NAT_IN {} changed: {:?} -> {:?}",
+                    fmt_key(&ik.0),
+                    in_before.get(&ik),
+                    in_after.get(&ik)
+                ));
+            }
+        }
+    }
+
+    /// The tables hold exactly `want`.
+    fn holds(&self, want: Want, errs: &mut Errs) {
+        let keys = |v: &[KeyOrd]| {
+            v.iter()
+                .map(|k| fmt_key(&k.0))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        for (table, got, mut want) in [
+            (
+                "NAT_OUT",
+                self.out_after.keys().copied().collect::<Vec<_>>(),
+                want.out,
+            ),
+            ("NAT_IN", self.in_after.keys().copied().collect(), want.inn),
+        ] {
+            want.sort();
+            want.dedup();
+            if got != want {
+                errs.push(format!(
+                    "{table} holds [{}], expected [{}]",
+                    keys(&got),
+                    keys(&want)
+                ));
+            }
+        }
+    }
+
+    /// The return code and output bytes expected (None: no mapping to
+    /// build them from).
+    fn expected(&self) -> (u32, Option<Vec<u8>>) {
+        let Ran {
+            c,
+            e,
+            prog,
+            ref out_after,
+            ..
+        } = *self;
         let port_of = |f: &Flow| {
             out_after
                 .get(&KeyOrd(f.out_key()))
@@ -2436,6 +2483,56 @@ impl Bench {
             Fate::Refused => (0, None),
             Fate::Skip => unreachable!(),
         };
+        (want_ret, want_bytes)
+    }
+}
+
+impl Bench {
+    /// Run one case on one program; Err describes every mismatch.
+    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
+        let e = match prog {
+            Prog::Xdp => &c.xdp,
+            Prog::Tc => &c.tc,
+        };
+        if e.fate == Fate::Skip {
+            return Ok(());
+        }
+        self.reset(&c.tweak)?;
+        let now = now_coarse();
+        for m in &c.pre {
+            self.put_mapping(m, now)?;
+        }
+        for &g in &c.forget {
+            self.forget_guest(g)?;
+        }
+        let out_before = self.nat_out()?;
+        let in_before = self.nat_in()?;
+        let ingress = self.ifindex(c.ingress);
+        let t0 = now_coarse();
+        let res = self.run(prog, ingress, &c.frame);
+        let t1 = now_coarse();
+        let mut errs = Errs::default();
+        let out_after = self.nat_out()?;
+        let in_after = self.nat_in()?;
+        let mut cfg = self.nat_cfg();
+        (c.tweak)(&mut cfg);
+
+        let ran = Ran {
+            c,
+            e,
+            prog,
+            cfg,
+            out_before,
+            in_before,
+            out_after,
+            in_after,
+            t0,
+            t1,
+        };
+        ran.tables(&mut errs);
+
+        // Return code and output bytes.
+        let (want_ret, want_bytes) = ran.expected();
         let translated = !matches!(e.fate, Fate::Switched | Fate::Pass | Fate::Refused);
         if translated && let Err(bad) = verify_checksums(&c.frame) {
             errs.push(format!("(test data) input checksums wrong: {bad}"));
@@ -2470,7 +2567,7 @@ impl Bench {
                         diff_hex(&out, w).0,
                         diff_hex(&out, w).1
                     )),
-                    None => errs.push("no mapping to build the expected frame from".into()),
+                    None => errs.push("no mapping to build the expected frame from"),
                     _ => {}
                 }
                 if translated && let Err(bad) = verify_checksums(&out) {
@@ -2510,11 +2607,7 @@ impl Bench {
         if got != want {
             errs.push(format!("NAT counters {got:?}, expected {want:?}"));
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", errs.join("\n    "))
-        }
+        errs.done()
     }
 
     fn run_table(&mut self, prog: Prog) -> Result<()> {
