@@ -48,8 +48,8 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, Errs, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP, UP_MAC,
-        XDP_PASS, XDP_REDIRECT, run_table,
+        AGING_NS, Ctx, Errs, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT,
     },
     netns::{Netns, ifindex},
     wire::{
@@ -876,6 +876,12 @@ struct Case {
 fn no_tweak(_: &mut NatConfig) {}
 
 impl Case {
+    fn expect(&self, prog: Prog) -> &Expect {
+        match prog {
+            Prog::Xdp => &self.xdp,
+            Prog::Tc => &self.tc,
+        }
+    }
     fn new(name: impl Into<String>, ingress: Dev, frame: Vec<u8>) -> Self {
         let e = Expect {
             fate: Fate::Skip,
@@ -1016,6 +1022,15 @@ fn shared() -> Shared {
         m_i1,
         udp_zero_frame,
         reply_zero,
+    }
+}
+
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn runs_on(&self, prog: Prog) -> bool {
+        self.expect(prog).fate != Fate::Skip
     }
 }
 
@@ -2490,10 +2505,7 @@ impl Ran<'_> {
 impl Bench {
     /// Run one case on one program; Err describes every mismatch.
     fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
-        let e = match prog {
-            Prog::Xdp => &c.xdp,
-            Prog::Tc => &c.tc,
-        };
+        let e = c.expect(prog);
         if e.fate == Fate::Skip {
             return Ok(());
         }
@@ -2608,22 +2620,6 @@ impl Bench {
             errs.push(format!("NAT counters {got:?}, expected {want:?}"));
         }
         errs.done()
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let label = format!("{prog:?}");
-        run_table(
-            &label,
-            &table(),
-            |c| &c.name,
-            |c| {
-                let e = match prog {
-                    Prog::Xdp => &c.xdp,
-                    Prog::Tc => &c.tc,
-                };
-                (e.fate != Fate::Skip).then(|| self.check(c, prog))
-            },
-        )
     }
 }
 

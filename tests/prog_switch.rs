@@ -28,8 +28,8 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, Errno, Errs, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP,
-        XDP_PASS, XDP_REDIRECT, count_rx, run_table,
+        AGING_NS, Ctx, Errno, Errs, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, count_rx,
     },
     netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
@@ -313,6 +313,12 @@ const C: Mac = station(0xc);
 
 fn ip(last: u8) -> [u8; 4] {
     [10, 0, 0, last]
+}
+
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 fn table() -> Vec<Case> {
@@ -969,11 +975,6 @@ impl Bench {
         }
         self.ctx.check_port_stats(&want, &mut errs)?;
         errs.done()
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let label = format!("{prog:?}");
-        run_table(&label, &table(), |c| &c.name, |c| Some(self.check(c, prog)))
     }
 }
 

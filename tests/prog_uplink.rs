@@ -32,8 +32,8 @@ use umlbr_common::{
 };
 use umlbr_tests::{
     bpf::{
-        AGING_NS, Ctx, Errs, LAN_MAC, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UP_IP,
-        UP_MAC, XDP_PASS, XDP_REDIRECT, count_rx, run_table,
+        AGING_NS, Ctx, Errs, LAN_MAC, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT, count_rx,
     },
     netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, fmt_mac, mac},
@@ -331,6 +331,19 @@ fn learned(m: Mac, d: Dev) -> Pre {
 
 fn pattern(dst: Mac, src: Mac) -> Vec<u8> {
     Frame::new(dst, src).pattern(46).build()
+}
+
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn runs_on(&self, prog: Prog) -> bool {
+        match prog {
+            Prog::Xdp => self.xdp.is_some(),
+            Prog::Tc => self.tc.is_some(),
+            Prog::TcOut => self.tc_out.is_some(),
+        }
+    }
 }
 
 fn table() -> Vec<Case> {
@@ -666,23 +679,6 @@ impl Bench {
         }
         self.ctx.check_port_stats(&want, &mut errs)?;
         errs.done()
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let label = format!("{prog:?}");
-        run_table(
-            &label,
-            &table(),
-            |c| c.name,
-            |c| {
-                let has = match prog {
-                    Prog::Xdp => c.xdp.is_some(),
-                    Prog::Tc => c.tc.is_some(),
-                    Prog::TcOut => c.tc_out.is_some(),
-                };
-                has.then(|| self.check(c, prog))
-            },
-        )
     }
 }
 

@@ -561,30 +561,34 @@ impl Errs {
     }
 }
 
-/// Run `check` on every case that has an expectation for `prog` (`check`
-/// returns None for the others) and report every failure, with the
-/// number of cases run.
-pub fn run_table<C>(
-    prog: &str,
+/// A case of a table.
+pub trait TableCase<P> {
+    fn name(&self) -> &str;
+    /// Whether the case has an expectation for `prog` (else it is not run).
+    fn runs_on(&self, _prog: P) -> bool {
+        true
+    }
+}
+
+/// Run `check` on every case that has an expectation for `prog` and
+/// report every failure, with the number of cases run.
+pub fn run_table<P: Copy + std::fmt::Debug, C: TableCase<P>>(
+    prog: P,
     cases: &[C],
-    name: impl Fn(&C) -> &str,
-    mut check: impl FnMut(&C) -> Option<Result<()>>,
+    mut check: impl FnMut(&C) -> Result<()>,
 ) -> Result<()> {
     let mut failed = Vec::new();
     let mut ran = 0;
-    for c in cases {
-        let Some(r) = check(c) else {
-            continue;
-        };
+    for c in cases.iter().filter(|c| c.runs_on(prog)) {
         ran += 1;
-        if let Err(e) = r {
-            failed.push(format!("  [{prog}] {}:\n    {e:#}", name(c)));
+        if let Err(e) = check(c) {
+            failed.push(format!("  [{prog:?}] {}:\n    {e:#}", c.name()));
         }
     }
-    eprintln!("{prog}: {ran} cases, {} passed", ran - failed.len());
+    eprintln!("{prog:?}: {ran} cases, {} passed", ran - failed.len());
     if !failed.is_empty() {
         bail!(
-            "{} of {ran} {prog} cases failed:\n{}",
+            "{} of {ran} {prog:?} cases failed:\n{}",
             failed.len(),
             failed.join("\n")
         );
@@ -594,14 +598,16 @@ pub fn run_table<C>(
 
 /// One `#[test]` per program, each running that program's table on a
 /// bench of its own: `table_tests!(Bench, Prog, xdp_table: "xdp" Xdp)`
-/// makes `fn xdp_table()` run `Bench::new("xdp")?.run_table(Prog::Xdp)`.
+/// makes `fn xdp_table()` run every case of `table()` for `Prog::Xdp`
+/// through `Bench::new("xdp")?.check(case, Prog::Xdp)`.
 #[macro_export]
 macro_rules! table_tests {
     ($bench:ident, $prog:ident, $($name:ident: $tag:literal $p:ident),+ $(,)?) => {
         $(
             #[test]
             fn $name() -> anyhow::Result<()> {
-                $bench::new($tag)?.run_table($prog::$p)
+                let mut b = $bench::new($tag)?;
+                $crate::bpf::run_table($prog::$p, &table(), |c| b.check(c, $prog::$p))
             }
         )+
     };
