@@ -122,14 +122,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    umlbr_tests::exit("bench", run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

@@ -6,7 +6,19 @@ pub mod netns;
 pub mod uml;
 pub mod wire;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
+
+/// A tool's exit: success, or `<tool>: error: <the error and its causes>`
+/// on stderr and failure (xtask, the bench).
+pub fn exit(tool: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// The umlbr binary under test: $UMLBR_BIN, else the workspace's
 /// target/{debug,release}/umlbr (`cargo xtask test` builds it first).
