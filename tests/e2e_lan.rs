@@ -99,7 +99,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     netns::{Netns, xdp_prog_ids},
-    uml::{Guest, GuestSpec, Transport, ping_counts, ping_seqs, ping_summary},
+    uml::{Guest, GuestSpec, Transport, iperf3_json, ping_counts, ping_seqs, ping_summary},
 };
 
 const BRIDGE: &str = "br0";
@@ -1137,21 +1137,9 @@ impl Lab {
             &format!("iperf3 -c {LAN_SRV} -t {secs} -J"),
             Duration::from_secs(secs as u64 + 40),
         )?;
-        let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
-        let v: Value = serde_json::from_str(json)
-            .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
-        ensure!(
-            rc == 0,
-            "iperf3 {} -> LAN failed ({rc}): {}",
-            g.name,
-            v["error"]
-        );
-        let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let retrans = v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1);
-        let gbps = bps / 1e9;
+        let r = iperf3_json(rc, &out, &format!("{} -> LAN", g.name))?;
+        let (bytes, retrans) = (r.bytes, r.retransmits);
+        let gbps = r.bps / 1e9;
         println!(
             "iperf3 [{}] guest {} ({}) -> LAN server: {gbps:.3} Gbit/s, {:.0} MB in {secs} s, \
              {retrans} retransmits",
@@ -1169,7 +1157,7 @@ impl Lab {
                 "iperf3 {} ({}) -> LAN moved only {bytes} bytes (exit {rc}, iperf3 error: {}){nat}",
                 g.name,
                 g.transport.as_str(),
-                v["error"]
+                r.error
             );
         }
         Ok(gbps)
@@ -1333,15 +1321,11 @@ fn masq_reach(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_reach_umlbr() -> Result<()> {
-    masq_reach(Kind::Umlbr)
-}
-
-#[test]
-fn masq_reach_iptables() -> Result<()> {
-    masq_reach(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_reach,
+    masq_reach_umlbr: Kind::Umlbr,
+    masq_reach_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D2: path MTU through the masquerade. Each check is made for both guests
@@ -1497,15 +1481,11 @@ fn masq_pmtu(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_pmtu_umlbr() -> Result<()> {
-    masq_pmtu(Kind::Umlbr)
-}
-
-#[test]
-fn masq_pmtu_iptables() -> Result<()> {
-    masq_pmtu(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_pmtu,
+    masq_pmtu_umlbr: Kind::Umlbr,
+    masq_pmtu_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D3: guest -> LAN TCP throughput (iperf3), both transports.
@@ -1534,15 +1514,11 @@ fn masq_iperf(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_iperf_umlbr() -> Result<()> {
-    masq_iperf(Kind::Umlbr)
-}
-
-#[test]
-fn masq_iperf_iptables() -> Result<()> {
-    masq_iperf(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_iperf,
+    masq_iperf_umlbr: Kind::Umlbr,
+    masq_iperf_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D4: many short TCP connections from two guests, in two phases, with
@@ -1760,15 +1736,11 @@ fn masq_many(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_many_umlbr() -> Result<()> {
-    masq_many(Kind::Umlbr)
-}
-
-#[test]
-fn masq_many_iptables() -> Result<()> {
-    masq_many(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_many,
+    masq_many_umlbr: Kind::Umlbr,
+    masq_many_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D5: the host's own connection to the LAN lives through masquerade on,
@@ -1890,15 +1862,11 @@ fn masq_host_conn(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_host_conn_umlbr() -> Result<()> {
-    masq_host_conn(Kind::Umlbr)
-}
-
-#[test]
-fn masq_host_conn_iptables() -> Result<()> {
-    masq_host_conn(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_host_conn,
+    masq_host_conn_umlbr: Kind::Umlbr,
+    masq_host_conn_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D6: ip_forward is restored as it was found, on or off (no guests).
@@ -1940,15 +1908,11 @@ fn masq_forwarding(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_forwarding_umlbr() -> Result<()> {
-    masq_forwarding(Kind::Umlbr)
-}
-
-#[test]
-fn masq_forwarding_iptables() -> Result<()> {
-    masq_forwarding(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_forwarding,
+    masq_forwarding_umlbr: Kind::Umlbr,
+    masq_forwarding_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // C1: guests on the LAN: one with a static address, one with an address
@@ -2132,15 +2096,11 @@ fn uplink_lan(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn uplink_lan_umlbr() -> Result<()> {
-    uplink_lan(Kind::Umlbr)
-}
-
-#[test]
-fn uplink_lan_bridge() -> Result<()> {
-    uplink_lan(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    uplink_lan,
+    uplink_lan_umlbr: Kind::Umlbr,
+    uplink_lan_bridge: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // C2: the host's own connection to the LAN lives through eth0 becoming a
@@ -2236,12 +2196,8 @@ fn uplink_host_conn(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn uplink_host_conn_umlbr() -> Result<()> {
-    uplink_host_conn(Kind::Umlbr)
-}
-
-#[test]
-fn uplink_host_conn_bridge() -> Result<()> {
-    uplink_host_conn(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    uplink_host_conn,
+    uplink_host_conn_umlbr: Kind::Umlbr,
+    uplink_host_conn_bridge: Kind::Recipe,
+);

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     netns::Netns,
-    uml::{Guest, GuestSpec, Transport, ping_counts, ping_seqs, ping_summary},
+    uml::{Guest, GuestSpec, Transport, iperf3_json, ping_counts, ping_seqs, ping_summary},
 };
 
 const HOST_IP: &str = "192.168.2.1";
@@ -281,29 +281,11 @@ fn ping_ok(from: &Guest, ip: &str, count: u32) -> Result<String> {
 
 /// TCP with iperf3 from `client` to `server` for `secs`; Gbit/s.
 fn iperf(kind: Kind, client: &Guest, server: &Guest, secs: u32) -> Result<f64> {
-    let srv = server.spawn("exec iperf3 -s -1 --forceflush")?;
-    srv.wait_output("Server listening", Duration::from_secs(20))?;
-    let (rc, out) = client.run_timeout(
-        &format!("iperf3 -c {} -t {secs} -J", server.ip),
-        Duration::from_secs(secs as u64 + 40),
-    )?;
-    let _ = srv.wait(Duration::from_secs(10));
-    let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
-    let v: Value = serde_json::from_str(json)
-        .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
-    ensure!(
-        rc == 0,
-        "iperf3 {} -> {} failed ({rc}): {}",
-        client.name,
-        server.name,
-        v["error"]
-    );
-    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let retrans = v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1);
-    let gbps = bps / 1e9;
+    let (rc, out) = client.iperf3_to(server, secs, "-J")?;
+    let what = format!("{} -> {}", client.name, server.name);
+    let r = iperf3_json(rc, &out, &what)?;
+    let (bytes, retrans) = (r.bytes, r.retransmits);
+    let gbps = r.bps / 1e9;
     println!(
         "iperf3 [{}] {} ({}) -> {} ({}): {gbps:.2} Gbit/s, {:.0} MB in {secs} s, {retrans} retransmits",
         kind.as_str(),
@@ -376,15 +358,11 @@ fn print_stats(t: &Topo) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn three_guests_umlbr() -> Result<()> {
-    three_guests(Kind::Umlbr)
-}
-
-#[test]
-fn three_guests_kernel() -> Result<()> {
-    three_guests(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    three_guests,
+    three_guests_umlbr: Kind::Umlbr,
+    three_guests_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 2: TCP between two vector guests: GSO super-frames and partial
@@ -416,15 +394,11 @@ fn vector_tcp(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn vector_tcp_umlbr() -> Result<()> {
-    vector_tcp(Kind::Umlbr)
-}
-
-#[test]
-fn vector_tcp_kernel() -> Result<()> {
-    vector_tcp(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    vector_tcp,
+    vector_tcp_umlbr: Kind::Umlbr,
+    vector_tcp_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 3: learning, flooding and aging, checked as the kernel's
@@ -538,15 +512,11 @@ fn learning(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn learning_umlbr() -> Result<()> {
-    learning(Kind::Umlbr)
-}
-
-#[test]
-fn learning_kernel() -> Result<()> {
-    learning(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    learning,
+    learning_umlbr: Kind::Umlbr,
+    learning_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 4: detach and reattach a port while another pair keeps talking.
@@ -617,15 +587,11 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn detach_reattach_umlbr() -> Result<()> {
-    detach_reattach(Kind::Umlbr)
-}
-
-#[test]
-fn detach_reattach_kernel() -> Result<()> {
-    detach_reattach(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    detach_reattach,
+    detach_reattach_umlbr: Kind::Umlbr,
+    detach_reattach_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 5: taking the switch down leaves no program, interface or map
@@ -748,15 +714,11 @@ fn down_cleans_up(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn down_cleans_up_umlbr() -> Result<()> {
-    down_cleans_up(Kind::Umlbr)
-}
-
-#[test]
-fn down_cleans_up_kernel() -> Result<()> {
-    down_cleans_up(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    down_cleans_up,
+    down_cleans_up_umlbr: Kind::Umlbr,
+    down_cleans_up_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 6: a tap made for a user can be opened by a guest running as
@@ -821,12 +783,8 @@ fn tap_user(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn tap_user_umlbr() -> Result<()> {
-    tap_user(Kind::Umlbr)
-}
-
-#[test]
-fn tap_user_kernel() -> Result<()> {
-    tap_user(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    tap_user,
+    tap_user_umlbr: Kind::Umlbr,
+    tap_user_kernel: Kind::Kernel,
+);

@@ -273,8 +273,7 @@ fn pair_measurements(
     let c = p.contender;
     let (a, b) = (&gs[0], &gs[1]);
     measure(errs, &format!("iperf3 between {name} guests"), || {
-        let srv = b.spawn("exec iperf3 -s -1 --forceflush")?;
-        srv.wait_output("Server listening", Duration::from_secs(20))?;
+        let srv = b.iperf3_server()?;
         let paths0 = topo.paths()?;
         let r = iperf(a, &b.ip, cfg.iperf_secs);
         let _ = srv.wait(Duration::from_secs(10));
@@ -399,30 +398,7 @@ fn nat(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> Re
     if c.is_umlbr()
         && let Ok(n1) = topo.nat_counters()
     {
-        let d = |k: &str| {
-            n1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(n0[k].as_u64().unwrap_or(0))
-        };
-        let (x, t, slow, fail) = (d("out_xdp"), d("out_tc"), d("slow_path"), d("alloc_fail"));
-        let total = (x + t).max(1) as f64;
-        let note = format!(
-            "{}: guest→LAN packets translated by XDP {:.1}% / TC {:.1}%{}{}",
-            c.as_str(),
-            100.0 * x as f64 / total,
-            100.0 * t as f64 / total,
-            if slow > 0 {
-                format!(", slow path {slow}")
-            } else {
-                String::new()
-            },
-            if fail > 0 {
-                format!(", failed port allocations {fail}")
-            } else {
-                String::new()
-            }
-        );
+        let note = crate::nat::translated_note(c.as_str(), "guest→LAN packets ", &n0, &n1, true);
         res.note("guest_nat_tcp", note.clone());
         res.note("guest_nat_conn_rate", note);
     }

@@ -241,30 +241,41 @@ fn note_paths(res: &mut Results, topo: &Topo, row: &str, n0: &serde_json::Value)
             eprintln!("bench: NAT counters before {n0} after {n1}");
             eprintln!("{}", topo.umlbr_out(&["stats", topo::BRIDGE])?.0);
         }
-        let d = |k: &str| {
-            n1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(n0[k].as_u64().unwrap_or(0))
-        };
-        let (x, t, slow) = (d("out_xdp"), d("out_tc"), d("slow_path"));
-        let total = (x + t).max(1) as f64;
-        res.note(
-            row,
-            format!(
-                "{}: translated by XDP {:.1}% / TC {:.1}%{}",
-                c.as_str(),
-                100.0 * x as f64 / total,
-                100.0 * t as f64 / total,
-                if slow > 0 {
-                    format!(", slow path {slow}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
+        res.note(row, translated_note(c.as_str(), "", n0, &n1, false));
     }
     Ok(())
+}
+
+/// "<contender>: <what>translated by XDP x% / TC y%", then the slow path
+/// and (with `fails`) failed port allocations if any, from the NAT
+/// counters before (`n0`) and after (`n1`) a row.
+pub fn translated_note(
+    contender: &str,
+    what: &str,
+    n0: &serde_json::Value,
+    n1: &serde_json::Value,
+    fails: bool,
+) -> String {
+    let d = |k: &str| {
+        n1[k]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(n0[k].as_u64().unwrap_or(0))
+    };
+    let (x, t, slow, fail) = (d("out_xdp"), d("out_tc"), d("slow_path"), d("alloc_fail"));
+    let total = (x + t).max(1) as f64;
+    let mut note = format!(
+        "{contender}: {what}translated by XDP {:.1}% / TC {:.1}%",
+        100.0 * x as f64 / total,
+        100.0 * t as f64 / total,
+    );
+    if slow > 0 {
+        note += &format!(", slow path {slow}");
+    }
+    if fails && fail > 0 {
+        note += &format!(", failed port allocations {fail}");
+    }
+    note
 }
 
 /// The NAT table with [`TABLE_FLOWS`] live flows: after the nearly empty

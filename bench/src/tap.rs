@@ -97,40 +97,22 @@ impl Tap {
     /// which `frame` must already carry: see [`wire_frame`]).
     #[inline]
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        let fd = self.fd.as_raw_fd();
         // SAFETY: write(2) from a valid buffer.
-        let n = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(unsafe { libc::write(fd, frame.as_ptr() as *const libc::c_void, frame.len()) })
     }
 
     /// Read one frame; `Ok(None)` if none is queued (non-blocking mode).
     #[inline]
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let fd = self.fd.as_raw_fd();
         // SAFETY: read(2) into a valid buffer.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e);
+        match byte_count(unsafe {
+            libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len())
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            r => r.map(Some),
         }
-        Ok(Some(n as usize))
     }
 
     /// TUNSETOFFLOAD: the offloads this reader takes (`TUN_F_*`), as a
@@ -157,6 +139,15 @@ impl Tap {
         // SAFETY: poll(2) on one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
         rc > 0
+    }
+}
+
+/// A read(2) or write(2) result: the byte count, or errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -38,3 +38,18 @@ pub fn umlbr_bin() -> PathBuf {
     }
     panic!("no umlbr binary: run `cargo build -p umlbr` or set UMLBR_BIN");
 }
+
+/// One `#[test]` per contender of a scenario:
+/// `per_contender!(learning, learning_umlbr: Kind::Umlbr, learning_kernel: Kind::Kernel)`
+/// makes `fn learning_umlbr()` run `learning(Kind::Umlbr)`, and so on.
+#[macro_export]
+macro_rules! per_contender {
+    ($scenario:ident, $($name:ident: $arg:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() -> anyhow::Result<()> {
+                $scenario($arg)
+            }
+        )+
+    };
+}

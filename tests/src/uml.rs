@@ -421,6 +421,25 @@ impl Guest {
         self.spawn(script)?.wait(timeout)
     }
 
+    /// A one-shot iperf3 server (`iperf3 -s -1`) in the guest, listening.
+    pub fn iperf3_server(&self) -> Result<Bg<'_>> {
+        let srv = self.spawn("exec iperf3 -s -1 --forceflush")?;
+        srv.wait_output("Server listening", Duration::from_secs(20))?;
+        Ok(srv)
+    }
+
+    /// `iperf3 -c <server's address> -t <secs> <args>` from this guest
+    /// against a one-shot server in `server`: (exit status, output).
+    pub fn iperf3_to(&self, server: &Guest, secs: u32, args: &str) -> Result<(i32, String)> {
+        let srv = server.iperf3_server()?;
+        let r = self.run_timeout(
+            &format!("iperf3 -c {} -t {secs} {args}", server.ip),
+            Duration::from_secs(secs as u64 + 40),
+        );
+        let _ = srv.wait(Duration::from_secs(10));
+        r
+    }
+
     /// Run `script` in the guest; its output if it exits 0.
     pub fn run_ok(&self, script: &str) -> Result<String> {
         let (rc, out) = self.run(script)?;
@@ -812,4 +831,32 @@ mod tests {
         assert!(s.contains("ip route add default via '10.0.0.1'"));
         assert!(s.contains("/sys/class/net/vec0"));
     }
+}
+
+/// What an `iperf3 -J` client reports.
+pub struct Iperf3 {
+    /// Bytes the server received, and at what rate.
+    pub bytes: f64,
+    pub bps: f64,
+    /// The sender's retransmits (-1 if not reported).
+    pub retransmits: i64,
+    /// Its "error" (null if none).
+    pub error: serde_json::Value,
+}
+
+/// Parse the output `out` of an `iperf3 -J` client that exited `rc`;
+/// an error names the test as `what` ("a -> b").
+pub fn iperf3_json(rc: i32, out: &str, what: &str) -> Result<Iperf3> {
+    let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json)
+        .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
+    anyhow::ensure!(rc == 0, "iperf3 {what} failed ({rc}): {}", v["error"]);
+    Ok(Iperf3 {
+        bytes: v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0),
+        bps: v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0),
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1),
+        error: v["error"].clone(),
+    })
 }

@@ -336,13 +336,7 @@ fn report_ping(what: &str, out: &str, failures: &mut Vec<String>) {
 
 /// iperf3 from `client` to `server`: the receiver's summary line.
 fn iperf(client: &Guest, server: &Guest, secs: u32) -> Result<String> {
-    let srv = server.spawn("exec iperf3 -s -1 --forceflush")?;
-    srv.wait_output("Server listening", Duration::from_secs(20))?;
-    let (rc, out) = client.run_timeout(
-        &format!("iperf3 -c {} -t {secs} -f g", server.ip),
-        Duration::from_secs(secs as u64 + 40),
-    )?;
-    let _ = srv.wait(Duration::from_secs(10));
+    let (rc, out) = client.iperf3_to(server, secs, "-f g")?;
     if rc != 0 {
         bail!("iperf3 exited {rc}: {out}");
     }
