@@ -99,7 +99,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     netns::{Netns, xdp_prog_ids},
-    uml::{Guest, GuestSpec, Transport, iperf3_json, ping_counts, ping_seqs, ping_summary},
+    uml::{self, Guest, GuestSpec, Ping, Transport, iperf3_json, ping_counts},
 };
 
 const BRIDGE: &str = "br0";
@@ -508,45 +508,16 @@ fn ip_forward(ns: &Netns) -> Result<String> {
         .to_string())
 }
 
-/// iputils `ping` options for `count` pings whose every reply must come.
-/// With -c alone, once any reply came, ping waits only max(2 RTT, -i) for
-/// the last one (here 200 ms), which a guest starved for a moment on a
-/// loaded 2-core machine misses: both "last reply lost" failures of CI so
-/// far were that. With -w ping waits for `count` replies until the
-/// deadline (sending more if one is lost); [`ping_lost_seqs`] then
-/// requires the replies to pings 1..=count themselves.
-fn ping_args(count: u32, ip: &str) -> String {
-    format!("-c {count} -i 0.2 -w {} {ip}", count + 5)
-}
-
-/// The pings among 1..=count (iputils numbers from 1) that got no reply.
-fn ping_lost_seqs(out: &str, count: u32) -> Vec<u32> {
-    let seqs = ping_seqs(out);
-    (1..=count).filter(|s| !seqs.contains(s)).collect()
-}
-
 /// `ping` (iputils) from a namespace: all `count` replies.
 fn ns_ping_ok(ns: &Netns, who: &str, ip: &str, count: u32) -> Result<String> {
-    let out = ns.sh_output(&format!("ping {}", ping_args(count, ip)))?;
+    let out = ns.sh_output(&Ping::Iputils.command(count, ip))?;
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lost = ping_lost_seqs(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "{who} -> {ip}: no reply to pings {lost:?} of {count}\n{out}"
-    );
-    Ok(ping_summary(&out))
+    Ping::Iputils.all_answered(who, ip, count, &out)
 }
 
 /// `ping` (iputils) from a guest: all `count` replies.
 fn ping_ok(g: &Guest, ip: &str, count: u32) -> Result<String> {
-    let (_, out) = g.run(&format!("ping {}", ping_args(count, ip)))?;
-    let lost = ping_lost_seqs(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "guest {} -> {ip}: no reply to pings {lost:?} of {count}\n{out}",
-        g.name
-    );
-    Ok(ping_summary(&out))
+    uml::ping_ok(g, Ping::Iputils, ip, count)
 }
 
 /// A ping from a guest that must get no reply at all.

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     netns::Netns,
-    uml::{Guest, GuestSpec, Transport, iperf3_json, ping_counts, ping_seqs, ping_summary},
+    uml::{self, Guest, GuestSpec, Ping, Transport, iperf3_json, ping_counts},
 };
 
 const HOST_IP: &str = "192.168.2.1";
@@ -253,30 +253,10 @@ impl Topo {
     }
 }
 
-/// `busybox ping` options for `count` pings whose every reply must come:
-/// one more is sent, since busybox waits only about a second for the reply
-/// to its last ping (a guest briefly starved on a loaded machine can miss
-/// that); the replies to the first `count` are all waited for.
-fn ping_args(count: u32, ip: &str) -> String {
-    format!("-c {} -i 0.2 -W 3 {ip}", count + 1)
-}
-
-/// The pings of `ping_args(count, ..)` that got no reply.
-fn ping_lost(out: &str, count: u32) -> Vec<u32> {
-    let seqs = ping_seqs(out);
-    (0..count).filter(|s| !seqs.contains(s)).collect()
-}
-
-/// `count` pings from guest `from` to `ip`; every one must be answered.
+/// `count` pings (busybox) from guest `from` to `ip`; every one must be
+/// answered.
 fn ping_ok(from: &Guest, ip: &str, count: u32) -> Result<String> {
-    let (_, out) = from.run(&format!("busybox ping {}", ping_args(count, ip)))?;
-    let lost = ping_lost(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "{} -> {ip}: no reply to pings {lost:?} of {count}\n{out}",
-        from.name
-    );
-    Ok(ping_summary(&out))
+    uml::ping_ok(from, Ping::Busybox, ip, count)
 }
 
 /// TCP with iperf3 from `client` to `server` for `secs`; Gbit/s.
@@ -325,13 +305,8 @@ fn three_guests(kind: Kind) -> Result<()> {
         }
         let s = ping_ok(a, HOST_IP, 3)?;
         println!("[{}] {} -> host: {s}", kind.as_str(), a.name);
-        let out = t.host_ping(&ping_args(3, &a.ip))?;
-        let lost = ping_lost(&out, 3);
-        ensure!(
-            lost.is_empty(),
-            "host -> {}: no reply to pings {lost:?}\n{out}",
-            a.name
-        );
+        let out = t.host_ping(&Ping::Busybox.args(3, &a.ip))?;
+        Ping::Busybox.all_answered(&format!("host to {}", a.name), &a.ip, 3, &out)?;
     }
     iperf(kind, &g[0], &g[1], 3)?;
     iperf(kind, &g[0], &g[2], 3)?;
@@ -532,7 +507,7 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     ping_ok(a, &b.ip, 2)?;
     ping_ok(a, &c.ip, 2)?;
     let count = 40;
-    let long = a.spawn(&format!("busybox ping {}", ping_args(count, &b.ip)))?;
+    let long = a.spawn(&Ping::Busybox.command(count, &b.ip))?;
     std::thread::sleep(Duration::from_secs(1));
 
     t.detach(&c.tap)?;
@@ -573,7 +548,7 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     ping_ok(a, &c.ip, 3)?;
 
     let (_, out) = long.wait(Duration::from_secs(30))?;
-    let lost = ping_lost(&out, count);
+    let lost = Ping::Busybox.lost(&out, count);
     println!(
         "[{}] A -> B during C's detach/reattach: {} of {count} pings answered, lost {lost:?}",
         kind.as_str(),

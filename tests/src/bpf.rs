@@ -71,11 +71,7 @@ pub fn sk_buff(mark: u32, ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
 pub fn count_rx(s: &mut PortStats, len: usize, xdp: bool) {
     s.rx_packets += 1;
     s.rx_bytes += len as u64;
-    if xdp {
-        s.xdp_native += 1;
-    } else {
-        s.tc += 1;
-    }
+    *(if xdp { &mut s.xdp_native } else { &mut s.tc }) += 1;
 }
 
 /// A failed test run's errno; shows as "test run failed: <error>".
