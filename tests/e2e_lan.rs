@@ -1015,8 +1015,7 @@ impl Lab {
         for s in specs {
             self.add_tap(&s.tap)?;
         }
-        let guests = Guest::boot_all(&self.host.name, specs)?;
-        self.guests.extend(guests);
+        self.guests.extend(Guest::boot_all(&self.host.name, specs)?);
         Ok(())
     }
 

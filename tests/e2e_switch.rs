@@ -224,8 +224,7 @@ impl Topo {
         for s in specs {
             self.add_tap(&s.tap)?;
         }
-        let guests = Guest::boot_all(&self.ns.name, specs)?;
-        self.guests.extend(guests);
+        self.guests.extend(Guest::boot_all(&self.ns.name, specs)?);
         Ok(())
     }
 

@@ -49,7 +49,7 @@ use umlbr_common::{
 use umlbr_tests::{
     bpf::{
         AGING_NS, Ctx, Errs, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
-        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT,
+        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT, sum_counters,
     },
     netns::{Netns, ifindex},
     wire::{
@@ -312,20 +312,7 @@ impl Bench {
     /// The NAT counters, summed over the CPUs.
     fn nat_stats(&mut self) -> Result<NatStats> {
         let m: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
-        let mut t = NatStats::default();
-        for s in m.get(&0, 0)?.iter() {
-            t.out_xdp += s.out_xdp;
-            t.out_tc += s.out_tc;
-            t.in_xdp += s.in_xdp;
-            t.in_tc += s.in_tc;
-            t.icmp_errors += s.icmp_errors;
-            t.in_miss += s.in_miss;
-            t.allocs += s.allocs;
-            t.alloc_fail += s.alloc_fail;
-            t.slow_path += s.slow_path;
-            t.expired += s.expired;
-        }
-        Ok(t)
+        Ok(sum_counters(&m.get(&0, 0)?))
     }
 
     fn run(&self, prog: Prog, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {

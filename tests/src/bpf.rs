@@ -66,6 +66,26 @@ pub fn sk_buff(mark: u32, ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
     c
 }
 
+/// The sum over the CPUs of a per-CPU value whose fields are u64
+/// counters (a PortStats' kind and flags, two u32 in one word, come out
+/// meaningless).
+pub fn sum_counters<T: Pod + Default>(per_cpu: &[T]) -> T {
+    const W: usize = std::mem::size_of::<u64>();
+    assert!(std::mem::size_of::<T>().is_multiple_of(W) && std::mem::align_of::<T>() >= W);
+    let n = std::mem::size_of::<T>() / W;
+    let mut t = T::default();
+    // SAFETY: T is plain old data, a whole number of aligned u64 words.
+    let sum = unsafe { std::slice::from_raw_parts_mut(&mut t as *mut T as *mut u64, n) };
+    for v in per_cpu {
+        // SAFETY: as above.
+        let words = unsafe { std::slice::from_raw_parts(v as *const T as *const u64, n) };
+        for (s, w) in sum.iter_mut().zip(words) {
+            *s = s.wrapping_add(*w);
+        }
+    }
+    t
+}
+
 /// What a port counts for a frame of `len` bytes it received and a
 /// program finished there: by XDP (native) or by TC.
 pub fn count_rx(s: &mut PortStats, len: usize, xdp: bool) {
@@ -258,23 +278,12 @@ impl Ctx {
         let stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
         let mut out = Vec::new();
         for i in ifindexes {
-            let mut t = PortStats::default();
-            for (n, s) in stats.get(i, 0)?.iter().enumerate() {
-                if n == 0 {
-                    (t.kind, t.flags) = (s.kind, s.flags);
-                }
-                t.rx_packets += s.rx_packets;
-                t.rx_bytes += s.rx_bytes;
-                t.forwarded += s.forwarded;
-                t.flooded += s.flooded;
-                t.dropped += s.dropped;
-                t.learned += s.learned;
-                t.moved += s.moved;
-                t.xdp_native += s.xdp_native;
-                t.xdp_generic += s.xdp_generic;
-                t.tc += s.tc;
-            }
-            out.push(t);
+            let v = stats.get(i, 0)?;
+            out.push(PortStats {
+                kind: v[0].kind,
+                flags: v[0].flags,
+                ..sum_counters(&v)
+            });
         }
         Ok(out)
     }
