@@ -346,15 +346,30 @@ impl TableCase<Prog> for Case {
     }
 }
 
+/// A guest's ping to the host's address on the uplink.
+fn ping_host() -> Vec<u8> {
+    Frame::new(UP_MAC, G1)
+        .icmp_echo(G1_IP, UP_IP, false, 1, 1, b"to the host")
+        .build()
+}
+
 fn table() -> Vec<Case> {
+    [
+        guests_and_the_uplinks_stack(),
+        floods(),
+        known_unicast(),
+        handed_up_by_tc(),
+        uplink_egress(),
+    ]
+    .concat()
+}
+
+/// Guests and the uplink's own stack.
+fn guests_and_the_uplinks_stack() -> Vec<Case> {
     use Count::*;
     use Dev::*;
-    let ping_host = Frame::new(UP_MAC, G1)
-        .icmp_echo(G1_IP, UP_IP, false, 1, 1, b"to the host")
-        .build();
     vec![
-        // Guests and the uplink's own stack.
-        Case::new("guest -> the uplink's MAC: XDP passes, TC hands it to up0's stack, marked", Guest1, ping_host.clone())
+        Case::new("guest -> the uplink's MAC: XDP passes, TC hands it to up0's stack, marked", Guest1, ping_host())
             .learns()
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_REDIRECT, [0; 5], LOCAL_MARK, Forwarded),
@@ -376,7 +391,14 @@ fn table() -> Vec<Case> {
             .learns()
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_OK, [0; 5], 0, Rx),
-        // Floods.
+    ]
+}
+
+/// Floods.
+fn floods() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
         Case::new(
             "broadcast from a guest: TC clones to the other ports and up0's stack (marked), drops the original",
             Guest1,
@@ -435,17 +457,32 @@ fn table() -> Vec<Case> {
         )
         .xdp(XDP_PASS, Nothing)
         .tc(TC_ACT_SHOT, [0, 1, 1, 1, 1], LOCAL_MARK, Flooded),
-        // Known unicast across the uplink.
-        Case::new("from the uplink to a known guest: forwarded", Up, pattern(G1, L))
-            .fdb(&[learned(G1, Guest1)])
-            .learns()
-            .xdp(XDP_REDIRECT, Forwarded)
-            .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
-        Case::new("from a guest to a LAN host behind the uplink: forwarded", Guest2, pattern(L, G2))
-            .fdb(&[learned(L, Up)])
-            .learns()
-            .xdp(XDP_REDIRECT, Forwarded)
-            .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
+    ]
+}
+
+/// Known unicast across the uplink.
+fn known_unicast() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
+        Case::new(
+            "from the uplink to a known guest: forwarded",
+            Up,
+            pattern(G1, L),
+        )
+        .fdb(&[learned(G1, Guest1)])
+        .learns()
+        .xdp(XDP_REDIRECT, Forwarded)
+        .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
+        Case::new(
+            "from a guest to a LAN host behind the uplink: forwarded",
+            Guest2,
+            pattern(L, G2),
+        )
+        .fdb(&[learned(L, Up)])
+        .learns()
+        .xdp(XDP_REDIRECT, Forwarded)
+        .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
         Case {
             uplink_xdp_tx: false,
             ..Case::new(
@@ -469,7 +506,14 @@ fn table() -> Vec<Case> {
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_SHOT, [0, 1, 1, 1, 1], LOCAL_MARK, Flooded)
         },
-        // What TC handed up itself.
+    ]
+}
+
+/// What TC handed up itself.
+fn handed_up_by_tc() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
         Case {
             mark: LOCAL_MARK,
             ..Case::new(
@@ -484,7 +528,7 @@ fn table() -> Vec<Case> {
             ..Case::new(
                 "the local mark on unicast to the uplink's MAC: let up, mark cleared",
                 Up,
-                ping_host.clone(),
+                ping_host(),
             )
             .tc(TC_ACT_OK, [0; 5], 0, Nothing)
         },
@@ -498,16 +542,34 @@ fn table() -> Vec<Case> {
             .learns()
             .tc(TC_ACT_OK, [1, 1, 1, 0, 0], LOCAL_MARK + 1, Flooded)
         },
-        // The uplink's egress: the host's own frames.
-        Case::new("host -> a known guest (tc_out): to the guest's port", Up, pattern(G1, UP_MAC))
-            .fdb(&[learned(G1, Guest1)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
-        Case::new("host -> a guest with a static entry (tc_out): to its port", Up, pattern(G2, UP_MAC))
-            .fdb(&[Pre(G2, Guest2, FDB_F_STATIC, 10 * AGING_NS)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
-        Case::new("host -> the bridge's host interface (tc_out): to the host port", Up, pattern(H, UP_MAC))
-            .fdb(&[learned(H, Host)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
+    ]
+}
+
+/// The uplink's egress: the host's own frames.
+fn uplink_egress() -> Vec<Case> {
+    use Dev::*;
+    vec![
+        Case::new(
+            "host -> a known guest (tc_out): to the guest's port",
+            Up,
+            pattern(G1, UP_MAC),
+        )
+        .fdb(&[learned(G1, Guest1)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
+        Case::new(
+            "host -> a guest with a static entry (tc_out): to its port",
+            Up,
+            pattern(G2, UP_MAC),
+        )
+        .fdb(&[Pre(G2, Guest2, FDB_F_STATIC, 10 * AGING_NS)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
+        Case::new(
+            "host -> the bridge's host interface (tc_out): to the host port",
+            Up,
+            pattern(H, UP_MAC),
+        )
+        .fdb(&[learned(H, Host)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
         Case::new(
             "host broadcast (tc_out): clones to the guests, not the host port, and on to the wire",
             Up,
@@ -522,11 +584,19 @@ fn table() -> Vec<Case> {
             pattern(mac("01:00:5e:00:00:01"), UP_MAC),
         )
         .tc_out(TC_ACT_OK, [1, 1, 0, 0, 0]),
-        Case::new("host -> unknown MAC (tc_out): to the wire", Up, pattern(X, UP_MAC))
-            .tc_out(TC_ACT_OK, [0; 5]),
-        Case::new("host -> a LAN host (tc_out): to the wire", Up, pattern(L, UP_MAC))
-            .fdb(&[learned(L, Up)])
-            .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> unknown MAC (tc_out): to the wire",
+            Up,
+            pattern(X, UP_MAC),
+        )
+        .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> a LAN host (tc_out): to the wire",
+            Up,
+            pattern(L, UP_MAC),
+        )
+        .fdb(&[learned(L, Up)])
+        .tc_out(TC_ACT_OK, [0; 5]),
         Case {
             removed: vec![G1],
             ..Case::new(
@@ -537,8 +607,12 @@ fn table() -> Vec<Case> {
             .fdb(&[Pre(G1, Guest1, 0, 2 * AGING_NS)])
             .tc_out(TC_ACT_OK, [0; 5])
         },
-        Case::new("host -> its own MAC (tc_out): to the wire", Up, pattern(UP_MAC, UP_MAC))
-            .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> its own MAC (tc_out): to the wire",
+            Up,
+            pattern(UP_MAC, UP_MAC),
+        )
+        .tc_out(TC_ACT_OK, [0; 5]),
         Case::new(
             "a guest's frame bridged out of the uplink (tc_out): untouched",
             Up,
