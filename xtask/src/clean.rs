@@ -11,11 +11,6 @@ use umlbr_tests::netns::{self, PREFIX, alive, list, owner_pid};
 
 use crate::util::{say, warn};
 
-/// Test namespaces whose test process is gone.
-pub fn stale_test_netns() -> Vec<String> {
-    netns::stale()
-}
-
 fn kill(pid: i32, what: &str) {
     // SAFETY: kill(2) with a pid read from the kernel; no memory involved.
     let r = unsafe { libc::kill(pid, libc::SIGKILL) };

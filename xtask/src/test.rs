@@ -197,7 +197,7 @@ pub fn test(args: &TestArgs, ci: bool) -> Result<()> {
         }
     }
 
-    let stale = clean::stale_test_netns();
+    let stale = umlbr_tests::netns::stale();
     if !stale.is_empty() {
         header(format!(
             "removing {} namespace(s) left by earlier test runs",
