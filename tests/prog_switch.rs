@@ -204,6 +204,13 @@ enum Fate {
     Refused,
 }
 
+impl Fate {
+    /// The switch decided and finished here: forwarded, flooded or dropped.
+    fn switched(self) -> bool {
+        matches!(self, Fate::Forward(_) | Fate::Flood | Fate::Drop)
+    }
+}
+
 /// An FDB entry before the run: MAC, where, flags, age in ns.
 #[derive(Clone, Copy, Debug)]
 struct Pre {
@@ -820,27 +827,7 @@ fn runts() -> Vec<Case> {
 impl Bench {
     /// Run one case on one program; Err describes every mismatch.
     fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
-        self.reset()?;
-        if c.tc_flood {
-            let mut cfg = self.ctx.config()?;
-            cfg.flags |= CFG_F_TC_FLOOD;
-            self.ctx.set_config(cfg)?;
-        }
-        if let Some(at) = c.no_xdp_tx {
-            let i = self.ifindex(at);
-            self.ctx.devmap_remove(i)?;
-            let s = PortStats {
-                kind: PORT_KIND_OTHER,
-                flags: PORT_F_NO_XDP_TX,
-                ..Default::default()
-            };
-            self.ctx.set_port_stats(i, s)?;
-        }
-        let base = now_coarse();
-        for p in &c.fdb {
-            let i = self.ifindex(p.at);
-            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
-        }
+        self.prepare(c)?;
         let before = self.fdb()?;
         let stats_before = self.stats()?;
         let fate = match prog {
@@ -894,9 +881,52 @@ impl Bench {
             ));
         }
 
-        // The FDB, entry by entry. A run that did not decide learns nothing.
-        let switched = matches!(fate, Fate::Forward(_) | Fate::Flood | Fate::Drop);
-        let decided = switched || fate == Fate::ToTc;
+        // The FDB, entry by entry; the counters: the ingress port's change,
+        // every other port untouched.
+        self.check_fdb(c, fate, &before, (t0, t1), &mut errs)?;
+        let want = want_counters(c, prog, fate, stats_before);
+        self.ctx.check_port_stats(&want, &mut errs)?;
+        errs.done()
+    }
+
+    /// The maps as the case starts: the default state, its config and
+    /// devmap changes, its FDB entries.
+    fn prepare(&mut self, c: &Case) -> Result<()> {
+        self.reset()?;
+        if c.tc_flood {
+            let mut cfg = self.ctx.config()?;
+            cfg.flags |= CFG_F_TC_FLOOD;
+            self.ctx.set_config(cfg)?;
+        }
+        if let Some(at) = c.no_xdp_tx {
+            let i = self.ifindex(at);
+            self.ctx.devmap_remove(i)?;
+            let s = PortStats {
+                kind: PORT_KIND_OTHER,
+                flags: PORT_F_NO_XDP_TX,
+                ..Default::default()
+            };
+            self.ctx.set_port_stats(i, s)?;
+        }
+        let base = now_coarse();
+        for p in &c.fdb {
+            let i = self.ifindex(p.at);
+            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
+        }
+        Ok(())
+    }
+
+    /// The FDB after the run, entry by entry. A run that did not decide
+    /// learns nothing.
+    fn check_fdb(
+        &mut self,
+        c: &Case,
+        fate: Fate,
+        before: &[(Mac, FdbEntry)],
+        (t0, t1): (u64, u64),
+        errs: &mut Errs,
+    ) -> Result<()> {
+        let decided = fate.switched() || fate == Fate::ToTc;
         let mut want_fdb: Vec<Post> = if decided {
             c.after.clone()
         } else {
@@ -951,34 +981,38 @@ impl Bench {
             }
         }
 
-        // Counters: the ingress port's change, every other port untouched.
-        let mut want = stats_before.clone();
-        if let P(i) = c.ingress
-            && fate == Fate::ToTc
-        {
-            want[i].learned += u64::from(c.learned);
-            want[i].moved += u64::from(c.moved);
-        }
-        if let P(i) = c.ingress
-            && switched
-        {
-            let s = &mut want[i];
-            count_rx(s, c.frame.len(), prog == Prog::Xdp);
-            match fate {
-                Fate::Forward(_) => s.forwarded += 1,
-                Fate::Flood => s.flooded += 1,
-                Fate::Drop => s.dropped += 1,
-                _ => {}
-            }
-            s.learned += u64::from(c.learned);
-            s.moved += u64::from(c.moved);
-        }
-        self.ctx.check_port_stats(&want, &mut errs)?;
-        errs.done()
+        Ok(())
     }
 }
 
 umlbr_tests::table_tests!(Bench, Prog, xdp_table: "xdp" Xdp, tc_table: "tc" Tc);
+
+/// The counters after the run: the ingress port's change, every other
+/// port untouched.
+fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Vec<PortStats> {
+    let mut want = before;
+    if let P(i) = c.ingress
+        && fate == Fate::ToTc
+    {
+        want[i].learned += u64::from(c.learned);
+        want[i].moved += u64::from(c.moved);
+    }
+    if let P(i) = c.ingress
+        && fate.switched()
+    {
+        let s = &mut want[i];
+        count_rx(s, c.frame.len(), prog == Prog::Xdp);
+        match fate {
+            Fate::Forward(_) => s.forwarded += 1,
+            Fate::Flood => s.flooded += 1,
+            Fate::Drop => s.dropped += 1,
+            _ => {}
+        }
+        s.learned += u64::from(c.learned);
+        s.moved += u64::from(c.moved);
+    }
+    want
+}
 
 /// BPF_PROG_TEST_RUN refuses XDP input with less than an Ethernet header
 /// of packet data even when metadata makes up the 14 bytes, so the XDP
