@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     Cfg, Progress, check_interrupted,
-    report::{Check, Goal, Results, Row, higher, lower},
+    report::{Check, Goal, Results, Row, goal, higher, lower},
     tap::{self, TapMode, gen_mac, sink_mac},
     topo::{Contender, Topo},
     traffic::{self, GenSpec, Job, Outcome, RunOpts, SinkSpec},
@@ -60,10 +60,10 @@ const READERS: [(&str, &str, Option<Goal>); 2] = [
     (
         "gso_tcp",
         "reader with TSO offloads, like a virtio guest",
-        Some(Goal {
-            text: "not slower: ≥ 1.0× kernel",
-            checks: &[Check::RatioAtLeast(Contender::Kernel, 1.0)],
-        }),
+        Some(goal(
+            "not slower: ≥ 1.0× kernel",
+            &[Check::RatioAtLeast(Contender::Kernel, 1.0)],
+        )),
     ),
     ("gso_tcp_seg", "reader without offloads", None),
 ];

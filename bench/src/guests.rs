@@ -20,7 +20,7 @@ use umlbr_tests::uml::{Guest, GuestSpec, Transport};
 
 use crate::{
     Cfg, Progress, check_interrupted,
-    report::{Check, Goal, Results, Row, higher, lower},
+    report::{Check, Goal, Results, Row, goal, higher, lower},
     topo::{self, Contender, Topo, Uplink},
     traffic,
 };
@@ -65,14 +65,14 @@ const TCP: &[Row] = &[
 ];
 /// The goals of the vector transport's TCP rows.
 const VECTOR_TCP_GOALS: [Goal; 2] = [
-    Goal {
-        text: "not slower: ≥ 1.0× kernel",
-        checks: &[Check::RatioAtLeast(Kernel, 1.0)],
-    },
-    Goal {
-        text: "less host CPU than kernel: < 1.0×",
-        checks: &[Check::RatioAtMost(Kernel, 0.999)],
-    },
+    goal(
+        "not slower: ≥ 1.0× kernel",
+        &[Check::RatioAtLeast(Kernel, 1.0)],
+    ),
+    goal(
+        "less host CPU than kernel: < 1.0×",
+        &[Check::RatioAtMost(Kernel, 0.999)],
+    ),
 ];
 
 /// Per transport `{tr}`, `{pings}` pings.
@@ -99,10 +99,7 @@ const RTT: &[Row] = &[
     ),
 ];
 /// The goal of the legacy transport's ping p50.
-const LEGACY_PING_GOAL: Goal = Goal {
-    text: "p50 ≤ 0.8× kernel",
-    checks: &[Check::RatioAtMost(Kernel, 0.8)],
-};
+const LEGACY_PING_GOAL: Goal = goal("p50 ≤ 0.8× kernel", &[Check::RatioAtMost(Kernel, 0.8)]);
 
 /// With `{pings}` pings.
 const NAT: &[Row] = &[

@@ -71,10 +71,15 @@ impl Row {
     /// The row with a goal.
     pub const fn goal(self, text: &'static str, checks: &'static [Check]) -> Row {
         Row {
-            goal: Some(Goal { text, checks }),
+            goal: Some(goal(text, checks)),
             ..self
         }
     }
+}
+
+/// A goal: what it says, and the checks that decide whether it is met.
+pub const fn goal(text: &'static str, checks: &'static [Check]) -> Goal {
+    Goal { text, checks }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
