@@ -617,3 +617,33 @@ macro_rules! table_tests {
         )+
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use umlbr_common::{NatStats, PortStats};
+
+    use super::sum_counters;
+
+    #[test]
+    fn counters_are_summed_field_by_field() {
+        let a = NatStats {
+            out_xdp: 1,
+            expired: 5,
+            ..Default::default()
+        };
+        let b = NatStats {
+            out_xdp: 2,
+            in_miss: 3,
+            ..Default::default()
+        };
+        let t = sum_counters(&[a, b]);
+        assert_eq!((t.out_xdp, t.in_miss, t.expired, t.allocs), (3, 3, 5, 0));
+        let p = PortStats {
+            rx_bytes: 60,
+            tc: 1,
+            ..Default::default()
+        };
+        let t = sum_counters(&[p, p, p]);
+        assert_eq!((t.rx_bytes, t.tc, t.rx_packets), (180, 3, 0));
+    }
+}

@@ -375,7 +375,7 @@ pub fn xdp_prog_ids(link: &serde_json::Value) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::owner_pid;
+    use super::{owner_pid, xdp_prog_ids};
 
     #[test]
     fn owner_pids() {
@@ -385,5 +385,18 @@ mod tests {
         assert_eq!(owner_pid("umlbrt-1234-0"), None);
         assert_eq!(owner_pid("host"), None);
         assert_eq!(owner_pid("umlbrt-x-y-0"), None);
+    }
+
+    #[test]
+    fn xdp_prog_ids_are_every_id_under_xdp() {
+        let link = serde_json::json!({
+            "ifindex": 3,
+            "xdp": {"mode": 1, "prog": {"id": 7}, "attached": [{"prog": {"id": 9}}]},
+            "id": 1
+        });
+        let mut ids = xdp_prog_ids(&link);
+        ids.sort_unstable();
+        assert_eq!(ids, vec![7, 9]);
+        assert!(xdp_prog_ids(&serde_json::json!({"ifindex": 3})).is_empty());
     }
 }

@@ -912,6 +912,23 @@ mod tests {
     }
 
     #[test]
+    fn pings_are_numbered_by_their_command() {
+        let out = "64 bytes from 1.2.3.4: seq=0 ttl=64 time=0.7 ms\n\
+                   64 bytes from 1.2.3.4: seq=2 ttl=64 time=0.5 ms\n";
+        assert_eq!(Ping::Busybox.lost(out, 3), vec![1]);
+        assert_eq!(Ping::Iputils.lost(out, 3), vec![1, 3]);
+        assert!(Ping::Busybox.all_answered("g", "1.2.3.4", 3, out).is_err());
+        assert_eq!(
+            Ping::Iputils.command(2, "1.2.3.4"),
+            "ping -c 2 -i 0.2 -w 7 1.2.3.4"
+        );
+        assert_eq!(
+            Ping::Busybox.command(2, "1.2.3.4"),
+            "busybox ping -c 3 -i 0.2 -W 3 1.2.3.4"
+        );
+    }
+
+    #[test]
     fn init_script_quotes() {
         let spec = GuestSpec::new(
             "a",
