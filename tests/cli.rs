@@ -25,6 +25,7 @@ use umlbr_tests::{
     umlbr_bin,
 };
 
+mod umlbr_lib;
 // ---------------------------------------------------------------------------
 // Helpers.
 
@@ -58,8 +59,7 @@ fn state(ns: &Netns) -> Result<State> {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t =
-                    umlbr::sys::tcx_query(i, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default();
+                let mut t = umlbr_lib::tcx_query(i, umlbr_lib::BPF_TCX_INGRESS).unwrap_or_default();
                 t.sort_unstable();
                 t
             })

@@ -102,6 +102,8 @@ use umlbr_tests::{
     uml::{self, Guest, GuestSpec, Ping, Transport, iperf3_json, ping_counts},
 };
 
+mod umlbr_lib;
+
 const BRIDGE: &str = "br0";
 /// The LAN server, router, DNS and DHCP server.
 const LAN_SRV: &str = "192.168.1.1";
@@ -474,8 +476,8 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
     let (tcx_in, tcx_out) = ns.run_in(|| {
         Ok((
-            umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_INGRESS).unwrap_or_default(),
-            umlbr::sys::tcx_query(ifindex, umlbr::sys::BPF_TCX_EGRESS).unwrap_or_default(),
+            umlbr_lib::tcx_query(ifindex, umlbr_lib::BPF_TCX_INGRESS).unwrap_or_default(),
+            umlbr_lib::tcx_query(ifindex, umlbr_lib::BPF_TCX_EGRESS).unwrap_or_default(),
         ))
     })?;
     Ok(Hooks {
