@@ -20,36 +20,14 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use umlbr_tests::{netns::Netns, umlbr_bin};
+use umlbr_tests::{
+    netns::{Netns, ifindex, xdp_prog_ids},
+    umlbr_bin,
+};
 
+mod umlbr_lib;
 // ---------------------------------------------------------------------------
 // Helpers.
-
-/// A fresh namespace without IPv6 (no autoconfiguration traffic that
-/// would teach the bridges MACs while a test compares states).
-fn netns(tag: &str) -> Result<Netns> {
-    let ns = Netns::new(tag)?;
-    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
-    Ok(ns)
-}
-
-/// Run `f` on a thread inside `ns` (network namespaces are per thread).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns(2) on a valid fd; affects only this thread,
-            // which ends right after.
-            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
-}
 
 /// What a failed command must leave as it was.
 #[derive(Debug, PartialEq)]
@@ -62,22 +40,6 @@ struct State {
     static_fdb: Value,
 }
 
-fn xdp_ids(v: &Value, out: &mut Vec<u64>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "id" {
-                    out.extend(x.as_u64());
-                } else {
-                    xdp_ids(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| xdp_ids(x, out)),
-        _ => {}
-    }
-}
-
 fn state(ns: &Netns) -> Result<State> {
     let links: Value = serde_json::from_str(&ns.sh("ip -j -d link show")?)?;
     let mut v = Vec::new();
@@ -88,17 +50,16 @@ fn state(ns: &Netns) -> Result<State> {
             .as_str()
             .unwrap_or("")
             .to_string();
-        let mut ids = Vec::new();
-        xdp_ids(&l["xdp"], &mut ids);
+        let mut ids = xdp_prog_ids(l);
         ids.sort_unstable();
         idx.push(l["ifindex"].as_u64().unwrap_or(0) as u32);
         v.push((name, kind, ids, Vec::new()));
     }
-    let tcx = in_netns(ns, || {
+    let tcx = ns.run_in(|| {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t = umlbr::object::tcx_prog_ids(i, umlbr::object::Tc::Ingress);
+                let mut t = umlbr_lib::tcx_prog_ids(i, umlbr_lib::Tc::Ingress);
                 t.sort_unstable();
                 t
             })
@@ -253,7 +214,7 @@ fn interfaces(ns: &Netns) -> Result<Vec<String>> {
 
 #[test]
 fn unknown_interface() -> Result<()> {
-    let ns = netns("cli-noif")?;
+    let ns = Netns::without_ipv6("cli-noif")?;
     ok(&ns, &["up", "br0"])?;
     let q = "\"nosuch0\"";
     all(vec![
@@ -279,7 +240,7 @@ fn unknown_interface() -> Result<()> {
 
 #[test]
 fn attach_twice() -> Result<()> {
-    let ns = netns("cli-twice")?;
+    let ns = Netns::without_ipv6("cli-twice")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
     ok(&ns, &["attach", "tap0"])?;
@@ -301,7 +262,7 @@ fn attach_twice() -> Result<()> {
 
 #[test]
 fn attach_to_two_bridges() -> Result<()> {
-    let ns = netns("cli-two")?;
+    let ns = Netns::without_ipv6("cli-two")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["up", "br1"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
@@ -316,7 +277,7 @@ fn attach_to_two_bridges() -> Result<()> {
 
 #[test]
 fn attach_without_bridge_needs_exactly_one() -> Result<()> {
-    let ns = netns("cli-which")?;
+    let ns = Netns::without_ipv6("cli-which")?;
     ok(&ns, &["tap", "add", "tap0"])?;
     fails(&ns, &["attach", "tap0"], &["no bridge"])?;
     ok(&ns, &["up", "br0"])?;
@@ -332,7 +293,7 @@ fn attach_without_bridge_needs_exactly_one() -> Result<()> {
 
 #[test]
 fn bridge_that_does_not_exist() -> Result<()> {
-    let ns = netns("cli-nobr")?;
+    let ns = Netns::without_ipv6("cli-nobr")?;
     // Another bridge exists, so the error cannot be "no bridge at all".
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
@@ -370,7 +331,7 @@ fn bridge_that_does_not_exist() -> Result<()> {
 
 #[test]
 fn up_of_an_existing_name() -> Result<()> {
-    let ns = netns("cli-upex")?;
+    let ns = Netns::without_ipv6("cli-upex")?;
     ok(&ns, &["up", "br0"])?;
     ns.sh("ip link add veth0 type veth peer name veth1 && ip link add x-sw type veth peer name x-peer")?;
     all(vec![
@@ -395,7 +356,7 @@ fn up_of_an_existing_name() -> Result<()> {
 
 #[test]
 fn invalid_up_options() -> Result<()> {
-    let ns = netns("cli-cidr")?;
+    let ns = Netns::without_ipv6("cli-cidr")?;
     let mut checks = Vec::new();
     for bad in [
         "192.168.2.1",
@@ -433,7 +394,7 @@ fn invalid_up_options() -> Result<()> {
 /// clear error, and nothing made.
 #[test]
 fn up_with_an_unfit_uplink() -> Result<()> {
-    let ns = netns("cli-upl")?;
+    let ns = Netns::without_ipv6("cli-upl")?;
     ns.sh(
         "ip link add d0 type veth peer name d0p && ip link add d1 type veth peer name d1p \
            && ip addr add 10.0.0.1/24 dev d1",
@@ -496,7 +457,7 @@ fn up_with_an_unfit_uplink() -> Result<()> {
 /// kernel refuses the address): everything it made must go again.
 #[test]
 fn up_failing_half_way_leaves_nothing() -> Result<()> {
-    let ns = netns("cli-half")?;
+    let ns = Netns::without_ipv6("cli-half")?;
     all(vec![
         (
             "IPv6 address with IPv6 disabled",
@@ -521,7 +482,7 @@ fn up_failing_half_way_leaves_nothing() -> Result<()> {
 
 #[test]
 fn invalid_macs() -> Result<()> {
-    let ns = netns("cli-mac")?;
+    let ns = Netns::without_ipv6("cli-mac")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
     ok(&ns, &["attach", "tap0"])?;
@@ -585,7 +546,7 @@ fn invalid_macs() -> Result<()> {
 
 #[test]
 fn names_over_15_bytes() -> Result<()> {
-    let ns = netns("cli-long")?;
+    let ns = Netns::without_ipv6("cli-long")?;
     let long = "abcdefghijklmnop";
     let q = format!("{long:?}");
     all(vec![
@@ -604,7 +565,7 @@ fn names_over_15_bytes() -> Result<()> {
 
 #[test]
 fn tap_add_of_an_existing_name() -> Result<()> {
-    let ns = netns("cli-tapex")?;
+    let ns = Netns::without_ipv6("cli-tapex")?;
     ok(&ns, &["tap", "add", "tap0"])?;
     ns.sh("ip link add veth0 type veth peer name veth1")?;
     all(vec![
@@ -633,7 +594,7 @@ fn tap_add_of_an_existing_name() -> Result<()> {
 
 #[test]
 fn tap_del_of_a_non_tap() -> Result<()> {
-    let ns = netns("cli-tapdel")?;
+    let ns = Netns::without_ipv6("cli-tapdel")?;
     ok(&ns, &["up", "br0"])?;
     ns.sh("ip link add veth0 type veth peer name veth1")?;
     all(vec![
@@ -658,7 +619,7 @@ fn tap_del_of_a_non_tap() -> Result<()> {
 
 #[test]
 fn unknown_user_or_group() -> Result<()> {
-    let ns = netns("cli-user")?;
+    let ns = Netns::without_ipv6("cli-user")?;
     all(vec![
         (
             "--user",
@@ -681,7 +642,7 @@ fn unknown_user_or_group() -> Result<()> {
 
 #[test]
 fn detach_of_a_non_port() -> Result<()> {
-    let ns = netns("cli-detach")?;
+    let ns = Netns::without_ipv6("cli-detach")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
     fails(&ns, &["detach", "tap0"], &["tap0", "not a port"])?;
@@ -694,7 +655,7 @@ fn detach_of_a_non_port() -> Result<()> {
 
 #[test]
 fn the_bridges_own_interfaces_are_not_ports_to_attach() -> Result<()> {
-    let ns = netns("cli-host")?;
+    let ns = Netns::without_ipv6("cli-host")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["up", "br1"])?;
     all(vec![
@@ -746,11 +707,8 @@ fn bpf(cmd: u32, attr: &mut [u64; 18]) -> std::io::Result<OwnedFd> {
 /// Load `r0 = XDP_PASS; exit` as an XDP program called "foreign" and link
 /// it to `ifname` in `ns`. The attachment lasts as long as the fds.
 fn foreign_xdp(ns: &Netns, ifname: &str) -> Result<(OwnedFd, OwnedFd)> {
-    let ifname = std::ffi::CString::new(ifname)?;
-    in_netns(ns, move || {
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        ensure!(ifindex != 0, "no interface {ifname:?}");
+    ns.run_in(move || {
+        let ifindex = ifindex(ifname)?;
         // mov64 r0, 2 (XDP_PASS); exit
         let insns: [u64; 2] = [
             u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
@@ -784,7 +742,7 @@ fn foreign_xdp(ns: &Netns, ifname: &str) -> Result<(OwnedFd, OwnedFd)> {
 
 #[test]
 fn interface_with_a_foreign_xdp_program() -> Result<()> {
-    let ns = netns("cli-foreign")?;
+    let ns = Netns::without_ipv6("cli-foreign")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
     let _held = foreign_xdp(&ns, "tap0")?;
@@ -803,7 +761,7 @@ fn interface_with_a_foreign_xdp_program() -> Result<()> {
 /// and `detach` cleans it up.
 #[test]
 fn port_of_a_removed_bridge() -> Result<()> {
-    let ns = netns("cli-orphan")?;
+    let ns = Netns::without_ipv6("cli-orphan")?;
     ok(&ns, &["up", "br0"])?;
     ok(&ns, &["up", "br1"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
@@ -822,7 +780,7 @@ fn port_of_a_removed_bridge() -> Result<()> {
 
 #[test]
 fn needs_root_and_capabilities() -> Result<()> {
-    let ns = netns("cli-priv")?;
+    let ns = Netns::without_ipv6("cli-priv")?;
     let bin = umlbr_bin();
     let bin = bin.to_str().context("binary path")?;
     let run = |pre: &[&str], args: &[&str]| -> Result<std::process::Output> {
@@ -892,7 +850,7 @@ fn keys(v: &Value) -> Vec<&str> {
 
 #[test]
 fn json_output() -> Result<()> {
-    let ns = netns("cli-json")?;
+    let ns = Netns::without_ipv6("cli-json")?;
     // No bridge yet: empty arrays.
     for args in [
         &["show", "--json"][..],
@@ -1007,7 +965,7 @@ fn help() -> Result<()> {
 fn attach_tc_only() -> Result<()> {
     use std::io::{ErrorKind, Read, Write};
     use umlbr_tests::netns::{InNetns, open_tap};
-    let ns = netns("cli-tconly")?;
+    let ns = Netns::without_ipv6("cli-tconly")?;
     // Taps held open by this thread (non-persistent: they go with the fds).
     let inside = InNetns::enter(&ns)?;
     let mut a = open_tap("tapa")?;
@@ -1085,7 +1043,7 @@ fn attach_tc_only() -> Result<()> {
 /// gets XDP.
 #[test]
 fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
-    let ns = netns("cli-vnethdr")?;
+    let ns = Netns::without_ipv6("cli-vnethdr")?;
     ns.sh(
         "ip tuntap add dev tapv mode tap vnet_hdr && ip tuntap add dev tapp mode tap && \
          ip link set tapv up && ip link set tapp up",
@@ -1125,7 +1083,7 @@ fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
 /// fails exits 1.
 #[test]
 fn usage_errors_exit_2() -> Result<()> {
-    let ns = netns("cli-usage")?;
+    let ns = Netns::without_ipv6("cli-usage")?;
     let mut checks = Vec::new();
     for args in [
         &["up", "br0", "--address", "garbage"][..],

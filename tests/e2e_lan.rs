@@ -87,10 +87,10 @@
 //! (--nocapture shows the iperf3 numbers and the connection rates.)
 use std::{
     collections::BTreeSet,
-    fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -98,9 +98,11 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
-    netns::Netns,
-    uml::{Guest, GuestSpec, Transport, ping_counts, ping_seqs, ping_summary},
+    netns::{Netns, xdp_prog_ids},
+    uml::{self, Guest, GuestSpec, Ping, Transport, iperf3_json, ping_counts},
 };
+
+mod umlbr_lib;
 
 const BRIDGE: &str = "br0";
 /// The LAN server, router, DNS and DHCP server.
@@ -384,15 +386,9 @@ struct Proc {
 impl Proc {
     fn start(ns: &Netns, dir: &Scratch, name: &str, argv: &[&str]) -> Result<Proc> {
         let log = dir.file(&format!("{name}.log"));
-        let f = File::create(&log)?;
         let child = ns
-            .cmd(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {name}: {argv:?}"))?;
+            .spawn_logged(argv, &log)
+            .with_context(|| format!("starting {name}"))?;
         Ok(Proc {
             name: name.into(),
             child,
@@ -459,31 +455,6 @@ impl Drop for Proc {
     }
 }
 
-/// A fresh namespace without IPv6 (no autoconfiguration noise).
-fn netns(tag: &str) -> Result<Netns> {
-    let ns = Netns::new(tag)?;
-    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
-    Ok(ns)
-}
-
-/// Run `f` on a thread inside `ns` (network namespaces are per thread).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let target = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns(2) on a valid fd; affects only this thread,
-            // which ends right after.
-            if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    })
-}
-
 /// What is hooked on an interface: XDP program ids (from `ip -d link`),
 /// tcx ingress and egress program ids.
 #[derive(Debug, Default, PartialEq)]
@@ -501,13 +472,12 @@ impl Hooks {
 
 fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let v = link_json(ns, dev)?;
-    let mut xdp = Vec::new();
-    collect_ids(&v["xdp"], &mut xdp);
+    let xdp = xdp_prog_ids(&v);
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
-    let (tcx_in, tcx_out) = in_netns(ns, || {
+    let (tcx_in, tcx_out) = ns.run_in(|| {
         Ok((
-            umlbr::object::tcx_prog_ids(ifindex, umlbr::object::Tc::Ingress),
-            umlbr::object::tcx_prog_ids(ifindex, umlbr::object::Tc::Egress),
+            umlbr_lib::tcx_prog_ids(ifindex, umlbr_lib::Tc::Ingress),
+            umlbr_lib::tcx_prog_ids(ifindex, umlbr_lib::Tc::Egress),
         ))
     })?;
     Ok(Hooks {
@@ -515,22 +485,6 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
         tcx_in,
         tcx_out,
     })
-}
-
-fn collect_ids(v: &Value, out: &mut Vec<u64>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "id" {
-                    out.extend(x.as_u64());
-                } else {
-                    collect_ids(x, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_ids(x, out)),
-        _ => {}
-    }
 }
 
 /// `ip -j -d link show DEV` as one object.
@@ -556,45 +510,16 @@ fn ip_forward(ns: &Netns) -> Result<String> {
         .to_string())
 }
 
-/// iputils `ping` options for `count` pings whose every reply must come.
-/// With -c alone, once any reply came, ping waits only max(2 RTT, -i) for
-/// the last one (here 200 ms), which a guest starved for a moment on a
-/// loaded 2-core machine misses: both "last reply lost" failures of CI so
-/// far were that. With -w ping waits for `count` replies until the
-/// deadline (sending more if one is lost); [`ping_lost_seqs`] then
-/// requires the replies to pings 1..=count themselves.
-fn ping_args(count: u32, ip: &str) -> String {
-    format!("-c {count} -i 0.2 -w {} {ip}", count + 5)
-}
-
-/// The pings among 1..=count (iputils numbers from 1) that got no reply.
-fn ping_lost_seqs(out: &str, count: u32) -> Vec<u32> {
-    let seqs = ping_seqs(out);
-    (1..=count).filter(|s| !seqs.contains(s)).collect()
-}
-
 /// `ping` (iputils) from a namespace: all `count` replies.
 fn ns_ping_ok(ns: &Netns, who: &str, ip: &str, count: u32) -> Result<String> {
-    let out = ns.sh_output(&format!("ping {}", ping_args(count, ip)))?;
+    let out = ns.sh_output(&Ping::Iputils.command(count, ip))?;
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lost = ping_lost_seqs(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "{who} -> {ip}: no reply to pings {lost:?} of {count}\n{out}"
-    );
-    Ok(ping_summary(&out))
+    Ping::Iputils.all_answered(who, ip, count, &out)
 }
 
 /// `ping` (iputils) from a guest: all `count` replies.
 fn ping_ok(g: &Guest, ip: &str, count: u32) -> Result<String> {
-    let (_, out) = g.run(&format!("ping {}", ping_args(count, ip)))?;
-    let lost = ping_lost_seqs(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "guest {} -> {ip}: no reply to pings {lost:?} of {count}\n{out}",
-        g.name
-    );
-    Ok(ping_summary(&out))
+    uml::ping_ok(g, Ping::Iputils, ip, count)
 }
 
 /// A ping from a guest that must get no reply at all.
@@ -686,10 +611,10 @@ impl Lab {
     /// The namespaces, links, addresses and servers (no bridge yet).
     fn new(tag: &str, kind: Kind, scenario: Scenario) -> Result<Lab> {
         let dir = Scratch::new(tag)?;
-        let host = netns(&format!("{tag}-host"))?;
-        let lan = netns(&format!("{tag}-lan"))?;
-        let rtr = netns(&format!("{tag}-rtr"))?;
-        let far = netns(&format!("{tag}-far"))?;
+        let host = Netns::without_ipv6(&format!("{tag}-host"))?;
+        let lan = Netns::without_ipv6(&format!("{tag}-lan"))?;
+        let rtr = Netns::without_ipv6(&format!("{tag}-rtr"))?;
+        let far = Netns::without_ipv6(&format!("{tag}-far"))?;
         let lab = Lab {
             guests: Vec::new(),
             procs: Vec::new(),
@@ -1092,8 +1017,7 @@ impl Lab {
         for s in specs {
             self.add_tap(&s.tap)?;
         }
-        let guests = Guest::boot_all(&self.host.name, specs)?;
-        self.guests.extend(guests);
+        self.guests.extend(Guest::boot_all(&self.host.name, specs)?);
         Ok(())
     }
 
@@ -1185,21 +1109,9 @@ impl Lab {
             &format!("iperf3 -c {LAN_SRV} -t {secs} -J"),
             Duration::from_secs(secs as u64 + 40),
         )?;
-        let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
-        let v: Value = serde_json::from_str(json)
-            .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
-        ensure!(
-            rc == 0,
-            "iperf3 {} -> LAN failed ({rc}): {}",
-            g.name,
-            v["error"]
-        );
-        let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let retrans = v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1);
-        let gbps = bps / 1e9;
+        let r = iperf3_json(rc, &out, &format!("{} -> LAN", g.name))?;
+        let (bytes, retrans) = (r.bytes, r.retransmits);
+        let gbps = r.bps / 1e9;
         println!(
             "iperf3 [{}] guest {} ({}) -> LAN server: {gbps:.3} Gbit/s, {:.0} MB in {secs} s, \
              {retrans} retransmits",
@@ -1217,7 +1129,7 @@ impl Lab {
                 "iperf3 {} ({}) -> LAN moved only {bytes} bytes (exit {rc}, iperf3 error: {}){nat}",
                 g.name,
                 g.transport.as_str(),
-                v["error"]
+                r.error
             );
         }
         Ok(gbps)
@@ -1381,15 +1293,11 @@ fn masq_reach(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_reach_umlbr() -> Result<()> {
-    masq_reach(Kind::Umlbr)
-}
-
-#[test]
-fn masq_reach_iptables() -> Result<()> {
-    masq_reach(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_reach,
+    masq_reach_umlbr: Kind::Umlbr,
+    masq_reach_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D2: path MTU through the masquerade. Each check is made for both guests
@@ -1545,15 +1453,11 @@ fn masq_pmtu(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_pmtu_umlbr() -> Result<()> {
-    masq_pmtu(Kind::Umlbr)
-}
-
-#[test]
-fn masq_pmtu_iptables() -> Result<()> {
-    masq_pmtu(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_pmtu,
+    masq_pmtu_umlbr: Kind::Umlbr,
+    masq_pmtu_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D3: guest -> LAN TCP throughput (iperf3), both transports.
@@ -1582,15 +1486,11 @@ fn masq_iperf(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_iperf_umlbr() -> Result<()> {
-    masq_iperf(Kind::Umlbr)
-}
-
-#[test]
-fn masq_iperf_iptables() -> Result<()> {
-    masq_iperf(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_iperf,
+    masq_iperf_umlbr: Kind::Umlbr,
+    masq_iperf_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D4: many short TCP connections from two guests, in two phases, with
@@ -1808,15 +1708,11 @@ fn masq_many(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_many_umlbr() -> Result<()> {
-    masq_many(Kind::Umlbr)
-}
-
-#[test]
-fn masq_many_iptables() -> Result<()> {
-    masq_many(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_many,
+    masq_many_umlbr: Kind::Umlbr,
+    masq_many_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D5: the host's own connection to the LAN lives through masquerade on,
@@ -1938,15 +1834,11 @@ fn masq_host_conn(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_host_conn_umlbr() -> Result<()> {
-    masq_host_conn(Kind::Umlbr)
-}
-
-#[test]
-fn masq_host_conn_iptables() -> Result<()> {
-    masq_host_conn(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_host_conn,
+    masq_host_conn_umlbr: Kind::Umlbr,
+    masq_host_conn_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // D6: ip_forward is restored as it was found, on or off (no guests).
@@ -1988,15 +1880,11 @@ fn masq_forwarding(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn masq_forwarding_umlbr() -> Result<()> {
-    masq_forwarding(Kind::Umlbr)
-}
-
-#[test]
-fn masq_forwarding_iptables() -> Result<()> {
-    masq_forwarding(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    masq_forwarding,
+    masq_forwarding_umlbr: Kind::Umlbr,
+    masq_forwarding_iptables: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // C1: guests on the LAN: one with a static address, one with an address
@@ -2180,15 +2068,11 @@ fn uplink_lan(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn uplink_lan_umlbr() -> Result<()> {
-    uplink_lan(Kind::Umlbr)
-}
-
-#[test]
-fn uplink_lan_bridge() -> Result<()> {
-    uplink_lan(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    uplink_lan,
+    uplink_lan_umlbr: Kind::Umlbr,
+    uplink_lan_bridge: Kind::Recipe,
+);
 
 // ---------------------------------------------------------------------------
 // C2: the host's own connection to the LAN lives through eth0 becoming a
@@ -2284,12 +2168,8 @@ fn uplink_host_conn(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn uplink_host_conn_umlbr() -> Result<()> {
-    uplink_host_conn(Kind::Umlbr)
-}
-
-#[test]
-fn uplink_host_conn_bridge() -> Result<()> {
-    uplink_host_conn(Kind::Recipe)
-}
+umlbr_tests::per_contender!(
+    uplink_host_conn,
+    uplink_host_conn_umlbr: Kind::Umlbr,
+    uplink_host_conn_bridge: Kind::Recipe,
+);

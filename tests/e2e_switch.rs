@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     netns::Netns,
-    uml::{Guest, GuestSpec, Transport, ping_counts, ping_seqs, ping_summary},
+    uml::{self, Guest, GuestSpec, Ping, Transport, iperf3_json, ping_counts},
 };
 
 const HOST_IP: &str = "192.168.2.1";
@@ -65,9 +65,8 @@ fn spec(i: usize, transport: Transport) -> GuestSpec {
 impl Topo {
     /// A namespace with br0 up, 192.168.2.1/24 on it; `aging` in seconds.
     fn new(tag: &str, kind: Kind, aging: Option<u64>) -> Result<Topo> {
-        let ns = Netns::new(tag)?;
         // No IPv6 autoconfiguration noise from the host side.
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        let ns = Netns::without_ipv6(tag)?;
         match kind {
             Kind::Umlbr => {
                 let aging = aging.map(|a| a.to_string());
@@ -225,8 +224,7 @@ impl Topo {
         for s in specs {
             self.add_tap(&s.tap)?;
         }
-        let guests = Guest::boot_all(&self.ns.name, specs)?;
-        self.guests.extend(guests);
+        self.guests.extend(Guest::boot_all(&self.ns.name, specs)?);
         Ok(())
     }
 
@@ -254,57 +252,19 @@ impl Topo {
     }
 }
 
-/// `busybox ping` options for `count` pings whose every reply must come:
-/// one more is sent, since busybox waits only about a second for the reply
-/// to its last ping (a guest briefly starved on a loaded machine can miss
-/// that); the replies to the first `count` are all waited for.
-fn ping_args(count: u32, ip: &str) -> String {
-    format!("-c {} -i 0.2 -W 3 {ip}", count + 1)
-}
-
-/// The pings of `ping_args(count, ..)` that got no reply.
-fn ping_lost(out: &str, count: u32) -> Vec<u32> {
-    let seqs = ping_seqs(out);
-    (0..count).filter(|s| !seqs.contains(s)).collect()
-}
-
-/// `count` pings from guest `from` to `ip`; every one must be answered.
+/// `count` pings (busybox) from guest `from` to `ip`; every one must be
+/// answered.
 fn ping_ok(from: &Guest, ip: &str, count: u32) -> Result<String> {
-    let (_, out) = from.run(&format!("busybox ping {}", ping_args(count, ip)))?;
-    let lost = ping_lost(&out, count);
-    ensure!(
-        lost.is_empty(),
-        "{} -> {ip}: no reply to pings {lost:?} of {count}\n{out}",
-        from.name
-    );
-    Ok(ping_summary(&out))
+    uml::ping_ok(from, Ping::Busybox, ip, count)
 }
 
 /// TCP with iperf3 from `client` to `server` for `secs`; Gbit/s.
 fn iperf(kind: Kind, client: &Guest, server: &Guest, secs: u32) -> Result<f64> {
-    let srv = server.spawn("exec iperf3 -s -1 --forceflush")?;
-    srv.wait_output("Server listening", Duration::from_secs(20))?;
-    let (rc, out) = client.run_timeout(
-        &format!("iperf3 -c {} -t {secs} -J", server.ip),
-        Duration::from_secs(secs as u64 + 40),
-    )?;
-    let _ = srv.wait(Duration::from_secs(10));
-    let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
-    let v: Value = serde_json::from_str(json)
-        .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
-    ensure!(
-        rc == 0,
-        "iperf3 {} -> {} failed ({rc}): {}",
-        client.name,
-        server.name,
-        v["error"]
-    );
-    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
-    let retrans = v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1);
-    let gbps = bps / 1e9;
+    let (rc, out) = client.iperf3_to(server, secs, "-J")?;
+    let what = format!("{} -> {}", client.name, server.name);
+    let r = iperf3_json(rc, &out, &what)?;
+    let (bytes, retrans) = (r.bytes, r.retransmits);
+    let gbps = r.bps / 1e9;
     println!(
         "iperf3 [{}] {} ({}) -> {} ({}): {gbps:.2} Gbit/s, {:.0} MB in {secs} s, {retrans} retransmits",
         kind.as_str(),
@@ -344,13 +304,8 @@ fn three_guests(kind: Kind) -> Result<()> {
         }
         let s = ping_ok(a, HOST_IP, 3)?;
         println!("[{}] {} -> host: {s}", kind.as_str(), a.name);
-        let out = t.host_ping(&ping_args(3, &a.ip))?;
-        let lost = ping_lost(&out, 3);
-        ensure!(
-            lost.is_empty(),
-            "host -> {}: no reply to pings {lost:?}\n{out}",
-            a.name
-        );
+        let out = t.host_ping(&Ping::Busybox.args(3, &a.ip))?;
+        Ping::Busybox.all_answered(&format!("host to {}", a.name), &a.ip, 3, &out)?;
     }
     iperf(kind, &g[0], &g[1], 3)?;
     iperf(kind, &g[0], &g[2], 3)?;
@@ -377,15 +332,11 @@ fn print_stats(t: &Topo) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn three_guests_umlbr() -> Result<()> {
-    three_guests(Kind::Umlbr)
-}
-
-#[test]
-fn three_guests_kernel() -> Result<()> {
-    three_guests(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    three_guests,
+    three_guests_umlbr: Kind::Umlbr,
+    three_guests_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 2: TCP between two vector guests: GSO super-frames and partial
@@ -417,15 +368,11 @@ fn vector_tcp(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn vector_tcp_umlbr() -> Result<()> {
-    vector_tcp(Kind::Umlbr)
-}
-
-#[test]
-fn vector_tcp_kernel() -> Result<()> {
-    vector_tcp(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    vector_tcp,
+    vector_tcp_umlbr: Kind::Umlbr,
+    vector_tcp_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 3: learning, flooding and aging, checked as the kernel's
@@ -539,15 +486,11 @@ fn learning(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn learning_umlbr() -> Result<()> {
-    learning(Kind::Umlbr)
-}
-
-#[test]
-fn learning_kernel() -> Result<()> {
-    learning(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    learning,
+    learning_umlbr: Kind::Umlbr,
+    learning_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 4: detach and reattach a port while another pair keeps talking.
@@ -563,7 +506,7 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     ping_ok(a, &b.ip, 2)?;
     ping_ok(a, &c.ip, 2)?;
     let count = 40;
-    let long = a.spawn(&format!("busybox ping {}", ping_args(count, &b.ip)))?;
+    let long = a.spawn(&Ping::Busybox.command(count, &b.ip))?;
     std::thread::sleep(Duration::from_secs(1));
 
     t.detach(&c.tap)?;
@@ -604,7 +547,7 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     ping_ok(a, &c.ip, 3)?;
 
     let (_, out) = long.wait(Duration::from_secs(30))?;
-    let lost = ping_lost(&out, count);
+    let lost = Ping::Busybox.lost(&out, count);
     println!(
         "[{}] A -> B during C's detach/reattach: {} of {count} pings answered, lost {lost:?}",
         kind.as_str(),
@@ -618,15 +561,11 @@ fn detach_reattach(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn detach_reattach_umlbr() -> Result<()> {
-    detach_reattach(Kind::Umlbr)
-}
-
-#[test]
-fn detach_reattach_kernel() -> Result<()> {
-    detach_reattach(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    detach_reattach,
+    detach_reattach_umlbr: Kind::Umlbr,
+    detach_reattach_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 5: taking the switch down leaves no program, interface or map
@@ -749,15 +688,11 @@ fn down_cleans_up(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn down_cleans_up_umlbr() -> Result<()> {
-    down_cleans_up(Kind::Umlbr)
-}
-
-#[test]
-fn down_cleans_up_kernel() -> Result<()> {
-    down_cleans_up(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    down_cleans_up,
+    down_cleans_up_umlbr: Kind::Umlbr,
+    down_cleans_up_kernel: Kind::Kernel,
+);
 
 // ---------------------------------------------------------------------------
 // Scenario 6: a tap made for a user can be opened by a guest running as
@@ -822,12 +757,8 @@ fn tap_user(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn tap_user_umlbr() -> Result<()> {
-    tap_user(Kind::Umlbr)
-}
-
-#[test]
-fn tap_user_kernel() -> Result<()> {
-    tap_user(Kind::Kernel)
-}
+umlbr_tests::per_contender!(
+    tap_user,
+    tap_user_umlbr: Kind::Umlbr,
+    tap_user_kernel: Kind::Kernel,
+);

@@ -31,19 +31,14 @@
 //! Needs root.
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
-    Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
-    },
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::TcAttachType,
 };
 use umlbr_common::{
     Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
@@ -52,58 +47,35 @@ use umlbr_common::{
     NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
-    netns::Netns,
-    netns::{InNetns, ifindex, open_tap},
+    bpf::{
+        AGING_NS, Ctx, Errs, LAN_MAC, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT, sum_counters,
+    },
+    netns::{Netns, ifindex},
     wire::{
         Frame, Mac, TcpHeader, fix_checksums, fmt_mac, icmp_type, ipproto, tcp_flags,
         verify_checksums,
     },
 };
 
-// ---------------------------------------------------------------------------
-// Kernel constants and context layouts (include/uapi/linux/bpf.h).
-
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
-fn xdp_md(data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
-    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c
-}
-
-/// struct __sk_buff (192 bytes) with ingress_ifindex (offset 36) and
-/// ifindex (offset 40) set.
-fn sk_buff(ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
-    let mut c = [0u8; 192];
-    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
-}
-
-const SEC: u64 = 1_000_000_000;
-const AGING_NS: u64 = 60 * SEC;
+mod umlbr_lib;
+use umlbr_lib::monotonic_coarse_ns as now_coarse;
 
 // ---------------------------------------------------------------------------
 // Addresses.
 
 /// br0's MAC: the guests' gateway, `NatConfig.gw_mac`.
 const GW_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
-/// up0's MAC: the source of everything that leaves translated.
-const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
 /// The default gateway 192.168.1.1 (static neighbour).
 const NH_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
-/// A host on the uplink's LAN, 192.168.1.50 (static neighbour).
-const LAN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
 /// What answers the ARP for 192.168.1.2 in the NO_NEIGH live test.
 const NH2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 
-const NAT_IP: [u8; 4] = [192, 168, 1, 200];
+// UP_MAC (up0's: the source of everything that leaves translated) and
+// LAN_MAC (a host on the uplink's LAN, 192.168.1.50, static neighbour):
+// umlbr_tests::bpf.
+/// The masquerade address: up0's.
+const NAT_IP: [u8; 4] = UP_IP;
 const GW_IP: [u8; 4] = [192, 168, 2, 1];
 const LAN_HOST: [u8; 4] = [192, 168, 1, 50];
 /// Remote hosts behind the default route.
@@ -159,10 +131,6 @@ fn hop_bytes(dmac: Mac) -> [u8; 12] {
 // ---------------------------------------------------------------------------
 // The test bench.
 
-fn now_coarse() -> u64 {
-    umlbr::sys::monotonic_coarse_ns()
-}
-
 /// A device of the bench.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dev {
@@ -185,15 +153,9 @@ fn tap_of(d: Dev) -> usize {
     }
 }
 
-/// Field order is drop order: programs and links go first, then the taps
-/// and sockets, then the thread leaves the namespace, which is deleted.
 struct Bench {
-    ebpf: Ebpf,
-    taps: Vec<(u32, File)>,
+    ctx: Ctx,
     br0: u32,
-    nr_cpus: usize,
-    _in: InNetns,
-    _ns: Netns,
 }
 
 /// The default masquerade settings of the bench.
@@ -221,22 +183,15 @@ fn nat_config(up0: u32, br0: u32) -> NatConfig {
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(&format!("nat-{tag}"))?;
+        let ns = Netns::without_ipv6(&format!("nat-{tag}"))?;
         ns.sh(&format!(
-            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
-             && ip link add br0 type veth peer name br0p && ip link set br0 address {gw} \
+            "ip link add br0 type veth peer name br0p && ip link set br0 address {gw} \
              && ip addr add 192.168.2.1/24 dev br0 && ip link set br0p up && ip link set br0 up \
              && ip link add d1 type veth peer name d1p && ip addr add 10.77.0.1/16 dev d1 \
              && ip link set d1p up && ip link set d1 up",
             gw = fmt_mac(&GW_MAC)
         ))?;
-        let inside = InNetns::enter(&ns)?;
-        let mut taps = Vec::new();
-        for name in TAP_NAMES {
-            let f = open_tap(name)?;
-            taps.push((ifindex(name)?, f));
-        }
-        ns.sh(&format!(
+        let setup = format!(
             "ip link set up0 address {up} mtu 9000 && ip link set up0 up \
              && ip addr add 192.168.1.200/24 dev up0 \
              && ip neigh replace 192.168.1.1 lladdr {nh} dev up0 nud permanent \
@@ -251,35 +206,16 @@ impl Bench {
             up = fmt_mac(&UP_MAC),
             nh = fmt_mac(&NH_MAC),
             lan = fmt_mac(&LAN_MAC),
-        ))?;
+        );
+        let ctx = Ctx::new(ns, &TAP_NAMES, &setup, umlbr_lib::load_object)?;
         let br0 = ifindex("br0")?;
-        let ebpf = umlbr::object::load().context("load_object")?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut b = Bench {
-            ebpf,
-            taps,
-            br0,
-            nr_cpus,
-            _in: inside,
-            _ns: ns,
-        };
+        let mut b = Bench { ctx, br0 };
         b.reset(&|_| {})?;
         Ok(b)
     }
 
-    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("no map {name}"))?;
-        Ok(T::try_from(m)?)
-    }
-
     fn ifindex(&self, d: Dev) -> u32 {
-        self.taps[tap_of(d)].0
+        self.ctx.taps.ifindex[tap_of(d)]
     }
 
     fn nat_cfg(&self) -> NatConfig {
@@ -292,100 +228,52 @@ impl Bench {
     /// the gateway's MAC on the host port; empty NAT tables, zero counters;
     /// `tweak` applied to the NAT settings. Taps drained.
     fn reset(&mut self, tweak: &dyn Fn(&mut NatConfig)) -> Result<()> {
-        let ports: Vec<u32> = (0..4).map(|i| self.taps[i].0).collect();
+        let ports: Vec<u32> = self.ctx.taps.ifindex[..4].to_vec();
         let host = self.ifindex(Dev::Host);
         let up = self.ifindex(Dev::Up);
         let mut cfg = self.nat_cfg();
         tweak(&mut cfg);
-        {
-            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
-            for &i in &ports {
-                devmap.insert(i, i, None, 0)?;
-            }
-            if cfg.flags & NAT_F_XDP_TX != 0 {
-                devmap.insert(up, up, None, 0)?;
-            } else {
-                let _ = devmap.remove(up);
-            }
+        self.ctx.set_ports(&ports, None)?;
+        if cfg.flags & NAT_F_XDP_TX != 0 {
+            self.ctx.devmap_insert(up)?;
+        } else {
+            let _ = self.ctx.devmap_remove(up);
         }
-        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
-        for (n, &i) in ports.iter().enumerate() {
-            list.set(n as u32, i, 0)?;
-        }
-        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
-        config.set(
-            0,
-            Config {
-                aging_ns: AGING_NS,
-                nr_ports: ports.len() as u32,
-                host_port: host,
-                ..Default::default()
-            },
-            0,
-        )?;
-        let n = self.nr_cpus;
-        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        self.ctx.set_config(Config {
+            aging_ns: AGING_NS,
+            nr_ports: ports.len() as u32,
+            host_port: host,
+            ..Default::default()
+        })?;
         for &i in &ports {
             let zero = PortStats {
                 kind: PORT_KIND_OTHER,
                 ..Default::default()
             };
-            stats.insert(i, PerCpuValues::try_from(vec![zero; n])?, 0)?;
+            self.ctx.set_port_stats(i, zero)?;
         }
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            fdb.remove(&k)?;
-        }
+        self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
         let now = now_coarse();
-        fdb.insert(
-            FdbKey::new(GW_MAC),
-            FdbEntry {
-                ifindex: host,
-                flags: FDB_F_STATIC,
-                updated_ns: now,
-            },
-            0,
-        )?;
+        self.ctx.fdb_insert(GW_MAC, host, FDB_F_STATIC, now)?;
         for (g, &port) in ports.iter().enumerate().take(NR_GUESTS) {
-            fdb.insert(
-                FdbKey::new(gmac(g)),
-                FdbEntry {
-                    ifindex: port,
-                    flags: 0,
-                    updated_ns: now,
-                },
-                0,
-            )?;
+            self.ctx.fdb_insert(gmac(g), port, 0, now)?;
         }
-        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
-        nc.set(0, cfg, 0)?;
-        let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-        let keys: Vec<NatKey> = out.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            out.remove(&k)?;
-        }
-        let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-        let keys: Vec<NatKey> = inm.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            inm.remove(&k)?;
-        }
-        let mut st: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
+        self.set_nat_cfg(cfg)?;
+        self.ctx.clear::<NatKey, NatOut>(names::NAT_OUT)?;
+        self.ctx.clear::<NatKey, NatIn>(names::NAT_IN)?;
+        let n = self.ctx.nr_cpus;
+        let mut st: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
         st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
-        for t in 0..self.taps.len() {
-            self.drain(t);
-        }
+        self.ctx.quiet();
         Ok(())
     }
 
     fn set_nat_cfg(&mut self, cfg: NatConfig) -> Result<()> {
-        let mut nc: Array<&mut MapData, NatConfig> = self.map(names::NAT_CONFIG)?;
-        nc.set(0, cfg, 0)?;
-        Ok(())
+        self.ctx.set_array(names::NAT_CONFIG, cfg)
     }
 
     fn forget_guest(&mut self, g: usize) -> Result<()> {
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
+        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.ctx.map(names::FDB)?;
         fdb.remove(&FdbKey::new(gmac(g)))?;
         Ok(())
     }
@@ -394,176 +282,65 @@ impl Bench {
     /// last used `m.idle_ns` ago.
     fn put_mapping(&mut self, m: &Mapping, now: u64) -> Result<()> {
         if m.out {
-            let mut out: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-            out.insert(
-                m.flow.out_key(),
-                NatOut {
-                    addr: be32(NAT_IP),
-                    port: m.nat_port.to_be(),
-                    _pad: 0,
-                    hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
-                    _pad2: 0,
-                    hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
-                },
-                0,
-            )?;
+            let out = NatOut {
+                addr: be32(NAT_IP),
+                port: m.nat_port.to_be(),
+                _pad: 0,
+                hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
+                _pad2: 0,
+                hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
+            };
+            self.ctx.insert(names::NAT_OUT, m.flow.out_key(), out)?;
         }
         if m.inn {
-            let mut inm: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-            inm.insert(m.flow.in_key(m.nat_port), m.nat_in(now), 0)?;
+            let k = m.flow.in_key(m.nat_port);
+            self.ctx.insert(names::NAT_IN, k, m.nat_in(now))?;
         }
         Ok(())
     }
 
     fn nat_out(&mut self) -> Result<BTreeMap<KeyOrd, NatOut>> {
-        let m: HashMap<&mut MapData, NatKey, NatOut> = self.map(names::NAT_OUT)?;
-        m.iter()
-            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
-            .collect()
+        let v = self.ctx.entries::<NatKey, NatOut>(names::NAT_OUT)?;
+        Ok(v.into_iter().map(|(k, v)| (KeyOrd(k), v)).collect())
     }
 
     fn nat_in(&mut self) -> Result<BTreeMap<KeyOrd, NatIn>> {
-        let m: HashMap<&mut MapData, NatKey, NatIn> = self.map(names::NAT_IN)?;
-        m.iter()
-            .map(|r| r.map(|(k, v)| (KeyOrd(k), v)).map_err(Into::into))
-            .collect()
+        let v = self.ctx.entries::<NatKey, NatIn>(names::NAT_IN)?;
+        Ok(v.into_iter().map(|(k, v)| (KeyOrd(k), v)).collect())
     }
 
     /// The NAT counters, summed over the CPUs.
     fn nat_stats(&mut self) -> Result<NatStats> {
-        let m: PerCpuArray<&mut MapData, NatStats> = self.map(names::NAT_STATS)?;
-        let mut t = NatStats::default();
-        for s in m.get(&0, 0)?.iter() {
-            t.out_xdp += s.out_xdp;
-            t.out_tc += s.out_tc;
-            t.in_xdp += s.in_xdp;
-            t.in_tc += s.in_tc;
-            t.icmp_errors += s.icmp_errors;
-            t.in_miss += s.in_miss;
-            t.allocs += s.allocs;
-            t.alloc_fail += s.alloc_fail;
-            t.slow_path += s.slow_path;
-            t.expired += s.expired;
-        }
-        Ok(t)
-    }
-
-    fn xdp(&self) -> &Xdp {
-        self.ebpf
-            .program(names::XDP_PROG)
-            .expect("umlbr_xdp")
-            .try_into()
-            .expect("an XDP program")
-    }
-
-    fn tc(&self) -> &SchedClassifier {
-        self.ebpf
-            .program(names::TC_PROG)
-            .expect("umlbr_tc")
-            .try_into()
-            .expect("a TC program")
+        let m: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
+        Ok(sum_counters(&m.get(&0, 0)?))
     }
 
     fn run(&self, prog: Prog, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 512];
-        let r = match prog {
-            Prog::Xdp => {
-                let ctx = xdp_md(frame.len() as u32, ingress);
-                self.xdp().test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
-            }
+        Ok(match prog {
+            Prog::Xdp => self.ctx.run_xdp(ingress, 0, frame)?,
             Prog::Tc => {
-                let ctx = sk_buff(ingress, ingress);
-                self.tc().test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
+                let (ret, out, _) = self
+                    .ctx
+                    .run_tc(names::TC_PROG, 0, ingress, ingress, frame)?;
+                (ret, out)
             }
-        }
-        .map_err(run_err)?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        })
     }
 
     /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
     fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
-        let ctx = xdp_md(frame.len() as u32, ingress);
-        self.xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                attrs: TestRunAttrs::new().xdp_live_frames(1),
-                ..Default::default()
-            })
-            .map_err(run_err)?;
-        Ok(())
+        Ok(self.ctx.run_xdp_live(ingress, frame)?)
     }
 
     fn attach_tc(&mut self, devs: &[&str]) -> Result<()> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(names::TC_PROG)
-            .context("umlbr_tc")?
-            .try_into()?;
-        for name in devs {
-            prog.attach(name, TcAttachType::Ingress)
-                .with_context(|| format!("attaching TC to {name}"))?;
-        }
-        Ok(())
-    }
-
-    fn drain(&mut self, t: usize) {
-        let mut buf = vec![0u8; 65536];
-        while self.taps[t].1.read(&mut buf).is_ok() {}
+        self.ctx
+            .attach_tc(names::TC_PROG, devs, TcAttachType::Ingress)
     }
 
     /// Everything the taps transmit: waits until each tap i has `want[i]`
     /// frames (up to `wait`), then 20 ms more for extras.
     fn collect(&mut self, want: &[usize], wait: Duration) -> Vec<Vec<Vec<u8>>> {
-        let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.taps.len()];
-        let mut buf = vec![0u8; 65536];
-        let deadline = Instant::now() + wait;
-        let mut grace: Option<Instant> = None;
-        loop {
-            let mut any = false;
-            for (i, (_, f)) in self.taps.iter_mut().enumerate() {
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(n) => {
-                            any = true;
-                            got[i].push(buf[..n].to_vec());
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("reading {}: {e}", TAP_NAMES[i]),
-                    }
-                }
-            }
-            let now = Instant::now();
-            let done = got.iter().zip(want).all(|(g, w)| g.len() >= *w);
-            if done && grace.is_none() {
-                grace = Some(now + Duration::from_millis(20));
-            }
-            if grace.is_some_and(|g| now >= g) || now >= deadline {
-                return got;
-            }
-            if !any {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-fn run_err(e: ProgramError) -> anyhow::Error {
-    match e {
-        ProgramError::SyscallError(s) => anyhow::anyhow!("test run failed: {}", s.io_error),
-        e => anyhow::anyhow!("test run failed: {e}"),
+        self.ctx.collect(want, wait, |_| true)
     }
 }
 
@@ -1086,6 +863,12 @@ struct Case {
 fn no_tweak(_: &mut NatConfig) {}
 
 impl Case {
+    fn expect(&self, prog: Prog) -> &Expect {
+        match prog {
+            Prog::Xdp => &self.xdp,
+            Prog::Tc => &self.tc,
+        }
+    }
     fn new(name: impl Into<String>, ingress: Dev, frame: Vec<u8>) -> Self {
         let e = Expect {
             fate: Fate::Skip,
@@ -1168,9 +951,27 @@ fn guest(g: usize) -> Dev {
 
 const UP: Dev = Dev::Up;
 
-fn table() -> Vec<Case> {
-    use Fate::*;
-    use Post::*;
+/// The flows, mappings and frames the table's sections share.
+struct Shared {
+    u1: Flow,
+    t1: Flow,
+    i1: Flow,
+    u_lan: Flow,
+    u_nn: Flow,
+    u_small: Flow,
+    u1_g2: Flow,
+    u1_r2: Flow,
+    u_zero: Flow,
+    syn: u8,
+    ack: u8,
+    m_u1: Mapping,
+    m_t1: Mapping,
+    m_i1: Mapping,
+    udp_zero_frame: Vec<u8>,
+    reply_zero: Vec<u8>,
+}
+
+fn shared() -> Shared {
     let u1 = udp(0, 40000, R1, 53);
     let t1 = tcp(0, 40001, R1, 80);
     let i1 = icmp(0, 0x1234, R1);
@@ -1185,8 +986,75 @@ fn table() -> Vec<Case> {
     let udp_zero_frame = Frame::new(GW_MAC, gmac(1))
         .udp_no_checksum(gip(1), 40006, R2, 69, b"no checksum")
         .build();
-    let mut t = vec![
-        // Outbound: new flows.
+    let m_u1 = mapping(u1, P, 0, 5 * SEC);
+    let m_t1 = mapping(t1, P2, NAT_S_SYN_OUT, 2 * SEC);
+    let m_i1 = mapping(i1, P3, 0, 2 * SEC);
+    let reply_zero = Frame::new(UP_MAC, NH_MAC)
+        .udp_no_checksum(R1, 53, NAT_IP, P, b"answer, no checksum")
+        .build();
+    Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        u_nn,
+        u_small,
+        u1_g2,
+        u1_r2,
+        u_zero,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        m_i1,
+        udp_zero_frame,
+        reply_zero,
+    }
+}
+
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn runs_on(&self, prog: Prog) -> bool {
+        self.expect(prog).fate != Fate::Skip
+    }
+}
+
+fn table() -> Vec<Case> {
+    let s = shared();
+    [
+        outbound_new(&s),
+        outbound_existing(&s),
+        port_allocation(&s),
+        outbound_not_translated(&s),
+        outbound_malformed(&s),
+        inbound_replies(&s),
+        inbound_hosts_own(&s),
+        inbound_malformed(&s),
+        icmp_errors(&s),
+    ]
+    .concat()
+}
+
+/// Outbound: new flows.
+fn outbound_new(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        u_nn,
+        u_small,
+        u_zero,
+        syn,
+        ack,
+        ref udp_zero_frame,
+        ..
+    } = *s;
+    vec![
         Case::new("UDP from a guest: new mapping, translated", guest(0), u1.out_frame(0, b"query"))
             .fresh(u1, 0),
         Case::new(
@@ -1356,7 +1224,24 @@ fn table() -> Vec<Case> {
                 .build(),
         )
         .xdp(Pass, NONE, &[]),
-        // Outbound: existing mappings.
+    ]
+}
+
+/// Outbound: existing mappings.
+fn outbound_existing(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u1_g2,
+        u1_r2,
+        syn,
+        ack,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP of a live mapping (idle 5 s): reused, time refreshed",
             guest(0),
@@ -1547,7 +1432,15 @@ fn table() -> Vec<Case> {
             },
             &[Gone(0), New(u1, 0, PortRule::InRange)],
         ),
-        // Port allocation.
+    ]
+}
+
+/// Port allocation.
+fn port_allocation(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared { u1, u1_g2, .. } = *s;
+    vec![
         Case::new(
             "1-port range taken by another guest's live mapping to the same remote: alloc_fail, the kernel's",
             guest(0),
@@ -1640,7 +1533,13 @@ fn table() -> Vec<Case> {
         )
         .tweak(|c| (c.port_lo, c.port_hi) = (P + 1, P))
         .switched(FAIL),
-        // Outbound: not translated.
+    ]
+}
+
+/// Outbound: not translated.
+fn outbound_not_translated(s: &Shared) -> Vec<Case> {
+    let Shared { u1, t1, syn, .. } = *s;
+    vec![
         Case::new(
             "UDP to another guest in the subnet (via the gateway's MAC): switched, not counted",
             guest(0),
@@ -1719,7 +1618,13 @@ fn table() -> Vec<Case> {
             "GRE: slow path",
             guest(0),
             Frame::new(GW_MAC, gmac(0))
-                .ipv4(gip(0), R1, ipproto::GRE, 64, &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20])
+                .ipv4(
+                    gip(0),
+                    R1,
+                    ipproto::GRE,
+                    64,
+                    &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20],
+                )
                 .build(),
         )
         .switched(SLOW),
@@ -1760,9 +1665,7 @@ fn table() -> Vec<Case> {
         Case::new(
             "ARP to the gateway's MAC: switched, not counted",
             guest(0),
-            Frame::new(GW_MAC, gmac(0))
-                .arp_reply(gip(0), GW_IP)
-                .build(),
+            Frame::new(GW_MAC, gmac(0)).arp_reply(gip(0), GW_IP).build(),
         )
         .switched(NONE),
         Case::new(
@@ -1791,7 +1694,14 @@ fn table() -> Vec<Case> {
                 .build(),
         )
         .switched(NONE),
-        // Outbound: malformed.
+    ]
+}
+
+/// Outbound: malformed.
+fn outbound_malformed(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared { u1, t1, syn, .. } = *s;
+    vec![
         Case::new(
             "IPv4 header cut at 10 bytes: switched, no crash (TC: refused by the test run)",
             guest(0),
@@ -1811,16 +1721,27 @@ fn table() -> Vec<Case> {
             t1.out_frame(syn, b"")[..L4 + 12].to_vec(),
         )
         .switched(NONE),
-    ];
+    ]
+}
 
-    // Inbound: replies.
-    let m_u1 = mapping(u1, P, 0, 5 * SEC);
-    let m_t1 = mapping(t1, P2, NAT_S_SYN_OUT, 2 * SEC);
-    let m_i1 = mapping(i1, P3, 0, 2 * SEC);
-    let reply_zero = Frame::new(UP_MAC, NH_MAC)
-        .udp_no_checksum(R1, 53, NAT_IP, P, b"answer, no checksum")
-        .build();
-    t.extend([
+/// Inbound: replies.
+fn inbound_replies(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u_lan,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        m_i1,
+        ref reply_zero,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP reply: translated to the guest",
             UP,
@@ -1831,7 +1752,7 @@ fn table() -> Vec<Case> {
         Case::new(
             "UDP reply without a checksum: translated, stays 0",
             UP,
-            reply_zero,
+            reply_zero.clone(),
         )
         .pre(&[m_u1])
         .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
@@ -1932,7 +1853,20 @@ fn table() -> Vec<Case> {
         .forget(0)
         .xdp(Pass, NONE, &[])
         .tc(DnatFlood(0), IN, &[Touched(0, NAT_S_REPLIED)]),
-        // Inbound: the host's own.
+    ]
+}
+
+/// Inbound: the host's own.
+fn inbound_hosts_own(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        m_u1,
+        m_t1,
+        m_i1,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "UDP to the masquerade address with no mapping: the host's (in_miss), untouched",
             UP,
@@ -2016,7 +1950,22 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_u1])
         .xdp(Pass, NONE, &[]),
-        // Inbound: malformed.
+    ]
+}
+
+/// Inbound: malformed.
+fn inbound_malformed(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        t1,
+        syn,
+        ack,
+        m_u1,
+        m_t1,
+        ..
+    } = *s;
+    vec![
         Case::new(
             "reply cut inside the IPv4 header: no crash, the host's (TC: refused by the test run)",
             UP,
@@ -2039,12 +1988,25 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_t1])
         .pass(NONE),
-    ]);
+    ]
+}
 
-    // Inbound: ICMP errors about mappings.
+/// Inbound: ICMP errors about mappings.
+fn icmp_errors(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    let Shared {
+        u1,
+        t1,
+        i1,
+        u1_g2,
+        m_u1,
+        m_t1,
+        m_i1,
+        ..
+    } = *s;
     let err =
         |ty: u8, code: u8, rest: [u8; 4], q: Vec<u8>| icmp_error_frame(ROUTER, ty, code, rest, &q);
-    t.extend([
+    vec![
         Case::new(
             "port unreachable (3/3) about a UDP mapping: translated",
             UP,
@@ -2202,235 +2164,281 @@ fn table() -> Vec<Case> {
         )
         .pre(&[m_u1])
         .pass(NONE),
-    ]);
-    t
+    ]
 }
 
-impl Bench {
-    /// Run one case on one program; Err describes every mismatch.
-    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
-        let e = match prog {
-            Prog::Xdp => &c.xdp,
-            Prog::Tc => &c.tc,
-        };
-        if e.fate == Fate::Skip {
-            return Ok(());
-        }
-        self.reset(&c.tweak)?;
-        let now = now_coarse();
-        for m in &c.pre {
-            self.put_mapping(m, now)?;
-        }
-        for &g in &c.forget {
-            self.forget_guest(g)?;
-        }
-        let out_before = self.nat_out()?;
-        let in_before = self.nat_in()?;
-        let ingress = self.ifindex(c.ingress);
-        let t0 = now_coarse();
-        let res = self.run(prog, ingress, &c.frame);
-        let t1 = now_coarse();
-        let mut errs = Vec::new();
-        let out_after = self.nat_out()?;
-        let in_after = self.nat_in()?;
-        let mut cfg = self.nat_cfg();
-        (c.tweak)(&mut cfg);
+/// One case's run on one program: the case, what it expects of that
+/// program, the NAT settings, the tables before and after, and when it
+/// ran (every stamp it makes is in [t0, t1]).
+struct Ran<'a> {
+    c: &'a Case,
+    e: &'a Expect,
+    prog: Prog,
+    cfg: NatConfig,
+    out_before: BTreeMap<KeyOrd, NatOut>,
+    in_before: BTreeMap<KeyOrd, NatIn>,
+    out_after: BTreeMap<KeyOrd, NatOut>,
+    in_after: BTreeMap<KeyOrd, NatIn>,
+    t0: u64,
+    t1: u64,
+}
 
-        // The NAT tables: exactly the expected entries.
-        let mut want_out: Vec<KeyOrd> = Vec::new();
-        let mut want_in: Vec<KeyOrd> = Vec::new();
+/// The keys the NAT tables must hold.
+#[derive(Default)]
+struct Want {
+    out: Vec<KeyOrd>,
+    inn: Vec<KeyOrd>,
+}
+
+impl Ran<'_> {
+    /// The NAT tables: exactly the expected entries.
+    fn tables(&self, errs: &mut Errs) {
+        let Ran { c, e, .. } = *self;
+        let mut want = Want::default();
         let mut named = vec![false; c.pre.len()];
         for p in &e.post {
             match p {
                 Post::Touched(i, state) => {
                     named[*i] = true;
-                    let m = &c.pre[*i];
-                    let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
-                    want_out.push(ok);
-                    want_in.push(ik);
-                    // Sent with the FIB's next hop: now cached in NAT_OUT.
-                    let looked_up =
-                        matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
-                    match (out_before.get(&ok), out_after.get(&ok)) {
-                        (Some(b), Some(a)) if looked_up => {
-                            let w = NatOut {
-                                hop: hop_bytes(next_hop_mac(m.flow.remote)),
-                                hop_ns: a.hop_ns,
-                                ..*b
-                            };
-                            if *a != w || a.hop_ns < t0 || a.hop_ns > t1 {
-                                errs.push(format!(
-                                    "NAT_OUT {}: {a:?}, expected {b:?} with next hop {} stamped in [{t0}, {t1}]",
-                                    fmt_key(&ok.0),
-                                    fmt_mac(&next_hop_mac(m.flow.remote))
-                                ));
-                            }
-                        }
-                        (b, a) if a != b || a.is_none() => errs.push(format!(
-                            "NAT_OUT {} changed: {b:?} -> {a:?}",
-                            fmt_key(&ok.0)
-                        )),
-                        _ => {}
-                    }
-                    match (in_before.get(&ik), in_after.get(&ik)) {
-                        (Some(b), Some(a)) => {
-                            let mut w = *b;
-                            w.state = *state;
-                            let refreshed = m.idle_ns > SEC + SEC / 2;
-                            let time_ok = if refreshed {
-                                a.last_seen_ns >= t0 && a.last_seen_ns <= t1
-                            } else {
-                                a.last_seen_ns == b.last_seen_ns
-                            };
-                            w.last_seen_ns = a.last_seen_ns;
-                            if *a != w || !time_ok {
-                                errs.push(format!(
-                                    "NAT_IN {}: {a:?}, expected state {state:#x}, time {} (was {b:?})",
-                                    fmt_key(&ik.0),
-                                    if refreshed { "refreshed" } else { "kept" }
-                                ));
-                            }
-                        }
-                        (b, a) => errs.push(format!(
-                            "NAT_IN {}: {b:?} -> {a:?}, expected kept",
-                            fmt_key(&ik.0)
-                        )),
-                    }
+                    self.touched(&c.pre[*i], *state, &mut want, errs);
                 }
                 Post::Gone(i) => named[*i] = true,
                 Post::New(flow, state, rule) => {
-                    let ok = KeyOrd(flow.out_key());
-                    want_out.push(ok);
-                    let Some(o) = out_after.get(&ok) else {
-                        errs.push(format!("no NAT_OUT entry for {}", fmt_key(&ok.0)));
-                        continue;
-                    };
-                    let port = u16::from_be(o.port);
-                    let in_range = port >= cfg.port_lo && port <= cfg.port_hi;
-                    let rule_ok = match rule {
-                        PortRule::InRange => in_range,
-                        PortRule::Is(p) => port == *p,
-                        PortRule::Not(v) => in_range && !v.contains(&port),
-                    };
-                    // The next hop the packet left with is cached; an
-                    // unresolved one is not.
-                    let hop_ok = match e.fate {
-                        Fate::Snat(_) => {
-                            o.hop == hop_bytes(next_hop_mac(flow.remote))
-                                && o.hop_ns >= t0
-                                && o.hop_ns <= t1
-                        }
-                        _ => o.hop_ns == 0,
-                    };
-                    if !hop_ok || o._pad2 != 0 {
-                        errs.push(format!(
-                            "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
-                            fmt_key(&ok.0),
-                            o.hop,
-                            o.hop_ns,
-                            fmt_mac(&next_hop_mac(flow.remote)),
-                            e.fate
-                        ));
-                    }
-                    if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
-                        errs.push(format!(
-                            "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
-                            fmt_key(&ok.0),
-                            Ipv4Addr::from(o.addr.to_ne_bytes()),
-                            ip4(NAT_IP),
-                            cfg.port_lo,
-                            cfg.port_hi
-                        ));
-                    }
-                    let ik = KeyOrd(flow.in_key(port));
-                    want_in.push(ik);
-                    match in_after.get(&ik) {
-                        Some(i) => {
-                            let stamped = |t: u64| t >= t0 && t <= t1;
-                            if i.addr != be32(gip(flow.guest))
-                                || i.port != flow.gport.to_be()
-                                || i.state != *state
-                                || i.mac != gmac(flow.guest)
-                                || i._pad != [0; 2]
-                                || !stamped(i.last_seen_ns)
-                                || !stamped(i.created_ns)
-                            {
-                                errs.push(format!(
-                                    "NAT_IN {}: {i:?}, expected guest {}:{} mac {} state {state:#x} stamped in [{t0}, {t1}]",
-                                    fmt_key(&ik.0),
-                                    ip4(gip(flow.guest)),
-                                    flow.gport,
-                                    fmt_mac(&gmac(flow.guest))
-                                ));
-                            }
-                        }
-                        None => errs.push(format!("no NAT_IN entry {}", fmt_key(&ik.0))),
-                    }
+                    self.new_mapping(flow, *state, rule, &mut want, errs)
                 }
             }
         }
-        for (i, m) in c.pre.iter().enumerate() {
-            if named[i] {
-                continue;
+        for (m, named) in c.pre.iter().zip(named) {
+            if !named {
+                self.unnamed(m, &mut want, errs);
             }
-            // Unchanged, entry for entry.
-            let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
-            if m.out {
-                want_out.push(ok);
-                if out_after.get(&ok) != out_before.get(&ok) {
-                    errs.push(format!("NAT_OUT {} changed", fmt_key(&ok.0)));
-                }
-            }
-            if m.inn {
-                want_in.push(ik);
-                if in_after.get(&ik) != in_before.get(&ik) {
+        }
+        self.holds(want, errs);
+    }
+
+    /// Pre-made mapping `m`, named with `state`: its NAT_OUT entry kept
+    /// (or given the FIB's next hop if it was looked up), its NAT_IN entry
+    /// in `state`, its time refreshed if it was idle over a second.
+    fn touched(&self, m: &Mapping, state: u16, want: &mut Want, errs: &mut Errs) {
+        let Ran {
+            e,
+            t0,
+            t1,
+            ref out_before,
+            ref in_before,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+        want_out.push(ok);
+        want_in.push(ik);
+        // Sent with the FIB's next hop: now cached in NAT_OUT.
+        let looked_up = matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
+        match (out_before.get(&ok), out_after.get(&ok)) {
+            (Some(b), Some(a)) if looked_up => {
+                let w = NatOut {
+                    hop: hop_bytes(next_hop_mac(m.flow.remote)),
+                    hop_ns: a.hop_ns,
+                    ..*b
+                };
+                if *a != w || a.hop_ns < t0 || a.hop_ns > t1 {
                     errs.push(format!(
-                        "NAT_IN {} changed: {:?} -> {:?}",
-                        fmt_key(&ik.0),
-                        in_before.get(&ik),
-                        in_after.get(&ik)
+                        "NAT_OUT {}: {a:?}, expected {b:?} with next hop {} stamped in [{t0}, {t1}]",
+                        fmt_key(&ok.0),
+                        fmt_mac(&next_hop_mac(m.flow.remote))
                     ));
                 }
             }
+            (b, a) if a != b || a.is_none() => errs.push(format!(
+                "NAT_OUT {} changed: {b:?} -> {a:?}",
+                fmt_key(&ok.0)
+            )),
+            _ => {}
         }
-        want_out.sort();
-        want_out.dedup();
-        want_in.sort();
-        want_in.dedup();
-        let got_out: Vec<KeyOrd> = out_after.keys().copied().collect();
-        let got_in: Vec<KeyOrd> = in_after.keys().copied().collect();
-        if got_out != want_out {
-            errs.push(format!(
-                "NAT_OUT holds [{}], expected [{}]",
-                got_out
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                want_out
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
+        match (in_before.get(&ik), in_after.get(&ik)) {
+            (Some(b), Some(a)) => {
+                let mut w = *b;
+                w.state = state;
+                let refreshed = m.idle_ns > SEC + SEC / 2;
+                let time_ok = if refreshed {
+                    a.last_seen_ns >= t0 && a.last_seen_ns <= t1
+                } else {
+                    a.last_seen_ns == b.last_seen_ns
+                };
+                w.last_seen_ns = a.last_seen_ns;
+                if *a != w || !time_ok {
+                    errs.push(format!(
+                        "NAT_IN {}: {a:?}, expected state {state:#x}, time {} (was {b:?})",
+                        fmt_key(&ik.0),
+                        if refreshed { "refreshed" } else { "kept" }
+                    ));
+                }
+            }
+            (b, a) => errs.push(format!(
+                "NAT_IN {}: {b:?} -> {a:?}, expected kept",
+                fmt_key(&ik.0)
+            )),
         }
-        if got_in != want_in {
-            errs.push(format!(
-                "NAT_IN holds [{}], expected [{}]",
-                got_in
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                want_in
-                    .iter()
-                    .map(|k| fmt_key(&k.0))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
+    }
 
-        // Return code and output bytes.
+    /// A new mapping for `flow` in `state`, its port by `rule`, made in the
+    /// run.
+    fn new_mapping(
+        &self,
+        flow: &Flow,
+        state: u16,
+        rule: &PortRule,
+        want: &mut Want,
+        errs: &mut Errs,
+    ) {
+        let Ran {
+            e,
+            ref cfg,
+            t0,
+            t1,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        let ok = KeyOrd(flow.out_key());
+        want_out.push(ok);
+        let Some(o) = out_after.get(&ok) else {
+            errs.push(format!("no NAT_OUT entry for {}", fmt_key(&ok.0)));
+            return;
+        };
+        let port = u16::from_be(o.port);
+        let in_range = port >= cfg.port_lo && port <= cfg.port_hi;
+        let rule_ok = match rule {
+            PortRule::InRange => in_range,
+            PortRule::Is(p) => port == *p,
+            PortRule::Not(v) => in_range && !v.contains(&port),
+        };
+        // The next hop the packet left with is cached; an
+        // unresolved one is not.
+        let hop_ok = match e.fate {
+            Fate::Snat(_) => {
+                o.hop == hop_bytes(next_hop_mac(flow.remote)) && o.hop_ns >= t0 && o.hop_ns <= t1
+            }
+            _ => o.hop_ns == 0,
+        };
+        if !hop_ok || o._pad2 != 0 {
+            errs.push(format!(
+                "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
+                fmt_key(&ok.0),
+                o.hop,
+                o.hop_ns,
+                fmt_mac(&next_hop_mac(flow.remote)),
+                e.fate
+            ));
+        }
+        if o.addr != be32(NAT_IP) || o._pad != 0 || !rule_ok {
+            errs.push(format!(
+                "NAT_OUT {}: {}:{port}, expected {}:{rule:?} in {}-{}",
+                fmt_key(&ok.0),
+                Ipv4Addr::from(o.addr.to_ne_bytes()),
+                ip4(NAT_IP),
+                cfg.port_lo,
+                cfg.port_hi
+            ));
+        }
+        let ik = KeyOrd(flow.in_key(port));
+        want_in.push(ik);
+        match in_after.get(&ik) {
+            Some(i) => {
+                let stamped = |t: u64| t >= t0 && t <= t1;
+                if i.addr != be32(gip(flow.guest))
+                    || i.port != flow.gport.to_be()
+                    || i.state != state
+                    || i.mac != gmac(flow.guest)
+                    || i._pad != [0; 2]
+                    || !stamped(i.last_seen_ns)
+                    || !stamped(i.created_ns)
+                {
+                    errs.push(format!(
+                        "NAT_IN {}: {i:?}, expected guest {}:{} mac {} state {state:#x} stamped in [{t0}, {t1}]",
+                        fmt_key(&ik.0),
+                        ip4(gip(flow.guest)),
+                        flow.gport,
+                        fmt_mac(&gmac(flow.guest))
+                    ));
+                }
+            }
+            None => errs.push(format!("no NAT_IN entry {}", fmt_key(&ik.0))),
+        }
+    }
+
+    /// Pre-made mapping `m`, not named: unchanged, entry for entry.
+    fn unnamed(&self, m: &Mapping, want: &mut Want, errs: &mut Errs) {
+        let Ran {
+            ref out_before,
+            ref in_before,
+            ref out_after,
+            ref in_after,
+            ..
+        } = *self;
+        let (want_out, want_in) = (&mut want.out, &mut want.inn);
+        // Unchanged, entry for entry.
+        let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
+        if m.out {
+            want_out.push(ok);
+            if out_after.get(&ok) != out_before.get(&ok) {
+                errs.push(format!("NAT_OUT {} changed", fmt_key(&ok.0)));
+            }
+        }
+        if m.inn {
+            want_in.push(ik);
+            if in_after.get(&ik) != in_before.get(&ik) {
+                errs.push(format!(
+                    "NAT_IN {} changed: {:?} -> {:?}",
+                    fmt_key(&ik.0),
+                    in_before.get(&ik),
+                    in_after.get(&ik)
+                ));
+            }
+        }
+    }
+
+    /// The tables hold exactly `want`.
+    fn holds(&self, want: Want, errs: &mut Errs) {
+        let keys = |v: &[KeyOrd]| {
+            v.iter()
+                .map(|k| fmt_key(&k.0))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        for (table, got, mut want) in [
+            (
+                "NAT_OUT",
+                self.out_after.keys().copied().collect::<Vec<_>>(),
+                want.out,
+            ),
+            ("NAT_IN", self.in_after.keys().copied().collect(), want.inn),
+        ] {
+            want.sort();
+            want.dedup();
+            if got != want {
+                errs.push(format!(
+                    "{table} holds [{}], expected [{}]",
+                    keys(&got),
+                    keys(&want)
+                ));
+            }
+        }
+    }
+
+    /// The return code and output bytes expected (None: no mapping to
+    /// build them from).
+    fn expected(&self) -> (u32, Option<Vec<u8>>) {
+        let Ran {
+            c,
+            e,
+            prog,
+            ref out_after,
+            ..
+        } = *self;
         let port_of = |f: &Flow| {
             out_after
                 .get(&KeyOrd(f.out_key()))
@@ -2477,6 +2485,53 @@ impl Bench {
             Fate::Refused => (0, None),
             Fate::Skip => unreachable!(),
         };
+        (want_ret, want_bytes)
+    }
+}
+
+impl Bench {
+    /// Run one case on one program; Err describes every mismatch.
+    fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
+        let e = c.expect(prog);
+        if e.fate == Fate::Skip {
+            return Ok(());
+        }
+        self.reset(&c.tweak)?;
+        let now = now_coarse();
+        for m in &c.pre {
+            self.put_mapping(m, now)?;
+        }
+        for &g in &c.forget {
+            self.forget_guest(g)?;
+        }
+        let out_before = self.nat_out()?;
+        let in_before = self.nat_in()?;
+        let ingress = self.ifindex(c.ingress);
+        let t0 = now_coarse();
+        let res = self.run(prog, ingress, &c.frame);
+        let t1 = now_coarse();
+        let mut errs = Errs::default();
+        let out_after = self.nat_out()?;
+        let in_after = self.nat_in()?;
+        let mut cfg = self.nat_cfg();
+        (c.tweak)(&mut cfg);
+
+        let ran = Ran {
+            c,
+            e,
+            prog,
+            cfg,
+            out_before,
+            in_before,
+            out_after,
+            in_after,
+            t0,
+            t1,
+        };
+        ran.tables(&mut errs);
+
+        // Return code and output bytes.
+        let (want_ret, want_bytes) = ran.expected();
         let translated = !matches!(e.fate, Fate::Switched | Fate::Pass | Fate::Refused);
         if translated && let Err(bad) = verify_checksums(&c.frame) {
             errs.push(format!("(test data) input checksums wrong: {bad}"));
@@ -2511,7 +2566,7 @@ impl Bench {
                         diff_hex(&out, w).0,
                         diff_hex(&out, w).1
                     )),
-                    None => errs.push("no mapping to build the expected frame from".into()),
+                    None => errs.push("no mapping to build the expected frame from"),
                     _ => {}
                 }
                 if translated && let Err(bad) = verify_checksums(&out) {
@@ -2523,7 +2578,7 @@ impl Bench {
 
         // What the taps transmitted: only TC floods send during a plain
         // test run.
-        let mut want_copies = vec![0usize; self.taps.len()];
+        let mut want_copies = vec![0usize; TAP_NAMES.len()];
         if let (Fate::DnatFlood(_), Prog::Tc) = (e.fate, prog) {
             for w in want_copies.iter_mut().take(NR_GUESTS) {
                 *w = 1;
@@ -2551,39 +2606,7 @@ impl Bench {
         if got != want {
             errs.push(format!("NAT counters {got:?}, expected {want:?}"));
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", errs.join("\n    "))
-        }
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let cases = table();
-        let mut failed = Vec::new();
-        let mut ran = 0;
-        for c in &cases {
-            let e = match prog {
-                Prog::Xdp => &c.xdp,
-                Prog::Tc => &c.tc,
-            };
-            if e.fate == Fate::Skip {
-                continue;
-            }
-            ran += 1;
-            if let Err(e) = self.check(c, prog) {
-                failed.push(format!("  [{prog:?}] {}:\n    {e:#}", c.name));
-            }
-        }
-        eprintln!("{prog:?}: {ran} cases, {} passed", ran - failed.len());
-        if !failed.is_empty() {
-            bail!(
-                "{} of {ran} {prog:?} cases failed:\n{}",
-                failed.len(),
-                failed.join("\n")
-            );
-        }
-        Ok(())
+        errs.done()
     }
 }
 
@@ -2615,15 +2638,7 @@ fn diff_hex(a: &[u8], b: &[u8]) -> (String, String) {
     (show(a), show(b))
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
-
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
-}
+umlbr_tests::table_tests!(Bench, Prog, xdp_table: "xdp" Xdp, tc_table: "tc" Tc);
 
 // ---------------------------------------------------------------------------
 // Sequences: mappings over several packets.
@@ -2653,7 +2668,7 @@ impl Bench {
 }
 
 fn state_name(s: u16) -> String {
-    umlbr::nat::state_name(6, s)
+    umlbr_lib::state_name(6, s)
 }
 
 /// SYN out: syn_sent; SYN-ACK back: established; FIN one way: closing;
@@ -3111,7 +3126,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
     b.attach_tc(&["g1", "up0"])?;
     let f = udp(0, 43000, R1, 53);
     let out = f.out_frame(0, b"live tc query");
-    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    b.ctx.taps.write(0, &out)?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
     let got = b.collect(&want, Duration::from_secs(3));
@@ -3123,10 +3138,7 @@ fn live_tc_translates_both_ways() -> Result<()> {
         got.iter().map(Vec::len).collect::<Vec<_>>()
     );
     let reply = f.reply_frame(port, 0, b"live tc answer");
-    b.taps[tap_of(UP)]
-        .1
-        .write_all(&reply)
-        .context("writing into up0")?;
+    b.ctx.taps.write(tap_of(UP), &reply)?;
     let mut want = vec![0; 5];
     want[0] = 1;
     let got = b.collect(&want, Duration::from_secs(3));
@@ -3150,7 +3162,7 @@ fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
     b.attach_tc(&["g1"])?;
     let f = udp(0, 44000, NN, 53);
     let out = f.out_frame(0, b"via an unresolved next hop");
-    b.taps[0].1.write_all(&out).context("writing into g1")?;
+    b.ctx.taps.write(0, &out)?;
     let mut want = vec![0; 5];
     want[tap_of(UP)] = 1;
     let got = b.collect(&want, Duration::from_secs(2));
@@ -3169,9 +3181,9 @@ fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
     let answer = Frame::new(UP_MAC, NH2_MAC)
         .arp_reply([192, 168, 1, 2], NAT_IP)
         .build();
-    b.taps[tap_of(UP)]
-        .1
-        .write_all(&answer)
+    b.ctx
+        .taps
+        .write(tap_of(UP), &answer)
         .context("answering the ARP")?;
     let got = b.collect(&want, Duration::from_secs(2));
     let (port, _) = b.mapping_of(&f)?.context("no mapping")?;

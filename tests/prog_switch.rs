@@ -18,85 +18,35 @@
 //! `live_*` tests use to read the redirected frame back from the target tap.
 //!
 //! Needs root.
-use std::{
-    fs::File,
-    io::{ErrorKind, Read, Write},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use aya::{
-    Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
-    },
-};
+use anyhow::{Context, Result, ensure};
+use aya::programs::TcAttachType;
 use umlbr_common::{
     CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_NO_XDP_TX,
     PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
-    netns::Netns,
-    netns::{InNetns, ifindex, open_tap},
+    bpf::{
+        AGING_NS, Ctx, Errno, Errs, SEC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, count_rx,
+    },
+    netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
 };
 
-// ---------------------------------------------------------------------------
-// Kernel constants and context layouts (include/uapi/linux/bpf.h).
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-/// struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-/// rx_queue_index, egress_ifindex.
-fn xdp_md(data: u32, data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[0..4].copy_from_slice(&data.to_ne_bytes());
-    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
-    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c
-}
-
-/// struct __sk_buff (192 bytes) with ingress_ifindex (offset 36) and
-/// ifindex (offset 40) set; the test run rejects most other fields.
-fn sk_buff(ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
-    let mut c = [0u8; 192];
-    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
-}
-
-const AGING_NS: u64 = 60_000_000_000;
-const SEC: u64 = 1_000_000_000;
+mod umlbr_lib;
+use umlbr_lib::monotonic_coarse_ns as now_coarse;
 
 // ---------------------------------------------------------------------------
 // The test bench: a namespace, its ports, the loaded object.
 
-fn now_coarse() -> u64 {
-    umlbr::sys::monotonic_coarse_ns()
-}
+const PORT_NAMES: [&str; 3] = ["p1", "p2", "p3"];
 
-struct Port {
-    name: &'static str,
-    ifindex: u32,
-    tap: File,
-}
-
-/// Field order is drop order: programs and links go first, then the taps,
-/// then the thread leaves the namespace, which is then deleted.
 struct Bench {
-    ebpf: Ebpf,
-    ports: Vec<Port>,
+    ctx: Ctx,
     /// A veth device that is not a port.
     other: u32,
-    nr_cpus: usize,
-    _in: InNetns,
-    ns: Netns,
 }
 
 /// Where a frame comes from or an FDB entry points.
@@ -114,66 +64,26 @@ const P3: At = P(2);
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(tag)?;
         // No IPv6 autoconfiguration noise on the taps.
-        ns.sh(
-            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
-             && ip link add np0 type veth peer name np1 && ip link set np0 up",
-        )?;
-        let inside = InNetns::enter(&ns)?;
-        let mut ports = Vec::new();
-        for name in ["p1", "p2", "p3"] {
-            let tap = open_tap(name)?;
-            ns.sh(&format!("ip link set {name} up"))?;
-            ports.push(Port {
-                name,
-                ifindex: ifindex(name)?,
-                tap,
-            });
-        }
-        let other = ifindex("np0")?;
-        let ebpf = umlbr::object::load().context("load_object")?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut b = Bench {
-            ebpf,
-            ports,
-            other,
-            nr_cpus,
-            _in: inside,
+        let ns = Netns::without_ipv6(tag)?;
+        ns.sh("ip link add np0 type veth peer name np1 && ip link set np0 up")?;
+        let ctx = Ctx::new(
             ns,
+            &PORT_NAMES,
+            "for t in p1 p2 p3; do ip link set $t up || exit 1; done",
+            umlbr_lib::load_object,
+        )?;
+        let mut b = Bench {
+            ctx,
+            other: ifindex("np0")?,
         };
         b.reset()?;
         Ok(b)
     }
 
-    /// Every port in the devmap and the flood list, as `attach` leaves them.
-    fn add_ports(&mut self) -> Result<()> {
-        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
-        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
-        for &i in &idx {
-            devmap.insert(i, i, None, 0)?;
-        }
-        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
-        for (n, &i) in idx.iter().enumerate() {
-            list.set(n as u32, i, 0)?;
-        }
-        Ok(())
-    }
-
-    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("no map {name}"))?;
-        Ok(T::try_from(m)?)
-    }
-
     fn ifindex(&self, at: At) -> u32 {
         match at {
-            P(i) => self.ports[i].ifindex,
+            P(i) => self.ctx.taps.ifindex[i],
             At::NotPort => self.other,
         }
     }
@@ -182,236 +92,85 @@ impl Bench {
         if ifindex == self.other {
             return Some(At::NotPort);
         }
-        self.ports.iter().position(|p| p.ifindex == ifindex).map(P)
+        self.ctx
+            .taps
+            .ifindex
+            .iter()
+            .position(|&i| i == ifindex)
+            .map(P)
     }
 
-    /// Every port in the maps, empty FDB, zero counters, the default
-    /// config, empty taps.
+    /// Every port in the maps (the devmap and the flood list, as `attach`
+    /// leaves them), empty FDB, zero counters, the default config, empty
+    /// taps.
     fn reset(&mut self) -> Result<()> {
-        self.add_ports()?;
-        let host = self.ports[0].ifindex;
-        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
-        config.set(
-            0,
-            Config {
-                aging_ns: AGING_NS,
-                nr_ports: 3,
-                host_port: host,
-                ..Default::default()
-            },
-            0,
-        )?;
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            fdb.remove(&k)?;
-        }
-        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
-        let n = self.nr_cpus;
-        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        let idx = self.ctx.taps.ifindex.clone();
+        self.ctx.set_ports(&idx, None)?;
+        self.ctx.set_config(Config {
+            aging_ns: AGING_NS,
+            nr_ports: 3,
+            host_port: idx[0],
+            ..Default::default()
+        })?;
+        self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
         for i in idx {
             let zero = PortStats {
                 kind: PORT_KIND_OTHER,
                 ..Default::default()
             };
-            stats.insert(i, PerCpuValues::try_from(vec![zero; n])?, 0)?;
+            self.ctx.set_port_stats(i, zero)?;
         }
-        for p in 0..self.ports.len() {
-            self.drain(p);
-        }
+        self.ctx.quiet();
         Ok(())
     }
 
     fn fdb_insert(&mut self, mac: Mac, ifindex: u32, flags: u32, updated_ns: u64) -> Result<()> {
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        fdb.insert(
-            FdbKey::new(mac),
-            FdbEntry {
-                ifindex,
-                flags,
-                updated_ns,
-            },
-            0,
-        )?;
-        Ok(())
+        self.ctx.fdb_insert(mac, ifindex, flags, updated_ns)
     }
 
     fn fdb(&mut self) -> Result<Vec<(Mac, FdbEntry)>> {
-        let fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let mut v: Vec<(Mac, FdbEntry)> = fdb
-            .iter()
-            .map(|r| r.map(|(k, e)| (k.mac, e)))
-            .collect::<Result<_, _>>()?;
-        v.sort_by_key(|(m, _)| *m);
-        Ok(v)
+        self.ctx.fdb()
     }
 
     /// Counters of every port, summed over the CPUs.
-    fn stats(&mut self) -> Result<Vec<Counters>> {
-        let idx: Vec<u32> = self.ports.iter().map(|p| p.ifindex).collect();
-        let stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
-        let mut out = Vec::new();
-        for i in idx {
-            let mut c = Counters::default();
-            for v in stats.get(&i, 0)?.iter() {
-                c.add(v);
-            }
-            out.push(c);
-        }
-        Ok(out)
+    fn stats(&mut self) -> Result<Vec<PortStats>> {
+        let idx = self.ctx.taps.ifindex.clone();
+        self.ctx.port_stats(&idx)
     }
 
-    fn xdp(&self) -> &Xdp {
-        self.ebpf
-            .program(names::XDP_PROG)
-            .expect("umlbr_xdp")
-            .try_into()
-            .expect("an XDP program")
-    }
-
-    fn tc(&self) -> &SchedClassifier {
-        self.ebpf
-            .program(names::TC_PROG)
-            .expect("umlbr_tc")
-            .try_into()
-            .expect("a TC program")
-    }
-
-    /// Run umlbr_xdp on `meta` bytes of metadata followed by `frame`.
-    /// Returns the action and the output (metadata and frame).
     fn run_xdp(&self, ingress: u32, meta: usize, frame: &[u8]) -> Result<(u32, Vec<u8>), Errno> {
-        let mut data = vec![0xa5u8; meta];
-        data.extend_from_slice(frame);
-        let ctx = xdp_md(meta as u32, data.len() as u32, ingress);
-        let mut out = vec![0u8; data.len() + 512];
-        let r = self
-            .xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(&data),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .map_err(errno)?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        self.ctx.run_xdp(ingress, meta, frame)
     }
 
-    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
-    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<(), Errno> {
-        let ctx = xdp_md(0, frame.len() as u32, ingress);
-        self.xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                attrs: TestRunAttrs::new().xdp_live_frames(1),
-                ..Default::default()
-            })
-            .map_err(errno)?;
-        Ok(())
+    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
+        Ok(self.ctx.run_xdp_live(ingress, frame)?)
     }
 
     fn run_tc(&self, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), Errno> {
-        let ctx = sk_buff(ingress, ingress);
-        let mut out = vec![0u8; frame.len() + 512];
-        let r = self
-            .tc()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .map_err(errno)?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
-    }
-
-    /// Read and discard everything queued on port `p`'s tap.
-    fn drain(&mut self, p: usize) -> usize {
-        let mut n = 0;
-        let mut buf = vec![0u8; 65536];
-        while self.ports[p].tap.read(&mut buf).is_ok() {
-            n += 1;
-        }
-        n
+        let (action, out, _) = self
+            .ctx
+            .run_tc(names::TC_PROG, 0, ingress, ingress, frame)?;
+        Ok((action, out))
     }
 
     /// Copies of `frame` each port's tap received: waits for `expect[i]`
     /// copies on port i (up to a second), then a little longer for extras.
     fn copies(&mut self, frame: &[u8], expect: &[usize]) -> Vec<usize> {
-        let mut got = vec![0; self.ports.len()];
-        let mut buf = vec![0u8; 65536];
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut grace: Option<Instant> = None;
-        loop {
-            let mut any = false;
-            for (i, p) in self.ports.iter_mut().enumerate() {
-                loop {
-                    match p.tap.read(&mut buf) {
-                        Ok(n) => {
-                            any = true;
-                            if &buf[..n] == frame {
-                                got[i] += 1;
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("reading {}: {e}", p.name),
-                    }
-                }
-            }
-            let now = Instant::now();
-            let done = got.iter().zip(expect).all(|(g, e)| g >= e);
-            if done && grace.is_none() {
-                grace = Some(now + Duration::from_millis(15));
-            }
-            if grace.is_some_and(|g| now >= g) || now >= deadline {
-                return got;
-            }
-            if !any {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        let got = self
+            .ctx
+            .collect(expect, Duration::from_secs(1), |f| f == frame);
+        got.iter()
+            .map(|fs| fs.iter().filter(|f| *f == frame).count())
+            .collect()
     }
 }
 
-/// A failed test run's errno.
-type Errno = i32;
-
-fn errno(e: ProgramError) -> Errno {
-    match e {
-        ProgramError::SyscallError(s) => s.io_error.raw_os_error().unwrap_or(-1),
-        e => panic!("test run failed: {e}"),
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counters {
-    rx_packets: u64,
-    rx_bytes: u64,
-    forwarded: u64,
-    flooded: u64,
-    dropped: u64,
-    learned: u64,
-    moved: u64,
-    xdp_native: u64,
-    xdp_generic: u64,
-    tc: u64,
-}
-
-impl Counters {
-    fn add(&mut self, s: &PortStats) {
-        self.rx_packets += s.rx_packets;
-        self.rx_bytes += s.rx_bytes;
-        self.forwarded += s.forwarded;
-        self.flooded += s.flooded;
-        self.dropped += s.dropped;
-        self.learned += s.learned;
-        self.moved += s.moved;
-        self.xdp_native += s.xdp_native;
-        self.xdp_generic += s.xdp_generic;
-        self.tc += s.tc;
+/// The counters alone: kind and flags cleared.
+fn counters(s: &PortStats) -> PortStats {
+    PortStats {
+        kind: 0,
+        flags: 0,
+        ..*s
     }
 }
 
@@ -443,6 +202,13 @@ enum Fate {
     /// The kernel refuses the input (EINVAL): BPF_PROG_TEST_RUN needs at
     /// least an Ethernet header of data. Nothing may change.
     Refused,
+}
+
+impl Fate {
+    /// The switch decided and finished here: forwarded, flooded or dropped.
+    fn switched(self) -> bool {
+        matches!(self, Fate::Forward(_) | Fate::Flood | Fate::Drop)
+    }
 }
 
 /// An FDB entry before the run: MAC, where, flags, age in ns.
@@ -556,10 +322,33 @@ fn ip(last: u8) -> [u8; 4] {
     [10, 0, 0, last]
 }
 
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 fn table() -> Vec<Case> {
+    [
+        learning_and_flooding(),
+        known_unicast(),
+        moves_and_static_entries(),
+        invalid_sources(),
+        vlan_tagged(),
+        not_a_port(),
+        sizes(),
+        left_to_tc(),
+        link_local(),
+        odd_ethertypes(),
+        runts(),
+    ]
+    .concat()
+}
+
+/// Learning and flooding.
+fn learning_and_flooding() -> Vec<Case> {
     use Fate::*;
-    let mut t = vec![
-        // Learning and flooding.
+    vec![
         Case::new(
             "broadcast ARP request: floods, learns the new source",
             P1,
@@ -619,7 +408,13 @@ fn table() -> Vec<Case> {
             Flood,
         )
         .learns(A),
-        // Known unicast.
+    ]
+}
+
+/// Known unicast.
+fn known_unicast() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "known unicast ICMP echo: forwarded to its port",
             P1,
@@ -676,7 +471,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P1, 0)])
         .after(&[Post::Kept(B)])
         .learns(A),
-        // Moves and static entries.
+    ]
+}
+
+/// Moves and static entries.
+fn moves_and_static_entries() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "MAC move: a learned source moves to the new port",
             P1,
@@ -728,7 +529,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P2, AGING_NS - 5 * SEC)])
         .after(&[Post::Kept(B)])
         .learns(A),
-        // Invalid sources.
+    ]
+}
+
+/// Invalid sources.
+fn invalid_sources() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "multicast source: dropped, not learned",
             P1,
@@ -759,7 +566,13 @@ fn table() -> Vec<Case> {
         )
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)]),
-        // 802.1Q: VLAN-unaware, frames switched as they are.
+    ]
+}
+
+/// 802.1Q: VLAN-unaware, frames switched as they are.
+fn vlan_tagged() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "802.1Q-tagged known unicast: forwarded unchanged",
             P1,
@@ -804,7 +617,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)])
         .learns(C),
-        // Not a port.
+    ]
+}
+
+/// Not a port.
+fn not_a_port() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "frame from a device that is not a port: passed, untouched",
             At::NotPort,
@@ -819,7 +638,13 @@ fn table() -> Vec<Case> {
             Frame::new(BROADCAST, C).arp_request(ip(3), ip(1)).build(),
             Pass,
         ),
-        // Sizes.
+    ]
+}
+
+/// Sizes.
+fn sizes() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "1518-byte frame: switched by XDP",
             P1,
@@ -857,9 +682,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(A, P1, 0)])
         .after(&[Post::Kept(A)])
         .learns(C),
-    ];
-    // What XDP leaves to TC besides big frames.
-    t.extend([
+    ]
+}
+
+/// What XDP leaves to TC besides big frames.
+fn left_to_tc() -> Vec<Case> {
+    use Fate::*;
+    vec![
         Case::new(
             "UDP with a CHECKSUM_PARTIAL checksum: XDP leaves it to TC, TC forwards it",
             P1,
@@ -922,8 +751,13 @@ fn table() -> Vec<Case> {
         .fdb(&[learned(B, P2, 0)])
         .after(&[Post::Kept(B)])
         .learns(A),
-    ]);
-    // Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
+    ]
+}
+
+/// Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
+fn link_local() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     for last in [0x00u8, 0x01, 0x02, 0x03, 0x0e, 0x0f] {
         let dst = [0x01, 0x80, 0xc2, 0, 0, last];
         t.push(Case::new(
@@ -933,7 +767,13 @@ fn table() -> Vec<Case> {
             Drop,
         ));
     }
-    // Odd EtherTypes and 802.3 length fields: switched like any frame.
+    t
+}
+
+/// Odd EtherTypes and 802.3 length fields: switched like any frame.
+fn odd_ethertypes() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     for (et, what) in [
         (0x0000u16, "EtherType 0x0000"),
         (0x0003, "802.3 length 3 (LLC)"),
@@ -958,10 +798,16 @@ fn table() -> Vec<Case> {
             .learns(B),
         );
     }
-    // Runts: 0..=13 bytes, prefixes of a broadcast from a new station. The
-    // kernel (6.18) refuses test input with less than an Ethernet header of
-    // packet data, for XDP also behind metadata: nothing may run, nothing
-    // may be learned, counted or sent. A 14-byte frame is accepted above.
+    t
+}
+
+/// Runts: 0..=13 bytes, prefixes of a broadcast from a new station. The
+/// kernel (6.18) refuses test input with less than an Ethernet header of
+/// packet data, for XDP also behind metadata: nothing may run, nothing
+/// may be learned, counted or sent. A 14-byte frame is accepted above.
+fn runts() -> Vec<Case> {
+    use Fate::*;
+    let mut t = Vec::new();
     let full = Frame::new(BROADCAST, A).arp_request(ip(1), ip(2)).build();
     for len in 0..14usize {
         t.push(
@@ -981,32 +827,7 @@ fn table() -> Vec<Case> {
 impl Bench {
     /// Run one case on one program; Err describes every mismatch.
     fn check(&mut self, c: &Case, prog: Prog) -> Result<()> {
-        self.reset()?;
-        if c.tc_flood {
-            let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
-            let mut cfg = config.get(&0, 0)?;
-            cfg.flags |= CFG_F_TC_FLOOD;
-            config.set(0, cfg, 0)?;
-        }
-        if let Some(at) = c.no_xdp_tx {
-            let i = self.ifindex(at);
-            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
-            devmap.remove(i)?;
-            let n = self.nr_cpus;
-            let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> =
-                self.map(names::PORT_STATS)?;
-            let s = PortStats {
-                kind: PORT_KIND_OTHER,
-                flags: PORT_F_NO_XDP_TX,
-                ..Default::default()
-            };
-            stats.insert(i, PerCpuValues::try_from(vec![s; n])?, 0)?;
-        }
-        let base = now_coarse();
-        for p in &c.fdb {
-            let i = self.ifindex(p.at);
-            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
-        }
+        self.prepare(c)?;
         let before = self.fdb()?;
         let stats_before = self.stats()?;
         let fate = match prog {
@@ -1020,16 +841,13 @@ impl Bench {
             Prog::Tc => self.run_tc(ingress, &c.frame),
         };
         let t1 = now_coarse();
-        let mut errs = Vec::new();
+        let mut errs = Errs::default();
 
         // Return code and output bytes.
         match (fate, res) {
-            (Fate::Refused, Err(e)) if e == libc::EINVAL => {}
+            (Fate::Refused, Err(Errno(libc::EINVAL))) => {}
             (Fate::Refused, r) => errs.push(format!("expected EINVAL, got {r:?}")),
-            (_, Err(e)) => errs.push(format!(
-                "test run failed: {}",
-                std::io::Error::from_raw_os_error(e)
-            )),
+            (_, Err(e)) => errs.push(format!("{e}")),
             (fate, Ok((action, out))) => {
                 let want = match (prog, fate) {
                     (Prog::Xdp, Fate::Drop) => XDP_DROP,
@@ -1053,7 +871,7 @@ impl Bench {
         }
 
         // Who got a copy: only TC floods transmit during a plain test run.
-        let expect: Vec<usize> = (0..self.ports.len())
+        let expect: Vec<usize> = (0..PORT_NAMES.len())
             .map(|i| usize::from(prog == Prog::Tc && fate == Fate::Flood && P(i) != c.ingress))
             .collect();
         let got = self.copies(&c.frame, &expect);
@@ -1063,9 +881,52 @@ impl Bench {
             ));
         }
 
-        // The FDB, entry by entry. A run that did not decide learns nothing.
-        let switched = matches!(fate, Fate::Forward(_) | Fate::Flood | Fate::Drop);
-        let decided = switched || fate == Fate::ToTc;
+        // The FDB, entry by entry; the counters: the ingress port's change,
+        // every other port untouched.
+        self.check_fdb(c, fate, &before, (t0, t1), &mut errs)?;
+        let want = want_counters(c, prog, fate, stats_before);
+        self.ctx.check_port_stats(&want, &mut errs)?;
+        errs.done()
+    }
+
+    /// The maps as the case starts: the default state, its config and
+    /// devmap changes, its FDB entries.
+    fn prepare(&mut self, c: &Case) -> Result<()> {
+        self.reset()?;
+        if c.tc_flood {
+            let mut cfg = self.ctx.config()?;
+            cfg.flags |= CFG_F_TC_FLOOD;
+            self.ctx.set_config(cfg)?;
+        }
+        if let Some(at) = c.no_xdp_tx {
+            let i = self.ifindex(at);
+            self.ctx.devmap_remove(i)?;
+            let s = PortStats {
+                kind: PORT_KIND_OTHER,
+                flags: PORT_F_NO_XDP_TX,
+                ..Default::default()
+            };
+            self.ctx.set_port_stats(i, s)?;
+        }
+        let base = now_coarse();
+        for p in &c.fdb {
+            let i = self.ifindex(p.at);
+            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
+        }
+        Ok(())
+    }
+
+    /// The FDB after the run, entry by entry. A run that did not decide
+    /// learns nothing.
+    fn check_fdb(
+        &mut self,
+        c: &Case,
+        fate: Fate,
+        before: &[(Mac, FdbEntry)],
+        (t0, t1): (u64, u64),
+        errs: &mut Errs,
+    ) -> Result<()> {
+        let decided = fate.switched() || fate == Fate::ToTc;
         let mut want_fdb: Vec<Post> = if decided {
             c.after.clone()
         } else {
@@ -1120,82 +981,37 @@ impl Bench {
             }
         }
 
-        // Counters: the ingress port's change, every other port untouched.
-        let mut want = stats_before.clone();
-        if let P(i) = c.ingress
-            && fate == Fate::ToTc
-        {
-            want[i].learned += u64::from(c.learned);
-            want[i].moved += u64::from(c.moved);
-        }
-        if let P(i) = c.ingress
-            && switched
-        {
-            let s = &mut want[i];
-            s.rx_packets += 1;
-            s.rx_bytes += c.frame.len() as u64;
-            match prog {
-                Prog::Xdp => s.xdp_native += 1,
-                Prog::Tc => s.tc += 1,
-            }
-            match fate {
-                Fate::Forward(_) => s.forwarded += 1,
-                Fate::Flood => s.flooded += 1,
-                Fate::Drop => s.dropped += 1,
-                _ => {}
-            }
-            s.learned += u64::from(c.learned);
-            s.moved += u64::from(c.moved);
-        }
-        let got = self.stats()?;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            if g != w {
-                errs.push(format!(
-                    "counters of {}: got {g:?}, expected {w:?}",
-                    self.ports[i].name
-                ));
-            }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", errs.join("; "))
-        }
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let cases = table();
-        let mut failed = Vec::new();
-        for c in &cases {
-            if let Err(e) = self.check(c, prog) {
-                failed.push(format!("  [{prog:?}] {}: {e:#}", c.name));
-            }
-        }
-        eprintln!(
-            "{prog:?}: {} cases, {} passed",
-            cases.len(),
-            cases.len() - failed.len()
-        );
-        if !failed.is_empty() {
-            bail!(
-                "{} of {} {prog:?} cases failed:\n{}",
-                failed.len(),
-                cases.len(),
-                failed.join("\n")
-            );
-        }
         Ok(())
     }
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
+umlbr_tests::table_tests!(Bench, Prog, xdp_table: "xdp" Xdp, tc_table: "tc" Tc);
 
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
+/// The counters after the run: the ingress port's change, every other
+/// port untouched.
+fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Vec<PortStats> {
+    let mut want = before;
+    if let P(i) = c.ingress
+        && fate == Fate::ToTc
+    {
+        want[i].learned += u64::from(c.learned);
+        want[i].moved += u64::from(c.moved);
+    }
+    if let P(i) = c.ingress
+        && fate.switched()
+    {
+        let s = &mut want[i];
+        count_rx(s, c.frame.len(), prog == Prog::Xdp);
+        match fate {
+            Fate::Forward(_) => s.forwarded += 1,
+            Fate::Flood => s.flooded += 1,
+            Fate::Drop => s.dropped += 1,
+            _ => {}
+        }
+        s.learned += u64::from(c.learned);
+        s.moved += u64::from(c.moved);
+    }
+    want
 }
 
 /// BPF_PROG_TEST_RUN refuses XDP input with less than an Ethernet header
@@ -1211,10 +1027,14 @@ fn xdp_test_run_refuses_runts_even_behind_metadata() -> Result<()> {
     for meta in [0, 4, 16, 32] {
         for len in 0..14 {
             let r = b.run_xdp(i, meta, &f[..len]);
-            ensure!(r == Err(libc::EINVAL), "{meta}+{len} bytes: {r:?}");
+            ensure!(r == Err(Errno(libc::EINVAL)), "{meta}+{len} bytes: {r:?}");
         }
     }
-    ensure!(b.stats()? == vec![Counters::default(); 3]);
+    ensure!(
+        b.stats()?
+            .iter()
+            .all(|s| counters(s) == PortStats::default())
+    );
     ensure!(b.fdb()?.is_empty());
     for meta in [0, 4, 16, 32] {
         let r = b.run_xdp(i, meta, &f[..14]).map(|(a, _)| a);
@@ -1238,7 +1058,7 @@ fn learning_is_idempotent() -> Result<()> {
                 Prog::Xdp => b.run_xdp(i, 0, &f),
                 Prog::Tc => b.run_tc(i, &f),
             }
-            .map_err(|e| anyhow::anyhow!("errno {e}"))?;
+            .map_err(|e| anyhow::anyhow!("errno {}", e.0))?;
             ensure!(action == XDP_REDIRECT || action == TC_ACT_SHOT);
         }
         let fdb = b.fdb()?;
@@ -1269,8 +1089,7 @@ fn live_xdp_unicast_reaches_only_its_port() -> Result<()> {
         let f = Frame::new(B, A)
             .icmp_echo(ip(1), ip(2), false, fi as u16, ti as u16, b"live unicast")
             .build();
-        b.run_xdp_live(b.ifindex(from), &f)
-            .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+        b.run_xdp_live(b.ifindex(from), &f).context("live run")?;
         let mut expect = vec![0; 3];
         expect[ti] = 1;
         let got = b.copies(&f, &expect);
@@ -1301,8 +1120,7 @@ fn live_xdp_flood_reaches_every_other_port() -> Result<()> {
     for from in [P1, P2, P3] {
         for f in &frames {
             b.reset()?;
-            b.run_xdp_live(b.ifindex(from), f)
-                .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+            b.run_xdp_live(b.ifindex(from), f).context("live run")?;
             let expect: Vec<usize> = (0..3).map(|i| usize::from(P(i) != from)).collect();
             let got = b.copies(f, &expect);
             ensure!(
@@ -1326,8 +1144,7 @@ fn live_xdp_drops_send_nothing() -> Result<()> {
         Frame::new(BROADCAST, ZERO_MAC).pattern(46).build(),
         Frame::new(B, A).pattern(46).build(),
     ] {
-        b.run_xdp_live(b.ifindex(P1), &f)
-            .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+        b.run_xdp_live(b.ifindex(P1), &f).context("live run")?;
         let got = b.copies(&f, &[0, 0, 0]);
         ensure!(got == vec![0, 0, 0], "copies {got:?}");
     }
@@ -1339,17 +1156,8 @@ fn live_xdp_drops_send_nothing() -> Result<()> {
 #[test]
 fn live_tc_from_a_tap() -> Result<()> {
     let mut b = Bench::new("live-tc")?;
-    {
-        let prog: &mut SchedClassifier = b
-            .ebpf
-            .program_mut(names::TC_PROG)
-            .context("umlbr_tc")?
-            .try_into()?;
-        for name in ["p1", "p2", "p3"] {
-            prog.attach(name, TcAttachType::Ingress)
-                .with_context(|| format!("attaching TC to {name}"))?;
-        }
-    }
+    b.ctx
+        .attach_tc(names::TC_PROG, &PORT_NAMES, TcAttachType::Ingress)?;
     let now = now_coarse();
     b.fdb_insert(B, b.ifindex(P2), 0, now)?;
     b.fdb_insert(C, b.ifindex(P3), 0, now)?;
@@ -1370,7 +1178,7 @@ fn live_tc_from_a_tap() -> Result<()> {
         ),
     ];
     for (f, expect) in &cases {
-        b.ports[0].tap.write_all(f).context("writing into p1")?;
+        b.ctx.taps.write(0, f)?;
         let got = b.copies(f, expect);
         ensure!(
             got == expect,
@@ -1391,23 +1199,13 @@ fn live_tc_from_a_tap() -> Result<()> {
 #[test]
 fn live_big_frame_goes_from_xdp_to_tc() -> Result<()> {
     let mut b = Bench::new("live-big")?;
-    {
-        let prog: &mut SchedClassifier = b
-            .ebpf
-            .program_mut(names::TC_PROG)
-            .context("umlbr_tc")?
-            .try_into()?;
-        for name in ["p1", "p2", "p3"] {
-            prog.attach(name, TcAttachType::Ingress)
-                .with_context(|| format!("attaching TC to {name}"))?;
-        }
-    }
-    b.ns.sh("ip link set p3 mtu 9000")?;
+    b.ctx
+        .attach_tc(names::TC_PROG, &PORT_NAMES, TcAttachType::Ingress)?;
+    b.ctx.ns.sh("ip link set p3 mtu 9000")?;
     let now = now_coarse();
     b.fdb_insert(C, b.ifindex(P3), 0, now)?;
     let f = Frame::new(C, A).pattern(1600).build();
-    b.run_xdp_live(b.ifindex(P1), &f)
-        .map_err(|e| anyhow::anyhow!("live run: errno {e}"))?;
+    b.run_xdp_live(b.ifindex(P1), &f).context("live run")?;
     let got = b.copies(&f, &[0, 0, 1]);
     ensure!(got == vec![0, 0, 1], "copies {got:?}");
     let s = b.stats()?[0];

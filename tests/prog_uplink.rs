@@ -22,156 +22,51 @@
 //! wire.
 //!
 //! Needs root.
-use std::{
-    fs::File,
-    io::{ErrorKind, Read, Write},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use aya::{
-    Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp},
-};
+use anyhow::{Result, ensure};
+use aya::programs::TcAttachType;
 use umlbr_common::{
     CFG_F_TC_FLOOD, Config, FDB_F_LOCAL, FDB_F_STATIC, FdbEntry, FdbKey, PORT_F_NO_XDP_TX,
     PORT_KIND_OTHER, PORT_KIND_UPLINK, PortStats, names,
 };
 use umlbr_tests::{
-    netns::Netns,
-    netns::{InNetns, ifindex, open_tap},
+    bpf::{
+        AGING_NS, Ctx, Errs, LAN_MAC, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
+        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT, count_rx,
+    },
+    netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, fmt_mac, mac},
 };
 
-// ---------------------------------------------------------------------------
-// Kernel constants and context layouts.
+mod umlbr_lib;
+use umlbr_lib::monotonic_coarse_ns as now_coarse;
 
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
+// ---------------------------------------------------------------------------
+// Constants.
 
 /// The skb mark umlbr's TC program puts on frames it hands to the uplink's
 /// own stack (umlbr-ebpf/src/main.rs, LOCAL_MARK: "umlb").
 const LOCAL_MARK: u32 = 0x756d_6c62;
 
-fn xdp_md(data_end: u32, ingress_ifindex: u32) -> [u8; 24] {
-    let mut c = [0u8; 24];
-    c[4..8].copy_from_slice(&data_end.to_ne_bytes());
-    c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c
-}
-
-/// struct __sk_buff: mark (offset 8), ingress_ifindex (36), ifindex (40).
-fn sk_buff(mark: u32, ingress_ifindex: u32, ifindex: u32) -> [u8; 192] {
-    let mut c = [0u8; 192];
-    c[8..12].copy_from_slice(&mark.to_ne_bytes());
-    c[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    c
-}
-
-const SEC: u64 = 1_000_000_000;
-const AGING_NS: u64 = 60 * SEC;
-
 // ---------------------------------------------------------------------------
 // Stations.
 
-const UP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0xc8];
+// UP_MAC, UP_IP: up0's (umlbr_tests::bpf).
 /// Guests behind g1 and g2.
 const G1: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
 const G2: Mac = [0x02, 0, 0, 0, 0x02, 0x12];
 /// A host on the LAN, behind the uplink.
-const L: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
+const L: Mac = LAN_MAC;
 /// The bridge's host interface, behind the host port.
 const H: Mac = [0x02, 0, 0, 0, 0x03, 0x01];
 /// Nobody's.
 const X: Mac = [0x02, 0, 0, 0, 0x09, 0x99];
 
-const UP_IP: [u8; 4] = [192, 168, 1, 200];
 const G1_IP: [u8; 4] = [192, 168, 1, 10];
 
 // ---------------------------------------------------------------------------
 // The bench.
-
-fn now_coarse() -> u64 {
-    umlbr::sys::monotonic_coarse_ns()
-}
-
-/// An AF_PACKET socket on one device that reports the frames entering
-/// its stack (not the ones it sends).
-struct Sniffer(OwnedFd);
-
-impl Sniffer {
-    fn new(ifindex: u32) -> Result<Self> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as i32,
-            )
-        };
-        ensure!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: all-zero sockaddr_ll is valid.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = ifindex as i32;
-        // SAFETY: valid fd and address.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        ensure!(
-            r == 0,
-            "binding AF_PACKET: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(Sniffer(fd))
-    }
-
-    /// Frames received so far (not PACKET_OUTGOING).
-    fn incoming(&self) -> Vec<Vec<u8>> {
-        let mut v = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            // SAFETY: all-zero sockaddr_ll is valid.
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: valid buffers.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                    &mut sa as *mut _ as *mut libc::sockaddr,
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                return v;
-            }
-            if sa.sll_pkttype != libc::PACKET_OUTGOING {
-                v.push(buf[..n as usize].to_vec());
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dev {
@@ -188,61 +83,35 @@ fn idx(d: Dev) -> usize {
     DEVS.iter().position(|x| *x == d).unwrap()
 }
 
-/// Field order is drop order.
+/// The taps, and an AF_PACKET socket on up0 that sees what enters its
+/// stack.
 struct Bench {
-    ebpf: Ebpf,
-    sniffer: Sniffer,
-    taps: Vec<(u32, File)>,
-    nr_cpus: usize,
-    _in: InNetns,
-    _ns: Netns,
+    ctx: Ctx,
 }
 
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
-        let ns = Netns::new(&format!("upl-{tag}"))?;
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
-        let inside = InNetns::enter(&ns)?;
-        let mut taps = Vec::new();
-        for name in TAP_NAMES {
-            let f = open_tap(name)?;
-            taps.push((ifindex(name)?, f));
-        }
-        ns.sh(&format!(
-            "ip link set up0 address {} && ip addr add 192.168.1.200/24 dev up0 \
-             && ip link set hp address {} \
-             && for t in g1 g2 hp up0; do ip link set $t up || exit 1; done",
-            fmt_mac(&UP_MAC),
-            fmt_mac(&H)
-        ))?;
-        let sniffer = Sniffer::new(ifindex("up0")?)?;
-        let ebpf = umlbr::object::load().context("load_object")?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut b = Bench {
-            ebpf,
-            sniffer,
-            taps,
-            nr_cpus,
-            _in: inside,
-            _ns: ns,
-        };
+        let ns = Netns::without_ipv6(&format!("upl-{tag}"))?;
+        let mut ctx = Ctx::new(
+            ns,
+            &TAP_NAMES,
+            &format!(
+                "ip link set up0 address {} && ip addr add 192.168.1.200/24 dev up0 \
+                 && ip link set hp address {} \
+                 && for t in g1 g2 hp up0; do ip link set $t up || exit 1; done",
+                fmt_mac(&UP_MAC),
+                fmt_mac(&H)
+            ),
+            umlbr_lib::load_object,
+        )?;
+        ctx.sniffer = Some(Sniffer::new(ifindex("up0")?)?);
+        let mut b = Bench { ctx };
         b.reset(true, true)?;
         Ok(b)
     }
 
-    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let m = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("no map {name}"))?;
-        Ok(T::try_from(m)?)
-    }
-
     fn ifindex(&self, d: Dev) -> u32 {
-        self.taps[idx(d)].0
+        self.ctx.taps.ifindex[idx(d)]
     }
 
     /// As `umlbr up br0 --uplink up0` and `attach g1 g2` leave it (with hp
@@ -250,38 +119,18 @@ impl Bench {
     /// devmap unless it models a veth (`uplink_xdp_tx`); empty FDB but for
     /// the uplink's static local MAC; zero counters; quiet taps.
     fn reset(&mut self, with_uplink: bool, uplink_xdp_tx: bool) -> Result<()> {
-        let ports: Vec<u32> = DEVS.iter().map(|&d| self.ifindex(d)).collect();
+        let ports = self.ctx.taps.ifindex.clone();
         let (host, up) = (self.ifindex(Dev::Host), self.ifindex(Dev::Up));
-        {
-            let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
-            for &i in &ports {
-                if i == up && !uplink_xdp_tx {
-                    let _ = devmap.remove(i);
-                } else {
-                    devmap.insert(i, i, None, 0)?;
-                }
-            }
-        }
-        let mut list: Array<&mut MapData, u32> = self.map(names::PORT_LIST)?;
-        for (n, &i) in ports.iter().enumerate() {
-            list.set(n as u32, i, 0)?;
-        }
-        let mut config: Array<&mut MapData, Config> = self.map(names::CONFIG)?;
-        config.set(
-            0,
-            Config {
-                aging_ns: AGING_NS,
-                nr_ports: ports.len() as u32,
-                host_port: host,
-                uplink: if with_uplink { up } else { 0 },
-                flags: if with_uplink { CFG_F_TC_FLOOD } else { 0 },
-                uplink_mac: if with_uplink { UP_MAC } else { [0; 6] },
-                _pad: [0; 2],
-            },
-            0,
-        )?;
-        let n = self.nr_cpus;
-        let mut stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
+        self.ctx.set_ports(&ports, (!uplink_xdp_tx).then_some(up))?;
+        self.ctx.set_config(Config {
+            aging_ns: AGING_NS,
+            nr_ports: ports.len() as u32,
+            host_port: host,
+            uplink: if with_uplink { up } else { 0 },
+            flags: if with_uplink { CFG_F_TC_FLOOD } else { 0 },
+            uplink_mac: if with_uplink { UP_MAC } else { [0; 6] },
+            _pad: [0; 2],
+        })?;
         for &i in &ports {
             let s = PortStats {
                 kind: if i == up {
@@ -296,94 +145,25 @@ impl Bench {
                 },
                 ..Default::default()
             };
-            stats.insert(i, PerCpuValues::try_from(vec![s; n])?, 0)?;
+            self.ctx.set_port_stats(i, s)?;
         }
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let keys: Vec<FdbKey> = fdb.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            fdb.remove(&k)?;
-        }
+        self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
         if with_uplink {
-            fdb.insert(
-                FdbKey::new(UP_MAC),
-                FdbEntry {
-                    ifindex: up,
-                    flags: FDB_F_STATIC | FDB_F_LOCAL,
-                    updated_ns: now_coarse(),
-                },
-                0,
-            )?;
+            let flags = FDB_F_STATIC | FDB_F_LOCAL;
+            self.ctx.fdb_insert(UP_MAC, up, flags, now_coarse())?;
         }
-        self.quiet();
+        self.ctx.quiet();
         Ok(())
-    }
-
-    /// Drop whatever the taps and the sniffer hold.
-    fn quiet(&mut self) {
-        let mut buf = vec![0u8; 65536];
-        for (_, f) in &mut self.taps {
-            while f.read(&mut buf).is_ok() {}
-        }
-        let _ = self.sniffer.incoming();
     }
 
     fn fdb_insert(&mut self, mac: Mac, d: Dev, flags: u32, age_ns: u64) -> Result<()> {
         let i = self.ifindex(d);
-        let mut fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        fdb.insert(
-            FdbKey::new(mac),
-            FdbEntry {
-                ifindex: i,
-                flags,
-                updated_ns: now_coarse() - age_ns,
-            },
-            0,
-        )?;
-        Ok(())
-    }
-
-    fn fdb(&mut self) -> Result<Vec<(Mac, FdbEntry)>> {
-        let fdb: HashMap<&mut MapData, FdbKey, FdbEntry> = self.map(names::FDB)?;
-        let mut v: Vec<(Mac, FdbEntry)> = fdb
-            .iter()
-            .map(|r| r.map(|(k, e)| (k.mac, e)))
-            .collect::<Result<_, _>>()?;
-        v.sort_by_key(|(m, _)| *m);
-        Ok(v)
+        self.ctx.fdb_insert(mac, i, flags, now_coarse() - age_ns)
     }
 
     fn stats(&mut self) -> Result<Vec<PortStats>> {
-        let ports: Vec<u32> = DEVS.iter().map(|&d| self.ifindex(d)).collect();
-        let stats: PerCpuHashMap<&mut MapData, u32, PortStats> = self.map(names::PORT_STATS)?;
-        let mut out = Vec::new();
-        for i in ports {
-            let mut t = PortStats::default();
-            for (n, s) in stats.get(&i, 0)?.iter().enumerate() {
-                if n == 0 {
-                    (t.kind, t.flags) = (s.kind, s.flags);
-                }
-                t.rx_packets += s.rx_packets;
-                t.rx_bytes += s.rx_bytes;
-                t.forwarded += s.forwarded;
-                t.flooded += s.flooded;
-                t.dropped += s.dropped;
-                t.learned += s.learned;
-                t.moved += s.moved;
-                t.xdp_native += s.xdp_native;
-                t.xdp_generic += s.xdp_generic;
-                t.tc += s.tc;
-            }
-            out.push(t);
-        }
-        Ok(out)
-    }
-
-    fn classifier(&self, name: &str) -> &SchedClassifier {
-        self.ebpf
-            .program(name)
-            .expect("program")
-            .try_into()
-            .expect("a TC program")
+        let ports = self.ctx.taps.ifindex.clone();
+        self.ctx.port_stats(&ports)
     }
 
     /// Run `prog` on `frame`: (return code, output bytes, mark after).
@@ -394,79 +174,26 @@ impl Bench {
         mark: u32,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>, u32)> {
-        let mut out = vec![0u8; frame.len() + 512];
-        let mut ctx_out = [0u8; 192];
-        let r = match prog {
+        Ok(match prog {
             Prog::Xdp => {
-                let ctx = xdp_md(frame.len() as u32, ingress);
-                let xdp: &Xdp = self
-                    .ebpf
-                    .program(names::XDP_PROG)
-                    .expect("umlbr_xdp")
-                    .try_into()
-                    .expect("XDP");
-                xdp.test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
+                let (ret, out) = self.ctx.run_xdp(ingress, 0, frame)?;
+                (ret, out, 0)
             }
-            Prog::Tc | Prog::TcOut => {
-                let name = if prog == Prog::Tc {
-                    names::TC_PROG
-                } else {
-                    names::TC_OUT_PROG
-                };
-                // Egress: no ingress device.
-                let iif = if prog == Prog::Tc { ingress } else { 0 };
-                let ctx = sk_buff(mark, iif, ingress);
-                self.classifier(name).test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ctx_out: Some(&mut ctx_out),
-                    ..Default::default()
-                })
-            }
-        }
-        .map_err(|e| match e {
-            ProgramError::SyscallError(s) => anyhow::anyhow!("test run failed: {}", s.io_error),
-            e => anyhow::anyhow!("test run failed: {e}"),
-        })?;
-        out.truncate(r.data_size_out as usize);
-        let mark = u32::from_ne_bytes(ctx_out[8..12].try_into()?);
-        Ok((r.return_value, out, mark))
+            // Egress: no ingress device.
+            Prog::TcOut => self
+                .ctx
+                .run_tc(names::TC_OUT_PROG, mark, 0, ingress, frame)?,
+            Prog::Tc => self
+                .ctx
+                .run_tc(names::TC_PROG, mark, ingress, ingress, frame)?,
+        })
     }
 
     /// What each tap transmitted and what entered up0's stack: waits for
     /// `want` (taps g1 g2 hp up0, then up0's stack) up to a second, then
     /// 20 ms more for extras.
-    fn collect(&mut self, want: &[usize; 5]) -> [Vec<Vec<u8>>; 5] {
-        let mut got: [Vec<Vec<u8>>; 5] = Default::default();
-        let mut buf = vec![0u8; 65536];
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut grace: Option<Instant> = None;
-        loop {
-            for (i, (_, f)) in self.taps.iter_mut().enumerate() {
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(n) => got[i].push(buf[..n].to_vec()),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("reading {}: {e}", TAP_NAMES[i]),
-                    }
-                }
-            }
-            got[4].extend(self.sniffer.incoming());
-            let now = Instant::now();
-            if grace.is_none() && got.iter().zip(want).all(|(g, w)| g.len() >= *w) {
-                grace = Some(now + Duration::from_millis(20));
-            }
-            if grace.is_some_and(|g| now >= g) || now >= deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    fn collect(&mut self, want: &[usize; 5]) -> Vec<Vec<Vec<u8>>> {
+        self.ctx.collect(want, Duration::from_secs(1), |_| true)
     }
 }
 
@@ -606,15 +333,43 @@ fn pattern(dst: Mac, src: Mac) -> Vec<u8> {
     Frame::new(dst, src).pattern(46).build()
 }
 
+impl TableCase<Prog> for Case {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn runs_on(&self, prog: Prog) -> bool {
+        match prog {
+            Prog::Xdp => self.xdp.is_some(),
+            Prog::Tc => self.tc.is_some(),
+            Prog::TcOut => self.tc_out.is_some(),
+        }
+    }
+}
+
+/// A guest's ping to the host's address on the uplink.
+fn ping_host() -> Vec<u8> {
+    Frame::new(UP_MAC, G1)
+        .icmp_echo(G1_IP, UP_IP, false, 1, 1, b"to the host")
+        .build()
+}
+
 fn table() -> Vec<Case> {
+    [
+        guests_and_the_uplinks_stack(),
+        floods(),
+        known_unicast(),
+        handed_up_by_tc(),
+        uplink_egress(),
+    ]
+    .concat()
+}
+
+/// Guests and the uplink's own stack.
+fn guests_and_the_uplinks_stack() -> Vec<Case> {
     use Count::*;
     use Dev::*;
-    let ping_host = Frame::new(UP_MAC, G1)
-        .icmp_echo(G1_IP, UP_IP, false, 1, 1, b"to the host")
-        .build();
     vec![
-        // Guests and the uplink's own stack.
-        Case::new("guest -> the uplink's MAC: XDP passes, TC hands it to up0's stack, marked", Guest1, ping_host.clone())
+        Case::new("guest -> the uplink's MAC: XDP passes, TC hands it to up0's stack, marked", Guest1, ping_host())
             .learns()
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_REDIRECT, [0; 5], LOCAL_MARK, Forwarded),
@@ -636,7 +391,14 @@ fn table() -> Vec<Case> {
             .learns()
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_OK, [0; 5], 0, Rx),
-        // Floods.
+    ]
+}
+
+/// Floods.
+fn floods() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
         Case::new(
             "broadcast from a guest: TC clones to the other ports and up0's stack (marked), drops the original",
             Guest1,
@@ -695,17 +457,32 @@ fn table() -> Vec<Case> {
         )
         .xdp(XDP_PASS, Nothing)
         .tc(TC_ACT_SHOT, [0, 1, 1, 1, 1], LOCAL_MARK, Flooded),
-        // Known unicast across the uplink.
-        Case::new("from the uplink to a known guest: forwarded", Up, pattern(G1, L))
-            .fdb(&[learned(G1, Guest1)])
-            .learns()
-            .xdp(XDP_REDIRECT, Forwarded)
-            .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
-        Case::new("from a guest to a LAN host behind the uplink: forwarded", Guest2, pattern(L, G2))
-            .fdb(&[learned(L, Up)])
-            .learns()
-            .xdp(XDP_REDIRECT, Forwarded)
-            .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
+    ]
+}
+
+/// Known unicast across the uplink.
+fn known_unicast() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
+        Case::new(
+            "from the uplink to a known guest: forwarded",
+            Up,
+            pattern(G1, L),
+        )
+        .fdb(&[learned(G1, Guest1)])
+        .learns()
+        .xdp(XDP_REDIRECT, Forwarded)
+        .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
+        Case::new(
+            "from a guest to a LAN host behind the uplink: forwarded",
+            Guest2,
+            pattern(L, G2),
+        )
+        .fdb(&[learned(L, Up)])
+        .learns()
+        .xdp(XDP_REDIRECT, Forwarded)
+        .tc(TC_ACT_REDIRECT, [0; 5], 0, Forwarded),
         Case {
             uplink_xdp_tx: false,
             ..Case::new(
@@ -729,7 +506,14 @@ fn table() -> Vec<Case> {
             .xdp(XDP_PASS, Nothing)
             .tc(TC_ACT_SHOT, [0, 1, 1, 1, 1], LOCAL_MARK, Flooded)
         },
-        // What TC handed up itself.
+    ]
+}
+
+/// What TC handed up itself.
+fn handed_up_by_tc() -> Vec<Case> {
+    use Count::*;
+    use Dev::*;
+    vec![
         Case {
             mark: LOCAL_MARK,
             ..Case::new(
@@ -744,7 +528,7 @@ fn table() -> Vec<Case> {
             ..Case::new(
                 "the local mark on unicast to the uplink's MAC: let up, mark cleared",
                 Up,
-                ping_host.clone(),
+                ping_host(),
             )
             .tc(TC_ACT_OK, [0; 5], 0, Nothing)
         },
@@ -758,16 +542,34 @@ fn table() -> Vec<Case> {
             .learns()
             .tc(TC_ACT_OK, [1, 1, 1, 0, 0], LOCAL_MARK + 1, Flooded)
         },
-        // The uplink's egress: the host's own frames.
-        Case::new("host -> a known guest (tc_out): to the guest's port", Up, pattern(G1, UP_MAC))
-            .fdb(&[learned(G1, Guest1)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
-        Case::new("host -> a guest with a static entry (tc_out): to its port", Up, pattern(G2, UP_MAC))
-            .fdb(&[Pre(G2, Guest2, FDB_F_STATIC, 10 * AGING_NS)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
-        Case::new("host -> the bridge's host interface (tc_out): to the host port", Up, pattern(H, UP_MAC))
-            .fdb(&[learned(H, Host)])
-            .tc_out(TC_ACT_REDIRECT, [0; 5]),
+    ]
+}
+
+/// The uplink's egress: the host's own frames.
+fn uplink_egress() -> Vec<Case> {
+    use Dev::*;
+    vec![
+        Case::new(
+            "host -> a known guest (tc_out): to the guest's port",
+            Up,
+            pattern(G1, UP_MAC),
+        )
+        .fdb(&[learned(G1, Guest1)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
+        Case::new(
+            "host -> a guest with a static entry (tc_out): to its port",
+            Up,
+            pattern(G2, UP_MAC),
+        )
+        .fdb(&[Pre(G2, Guest2, FDB_F_STATIC, 10 * AGING_NS)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
+        Case::new(
+            "host -> the bridge's host interface (tc_out): to the host port",
+            Up,
+            pattern(H, UP_MAC),
+        )
+        .fdb(&[learned(H, Host)])
+        .tc_out(TC_ACT_REDIRECT, [0; 5]),
         Case::new(
             "host broadcast (tc_out): clones to the guests, not the host port, and on to the wire",
             Up,
@@ -782,11 +584,19 @@ fn table() -> Vec<Case> {
             pattern(mac("01:00:5e:00:00:01"), UP_MAC),
         )
         .tc_out(TC_ACT_OK, [1, 1, 0, 0, 0]),
-        Case::new("host -> unknown MAC (tc_out): to the wire", Up, pattern(X, UP_MAC))
-            .tc_out(TC_ACT_OK, [0; 5]),
-        Case::new("host -> a LAN host (tc_out): to the wire", Up, pattern(L, UP_MAC))
-            .fdb(&[learned(L, Up)])
-            .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> unknown MAC (tc_out): to the wire",
+            Up,
+            pattern(X, UP_MAC),
+        )
+        .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> a LAN host (tc_out): to the wire",
+            Up,
+            pattern(L, UP_MAC),
+        )
+        .fdb(&[learned(L, Up)])
+        .tc_out(TC_ACT_OK, [0; 5]),
         Case {
             removed: vec![G1],
             ..Case::new(
@@ -797,8 +607,12 @@ fn table() -> Vec<Case> {
             .fdb(&[Pre(G1, Guest1, 0, 2 * AGING_NS)])
             .tc_out(TC_ACT_OK, [0; 5])
         },
-        Case::new("host -> its own MAC (tc_out): to the wire", Up, pattern(UP_MAC, UP_MAC))
-            .tc_out(TC_ACT_OK, [0; 5]),
+        Case::new(
+            "host -> its own MAC (tc_out): to the wire",
+            Up,
+            pattern(UP_MAC, UP_MAC),
+        )
+        .tc_out(TC_ACT_OK, [0; 5]),
         Case::new(
             "a guest's frame bridged out of the uplink (tc_out): untouched",
             Up,
@@ -846,18 +660,18 @@ impl Bench {
         for p in &c.fdb {
             self.fdb_insert(p.0, p.1, p.2, p.3)?;
         }
-        let fdb_before = self.fdb()?;
+        let fdb_before = self.ctx.fdb()?;
         let stats_before = self.stats()?;
         let ingress = self.ifindex(c.ingress);
         let t0 = now_coarse();
         let (ret, out, mark) = self.run(prog, ingress, c.mark, &c.frame)?;
         let t1 = now_coarse();
-        let mut errs = Vec::new();
+        let mut errs = Errs::default();
         if ret != e.ret {
             errs.push(format!("returned {ret}, expected {}", e.ret));
         }
         if out != c.frame {
-            errs.push("output bytes changed".to_string());
+            errs.push("output bytes changed");
         }
         if prog != Prog::Xdp && mark != e.mark {
             errs.push(format!("mark {mark:#x} afterwards, expected {:#x}", e.mark));
@@ -878,7 +692,7 @@ impl Bench {
         }
         // The FDB: the source learned (TC and XDP), the rest as before
         // except entries removed as aged.
-        let after = self.fdb()?;
+        let after = self.ctx.fdb()?;
         let src: Mac = c.frame[6..12].try_into()?;
         let mut want: Vec<(Mac, FdbEntry)> = fdb_before
             .iter()
@@ -930,92 +744,28 @@ impl Bench {
             s.learned += 1;
         }
         if e.count != Count::Nothing {
-            s.rx_packets += 1;
-            s.rx_bytes += c.frame.len() as u64;
-            match prog {
-                Prog::Xdp => s.xdp_native += 1,
-                _ => s.tc += 1,
-            }
+            count_rx(s, c.frame.len(), prog == Prog::Xdp);
             match e.count {
                 Count::Forwarded => s.forwarded += 1,
                 Count::Flooded => s.flooded += 1,
                 _ => {}
             }
         }
-        let got = self.stats()?;
-        for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-            if g != w {
-                errs.push(format!(
-                    "counters of {}: {g:?}, expected {w:?}",
-                    TAP_NAMES[n]
-                ));
-            }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", errs.join("\n    "))
-        }
-    }
-
-    fn run_table(&mut self, prog: Prog) -> Result<()> {
-        let cases = table();
-        let mut failed = Vec::new();
-        let mut ran = 0;
-        for c in &cases {
-            let has = match prog {
-                Prog::Xdp => c.xdp.is_some(),
-                Prog::Tc => c.tc.is_some(),
-                Prog::TcOut => c.tc_out.is_some(),
-            };
-            if !has {
-                continue;
-            }
-            ran += 1;
-            if let Err(e) = self.check(c, prog) {
-                failed.push(format!("  [{prog:?}] {}:\n    {e:#}", c.name));
-            }
-        }
-        eprintln!("{prog:?}: {ran} cases, {} passed", ran - failed.len());
-        if !failed.is_empty() {
-            bail!(
-                "{} of {ran} {prog:?} cases failed:\n{}",
-                failed.len(),
-                failed.join("\n")
-            );
-        }
-        Ok(())
+        self.ctx.check_port_stats(&want, &mut errs)?;
+        errs.done()
     }
 }
 
-#[test]
-fn xdp_table() -> Result<()> {
-    Bench::new("xdp")?.run_table(Prog::Xdp)
-}
-
-#[test]
-fn tc_table() -> Result<()> {
-    Bench::new("tc")?.run_table(Prog::Tc)
-}
-
-#[test]
-fn tc_out_table() -> Result<()> {
-    Bench::new("tcout")?.run_table(Prog::TcOut)
-}
+umlbr_tests::table_tests!(
+    Bench,
+    Prog,
+    xdp_table: "xdp" Xdp,
+    tc_table: "tc" Tc,
+    tc_out_table: "tcout" TcOut,
+);
 
 // ---------------------------------------------------------------------------
 // Live: the programs attached, the host's stack answering.
-
-impl Bench {
-    fn attach(&mut self, prog: &str, devs: &[&str], at: TcAttachType) -> Result<()> {
-        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).context("program")?.try_into()?;
-        for d in devs {
-            p.attach(d, at)
-                .with_context(|| format!("attaching {prog} to {d}"))?;
-        }
-        Ok(())
-    }
-}
 
 /// A guest's ARP request for the host's uplink address, flooded by TC,
 /// reaches the host's stack once through the marked clone (up0's own TC
@@ -1026,15 +776,14 @@ impl Bench {
 #[test]
 fn live_guest_talks_to_the_host_through_the_uplink() -> Result<()> {
     let mut b = Bench::new("live")?;
-    b.attach(names::TC_PROG, &["g1", "g2", "up0"], TcAttachType::Ingress)?;
-    b.attach(names::TC_OUT_PROG, &["up0"], TcAttachType::Egress)?;
+    b.ctx
+        .attach_tc(names::TC_PROG, &["g1", "g2", "up0"], TcAttachType::Ingress)?;
+    b.ctx
+        .attach_tc(names::TC_OUT_PROG, &["up0"], TcAttachType::Egress)?;
     let up_before = b.stats()?[idx(Dev::Up)];
 
     let arp = Frame::new(BROADCAST, G1).arp_request(G1_IP, UP_IP).build();
-    b.taps[idx(Dev::Guest1)]
-        .1
-        .write_all(&arp)
-        .context("into g1")?;
+    b.ctx.taps.write(idx(Dev::Guest1), &arp)?;
     let got = b.collect(&[1, 1, 1, 1, 1]);
     let counts: Vec<usize> = got.iter().map(Vec::len).collect();
     let reply = got[idx(Dev::Guest1)].first();
@@ -1060,10 +809,7 @@ fn live_guest_talks_to_the_host_through_the_uplink() -> Result<()> {
     let ping = Frame::new(UP_MAC, G1)
         .icmp_echo(G1_IP, UP_IP, false, 0x77, 1, b"hello host")
         .build();
-    b.taps[idx(Dev::Guest1)]
-        .1
-        .write_all(&ping)
-        .context("into g1")?;
+    b.ctx.taps.write(idx(Dev::Guest1), &ping)?;
     let got = b.collect(&[1, 0, 0, 0, 1]);
     let counts: Vec<usize> = got.iter().map(Vec::len).collect();
     let pong = got[idx(Dev::Guest1)].first();

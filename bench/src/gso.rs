@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     Cfg, Progress, check_interrupted,
-    report::{Check, Goal, Results, RowDef},
+    report::{Check, Goal, Results, Row, goal, higher, lower},
     tap::{self, TapMode, gen_mac, sink_mac},
     topo::{Contender, Topo},
     traffic::{self, GenSpec, Job, Outcome, RunOpts, SinkSpec},
@@ -27,65 +27,61 @@ use crate::{
 const MSS: u16 = 1448;
 const SEGS: usize = 44;
 
+/// Per reader `{id}`, described as `{reader}`; frames of `{frame}` bytes,
+/// gso_size `{mss}`.
+const PER_READER: &[Row] = &[
+    higher(
+        "{id}",
+        "TCP GSO super-frames tap→tap (IFF_VNET_HDR, {frame} B frames, gso_size {mss}), \
+         {reader}: TCP payload delivered",
+        "Gbit/s",
+    ),
+    lower(
+        "{id}_cpu",
+        "TCP GSO tap→tap, {reader}: CPU per GB delivered (writer + reader threads)",
+        "CPU-s/GB",
+    ),
+    lower(
+        "{id}_wcpu",
+        "TCP GSO tap→tap, {reader}: writer CPU per super-frame written (write() and \
+         switching: where generic XDP's copy would show)",
+        "µs",
+    ),
+    lower(
+        "{id}_sys",
+        "TCP GSO tap→tap, {reader}: machine CPU per GB delivered (/proc/stat, other load \
+         included)",
+        "CPU-s/GB",
+    ),
+];
+
+/// Each reader, and the goal of its first row.
+const READERS: [(&str, &str, Option<Goal>); 2] = [
+    (
+        "gso_tcp",
+        "reader with TSO offloads, like a virtio guest",
+        Some(goal(
+            "not slower: ≥ 1.0× kernel",
+            &[Check::RatioAtLeast(Contender::Kernel, 1.0)],
+        )),
+    ),
+    ("gso_tcp_seg", "reader without offloads", None),
+];
+
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
-    let row = |id: &str, name: String, unit, hib, goal| RowDef {
-        id: id.into(),
-        group: "gso",
-        name,
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
     let frame = crate::fmt_count((14 + 20 + 20 + MSS as usize * SEGS) as u32);
-    for (id, reader, goal) in [
-        (
-            "gso_tcp",
-            "reader with TSO offloads, like a virtio guest",
-            Some(Goal {
-                text: "not slower: ≥ 1.0× kernel",
-                checks: vec![Check::RatioAtLeast(Contender::Kernel, 1.0)],
-            }),
-        ),
-        ("gso_tcp_seg", "reader without offloads", None),
-    ] {
-        res.define(row(
-            id,
-            format!(
-                "TCP GSO super-frames tap→tap (IFF_VNET_HDR, {frame} B frames, gso_size {MSS}), \
-                 {reader}: TCP payload delivered"
-            ),
-            "Gbit/s",
-            true,
-            goal,
-        ));
-        res.define(row(
-            &format!("{id}_cpu"),
-            format!("TCP GSO tap→tap, {reader}: CPU per GB delivered (writer + reader threads)"),
-            "CPU-s/GB",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("{id}_wcpu"),
-            format!(
-                "TCP GSO tap→tap, {reader}: writer CPU per super-frame written (write() and \
-                 switching: where generic XDP's copy would show)"
-            ),
-            "µs",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("{id}_sys"),
-            format!(
-                "TCP GSO tap→tap, {reader}: machine CPU per GB delivered (/proc/stat, other load \
-                 included)"
-            ),
-            "CPU-s/GB",
-            false,
-            None,
-        ));
+    let mss = MSS.to_string();
+    for (id, reader, goal) in READERS {
+        let mut rows = PER_READER.to_vec();
+        rows[0].goal = goal;
+        let vars = [
+            ("id", id),
+            ("reader", reader),
+            ("frame", &frame),
+            ("mss", &mss),
+        ];
+        res.define_all("gso", &rows, &vars);
     }
 }
 

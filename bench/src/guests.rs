@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddrV4, TcpListener},
     os::fd::AsRawFd,
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,8 +20,7 @@ use umlbr_tests::uml::{Guest, GuestSpec, Transport};
 
 use crate::{
     Cfg, Progress, check_interrupted,
-    report::{Check, Goal, Results, RowDef},
-    tap,
+    report::{Check, Goal, Results, Row, goal, higher, lower},
     topo::{self, Contender, Topo, Uplink},
     traffic,
 };
@@ -49,133 +48,123 @@ const CONN_PORT: u16 = 7100;
 /// The guest-to-guest request/response server's port.
 const RR_PORT: u16 = 7002;
 
-pub fn define_rows(cfg: &Cfg, res: &mut Results) {
-    let _ = cfg;
-    let row = |id: &str, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group: "guests",
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
-    use Contender::Kernel;
-    for (tr, goal_rate, goal_cpu) in [
-        ("legacy", None, None),
-        (
-            "vector",
-            Some(Goal {
-                text: "not slower: ≥ 1.0× kernel",
-                checks: vec![Check::RatioAtLeast(Kernel, 1.0)],
-            }),
-            Some(Goal {
-                text: "less host CPU than kernel: < 1.0×",
-                checks: vec![Check::RatioAtMost(Kernel, 0.999)],
-            }),
-        ),
-    ] {
-        let what = if tr == "legacy" {
-            "legacy tuntap, one frame per read/write"
-        } else {
-            "vector transport, IFF_VNET_HDR with GSO"
-        };
-        res.define(row(
-            &format!("guest_tcp_{tr}"),
-            &format!("UML guest→guest TCP (iperf3), {what}"),
-            "Gbit/s",
-            true,
-            goal_rate,
-        ));
-        res.define(row(
-            &format!("guest_cpu_{tr}"),
-            &format!("UML guest→guest TCP, {tr}: host CPU per GB (guests included)"),
-            "CPU-s/GB",
-            false,
-            goal_cpu,
-        ));
-    }
-    for tr in ["legacy", "vector"] {
-        let goal = (tr == "legacy").then(|| Goal {
-            text: "p50 ≤ 0.8× kernel",
-            checks: vec![Check::RatioAtMost(Kernel, 0.8)],
-        });
-        res.define(row(
-            &format!("guest_ping_p50_{tr}"),
-            &format!("UML guest→guest ping RTT p50, {tr} ({PINGS} pings, 10 ms apart)"),
-            "µs",
-            false,
-            goal,
-        ));
-        res.define(row(
-            &format!("guest_ping_p99_{tr}"),
-            &format!("UML guest→guest ping RTT p99, {tr}"),
-            "µs",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("guest_rr_p50_{tr}"),
-            &format!("UML guest→guest TCP 1-byte request/response RTT p50, {tr} (TCP_NODELAY)"),
-            "µs",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("guest_rr_p99_{tr}"),
-            &format!("UML guest→guest TCP 1-byte request/response RTT p99, {tr}"),
-            "µs",
-            false,
-            None,
-        ));
-    }
-    res.define(row(
+use Contender::Kernel;
+
+/// Per transport `{tr}`, described as `{what}`.
+const TCP: &[Row] = &[
+    higher(
+        "guest_tcp_{tr}",
+        "UML guest→guest TCP (iperf3), {what}",
+        "Gbit/s",
+    ),
+    lower(
+        "guest_cpu_{tr}",
+        "UML guest→guest TCP, {tr}: host CPU per GB (guests included)",
+        "CPU-s/GB",
+    ),
+];
+/// The goals of the vector transport's TCP rows.
+const VECTOR_TCP_GOALS: [Goal; 2] = [
+    goal(
+        "not slower: ≥ 1.0× kernel",
+        &[Check::RatioAtLeast(Kernel, 1.0)],
+    ),
+    goal(
+        "less host CPU than kernel: < 1.0×",
+        &[Check::RatioAtMost(Kernel, 0.999)],
+    ),
+];
+
+/// Per transport `{tr}`, `{pings}` pings.
+const RTT: &[Row] = &[
+    lower(
+        "guest_ping_p50_{tr}",
+        "UML guest→guest ping RTT p50, {tr} ({pings} pings, 10 ms apart)",
+        "µs",
+    ),
+    lower(
+        "guest_ping_p99_{tr}",
+        "UML guest→guest ping RTT p99, {tr}",
+        "µs",
+    ),
+    lower(
+        "guest_rr_p50_{tr}",
+        "UML guest→guest TCP 1-byte request/response RTT p50, {tr} (TCP_NODELAY)",
+        "µs",
+    ),
+    lower(
+        "guest_rr_p99_{tr}",
+        "UML guest→guest TCP 1-byte request/response RTT p99, {tr}",
+        "µs",
+    ),
+];
+/// The goal of the legacy transport's ping p50.
+const LEGACY_PING_GOAL: Goal = goal("p50 ≤ 0.8× kernel", &[Check::RatioAtMost(Kernel, 0.8)]);
+
+/// With `{pings}` pings.
+const NAT: &[Row] = &[
+    higher(
         "guest_nat_tcp",
         "NAT: UML guest (vector)→LAN TCP (iperf3), through the masquerade",
         "Gbit/s",
-        true,
-        Some(Goal {
-            text: "TCP not slower: ≥ 1.0× kernel",
-            checks: vec![Check::RatioAtLeast(Kernel, 1.0)],
-        }),
-    ));
-    res.define(row(
+    )
+    .goal(
+        "TCP not slower: ≥ 1.0× kernel",
+        &[Check::RatioAtLeast(Kernel, 1.0)],
+    ),
+    lower(
         "guest_nat_cpu",
         "NAT: UML guest (vector)→LAN TCP: host CPU per GB (guest included)",
         "CPU-s/GB",
-        false,
-        None,
-    ));
-    res.define(row(
+    ),
+    higher(
         "guest_nat_conn_rate",
         "NAT: UML guest→LAN short TCP connections (connect, 1-byte echo, close), one after another",
         "conn/s",
-        true,
-        None,
-    ));
-    res.define(row(
+    ),
+    lower(
         "guest_nat_conn_cpu",
         "NAT: machine CPU per short TCP connection (guest, LAN server and switch included)",
         "CPU-µs/conn",
-        false,
-        Some(Goal {
-            text: "≤ 0.5× kernel (conntrack)",
-            checks: vec![Check::RatioAtMost(Kernel, 0.5)],
-        }),
-    ));
-    res.define(row(
+    )
+    .goal(
+        "≤ 0.5× kernel (conntrack)",
+        &[Check::RatioAtMost(Kernel, 0.5)],
+    ),
+    lower(
         "guest_nat_ping_p50",
-        &format!("NAT: UML guest→LAN ping RTT p50 ({PINGS} pings, 10 ms apart)"),
+        "NAT: UML guest→LAN ping RTT p50 ({pings} pings, 10 ms apart)",
         "µs",
-        false,
-        None,
-    ));
-    res.define(row(
+    ),
+    lower(
         "guest_nat_ping_p99",
         "NAT: UML guest→LAN ping RTT p99",
         "µs",
-        false,
-        None,
-    ));
+    ),
+];
+
+pub fn define_rows(cfg: &Cfg, res: &mut Results) {
+    let _ = cfg;
+    for (tr, what) in [
+        ("legacy", "legacy tuntap, one frame per read/write"),
+        ("vector", "vector transport, IFF_VNET_HDR with GSO"),
+    ] {
+        let mut rows = TCP.to_vec();
+        if tr == "vector" {
+            rows[0].goal = Some(VECTOR_TCP_GOALS[0]);
+            rows[1].goal = Some(VECTOR_TCP_GOALS[1]);
+        }
+        res.define_all("guests", &rows, &[("tr", tr), ("what", what)]);
+    }
+    let pings = PINGS.to_string();
+    for tr in ["legacy", "vector"] {
+        let mut rows = RTT.to_vec();
+        if tr == "legacy" {
+            rows[0].goal = Some(LEGACY_PING_GOAL);
+        }
+        res.define_all("guests", &rows, &[("tr", tr), ("pings", &pings)]);
+    }
+    res.define_all("guests", NAT, &[("pings", &pings)]);
 }
 
 /// Guest pairs on the contender's bridge (legacy, then vector), then one
@@ -280,8 +269,7 @@ fn pair_measurements(
     let c = p.contender;
     let (a, b) = (&gs[0], &gs[1]);
     measure(errs, &format!("iperf3 between {name} guests"), || {
-        let srv = b.spawn("exec iperf3 -s -1 --forceflush")?;
-        srv.wait_output("Server listening", Duration::from_secs(20))?;
+        let srv = b.iperf3_server()?;
         let paths0 = topo.paths()?;
         let r = iperf(a, &b.ip, cfg.iperf_secs);
         let _ = srv.wait(Duration::from_secs(10));
@@ -406,30 +394,7 @@ fn nat(cfg: &Cfg, p: &Progress, res: &mut Results, errs: &mut Vec<String>) -> Re
     if c.is_umlbr()
         && let Ok(n1) = topo.nat_counters()
     {
-        let d = |k: &str| {
-            n1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(n0[k].as_u64().unwrap_or(0))
-        };
-        let (x, t, slow, fail) = (d("out_xdp"), d("out_tc"), d("slow_path"), d("alloc_fail"));
-        let total = (x + t).max(1) as f64;
-        let note = format!(
-            "{}: guest→LAN packets translated by XDP {:.1}% / TC {:.1}%{}{}",
-            c.as_str(),
-            100.0 * x as f64 / total,
-            100.0 * t as f64 / total,
-            if slow > 0 {
-                format!(", slow path {slow}")
-            } else {
-                String::new()
-            },
-            if fail > 0 {
-                format!(", failed port allocations {fail}")
-            } else {
-                String::new()
-            }
-        );
+        let note = crate::nat::translated_note(c.as_str(), "guest→LAN packets ", &n0, &n1, true);
         res.note("guest_nat_tcp", note.clone());
         res.note("guest_nat_conn_rate", note);
     }
@@ -727,15 +692,7 @@ struct HostProc {
 
 impl HostProc {
     fn start(ns: &umlbr_tests::netns::Netns, argv: &[&str], log: &std::path::Path) -> Result<Self> {
-        let f = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = ns
-            .cmd(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("starting {argv:?} in {}", ns.name))?;
+        let child = ns.spawn_logged(argv, log)?;
         Ok(HostProc {
             child,
             log: log.to_path_buf(),
@@ -784,7 +741,7 @@ impl ConnServer {
         let (st, sv, ns) = (stop.clone(), served.clone(), netns.to_string());
         let thread = std::thread::spawn(move || -> Result<()> {
             let ls = (|| -> Result<Vec<TcpListener>> {
-                tap::enter_netns(&ns)?;
+                umlbr_tests::netns::enter(&ns)?;
                 (port..port + nports)
                     .map(|p| {
                         let l = TcpListener::bind(SocketAddrV4::new(ip, p))

@@ -28,7 +28,7 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::{
-    report::{Check, Goal, Results, RowDef},
+    report::{Check, Results, Row, higher, lower},
     tap::{BROADCAST, TapMode, gen_mac, sink_mac, udp_frame},
     topo::{Contender, Topo},
     traffic::{GenSpec, Job, Outcome, SinkSpec},
@@ -122,14 +122,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    umlbr_tests::exit("bench", run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {
@@ -280,267 +273,190 @@ fn config(args: &Args) -> Result<Cfg> {
     })
 }
 
-fn define_rows(cfg: &Cfg, res: &mut Results) {
-    use Contender::{Kernel, KernelTuned};
-    let row = |id: &str, group, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group,
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
-    let g = "tap-to-tap";
-    res.define(row(
-        "p64_1",
-        g,
-        "64 B tap→tap, 1 flow",
-        "kpps",
-        true,
-        Some(Goal {
-            text: "≥ 3× kernel and ≥ 2× kernel-tuned",
-            checks: vec![
-                Check::RatioAtLeast(Kernel, 3.0),
-                Check::RatioAtLeast(KernelTuned, 2.0),
-            ],
-        }),
-    ));
-    res.define(row(
+use Check::{RatioAtLeast, RatioAtMost, UmlbrAtLeast, UmlbrAtMost};
+use Contender::{Kernel, KernelTuned};
+
+/// The tap-to-tap rows (before the ones per frame size).
+const TAP_TO_TAP: &[Row] = &[
+    higher("p64_1", "64 B tap→tap, 1 flow", "kpps").goal(
+        "≥ 3× kernel and ≥ 2× kernel-tuned",
+        &[RatioAtLeast(Kernel, 3.0), RatioAtLeast(KernelTuned, 2.0)],
+    ),
+    lower(
         "p64_1_cpu",
-        g,
         "64 B, 1 flow: CPU per frame (writer + reader threads)",
         "µs",
-        false,
-        Some(Goal {
-            text: "≤ 1/3 of kernel",
-            checks: vec![Check::RatioAtMost(Kernel, 1.0 / 3.0)],
-        }),
-    ));
-    res.define(row(
+    )
+    .goal("≤ 1/3 of kernel", &[RatioAtMost(Kernel, 1.0 / 3.0)]),
+    lower(
         "p64_1_prog",
-        g,
         "64 B, 1 flow: run time of the XDP program on the writer's tap, per frame (kernel.bpf_stats, in a window of its own)",
         "ns",
-        false,
-        None,
-    ));
-    res.define(row(
+    ),
+    lower(
         "p64_1_sys",
-        g,
         "64 B, 1 flow: machine CPU per frame (/proc/stat, other load included)",
         "µs",
-        false,
-        None,
-    ));
-    res.define(row(
+    ),
+    higher(
         "p64_2",
-        g,
         "64 B tap→tap, 2 flows (2 writers, 2 readers, 2 cores)",
         "kpps",
-        true,
-        Some(Goal {
-            text: "≥ 3× kernel",
-            checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
-        }),
-    ));
-    res.define(row(
-        "p64_2_cpu",
-        g,
-        "64 B, 2 flows: CPU per frame (threads)",
-        "µs",
-        false,
-        None,
-    ));
-    res.define(row(
+    )
+    .goal("≥ 3× kernel", &[RatioAtLeast(Kernel, 3.0)]),
+    lower("p64_2_cpu", "64 B, 2 flows: CPU per frame (threads)", "µs"),
+    lower(
         "p64_2_wcpu",
-        g,
         "64 B, 2 flows: writer CPU per frame sent (write() + switching)",
         "µs",
-        false,
-        None,
-    ));
-    for &s in &cfg.sizes {
-        res.define(row(
-            &format!("p{s}_1"),
-            g,
-            &format!("{s} B tap→tap, 1 flow"),
-            "kpps",
-            true,
-            None,
-        ));
-        res.define(row(
-            &format!("p{s}_1_cpu"),
-            g,
-            &format!("{s} B, 1 flow: CPU per frame (threads)"),
-            "µs",
-            false,
-            None,
-        ));
-    }
-    if !cfg.quick {
-        res.define(row(
-            "p64_1_blk",
-            g,
-            "64 B, 1 flow, blocking writer (generic XDP on the tap)",
-            "kpps",
-            true,
-            None,
-        ));
-        res.define(row(
-            "p64_1_vnet",
-            g,
-            "64 B, 1 flow, IFF_VNET_HDR writer and reader",
-            "kpps",
-            true,
-            None,
-        ));
-    }
-    res.define(row(
+    ),
+];
+
+/// Per frame size `{s}`.
+const PER_SIZE: &[Row] = &[
+    higher("p{s}_1", "{s} B tap→tap, 1 flow", "kpps"),
+    lower("p{s}_1_cpu", "{s} B, 1 flow: CPU per frame (threads)", "µs"),
+];
+
+/// Tap-to-tap rows of a full run only.
+const FULL_ONLY: &[Row] = &[
+    higher(
+        "p64_1_blk",
+        "64 B, 1 flow, blocking writer (generic XDP on the tap)",
+        "kpps",
+    ),
+    higher(
+        "p64_1_vnet",
+        "64 B, 1 flow, IFF_VNET_HDR writer and reader",
+        "kpps",
+    ),
+];
+
+const LATENCY: &[Row] = &[
+    lower(
         "lat_p50",
-        "latency",
         "64 B round trip tap↔tap (echoed by the other tap's reader), p50",
         "µs",
-        false,
-        Some(Goal {
-            text: "p50 ≤ 0.8× kernel",
-            checks: vec![Check::RatioAtMost(Kernel, 0.8)],
-        }),
-    ));
-    res.define(row(
-        "lat_p99",
-        "latency",
-        "64 B round trip tap↔tap, p99",
+    )
+    .goal("p50 ≤ 0.8× kernel", &[RatioAtMost(Kernel, 0.8)]),
+    lower("lat_p99", "64 B round trip tap↔tap, p99", "µs"),
+];
+
+/// A flood to `{k}` ports; the goal is set for 8 ports.
+const FLOOD: Row = higher(
+    "flood_{k}",
+    "64 B broadcast from 1 writer to {k} ports, per port",
+    "kpps",
+);
+const FLOOD_GOAL_PORTS: usize = 8;
+const FLOOD_GOAL: Row = FLOOD.goal("≥ 1.5× kernel", &[RatioAtLeast(Kernel, 1.5)]);
+
+/// `{n}` taps, `{flows}` flows.
+const SCALE: &[Row] = &[
+    higher("scale_{n}", "64 B, {n} taps, {flows} flows, total", "kpps"),
+    higher(
+        "scale_{n}_ratio",
+        "{n} taps ({flows} flows) vs 4 taps (2 flows): total rate",
+        "×",
+    ),
+    lower(
+        "scale_{n}_cost",
+        "{n} taps vs 4 taps: writer CPU per frame sent (the switching cost), ratio",
+        "×",
+    )
+    .goal("flat: umlbr ≤ 1.1", &[UmlbrAtMost(1.1)]),
+];
+
+/// With `{m}` MACs.
+const FDB: &[Row] = &[
+    higher(
+        "fdb_pps",
+        "64 B, 1 flow, {m} learned MACs in the FDB",
+        "kpps",
+    ),
+    higher(
+        "fdb_entries",
+        "entries in the FDB after frames from {m} new source MACs",
+        "MACs",
+    ),
+    higher(
+        "fdb_ratio",
+        "64 B, 1 flow: {m} MACs vs a nearly empty FDB",
+        "×",
+    )
+    .goal("lookup cost unchanged: umlbr ≥ 0.9", &[UmlbrAtLeast(0.9)]),
+];
+
+/// Per direction `{id}`, described as `{what}`.
+const UPLINK: &[Row] = &[
+    higher("{id}", "{what}", "kpps").goal("≥ 3× kernel", &[RatioAtLeast(Kernel, 3.0)]),
+    lower(
+        "{id}_cpu",
+        "{what}: CPU per frame (writer + reader threads)",
         "µs",
-        false,
-        None,
-    ));
+    ),
+];
+const UPLINK_DIRECTIONS: [(&str, &str); 2] = [
+    (
+        "uplink_out",
+        "64 B guest→LAN through a veth uplink (bridged)",
+    ),
+    (
+        "uplink_in",
+        "64 B LAN→guest through a veth uplink (bridged)",
+    ),
+];
+
+/// With `{m}` MACs.
+const CONTROL_PLANE: &[Row] = &[
+    lower(
+        "cp_up",
+        "create a bridge (`umlbr up br0` / `ip link add br0 type bridge` + up, wall time)",
+        "ms",
+    ),
+    lower(
+        "cp_attach",
+        "attach one tap (`umlbr attach` / `ip link set master`, wall time)",
+        "ms",
+    ),
+    lower(
+        "cp_fdb_show",
+        "list {m} learned MACs (`umlbr fdb show --json` / `bridge fdb show`)",
+        "s",
+    ),
+];
+
+fn define_rows(cfg: &Cfg, res: &mut Results) {
+    let g = "tap-to-tap";
+    res.define_all(g, TAP_TO_TAP, &[]);
+    for &s in &cfg.sizes {
+        res.define_all(g, PER_SIZE, &[("s", &s.to_string())]);
+    }
+    if !cfg.quick {
+        res.define_all(g, FULL_ONLY, &[]);
+    }
+    res.define_all("latency", LATENCY, &[]);
     for &k in &cfg.flood_ports {
-        res.define(row(
-            &format!("flood_{k}"),
-            "flooding",
-            &format!("64 B broadcast from 1 writer to {k} ports, per port"),
-            "kpps",
-            true,
-            (k == 8).then(|| Goal {
-                text: "≥ 1.5× kernel",
-                checks: vec![Check::RatioAtLeast(Kernel, 1.5)],
-            }),
-        ));
+        let row = if k == FLOOD_GOAL_PORTS {
+            FLOOD_GOAL
+        } else {
+            FLOOD
+        };
+        res.define_all("flooding", &[row], &[("k", &k.to_string())]);
     }
     for &n in &cfg.scale_taps {
-        res.define(row(
-            &format!("scale_{n}"),
-            "scale",
-            &format!("64 B, {n} taps, {} flows, total", n / 2),
-            "kpps",
-            true,
-            None,
-        ));
-        res.define(row(
-            &format!("scale_{n}_ratio"),
-            "scale",
-            &format!("{n} taps ({} flows) vs 4 taps (2 flows): total rate", n / 2),
-            "×",
-            true,
-            None,
-        ));
-        res.define(row(
-            &format!("scale_{n}_cost"),
-            "scale",
-            &format!("{n} taps vs 4 taps: writer CPU per frame sent (the switching cost), ratio"),
-            "×",
-            false,
-            Some(Goal {
-                text: "flat: umlbr ≤ 1.1",
-                checks: vec![Check::UmlbrAtMost(1.1)],
-            }),
-        ));
+        let (taps, flows) = (n.to_string(), (n / 2).to_string());
+        res.define_all("scale", SCALE, &[("n", &taps), ("flows", &flows)]);
     }
     let m = fmt_count(cfg.fdb_macs);
-    res.define(row(
-        "fdb_pps",
-        "fdb",
-        &format!("64 B, 1 flow, {m} learned MACs in the FDB"),
-        "kpps",
-        true,
-        None,
-    ));
-    res.define(row(
-        "fdb_entries",
-        "fdb",
-        &format!("entries in the FDB after frames from {m} new source MACs"),
-        "MACs",
-        true,
-        None,
-    ));
-    res.define(row(
-        "fdb_ratio",
-        "fdb",
-        &format!("64 B, 1 flow: {m} MACs vs a nearly empty FDB"),
-        "×",
-        true,
-        Some(Goal {
-            text: "lookup cost unchanged: umlbr ≥ 0.9",
-            checks: vec![Check::UmlbrAtLeast(0.9)],
-        }),
-    ));
-    for (id, name) in [
-        (
-            "uplink_out",
-            "64 B guest→LAN through a veth uplink (bridged)",
-        ),
-        (
-            "uplink_in",
-            "64 B LAN→guest through a veth uplink (bridged)",
-        ),
-    ] {
-        res.define(row(
-            id,
-            "uplink",
-            name,
-            "kpps",
-            true,
-            Some(Goal {
-                text: "≥ 3× kernel",
-                checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
-            }),
-        ));
-        res.define(row(
-            &format!("{id}_cpu"),
-            "uplink",
-            &format!("{name}: CPU per frame (writer + reader threads)"),
-            "µs",
-            false,
-            None,
-        ));
+    res.define_all("fdb", FDB, &[("m", &m)]);
+    for (id, what) in UPLINK_DIRECTIONS {
+        res.define_all("uplink", UPLINK, &[("id", id), ("what", what)]);
     }
     nat::define_rows(cfg, res);
     gso::define_rows(cfg, res);
     guests::define_rows(cfg, res);
-    res.define(row(
-        "cp_up",
-        "control-plane",
-        "create a bridge (`umlbr up br0` / `ip link add br0 type bridge` + up, wall time)",
-        "ms",
-        false,
-        None,
-    ));
-    res.define(row(
-        "cp_attach",
-        "control-plane",
-        "attach one tap (`umlbr attach` / `ip link set master`, wall time)",
-        "ms",
-        false,
-        None,
-    ));
-    res.define(row(
-        "cp_fdb_show",
-        "control-plane",
-        &format!("list {m} learned MACs (`umlbr fdb show --json` / `bridge fdb show`)"),
-        "s",
-        false,
-        None,
-    ));
+    res.define_all("control-plane", CONTROL_PLANE, &[("m", &m)]);
 }
 
 fn fmt_count(n: u32) -> String {
@@ -1105,4 +1021,28 @@ fn machine_info(
                  (ip link set dev TAP xdp off): only its tcx program switches. A load average \
                  above the core count means other work shared the CPUs.",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of a quick and of a full run have every `{placeholder}`
+    /// filled in.
+    #[test]
+    fn rows_are_filled_in() {
+        for quick in [true, false] {
+            let mut argv = vec!["umlbr-bench", "--umlbr", "/bin/true"];
+            if quick {
+                argv.push("--quick");
+            }
+            let cfg = config(&Args::parse_from(argv)).unwrap();
+            let mut res = Results::default();
+            define_rows(&cfg, &mut res);
+            assert!(res.defs.len() > 50, "{} rows", res.defs.len());
+            for d in &res.defs {
+                assert!(!d.id.contains('{') && !d.name.contains('{'), "{d:?}");
+            }
+        }
+    }
 }

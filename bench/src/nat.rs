@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     Cfg, Progress, check_interrupted, describe,
-    report::{Check, Goal, Results, RowDef},
+    report::{Check, Results, Row, higher, lower},
     tap::{self, TapMode, gen_mac},
     topo::{self, Contender, Topo, Uplink},
     traffic::{self, GenSpec, Job, Outcome, SinkSpec},
@@ -22,122 +22,85 @@ const TABLE_FLOWS: u32 = 100_000;
 /// ports (1 000 flows each), so they always find one.
 const TABLE_DPORTS: u32 = 100;
 
+/// Per uplink `{id}`, described as `{up}`.
+const PER_UPLINK: &[Row] = &[
+    higher("{id}", "NAT: 64 B UDP guest→LAN, 1 flow, {up}", "kpps").goal(
+        "≥ 3× kernel (iptables MASQUERADE)",
+        &[Check::RatioAtLeast(Contender::Kernel, 3.0)],
+    ),
+    lower(
+        "{id}_cpu",
+        "NAT, {up}: CPU per datagram (guest writer + LAN reader threads)",
+        "µs",
+    ),
+    lower(
+        "{id}_sys",
+        "NAT, {up}: machine CPU per datagram (/proc/stat, other load included)",
+        "µs",
+    ),
+];
+const UPLINKS: [(&str, &str); 2] = [
+    ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
+    ("nat_64_veth", "veth uplink to a LAN namespace"),
+];
+
+/// With `{n}` live flows, through `{up}`.
+const TABLE: &[Row] = &[
+    higher(
+        "nat_table_pps",
+        "NAT: 64 B UDP guest→LAN, 1 flow, {up}, with {n} live flows in the table",
+        "kpps",
+    ),
+    higher(
+        "nat_table_ratio",
+        "NAT, {up}: 64 B 1 flow with {n} live flows vs a nearly empty table",
+        "×",
+    )
+    .goal(
+        "lookup cost unchanged: umlbr ≥ 0.9",
+        &[Check::UmlbrAtLeast(0.9)],
+    ),
+    lower(
+        "nat_table_cost",
+        "NAT, {up}: guest writer's CPU per datagram sent (write() and translation) with \
+         {n} live flows vs a nearly empty table",
+        "×",
+    ),
+    higher(
+        "nat_table_flows",
+        "live flows in the NAT table after {n} new guest flows \
+         (`umlbr nat show` rows / nf_conntrack_count)",
+        "flows",
+    ),
+    higher(
+        "nat_table_fill",
+        "new NAT flows set up per second, {n} from the guest's tap (one datagram each)",
+        "kflows/s",
+    ),
+    lower(
+        "nat_table_setup_cpu",
+        "CPU per new NAT flow: the guest writer's write() of each of the {n} new flows' \
+         datagram (switching, translation, setting up the mapping / conntrack entry)",
+        "µs",
+    )
+    .goal(
+        "connection setup CPU ≤ 0.5× kernel (conntrack)",
+        &[Check::RatioAtMost(Contender::Kernel, 0.5)],
+    ),
+    lower(
+        "nat_table_show",
+        "list {n} NAT flows (`umlbr nat show --json` / `conntrack -L`, wall time)",
+        "s",
+    ),
+];
+
 pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let _ = cfg;
-    let row = |id: &str, group, name: &str, unit, hib, goal| RowDef {
-        id: id.into(),
-        group,
-        name: name.into(),
-        unit,
-        higher_is_better: hib,
-        goal,
-    };
-    use Contender::Kernel;
-    for (id, up) in [
-        ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
-        ("nat_64_veth", "veth uplink to a LAN namespace"),
-    ] {
-        res.define(row(
-            id,
-            "nat",
-            &format!("NAT: 64 B UDP guest→LAN, 1 flow, {up}"),
-            "kpps",
-            true,
-            Some(Goal {
-                text: "≥ 3× kernel (iptables MASQUERADE)",
-                checks: vec![Check::RatioAtLeast(Kernel, 3.0)],
-            }),
-        ));
-        res.define(row(
-            &format!("{id}_cpu"),
-            "nat",
-            &format!("NAT, {up}: CPU per datagram (guest writer + LAN reader threads)"),
-            "µs",
-            false,
-            None,
-        ));
-        res.define(row(
-            &format!("{id}_sys"),
-            "nat",
-            &format!("NAT, {up}: machine CPU per datagram (/proc/stat, other load included)"),
-            "µs",
-            false,
-            None,
-        ));
+    for (id, up) in UPLINKS {
+        res.define_all("nat", PER_UPLINK, &[("id", id), ("up", up)]);
     }
     let n = crate::fmt_count(TABLE_FLOWS);
-    let up = "tap uplink";
-    res.define(row(
-        "nat_table_pps",
-        "nat",
-        &format!("NAT: 64 B UDP guest→LAN, 1 flow, {up}, with {n} live flows in the table"),
-        "kpps",
-        true,
-        None,
-    ));
-    res.define(row(
-        "nat_table_ratio",
-        "nat",
-        &format!("NAT, {up}: 64 B 1 flow with {n} live flows vs a nearly empty table"),
-        "×",
-        true,
-        Some(Goal {
-            text: "lookup cost unchanged: umlbr ≥ 0.9",
-            checks: vec![Check::UmlbrAtLeast(0.9)],
-        }),
-    ));
-    res.define(row(
-        "nat_table_cost",
-        "nat",
-        &format!(
-            "NAT, {up}: guest writer's CPU per datagram sent (write() and translation) with \
-             {n} live flows vs a nearly empty table"
-        ),
-        "×",
-        false,
-        None,
-    ));
-    res.define(row(
-        "nat_table_flows",
-        "nat",
-        &format!(
-            "live flows in the NAT table after {n} new guest flows \
-             (`umlbr nat show` rows / nf_conntrack_count)"
-        ),
-        "flows",
-        true,
-        None,
-    ));
-    res.define(row(
-        "nat_table_fill",
-        "nat",
-        &format!("new NAT flows set up per second, {n} from the guest's tap (one datagram each)"),
-        "kflows/s",
-        true,
-        None,
-    ));
-    res.define(row(
-        "nat_table_setup_cpu",
-        "nat",
-        &format!(
-            "CPU per new NAT flow: the guest writer's write() of each of the {n} new flows' \
-             datagram (switching, translation, setting up the mapping / conntrack entry)"
-        ),
-        "µs",
-        false,
-        Some(Goal {
-            text: "connection setup CPU ≤ 0.5× kernel (conntrack)",
-            checks: vec![Check::RatioAtMost(Contender::Kernel, 0.5)],
-        }),
-    ));
-    res.define(row(
-        "nat_table_show",
-        "nat",
-        &format!("list {n} NAT flows (`umlbr nat show --json` / `conntrack -L`, wall time)"),
-        "s",
-        false,
-        None,
-    ));
+    res.define_all("nat", TABLE, &[("n", &n), ("up", "tap uplink")]);
 }
 
 /// Guest → LAN through the masquerade, once with a tap as the uplink
@@ -248,30 +211,41 @@ fn note_paths(res: &mut Results, topo: &Topo, row: &str, n0: &serde_json::Value)
             eprintln!("bench: NAT counters before {n0} after {n1}");
             eprintln!("{}", topo.umlbr_out(&["stats", topo::BRIDGE])?.0);
         }
-        let d = |k: &str| {
-            n1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(n0[k].as_u64().unwrap_or(0))
-        };
-        let (x, t, slow) = (d("out_xdp"), d("out_tc"), d("slow_path"));
-        let total = (x + t).max(1) as f64;
-        res.note(
-            row,
-            format!(
-                "{}: translated by XDP {:.1}% / TC {:.1}%{}",
-                c.as_str(),
-                100.0 * x as f64 / total,
-                100.0 * t as f64 / total,
-                if slow > 0 {
-                    format!(", slow path {slow}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
+        res.note(row, translated_note(c.as_str(), "", n0, &n1, false));
     }
     Ok(())
+}
+
+/// "<contender>: <what>translated by XDP x% / TC y%", then the slow path
+/// and (with `fails`) failed port allocations if any, from the NAT
+/// counters before (`n0`) and after (`n1`) a row.
+pub fn translated_note(
+    contender: &str,
+    what: &str,
+    n0: &serde_json::Value,
+    n1: &serde_json::Value,
+    fails: bool,
+) -> String {
+    let d = |k: &str| {
+        n1[k]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(n0[k].as_u64().unwrap_or(0))
+    };
+    let (x, t, slow, fail) = (d("out_xdp"), d("out_tc"), d("slow_path"), d("alloc_fail"));
+    let total = (x + t).max(1) as f64;
+    let mut note = format!(
+        "{contender}: {what}translated by XDP {:.1}% / TC {:.1}%",
+        100.0 * x as f64 / total,
+        100.0 * t as f64 / total,
+    );
+    if slow > 0 {
+        note += &format!(", slow path {slow}");
+    }
+    if fails && fail > 0 {
+        note += &format!(", failed port allocations {fail}");
+    }
+    note
 }
 
 /// The NAT table with [`TABLE_FLOWS`] live flows: after the nearly empty

@@ -21,10 +21,10 @@ pub enum Check {
     UmlbrAtMost(f64),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Goal {
     pub text: &'static str,
-    pub checks: Vec<Check>,
+    pub checks: &'static [Check],
 }
 
 #[derive(Clone, Debug)]
@@ -35,6 +35,51 @@ pub struct RowDef {
     pub unit: &'static str,
     pub higher_is_better: bool,
     pub goal: Option<Goal>,
+}
+
+/// A row as data. `{key}` in its id and name stands for a value given
+/// when it is defined ([`Results::define_all`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+    pub goal: Option<Goal>,
+}
+
+/// A row whose higher values are better.
+pub const fn higher(id: &'static str, name: &'static str, unit: &'static str) -> Row {
+    Row {
+        id,
+        name,
+        unit,
+        higher_is_better: true,
+        goal: None,
+    }
+}
+
+/// A row whose lower values are better.
+pub const fn lower(id: &'static str, name: &'static str, unit: &'static str) -> Row {
+    Row {
+        higher_is_better: false,
+        ..higher(id, name, unit)
+    }
+}
+
+impl Row {
+    /// The row with a goal.
+    pub const fn goal(self, text: &'static str, checks: &'static [Check]) -> Row {
+        Row {
+            goal: Some(goal(text, checks)),
+            ..self
+        }
+    }
+}
+
+/// A goal: what it says, and the checks that decide whether it is met.
+pub const fn goal(text: &'static str, checks: &'static [Check]) -> Goal {
+    Goal { text, checks }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -75,6 +120,25 @@ pub struct Results {
 }
 
 impl Results {
+    /// Define `rows` in `group`, `{key}` in their ids and names replaced
+    /// by its value in `vars`.
+    pub fn define_all(&mut self, group: &'static str, rows: &[Row], vars: &[(&str, &str)]) {
+        let fill = |s: &str| {
+            vars.iter()
+                .fold(s.to_string(), |s, (k, v)| s.replace(&format!("{{{k}}}"), v))
+        };
+        for r in rows {
+            self.define(RowDef {
+                id: fill(r.id),
+                group,
+                name: fill(r.name),
+                unit: r.unit,
+                higher_is_better: r.higher_is_better,
+                goal: r.goal,
+            });
+        }
+    }
+
     pub fn define(&mut self, def: RowDef) {
         if !self.defs.iter().any(|d| d.id == def.id) {
             self.defs.push(def);
@@ -111,7 +175,7 @@ impl Results {
     pub fn meets(&self, def: &RowDef) -> Option<bool> {
         let goal = def.goal.as_ref()?;
         let mut ok = true;
-        for c in &goal.checks {
+        for c in goal.checks {
             ok &= match *c {
                 Check::RatioAtLeast(vs, x) => self.ratio(&def.id, vs)? >= x,
                 Check::RatioAtMost(vs, x) => self.ratio(&def.id, vs)? <= x,
@@ -138,7 +202,7 @@ impl Results {
         let floor = self.floor_ratio(&def.id)?;
         let umlbr = self.ratio(&def.id, Contender::Kernel)?;
         let mut floor_meets = true;
-        for c in &goal.checks {
+        for c in goal.checks {
             floor_meets &= match *c {
                 Check::RatioAtLeast(Contender::Kernel, x) => floor >= x,
                 Check::RatioAtMost(Contender::Kernel, x) => floor <= x,
@@ -490,7 +554,7 @@ mod tests {
             higher_is_better: true,
             goal: Some(Goal {
                 text: "≥ 3× kernel",
-                checks: vec![Check::RatioAtLeast(Contender::Kernel, 3.0)],
+                checks: &[Check::RatioAtLeast(Contender::Kernel, 3.0)],
             }),
         });
         r.add("x", Contender::Kernel, 100.0);
@@ -510,7 +574,7 @@ mod tests {
     #[test]
     fn the_floor_says_whether_a_goal_is_reachable() {
         let mut r = Results::default();
-        let def = |id: &str, x: f64| RowDef {
+        let def = |id: &str, checks| RowDef {
             id: id.into(),
             group: "g",
             name: id.into(),
@@ -518,11 +582,11 @@ mod tests {
             higher_is_better: true,
             goal: Some(Goal {
                 text: "≥ 3× kernel",
-                checks: vec![Check::RatioAtLeast(Contender::Kernel, x)],
+                checks,
             }),
         };
-        r.define(def("a", 3.0));
-        r.define(def("b", 2.0));
+        r.define(def("a", &[Check::RatioAtLeast(Contender::Kernel, 3.0)]));
+        r.define(def("b", &[Check::RatioAtLeast(Contender::Kernel, 2.0)]));
         for id in ["a", "b"] {
             r.add(id, Contender::Kernel, 100.0);
             r.add(id, Contender::Umlbr, 200.0);

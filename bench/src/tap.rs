@@ -2,7 +2,6 @@
 //! opened with IFF_TAP|IFF_NO_PI (optionally IFF_VNET_HDR), one frame per
 //! read() or write(); and the test frames it sends.
 use std::{
-    fs::File,
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -88,43 +87,9 @@ impl Tap {
     /// interface, read() returns one that came in (IPv4 only, and not our
     /// own outgoing ones). For the "LAN" end of a veth.
     pub fn packet(iface: &str) -> Result<Tap> {
-        let c = std::ffi::CString::new(iface)?;
-        // SAFETY: if_nametoindex on a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("no interface {iface}"));
-        }
-        let proto = (libc::ETH_P_IP as u16).to_be();
-        // SAFETY: socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as libc::c_int,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a packet socket");
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: a zeroed sockaddr_ll, then the fields bind(2) needs.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: bind(2) with a valid sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("binding to {iface}"));
-        }
+        let ifindex = umlbr_tests::netns::ifindex(iface)?;
+        let fd = umlbr_tests::netns::packet_socket(ifindex, libc::ETH_P_IP)
+            .with_context(|| format!("a packet socket on {iface}"))?;
         Ok(Tap { fd })
     }
 
@@ -132,40 +97,22 @@ impl Tap {
     /// which `frame` must already carry: see [`wire_frame`]).
     #[inline]
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        let fd = self.fd.as_raw_fd();
         // SAFETY: write(2) from a valid buffer.
-        let n = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(unsafe { libc::write(fd, frame.as_ptr() as *const libc::c_void, frame.len()) })
     }
 
     /// Read one frame; `Ok(None)` if none is queued (non-blocking mode).
     #[inline]
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let fd = self.fd.as_raw_fd();
         // SAFETY: read(2) into a valid buffer.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e);
+        match byte_count(unsafe {
+            libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len())
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            r => r.map(Some),
         }
-        Ok(Some(n as usize))
     }
 
     /// TUNSETOFFLOAD: the offloads this reader takes (`TUN_F_*`), as a
@@ -195,23 +142,21 @@ impl Tap {
     }
 }
 
+/// A read(2) or write(2) result: the byte count, or errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `_IOW('T', 208, unsigned int)` (include/uapi/linux/if_tun.h), and its
 /// flags.
 const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
 pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;
 pub const TUN_F_TSO6: u32 = 0x04;
-
-/// Enter the network namespace `name` (this thread only).
-pub fn enter_netns(name: &str) -> Result<()> {
-    let path = format!("/run/netns/{name}");
-    let f = File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns(2) on a namespace file; affects only this thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("setns {name}"));
-    }
-    Ok(())
-}
 
 /// A generator's MAC: 02:b0:00:00:HI:LO.
 pub fn gen_mac(i: usize) -> Mac {

@@ -7,14 +7,15 @@ use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
-use umlbr_tests::{netns::Netns, wire::Mac};
-
-use crate::tap;
+use umlbr_tests::{
+    netns::{self, Netns},
+    wire::Mac,
+};
 
 /// Who switches the frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -710,8 +711,8 @@ fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<
     let (netns, iface) = (netns.to_string(), iface.to_string());
     // Namespaced lookups (the ifindex) happen in a thread inside the namespace.
     std::thread::spawn(move || -> Result<OwnedFd> {
-        tap::enter_netns(&netns)?;
-        let ifindex = nix_ifindex(&iface)?;
+        netns::enter(&netns)?;
+        let ifindex = netns::ifindex(&iface)?;
         // mov64 dst, imm: opcode 0xb7, dst register in the low nibble of byte 1.
         let mov = |dst: u8, imm: u32| {
             u64::from_le_bytes([0xb7, dst, 0, 0, 0, 0, 0, 0]) | ((imm as u64) << 32)
@@ -722,7 +723,7 @@ fn bench_link(netns: &str, iface: &str, action: XdpAction, tcx: bool) -> Result<
         let insns: Vec<u64> = match &action {
             XdpAction::Drop => vec![mov(0, XDP_DROP as u32), exit],
             XdpAction::Redirect(peer) => vec![
-                mov(1, nix_ifindex(peer)?),
+                mov(1, netns::ifindex(peer)?),
                 mov(2, 0),
                 // call imm: opcode 0x85
                 u64::from_le_bytes([0x85, 0, 0, 0, 0, 0, 0, 0])
@@ -848,7 +849,7 @@ fn devmap_of(ports: &[String]) -> Result<OwnedFd> {
     put_u32(&mut attr, 12, ports.len().max(1) as u32);
     let map = bpf(BPF_MAP_CREATE, &mut attr).context("creating the flood floor's devmap")?;
     for p in ports {
-        let i = nix_ifindex(p)?;
+        let i = netns::ifindex(p)?;
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, map.as_raw_fd() as u32);
         put_u64(&mut attr, 8, &i as *const u32 as u64);
@@ -870,49 +871,13 @@ fn devmap_of(ports: &[String]) -> Result<OwnedFd> {
     Ok(map)
 }
 
-fn nix_ifindex(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface)?;
-    // SAFETY: if_nametoindex on a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("no interface {iface}"));
-    }
-    Ok(i)
-}
-
 /// Delete bench namespaces left by a bench run that died (their pid is
 /// gone): `umlbrt-bench-<pid>-<n>`.
 pub fn clean_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix("umlbrt-bench-") else {
-            continue;
-        };
-        let pid: i32 = match rest.split('-').next().and_then(|p| p.parse().ok()) {
-            Some(p) => p,
-            None => continue,
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
+    for name in netns::stale() {
+        if name.starts_with("umlbrt-bench-") {
+            netns::delete(&name);
+            eprintln!("bench: deleted stale namespace {name}");
         }
-        let pids = Command::new("ip")
-            .args(["netns", "pids", name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for p in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: plain kill(2) of a process left in a stale bench namespace.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        eprintln!("bench: deleted stale namespace {name}");
     }
 }

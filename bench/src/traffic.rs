@@ -342,7 +342,7 @@ fn pin(cpu: Option<usize>) -> Result<()> {
 }
 
 fn open_in(netns: &str, tap_name: &str, mode: TapMode) -> Result<Tap> {
-    tap::enter_netns(netns)?;
+    umlbr_tests::netns::enter(netns)?;
     Tap::open(tap_name, mode)
 }
 
@@ -358,7 +358,7 @@ fn open_ready(
     ready: &Barrier,
 ) -> Result<Tap> {
     let opened = match packet_ns {
-        Some(ns) => tap::enter_netns(ns).and_then(|()| Tap::packet(tap_name)),
+        Some(ns) => umlbr_tests::netns::enter(ns).and_then(|()| Tap::packet(tap_name)),
         None => open_in(netns, tap_name, mode),
     };
     if opened.is_err() {
@@ -432,7 +432,7 @@ fn sink(
         if let Err(e) = pin(s.cpu) {
             eprintln!("bench: {e:#}");
         }
-        let sock = tap::enter_netns(ns).and_then(|()| UdpSink::bind(*port));
+        let sock = umlbr_tests::netns::enter(ns).and_then(|()| UdpSink::bind(*port));
         if sock.is_err() {
             sh.failed.store(true, Ordering::SeqCst);
         }

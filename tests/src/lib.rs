@@ -1,10 +1,24 @@
 //! Test support for umlbr: network namespaces that clean up after
-//! themselves, UML guests, and frame builders.
+//! themselves, UML guests, frame builders, and the harness of the
+//! BPF_PROG_TEST_RUN tables.
+pub mod bpf;
 pub mod netns;
 pub mod uml;
 pub mod wire;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
+
+/// A tool's exit: success, or `<tool>: error: <the error and its causes>`
+/// on stderr and failure (xtask, the bench).
+pub fn exit(tool: &str, r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// The umlbr binary under test: $UMLBR_BIN, else the workspace's
 /// target/{debug,release}/umlbr (`cargo xtask test` builds it first).
@@ -23,4 +37,19 @@ pub fn umlbr_bin() -> PathBuf {
         }
     }
     panic!("no umlbr binary: run `cargo build -p umlbr` or set UMLBR_BIN");
+}
+
+/// One `#[test]` per contender of a scenario:
+/// `per_contender!(learning, learning_umlbr: Kind::Umlbr, learning_kernel: Kind::Kernel)`
+/// makes `fn learning_umlbr()` run `learning(Kind::Umlbr)`, and so on.
+#[macro_export]
+macro_rules! per_contender {
+    ($scenario:ident, $($name:ident: $arg:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() -> anyhow::Result<()> {
+                $scenario($arg)
+            }
+        )+
+    };
 }

@@ -421,6 +421,25 @@ impl Guest {
         self.spawn(script)?.wait(timeout)
     }
 
+    /// A one-shot iperf3 server (`iperf3 -s -1`) in the guest, listening.
+    pub fn iperf3_server(&self) -> Result<Bg<'_>> {
+        let srv = self.spawn("exec iperf3 -s -1 --forceflush")?;
+        srv.wait_output("Server listening", Duration::from_secs(20))?;
+        Ok(srv)
+    }
+
+    /// `iperf3 -c <server's address> -t <secs> <args>` from this guest
+    /// against a one-shot server in `server`: (exit status, output).
+    pub fn iperf3_to(&self, server: &Guest, secs: u32, args: &str) -> Result<(i32, String)> {
+        let srv = server.iperf3_server()?;
+        let r = self.run_timeout(
+            &format!("iperf3 -c {} -t {secs} {args}", server.ip),
+            Duration::from_secs(secs as u64 + 40),
+        );
+        let _ = srv.wait(Duration::from_secs(10));
+        r
+    }
+
     /// Run `script` in the guest; its output if it exits 0.
     pub fn run_ok(&self, script: &str) -> Result<String> {
         let (rc, out) = self.run(script)?;
@@ -771,6 +790,73 @@ pub fn ping_seqs(out: &str) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// A ping command whose every reply must come, and how it numbers its
+/// requests (icmp_seq).
+#[derive(Clone, Copy, Debug)]
+pub enum Ping {
+    /// iputils `ping`, requests 1..=count. With -c alone, once any reply
+    /// came, ping waits only max(2 RTT, -i) for the last one (here 200
+    /// ms), which a guest starved for a moment on a loaded 2-core machine
+    /// misses: both "last reply lost" failures of CI so far were that.
+    /// With -w ping waits for `count` replies until the deadline (sending
+    /// more if one is lost); `lost` then requires the replies to pings
+    /// 1..=count themselves.
+    Iputils,
+    /// `busybox ping`, requests 0..count: one more is sent, since busybox
+    /// waits only about a second for the reply to its last ping (a guest
+    /// briefly starved on a loaded machine can miss that); the replies to
+    /// the first `count` are all waited for.
+    Busybox,
+}
+
+impl Ping {
+    /// The command line for `count` pings to `ip`.
+    pub fn command(self, count: u32, ip: &str) -> String {
+        match self {
+            Ping::Iputils => format!("ping {}", self.args(count, ip)),
+            Ping::Busybox => format!("busybox ping {}", self.args(count, ip)),
+        }
+    }
+
+    /// Its options and `ip`.
+    pub fn args(self, count: u32, ip: &str) -> String {
+        match self {
+            Ping::Iputils => format!("-c {count} -i 0.2 -w {} {ip}", count + 5),
+            Ping::Busybox => format!("-c {} -i 0.2 -W 3 {ip}", count + 1),
+        }
+    }
+
+    /// The pings of `command(count, ..)` that got no reply in `out`.
+    pub fn lost(self, out: &str, count: u32) -> Vec<u32> {
+        let seqs = ping_seqs(out);
+        let first = match self {
+            Ping::Iputils => 1,
+            Ping::Busybox => 0,
+        };
+        (first..first + count)
+            .filter(|s| !seqs.contains(s))
+            .collect()
+    }
+
+    /// `out` (of `command(count, ip)`, run by `who`) with every reply:
+    /// its summary line.
+    pub fn all_answered(self, who: &str, ip: &str, count: u32, out: &str) -> Result<String> {
+        let lost = self.lost(out, count);
+        anyhow::ensure!(
+            lost.is_empty(),
+            "{who} -> {ip}: no reply to pings {lost:?} of {count}\n{out}"
+        );
+        Ok(ping_summary(out))
+    }
+}
+
+/// `count` pings from guest `g` to `ip` with `ping`, every one answered:
+/// the summary line.
+pub fn ping_ok(g: &Guest, ping: Ping, ip: &str, count: u32) -> Result<String> {
+    let (_, out) = g.run(&ping.command(count, ip))?;
+    ping.all_answered(&format!("guest {}", g.name), ip, count, &out)
+}
+
 /// The summary lines of a ping's output (for printing).
 pub fn ping_summary(out: &str) -> String {
     out.lines()
@@ -779,6 +865,34 @@ pub fn ping_summary(out: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What an `iperf3 -J` client reports.
+pub struct Iperf3 {
+    /// Bytes the server received, and at what rate.
+    pub bytes: f64,
+    pub bps: f64,
+    /// The sender's retransmits (-1 if not reported).
+    pub retransmits: i64,
+    /// Its "error" (null if none).
+    pub error: serde_json::Value,
+}
+
+/// Parse the output `out` of an `iperf3 -J` client that exited `rc`;
+/// an error names the test as `what` ("a -> b").
+pub fn iperf3_json(rc: i32, out: &str, what: &str) -> Result<Iperf3> {
+    let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json)
+        .with_context(|| format!("iperf3 -J output (exit {rc}): {out}"))?;
+    anyhow::ensure!(rc == 0, "iperf3 {what} failed ({rc}): {}", v["error"]);
+    Ok(Iperf3 {
+        bytes: v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0),
+        bps: v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0),
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_i64().unwrap_or(-1),
+        error: v["error"].clone(),
+    })
 }
 
 #[cfg(test)]
@@ -795,6 +909,23 @@ mod tests {
                     64 bytes from 1.2.3.4: seq=2 ttl=64 time=0.5 ms\n";
         assert_eq!(ping_seqs(out2).into_iter().collect::<Vec<_>>(), vec![0, 2]);
         assert!(ping_summary(out).starts_with("40 packets"));
+    }
+
+    #[test]
+    fn pings_are_numbered_by_their_command() {
+        let out = "64 bytes from 1.2.3.4: seq=0 ttl=64 time=0.7 ms\n\
+                   64 bytes from 1.2.3.4: seq=2 ttl=64 time=0.5 ms\n";
+        assert_eq!(Ping::Busybox.lost(out, 3), vec![1]);
+        assert_eq!(Ping::Iputils.lost(out, 3), vec![1, 3]);
+        assert!(Ping::Busybox.all_answered("g", "1.2.3.4", 3, out).is_err());
+        assert_eq!(
+            Ping::Iputils.command(2, "1.2.3.4"),
+            "ping -c 2 -i 0.2 -w 7 1.2.3.4"
+        );
+        assert_eq!(
+            Ping::Busybox.command(2, "1.2.3.4"),
+            "busybox ping -c 3 -i 0.2 -W 3 1.2.3.4"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::{
-    setup, test,
+    test,
     util::{self, header, say},
 };
 
@@ -25,12 +25,11 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    util::require_root(
+    let umlbr = test::root_and_umlbr(
         "bench",
         "it creates network namespaces, taps and BPF programs",
+        true,
     )?;
-    setup::ensure()?;
-    let umlbr = test::build_umlbr(true)?;
     header("build: cargo build --release -p umlbr-bench");
     util::run(util::cargo().args(["build", "--release", "-p", "umlbr-bench"]))?;
     let bench = util::target_dir()?.join("release").join("umlbr-bench");

@@ -6,46 +6,10 @@
 //! `Netns`), <pid> being the test process: a namespace whose process is
 //! gone is stale, one whose process runs belongs to a test still running
 //! (maybe another developer's) and is left alone unless `--all`.
-use std::{path::Path, process::Command};
-
 use anyhow::Result;
+use umlbr_tests::netns::{self, PREFIX, alive, list, owner_pid};
 
-use crate::util::{probe, say, warn};
-
-/// Prefix of the test namespaces.
-pub const TEST_PREFIX: &str = "umlbrt-";
-
-/// Names of the network namespaces `ip netns` knows.
-pub fn list_netns() -> Vec<String> {
-    probe(Command::new("ip").args(["netns", "list"]))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The pid in `umlbrt-<tag>-<pid>-<n>` (the tag may contain dashes).
-fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(TEST_PREFIX)?;
-    let mut it = rest.rsplit('-');
-    it.next()?.parse::<u32>().ok()?;
-    let pid = it.next()?.parse().ok()?;
-    it.next()?; // the tag
-    Some(pid)
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Test namespaces whose test process is gone.
-pub fn stale_test_netns() -> Vec<String> {
-    list_netns()
-        .into_iter()
-        .filter(|n| owner_pid(n).is_some_and(|p| !alive(p)))
-        .collect()
-}
+use crate::util::{say, warn};
 
 fn kill(pid: i32, what: &str) {
     // SAFETY: kill(2) with a pid read from the kernel; no memory involved.
@@ -57,15 +21,10 @@ fn kill(pid: i32, what: &str) {
 
 /// Kill every process in namespace `name`, then delete it.
 pub fn delete_netns(name: &str) {
-    let pids = probe(Command::new("ip").args(["netns", "pids", name])).unwrap_or_default();
-    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        kill(pid, &format!("process in {name}:"));
+    let (killed, ok) = netns::delete(name);
+    for pid in killed {
+        say(format!("killed process in {name}: {pid}"));
     }
-    let ok = Command::new("ip")
-        .args(["netns", "del", name])
-        .stdin(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
     if ok {
         say(format!("deleted netns {name}"));
     } else {
@@ -94,12 +53,12 @@ fn uml_pids() -> Vec<i32> {
 /// test namespace and every UML guest, plus the namespaces in `extra`.
 pub fn run(all: bool, extra: &[String]) -> Result<()> {
     crate::util::require_root("clean-netns", "it deletes network namespaces")?;
-    let existing = list_netns();
+    let existing = list();
     let mut targets: Vec<String> = existing
         .iter()
         .filter(|n| match owner_pid(n) {
             Some(pid) => all || !alive(pid),
-            None => all && n.starts_with(TEST_PREFIX),
+            None => all && n.starts_with(PREFIX),
         })
         .cloned()
         .collect();
@@ -132,18 +91,4 @@ pub fn run(all: bool, extra: &[String]) -> Result<()> {
         }
     ));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::owner_pid;
-
-    #[test]
-    fn owner_pids() {
-        assert_eq!(owner_pid("umlbrt-fdb-1234-0"), Some(1234));
-        assert_eq!(owner_pid("umlbrt-two-words-99-12"), Some(99));
-        assert_eq!(owner_pid("umlbrt-1234-0"), None);
-        assert_eq!(owner_pid("host"), None);
-        assert_eq!(owner_pid("umlbrt-x-y-0"), None);
-    }
 }

@@ -70,16 +70,7 @@ impl HostNs {
     }
 
     fn pids(&self) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", NS])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        umlbr_tests::netns::pids(NS)
     }
 }
 
@@ -345,13 +336,7 @@ fn report_ping(what: &str, out: &str, failures: &mut Vec<String>) {
 
 /// iperf3 from `client` to `server`: the receiver's summary line.
 fn iperf(client: &Guest, server: &Guest, secs: u32) -> Result<String> {
-    let srv = server.spawn("exec iperf3 -s -1 --forceflush")?;
-    srv.wait_output("Server listening", Duration::from_secs(20))?;
-    let (rc, out) = client.run_timeout(
-        &format!("iperf3 -c {} -t {secs} -f g", server.ip),
-        Duration::from_secs(secs as u64 + 40),
-    )?;
-    let _ = srv.wait(Duration::from_secs(10));
+    let (rc, out) = client.iperf3_to(server, secs, "-f g")?;
     if rc != 0 {
         bail!("iperf3 exited {rc}: {out}");
     }

@@ -121,14 +121,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     util::fix_path();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xtask: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    umlbr_tests::exit("xtask", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -138,12 +131,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test(args) => test::test(&args, false),
         Cmd::Ci(args) => test::test(&args, true),
         Cmd::Demo { keep } => {
-            util::require_root(
+            let bin = test::root_and_umlbr(
                 "demo",
                 "it creates a network namespace, taps and BPF programs",
+                false,
             )?;
-            setup::ensure()?;
-            let bin = test::build_umlbr(false)?;
             // SAFETY: no other thread exists yet.
             unsafe { std::env::set_var("UMLBR_BIN", &bin) };
             demo::run(keep)

@@ -31,6 +31,14 @@ pub struct TestArgs {
     pub harness_args: Vec<String>,
 }
 
+/// For a command that needs root (`what`, because `why`) and umlbr: root
+/// checked, prerequisites ensured, umlbr built; the binary's path.
+pub fn root_and_umlbr(what: &str, why: &str, release: bool) -> Result<PathBuf> {
+    util::require_root(what, why)?;
+    crate::setup::ensure()?;
+    build_umlbr(release)
+}
+
 /// `cargo build -p umlbr` (builds the eBPF object through umlbr/build.rs);
 /// returns the path of the umlbr binary.
 pub fn build_umlbr(release: bool) -> Result<PathBuf> {
@@ -189,7 +197,7 @@ pub fn test(args: &TestArgs, ci: bool) -> Result<()> {
         }
     }
 
-    let stale = clean::stale_test_netns();
+    let stale = umlbr_tests::netns::stale();
     if !stale.is_empty() {
         header(format!(
             "removing {} namespace(s) left by earlier test runs",

@@ -1,0 +1,16 @@
+//! Every item of the umlbr library the tests use, in one place (each test
+//! file has `mod umlbr_lib;`): when the library renames or moves one, this
+//! is the only file to change.
+#![allow(dead_code, unused_imports)]
+
+pub use umlbr::{
+    nat::state_name,
+    object::{Tc, tcx_prog_ids},
+    sys::monotonic_coarse_ns,
+};
+
+/// umlbr's BPF object, loaded as `umlbr up` loads it.
+pub fn load_object() -> anyhow::Result<aya::Ebpf> {
+    use anyhow::Context;
+    umlbr::object::load().context("load_object")
+}
