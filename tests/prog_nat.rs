@@ -288,7 +288,7 @@ impl Bench {
                 _pad: 0,
                 hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
                 _pad2: 0,
-                hop_ns: m.hop.map(|(_, age)| now - age).unwrap_or(0),
+                hop_ns: m.hop.map(|(_, age)| now.wrapping_sub(age)).unwrap_or(0),
             };
             self.ctx.insert(names::NAT_OUT, m.flow.out_key(), out)?;
         }
@@ -327,9 +327,10 @@ impl Bench {
         })
     }
 
-    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
-    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
-        Ok(self.ctx.run_xdp_live(ingress, frame)?)
+    /// Run umlbr_xdp on a frame written into a tap: XDP_REDIRECT really
+    /// transmits.
+    fn run_xdp_live(&mut self, ingress: u32, frame: &[u8]) -> Result<()> {
+        self.ctx.run_xdp_live(ingress, frame)
     }
 
     fn attach_tc(&mut self, devs: &[&str]) -> Result<()> {
@@ -580,8 +581,8 @@ impl Mapping {
             state: self.state,
             mac: gmac(self.flow.guest),
             _pad: [0; 2],
-            last_seen_ns: now - self.idle_ns,
-            created_ns: now - self.idle_ns - SEC,
+            last_seen_ns: now.wrapping_sub(self.idle_ns),
+            created_ns: now.wrapping_sub(self.idle_ns + SEC),
         }
     }
 }

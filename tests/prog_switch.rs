@@ -142,8 +142,8 @@ impl Bench {
         self.ctx.run_xdp(ingress, meta, frame)
     }
 
-    fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<()> {
-        Ok(self.ctx.run_xdp_live(ingress, frame)?)
+    fn run_xdp_live(&mut self, ingress: u32, frame: &[u8]) -> Result<()> {
+        self.ctx.run_xdp_live(ingress, frame)
     }
 
     fn run_tc(&self, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), Errno> {
@@ -911,7 +911,7 @@ impl Bench {
         let base = now_coarse();
         for p in &c.fdb {
             let i = self.ifindex(p.at);
-            self.fdb_insert(p.mac, i, p.flags, base - p.age_ns)?;
+            self.fdb_insert(p.mac, i, p.flags, base.wrapping_sub(p.age_ns))?;
         }
         Ok(())
     }

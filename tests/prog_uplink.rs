@@ -158,7 +158,8 @@ impl Bench {
 
     fn fdb_insert(&mut self, mac: Mac, d: Dev, flags: u32, age_ns: u64) -> Result<()> {
         let i = self.ifindex(d);
-        self.ctx.fdb_insert(mac, i, flags, now_coarse() - age_ns)
+        self.ctx
+            .fdb_insert(mac, i, flags, now_coarse().wrapping_sub(age_ns))
     }
 
     fn stats(&mut self) -> Result<Vec<PortStats>> {

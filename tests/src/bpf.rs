@@ -17,7 +17,7 @@ use aya::{
     Ebpf, Pod,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
     },
 };
 use umlbr_common::{Config, FdbEntry, FdbKey, PortStats, names};
@@ -125,6 +125,8 @@ pub struct Ctx {
     pub taps: Taps,
     pub sniffer: Option<Sniffer>,
     pub nr_cpus: usize,
+    /// Taps `run_xdp_live` attached umlbr_xdp to.
+    live_xdp: Vec<u32>,
     _in: InNetns,
     pub ns: Netns,
 }
@@ -149,6 +151,7 @@ impl Ctx {
             taps,
             sniffer: None,
             nr_cpus,
+            live_xdp: Vec::new(),
             _in: inside,
             ns,
         })
@@ -341,19 +344,29 @@ impl Ctx {
         Ok((r.return_value, out))
     }
 
-    /// Run umlbr_xdp in live-frames mode: XDP_REDIRECT really transmits.
-    pub fn run_xdp_live(&self, ingress: u32, frame: &[u8]) -> Result<(), Errno> {
-        let ctx = xdp_md(0, frame.len() as u32, ingress);
-        self.xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                attrs: TestRunAttrs::new().xdp_live_frames(1),
-                ..Default::default()
-            })
-            .map_err(errno)?;
-        Ok(())
+    /// Run umlbr_xdp on `frame` for real: attach it to the tap `ingress`
+    /// (native mode, once) and write the frame into that tap as its guest
+    /// would, so that XDP_REDIRECT really transmits. (BPF_PROG_TEST_RUN's
+    /// live-frames mode would do the same without a tap, but some kernels
+    /// refuse it with EPERM.)
+    pub fn run_xdp_live(&mut self, ingress: u32, frame: &[u8]) -> Result<()> {
+        let i = self
+            .taps
+            .ifindex
+            .iter()
+            .position(|&x| x == ingress)
+            .with_context(|| format!("ifindex {ingress} is none of the taps"))?;
+        if !self.live_xdp.contains(&ingress) {
+            let xdp: &mut Xdp = self
+                .ebpf
+                .program_mut(names::XDP_PROG)
+                .context("umlbr_xdp")?
+                .try_into()?;
+            xdp.attach_to_if_index(ingress, XdpMode::Driver)
+                .with_context(|| format!("attaching XDP to {}", self.taps.names[i]))?;
+            self.live_xdp.push(ingress);
+        }
+        self.taps.write(i, frame)
     }
 
     /// Run the TC program `prog` on `frame` with the skb's mark, ingress
