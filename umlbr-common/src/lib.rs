@@ -22,6 +22,8 @@ pub const DEFAULT_AGING_SECS: u64 = 300;
 /// Names of the maps and programs in the eBPF object.
 pub mod names {
     pub const FDB: &str = "UMLBR_FDB";
+    pub const LEARN: &str = "UMLBR_LEARN";
+    pub const NAT_TX: &str = "UMLBR_NAT_TX";
     pub const PORTS: &str = "UMLBR_PORTS";
     pub const PORT_LIST: &str = "UMLBR_PORT_LIST";
     pub const PORT_STATS: &str = "UMLBR_STATS";
@@ -103,6 +105,33 @@ pub const PORT_F_WAS_PROMISC: u32 = 1;
 /// Not in the devmap: frames for it go through the TC program.
 pub const PORT_F_NO_XDP_TX: u32 = 2;
 
+/// A port's learning budget, keyed by ifindex (one value for all CPUs, so
+/// that every CPU charges the same count). The FDB is a plain hash that
+/// never evicts: a port may hold at most `max` learned MACs (0: no limit
+/// but the table's size), so that no port can push another's entries out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortLearn {
+    /// Learned entries that point at this port. CPUs add and subtract
+    /// atomically; userspace corrects it when it removes entries itself,
+    /// so a racing update can leave it off by a few, never by more.
+    pub count: u32,
+    /// Most learned entries, written by userspace (`attach --max-learned`).
+    pub max: u32,
+    /// When the datapath last swept aged entries for a port at its limit.
+    pub swept_ns: u64,
+}
+
+/// Default learning limit of a guest's port (and the host port): far more
+/// MACs than a guest has, and 256 such ports fit the table with room for
+/// the uplink's LAN.
+pub const DEFAULT_MAX_LEARNED: u32 = 256;
+/// Default learning limit of an uplink: a LAN's stations.
+pub const DEFAULT_MAX_LEARNED_UPLINK: u32 = 32_768;
+/// How often a port at its learning limit may sweep the FDB for aged
+/// entries (a walk of the whole table).
+pub const FDB_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// Per-port, per-CPU counters, keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +164,9 @@ pub struct PortStats {
     pub xdp_generic: u64,
     /// Frames switched by the TC program (GSO and jumbo frames).
     pub tc: u64,
+    /// Source MACs not learned: the port is at its learning limit (or
+    /// the table is full). Their frames are still switched.
+    pub learn_limited: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -353,6 +385,7 @@ mod pod {
     unsafe impl aya::Pod for super::FdbEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::PortLearn {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatOut {}
     unsafe impl aya::Pod for super::NatIn {}
@@ -377,6 +410,7 @@ impl core::ops::AddAssign for PortStats {
         self.xdp_native += o.xdp_native;
         self.xdp_generic += o.xdp_generic;
         self.tc += o.tc;
+        self.learn_limited += o.learn_limited;
     }
 }
 
@@ -439,7 +473,8 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 10 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 11 * 8);
+        assert_eq!(size_of::<PortLearn>(), 16);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 32);
         assert_eq!(size_of::<NatIn>(), 32);

@@ -1,15 +1,33 @@
-//! MAC learning and lookup with aging.
-
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
-use umlbr_common::{
-    FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE, FdbEntry, FdbKey, PortStats,
+//! MAC learning and lookup with aging, within each port's learning limit.
+//!
+//! The FDB is a plain hash map: it never evicts, so a port flooding
+//! source MACs cannot push static entries or other ports' MACs out, as it
+//! could an LRU map. Instead each port has a budget (`PortLearn`): a
+//! source over it is not learned (its frames are still switched), and an
+//! aged entry is removed when it is next looked up, or by a sweep of the
+//! table that a port at its limit may start once a second.
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
 };
 
-/// MAC -> port. LRU so that a full table (MAC churn, a flooding guest)
-/// evicts the least recently used, usually aged, entries instead of
-/// refusing to learn.
+use aya_ebpf::{
+    helpers::{bpf_for_each_map_elem, bpf_ktime_get_coarse_ns, bpf_map_delete_elem},
+    macros::map,
+    maps::HashMap,
+};
+use umlbr_common::{
+    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE, FDB_SWEEP_INTERVAL_NS, FdbEntry, FdbKey,
+    MAX_PORTS, PortLearn, PortStats,
+};
+
+/// MAC -> port.
 #[map(name = "UMLBR_FDB")]
-static FDB: LruHashMap<FdbKey, FdbEntry> = LruHashMap::with_max_entries(FDB_SIZE, 0);
+static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(FDB_SIZE, 0);
+
+/// Port ifindex -> its learning budget.
+#[map(name = "UMLBR_LEARN")]
+static LEARN: HashMap<u32, PortLearn> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -18,10 +36,20 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Learn `src` on `port`. A static entry never moves; a learned one moves
-/// with its MAC.
+/// The bridge's aging time (`up --aging`), or the default.
 #[inline(always)]
-pub fn learn(src: [u8; 6], port: u32, now: u64, stats: &mut PortStats) {
+pub fn aging_ns(cfg: &Config) -> u64 {
+    if cfg.aging_ns != 0 {
+        cfg.aging_ns
+    } else {
+        DEFAULT_AGING_SECS * 1_000_000_000
+    }
+}
+
+/// Learn `src` on `port`. A static entry never moves; a learned one moves
+/// with its MAC if the new port has room for it.
+#[inline(always)]
+pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortStats) {
     let key = FdbKey::new(src);
     if let Some(entry) = FDB.get_ptr_mut(key) {
         // SAFETY: pointer into the map value; a racing writer can at worst
@@ -31,6 +59,11 @@ pub fn learn(src: [u8; 6], port: u32, now: u64, stats: &mut PortStats) {
             return;
         }
         if entry.ifindex != port {
+            if !charge(port, now, aging_ns) {
+                stats.learn_limited += 1;
+                return;
+            }
+            credit(entry.ifindex);
             entry.ifindex = port;
             entry.updated_ns = now;
             stats.moved += 1;
@@ -39,15 +72,118 @@ pub fn learn(src: [u8; 6], port: u32, now: u64, stats: &mut PortStats) {
         }
         return;
     }
+    learn_new(key, port, now, aging_ns, stats);
+}
+
+/// The rare path of `learn`: a MAC the table does not have.
+#[inline(never)]
+fn learn_new(key: FdbKey, port: u32, now: u64, aging_ns: u64, stats: &mut PortStats) {
+    if !charge(port, now, aging_ns) {
+        stats.learn_limited += 1;
+        return;
+    }
     let entry = FdbEntry {
         ifindex: port,
         flags: 0,
         updated_ns: now,
     };
-    // BPF_NOEXIST: a racing CPU may have learned it; either is right.
-    if FDB.insert(key, entry, 1).is_ok() {
-        stats.learned += 1;
+    // BPF_NOEXIST: a racing CPU may have learned it; either is right, and
+    // only the one that inserted keeps its charge.
+    match FDB.insert(key, entry, 1) {
+        Ok(()) => stats.learned += 1,
+        Err(e) => {
+            credit(port);
+            // -E2BIG: the table is full.
+            if e == -7 {
+                stats.learn_limited += 1;
+            }
+        }
     }
+}
+
+/// Take one entry of `port`'s budget; at the limit, sweep aged entries
+/// (at most once a second per port) and try again.
+#[inline(always)]
+fn charge(port: u32, now: u64, aging_ns: u64) -> bool {
+    let Some(budget) = LEARN.get_ptr_mut(port) else {
+        // A port without a budget (attached by an older umlbr): no limit.
+        return true;
+    };
+    // SAFETY: pointer into a map value that lives as long as the map.
+    let budget = unsafe { &mut *budget };
+    if budget.max != 0 && budget.count >= budget.max {
+        if now.wrapping_sub(budget.swept_ns) < FDB_SWEEP_INTERVAL_NS {
+            return false;
+        }
+        budget.swept_ns = now;
+        sweep(now, aging_ns);
+        if budget.count >= budget.max {
+            return false;
+        }
+    }
+    // Checked, then added: CPUs racing here can overshoot the limit by at
+    // most one entry each.
+    atomic_add(&mut budget.count, 1);
+    true
+}
+
+/// Give back one entry of `port`'s budget.
+#[inline(always)]
+fn credit(port: u32) {
+    if let Some(budget) = LEARN.get_ptr_mut(port) {
+        // SAFETY: as in `charge`.
+        let budget = unsafe { &mut *budget };
+        if budget.count > 0 {
+            atomic_add(&mut budget.count, u32::MAX);
+        }
+    }
+}
+
+#[inline(always)]
+fn atomic_add(v: &mut u32, n: u32) {
+    // core has no atomic types for BPF; with its result unused this
+    // intrinsic is one BPF_ATOMIC add (BPF_XADD), which every kernel has.
+    // SAFETY: `v` is a valid, aligned u32.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(v, n) };
+}
+
+#[repr(C)]
+struct Sweep {
+    now: u64,
+    aging_ns: u64,
+}
+
+/// Remove every aged learned entry, crediting its port.
+#[inline(never)]
+fn sweep(now: u64, aging_ns: u64) {
+    let mut ctx = Sweep { now, aging_ns };
+    // SAFETY: the helper walks FDB and calls `sweep_one` for each element
+    // with the map, the key, the value and `ctx`.
+    unsafe {
+        bpf_for_each_map_elem(
+            &FDB as *const _ as *mut c_void,
+            sweep_one as *mut c_void,
+            &mut ctx as *mut Sweep as *mut c_void,
+            0,
+        );
+    }
+}
+
+extern "C" fn sweep_one(
+    map: *mut c_void,
+    key: *const FdbKey,
+    entry: *const FdbEntry,
+    ctx: *const Sweep,
+) -> i64 {
+    // SAFETY: the helper passes valid pointers to the element and `ctx`.
+    let (entry, ctx) = unsafe { (*entry, &*ctx) };
+    if entry.flags & FDB_F_STATIC == 0 && ctx.now.wrapping_sub(entry.updated_ns) > ctx.aging_ns {
+        // SAFETY: deleting the element being visited is allowed.
+        if unsafe { bpf_map_delete_elem(map, key as *const c_void) } == 0 {
+            credit(entry.ifindex);
+        }
+    }
+    0
 }
 
 /// Port behind `dst` and whether it is the port's own host MAC, if known
@@ -59,7 +195,10 @@ pub fn lookup(dst: [u8; 6], now: u64, aging_ns: u64) -> Option<(u32, bool)> {
     // SAFETY: pointer into the map value, read once.
     let entry = unsafe { *entry };
     if entry.flags & FDB_F_STATIC == 0 && now.wrapping_sub(entry.updated_ns) > aging_ns {
-        let _ = FDB.remove(key);
+        // Only the CPU whose removal succeeds gives the entry back.
+        if FDB.remove(key).is_ok() {
+            credit(entry.ifindex);
+        }
         return None;
     }
     Some((entry.ifindex, entry.flags & FDB_F_LOCAL != 0))

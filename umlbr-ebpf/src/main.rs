@@ -7,6 +7,9 @@
 //! own frames for guests straight to their ports.
 #![no_std]
 #![no_main]
+// atomic_xadd: core has no atomic types for bpfel-unknown-none.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod csum;
 mod fdb;
@@ -36,6 +39,11 @@ use crate::{
 /// redirect target for XDP.
 #[map(name = "UMLBR_PORTS")]
 static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+/// The masquerade uplink alone, the NAT's XDP redirect target. It is kept
+/// out of PORTS, so that no flood ever leaves through it untranslated.
+#[map(name = "UMLBR_NAT_TX")]
+static NAT_TX: DevMapHash = DevMapHash::with_max_entries(1, 0);
 
 /// Every port as a dense list, for TC flooding (there is no broadcast
 /// redirect for skbs).
@@ -167,7 +175,7 @@ fn xdp_nat_out(
     match nat::out(ctx, n, src) {
         nat::Out::NotNat if csum::looks_partial(ctx.data(), ctx.data_end()) => xdp_action::XDP_PASS,
         nat::Out::NotNat => redirect_xdp(port, stats),
-        nat::Out::Redirect(ifx) => redirect_xdp(ifx, stats),
+        nat::Out::Redirect(ifx) => redirect_via(&NAT_TX, ifx, stats),
         nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
     }
 }
@@ -176,7 +184,12 @@ fn xdp_nat_out(
 /// fall back to TC (XDP_PASS).
 #[inline(always)]
 fn redirect_xdp(port: u32, stats: &mut PortStats) -> u32 {
-    match PORTS.redirect(port, xdp_action::XDP_PASS as u64) {
+    redirect_via(&PORTS, port, stats)
+}
+
+#[inline(always)]
+fn redirect_via(devmap: &DevMapHash, port: u32, stats: &mut PortStats) -> u32 {
+    match devmap.redirect(port, xdp_action::XDP_PASS as u64) {
         Ok(action) => {
             stats.forwarded += 1;
             action
@@ -195,7 +208,7 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     }
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
-        nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), config().aging_ns) {
+        nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), fdb::aging_ns(config())) {
             Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
             _ => PORTS
@@ -344,7 +357,7 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
-            match fdb::lookup(mac, fdb::now(), cfg.aging_ns) {
+            match fdb::lookup(mac, fdb::now(), fdb::aging_ns(cfg)) {
                 Some((port, false)) => redirect(port, 0),
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, cfg.host_port, 0);
@@ -423,7 +436,7 @@ pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
         clone_to_ports(&ctx, cfg.nr_ports, cfg.uplink, cfg.host_port);
         return TC_ACT_OK as i32;
     }
-    match fdb::lookup(dst, fdb::now(), cfg.aging_ns) {
+    match fdb::lookup(dst, fdb::now(), fdb::aging_ns(cfg)) {
         Some((port, false)) if port != cfg.uplink => redirect(port, 0),
         _ => TC_ACT_OK as i32,
     }

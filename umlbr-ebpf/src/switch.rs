@@ -1,6 +1,6 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use umlbr_common::{Config, DEFAULT_AGING_SECS, NatConfig, PortStats};
+use umlbr_common::{Config, NatConfig, PortStats};
 
 use crate::fdb;
 
@@ -44,8 +44,8 @@ pub fn for_gateway<'a>(
 
 /// Learn the source and decide where the frame goes; `to_gw`: the frame
 /// is for the gateway (see `for_gateway`). Counts `learned`, `moved` and
-/// the reasons for `dropped`; the caller counts the rest once it knows
-/// which program finishes the frame.
+/// `learn_limited`; the caller counts the rest, `dropped` included, once
+/// it knows which program finishes the frame.
 #[inline(always)]
 pub fn decide(
     cfg: &Config,
@@ -60,18 +60,14 @@ pub fn decide(
         return Verdict::Drop;
     }
     let now = fdb::now();
-    fdb::learn(src, ingress, now, stats);
+    let aging_ns = fdb::aging_ns(cfg);
+    fdb::learn(src, ingress, now, aging_ns, stats);
     if to_gw {
         return unicast(cfg.host_port, ingress);
     }
     if is_multicast(&dst) {
         return Verdict::Flood;
     }
-    let aging_ns = if cfg.aging_ns != 0 {
-        cfg.aging_ns
-    } else {
-        DEFAULT_AGING_SECS * 1_000_000_000
-    };
     match fdb::lookup(dst, now, aging_ns) {
         Some((port, true)) => Verdict::Local(port),
         Some((port, false)) => unicast(port, ingress),

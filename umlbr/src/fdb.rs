@@ -51,9 +51,37 @@ pub fn put(maps: &mut Maps, mac: [u8; 6], ifindex: u32, what: Entry) -> Result<(
         flags,
         updated_ns: sys::monotonic_coarse_ns(),
     };
+    let key = FdbKey::new(mac);
+    let old = maps.fdb.get(&key, 0).ok();
     maps.fdb
-        .insert(FdbKey::new(mac), entry, 0)
-        .map_err(map_err(names::FDB))
+        .insert(key, entry, 0)
+        .map_err(map_err(names::FDB))?;
+    if let Some(old) = old {
+        account(maps, &old, -1);
+    }
+    account(maps, &entry, 1);
+    Ok(())
+}
+
+/// Keep a port's learning budget in step with a learned entry userspace
+/// adds (`delta` 1) or removes (-1); the datapath does the same for its
+/// own. Not atomic against the datapath: a racing update can be lost,
+/// leaving the count off by one, which only moves the limit by one.
+fn account(maps: &mut Maps, entry: &FdbEntry, delta: i32) {
+    if entry.flags & FDB_F_STATIC != 0 {
+        return;
+    }
+    if let Ok(mut b) = maps.learn.get(&entry.ifindex, 0) {
+        b.count = b.count.saturating_add_signed(delta);
+        let _ = maps.learn.insert(entry.ifindex, b, 0);
+    }
+}
+
+/// Remove the entry under `key` and give back its port's budget.
+fn remove(maps: &mut Maps, key: &FdbKey, entry: &FdbEntry) -> Result<()> {
+    maps.fdb.remove(key).map_err(map_err(names::FDB))?;
+    account(maps, entry, -1);
+    Ok(())
 }
 
 /// Forget every MAC behind port `ifindex`.
@@ -70,8 +98,8 @@ pub fn forget_port(maps: &mut Maps, ifindex: u32) {
     }
 }
 
-/// Entries of `br`, oldest last; aged-out learned entries are removed on
-/// the way (the datapath ignores them already).
+/// Entries of `br`, by port and then MAC; aged-out learned entries are
+/// removed on the way (the datapath ignores them already).
 pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
     let names: StdHashMap<u32, String> = net
         .links()
@@ -87,7 +115,7 @@ pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
         let is_static = v.flags & FDB_F_STATIC != 0;
         let age_ns = now.saturating_sub(v.updated_ns);
         if !is_static && age_ns > aging_ns {
-            let _ = br.maps.fdb.remove(&k);
+            let _ = remove(&mut br.maps, &k, &v);
             continue;
         }
         let port = match names.get(&v.ifindex) {
@@ -140,12 +168,12 @@ pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Resul
 pub async fn del(net: &Net, mac: [u8; 6], bridge: Option<&str>) -> Result<String> {
     let mut br = Bridge::open_or_only(net, bridge).await?;
     let key = FdbKey::new(mac);
-    if br.maps.fdb.get(&key, 0).is_err() {
+    let Ok(entry) = br.maps.fdb.get(&key, 0) else {
         return Err(Error::NoSuchFdbEntry {
             mac: fmt_mac(&mac),
             bridge: br.name.clone(),
         });
-    }
-    br.maps.fdb.remove(&key).map_err(map_err(names::FDB))?;
+    };
+    remove(&mut br.maps, &key, &entry)?;
     Ok(br.name)
 }

@@ -123,7 +123,12 @@ async fn set_up_host(
     sw: &Link,
     opts: &UpOptions,
 ) -> Result<()> {
-    port::register(maps, sw, PORT_KIND_HOST, 0)?;
+    port::register(
+        maps,
+        sw,
+        (PORT_KIND_HOST, 0),
+        port::default_max_learned(PORT_KIND_HOST),
+    )?;
     let mut c = maps.config()?;
     c.host_port = sw.index;
     maps.set_config(c)?;
@@ -152,7 +157,11 @@ async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<(
     let mut maps = hook_switch_port(net, ebpf, &sw).await?;
     set_up_host(net, &mut maps, &host, &sw, opts).await?;
     if let Some(uplink) = &opts.uplink {
-        port::attach(net, uplink, Some(name), true, false).await?;
+        let opts = port::AttachOptions {
+            uplink: true,
+            ..Default::default()
+        };
+        port::attach(net, uplink, Some(name), opts).await?;
     }
     if let Some((iface, nopts)) = &opts.masquerade {
         nat::attach(net, iface, Some(name), nopts).await?;

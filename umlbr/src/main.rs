@@ -189,7 +189,12 @@ async fn masquerade(net: &Net, a: AttachArgs) -> Result<()> {
 }
 
 async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
-    let p = port::attach(net, &a.iface, a.bridge.as_deref(), a.uplink, a.tc_only).await?;
+    let opts = port::AttachOptions {
+        uplink: a.uplink,
+        tc_only: a.tc_only,
+        max_learned: a.max_learned,
+    };
+    let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = if p.uplink { " as its uplink" } else { "" };
     let why = p
         .no_xdp_reason

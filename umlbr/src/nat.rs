@@ -268,7 +268,7 @@ async fn connect(
 ) -> Result<()> {
     let xdp_tx = cfg.flags & NAT_F_XDP_TX != 0;
     if xdp_tx {
-        br.maps.add_to_devmap(link.index, &link.name)?;
+        br.maps.add_nat_tx(link.index, &link.name)?;
     }
     for (dst, len, mtu) in route_mtus {
         let key = aya::maps::lpm_trie::Key::new(*len as u32, u32::from(*dst).to_be());
@@ -319,7 +319,7 @@ async fn release(net: &Net, br: &mut Bridge, link: &Link, progs: &Programs) {
     if let Ok(Some(now)) = net.link_by_index(link.index).await {
         let _ = port::unhook(net, &now, progs).await;
     }
-    let _ = br.maps.ports.remove(link.index);
+    let _ = br.maps.nat_tx.remove(link.index);
     let _ = br.maps.set_nat_config(NatConfig::default());
     flush(br);
     slow_path_off(&br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0);

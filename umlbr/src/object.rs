@@ -15,7 +15,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortStats, names,
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortLearn, PortStats,
+    names,
 };
 
 use crate::{
@@ -243,6 +244,10 @@ pub struct Maps {
     pub nat_config: Array<MapData, NatConfig>,
     pub nat_stats: PerCpuArray<MapData, NatStats>,
     pub nat_mtu: LpmTrie<MapData, u32, u32>,
+    /// Each port's learning budget.
+    pub learn: HashMap<MapData, u32, PortLearn>,
+    /// The masquerade uplink alone (never a flood target).
+    pub nat_tx: DevMapHash<MapData>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -289,6 +294,8 @@ impl Maps {
             nat_config: typed(take(names::NAT_CONFIG)?, names::NAT_CONFIG)?,
             nat_stats: typed(take(names::NAT_STATS)?, names::NAT_STATS)?,
             nat_mtu: typed(take(names::NAT_MTU)?, names::NAT_MTU)?,
+            learn: typed(take(names::LEARN)?, names::LEARN)?,
+            nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
         })
     }
 
@@ -323,8 +330,16 @@ impl Maps {
 
     /// Add `ifindex` to the devmap (named `iface` in errors).
     pub fn add_to_devmap(&mut self, ifindex: u32, iface: &str) -> Result<()> {
-        self.ports
-            .insert(ifindex, ifindex, None, 0)
+        Self::devmap_insert(&mut self.ports, ifindex, iface)
+    }
+
+    /// Make `ifindex` the masquerade's XDP redirect target.
+    pub fn add_nat_tx(&mut self, ifindex: u32, iface: &str) -> Result<()> {
+        Self::devmap_insert(&mut self.nat_tx, ifindex, iface)
+    }
+
+    fn devmap_insert(map: &mut DevMapHash<MapData>, ifindex: u32, iface: &str) -> Result<()> {
+        map.insert(ifindex, ifindex, None, 0)
             .map_err(|err| Error::DevMap {
                 iface: iface.into(),
                 err,

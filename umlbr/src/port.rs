@@ -3,8 +3,9 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
-    CFG_F_TC_FLOOD, MAX_PORTS, PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_KIND_OTHER,
-    PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats, names,
+    CFG_F_TC_FLOOD, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK, MAX_PORTS, PORT_F_NO_XDP_TX,
+    PORT_F_WAS_PROMISC, PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PortLearn, PortStats,
+    names,
 };
 
 use crate::{
@@ -17,9 +18,37 @@ use crate::{
     object::{Maps, Programs, Tc, fd_of, map_err, prog_fd},
 };
 
-/// Add `link` to the bridge's maps: flood list, stats slot, and the devmap
-/// unless it cannot take XDP frames.
-pub fn register(maps: &mut Maps, link: &Link, kind: u32, flags: u32) -> Result<()> {
+/// How `attach` makes an interface a port.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttachOptions {
+    /// The host's NIC onto the LAN.
+    pub uplink: bool,
+    /// Switched by the TC program alone.
+    pub tc_only: bool,
+    /// Most MACs the port may learn (0: no limit); by default
+    /// `default_max_learned` of its kind.
+    pub max_learned: Option<u32>,
+}
+
+/// The learning limit a port of `kind` gets unless told otherwise: an
+/// uplink has a LAN behind it, every other port one guest (or the host).
+pub fn default_max_learned(kind: u32) -> u32 {
+    if kind == PORT_KIND_UPLINK {
+        DEFAULT_MAX_LEARNED_UPLINK
+    } else {
+        DEFAULT_MAX_LEARNED
+    }
+}
+
+/// Add `link` to the bridge's maps: flood list, stats slot, learning
+/// budget of `max_learned` MACs, and the devmap unless it cannot take XDP
+/// frames.
+pub fn register(
+    maps: &mut Maps,
+    link: &Link,
+    (kind, flags): (u32, u32),
+    max_learned: u32,
+) -> Result<()> {
     let mut c = maps.config()?;
     if c.nr_ports >= MAX_PORTS {
         return Err(Error::TooManyPorts {
@@ -38,6 +67,13 @@ pub fn register(maps: &mut Maps, link: &Link, kind: u32, flags: u32) -> Result<(
     maps.stats
         .insert(link.index, values, 0)
         .map_err(map_err(names::PORT_STATS))?;
+    let budget = PortLearn {
+        max: max_learned,
+        ..Default::default()
+    };
+    maps.learn
+        .insert(link.index, budget, 0)
+        .map_err(map_err(names::LEARN))?;
     maps.port_list
         .set(c.nr_ports, link.index, 0)
         .map_err(map_err(names::PORT_LIST))?;
@@ -81,6 +117,7 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     maps.set_config(c)?;
     let _ = maps.stats.remove(&ifindex);
     fdb::forget_port(maps, ifindex);
+    let _ = maps.learn.remove(&ifindex);
     Ok(())
 }
 
@@ -263,9 +300,11 @@ pub async fn attach(
     net: &Net,
     iface: &str,
     bridge: Option<&str>,
-    uplink: bool,
-    tc_only: bool,
+    opts: AttachOptions,
 ) -> Result<Attached> {
+    let AttachOptions {
+        uplink, tc_only, ..
+    } = opts;
     let link = net.require(iface).await?;
     let progs = Programs::read();
     check_free(net, &link, &progs).await?;
@@ -275,7 +314,8 @@ pub async fn attach(
         check_no_uplink(net, &br).await?;
     }
     let (kind, flags, no_xdp_reason) = role(&link, uplink, tc_only);
-    register(&mut br.maps, &link, kind, flags).map_err(|e| match e {
+    let max_learned = opts.max_learned.unwrap_or(default_max_learned(kind));
+    register(&mut br.maps, &link, (kind, flags), max_learned).map_err(|e| match e {
         Error::TooManyPorts { max, .. } => Error::TooManyPorts {
             bridge: br.name.clone(),
             max,

@@ -30,6 +30,10 @@ pub struct PortView {
     pub xdp: XdpMode,
     pub tc: &'static str,
     pub up: bool,
+    /// Learned MACs behind the port now, as the datapath counts them.
+    pub learned_macs: u32,
+    /// Most MACs the port may learn (`attach --max-learned`; 0: no limit).
+    pub max_learned: u32,
     pub stats: PortCounters,
 }
 
@@ -72,6 +76,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         .get(&ifindex, 0)
         .map(|v| sum(&v))
         .unwrap_or_default();
+    let budget = br.maps.learn.get(&ifindex, 0).unwrap_or_default();
     let Some(l) = link else {
         return PortView {
             name: format!("if{ifindex} (gone)"),
@@ -80,6 +85,8 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
             xdp: XdpMode::None,
             tc: "none",
             up: false,
+            learned_macs: budget.count,
+            max_learned: budget.max,
             stats: PortCounters {
                 datapath,
                 ..Default::default()
@@ -93,6 +100,8 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         xdp: l.xdp_mode,
         tc: if tc_on { "tcx" } else { "none" },
         up: l.up,
+        learned_macs: budget.count,
+        max_learned: budget.max,
         stats: PortCounters {
             datapath,
             tx_packets: l.tx_packets,

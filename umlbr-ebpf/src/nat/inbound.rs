@@ -151,7 +151,7 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
     }
     if P::XDP
         && !matches!(
-            crate::fdb::lookup(e.mac, now, crate::config().aging_ns),
+            crate::fdb::lookup(e.mac, now, crate::fdb::aging_ns(crate::config())),
             Some((_, false))
         )
     {

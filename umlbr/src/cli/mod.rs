@@ -125,6 +125,13 @@ pub struct AttachArgs {
     /// without this flag.
     #[arg(long, conflicts_with_all = MASQUERADE_ARGS)]
     pub tc_only: bool,
+    /// Most MACs the port may learn (0: no limit but the table's size);
+    /// sources beyond it are not learned, their frames still switched, and
+    /// counted as learn_limited in `umlbr stats`. This keeps a guest that
+    /// floods source MACs from filling the table. Default 256, 32768 for
+    /// an uplink.
+    #[arg(long, value_name = "N", conflicts_with_all = MASQUERADE_ARGS)]
+    pub max_learned: Option<u32>,
     #[command(flatten)]
     pub nat: NatArgs,
 }

@@ -31,16 +31,21 @@ pub fn show(views: &[BridgeView]) {
             "{}  host {}  switch port {}  aging {} s  {} MACs",
             v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
         );
-        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE");
+        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX");
         for p in &v.ports {
+            let max = match p.max_learned {
+                0 => "-".to_string(),
+                m => m.to_string(),
+            };
             println!(
-                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {}",
+                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {:<6} {}/{max}",
                 p.name,
                 p.ifindex,
                 p.kind,
                 p.xdp.as_str(),
                 p.tc,
-                if p.up { "up" } else { "down" }
+                if p.up { "up" } else { "down" },
+                p.learned_macs,
             );
         }
     }
@@ -51,12 +56,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED LEARNED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -64,6 +69,7 @@ pub fn stats(views: &[BridgeView]) {
                 s.flooded,
                 s.dropped,
                 s.learned,
+                s.learn_limited,
                 s.xdp_native,
                 s.xdp_generic,
                 s.tc,

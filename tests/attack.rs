@@ -1,0 +1,498 @@
+//! Attacks by an untrusted guest (SECURITY.md), each run against umlbr and,
+//! as the oracle, against the recipe umlbr replaces (Linux bridge, nftables
+//! masquerade). The guests are test threads writing raw frames into their
+//! taps, as a hostile guest kernel could; the LAN is a thread reading the
+//! uplink tap, which, like a real NIC, takes XDP.
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use umlbr_tests::{
+    netns::{InNetns, Netns, open_tap},
+    wire::{BROADCAST, Frame, Mac, ethertype, mac},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Umlbr,
+    Kernel,
+}
+
+const GUEST: &str = "02:00:00:00:00:10";
+const UPLINK_MAC: &str = "02:00:00:00:01:01";
+const LAN_PEER_MAC: &str = "02:00:00:00:99:02";
+
+/// Every frame waiting in a tap's queue, until it stays empty for `quiet`.
+fn drain(tap: &mut File, quiet: Duration) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        match tap.read(&mut buf) {
+            Ok(n) => {
+                frames.push(buf[..n].to_vec());
+                last = Instant::now();
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    frames
+}
+
+fn src_mac(f: &[u8]) -> Mac {
+    f[6..12].try_into().unwrap()
+}
+
+/// The guest's subnet behind a masquerade out of up0, a tap standing in for
+/// the host's NIC (10.99.0.1/24, the LAN's router 10.99.0.2 resolved
+/// statically so that nothing waits for ARP).
+fn masquerade_lab(ns: &Netns, kind: Kind) -> Result<()> {
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set tap0 up && \
+         ip neigh replace 10.99.0.2 lladdr {LAN_PEER_MAC} dev up0 nud permanent && \
+         ip route add default via 10.99.0.2"
+    ))?;
+    match kind {
+        Kind::Umlbr => {
+            ns.umlbr_ok(&[
+                "up",
+                "br0",
+                "--address",
+                "192.168.2.1/24",
+                "--masquerade",
+                "up0",
+            ])?;
+            ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+        }
+        Kind::Kernel => {
+            ns.sh(
+                "ip link add br0 type bridge stp_state 0 forward_delay 0 && \
+                 ip addr add 192.168.2.1/24 dev br0 && ip link set br0 up && \
+                 ip link set tap0 master br0 && sysctl -qw net.ipv4.ip_forward=1 && \
+                 nft add table ip t && \
+                 nft add chain ip t post '{ type nat hook postrouting priority 100; }' && \
+                 nft add rule ip t post ip saddr 192.168.2.0/24 oifname up0 masquerade",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Scenario D: what a guest floods (broadcast ARP with any sender address,
+/// DHCP, router advertisements, unknown unicast) must never leave through
+/// the masquerade uplink untranslated; only routed, translated packets do.
+fn guest_floods_stay_off_the_lan(kind: Kind) -> Result<()> {
+    let ns = Netns::new("atk-flood")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, kind)?;
+    let guest = mac(GUEST);
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(300));
+
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "broadcast ARP with a LAN sender address",
+            Frame::new(BROADCAST, guest)
+                .arp_request(Ipv4Addr::new(10, 99, 0, 77), Ipv4Addr::new(10, 99, 0, 2))
+                .pad_min()
+                .build(),
+        ),
+        (
+            "DHCP discover",
+            Frame::new(BROADCAST, guest)
+                .udp(
+                    Ipv4Addr::UNSPECIFIED,
+                    68,
+                    Ipv4Addr::BROADCAST,
+                    67,
+                    &[1u8; 240],
+                )
+                .build(),
+        ),
+        (
+            "IPv6 router advertisement",
+            Frame::new(mac("33:33:00:00:00:01"), guest)
+                .ethertype(ethertype::IPV6)
+                .payload(&router_advertisement())
+                .build(),
+        ),
+        (
+            "unknown unicast",
+            Frame::new(mac(LAN_PEER_MAC), guest)
+                .udp(
+                    Ipv4Addr::new(192, 168, 2, 10),
+                    4000,
+                    Ipv4Addr::new(10, 99, 0, 2),
+                    5000,
+                    b"leak",
+                )
+                .pad_min()
+                .build(),
+        ),
+    ];
+    let mut leaks = Vec::new();
+    for (what, frame) in &attacks {
+        for _ in 0..10 {
+            tap0.write_all(frame).context("writing to tap0")?;
+        }
+        let seen = drain(&mut up0, Duration::from_millis(300));
+        let n = seen.iter().filter(|f| src_mac(f) == guest).count();
+        if n > 0 {
+            leaks.push(format!("{what}: {n} of 10"));
+        }
+    }
+
+    // The oracle that up0's reader sees what the bridge sends there: a
+    // routed datagram leaves translated, from the uplink's MAC and address.
+    let routed = Frame::new(gw_mac, guest)
+        .udp(
+            Ipv4Addr::new(192, 168, 2, 10),
+            4000,
+            Ipv4Addr::new(10, 99, 0, 2),
+            5000,
+            b"routed",
+        )
+        .pad_min()
+        .build();
+    let mut translated = 0;
+    for _ in 0..3 {
+        tap0.write_all(&routed)?;
+        let seen = drain(&mut up0, Duration::from_millis(300));
+        translated += seen
+            .iter()
+            .filter(|f| {
+                src_mac(f) == mac(UPLINK_MAC)
+                    && f.len() >= 34
+                    && f[12..14] == [0x08, 0x00]
+                    && f[26..30] == [10, 99, 0, 1]
+            })
+            .count();
+    }
+    ensure!(
+        translated == 3,
+        "{kind:?}: {translated} of 3 routed datagrams left up0 translated (the reader sees nothing?)"
+    );
+    ensure!(
+        leaks.is_empty(),
+        "{kind:?}: guest frames left through the masquerade uplink untranslated: {}",
+        leaks.join("; ")
+    );
+    Ok(())
+}
+
+/// An ICMPv6 router advertisement from a link-local address, all-nodes.
+fn router_advertisement() -> Vec<u8> {
+    let src = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let dst = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // type 134, code 0, checksum, hop limit 64, flags, lifetime 1800 s,
+    // reachable, retrans: enough for a router to act on.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut sum: u32 = 0;
+    for c in src.chunks(2).chain(dst.chunks(2)) {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    sum += icmp.len() as u32 + 58;
+    for c in icmp.chunks(2) {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[58, 255]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(&icmp);
+    ip
+}
+
+#[test]
+fn guest_floods_stay_off_the_lan_umlbr() -> Result<()> {
+    guest_floods_stay_off_the_lan(Kind::Umlbr)
+}
+
+#[test]
+fn guest_floods_stay_off_the_lan_kernel() -> Result<()> {
+    guest_floods_stay_off_the_lan(Kind::Kernel)
+}
+
+/// Three guests: the victim (tap0), the attacker (tap1) and a peer (tap2)
+/// that talks to the victim.
+fn three_ports(ns: &Netns, kind: Kind) -> Result<()> {
+    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+    match kind {
+        Kind::Umlbr => {
+            ns.umlbr_ok(&["up", "br0"])?;
+            for t in ["tap0", "tap1", "tap2"] {
+                ns.umlbr_ok(&["attach", t, "--bridge", "br0"])?;
+            }
+        }
+        Kind::Kernel => {
+            // As large a table as umlbr's, so only the policy differs.
+            ns.sh(
+                "ip link add br0 type bridge stp_state 0 forward_delay 0 && \
+                 ip link set br0 up && for t in tap0 tap1 tap2; do \
+                 ip link set $t master br0; done",
+            )?;
+        }
+    }
+    ns.sh("for t in tap0 tap1 tap2; do ip link set $t up; done")?;
+    Ok(())
+}
+
+fn fdb_has(ns: &Netns, kind: Kind, mac: &str) -> Result<bool> {
+    Ok(match kind {
+        Kind::Umlbr => {
+            let v: Value = serde_json::from_str(&ns.umlbr_ok(&["fdb", "show", "br0", "--json"])?)?;
+            v.as_array()
+                .context("fdb show --json is not an array")?
+                .iter()
+                .any(|e| e["mac"].as_str() == Some(mac))
+        }
+        Kind::Kernel => ns
+            .sh_output(&format!("bridge fdb get {mac} br br0"))?
+            .status
+            .success(),
+    })
+}
+
+/// A guest sending from a million random source MACs must not push the
+/// other guests (or the host's static entry) out of the table: unicast for
+/// them would then be flooded, to the attacker too.
+fn mac_flood_keeps_the_others(kind: Kind) -> Result<()> {
+    let ns = Netns::new("atk-macs")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps: Vec<File> = ["tap0", "tap1", "tap2"]
+        .iter()
+        .map(|t| open_tap(t))
+        .collect::<Result<_>>()?;
+    three_ports(&ns, kind)?;
+    let (victim, attacker, peer) = (
+        mac("02:00:00:00:00:0a"),
+        mac("02:00:00:00:00:0b"),
+        mac("02:00:00:00:00:0c"),
+    );
+    // Everyone announces itself.
+    for (i, m) in [victim, attacker, peer].into_iter().enumerate() {
+        let f = Frame::new(BROADCAST, m)
+            .arp_request(
+                Ipv4Addr::new(10, 0, 0, 1 + i as u8),
+                Ipv4Addr::new(10, 0, 0, 9),
+            )
+            .pad_min()
+            .build();
+        taps[i].write_all(&f)?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for t in taps.iter_mut() {
+        drain(t, Duration::from_millis(100));
+    }
+    ensure!(
+        fdb_has(&ns, kind, "02:00:00:00:00:0a")?,
+        "{kind:?}: the victim was not learned"
+    );
+
+    // The flood: each frame from a new random (unicast, locally
+    // administered) MAC to the attacker's own MAC, so the switch learns the
+    // source and drops the frame instead of flooding it.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut frame = Frame::new(attacker, attacker).pad_min().build();
+    // From every CPU in turn: an LRU table keeps per-CPU lists, and a
+    // flood from one CPU alone would leave entries another CPU inserted
+    // to chance.
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        pin_to_cpu(cpu)?;
+        let quota = 1_000_000 / cpus as u32 * (cpu as u32 + 1);
+        while sent < quota && started.elapsed() < Duration::from_secs(60) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let b = state.to_be_bytes();
+            frame[6..12].copy_from_slice(&[0x02 | (b[0] & 0xfc), b[1], b[2], b[3], b[4], b[5]]);
+            if taps[1].write(&frame).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    unpin()?;
+    println!("{kind:?}: {sent} source MACs in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(200));
+    for t in taps.iter_mut() {
+        drain(t, Duration::from_millis(200));
+    }
+
+    // The peer now sends 20 frames to the victim.
+    let to_victim = Frame::new(victim, peer).pattern(64).build();
+    for _ in 0..20 {
+        taps[2].write_all(&to_victim)?;
+    }
+    let at_attacker = drain(&mut taps[1], Duration::from_millis(300))
+        .iter()
+        .filter(|f| f[..6] == victim)
+        .count();
+    let at_victim = drain(&mut taps[0], Duration::from_millis(100))
+        .iter()
+        .filter(|f| f[..6] == victim && src_mac(f) == peer)
+        .count();
+    let victim_kept = fdb_has(&ns, kind, "02:00:00:00:00:0a")?;
+    let host_mac = ns.sh("cat /sys/class/net/br0/address")?;
+    ensure!(
+        fdb_has(&ns, kind, host_mac.trim())?,
+        "{kind:?}: the host port's static entry {} is gone",
+        host_mac.trim()
+    );
+    // A guest that comes up after the flood is still learned, so frames
+    // for it are not flooded either.
+    let newcomer = mac("02:00:00:00:00:0d");
+    taps[2].write_all(&Frame::new(victim, newcomer).pattern(64).build())?;
+    drain(&mut taps[0], Duration::from_millis(100));
+    for _ in 0..20 {
+        taps[0].write_all(&Frame::new(newcomer, victim).pattern(64).build())?;
+    }
+    let newcomer_at_attacker = drain(&mut taps[1], Duration::from_millis(300))
+        .iter()
+        .filter(|f| f[..6] == newcomer)
+        .count();
+    ensure!(
+        newcomer_at_attacker == 0,
+        "{kind:?}: after the flood a new guest was not learned: {newcomer_at_attacker} of 20 \
+         frames for it reached the attacker"
+    );
+    ensure!(
+        at_victim == 20,
+        "{kind:?}: the victim got {at_victim} of 20 frames"
+    );
+    ensure!(
+        at_attacker == 0 && victim_kept,
+        "{kind:?}: after {sent} spoofed source MACs the victim's entry is {} and \
+         {at_attacker} of 20 frames for it reached the attacker",
+        if victim_kept { "kept" } else { "gone" }
+    );
+    Ok(())
+}
+
+fn set_affinity(cpus: impl IntoIterator<Item = usize>) -> Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET and
+    // sched_setaffinity(0, ...) act on this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    set_affinity([cpu])
+}
+
+fn unpin() -> Result<()> {
+    set_affinity(0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+#[test]
+fn mac_flood_keeps_the_others_umlbr() -> Result<()> {
+    mac_flood_keeps_the_others(Kind::Umlbr)
+}
+
+#[test]
+fn mac_flood_keeps_the_others_kernel() -> Result<()> {
+    mac_flood_keeps_the_others(Kind::Kernel)
+}
+
+fn port_json(ns: &Netns, port: &str) -> Result<Value> {
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    v["ports"]
+        .as_array()
+        .context("stats --json has no ports")?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(port))
+        .cloned()
+        .with_context(|| format!("no port {port} in stats --json"))
+}
+
+/// Write one frame from each of `n` new source MACs (02:5a:00:00:HH:LL
+/// plus `base`) into `tap`, to `dst`.
+fn from_new_macs(tap: &mut File, dst: Mac, base: u16, n: u16) -> Result<()> {
+    for i in 0..n {
+        let [hi, lo] = (base + i).to_be_bytes();
+        let f = Frame::new(dst, [0x02, 0x5a, 0, 0, hi, lo])
+            .pad_min()
+            .build();
+        tap.write_all(&f)?;
+    }
+    Ok(())
+}
+
+/// A port learns at most its limit (256 for a guest by default,
+/// `--max-learned` otherwise), counts the rest, and learns again once its
+/// entries have aged out.
+#[test]
+fn learning_limit_and_sweep() -> Result<()> {
+    let ns = Netns::new("atk-limit")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut tap1 = open_tap("tap1")?;
+    let _tap2 = open_tap("tap2")?;
+    ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+    ns.umlbr_ok(&["up", "br0", "--aging", "1"])?;
+    ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+    ns.umlbr_ok(&["attach", "tap1", "--bridge", "br0", "--max-learned", "10"])?;
+    ns.umlbr_ok(&["attach", "tap2", "--bridge", "br0"])?;
+    ns.sh("for t in tap0 tap1 tap2; do ip link set $t up; done")?;
+    let dst = mac("02:00:00:00:00:99");
+
+    from_new_macs(&mut tap0, dst, 0, 300)?;
+    from_new_macs(&mut tap1, dst, 1000, 20)?;
+    std::thread::sleep(Duration::from_millis(100));
+    for (port, learned, limited, max) in [("tap0", 256, 44, 256), ("tap1", 10, 10, 10)] {
+        let p = port_json(&ns, port)?;
+        let got = (
+            p["stats"]["learned"].as_u64(),
+            p["stats"]["learn_limited"].as_u64(),
+            p["learned_macs"].as_u64(),
+            p["max_learned"].as_u64(),
+        );
+        ensure!(
+            got == (Some(learned), Some(limited), Some(learned), Some(max)),
+            "{port}: (learned, learn_limited, learned_macs, max_learned) = {got:?}, \
+             expected ({learned}, {limited}, {learned}, {max})"
+        );
+    }
+
+    // Aging is 1 s and a port at its limit may sweep once a second: after
+    // 2.5 s the next new source is learned again.
+    std::thread::sleep(Duration::from_millis(2500));
+    from_new_macs(&mut tap0, dst, 5000, 1)?;
+    std::thread::sleep(Duration::from_millis(100));
+    ensure!(
+        fdb_has(&ns, Kind::Umlbr, "02:5a:00:00:13:88")?,
+        "after its entries aged out, tap0 did not learn a new MAC"
+    );
+    let p = port_json(&ns, "tap0")?;
+    ensure!(
+        p["stats"]["learned"].as_u64() == Some(257) && p["learned_macs"].as_u64() == Some(1),
+        "after the sweep: {p}"
+    );
+    Ok(())
+}
