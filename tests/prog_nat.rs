@@ -224,7 +224,8 @@ impl Bench {
 
     /// The state `umlbr up --address 192.168.2.1/24 --masquerade up0`
     /// leaves, with g1..g3 attached and their guests' MACs learned: every
-    /// port in the devmap (and up0, NAT_F_XDP_TX), flood list and stats;
+    /// port in the devmap (up0 in the NAT's, NAT_F_XDP_TX), flood list and
+    /// stats;
     /// the gateway's MAC on the host port; empty NAT tables, zero counters;
     /// `tweak` applied to the NAT settings. Taps drained.
     fn reset(&mut self, tweak: &dyn Fn(&mut NatConfig)) -> Result<()> {
@@ -234,10 +235,12 @@ impl Bench {
         let mut cfg = self.nat_cfg();
         tweak(&mut cfg);
         self.ctx.set_ports(&ports, None)?;
+        // The uplink is never a flood target: it is in a devmap of its own.
+        let _ = self.ctx.devmap_remove(names::PORTS, up);
         if cfg.flags & NAT_F_XDP_TX != 0 {
-            self.ctx.devmap_insert(up)?;
+            self.ctx.devmap_insert(names::NAT_TX, up)?;
         } else {
-            let _ = self.ctx.devmap_remove(up);
+            let _ = self.ctx.devmap_remove(names::NAT_TX, up);
         }
         self.ctx.set_config(Config {
             aging_ns: AGING_NS,

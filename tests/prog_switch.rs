@@ -24,7 +24,7 @@ use anyhow::{Context, Result, ensure};
 use aya::programs::TcAttachType;
 use umlbr_common::{
     CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_NO_XDP_TX,
-    PORT_KIND_OTHER, PortStats, names,
+    PORT_KIND_OTHER, PortLearn, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -900,7 +900,7 @@ impl Bench {
         }
         if let Some(at) = c.no_xdp_tx {
             let i = self.ifindex(at);
-            self.ctx.devmap_remove(i)?;
+            self.ctx.devmap_remove(names::PORTS, i)?;
             let s = PortStats {
                 kind: PORT_KIND_OTHER,
                 flags: PORT_F_NO_XDP_TX,
@@ -1213,5 +1213,115 @@ fn live_big_frame_goes_from_xdp_to_tc() -> Result<()> {
         s.tc == 1 && s.xdp_native == 0 && s.forwarded == 1 && s.rx_packets == 1,
         "{s:?}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The learning budget (UMLBR_LEARN).
+
+impl Bench {
+    fn budget(&mut self, at: At) -> Result<PortLearn> {
+        let i = self.ifindex(at);
+        let m: aya::maps::HashMap<&mut aya::maps::MapData, u32, PortLearn> =
+            self.ctx.map(names::LEARN)?;
+        Ok(m.get(&i, 0)?)
+    }
+
+    fn set_budget(&mut self, at: At, count: u32, max: u32, swept_ns: u64) -> Result<()> {
+        let i = self.ifindex(at);
+        let b = PortLearn {
+            count,
+            max,
+            swept_ns,
+        };
+        self.ctx.insert(names::LEARN, i, b)
+    }
+
+    /// Run `prog` on a frame from `src` on port `at`, to an unknown MAC.
+    fn from(&mut self, prog: Prog, at: At, src: Mac) -> Result<()> {
+        let f = Frame::new(mac("02:00:00:00:99:99"), src).pad_min().build();
+        let i = self.ifindex(at);
+        match prog {
+            Prog::Xdp => self.run_xdp(i, 0, &f).map(|_| ())?,
+            Prog::Tc => self.run_tc(i, &f).map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    /// The port each of `macs` is learned on, if any.
+    fn ports_of(&mut self, macs: &[Mac]) -> Result<Vec<Option<u32>>> {
+        let fdb = self.fdb()?;
+        Ok(macs
+            .iter()
+            .map(|m| fdb.iter().find(|(k, _)| k == m).map(|(_, e)| e.ifindex))
+            .collect())
+    }
+}
+
+/// A port learns at most its budget's `max` MACs and counts the sources
+/// over it; a MAC moves only to a port with room; at the limit, aged
+/// entries are swept out of the table (at most once a second) and give
+/// their room back. XDP and TC alike.
+#[test]
+fn learning_budget() -> Result<()> {
+    let mut b = Bench::new("budget")?;
+    let src = |n: u8| [0x02, 0, 0, 0, 0x10, n];
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset()?;
+        b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
+        let (p1, p2) = (b.ifindex(P1), b.ifindex(P2));
+        let now = now_coarse();
+        b.set_budget(P1, 0, 2, now)?;
+        b.set_budget(P2, 0, 1, now)?;
+        for n in 1..=3 {
+            b.from(prog, P1, src(n))?;
+        }
+        let got = b.ports_of(&[src(1), src(2), src(3)])?;
+        ensure!(
+            got == [Some(p1), Some(p1), None],
+            "{prog:?}: a budget of 2 on p1 learned {got:?}"
+        );
+        let s = b.stats()?;
+        ensure!(
+            b.budget(P1)?.count == 2 && s[0].learned == 2 && s[0].learn_limited == 1,
+            "{prog:?}: p1 budget {:?}, counters {:?}",
+            b.budget(P1)?,
+            counters(&s[0])
+        );
+
+        // p2 fills its budget of 1; src(1) then shows up there: no move.
+        b.from(prog, P2, src(9))?;
+        b.from(prog, P2, src(1))?;
+        let got = b.ports_of(&[src(9), src(1)])?;
+        let s = b.stats()?;
+        ensure!(
+            got == [Some(p2), Some(p1)]
+                && b.budget(P2)?.count == 1
+                && (s[1].learned, s[1].moved, s[1].learn_limited) == (1, 0, 1),
+            "{prog:?}: p2 full: {got:?}, budget {:?}, counters {:?}",
+            b.budget(P2)?,
+            counters(&s[1])
+        );
+
+        // p1's two entries age out; a new source on p1 sweeps them.
+        let old = now.wrapping_sub(2 * AGING_NS);
+        b.fdb_insert(src(1), p1, 0, old)?;
+        b.fdb_insert(src(2), p1, 0, old)?;
+        // Swept less than a second ago: no sweep yet.
+        b.set_budget(P1, 2, 2, now_coarse())?;
+        b.from(prog, P1, src(4))?;
+        ensure!(
+            b.ports_of(&[src(4)])? == [None],
+            "{prog:?}: swept twice within a second"
+        );
+        b.set_budget(P1, 2, 2, now_coarse().wrapping_sub(2 * SEC))?;
+        b.from(prog, P1, src(4))?;
+        let got = b.ports_of(&[src(1), src(2), src(4), src(9)])?;
+        ensure!(
+            got == [None, None, Some(p1), Some(p2)] && b.budget(P1)?.count == 1,
+            "{prog:?}: after the sweep {got:?}, p1 budget {:?}",
+            b.budget(P1)?
+        );
+    }
     Ok(())
 }

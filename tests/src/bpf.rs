@@ -189,14 +189,16 @@ impl Ctx {
         Ok(())
     }
 
-    pub fn devmap_insert(&mut self, ifindex: u32) -> Result<()> {
-        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+    /// Put `ifindex` in the devmap `map` (names::PORTS, the ports; or
+    /// names::NAT_TX, the masquerade uplink).
+    pub fn devmap_insert(&mut self, map: &str, ifindex: u32) -> Result<()> {
+        let mut devmap: DevMapHash<&mut MapData> = self.map(map)?;
         devmap.insert(ifindex, ifindex, None, 0)?;
         Ok(())
     }
 
-    pub fn devmap_remove(&mut self, ifindex: u32) -> Result<()> {
-        let mut devmap: DevMapHash<&mut MapData> = self.map(names::PORTS)?;
+    pub fn devmap_remove(&mut self, map: &str, ifindex: u32) -> Result<()> {
+        let mut devmap: DevMapHash<&mut MapData> = self.map(map)?;
         devmap.remove(ifindex)?;
         Ok(())
     }
