@@ -496,3 +496,177 @@ fn learning_limit_and_sweep() -> Result<()> {
     );
     Ok(())
 }
+
+/// Frames in `frames` that are ARP requests from sender address `spa`.
+fn arp_from(frames: &[Vec<u8>], spa: [u8; 4]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[28..32] == spa)
+        .count()
+}
+
+/// No guest sends with the host port's MAC, nor with the uplink's: the
+/// frames are dropped and counted as spoofed, so neither the other guests
+/// nor the LAN see the host's MAC come from a guest. (The kernel bridge
+/// forwards them: this is stricter than the recipe.)
+#[test]
+fn guest_cannot_send_as_the_host() -> Result<()> {
+    let ns = Netns::new("atk-spoof")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut tap1 = open_tap("tap1")?;
+    let mut up0 = open_tap("up0")?;
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip link set up0 up"
+    ))?;
+    ns.umlbr_ok(&["up", "br0", "--uplink", "up0"])?;
+    for t in ["tap0", "tap1"] {
+        ns.umlbr_ok(&["attach", t, "--bridge", "br0"])?;
+        ns.sh(&format!("ip link set {t} up"))?;
+    }
+    let host_mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut tap1, Duration::from_millis(200));
+    drain(&mut up0, Duration::from_millis(200));
+    let spa = [10, 66, 6, 6];
+    for src in [host_mac, mac(UPLINK_MAC)] {
+        let f = Frame::new(BROADCAST, src)
+            .arp_request(Ipv4Addr::from(spa), Ipv4Addr::new(10, 66, 6, 1))
+            .pad_min()
+            .build();
+        for _ in 0..10 {
+            tap0.write_all(&f)?;
+        }
+    }
+    let at_guest = arp_from(&drain(&mut tap1, Duration::from_millis(300)), spa);
+    let at_lan = arp_from(&drain(&mut up0, Duration::from_millis(100)), spa);
+    let p = port_json(&ns, "tap0")?;
+    ensure!(
+        at_guest == 0 && at_lan == 0,
+        "frames from tap0 with the host's or the uplink's MAC reached the other guest \
+         ({at_guest} of 20) and the LAN ({at_lan} of 20)"
+    );
+    ensure!(
+        p["stats"]["spoofed"].as_u64() == Some(20) && p["stats"]["dropped"].as_u64() >= Some(20),
+        "tap0's counters: {}",
+        p["stats"]
+    );
+    Ok(())
+}
+
+/// A guest may masquerade only its subnet's addresses: a datagram from
+/// any other source leaves neither translated nor untranslated, and is
+/// counted. (The recipe forwards it untranslated unless rp_filter is
+/// strict: this is stricter too.)
+#[test]
+fn guest_cannot_masquerade_other_sources() -> Result<()> {
+    let ns = Netns::new("atk-src")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, Kind::Umlbr)?;
+    let guest = mac(GUEST);
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(300));
+    let datagram = |src: Ipv4Addr, data: &[u8]| {
+        Frame::new(gw_mac, guest)
+            .udp(src, 4000, Ipv4Addr::new(10, 99, 0, 2), 5000, data)
+            .pad_min()
+            .build()
+    };
+    let has = |frames: &[Vec<u8>], data: &[u8]| {
+        frames
+            .iter()
+            .filter(|f| f.windows(data.len()).any(|w| w == data))
+            .count()
+    };
+    for src in [Ipv4Addr::new(10, 99, 0, 5), Ipv4Addr::new(172, 16, 0, 9)] {
+        for _ in 0..5 {
+            tap0.write_all(&datagram(src, b"foreign source"))?;
+        }
+    }
+    let leaked = has(
+        &drain(&mut up0, Duration::from_millis(400)),
+        b"foreign source",
+    );
+    // The same datagram from the guest's own subnet does leave.
+    for _ in 0..3 {
+        tap0.write_all(&datagram(Ipv4Addr::new(192, 168, 2, 10), b"own source"))?;
+    }
+    let own = has(&drain(&mut up0, Duration::from_millis(400)), b"own source");
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    ensure!(
+        own == 3,
+        "{own} of 3 datagrams from the guest's subnet left"
+    );
+    ensure!(
+        leaked == 0,
+        "{leaked} of 10 datagrams from foreign sources left through the uplink"
+    );
+    ensure!(
+        v["nat"]["counters"]["bad_source"].as_u64() == Some(10),
+        "NAT counters: {}",
+        v["nat"]["counters"]
+    );
+    Ok(())
+}
+
+/// Two masquerading bridges whose names would make the same nftables
+/// name (br-0, br_0) keep their own slow paths, and come down in any
+/// order: forwarding stays on while one masquerades, and is off again
+/// (as found) once neither does.
+#[test]
+fn two_masquerades_come_down_in_any_order() -> Result<()> {
+    for first in ["br-0", "br_0"] {
+        let ns = Netns::new("atk-two")?;
+        ns.sh("sysctl -qw net.ipv4.ip_forward=0 && \
+             for i in 0 1; do ip link add up$i type veth peer name lan$i && \
+             ip addr add 10.9$i.0.1/24 dev up$i && ip link set up$i up && \
+             ip link set lan$i up; done")?;
+        ns.umlbr_ok(&[
+            "up",
+            "br-0",
+            "--address",
+            "192.168.2.1/24",
+            "--masquerade",
+            "up0",
+        ])?;
+        ns.umlbr_ok(&[
+            "up",
+            "br_0",
+            "--address",
+            "192.168.3.1/24",
+            "--masquerade",
+            "up1",
+        ])?;
+        let other = if first == "br-0" { "br_0" } else { "br-0" };
+        let other_rule = if first == "br-0" {
+            "ip saddr 192.168.3.0/24 oifname \"up1\" masquerade"
+        } else {
+            "ip saddr 192.168.2.0/24 oifname \"up0\" masquerade"
+        };
+        ns.umlbr_ok(&["down", first])?;
+        let fwd = ns.sh("cat /proc/sys/net/ipv4/ip_forward")?;
+        let rules = ns.sh("nft list ruleset")?;
+        ensure!(
+            fwd.trim() == "1" && rules.contains(other_rule),
+            "after `down {first}`, {other} still masquerades, but ip_forward is {} and \
+             its rule is {}:\n{rules}",
+            fwd.trim(),
+            if rules.contains(other_rule) {
+                "there"
+            } else {
+                "gone"
+            }
+        );
+        ns.umlbr_ok(&["down", other])?;
+        let fwd = ns.sh("cat /proc/sys/net/ipv4/ip_forward")?;
+        let rules = ns.sh("nft list ruleset")?;
+        ensure!(
+            fwd.trim() == "0" && !rules.contains("umlbr_"),
+            "after both are down: ip_forward {} and\n{rules}",
+            fwd.trim()
+        );
+    }
+    Ok(())
+}

@@ -764,6 +764,7 @@ struct Cnt {
     alloc_fail: u64,
     slow_path: u64,
     expired: u64,
+    bad_source: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -775,6 +776,7 @@ const NONE: Cnt = Cnt {
     alloc_fail: 0,
     slow_path: 0,
     expired: 0,
+    bad_source: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -784,6 +786,10 @@ const ALLOC: Cnt = Cnt {
 const REUSE: Cnt = Cnt { out: 1, ..NONE };
 const SLOW: Cnt = Cnt {
     slow_path: 1,
+    ..NONE
+};
+const BAD_SRC: Cnt = Cnt {
+    bad_source: 1,
     ..NONE
 };
 const IN: Cnt = Cnt { in_: 1, ..NONE };
@@ -816,6 +822,7 @@ impl Cnt {
             alloc_fail: self.alloc_fail,
             slow_path: self.slow_path,
             expired: self.expired,
+            bad_source: self.bad_source,
         }
     }
 }
@@ -1588,6 +1595,28 @@ fn outbound_not_translated(s: &Shared) -> Vec<Case> {
         )
         .tweak(|c| c.flags &= !NAT_F_XDP_TX)
         .switched(NONE),
+        Case::new(
+            "UDP from a source outside the guests' subnet: never masqueraded, to the kernel \
+             (which drops it)",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .udp([10, 99, 0, 5], 1000, R1, 53, b"spoof")
+                .build(),
+        )
+        .switched(BAD_SRC),
+        Case::new(
+            "TCP SYN from a source outside the guests' subnet: no mapping",
+            guest(0),
+            Frame::new(GW_MAC, gmac(0))
+                .tcp(
+                    [172, 16, 0, 9],
+                    R1,
+                    &TcpHeader::new(1000, 80, tcp_flags::SYN),
+                    b"",
+                )
+                .build(),
+        )
+        .switched(BAD_SRC),
         Case::new(
             "first fragment (MF): slow path",
             guest(0),

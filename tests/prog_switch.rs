@@ -257,6 +257,7 @@ struct Case {
     tc: Fate,
     learned: bool,
     moved: bool,
+    spoofed: bool,
     /// The whole FDB afterwards.
     after: Vec<Post>,
     /// Config flag CFG_F_TC_FLOOD: XDP leaves floods to TC.
@@ -276,6 +277,7 @@ impl Case {
             tc: fate,
             learned: false,
             moved: false,
+            spoofed: false,
             after: vec![],
             tc_flood: false,
             no_xdp_tx: None,
@@ -298,6 +300,11 @@ impl Case {
     fn moves(mut self, mac: Mac) -> Self {
         self.moved = true;
         self.after.push(Post::Fresh(mac, self.ingress));
+        self
+    }
+    /// The source is another port's static MAC: counted as spoofed.
+    fn spoofed(mut self) -> Self {
+        self.spoofed = true;
         self
     }
     fn tc_fate(mut self, f: Fate) -> Self {
@@ -496,8 +503,17 @@ fn moves_and_static_entries() -> Vec<Case> {
         .after(&[Post::Kept(B)])
         .moves(A),
         Case::new(
-            "static source never moves",
+            "static source from another port: dropped as spoofed, never moves",
             P1,
+            Frame::new(BROADCAST, A).arp_request(ip(1), ip(9)).build(),
+            Drop,
+        )
+        .fdb(&[fixed(A, P2, 0)])
+        .after(&[Post::Kept(A)])
+        .spoofed(),
+        Case::new(
+            "static source on its own port: switched",
+            P2,
             Frame::new(BROADCAST, A).arp_request(ip(1), ip(9)).build(),
             Flood,
         )
@@ -1010,6 +1026,7 @@ fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Ve
         }
         s.learned += u64::from(c.learned);
         s.moved += u64::from(c.moved);
+        s.spoofed += u64::from(c.spoofed);
     }
     want
 }

@@ -33,7 +33,7 @@ use umlbr_common::{
 use umlbr_tests::{
     bpf::{
         AGING_NS, Ctx, Errs, LAN_MAC, Sniffer, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TableCase,
-        UP_IP, UP_MAC, XDP_PASS, XDP_REDIRECT, count_rx,
+        UP_IP, UP_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, count_rx,
     },
     netns::{Netns, ifindex},
     wire::{BROADCAST, Frame, Mac, fmt_mac, mac},
@@ -221,6 +221,8 @@ enum Count {
     Rx,
     Forwarded,
     Flooded,
+    /// Dropped: the source is another port's static MAC.
+    Spoofed,
 }
 
 #[derive(Clone, Debug)]
@@ -452,12 +454,12 @@ fn floods() -> Vec<Case> {
             .tc(TC_ACT_SHOT, [1, 1, 1, 0, 0], 0, Flooded)
         },
         Case::new(
-            "a guest claiming the uplink's MAC: the static entry stays; its broadcast floods",
+            "a guest claiming the uplink's MAC: the static entry stays; dropped as spoofed",
             Guest1,
             pattern(BROADCAST, UP_MAC),
         )
-        .xdp(XDP_PASS, Nothing)
-        .tc(TC_ACT_SHOT, [0, 1, 1, 1, 1], LOCAL_MARK, Flooded),
+        .xdp(XDP_DROP, Spoofed)
+        .tc(TC_ACT_SHOT, [0, 0, 0, 0, 0], 0, Spoofed),
     ]
 }
 
@@ -749,6 +751,10 @@ impl Bench {
             match e.count {
                 Count::Forwarded => s.forwarded += 1,
                 Count::Flooded => s.flooded += 1,
+                Count::Spoofed => {
+                    s.dropped += 1;
+                    s.spoofed += 1;
+                }
                 _ => {}
             }
         }

@@ -546,6 +546,20 @@ impl Topo {
         Ok(())
     }
 
+    /// Let `tap` learn without limit (a guest port learns 256 MACs by
+    /// default): for rows whose port stands for a whole LAN.
+    pub fn unlimited_learning(&self, tap: &str) -> Result<()> {
+        let mut args = vec!["attach", tap, "--bridge", BRIDGE, "--max-learned", "0"];
+        match self.contender {
+            Contender::Umlbr => {}
+            Contender::UmlbrTc => args.push("--tc-only"),
+            _ => return Ok(()),
+        }
+        self.umlbr_out(&["detach", tap])?;
+        self.umlbr_out(&args)?;
+        Ok(())
+    }
+
     pub fn umlbr_out(&self, args: &[&str]) -> Result<(String, f64)> {
         let t0 = Instant::now();
         let out = self

@@ -167,6 +167,9 @@ pub struct PortStats {
     /// Source MACs not learned: the port is at its learning limit (or
     /// the table is full). Their frames are still switched.
     pub learn_limited: u64,
+    /// Of `dropped`: the source MAC is a static entry of another port
+    /// (the host's, an uplink's, `fdb add --static`).
+    pub spoofed: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -350,6 +353,9 @@ pub struct NatStats {
     pub slow_path: u64,
     /// Expired mappings found and replaced by the datapath.
     pub expired: u64,
+    /// Guest packets from a source outside the bridge's subnet: never
+    /// masqueraded (the kernel's path drops them too).
+    pub bad_source: u64,
 }
 
 impl NatConfig {
@@ -411,6 +417,7 @@ impl core::ops::AddAssign for PortStats {
         self.xdp_generic += o.xdp_generic;
         self.tc += o.tc;
         self.learn_limited += o.learn_limited;
+        self.spoofed += o.spoofed;
     }
 }
 
@@ -427,6 +434,7 @@ impl core::ops::AddAssign for NatStats {
         self.alloc_fail += o.alloc_fail;
         self.slow_path += o.slow_path;
         self.expired += o.expired;
+        self.bad_source += o.bad_source;
     }
 }
 
@@ -473,12 +481,12 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 11 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 12 * 8);
         assert_eq!(size_of::<PortLearn>(), 16);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 32);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 10 * 8);
+        assert_eq!(size_of::<NatStats>(), 11 * 8);
     }
 }

@@ -46,22 +46,23 @@ pub fn aging_ns(cfg: &Config) -> u64 {
     }
 }
 
-/// Learn `src` on `port`. A static entry never moves; a learned one moves
-/// with its MAC if the new port has room for it.
+/// Learn `src` on `port`. A static entry never moves, and a frame from
+/// another port with its MAC is spoofed: false, the caller drops it. A
+/// learned entry moves with its MAC if the new port has room for it.
 #[inline(always)]
-pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortStats) {
+pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortStats) -> bool {
     let key = FdbKey::new(src);
     if let Some(entry) = FDB.get_ptr_mut(key) {
         // SAFETY: pointer into the map value; a racing writer can at worst
         // store the same fields.
         let entry = unsafe { &mut *entry };
         if entry.flags & FDB_F_STATIC != 0 {
-            return;
+            return entry.ifindex == port;
         }
         if entry.ifindex != port {
             if !charge(port, now, aging_ns) {
                 stats.learn_limited += 1;
-                return;
+                return true;
             }
             credit(entry.ifindex);
             entry.ifindex = port;
@@ -70,9 +71,10 @@ pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortS
         } else if now.wrapping_sub(entry.updated_ns) > FDB_REFRESH_NS {
             entry.updated_ns = now;
         }
-        return;
+        return true;
     }
     learn_new(key, port, now, aging_ns, stats);
+    true
 }
 
 /// The rare path of `learn`: a MAC the table does not have.

@@ -43,9 +43,9 @@ pub fn for_gateway<'a>(
 }
 
 /// Learn the source and decide where the frame goes; `to_gw`: the frame
-/// is for the gateway (see `for_gateway`). Counts `learned`, `moved` and
-/// `learn_limited`; the caller counts the rest, `dropped` included, once
-/// it knows which program finishes the frame.
+/// is for the gateway (see `for_gateway`). Counts `learned`, `moved`,
+/// `learn_limited` and `spoofed`; the caller counts the rest, `dropped`
+/// included, once it knows which program finishes the frame.
 #[inline(always)]
 pub fn decide(
     cfg: &Config,
@@ -61,7 +61,10 @@ pub fn decide(
     }
     let now = fdb::now();
     let aging_ns = fdb::aging_ns(cfg);
-    fdb::learn(src, ingress, now, aging_ns, stats);
+    if !fdb::learn(src, ingress, now, aging_ns, stats) {
+        stats.spoofed += 1;
+        return Verdict::Drop;
+    }
     if to_gw {
         return unicast(cfg.host_port, ingress);
     }

@@ -155,13 +155,27 @@ pub fn choose_ports(requested: Option<(u16, u16)>, host: (u16, u16)) -> Result<(
     }
 }
 
-fn nft_table(bridge: &str) -> String {
-    format!("umlbr_{}", bridge.replace(['-', '.'], "_"))
+/// The nftables table of `bridge`'s slow path. Interface names may hold
+/// characters nft identifiers may not: each byte but a letter or digit is
+/// written `_` and two hex digits, so that no two names share a table
+/// (`br-0`, `br_0` and `br.0` are `umlbr_br_2d0`, `umlbr_br_5f0`,
+/// `umlbr_br_2e0`).
+pub fn nft_table(bridge: &str) -> String {
+    let mut t = String::from("umlbr_");
+    for b in bridge.bytes() {
+        if b.is_ascii_alphanumeric() {
+            t.push(b as char);
+        } else {
+            t.push_str(&format!("_{b:02x}"));
+        }
+    }
+    t
 }
 
 /// The kernel slow path: forwarding on, and a masquerade rule for the
 /// guest subnet, for what BPF does not translate (fragments, other
-/// protocols).
+/// protocols); guests' packets from other sources are not forwarded (BPF
+/// hands them here, untranslated).
 fn slow_path_on(bridge: &str, subnet: Ipv4Addr, prefix: u8, uplink: &str) -> Result<bool> {
     let was_off = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .map(|s| s.trim() == "0")
@@ -170,17 +184,34 @@ fn slow_path_on(bridge: &str, subnet: Ipv4Addr, prefix: u8, uplink: &str) -> Res
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
     let t = nft_table(bridge);
     let rules = format!(
-        "table ip {t} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n}}\n"
+        "table ip {t} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n }}\n}}\n"
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))?;
     Ok(was_off)
 }
 
-fn slow_path_off(bridge: &str, restore_fwd_off: bool) {
+/// Undo `slow_path_on`: the table goes; forwarding goes off again if this
+/// masquerade turned it on, unless another bridge still masquerades, which
+/// then inherits that duty.
+async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = nft(&format!("delete table ip {}\n", nft_table(bridge)));
-    if restore_fwd_off {
-        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "0");
+    if !restore_fwd_off {
+        return;
     }
+    for mut b in Bridge::list(net).await.unwrap_or_default() {
+        if b.name == bridge {
+            continue;
+        }
+        if let Ok(mut c) = b.maps.nat_config()
+            && c.nat_ifindex != 0
+        {
+            c.flags |= NAT_F_FWD_WAS_OFF;
+            let _ = b.maps.set_nat_config(c);
+            return;
+        }
+    }
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "0");
 }
 
 fn nft(script: &str) -> std::io::Result<()> {
@@ -322,7 +353,7 @@ async fn release(net: &Net, br: &mut Bridge, link: &Link, progs: &Programs) {
     let _ = br.maps.nat_tx.remove(link.index);
     let _ = br.maps.set_nat_config(NatConfig::default());
     flush(br);
-    slow_path_off(&br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0);
+    slow_path_off(net, &br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0).await;
 }
 
 fn flush(br: &mut Bridge) {
@@ -356,7 +387,7 @@ pub async fn detach_from(net: &Net, br: &mut Bridge) -> Result<Option<String>> {
         None => {
             let _ = br.maps.set_nat_config(NatConfig::default());
             flush(br);
-            slow_path_off(&br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0);
+            slow_path_off(net, &br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0).await;
             Ok(None)
         }
     }

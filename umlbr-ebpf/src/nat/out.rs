@@ -172,6 +172,12 @@ fn partial(data: usize, f: &Flow) -> bool {
 /// verdict (the kernel's path, or TC's).
 #[inline(always)]
 fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<Mapped, Out> {
+    // A guest may masquerade only its subnet's addresses; the kernel's
+    // path drops the rest (umlbr's nftables forward chain).
+    if f.saddr & cfg.mask != cfg.subnet {
+        count(|s| s.bad_source += 1);
+        return Err(Out::NotNat);
+    }
     if !fits_mtu(cfg, f) {
         count(|s| s.slow_path += 1);
         return Err(Out::NotNat);

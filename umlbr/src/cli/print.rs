@@ -56,18 +56,19 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
                 s.forwarded,
                 s.flooded,
                 s.dropped,
+                s.spoofed,
                 s.learned,
                 s.learn_limited,
                 s.xdp_native,
@@ -93,8 +94,8 @@ fn nat_counters(n: &NatView) {
         c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
     );
     println!(
-        "    allocs {}   alloc_fail {}   expired {}   slow_path {}",
-        c.allocs, c.alloc_fail, c.expired, c.slow_path
+        "    allocs {}   alloc_fail {}   expired {}   slow_path {}   bad_source {}",
+        c.allocs, c.alloc_fail, c.expired, c.slow_path, c.bad_source
     );
 }
 
