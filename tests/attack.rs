@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use umlbr_tests::{
+    bpf::Sniffer,
     netns::{InNetns, Netns, open_tap},
     wire::{BROADCAST, Frame, Mac, ethertype, mac},
 };
@@ -669,4 +670,186 @@ fn two_masquerades_come_down_in_any_order() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Frames in `frames` that carry `marker`.
+fn carrying(frames: &[Vec<u8>], marker: &[u8]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.windows(marker.len()).any(|w| w == marker))
+        .count()
+}
+
+/// Two isolated guests (tap0, the attacker, and tap1, its target), a
+/// guest that is not isolated (tap2), the host port and, with `uplink`,
+/// an uplink (up0, a tap standing in for the host's NIC; it makes umlbr
+/// flood in TC rather than XDP). The attacker's unicast to the other
+/// isolated guest, its broadcasts and its unknown unicast never reach
+/// that guest; they reach the host, the uplink and the open guest, and
+/// that guest reaches the isolated ones.
+fn isolated_guests_cannot_reach_each_other(kind: Kind, uplink: bool) -> Result<()> {
+    let ns = Netns::new("atk-iso")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps: Vec<File> = ["tap0", "tap1", "tap2"]
+        .iter()
+        .map(|t| open_tap(t))
+        .collect::<Result<_>>()?;
+    let mut up0 = if uplink { Some(open_tap("up0")?) } else { None };
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} 2>/dev/null; true"
+    ))?;
+    match kind {
+        Kind::Umlbr => {
+            if uplink {
+                ns.umlbr_ok(&["up", "br0", "--uplink", "up0"])?;
+            } else {
+                ns.umlbr_ok(&["up", "br0"])?;
+            }
+            ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0", "--isolated"])?;
+            ns.umlbr_ok(&["attach", "tap1", "--bridge", "br0", "--isolated"])?;
+            ns.umlbr_ok(&["attach", "tap2", "--bridge", "br0"])?;
+        }
+        Kind::Kernel => {
+            ns.sh(
+                "ip link add br0 type bridge stp_state 0 forward_delay 0 && \
+                 ip link set br0 up && for t in tap0 tap1 tap2; do \
+                 ip link set $t master br0; done && \
+                 ip link set dev tap0 type bridge_slave isolated on && \
+                 ip link set dev tap1 type bridge_slave isolated on",
+            )?;
+            if uplink {
+                ns.sh("ip link set up0 master br0")?;
+            }
+        }
+    }
+    ns.sh("for t in tap0 tap1 tap2 up0; do ip link set $t up 2>/dev/null; done; true")?;
+    let host = Sniffer::new(umlbr_tests::netns::ifindex("br0")?)?;
+    let (a, b, c) = (
+        mac("02:00:00:00:00:0a"),
+        mac("02:00:00:00:00:0b"),
+        mac("02:00:00:00:00:0c"),
+    );
+    // The other guests announce themselves, so that the switch knows them.
+    for (i, m) in [(1, b), (2, c)] {
+        let f = Frame::new(BROADCAST, m)
+            .arp_request(Ipv4Addr::new(10, 0, 0, i as u8), Ipv4Addr::new(10, 0, 0, 9))
+            .pad_min()
+            .build();
+        taps[i].write_all(&f)?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for t in taps.iter_mut().chain(up0.iter_mut()) {
+        drain(t, Duration::from_millis(100));
+    }
+    let _ = host.incoming();
+    ensure!(
+        kind == Kind::Kernel || fdb_has(&ns, kind, "02:00:00:00:00:0b")?,
+        "{kind:?}: the target was not learned"
+    );
+
+    let udp = |dst: Mac, src: Mac, to: Ipv4Addr, marker: &[u8]| {
+        Frame::new(dst, src)
+            .udp(Ipv4Addr::new(10, 0, 0, 10), 4000, to, 5000, marker)
+            .pad_min()
+            .build()
+    };
+    let target = Ipv4Addr::new(10, 0, 0, 1);
+    let frames = [
+        (0, udp(b, a, target, b"isolated unicast")),
+        (
+            0,
+            udp(BROADCAST, a, Ipv4Addr::BROADCAST, b"isolated broadcast"),
+        ),
+        (
+            0,
+            udp(mac("02:00:00:00:00:ee"), a, target, b"isolated unknown"),
+        ),
+        (0, udp(c, a, target, b"isolated to open")),
+        (2, udp(b, c, target, b"open to isolated")),
+    ];
+    for (from, f) in &frames {
+        for _ in 0..10 {
+            taps[*from].write_all(f)?;
+        }
+    }
+    let at_target = drain(&mut taps[1], Duration::from_millis(400));
+    let at_open = drain(&mut taps[2], Duration::from_millis(100));
+    let at_lan = match up0.as_mut() {
+        Some(t) => drain(t, Duration::from_millis(100)),
+        None => Vec::new(),
+    };
+    let at_host = host.incoming();
+    let n = |frames: &[Vec<u8>], m: &[u8]| carrying(frames, m);
+    let leaked = ["isolated unicast", "isolated broadcast", "isolated unknown"]
+        .map(|m| n(&at_target, m.as_bytes()));
+    ensure!(
+        leaked == [0, 0, 0],
+        "{kind:?}: the isolated target got {} of 10 unicast, {} of 10 broadcast and {} of 10 \
+         unknown unicast frames from the other isolated guest",
+        leaked[0],
+        leaked[1],
+        leaked[2]
+    );
+    let open = ["isolated broadcast", "isolated unknown", "isolated to open"]
+        .map(|m| n(&at_open, m.as_bytes()));
+    ensure!(
+        open == [10, 10, 10] && n(&at_target, b"open to isolated") == 10,
+        "{kind:?}: the open guest got {open:?} of 10 (broadcast, unknown unicast, unicast) \
+         from the isolated one, which got {} of 10 from it",
+        n(&at_target, b"open to isolated")
+    );
+    ensure!(
+        n(&at_host, b"isolated broadcast") == 10,
+        "{kind:?}: the host got {} of 10 broadcasts from an isolated guest",
+        n(&at_host, b"isolated broadcast")
+    );
+    if uplink {
+        let lan = ["isolated broadcast", "isolated unknown"].map(|m| n(&at_lan, m.as_bytes()));
+        ensure!(
+            lan == [10, 10],
+            "{kind:?}: the uplink got {lan:?} of 10 (broadcast, unknown unicast) from an \
+             isolated guest"
+        );
+    }
+    if kind == Kind::Umlbr {
+        let p = port_json(&ns, "tap0")?;
+        ensure!(
+            p["stats"]["isolated"].as_u64() == Some(10)
+                && p["stats"]["dropped"].as_u64() == Some(10),
+            "tap0's counters: {}",
+            p["stats"]
+        );
+        let shown: Value = serde_json::from_str(&ns.umlbr_ok(&["show", "br0", "--json"])?)?;
+        let flags: Vec<(String, bool)> = shown["ports"]
+            .as_array()
+            .context("show --json has no ports")?
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or("").to_string();
+                (name, p["isolated"].as_bool() == Some(true))
+            })
+            .filter(|(name, _)| name.starts_with("tap"))
+            .collect();
+        let want = [("tap0", true), ("tap1", true), ("tap2", false)]
+            .map(|(t, i)| (t.to_string(), i))
+            .to_vec();
+        ensure!(flags == want, "show --json: isolated {flags:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn isolated_guests_cannot_reach_each_other_umlbr() -> Result<()> {
+    isolated_guests_cannot_reach_each_other(Kind::Umlbr, false)
+}
+
+#[test]
+fn isolated_guests_cannot_reach_each_other_umlbr_uplink() -> Result<()> {
+    isolated_guests_cannot_reach_each_other(Kind::Umlbr, true)
+}
+
+#[test]
+fn isolated_guests_cannot_reach_each_other_kernel() -> Result<()> {
+    isolated_guests_cannot_reach_each_other(Kind::Kernel, true)
 }

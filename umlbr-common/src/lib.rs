@@ -24,6 +24,7 @@ pub mod names {
     pub const FDB: &str = "UMLBR_FDB";
     pub const LEARN: &str = "UMLBR_LEARN";
     pub const NAT_TX: &str = "UMLBR_NAT_TX";
+    pub const FLOOD_ISOLATED: &str = "UMLBR_FLOOD_ISO";
     pub const PORTS: &str = "UMLBR_PORTS";
     pub const PORT_LIST: &str = "UMLBR_PORT_LIST";
     pub const PORT_STATS: &str = "UMLBR_STATS";
@@ -104,6 +105,12 @@ pub const PORT_KIND_UPLINK: u32 = 3;
 pub const PORT_F_WAS_PROMISC: u32 = 1;
 /// Not in the devmap: frames for it go through the TC program.
 pub const PORT_F_NO_XDP_TX: u32 = 2;
+/// An isolated port (`attach --isolated`, the kernel bridge's `isolated
+/// on`): its frames never reach another isolated port, unicast or flood;
+/// they reach every other port (the host port, the uplink, guests that are
+/// not isolated). It is not in UMLBR_FLOOD_ISO, the broadcast set of
+/// isolated ports' XDP floods.
+pub const PORT_F_ISOLATED: u32 = 4;
 
 /// A port's learning budget, keyed by ifindex (one value for all CPUs, so
 /// that every CPU charges the same count). The FDB is a plain hash that
@@ -170,6 +177,9 @@ pub struct PortStats {
     /// Of `dropped`: the source MAC is a static entry of another port
     /// (the host's, an uplink's, `fdb add --static`).
     pub spoofed: u64,
+    /// Of `dropped`: unicast from this isolated port to another isolated
+    /// port (`attach --isolated`).
+    pub isolated: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -418,6 +428,7 @@ impl core::ops::AddAssign for PortStats {
         self.tc += o.tc;
         self.learn_limited += o.learn_limited;
         self.spoofed += o.spoofed;
+        self.isolated += o.isolated;
     }
 }
 
@@ -481,7 +492,7 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 12 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 13 * 8);
         assert_eq!(size_of::<PortLearn>(), 16);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 32);

@@ -193,9 +193,14 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         uplink: a.uplink,
         tc_only: a.tc_only,
         max_learned: a.max_learned,
+        isolated: a.isolated,
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
-    let role = if p.uplink { " as its uplink" } else { "" };
+    let role = match (p.uplink, p.isolated) {
+        (true, _) => " as its uplink",
+        (false, true) => ", isolated",
+        (false, false) => "",
+    };
     let why = p
         .no_xdp_reason
         .map(|r| format!("; no XDP: {r}"))

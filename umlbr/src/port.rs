@@ -3,9 +3,9 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
-    CFG_F_TC_FLOOD, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK, MAX_PORTS, PORT_F_NO_XDP_TX,
-    PORT_F_WAS_PROMISC, PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PortLearn, PortStats,
-    names,
+    CFG_F_TC_FLOOD, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK, MAX_PORTS, PORT_F_ISOLATED,
+    PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK,
+    PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -28,6 +28,9 @@ pub struct AttachOptions {
     /// Most MACs the port may learn (0: no limit); by default
     /// `default_max_learned` of its kind.
     pub max_learned: Option<u32>,
+    /// Never reaches another isolated port (PORT_F_ISOLATED); not for an
+    /// uplink.
+    pub isolated: bool,
 }
 
 /// The learning limit a port of `kind` gets unless told otherwise: an
@@ -202,6 +205,7 @@ pub struct Attached {
     pub bridge: String,
     pub xdp: XdpMode,
     pub uplink: bool,
+    pub isolated: bool,
     /// Why the port got no XDP program although it could take one.
     pub no_xdp_reason: Option<&'static str>,
 }
@@ -313,7 +317,10 @@ pub async fn attach(
     if uplink {
         check_no_uplink(net, &br).await?;
     }
-    let (kind, flags, no_xdp_reason) = role(&link, uplink, tc_only);
+    let (kind, mut flags, no_xdp_reason) = role(&link, uplink, tc_only);
+    if opts.isolated && !uplink {
+        flags |= PORT_F_ISOLATED;
+    }
     let max_learned = opts.max_learned.unwrap_or(default_max_learned(kind));
     register(&mut br.maps, &link, (kind, flags), max_learned).map_err(|e| match e {
         Error::TooManyPorts { max, .. } => Error::TooManyPorts {
@@ -336,6 +343,7 @@ pub async fn attach(
         bridge: br.name.clone(),
         xdp: now.xdp_mode,
         uplink,
+        isolated: flags & PORT_F_ISOLATED != 0,
         no_xdp_reason,
     })
 }

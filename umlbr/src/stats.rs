@@ -2,7 +2,9 @@
 //! datapath's per-CPU counters summed and the kernel's own interface
 //! counters beside them, and its masquerade.
 use serde::Serialize;
-use umlbr_common::{NatStats, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats};
+use umlbr_common::{
+    NatStats, PORT_F_ISOLATED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
+};
 
 use crate::{
     bridge::Bridge,
@@ -34,6 +36,8 @@ pub struct PortView {
     pub learned_macs: u32,
     /// Most MACs the port may learn (`attach --max-learned`; 0: no limit).
     pub max_learned: u32,
+    /// Reaches no other isolated port (`attach --isolated`).
+    pub isolated: bool,
     pub stats: PortCounters,
 }
 
@@ -77,6 +81,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         .map(|v| sum(&v))
         .unwrap_or_default();
     let budget = br.maps.learn.get(&ifindex, 0).unwrap_or_default();
+    let isolated = datapath.flags & PORT_F_ISOLATED != 0;
     let Some(l) = link else {
         return PortView {
             name: format!("if{ifindex} (gone)"),
@@ -87,6 +92,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
             up: false,
             learned_macs: budget.count,
             max_learned: budget.max,
+            isolated,
             stats: PortCounters {
                 datapath,
                 ..Default::default()
@@ -102,6 +108,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         up: l.up,
         learned_macs: budget.count,
         max_learned: budget.max,
+        isolated,
         stats: PortCounters {
             datapath,
             tx_packets: l.tx_packets,

@@ -40,6 +40,10 @@ Read commands take --json and then print only JSON on stdout.";
 /// requirement that conflicts with an argument given.
 const MASQUERADE_ARGS: [&str; 3] = ["masquerade", "nat_ports", "nat_timeout"];
 
+/// What `attach --isolated` does not go with: an uplink is the LAN's way
+/// in, never isolated from the guests, and a masquerade uplink is no port.
+const ISOLATED_CONFLICTS: [&str; 4] = ["uplink", "masquerade", "nat_ports", "nat_timeout"];
+
 #[derive(Parser)]
 #[command(name = "umlbr", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
@@ -132,6 +136,15 @@ pub struct AttachArgs {
     /// an uplink.
     #[arg(long, value_name = "N", conflicts_with_all = MASQUERADE_ARGS)]
     pub max_learned: Option<u32>,
+    /// Isolate the port, as the kernel bridge's `isolated on`: its frames
+    /// never reach another isolated port, neither unicast (dropped, counted
+    /// as isolated in `umlbr stats`) nor floods, but they still reach the
+    /// host, the uplink and the guests that are not isolated (and those
+    /// reach it). Attach every guest with --isolated to keep guests from
+    /// talking to each other while each still reaches the host and the
+    /// world.
+    #[arg(long, conflicts_with_all = ISOLATED_CONFLICTS)]
+    pub isolated: bool,
     #[command(flatten)]
     pub nat: NatArgs,
 }
@@ -317,6 +330,8 @@ mod tests {
             "attach eth0 --tc-only --nat-ports 61000-61999",
             "up br0 --uplink eth0 --nat-ports 61000-61999",
             "up br0 --address fd00::1/64 --masquerade eth0",
+            "attach tap0 --isolated --uplink",
+            "attach tap0 --isolated --masquerade",
         ] {
             assert_eq!(usage_error(args), ErrorKind::ArgumentConflict, "{args}");
         }
@@ -334,6 +349,7 @@ mod tests {
         }
         // An uplink may be switched by TC alone.
         assert!(parse("attach eth0 --uplink --tc-only").is_ok());
+        assert!(parse("attach tap0 --isolated --tc-only --max-learned 4").is_ok());
         assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 use umlbr::{
     fdb::FdbRow,
     nat::NatRow,
-    stats::{BridgeView, NatView},
+    stats::{BridgeView, NatView, PortView},
 };
 
 /// Print `value` as JSON, alone on stdout.
@@ -31,24 +31,31 @@ pub fn show(views: &[BridgeView]) {
             "{}  host {}  switch port {}  aging {} s  {} MACs",
             v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
         );
-        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX");
+        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY");
         for p in &v.ports {
             let max = match p.max_learned {
                 0 => "-".to_string(),
                 m => m.to_string(),
             };
+            let macs = format!("{}/{max}", p.learned_macs);
             println!(
-                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {:<6} {}/{max}",
+                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {:<6} {macs:<10} {}",
                 p.name,
                 p.ifindex,
                 p.kind,
                 p.xdp.as_str(),
                 p.tc,
                 if p.up { "up" } else { "down" },
-                p.learned_macs,
+                security(p),
             );
         }
     }
+}
+
+/// A port's security settings, as `attach` took them, beside its
+/// learning limit (MACS/MAX): `-` for none.
+fn security(p: &PortView) -> &'static str {
+    if p.isolated { "isolated" } else { "-" }
 }
 
 /// `stats`: per-port counters, and the masquerade's.
@@ -56,12 +63,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED ISOLATED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>8} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -69,6 +76,7 @@ pub fn stats(views: &[BridgeView]) {
                 s.flooded,
                 s.dropped,
                 s.spoofed,
+                s.isolated,
                 s.learned,
                 s.learn_limited,
                 s.xdp_native,
