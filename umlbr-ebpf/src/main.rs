@@ -27,7 +27,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_KIND_TAP, PortStats,
+    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED, PORT_KIND_TAP,
+    PortStats,
 };
 
 use crate::{
@@ -44,6 +45,11 @@ static PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 /// out of PORTS, so that no flood ever leaves through it untranslated.
 #[map(name = "UMLBR_NAT_TX")]
 static NAT_TX: DevMapHash = DevMapHash::with_max_entries(1, 0);
+
+/// The ports of PORTS that are not isolated: the broadcast set of an
+/// isolated port's XDP floods, which must reach no other isolated port.
+#[map(name = "UMLBR_FLOOD_ISO")]
+static FLOOD_ISOLATED: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
 /// Every port as a dense list, for TC flooding (there is no broadcast
 /// redirect for skbs).
@@ -83,6 +89,17 @@ fn config() -> &'static Config {
 fn port_stats(ifindex: u32) -> Option<&'static mut PortStats> {
     // SAFETY: per-CPU value of a map entry, only this CPU writes it.
     STATS.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
+}
+
+/// Whether port `ifindex` is isolated. Only frames from an isolated port
+/// ask (one more lookup for them, none for the others).
+#[inline(always)]
+fn port_isolated(ifindex: u32) -> bool {
+    // SAFETY: read of a per-CPU map value's flags, written by userspace
+    // at attach time only.
+    STATS
+        .get_ptr(ifindex)
+        .is_some_and(|p| unsafe { (*p).flags } & PORT_F_ISOLATED != 0)
 }
 
 #[xdp]
@@ -151,9 +168,13 @@ fn xdp_switch(
         Verdict::Unicast(port) => redirect_xdp(port, stats),
         Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
             stats.flooded += 1;
-            PORTS
-                .redirect(0, FLOOD_FLAGS)
-                .unwrap_or(xdp_action::XDP_DROP)
+            // An isolated port floods to the ports that are not.
+            let sent = if stats.flags & PORT_F_ISOLATED != 0 {
+                FLOOD_ISOLATED.redirect(0, FLOOD_FLAGS)
+            } else {
+                PORTS.redirect(0, FLOOD_FLAGS)
+            };
+            sent.unwrap_or(xdp_action::XDP_DROP)
         }
         Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
     }
@@ -308,7 +329,8 @@ fn tc_switch(
         }
         Verdict::Flood => {
             stats.flooded += 1;
-            flood_tc(ctx, cfg, ingress, is_multicast(&dst))
+            let isolated = stats.flags & PORT_F_ISOLATED != 0;
+            flood_tc(ctx, cfg, (ingress, isolated), is_multicast(&dst))
         }
     }
 }
@@ -360,7 +382,7 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
             match fdb::lookup(mac, fdb::now(), fdb::aging_ns(cfg)) {
                 Some((port, false)) => redirect(port, 0),
                 _ => {
-                    clone_to_ports(ctx, cfg.nr_ports, cfg.host_port, 0);
+                    clone_to_ports(ctx, cfg.nr_ports, (cfg.host_port, 0), false);
                     TC_ACT_SHOT as i32
                 }
             }
@@ -384,9 +406,11 @@ fn tc_redirected(ret: i64) -> i32 {
     }
 }
 
-/// Clone the frame to every port but `except`.
+/// Clone the frame to every port but the two of `except`, and, if
+/// `isolated` (the frame comes from an isolated port), but the isolated
+/// ones.
 #[inline(always)]
-fn clone_to_ports(ctx: &TcContext, nr: u32, except: u32, also_except: u32) {
+fn clone_to_ports(ctx: &TcContext, nr: u32, (except, also_except): (u32, u32), isolated: bool) {
     let mut i = 0;
     while i < MAX_PORTS {
         if i >= nr {
@@ -396,6 +420,7 @@ fn clone_to_ports(ctx: &TcContext, nr: u32, except: u32, also_except: u32) {
             && port != 0
             && port != except
             && port != also_except
+            && !(isolated && port_isolated(port))
         {
             let _ = ctx.clone_redirect(port, 0);
         }
@@ -403,12 +428,12 @@ fn clone_to_ports(ctx: &TcContext, nr: u32, except: u32, also_except: u32) {
     }
 }
 
-/// Clone the frame to every other port. Broadcast and multicast also go up
-/// the uplink's own stack (the host's ARP, DHCP, ...), whichever side they
-/// come from.
+/// Clone the frame to every other port (to every port not isolated, from
+/// an isolated `ingress`). Broadcast and multicast also go up the uplink's
+/// own stack (the host's ARP, DHCP, ...), whichever side they come from.
 #[inline(always)]
-fn flood_tc(ctx: &TcContext, cfg: &Config, ingress: u32, group: bool) -> i32 {
-    clone_to_ports(ctx, cfg.nr_ports, ingress, 0);
+fn flood_tc(ctx: &TcContext, cfg: &Config, (ingress, isolated): (u32, bool), group: bool) -> i32 {
+    clone_to_ports(ctx, cfg.nr_ports, (ingress, 0), isolated);
     if group && cfg.uplink != 0 {
         if ingress == cfg.uplink {
             return TC_ACT_OK as i32;
@@ -433,7 +458,7 @@ pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     if is_multicast(&dst) {
-        clone_to_ports(&ctx, cfg.nr_ports, cfg.uplink, cfg.host_port);
+        clone_to_ports(&ctx, cfg.nr_ports, (cfg.uplink, cfg.host_port), false);
         return TC_ACT_OK as i32;
     }
     match fdb::lookup(dst, fdb::now(), fdb::aging_ns(cfg)) {

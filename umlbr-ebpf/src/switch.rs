@@ -1,6 +1,6 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use umlbr_common::{Config, NatConfig, PortStats};
+use umlbr_common::{Config, NatConfig, PORT_F_ISOLATED, PortStats};
 
 use crate::fdb;
 
@@ -44,8 +44,9 @@ pub fn for_gateway<'a>(
 
 /// Learn the source and decide where the frame goes; `to_gw`: the frame
 /// is for the gateway (see `for_gateway`). Counts `learned`, `moved`,
-/// `learn_limited` and `spoofed`; the caller counts the rest, `dropped`
-/// included, once it knows which program finishes the frame.
+/// `learn_limited`, `spoofed` and `isolated`; the caller counts the rest,
+/// `dropped` included, once it knows which program finishes the frame.
+/// Floods from an isolated port are the caller's to restrict.
 #[inline(always)]
 pub fn decide(
     cfg: &Config,
@@ -73,9 +74,20 @@ pub fn decide(
     }
     match fdb::lookup(dst, now, aging_ns) {
         Some((port, true)) => Verdict::Local(port),
+        Some((port, false)) if port != ingress && isolated_pair(stats, port) => {
+            stats.isolated += 1;
+            Verdict::Drop
+        }
         Some((port, false)) => unicast(port, ingress),
         None => Verdict::Flood,
     }
+}
+
+/// The ingress port (its `stats`) and `port` are both isolated. The
+/// target's flags are looked up only for an isolated ingress.
+#[inline(always)]
+fn isolated_pair(stats: &PortStats, port: u32) -> bool {
+    stats.flags & PORT_F_ISOLATED != 0 && crate::port_isolated(port)
 }
 
 /// To `port`, unless that is where the frame came from.

@@ -248,6 +248,9 @@ pub struct Maps {
     pub learn: HashMap<MapData, u32, PortLearn>,
     /// The masquerade uplink alone (never a flood target).
     pub nat_tx: DevMapHash<MapData>,
+    /// The ports of `ports` that are not isolated: where an isolated
+    /// port's XDP floods go.
+    pub flood_isolated: DevMapHash<MapData>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -296,6 +299,7 @@ impl Maps {
             nat_mtu: typed(take(names::NAT_MTU)?, names::NAT_MTU)?,
             learn: typed(take(names::LEARN)?, names::LEARN)?,
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
+            flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
         })
     }
 
@@ -331,6 +335,11 @@ impl Maps {
     /// Add `ifindex` to the devmap (named `iface` in errors).
     pub fn add_to_devmap(&mut self, ifindex: u32, iface: &str) -> Result<()> {
         Self::devmap_insert(&mut self.ports, ifindex, iface)
+    }
+
+    /// Add `ifindex` to the broadcast set of isolated ports' XDP floods.
+    pub fn add_to_flood_isolated(&mut self, ifindex: u32, iface: &str) -> Result<()> {
+        Self::devmap_insert(&mut self.flood_isolated, ifindex, iface)
     }
 
     /// Make `ifindex` the masquerade's XDP redirect target.

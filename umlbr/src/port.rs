@@ -45,7 +45,7 @@ pub fn default_max_learned(kind: u32) -> u32 {
 
 /// Add `link` to the bridge's maps: flood list, stats slot, learning
 /// budget of `max_learned` MACs, and the devmap unless it cannot take XDP
-/// frames.
+/// frames (and, unless it is isolated, the isolated ports' flood set).
 pub fn register(
     maps: &mut Maps,
     link: &Link,
@@ -84,6 +84,9 @@ pub fn register(
     maps.set_config(c)?;
     if flags & PORT_F_NO_XDP_TX == 0 {
         maps.add_to_devmap(link.index, &link.name)?;
+        if flags & PORT_F_ISOLATED == 0 {
+            maps.add_to_flood_isolated(link.index, &link.name)?;
+        }
     }
     Ok(())
 }
@@ -97,6 +100,7 @@ pub fn kind_and_flags(maps: &Maps, ifindex: u32) -> Option<(u32, u32)> {
 /// Remove `ifindex` from the bridge's maps and forget the MACs behind it.
 pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     let _ = maps.ports.remove(ifindex);
+    let _ = maps.flood_isolated.remove(ifindex);
     let mut c = maps.config()?;
     let list: Vec<u32> = maps
         .port_list()?
