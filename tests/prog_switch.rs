@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use aya::programs::TcAttachType;
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_NO_XDP_TX,
-    PORT_KIND_OTHER, PortLearn, PortStats, names,
+    CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_ISOLATED,
+    PORT_F_NO_XDP_TX, PORT_KIND_OTHER, PortLearn, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -100,12 +100,15 @@ impl Bench {
             .map(P)
     }
 
-    /// Every port in the maps (the devmap and the flood list, as `attach`
-    /// leaves them), empty FDB, zero counters, the default config, empty
-    /// taps.
+    /// Every port in the maps (the devmap, the isolated ports' flood set
+    /// and the flood list, as `attach` leaves them), empty FDB, zero
+    /// counters, the default config, empty taps.
     fn reset(&mut self) -> Result<()> {
         let idx = self.ctx.taps.ifindex.clone();
         self.ctx.set_ports(&idx, None)?;
+        for &i in &idx {
+            self.ctx.devmap_insert(names::FLOOD_ISOLATED, i)?;
+        }
         self.ctx.set_config(Config {
             aging_ns: AGING_NS,
             nr_ports: 3,
@@ -126,6 +129,20 @@ impl Bench {
 
     fn fdb_insert(&mut self, mac: Mac, ifindex: u32, flags: u32, updated_ns: u64) -> Result<()> {
         self.ctx.fdb_insert(mac, ifindex, flags, updated_ns)
+    }
+
+    /// Make port `at` isolated, as `attach --isolated` does: the flag in
+    /// its stats slot (besides `flags`), out of the isolated ports' flood
+    /// set.
+    fn isolate(&mut self, at: At, flags: u32) -> Result<()> {
+        let i = self.ifindex(at);
+        let s = PortStats {
+            kind: PORT_KIND_OTHER,
+            flags: flags | PORT_F_ISOLATED,
+            ..Default::default()
+        };
+        self.ctx.set_port_stats(i, s)?;
+        self.ctx.devmap_remove(names::FLOOD_ISOLATED, i)
     }
 
     fn fdb(&mut self) -> Result<Vec<(Mac, FdbEntry)>> {
@@ -264,6 +281,10 @@ struct Case {
     tc_flood: bool,
     /// A port that takes no XDP frames (PORT_F_NO_XDP_TX, not in the devmap).
     no_xdp_tx: Option<At>,
+    /// Isolated ports (PORT_F_ISOLATED, not in UMLBR_FLOOD_ISO).
+    isolated: Vec<At>,
+    /// Dropped as unicast between isolated ports: counted as isolated.
+    isolated_drop: bool,
 }
 
 impl Case {
@@ -281,6 +302,8 @@ impl Case {
             after: vec![],
             tc_flood: false,
             no_xdp_tx: None,
+            isolated: vec![],
+            isolated_drop: false,
         }
     }
     fn fdb(mut self, pre: &[Pre]) -> Self {
@@ -306,6 +329,22 @@ impl Case {
     fn spoofed(mut self) -> Self {
         self.spoofed = true;
         self
+    }
+    /// `ports` are isolated.
+    fn isolated(mut self, ports: &[At]) -> Self {
+        self.isolated = ports.to_vec();
+        self
+    }
+    /// Dropped for isolation: counted as isolated (and dropped).
+    fn counts_isolated(mut self) -> Self {
+        self.isolated_drop = true;
+        self
+    }
+    /// Whether port `at` gets a copy of a flood from the ingress: any
+    /// other port, but no isolated one from an isolated ingress.
+    fn floods_to(&self, at: At) -> bool {
+        at != self.ingress
+            && !(self.isolated.contains(&self.ingress) && self.isolated.contains(&at))
     }
     fn tc_fate(mut self, f: Fate) -> Self {
         self.tc = f;
@@ -345,6 +384,7 @@ fn table() -> Vec<Case> {
         not_a_port(),
         sizes(),
         left_to_tc(),
+        isolated_ports(),
         link_local(),
         odd_ethertypes(),
         runts(),
@@ -770,6 +810,136 @@ fn left_to_tc() -> Vec<Case> {
     ]
 }
 
+/// Isolated ports (`attach --isolated`): P2 and P3 isolated, P1 (the host
+/// port) not. Which devmap an XDP flood goes through the live test
+/// `live_xdp_isolated_ports` shows; here TC's clones show who gets one.
+fn isolated_ports() -> Vec<Case> {
+    use Fate::*;
+    const BOTH: [At; 2] = [P2, P3];
+    vec![
+        Case::new(
+            "isolated to isolated, known unicast: dropped, counted as isolated",
+            P2,
+            Frame::new(C, B)
+                .icmp_echo(ip(2), ip(3), false, 1, 1, b"isolated")
+                .build(),
+            Drop,
+        )
+        .isolated(&BOTH)
+        .counts_isolated()
+        .fdb(&[learned(C, P3, 0)])
+        .after(&[Post::Kept(C)])
+        .learns(B),
+        Case::new(
+            "isolated to isolated, static destination: dropped, counted as isolated",
+            P3,
+            Frame::new(B, C).pattern(46).build(),
+            Drop,
+        )
+        .isolated(&BOTH)
+        .counts_isolated()
+        .fdb(&[fixed(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(C),
+        Case::new(
+            "isolated to the host port: forwarded",
+            P2,
+            Frame::new(A, B).pattern(46).build(),
+            Forward(P1),
+        )
+        .isolated(&BOTH)
+        .fdb(&[learned(A, P1, 0)])
+        .after(&[Post::Kept(A)])
+        .learns(B),
+        Case::new(
+            "host port to an isolated port: forwarded",
+            P1,
+            Frame::new(B, A).pattern(46).build(),
+            Forward(P2),
+        )
+        .isolated(&BOTH)
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(A),
+        Case::new(
+            "isolated to a guest that is not: forwarded",
+            P2,
+            Frame::new(C, B).pattern(46).build(),
+            Forward(P3),
+        )
+        .isolated(&[P2])
+        .fdb(&[learned(C, P3, 0)])
+        .after(&[Post::Kept(C)])
+        .learns(B),
+        Case::new(
+            "guest that is not isolated to an isolated one: forwarded",
+            P3,
+            Frame::new(B, C).pattern(46).build(),
+            Forward(P2),
+        )
+        .isolated(&[P2])
+        .fdb(&[learned(B, P2, 0)])
+        .after(&[Post::Kept(B)])
+        .learns(C),
+        Case::new(
+            "isolated, destination behind the ingress: dropped, not counted as isolated",
+            P2,
+            Frame::new(C, B).pattern(46).build(),
+            Drop,
+        )
+        .isolated(&BOTH)
+        .fdb(&[learned(C, P2, 0)])
+        .after(&[Post::Kept(C)])
+        .learns(B),
+        Case::new(
+            "broadcast from an isolated port: floods to the ports that are not isolated",
+            P2,
+            Frame::new(BROADCAST, B)
+                .arp_request(ip(2), ip(3))
+                .pad_min()
+                .build(),
+            Flood,
+        )
+        .isolated(&BOTH)
+        .learns(B),
+        Case::new(
+            "unknown unicast from an isolated port: floods to the ports that are not isolated",
+            P3,
+            Frame::new(B, C).pattern(46).build(),
+            Flood,
+        )
+        .isolated(&BOTH)
+        .learns(C),
+        Case::new(
+            "broadcast from an isolated port with a guest that is not: floods to both others",
+            P2,
+            Frame::new(BROADCAST, B).pattern(46).build(),
+            Flood,
+        )
+        .isolated(&[P2])
+        .learns(B),
+        Case::new(
+            "broadcast from the host port: floods to the isolated ports too",
+            P1,
+            Frame::new(BROADCAST, A).pattern(46).build(),
+            Flood,
+        )
+        .isolated(&BOTH)
+        .learns(A),
+        Case::new(
+            "CFG_F_TC_FLOOD: XDP passes an isolated port's broadcast, TC floods it to the host \
+             port alone",
+            P2,
+            Frame::new(BROADCAST, B).pattern(46).build(),
+            ToTc,
+        )
+        .tc_fate(Flood)
+        .tc_flood(None)
+        .isolated(&BOTH)
+        .learns(B),
+    ]
+}
+
 /// Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
 fn link_local() -> Vec<Case> {
     use Fate::*;
@@ -888,7 +1058,7 @@ impl Bench {
 
         // Who got a copy: only TC floods transmit during a plain test run.
         let expect: Vec<usize> = (0..PORT_NAMES.len())
-            .map(|i| usize::from(prog == Prog::Tc && fate == Fate::Flood && P(i) != c.ingress))
+            .map(|i| usize::from(prog == Prog::Tc && fate == Fate::Flood && c.floods_to(P(i))))
             .collect();
         let got = self.copies(&c.frame, &expect);
         if got != expect {
@@ -917,12 +1087,21 @@ impl Bench {
         if let Some(at) = c.no_xdp_tx {
             let i = self.ifindex(at);
             self.ctx.devmap_remove(names::PORTS, i)?;
+            self.ctx.devmap_remove(names::FLOOD_ISOLATED, i)?;
             let s = PortStats {
                 kind: PORT_KIND_OTHER,
                 flags: PORT_F_NO_XDP_TX,
                 ..Default::default()
             };
             self.ctx.set_port_stats(i, s)?;
+        }
+        for &at in &c.isolated {
+            let flags = if c.no_xdp_tx == Some(at) {
+                PORT_F_NO_XDP_TX
+            } else {
+                0
+            };
+            self.isolate(at, flags)?;
         }
         let base = now_coarse();
         for p in &c.fdb {
@@ -1027,6 +1206,7 @@ fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Ve
         s.learned += u64::from(c.learned);
         s.moved += u64::from(c.moved);
         s.spoofed += u64::from(c.spoofed);
+        s.isolated += u64::from(c.isolated_drop);
     }
     want
 }
@@ -1147,6 +1327,49 @@ fn live_xdp_flood_reaches_every_other_port() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Isolated ports live (P2 and P3 isolated, P1 the host port): an
+/// isolated port's floods go through UMLBR_FLOOD_ISO and reach P1 alone;
+/// P1's reach both; unicast between the isolated ones goes nowhere,
+/// counted; unicast from an isolated port to P1 arrives.
+#[test]
+fn live_xdp_isolated_ports() -> Result<()> {
+    let mut b = Bench::new("live-iso")?;
+    let bcast = |src: Mac| Frame::new(BROADCAST, src).arp_request(ip(9), ip(1)).build();
+    let unknown = Frame::new(mac("02:00:00:00:00:ee"), C).pattern(50).build();
+    let to_c = Frame::new(C, B).pattern(50).build();
+    let to_a = Frame::new(A, B).pattern(50).build();
+    let cases: [(At, Vec<u8>, [usize; 3]); 5] = [
+        (P2, bcast(B), [1, 0, 0]),
+        (P3, unknown, [1, 0, 0]),
+        (P1, bcast(A), [0, 1, 1]),
+        (P2, to_a, [1, 0, 0]),
+        // Last: its counters are checked below.
+        (P2, to_c, [0, 0, 0]),
+    ];
+    for (from, f, expect) in cases {
+        b.reset()?;
+        b.isolate(P2, 0)?;
+        b.isolate(P3, 0)?;
+        let now = now_coarse();
+        b.fdb_insert(A, b.ifindex(P1), 0, now)?;
+        b.fdb_insert(C, b.ifindex(P3), 0, now)?;
+        b.run_xdp_live(b.ifindex(from), &f).context("live run")?;
+        let got = b.copies(&f, &expect);
+        ensure!(
+            got == expect,
+            "from {from:?} to {}: copies on p1..p3 {got:?}, expected {expect:?}",
+            fmt_mac(&f[..6].try_into()?)
+        );
+    }
+    let s = b.stats()?;
+    ensure!(
+        s[1].isolated == 1 && s[1].dropped == 1 && s[1].forwarded == 0,
+        "p2's counters after the last run: {:?}",
+        s[1]
+    );
     Ok(())
 }
 
