@@ -883,7 +883,10 @@ fn json_output() -> Result<()> {
     let names: Vec<&str> = ports.iter().filter_map(|p| p["name"].as_str()).collect();
     ensure!(names.contains(&"tap0"), "{names:?}");
     let tap = ports.iter().find(|p| p["name"] == "tap0").unwrap();
-    ensure!(tap["kind"] == "tap" && tap["tc"] == "tcx", "{tap}");
+    ensure!(
+        tap["kind"] == "tap" && tap["tc"] == "tcx" && tap["isolated"] == false,
+        "{tap}"
+    );
     ensure!(tap["xdp"] == "driver" || tap["xdp"] == "generic", "{tap}");
 
     let st = json(&ns, &["stats", "--json"])?;
@@ -891,7 +894,14 @@ fn json_output() -> Result<()> {
     let st1 = json(&ns, &["stats", "br0", "--json"])?;
     ensure!(st1.is_object(), "stats br0 --json: {st1}");
     for p in st1["ports"].as_array().context("stats ports")? {
-        for k in ["rx_packets", "forwarded", "flooded", "dropped", "learned"] {
+        for k in [
+            "rx_packets",
+            "forwarded",
+            "flooded",
+            "dropped",
+            "learned",
+            "isolated",
+        ] {
             ensure!(p["stats"][k].is_u64(), "stats.{k} in {p}");
         }
     }
@@ -1097,6 +1107,7 @@ fn usage_errors_exit_2() -> Result<()> {
         &["attach", "tap0", "--tc-only", "--nat-timeout", "udp=5"],
         &["attach", "tap0", "--masquerade", "--nat-timeout", "bogus=5"],
         &["attach", "tap0", "--masquerade", "--nat-ports", "5-1"],
+        &["attach", "tap0", "--isolated", "--uplink"],
     ] {
         let what = format!("umlbr {}", args.join(" "));
         let r = fails(&ns, args, &[]).and_then(|m| {
