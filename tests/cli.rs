@@ -1121,7 +1121,11 @@ fn usage_errors_exit_2() -> Result<()> {
 #[test]
 fn a_busy_bridge_fails_clearly() -> Result<()> {
     let ns = Netns::without_ipv6("cli-busy")?;
-    ok(&ns, &["up", "br0"])?;
+    ns.sh(
+        "ip link add up0 type veth peer name lan0 && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set lan0 up",
+    )?;
+    ok(&ns, &["up", "br0", "--address", "192.168.2.1/24"])?;
     ok(&ns, &["tap", "add", "tap0"])?;
     ok(&ns, &["tap", "add", "tap1"])?;
     ok(&ns, &["attach", "tap1"])?;
@@ -1169,12 +1173,15 @@ fn a_busy_bridge_fails_clearly() -> Result<()> {
         ("fdb del", busy(&["fdb", "del", "02:00:00:00:00:07"])),
         ("down", busy(&["down", "br0"])),
         ("up", busy(&["up", "br0"])),
+        ("masquerade", busy(&["attach", "up0", "--masquerade"])),
     ];
     let _ = holder.kill();
     let _ = holder.wait();
     all(checks)?;
     ok(&ns, &["attach", "tap0"])?;
     ok(&ns, &["tap", "del", "tap1"])?;
+    ok(&ns, &["attach", "up0", "--masquerade"])?;
+    ok(&ns, &["detach", "up0"])?;
     ok(&ns, &["down", "br0"])?;
     ensure!(
         ns.sh(&format!("test -e {lock} || echo gone"))?.trim() == "gone",
