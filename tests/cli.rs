@@ -1124,3 +1124,79 @@ fn usage_errors_exit_2() -> Result<()> {
     );
     all(checks)
 }
+
+/// While another process holds a bridge's lock, every command that
+/// changes the bridge waits for it, then fails with one line naming the
+/// bridge and the lock file, having changed nothing; read commands do not
+/// wait. Once the lock is free, the same commands work.
+#[test]
+fn a_busy_bridge_fails_clearly() -> Result<()> {
+    let ns = Netns::without_ipv6("cli-busy")?;
+    ns.sh(
+        "ip link add up0 type veth peer name lan0 && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set lan0 up",
+    )?;
+    ok(&ns, &["up", "br0", "--address", "192.168.2.1/24"])?;
+    ok(&ns, &["tap", "add", "tap0"])?;
+    ok(&ns, &["tap", "add", "tap1"])?;
+    ok(&ns, &["attach", "tap1"])?;
+    ok(&ns, &["fdb", "add", "02:00:00:00:00:07", "tap1"])?;
+    let ino = ns.sh("stat -L -c %i /proc/self/ns/net")?;
+    let lock = format!("/run/umlbr/net{}-br0.lock", ino.trim());
+    let mut holder = ns
+        .cmd("flock")
+        .args(["-x", "-o", &lock, "-c", "echo held; exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting flock")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().context("flock's stdout")?),
+        &mut line,
+    )?;
+    let busy = |args: &[&str]| -> Result<String> {
+        let what = format!("umlbr {}", args.join(" "));
+        let before = state(&ns)?;
+        let started = std::time::Instant::now();
+        let out = ns
+            .cmd(umlbr_bin().to_str().unwrap())
+            .args(args)
+            .env("UMLBR_LOCK_WAIT", "0.5")
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let waited = started.elapsed();
+        let msg = one_line_error(&what, &out, &["bridge br0 is busy", &lock]);
+        ensure!(state(&ns)? == before, "{what} changed the namespace");
+        ensure!(
+            waited >= std::time::Duration::from_millis(500),
+            "{what} gave up after {waited:?}, before UMLBR_LOCK_WAIT"
+        );
+        msg
+    };
+    let checks = vec![
+        ("attach", busy(&["attach", "tap0"])),
+        ("detach", busy(&["detach", "tap1"])),
+        ("tap del", busy(&["tap", "del", "tap1"])),
+        (
+            "fdb add",
+            busy(&["fdb", "add", "02:00:00:00:00:08", "tap1"]),
+        ),
+        ("fdb del", busy(&["fdb", "del", "02:00:00:00:00:07"])),
+        ("down", busy(&["down", "br0"])),
+        ("up", busy(&["up", "br0"])),
+        ("masquerade", busy(&["attach", "up0", "--masquerade"])),
+    ];
+    let _ = holder.kill();
+    let _ = holder.wait();
+    all(checks)?;
+    ok(&ns, &["attach", "tap0"])?;
+    ok(&ns, &["tap", "del", "tap1"])?;
+    ok(&ns, &["attach", "up0", "--masquerade"])?;
+    ok(&ns, &["detach", "up0"])?;
+    ok(&ns, &["down", "br0"])?;
+    ensure!(
+        ns.sh(&format!("test -e {lock} || echo gone"))?.trim() == "gone",
+        "down left {lock}"
+    );
+    Ok(())
+}

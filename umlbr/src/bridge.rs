@@ -7,6 +7,10 @@
 //! pin) and the maps hang off the programs. Every command finds a bridge
 //! again from NAME, so `ip netns exec` works and two namespaces may each
 //! have a br0.
+//!
+//! A command that changes a bridge opens it with `Bridge::lock`: under the
+//! bridge's lock (`lock.rs`), read afresh, so that what it read before
+//! (while finding the bridge) cannot be stale.
 use std::collections::HashMap as StdHashMap;
 
 use aya::programs::ProgramInfo;
@@ -14,6 +18,7 @@ use aya::programs::ProgramInfo;
 use crate::{
     error::{Error, Result},
     link::{Link, Net, check_ifname},
+    lock::{self, BridgeLock},
     object::{Maps, Programs, Tc},
 };
 
@@ -26,6 +31,8 @@ pub struct Bridge {
     pub switch_port: Link,
     pub xdp_prog_id: u32,
     pub maps: Maps,
+    /// Held while a command changes the bridge (`Bridge::lock`).
+    lock: Option<BridgeLock>,
 }
 
 /// Name of the switch-side end of bridge `name`'s host veth pair.
@@ -62,6 +69,7 @@ impl Bridge {
             switch_port: sw.clone(),
             xdp_prog_id: id,
             maps: Maps::open(&ids)?,
+            lock: None,
         }))
     }
 
@@ -90,6 +98,39 @@ impl Bridge {
             .into_iter()
             .find(|b| b.name == name)
             .ok_or_else(|| Error::NoSuchBridge(name.into()))
+    }
+
+    /// Take the lock of bridge `name` and open it under it: the form of
+    /// `open` for commands that change the bridge.
+    pub async fn open_locked(net: &Net, name: &str) -> Result<Bridge> {
+        check_ifname(name)?;
+        let held = lock::take(name)?;
+        let mut br = Bridge::open(net, name).await?;
+        br.lock = Some(held);
+        Ok(br)
+    }
+
+    /// This bridge, opened again under its lock (see `open_locked`):
+    /// everything read before the lock may have changed meanwhile, and
+    /// the bridge may be gone (`NoSuchBridge`).
+    pub async fn lock(self, net: &Net) -> Result<Bridge> {
+        if self.lock.is_some() {
+            return Ok(self);
+        }
+        Bridge::open_locked(net, &self.name).await
+    }
+
+    /// Delete the bridge's lock file if this process holds the lock: for
+    /// `down`, once the bridge is gone.
+    pub fn unlink_lock(&self) {
+        if let Some(l) = &self.lock {
+            l.unlink();
+        }
+    }
+
+    /// Whether this process holds the bridge's lock.
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// The bridge called `name`, or every bridge when `name` is None.

@@ -134,6 +134,22 @@ pub enum Error {
     NotHooked { what: &'static str, iface: String },
     #[error("bridge {bridge} has no {what} program")]
     BridgeLacks { bridge: String, what: &'static str },
+    #[error("taking the lock {} of bridge {bridge}", path.display())]
+    Lock {
+        bridge: String,
+        path: std::path::PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error(
+        "bridge {bridge} is busy: another umlbr command has held its lock {} for over {secs} s \
+         (see `fuser {}`)", path.display(), path.display()
+    )]
+    LockBusy {
+        bridge: String,
+        path: std::path::PathBuf,
+        secs: f64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -152,9 +152,14 @@ pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Resul
             b.has_port(link.index).then_some((b, link.index))
         }
     });
-    let Some((mut br, port)) = found else {
+    let Some((br, port)) = found else {
         return Err(Error::NotAttached(iface.into()));
     };
+    let mut br = br.lock(net).await?;
+    // Read again under the lock: another command may have detached it.
+    if !br.is_own(port) && !br.has_port(port) {
+        return Err(Error::NotAttached(iface.into()));
+    }
     let what = if is_static {
         Entry::Static
     } else {
@@ -166,7 +171,8 @@ pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Resul
 
 /// Remove the entry for `mac`. Returns the bridge's name.
 pub async fn del(net: &Net, mac: [u8; 6], bridge: Option<&str>) -> Result<String> {
-    let mut br = Bridge::open_or_only(net, bridge).await?;
+    let br = Bridge::open_or_only(net, bridge).await?;
+    let mut br = br.lock(net).await?;
     let key = FdbKey::new(mac);
     let Ok(entry) = br.maps.fdb.get(&key, 0) else {
         return Err(Error::NoSuchFdbEntry {

@@ -6,7 +6,9 @@
 //! Modules, each using only those listed before it:
 //! `error`; `sys` (syscalls the libraries lack) and `link` (interfaces,
 //! MACs, CIDRs); `object` (the eBPF object: loading it, its programs on
-//! their hooks, its maps by id); `bridge` (finding a bridge again);
+//! their hooks, its maps by id); `lock` (one command at a time changes
+//! a bridge); `bridge` (finding a bridge again, and opening it under its
+//! lock);
 //! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
 //! (`up` and `down`).
 pub mod bridge;
@@ -14,6 +16,7 @@ pub mod error;
 pub mod fdb;
 pub mod lifecycle;
 pub mod link;
+pub mod lock;
 pub mod nat;
 pub mod object;
 pub mod port;

@@ -17,6 +17,7 @@ use crate::{
     error::{Error, Result},
     fdb,
     link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, check_ifname},
+    lock,
     nat::{self, NatOptions},
     object::{self, Maps, Programs, Tc, map_err},
     port, sys,
@@ -170,8 +171,11 @@ async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<(
 }
 
 /// Create bridge `name`: load the programs, make the host's veth pair
-/// and attach the switch side as the first port.
+/// and attach the switch side as the first port. All of it under the
+/// bridge's lock: no other command finds the bridge half-made.
 pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
+    check_ifname(name)?;
+    let _lock = lock::take(name)?;
     preflight(net, name, opts).await?;
     let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
     net.add_veth(name, &switch_port_name(name)).await?;
@@ -188,7 +192,8 @@ pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
 /// Remove the bridge: detach every port, delete the veth pair. The
 /// programs and maps go with their last attachment. Returns the
 /// interfaces it detached.
-pub async fn down(net: &Net, mut br: Bridge) -> Result<Vec<String>> {
+pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
+    let mut br = br.lock(net).await?;
     let mut detached = Vec::new();
     if let Some(n) = nat::detach_from(net, &mut br).await? {
         detached.push(n);
@@ -206,5 +211,6 @@ pub async fn down(net: &Net, mut br: Bridge) -> Result<Vec<String>> {
         }
     }
     net.del_link(br.host.index, &br.name).await?;
+    br.unlink_lock();
     Ok(detached)
 }

@@ -215,9 +215,8 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
 
 async fn detach(net: &Net, iface: &str) -> Result<()> {
     let link = net.require(iface).await?;
-    if let Some(mut br) = nat::bridge_of_uplink(net, link.index).await? {
-        nat::detach_from(net, &mut br).await?;
-        eprintln!("{} no longer masquerades through {iface}", br.name);
+    if let Some(b) = nat::detach(net, &link).await? {
+        eprintln!("{b} no longer masquerades through {iface}");
         return Ok(());
     }
     let b = port::detach(net, iface).await?;

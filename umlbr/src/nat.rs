@@ -321,9 +321,13 @@ pub async fn attach(
     opts: &NatOptions,
 ) -> Result<String> {
     let link = net.require(iface).await?;
+    port::check_free(net, &link, &Programs::read()).await?;
+    let br = Bridge::open_or_only(net, bridge).await?;
+    let mut br = port::lock(net, br).await?;
+    // Again under the lock: another command may have taken it meanwhile.
+    let link = net.require(iface).await?;
     let progs = Programs::read();
     port::check_free(net, &link, &progs).await?;
-    let mut br = Bridge::open_or_only(net, bridge).await?;
     let old = br.maps.nat_config()?;
     if old.nat_ifindex != 0 {
         return Err(Error::UplinkExists {
@@ -391,6 +395,22 @@ pub async fn detach_from(net: &Net, br: &mut Bridge) -> Result<Option<String>> {
             Ok(None)
         }
     }
+}
+
+/// Stop masquerading through `link`, under the lock of the bridge that
+/// masquerades through it. Returns that bridge's name, or None if no
+/// bridge masquerades through `link`.
+pub async fn detach(net: &Net, link: &Link) -> Result<Option<String>> {
+    let Some(br) = bridge_of_uplink(net, link.index).await? else {
+        return Ok(None);
+    };
+    let mut br = br.lock(net).await?;
+    // Read again under the lock: another command may have detached it.
+    if br.maps.nat_config()?.nat_ifindex != link.index {
+        return Ok(None);
+    }
+    detach_from(net, &mut br).await?;
+    Ok(Some(br.name))
 }
 
 /// The bridge that masquerades through `ifindex`, if any.

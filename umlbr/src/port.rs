@@ -1,5 +1,9 @@
-//! Ports: attaching an interface to a bridge and detaching it.
-use std::os::fd::{AsFd, AsRawFd};
+//! Ports: attaching an interface to a bridge and detaching it, and
+//! removing the ports whose interface vanished.
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
@@ -126,6 +130,41 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     fdb::forget_port(maps, ifindex);
     let _ = maps.learn.remove(&ifindex);
     Ok(())
+}
+
+/// Remove from the bridge's maps every port whose interface no longer
+/// exists in this network namespace: a tap deleted under its port, a
+/// guest's non-persistent tap gone with the guest, an interface moved to
+/// another namespace. Its flood-list slot, stats, devmap entry, learning
+/// budget and FDB entries go, as with `detach`. Only under the bridge's
+/// lock (`Bridge::lock`), which every command that changes the bridge
+/// takes, so such a command cleans up after the vanished ports first.
+/// Returns their ifindexes.
+pub async fn prune(net: &Net, br: &mut Bridge) -> Result<Vec<u32>> {
+    debug_assert!(br.is_locked(), "pruning bridge {} unlocked", br.name);
+    let live: HashSet<u32> = net.links().await?.iter().map(|l| l.index).collect();
+    // Also stats slots outside the flood list: left by a command killed
+    // half-way through `register`.
+    let mut known: Vec<u32> = br.port_ifindexes();
+    known.extend(br.maps.stats.keys().filter_map(|k| k.ok()));
+    known.sort_unstable();
+    known.dedup();
+    let gone: Vec<u32> = known
+        .into_iter()
+        .filter(|&i| !br.is_own(i) && !live.contains(&i))
+        .collect();
+    for &ifindex in &gone {
+        unregister(&mut br.maps, ifindex)?;
+    }
+    Ok(gone)
+}
+
+/// `br` opened again under its lock, its vanished ports removed: how the
+/// commands that change ports open a bridge.
+pub async fn lock(net: &Net, br: Bridge) -> Result<Bridge> {
+    let mut br = br.lock(net).await?;
+    prune(net, &mut br).await?;
+    Ok(br)
 }
 
 /// Detach every umlbr program from `link` (XDP, tcx ingress and egress).
@@ -316,7 +355,12 @@ pub async fn attach(
     let link = net.require(iface).await?;
     let progs = Programs::read();
     check_free(net, &link, &progs).await?;
-    let mut br = Bridge::open_or_only(net, bridge).await?;
+    let br = Bridge::open_or_only(net, bridge).await?;
+    let mut br = lock(net, br).await?;
+    // Again under the lock: another command may have attached it meanwhile.
+    let link = net.require(iface).await?;
+    let progs = Programs::read();
+    check_free(net, &link, &progs).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     if uplink {
         check_no_uplink(net, &br).await?;
@@ -361,7 +405,14 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
         return Err(Error::HostPort(format!("{iface} (bridge {})", b.name)));
     }
     match all.into_iter().find(|b| b.has_port(link.index)) {
-        Some(mut br) => {
+        Some(br) => {
+            let mut br = lock(net, br).await?;
+            // Read again under the lock: another command may have
+            // detached it, or deleted it, meanwhile.
+            let link = net.require(iface).await?;
+            if !br.has_port(link.index) {
+                return Err(Error::NotAttached(iface.into()));
+            }
             let kf = kind_and_flags(&br.maps, link.index);
             // Out of the maps first so nothing is redirected to it meanwhile.
             unregister(&mut br.maps, link.index)?;
