@@ -1056,3 +1056,134 @@ fn vanished_ports_are_cleaned_up() -> Result<()> {
     ensure!(foreign.is_empty(), "FDB entries of gone ports: {foreign:?}");
     Ok(())
 }
+
+/// A guest's broadcast storm: tap0 writes 200 000 broadcasts as fast as
+/// it can while tap1 sends 300 unicast frames to tap2 (learned). tap2
+/// gets every one of tap1's frames, and of the storm at most the default
+/// flood limit (1000 a second) over the storm's length plus the burst
+/// (200); tap0's `storm` counter counts the rest. The kernel bridge has no
+/// per-port broadcast limit (the recipe would need tc police on each
+/// tap): no oracle.
+#[test]
+fn broadcast_storm_is_limited() -> Result<()> {
+    const STORM: u64 = 200_000;
+    const UNICAST: usize = 300;
+    let ns = Netns::new("atk-storm")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps: Vec<File> = ["tap0", "tap1", "tap2"]
+        .iter()
+        .map(|t| open_tap(t))
+        .collect::<Result<_>>()?;
+    three_ports(&ns, Kind::Umlbr)?;
+    let (a, b, c) = (
+        mac("02:00:00:00:00:0a"),
+        mac("02:00:00:00:00:0b"),
+        mac("02:00:00:00:00:0c"),
+    );
+    for (i, m) in [(1, b), (2, c)] {
+        let f = Frame::new(BROADCAST, m)
+            .arp_request(Ipv4Addr::new(10, 0, 0, i as u8), Ipv4Addr::new(10, 0, 0, 9))
+            .pad_min()
+            .build();
+        taps[i].write_all(&f)?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for t in taps.iter_mut() {
+        drain(t, Duration::from_millis(100));
+    }
+    ensure!(
+        fdb_has(&ns, Kind::Umlbr, "02:00:00:00:00:0c")?,
+        "tap2 was not learned"
+    );
+
+    let udp = |dst: Mac, src: Mac, marker: &[u8]| {
+        Frame::new(dst, src)
+            .udp(
+                Ipv4Addr::new(10, 0, 0, 10),
+                4000,
+                Ipv4Addr::BROADCAST,
+                5000,
+                marker,
+            )
+            .pad_min()
+            .build()
+    };
+    let storm = udp(BROADCAST, a, b"storm broadcast");
+    let unicast = udp(c, b, b"unicast to c");
+    let mut attacker = taps.remove(0);
+    let mut sender = taps.remove(0);
+    let mut victim = taps.remove(0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // tap2, the victim guest, reads all the time (its queue holds 1000).
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut storm, mut unicast) = (0u64, 0usize);
+            let mut buf = [0u8; 2048];
+            let mut quiet_since = None;
+            loop {
+                match victim.read(&mut buf) {
+                    Ok(n) => {
+                        quiet_since = None;
+                        let f = &buf[..n];
+                        storm += carrying(&[f.to_vec()], b"storm broadcast") as u64;
+                        unicast += carrying(&[f.to_vec()], b"unicast to c");
+                    }
+                    Err(_) => {
+                        if done.load(std::sync::atomic::Ordering::Relaxed) {
+                            let q = *quiet_since.get_or_insert_with(Instant::now);
+                            if q.elapsed() > Duration::from_millis(300) {
+                                // The tap lives on with its file.
+                                return (storm, unicast, victim);
+                            }
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let storm_thread = std::thread::spawn(move || -> Result<(Duration, File)> {
+        let start = Instant::now();
+        for _ in 0..STORM {
+            attacker.write_all(&storm)?;
+        }
+        Ok((start.elapsed(), attacker))
+    });
+    // tap1's frames, spread over the storm.
+    for _ in 0..UNICAST {
+        sender.write_all(&unicast)?;
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let (storm_took, _attacker) = storm_thread.join().expect("storm thread")?;
+    let elapsed = start.elapsed().max(storm_took);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (storm_at_c, unicast_at_c, _victim) = reader.join().expect("reader thread");
+
+    // The limit over the storm's length, the burst, and a little slack
+    // for CPUs racing on the bucket and the coarse clock's ticks.
+    let allowed = (1000.0 * elapsed.as_secs_f64()) as u64 + 200 + 50;
+    let p = port_json(&ns, "tap0")?;
+    let s = &p["stats"];
+    let (flooded, storm_dropped, dropped) = (
+        s["flooded"].as_u64().unwrap_or(0),
+        s["storm"].as_u64().unwrap_or(0),
+        s["dropped"].as_u64().unwrap_or(0),
+    );
+    ensure!(
+        unicast_at_c == UNICAST && storm_at_c <= allowed,
+        "during a {STORM}-broadcast storm from tap0 ({:.2} s), tap2 got {unicast_at_c} of \
+         {UNICAST} unicast frames from tap1 and {storm_at_c} broadcasts (at most {allowed} \
+         allowed); tap0: {s}",
+        elapsed.as_secs_f64()
+    );
+    ensure!(
+        flooded + storm_dropped == STORM
+            && flooded <= allowed
+            && dropped >= storm_dropped
+            && storm_dropped >= STORM - allowed,
+        "tap0's counters after {STORM} broadcasts (at most {allowed} flooded): {s}"
+    );
+    Ok(())
+}

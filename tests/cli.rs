@@ -887,6 +887,13 @@ fn json_output() -> Result<()> {
         tap["kind"] == "tap" && tap["tc"] == "tcx" && tap["isolated"] == false,
         "{tap}"
     );
+    // Storm control is on by default for a guest, off for the host port.
+    ensure!(tap["flood_limit"] == 1000, "{tap}");
+    let host = ports
+        .iter()
+        .find(|p| p["kind"] == "host")
+        .context("host port")?;
+    ensure!(host["flood_limit"] == 0, "{host}");
     ensure!(tap["xdp"] == "driver" || tap["xdp"] == "generic", "{tap}");
 
     let st = json(&ns, &["stats", "--json"])?;
@@ -901,6 +908,7 @@ fn json_output() -> Result<()> {
             "dropped",
             "learned",
             "isolated",
+            "storm",
         ] {
             ensure!(p["stats"][k].is_u64(), "stats.{k} in {p}");
         }

@@ -127,7 +127,30 @@ pub struct PortLearn {
     pub max: u32,
     /// When the datapath last swept aged entries for a port at its limit.
     pub swept_ns: u64,
+    /// Storm control (`attach --flood-limit`): most floods a second,
+    /// written by userspace for `show` (0: no limit).
+    pub flood_pps: u32,
+    /// 1e9 / `flood_pps`: what one flood costs, in ns (0: no limit). The
+    /// datapath reads only this.
+    pub flood_gap_ns: u32,
+    /// The bucket, as a theoretical arrival time (GCRA): a flood passes
+    /// if `max(flood_tat_ns, now)` is less than `FLOOD_BURST` gaps ahead
+    /// of now, and moves it one gap on. CLOCK_MONOTONIC_COARSE ns.
+    pub flood_tat_ns: u64,
 }
+
+/// Default flood limit of a guest's port, in floods (broadcast, multicast,
+/// unknown unicast) a second. A normal guest sends a few a second (ARP,
+/// DHCP, neighbour discovery, MLD, mDNS), a few dozen at boot; 1000 is
+/// far above that, and yet a storm at it costs the other guests' CPUs
+/// little (each flood is one copy per port). The host port and an uplink
+/// have no limit by default: the host is trusted, and a LAN's broadcasts
+/// are the LAN's.
+pub const DEFAULT_FLOOD_LIMIT: u32 = 1000;
+/// Floods a port may send at once above its rate, after a quiet while:
+/// enough for a guest's boot (DHCP, ARP probes and announcements, router
+/// solicitation, MLD reports, mDNS probes), whatever the rate.
+pub const FLOOD_BURST: u64 = 200;
 
 /// Default learning limit of a guest's port (and the host port): far more
 /// MACs than a guest has, and 256 such ports fit the table with room for
@@ -180,6 +203,9 @@ pub struct PortStats {
     /// Of `dropped`: unicast from this isolated port to another isolated
     /// port (`attach --isolated`).
     pub isolated: u64,
+    /// Of `dropped`: floods over the port's flood limit (storm control,
+    /// `attach --flood-limit`).
+    pub storm: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -429,6 +455,7 @@ impl core::ops::AddAssign for PortStats {
         self.learn_limited += o.learn_limited;
         self.spoofed += o.spoofed;
         self.isolated += o.isolated;
+        self.storm += o.storm;
     }
 }
 
@@ -492,8 +519,8 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 13 * 8);
-        assert_eq!(size_of::<PortLearn>(), 16);
+        assert_eq!(size_of::<PortStats>(), 8 + 14 * 8);
+        assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 32);
         assert_eq!(size_of::<NatIn>(), 32);

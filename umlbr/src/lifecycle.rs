@@ -128,7 +128,10 @@ async fn set_up_host(
         maps,
         sw,
         (PORT_KIND_HOST, 0),
-        port::default_max_learned(PORT_KIND_HOST),
+        (
+            port::default_max_learned(PORT_KIND_HOST),
+            port::default_flood_limit(PORT_KIND_HOST),
+        ),
     )?;
     let mut c = maps.config()?;
     c.host_port = sw.index;

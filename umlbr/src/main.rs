@@ -194,6 +194,7 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         tc_only: a.tc_only,
         max_learned: a.max_learned,
         isolated: a.isolated,
+        flood_limit: a.flood_limit,
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = match (p.uplink, p.isolated) {

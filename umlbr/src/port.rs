@@ -7,9 +7,9 @@ use std::{
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
-    CFG_F_TC_FLOOD, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK, MAX_PORTS, PORT_F_ISOLATED,
-    PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK,
-    PortLearn, PortStats, names,
+    CFG_F_TC_FLOOD, DEFAULT_FLOOD_LIMIT, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK,
+    MAX_PORTS, PORT_F_ISOLATED, PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_KIND_HOST,
+    PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -35,6 +35,31 @@ pub struct AttachOptions {
     /// Never reaches another isolated port (PORT_F_ISOLATED); not for an
     /// uplink.
     pub isolated: bool,
+    /// Most floods a second the port may send (0: no limit); by default
+    /// `default_flood_limit` of its kind.
+    pub flood_limit: Option<u32>,
+}
+
+/// The flood limit a port of `kind` gets unless told otherwise: a guest's
+/// port `DEFAULT_FLOOD_LIMIT`, the host port and an uplink none (the host
+/// is trusted; an uplink's broadcasts are its LAN's, a limit there would
+/// cut the guests off from its ARP and DHCP in a storm on the LAN).
+pub fn default_flood_limit(kind: u32) -> u32 {
+    if kind == PORT_KIND_UPLINK || kind == PORT_KIND_HOST {
+        0
+    } else {
+        DEFAULT_FLOOD_LIMIT
+    }
+}
+
+/// Storm control's budget of a port limited to `pps` floods a second.
+fn flood_budget(pps: u32) -> (u32, u32) {
+    if pps == 0 {
+        (0, 0)
+    } else {
+        // At least 1: a limit above 1e9/s is no limit worth a zero.
+        (pps, (1_000_000_000 / pps).max(1))
+    }
 }
 
 /// The learning limit a port of `kind` gets unless told otherwise: an
@@ -48,13 +73,14 @@ pub fn default_max_learned(kind: u32) -> u32 {
 }
 
 /// Add `link` to the bridge's maps: flood list, stats slot, learning
-/// budget of `max_learned` MACs, and the devmap unless it cannot take XDP
-/// frames (and, unless it is isolated, the isolated ports' flood set).
+/// budget of `max_learned` MACs and flood limit of `flood_limit` floods a
+/// second, and the devmap unless it cannot take XDP frames (and, unless
+/// it is isolated, the isolated ports' flood set).
 pub fn register(
     maps: &mut Maps,
     link: &Link,
     (kind, flags): (u32, u32),
-    max_learned: u32,
+    (max_learned, flood_limit): (u32, u32),
 ) -> Result<()> {
     let mut c = maps.config()?;
     if c.nr_ports >= MAX_PORTS {
@@ -74,8 +100,11 @@ pub fn register(
     maps.stats
         .insert(link.index, values, 0)
         .map_err(map_err(names::PORT_STATS))?;
+    let (flood_pps, flood_gap_ns) = flood_budget(flood_limit);
     let budget = PortLearn {
         max: max_learned,
+        flood_pps,
+        flood_gap_ns,
         ..Default::default()
     };
     maps.learn
@@ -370,7 +399,9 @@ pub async fn attach(
         flags |= PORT_F_ISOLATED;
     }
     let max_learned = opts.max_learned.unwrap_or(default_max_learned(kind));
-    register(&mut br.maps, &link, (kind, flags), max_learned).map_err(|e| match e {
+    let flood_limit = opts.flood_limit.unwrap_or(default_flood_limit(kind));
+    let limits = (max_learned, flood_limit);
+    register(&mut br.maps, &link, (kind, flags), limits).map_err(|e| match e {
         Error::TooManyPorts { max, .. } => Error::TooManyPorts {
             bridge: br.name.clone(),
             max,

@@ -38,6 +38,9 @@ pub struct PortView {
     pub max_learned: u32,
     /// Reaches no other isolated port (`attach --isolated`).
     pub isolated: bool,
+    /// Storm control: most floods a second the port may send
+    /// (`attach --flood-limit`; 0: no limit).
+    pub flood_limit: u32,
     pub stats: PortCounters,
 }
 
@@ -93,6 +96,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
             learned_macs: budget.count,
             max_learned: budget.max,
             isolated,
+            flood_limit: budget.flood_pps,
             stats: PortCounters {
                 datapath,
                 ..Default::default()
@@ -109,6 +113,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         learned_macs: budget.count,
         max_learned: budget.max,
         isolated,
+        flood_limit: budget.flood_pps,
         stats: PortCounters {
             datapath,
             tx_packets: l.tx_packets,

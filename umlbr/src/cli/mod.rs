@@ -145,6 +145,15 @@ pub struct AttachArgs {
     /// world.
     #[arg(long, conflicts_with_all = ISOLATED_CONFLICTS)]
     pub isolated: bool,
+    /// Storm control: most floods (broadcast, multicast, unknown unicast)
+    /// a second the port may send, with a burst of 200 after a quiet
+    /// while (0: no limit). Floods over it are dropped and counted as
+    /// storm in `umlbr stats`; known unicast is never limited. This keeps
+    /// a guest's broadcast storm from starving the others. Default 1000
+    /// for a guest's port, far above what a normal guest sends (ARP, DHCP,
+    /// neighbour discovery: a few a second); none for an uplink.
+    #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u32), conflicts_with_all = MASQUERADE_ARGS)]
+    pub flood_limit: Option<u32>,
     #[command(flatten)]
     pub nat: NatArgs,
 }
@@ -350,6 +359,9 @@ mod tests {
         // An uplink may be switched by TC alone.
         assert!(parse("attach eth0 --uplink --tc-only").is_ok());
         assert!(parse("attach tap0 --isolated --tc-only --max-learned 4").is_ok());
+        assert!(parse("attach tap0 --flood-limit 0").is_ok());
+        assert!(parse("attach tap0 --flood-limit 50").is_ok());
+        assert!(parse("attach tap0 --flood-limit -1").is_err());
         assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
     }
 }

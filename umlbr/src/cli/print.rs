@@ -53,9 +53,21 @@ pub fn show(views: &[BridgeView]) {
 }
 
 /// A port's security settings, as `attach` took them, beside its
-/// learning limit (MACS/MAX): `-` for none.
-fn security(p: &PortView) -> &'static str {
-    if p.isolated { "isolated" } else { "-" }
+/// learning limit (MACS/MAX): `isolated`, `floods<=N/s` (storm control),
+/// `-` for none.
+fn security(p: &PortView) -> String {
+    let mut out = Vec::new();
+    if p.isolated {
+        out.push("isolated".to_string());
+    }
+    if p.flood_limit != 0 {
+        out.push(format!("floods<={}/s", p.flood_limit));
+    }
+    if out.is_empty() {
+        "-".to_string()
+    } else {
+        out.join(",")
+    }
 }
 
 /// `stats`: per-port counters, and the masquerade's.
@@ -63,12 +75,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED ISOLATED LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED ISOLATED   STORM LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>8} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -77,6 +89,7 @@ pub fn stats(views: &[BridgeView]) {
                 s.dropped,
                 s.spoofed,
                 s.isolated,
+                s.storm,
                 s.learned,
                 s.learn_limited,
                 s.xdp_native,
