@@ -17,7 +17,7 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use umlbr_common::{
-    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE, FDB_SWEEP_INTERVAL_NS, FdbEntry, FdbKey,
+    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FLOOD_BURST, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE, FDB_SWEEP_INTERVAL_NS, FdbEntry, FdbKey,
     MAX_PORTS, PortLearn, PortStats,
 };
 
@@ -147,6 +147,50 @@ fn atomic_add(v: &mut u32, n: u32) {
     // intrinsic is one BPF_ATOMIC add (BPF_XADD), which every kernel has.
     // SAFETY: `v` is a valid, aligned u32.
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(v, n) };
+}
+
+#[inline(always)]
+fn atomic_add64(v: &mut u64, n: u64) {
+    // As `atomic_add`: one 64-bit BPF_XADD.
+    // SAFETY: `v` is a valid, aligned u64.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(v, n) };
+}
+
+/// Storm control: whether `port` may flood one more frame now. Only
+/// floods ask (one lookup of the port's shared budget; known unicast
+/// never gets here). The bucket is a GCRA: `flood_tat_ns` is when the
+/// port's floods would have been paid for at `flood_gap_ns` each; a flood
+/// passes while that is less than FLOOD_BURST gaps ahead of now, and
+/// moves it one gap on. One value for all CPUs, so the limit is the
+/// port's, whichever CPUs its frames arrive on: the gap is added
+/// atomically; checked, then added, CPUs racing here pass at most one
+/// flood each beyond the limit, and when an idle bucket restarts at now
+/// (a plain store), the floods of other CPUs in the same instant may be
+/// forgotten: a few frames, never a rate.
+#[inline(always)]
+pub fn flood_allowed(port: u32) -> bool {
+    let Some(b) = LEARN.get_ptr_mut(port) else {
+        // A port without a budget (attached by an older umlbr): no limit.
+        return true;
+    };
+    // SAFETY: pointer into a map value that lives as long as the map.
+    let b = unsafe { &mut *b };
+    let gap = b.flood_gap_ns as u64;
+    if gap == 0 {
+        return true;
+    }
+    let now = now();
+    let mut tat = b.flood_tat_ns;
+    if tat < now {
+        // Quiet for a while: the burst is whole again.
+        b.flood_tat_ns = now;
+        tat = now;
+    }
+    if tat - now >= FLOOD_BURST * gap {
+        return false;
+    }
+    atomic_add64(&mut b.flood_tat_ns, gap);
+    true
 }
 
 #[repr(C)]

@@ -167,6 +167,9 @@ fn xdp_switch(
         }
         Verdict::Unicast(port) => redirect_xdp(port, stats),
         Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
+            if !fdb::flood_allowed(ingress) {
+                return storm(stats, xdp_action::XDP_DROP);
+            }
             stats.flooded += 1;
             // An isolated port floods to the ports that are not.
             let sent = if stats.flags & PORT_F_ISOLATED != 0 {
@@ -178,6 +181,15 @@ fn xdp_switch(
         }
         Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
     }
+}
+
+/// A flood over the port's flood limit (storm control): dropped with
+/// `action`, counted.
+#[inline(always)]
+fn storm<T>(stats: &mut PortStats, action: T) -> T {
+    stats.dropped += 1;
+    stats.storm += 1;
+    action
 }
 
 /// Guest traffic to the gateway: masqueraded out of the uplink, or
@@ -328,6 +340,9 @@ fn tc_switch(
             redirect(port, BPF_F_INGRESS)
         }
         Verdict::Flood => {
+            if !fdb::flood_allowed(ingress) {
+                return storm(stats, TC_ACT_SHOT as i32);
+            }
             stats.flooded += 1;
             let isolated = stats.flags & PORT_F_ISOLATED != 0;
             flood_tc(ctx, cfg, (ingress, isolated), is_multicast(&dst))
