@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use aya::programs::TcAttachType;
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FdbEntry, FdbKey, MAX_XDP_FRAME, PORT_F_ISOLATED,
-    PORT_F_NO_XDP_TX, PORT_KIND_OTHER, PortLearn, PortStats, names,
+    CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FLOOD_BURST, FdbEntry, FdbKey, MAX_XDP_FRAME,
+    PORT_F_ISOLATED, PORT_F_NO_XDP_TX, PORT_KIND_OTHER, PortLearn, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -1473,6 +1473,7 @@ impl Bench {
             count,
             max,
             swept_ns,
+            ..Default::default()
         };
         self.ctx.insert(names::LEARN, i, b)
     }
@@ -1563,5 +1564,156 @@ fn learning_budget() -> Result<()> {
             b.budget(P1)?
         );
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Storm control (the flood limit in UMLBR_LEARN).
+
+impl Bench {
+    /// Give port `at` a flood limit of `pps` floods a second (as `attach
+    /// --flood-limit` does) and a bucket at `tat_ns`.
+    fn set_flood_limit(&mut self, at: At, pps: u32, tat_ns: u64) -> Result<()> {
+        let i = self.ifindex(at);
+        let b = PortLearn {
+            flood_pps: pps,
+            flood_gap_ns: if pps == 0 {
+                0
+            } else {
+                (SEC / u64::from(pps)) as u32
+            },
+            flood_tat_ns: tat_ns,
+            ..Default::default()
+        };
+        self.ctx.insert(names::LEARN, i, b)
+    }
+
+    /// Run `prog` on `f` from port `at` `n` times; the actions.
+    fn run_n(&mut self, prog: Prog, at: At, f: &[u8], n: u64) -> Result<Vec<u32>> {
+        let i = self.ifindex(at);
+        (0..n)
+            .map(|_| {
+                let r = match prog {
+                    Prog::Xdp => self.run_xdp(i, 0, f),
+                    Prog::Tc => self.run_tc(i, f),
+                };
+                r.map(|(a, _)| a).map_err(|e| anyhow::anyhow!("{e:?}"))
+            })
+            .collect()
+    }
+}
+
+/// A port floods at most its limit: FLOOD_BURST floods pass at once, the
+/// next is dropped and counted as storm (and dropped); the bucket refills
+/// with time; unknown unicast is a flood and limited alike, known unicast
+/// never; a limit of 0 is none. XDP and TC alike. The limit is 1 a second,
+/// so that the coarse clock's ticks during the test add no flood.
+#[test]
+fn storm_control() -> Result<()> {
+    let mut b = Bench::new("storm")?;
+    let bcast = Frame::new(BROADCAST, A).pad_min().build();
+    let unknown = Frame::new(mac("02:00:00:00:99:99"), A).pad_min().build();
+    let to_c = Frame::new(C, A).pad_min().build();
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset()?;
+        b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
+        let (flood, drop) = match prog {
+            Prog::Xdp => (XDP_REDIRECT, XDP_DROP),
+            // TC floods by clones and drops the original.
+            Prog::Tc => (TC_ACT_SHOT, TC_ACT_SHOT),
+        };
+        let (forward, p3) = match prog {
+            Prog::Xdp => (XDP_REDIRECT, b.ifindex(P3)),
+            Prog::Tc => (TC_ACT_REDIRECT, b.ifindex(P3)),
+        };
+        b.set_flood_limit(P1, 1, 0)?;
+        let acts = b.run_n(prog, P1, &bcast, FLOOD_BURST)?;
+        ensure!(
+            acts.iter().all(|&a| a == flood),
+            "{prog:?}: the burst: {acts:?}"
+        );
+        let s = b.stats()?[0];
+        ensure!(
+            (s.flooded, s.storm, s.dropped) == (FLOOD_BURST, 0, 0),
+            "{prog:?}: after the burst: {:?}",
+            counters(&s)
+        );
+        let acts = b.run_n(prog, P1, &bcast, 1)?;
+        let s = b.stats()?[0];
+        ensure!(
+            acts == [drop] && (s.flooded, s.storm, s.dropped) == (FLOOD_BURST, 1, 1),
+            "{prog:?}: one over the burst: {acts:?}, {:?}",
+            counters(&s)
+        );
+        let acts = b.run_n(prog, P1, &unknown, 1)?;
+        let s = b.stats()?[0];
+        ensure!(
+            acts == [drop] && (s.flooded, s.storm, s.dropped) == (FLOOD_BURST, 2, 2),
+            "{prog:?}: unknown unicast over the limit: {acts:?}, {:?}",
+            counters(&s)
+        );
+
+        // Known unicast is never limited.
+        b.fdb_insert(C, p3, 0, now_coarse())?;
+        let acts = b.run_n(prog, P1, &to_c, 10)?;
+        let s = b.stats()?[0];
+        ensure!(
+            acts.iter().all(|&a| a == forward) && (s.forwarded, s.storm, s.dropped) == (10, 2, 2),
+            "{prog:?}: known unicast from a port over its limit: {acts:?}, {:?}",
+            counters(&s)
+        );
+
+        // A second later (the bucket set back by one gap), one more flood.
+        let tat = b.budget(P1)?.flood_tat_ns;
+        ensure!(
+            tat > now_coarse() + (FLOOD_BURST - 2) * SEC,
+            "{prog:?}: the bucket is at {tat}, now {}",
+            now_coarse()
+        );
+        b.set_flood_limit(P1, 1, tat - SEC)?;
+        let acts = b.run_n(prog, P1, &bcast, 2)?;
+        let s = b.stats()?[0];
+        ensure!(
+            acts == [flood, drop] && (s.flooded, s.storm) == (FLOOD_BURST + 1, 3),
+            "{prog:?}: after a second: {acts:?}, {:?}",
+            counters(&s)
+        );
+        // After a quiet while the burst is whole again, and no more.
+        b.set_flood_limit(P1, 1, now_coarse() - 10 * SEC)?;
+        let acts = b.run_n(prog, P1, &bcast, FLOOD_BURST + 1)?;
+        let s = b.stats()?[0];
+        ensure!(
+            // TC's flood and drop look alike: its counters tell them apart.
+            (flood == drop || acts.iter().filter(|&&a| a == flood).count() as u64 == FLOOD_BURST)
+                && acts.last() == Some(&drop)
+                && (s.flooded, s.storm) == (2 * FLOOD_BURST + 1, 4),
+            "{prog:?}: after a quiet while: {:?}",
+            counters(&s)
+        );
+
+        // Other ports have their own buckets: p2 (no limit) and p3 (its own).
+        b.set_flood_limit(P3, 1, 0)?;
+        let from_b = Frame::new(BROADCAST, B).pad_min().build();
+        let acts = b.run_n(prog, P2, &from_b, FLOOD_BURST + 10)?;
+        ensure!(
+            acts.iter().all(|&a| a == flood),
+            "{prog:?}: p2, no limit: {acts:?}"
+        );
+        let from_c = Frame::new(BROADCAST, C).pad_min().build();
+        let acts = b.run_n(prog, P3, &from_c, 1)?;
+        ensure!(acts == [flood], "{prog:?}: p3's own bucket: {acts:?}");
+
+        // A limit of 0 is none, wherever the bucket is.
+        b.set_flood_limit(P1, 0, now_coarse() + 1000 * SEC)?;
+        let acts = b.run_n(prog, P1, &bcast, FLOOD_BURST + 10)?;
+        let s = b.stats()?;
+        ensure!(
+            acts.iter().all(|&a| a == flood) && s[0].storm == 4 && s[1].storm == 0,
+            "{prog:?}: no limit: {:?}",
+            counters(&s[0])
+        );
+        b.ctx.quiet();
+    }
+    b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
     Ok(())
 }

@@ -134,7 +134,7 @@ pub struct PortLearn {
     /// datapath reads only this.
     pub flood_gap_ns: u32,
     /// The bucket, as a theoretical arrival time (GCRA): a flood passes
-    /// if `max(flood_tat_ns, now)` is less than `FLOOD_BURST` gaps ahead
+    /// if `max(flood_tat_ns, now)` is at most `FLOOD_BURST - 1` gaps ahead
     /// of now, and moves it one gap on. CLOCK_MONOTONIC_COARSE ns.
     pub flood_tat_ns: u64,
 }

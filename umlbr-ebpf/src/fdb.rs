@@ -160,7 +160,7 @@ fn atomic_add64(v: &mut u64, n: u64) {
 /// floods ask (one lookup of the port's shared budget; known unicast
 /// never gets here). The bucket is a GCRA: `flood_tat_ns` is when the
 /// port's floods would have been paid for at `flood_gap_ns` each; a flood
-/// passes while that is less than FLOOD_BURST gaps ahead of now, and
+/// passes while that is at most FLOOD_BURST - 1 gaps ahead of now, and
 /// moves it one gap on. One value for all CPUs, so the limit is the
 /// port's, whichever CPUs its frames arrive on: the gap is added
 /// atomically; checked, then added, CPUs racing here pass at most one
@@ -186,7 +186,8 @@ pub fn flood_allowed(port: u32) -> bool {
         b.flood_tat_ns = now;
         tat = now;
     }
-    if tat - now >= FLOOD_BURST * gap {
+    // The burst's last flood may be paid FLOOD_BURST - 1 gaps ahead.
+    if tat - now > (FLOOD_BURST - 1) * gap {
         return false;
     }
     atomic_add64(&mut b.flood_tat_ns, gap);
