@@ -860,7 +860,7 @@ fn fdb(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     }
     let topo = Topo::new(c, 2, &[], &cfg.umlbr)?;
     // The fill stands for a LAN of stations behind tap0.
-    topo.unlimited_learning(&topo.taps[0])?;
+    topo.unlimited(&topo.taps[0])?;
     let one = [Flow {
         from: 0,
         to: Some(1),

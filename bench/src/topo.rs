@@ -151,7 +151,10 @@ impl Topo {
     /// broadcasts every frame to the other taps through a devmap.
     pub fn flood(contender: Contender, ntaps: usize, umlbr: &Path) -> Result<Topo> {
         if contender != Contender::Redirect {
-            return Topo::new(contender, ntaps, &[], umlbr);
+            let topo = Topo::new(contender, ntaps, &[], umlbr)?;
+            // What a flood costs, not what storm control drops.
+            topo.unlimited(&topo.taps[0])?;
+            return Ok(topo);
         }
         // No pairs: Ceiling's setup with nothing to drop, then the flood.
         let mut topo = Topo::new(Contender::Ceiling, ntaps, &[], umlbr)?;
@@ -546,10 +549,20 @@ impl Topo {
         Ok(())
     }
 
-    /// Let `tap` learn without limit (a guest port learns 256 MACs by
-    /// default): for rows whose port stands for a whole LAN.
-    pub fn unlimited_learning(&self, tap: &str) -> Result<()> {
-        let mut args = vec!["attach", tap, "--bridge", BRIDGE, "--max-learned", "0"];
+    /// Let `tap` learn and flood without limit (a guest port learns 256
+    /// MACs and floods 1000 frames a second by default): for rows whose
+    /// port stands for a whole LAN, and the flooding rows.
+    pub fn unlimited(&self, tap: &str) -> Result<()> {
+        let mut args = vec![
+            "attach",
+            tap,
+            "--bridge",
+            BRIDGE,
+            "--max-learned",
+            "0",
+            "--flood-limit",
+            "0",
+        ];
         match self.contender {
             Contender::Umlbr => {}
             Contender::UmlbrTc => args.push("--tc-only"),
