@@ -17,8 +17,8 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use umlbr_common::{
-    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FLOOD_BURST, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE, FDB_SWEEP_INTERVAL_NS, FdbEntry, FdbKey,
-    MAX_PORTS, PortLearn, PortStats,
+    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE,
+    FDB_SWEEP_INTERVAL_NS, FLOOD_BURST, FdbEntry, FdbKey, MAX_PORTS, PortLearn, PortStats,
 };
 
 /// MAC -> port.

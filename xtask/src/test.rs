@@ -209,9 +209,23 @@ pub fn test(args: &TestArgs, ci: bool) -> Result<()> {
     }
 
     if !args.no_lint {
-        header("lint: cargo fmt --all -- --check");
-        let (r, took) = timed(|| util::run(util::cargo().args(["fmt", "--all", "--", "--check"])));
-        steps.push(step("fmt", r, took, "run `cargo fmt --all`"));
+        header("lint: cargo fmt --all -- --check (and the eBPF crate's, its own workspace)");
+        let (r, took) = timed(|| {
+            util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
+            util::run(util::cargo().args([
+                "fmt",
+                "--manifest-path",
+                "umlbr-ebpf/Cargo.toml",
+                "--",
+                "--check",
+            ]))
+        });
+        steps.push(step(
+            "fmt",
+            r,
+            took,
+            "run `cargo fmt --all` (and `cargo fmt` in umlbr-ebpf/)",
+        ));
 
         header("lint: cargo clippy --workspace --all-targets -- -D warnings");
         let (r, took) = timed(|| {
