@@ -11,8 +11,8 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
 };
 use umlbr_common::{
-    NAT_HOP_NS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TRIES,
-    NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
+    NAT_HOP_NS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_T_ACK,
+    NAT_T_SEQ, NAT_TRIES, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
 };
 
 use super::{NAT_IN, NAT_OUT, Packed, count};
@@ -136,6 +136,11 @@ pub struct Flow {
     pub saddr: u32,
     pub daddr: u32,
     pub mac: [u8; 6],
+    /// TCP (host byte order): the window field, the next sequence number
+    /// after this segment, the acknowledgment.
+    pub win: u16,
+    pub seq_next: u32,
+    pub ack: u32,
 }
 
 /// `mapping_find` and `mapping_new` results: [`Packed`] tags, with the
@@ -180,9 +185,13 @@ fn flow_state(f: &Flow) -> u16 {
 #[inline(never)]
 pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Packed {
     let okey = out_key(f);
-    let Some(op) = NAT_OUT.get_ptr(okey) else {
+    let Some(op) = NAT_OUT.get_ptr_mut(okey) else {
         return Packed::pack(MAP_NONE, 0);
     };
+    if f.proto == IPPROTO_TCP {
+        // SAFETY: pointer into the map value.
+        track(unsafe { &mut *op }, f);
+    }
     // SAFETY: pointer into the map value; the fields are read once each.
     let (port, hop_ns, addr) = unsafe { ((*op).port, (*op).hop_ns, (*op).addr) };
     let state = flow_state(f);
@@ -217,6 +226,56 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
     let _ = NAT_OUT.remove(okey);
     count(|s| s.expired += 1);
     Packed::pack(MAP_NONE, 0)
+}
+
+/// Keep what an RST or FIN from the LAN is judged by: the guest's next
+/// sequence number, its acknowledgment and window. Fields are written only
+/// when they change (a busy flow's ACK moves, its window seldom does). A
+/// SYN (a new connection on the mapping) forgets the old ACK.
+#[inline(always)]
+fn track(o: &mut NatOut, f: &Flow) {
+    if o.seq_next != f.seq_next {
+        o.seq_next = f.seq_next;
+    }
+    let mut t = NAT_T_SEQ;
+    if f.tcp_flags & TCP_ACK != 0 {
+        t |= NAT_T_ACK;
+        if o.ack != f.ack {
+            o.ack = f.ack;
+        }
+        if o.win != f.win {
+            o.win = f.win;
+        }
+    } else if f.tcp_flags & TCP_SYN != 0 {
+        o.track = NAT_T_SEQ;
+    }
+    if o.track | t != o.track {
+        o.track |= t;
+    }
+}
+
+/// Whether an RST or FIN from the LAN (`seq`, `ack` and `flags` as in the
+/// segment, host byte order) may change the state of the TCP mapping whose
+/// outbound key is `okey`: its sequence number lies in the guest's receive
+/// window, from the guest's last acknowledgment for its window field
+/// shifted by the largest scale (RFC 793's acceptability test, RFC 5961's
+/// in spirit; the guest's own TCP makes the finer check). Before the guest
+/// acknowledged anything, only an RST acknowledging its SYN counts (RFC 793
+/// SYN-SENT). Without the outbound entry nothing can be judged: no.
+#[inline(never)]
+pub fn in_window(okey: &NatKey, seq: u32, ack: u32, flags: u8) -> bool {
+    let Some(o) = NAT_OUT.get_ptr(*okey) else {
+        return false;
+    };
+    // SAFETY: pointer into the map value, read in place.
+    let o = unsafe { &*o };
+    if o.track & NAT_T_ACK != 0 {
+        let wnd = (o.win as u32 + 1) << NAT_WSCALE_MAX;
+        return seq.wrapping_sub(o.ack) < wnd;
+    }
+    o.track & NAT_T_SEQ != 0
+        && flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK
+        && ack == o.seq_next
 }
 
 /// Cache a route lookup's next hop in the flow's mapping.
@@ -349,6 +408,11 @@ fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, now: u64) -
         zero_words(o.as_mut_ptr());
         (*o.as_mut_ptr()).addr = cfg.nat_addr;
         (*o.as_mut_ptr()).port = cand;
+        if f.proto == IPPROTO_TCP {
+            // Mapped from a SYN: its sequence number, no ACK yet.
+            (*o.as_mut_ptr()).seq_next = f.seq_next;
+            (*o.as_mut_ptr()).track = NAT_T_SEQ;
+        }
         if !hop.is_null() {
             copy_hop((*o.as_mut_ptr()).hop.as_mut_ptr().cast(), hop);
             (*o.as_mut_ptr()).hop_ns = now;
