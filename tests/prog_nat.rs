@@ -297,7 +297,7 @@ impl Bench {
                 ack: m.track.ack,
                 win: m.track.win,
                 track: m.track.flags,
-                _pad3: 0,
+                owner: self.ifindex(guest(m.owner.unwrap_or(m.flow.guest))),
             };
             self.ctx.insert(names::NAT_OUT, m.flow.out_key(), out)?;
         }
@@ -571,6 +571,8 @@ struct Mapping {
     hop: Option<(Mac, u64)>,
     /// What its NAT_OUT entry knows of the guest's TCP.
     track: Track,
+    /// The guest whose port made it, if not the flow's.
+    owner: Option<usize>,
 }
 
 /// `NatOut`'s TCP tracking fields.
@@ -602,6 +604,7 @@ fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
         inn: true,
         hop: None,
         track: default_track(flow.proto, state),
+        owner: None,
     }
 }
 
@@ -857,6 +860,7 @@ struct Cnt {
     expired: u64,
     bad_source: u64,
     out_of_window: u64,
+    foreign: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -870,6 +874,7 @@ const NONE: Cnt = Cnt {
     expired: 0,
     bad_source: 0,
     out_of_window: 0,
+    foreign: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -892,6 +897,8 @@ const ICMP_ERR: Cnt = Cnt {
     ..NONE
 };
 const MISS: Cnt = Cnt { in_miss: 1, ..NONE };
+/// A guest's packet of another port's live mapping: not translated.
+const FOREIGN: Cnt = Cnt { foreign: 1, ..NONE };
 /// An RST or FIN from the LAN outside the guest's window: translated and
 /// passed on, counted, the mapping left alone.
 const OUT_OF_WINDOW: Cnt = Cnt {
@@ -924,6 +931,7 @@ impl Cnt {
             expired: self.expired,
             bad_source: self.bad_source,
             out_of_window: self.out_of_window,
+            foreign: self.foreign,
         }
     }
 }
@@ -1467,6 +1475,51 @@ fn outbound_existing(s: &Shared) -> Vec<Case> {
             Snat(u1_g2),
             ALLOC,
             &[New(u1_g2, 0, PortRule::Not(vec![P]))],
+        ),
+        // A mapping belongs to the port that made it (SECURITY.md): a guest
+        // sending with another guest's address and ports neither uses nor
+        // changes its live mapping; an expired one it replaces as anyone.
+        Case::new(
+            "UDP from another port with guest 1's address and ports: not translated, guest 1's mapping unchanged (foreign)",
+            guest(1),
+            u1.out_frame(0, b"spoofed"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "the same with a fresh next hop cached: not translated either (foreign)",
+            guest(1),
+            u1.out_frame(0, b"spoofed"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 4)])
+        .switched(FOREIGN),
+        Case::new(
+            "TCP RST from another port on guest 1's established flow: not translated, the mapping stays established (foreign)",
+            guest(1),
+            t1.out_frame(tcp_flags::RST | ack, b""),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "TCP SYN from another port on guest 1's reset flow: not restarted (foreign)",
+            guest(1),
+            t1.out_frame(syn, b""),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "UDP from another port on guest 1's expired mapping: retired, a new mapping owned by the sender",
+            guest(1),
+            u1.out_frame(0, b"late"),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS + 1) * SEC)])
+        .both(
+            Snat(u1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(u1, 0, PortRule::InRange)],
         ),
         Case::new(
             "same guest flow to another remote: its own mapping",
@@ -2394,6 +2447,8 @@ struct Ran<'a> {
     in_after: BTreeMap<KeyOrd, NatIn>,
     t0: u64,
     t1: u64,
+    /// The ifindex of the port the frame came in on.
+    ingress: u32,
 }
 
 /// The keys the NAT tables must hold.
@@ -2549,7 +2604,15 @@ impl Ran<'_> {
         // A TCP mapping is made from the guest's SYN: its next sequence
         // number, no acknowledgment yet.
         let t = tracked(&NatOut::default(), &self.c.frame);
-        if (o.seq_next, o.ack, o.win, o.track, o._pad3) != (t.seq_next, t.ack, t.win, t.track, 0) {
+        if o.owner != self.ingress {
+            errs.push(format!(
+                "NAT_OUT {}: owner {}, expected {} (the port the packet came in on)",
+                fmt_key(&ok.0),
+                o.owner,
+                self.ingress
+            ));
+        }
+        if (o.seq_next, o.ack, o.win, o.track) != (t.seq_next, t.ack, t.win, t.track) {
             errs.push(format!(
                 "NAT_OUT {}: tracking seq_next {} ack {} win {} flags {:#x}, expected {} {} {} {:#x}",
                 fmt_key(&ok.0),
@@ -2766,6 +2829,7 @@ impl Bench {
             in_after,
             t0,
             t1,
+            ingress,
         };
         ran.tables(&mut errs);
 

@@ -258,7 +258,9 @@ pub struct NatOut {
     pub ack: u32,
     pub win: u16,
     pub track: u16,
-    pub _pad3: u32,
+    /// The ifindex of the port whose guest made the mapping: only packets
+    /// from it use the mapping.
+    pub owner: u32,
 }
 
 /// `NatOut.seq_next` holds the guest's next sequence number.
@@ -389,6 +391,10 @@ pub struct NatStats {
     /// before the guest acknowledged anything, an RST not acknowledging
     /// its SYN): passed to the guest, the mapping's state left alone.
     pub out_of_window: u64,
+    /// Guest packets of a live mapping that another port made (a guest
+    /// sending with another's address and ports): not translated, the
+    /// mapping left alone (the kernel's path).
+    pub foreign: u64,
 }
 
 impl NatConfig {
@@ -470,6 +476,7 @@ impl core::ops::AddAssign for NatStats {
         self.expired += o.expired;
         self.bad_source += o.bad_source;
         self.out_of_window += o.out_of_window;
+        self.foreign += o.foreign;
     }
 }
 
@@ -522,6 +529,6 @@ mod tests {
         assert_eq!(size_of::<NatOut>(), 48);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 12 * 8);
+        assert_eq!(size_of::<NatStats>(), 13 * 8);
     }
 }

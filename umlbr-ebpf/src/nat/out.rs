@@ -13,7 +13,8 @@ use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
 use super::{
     IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves, set_ip_addr, set_port, stats,
     table::{
-        Flow, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find, mapping_new, store_hop,
+        Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find,
+        mapping_new, store_hop,
     },
 };
 use crate::{
@@ -204,7 +205,14 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
     // An established flow with a fresh cached next hop skips the route
     // lookup, the costliest step (bench/: NAT rows).
     let now = crate::fdb::now();
-    let found = mapping_find(cfg, f, now, hop);
+    // The port the packet came in on: a mapping belongs to the port that
+    // made it. (Read from the context at each call, not kept in the Flow:
+    // that kept out_sub's frame within the 512-byte stack.)
+    let found = mapping_find(cfg, f, now, hop, pkt.ingress());
+    if found.tag() == MAP_FOREIGN {
+        count(|s| s.foreign += 1);
+        return Err(Out::NotNat);
+    }
     if found.tag() == MAP_FOUND_HOP {
         return Ok(Mapped {
             port: found.val() as u16,
@@ -226,7 +234,7 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
         }
         found
     } else {
-        mapping_new(pkt.as_ptr(), cfg, f, hop, now)
+        mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress())
     };
     match m.tag() {
         MAP_FOUND => Ok(Mapped {

@@ -15,7 +15,7 @@ use umlbr_common::{
     NAT_T_SEQ, NAT_TRIES, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
 };
 
-use super::{NAT_IN, NAT_OUT, Packed, count};
+use super::{NAT_IN, NAT_OUT, NAT_SCRATCH, Packed, count};
 use crate::{
     hdr::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     mem::{Hop, copy_hop, zero_words},
@@ -152,6 +152,8 @@ pub const MAP_FOUND: u16 = 1;
 pub const MAP_FOUND_HOP: u16 = 2;
 /// `mapping_new`: the flow is not to be mapped (the kernel's path).
 pub const MAP_REFUSED: u16 = 3;
+/// `mapping_find`: the flow's live mapping belongs to another port.
+pub const MAP_FOREIGN: u16 = 4;
 
 /// The key of the flow's mapping whose own end is `local_addr:local_port`:
 /// the guest's in NAT_OUT, the outside one in NAT_IN.
@@ -183,17 +185,22 @@ fn flow_state(f: &Flow) -> u16 {
 /// the next hop in `macs` if the cached one is fresh; MAP_NONE if the flow
 /// has no live mapping (an expired one is removed).
 #[inline(never)]
-pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Packed {
+pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop, ingress: u32) -> Packed {
     let okey = out_key(f);
     let Some(op) = NAT_OUT.get_ptr_mut(okey) else {
         return Packed::pack(MAP_NONE, 0);
     };
-    if f.proto == IPPROTO_TCP {
+    // SAFETY: pointer into the map value; the fields are read once each.
+    let (port, hop_ns, addr, owner) =
+        unsafe { ((*op).port, (*op).hop_ns, (*op).addr, (*op).owner) };
+    // Another port's guest sending with this one's address and ports: it
+    // must neither use the mapping nor change it (once the mapping is no
+    // longer live, it is retired below like any expired one).
+    let foreign = owner != ingress;
+    if !foreign && f.proto == IPPROTO_TCP {
         // SAFETY: pointer into the map value.
         track(unsafe { &mut *op }, f);
     }
-    // SAFETY: pointer into the map value; the fields are read once each.
-    let (port, hop_ns, addr) = unsafe { ((*op).port, (*op).hop_ns, (*op).addr) };
     let state = flow_state(f);
     let hop_fresh = hop_ns != 0 && now.wrapping_sub(hop_ns) <= NAT_HOP_NS;
     // A fresh hop means that this check ran in full (inbound entry found
@@ -201,7 +208,7 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
     // lags by at most twice that: skip the inbound lookup when no timeout
     // is near that short and the packet changes no state. (Replies
     // refresh it on their own.)
-    if hop_fresh && state == 0 && min_timeout_ns(cfg, f.proto) > 4 * NAT_HOP_NS {
+    if !foreign && hop_fresh && state == 0 && min_timeout_ns(cfg, f.proto) > 4 * NAT_HOP_NS {
         // SAFETY: the caller's Hop; `hop` is word aligned in the value.
         unsafe { copy_hop(macs, (*op).hop.as_ptr().cast()) };
         return Packed::pack(MAP_FOUND_HOP, port as u64);
@@ -211,6 +218,9 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
         // SAFETY: pointer into the map value.
         let i = unsafe { &mut *i };
         if i.addr == f.saddr && i.port == f.sport && live(cfg, f.proto, i, now) {
+            if foreign {
+                return Packed::pack(MAP_FOREIGN, 0);
+            }
             touch(i, now, state);
             if hop_fresh {
                 // SAFETY: as above.
@@ -302,8 +312,11 @@ pub fn mapping_new(
     cfg: &NatConfig,
     f: &Flow,
     hop: *const Hop,
-    now: u64,
+    ingress: u32,
 ) -> Packed {
+    // (The time is read here, not passed: the port of `ingress` took its
+    // argument slot.)
+    let now = crate::fdb::now();
     // A TCP flow gets a mapping only from its first SYN: a flow that began
     // on the kernel's path (before the masquerade was attached, or while
     // the port range was full) stays there instead of changing its source
@@ -348,7 +361,7 @@ pub fn mapping_new(
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     };
-    if !insert_out(cfg, f, cand, hop, now) {
+    if !insert_out(cfg, f, cand, hop, ingress) {
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     }
@@ -398,26 +411,33 @@ fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
 /// The flow's outbound entry for outside port `cand`; on failure the
 /// inbound entry is taken back.
 #[inline(never)]
-fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, now: u64) -> bool {
-    // Zeroed by words: a `hop: [0; 12]` initialiser is a memset call on
-    // every new flow.
-    let mut o = core::mem::MaybeUninit::<NatOut>::uninit();
-    // SAFETY: our own stack slot; NatOut is 32 bytes of integers. (Passed
-    // by reference: a copy of it by value brings the memset back.)
+fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, owner: u32) -> bool {
+    let now = crate::fdb::now();
+    // Built in this CPU's scratch slot, not on the stack: 48 bytes there
+    // took the call chain past the 512-byte limit.
+    let Some(p) = NAT_SCRATCH.get_ptr_mut(0) else {
+        let _ = NAT_IN.remove(in_key(cfg, f, cand));
+        return false;
+    };
+    // SAFETY: this CPU's slot, written and inserted before anything else
+    // runs here. Zeroed by words: a `hop: [0; 12]` initialiser is a memset
+    // call on every new flow. (Passed by reference: a copy of it by value
+    // brings the memset back.)
     let o = unsafe {
-        zero_words(o.as_mut_ptr());
-        (*o.as_mut_ptr()).addr = cfg.nat_addr;
-        (*o.as_mut_ptr()).port = cand;
+        zero_words(p);
+        (*p).addr = cfg.nat_addr;
+        (*p).port = cand;
+        (*p).owner = owner;
         if f.proto == IPPROTO_TCP {
             // Mapped from a SYN: its sequence number, no ACK yet.
-            (*o.as_mut_ptr()).seq_next = f.seq_next;
-            (*o.as_mut_ptr()).track = NAT_T_SEQ;
+            (*p).seq_next = f.seq_next;
+            (*p).track = NAT_T_SEQ;
         }
         if !hop.is_null() {
-            copy_hop((*o.as_mut_ptr()).hop.as_mut_ptr().cast(), hop);
-            (*o.as_mut_ptr()).hop_ns = now;
+            copy_hop((*p).hop.as_mut_ptr().cast(), hop);
+            (*p).hop_ns = now;
         }
-        &*o.as_ptr()
+        &*p
     };
     if NAT_OUT.insert(out_key(f), o, 0).is_ok() {
         return true;
