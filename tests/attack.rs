@@ -754,6 +754,105 @@ fn blind_reset_from_the_lan_kernel() -> Result<()> {
     blind_reset_from_the_lan(Kind::Kernel)
 }
 
+/// A guest cannot join another guest's masqueraded flow by sending with
+/// its address and ports: the victim (tap0) opens a TCP connection, the
+/// attacker (tap1) sends an RST and data on the same 5-tuple. Nothing of
+/// the attacker's leaves translated on the victim's port, the mapping stays
+/// established, and umlbr counts the packets as `foreign`. (No oracle:
+/// conntrack does not bind a flow to a bridge port, so the recipe lets the
+/// attacker's in-window RST close the victim's flow.)
+#[test]
+fn guest_cannot_join_another_guests_flow() -> Result<()> {
+    use umlbr_tests::wire::{TcpHeader, tcp_flags::*};
+    let ns = Netns::new("atk-join")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut tap1 = open_tap("tap1")?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, Kind::Umlbr)?;
+    ns.sh("ip link set tap1 up")?;
+    ns.umlbr_ok(&["attach", "tap1", "--bridge", "br0"])?;
+    let (victim, attacker) = (mac(GUEST), mac("02:00:00:00:00:66"));
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    let (gip, peer, nat_ip) = (
+        Ipv4Addr::new(192, 168, 2, 10),
+        Ipv4Addr::new(10, 99, 0, 2),
+        Ipv4Addr::new(10, 99, 0, 1),
+    );
+    drain(&mut up0, Duration::from_millis(300));
+    let guest_seg = |from: Mac, flags: u8, seq: u32, ack: u32, data: &[u8]| {
+        Frame::new(gw_mac, from)
+            .tcp(
+                gip,
+                peer,
+                &TcpHeader::new(40000, 80, flags).seq(seq).ack(ack),
+                data,
+            )
+            .build()
+    };
+    tap0.write_all(&guest_seg(victim, SYN, 1000, 0, b""))?;
+    let seen = drain(&mut up0, Duration::from_millis(300));
+    let syn = seen
+        .iter()
+        .find(|f| f.len() >= 54 && f[23] == 6 && f[26..30] == nat_ip.octets())
+        .context("the victim's SYN did not leave translated")?;
+    let port = u16::from_be_bytes([syn[34], syn[35]]);
+    up0.write_all(
+        &Frame::new(mac(UPLINK_MAC), mac(LAN_PEER_MAC))
+            .tcp(
+                peer,
+                nat_ip,
+                &TcpHeader::new(80, port, SYN | ACK).seq(5000).ack(1001),
+                b"",
+            )
+            .build(),
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    tap0.write_all(&guest_seg(victim, ACK, 1001, 5001, b""))?;
+    drain(&mut up0, Duration::from_millis(200));
+    ensure!(
+        flow_state(&ns, Kind::Umlbr)? == "established",
+        "the victim's flow is not established after the handshake"
+    );
+    // The attack, from the other port: data and an in-window RST on the
+    // victim's 5-tuple.
+    tap1.write_all(&guest_seg(attacker, ACK | PSH, 1001, 5001, b"injected"))?;
+    tap1.write_all(&guest_seg(attacker, RST | ACK, 1001, 5001, b""))?;
+    let leaked = drain(&mut up0, Duration::from_millis(400))
+        .iter()
+        .filter(|f| {
+            f.len() >= 54
+                && f[23] == 6
+                && f[26..30] == nat_ip.octets()
+                && f[34..36] == port.to_be_bytes()
+        })
+        .count();
+    let state = flow_state(&ns, Kind::Umlbr)?;
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    ensure!(
+        leaked == 0 && state == "established",
+        "the attacker's segments: {leaked} left as the victim's mapping, which is now {state}"
+    );
+    ensure!(
+        v["nat"]["counters"]["foreign"].as_u64() == Some(2),
+        "NAT counters: {}",
+        v["nat"]["counters"]
+    );
+    // The victim's own data still leaves on its mapping.
+    tap0.write_all(&guest_seg(victim, ACK | PSH, 1001, 5001, b"own"))?;
+    let own = drain(&mut up0, Duration::from_millis(300))
+        .iter()
+        .filter(|f| {
+            f.len() >= 54 && f[26..30] == nat_ip.octets() && f[34..36] == port.to_be_bytes()
+        })
+        .count();
+    ensure!(
+        own == 1,
+        "{own} of the victim's 1 segment left on its mapping"
+    );
+    Ok(())
+}
+
 /// Two masquerading bridges whose names would make the same nftables
 /// name (br-0, br_0) keep their own slow paths, and come down in any
 /// order: forwarding stays on while one masquerades, and is off again
