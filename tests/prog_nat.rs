@@ -628,9 +628,9 @@ fn default_track(proto: u8, state: u16) -> Track {
 }
 
 /// NAT_OUT entry `b` after the guest's TCP packet `frame` found it: the
-/// guest's next sequence number (payload, SYN and FIN count), its
-/// acknowledgment and window (if ACK is set) kept; a SYN without ACK
-/// forgets the old acknowledgment.
+/// guest's next sequence number (payload, SYN and FIN count) until it has
+/// acknowledged something, its acknowledgment and window (if ACK is set)
+/// kept; a SYN without ACK starts afresh, forgetting the acknowledgment.
 fn tracked(b: &NatOut, frame: &[u8]) -> NatOut {
     let mut w = *b;
     if frame.len() < L4 + 20 || frame[IP + 9] != ipproto::TCP {
@@ -643,7 +643,10 @@ fn tracked(b: &NatOut, frame: &[u8]) -> NatOut {
     let hlen = (t[12] >> 4) as u32 * 4;
     let tot = u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]) as u32;
     let ctl = (flags & tcp_flags::SYN != 0) as u32 + (flags & tcp_flags::FIN != 0) as u32;
-    w.seq_next = seq.wrapping_add(tot - 20 - hlen).wrapping_add(ctl);
+    let new_syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if b.track & NAT_T_ACK == 0 || new_syn {
+        w.seq_next = seq.wrapping_add(tot - 20 - hlen).wrapping_add(ctl);
+    }
     if flags & tcp_flags::ACK != 0 {
         w.ack = ack;
         w.win = win;

@@ -239,12 +239,16 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop, ingress
 }
 
 /// Keep what an RST or FIN from the LAN is judged by: the guest's next
-/// sequence number, its acknowledgment and window. Fields are written only
-/// when they change (a busy flow's ACK moves, its window seldom does). A
-/// SYN (a new connection on the mapping) forgets the old ACK.
+/// sequence number until it acknowledges something (only `in_window`'s
+/// SYN-SENT rule reads it), then its acknowledgment and window. Fields are
+/// written only when they change, so a flow's packets dirty the entry only
+/// when the guest acknowledges new data. A SYN (a new connection on the
+/// mapping) forgets the old ACK.
 #[inline(always)]
 fn track(o: &mut NatOut, f: &Flow) {
-    if o.seq_next != f.seq_next {
+    if (o.track & NAT_T_ACK == 0 || f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+        && o.seq_next != f.seq_next
+    {
         o.seq_next = f.seq_next;
     }
     let mut t = NAT_T_SEQ;
