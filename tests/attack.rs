@@ -612,6 +612,247 @@ fn guest_cannot_masquerade_other_sources() -> Result<()> {
     Ok(())
 }
 
+/// The state of the guest's TCP flow to 10.99.0.2:80 as the masquerade
+/// keeps it: umlbr's `nat show`, or conntrack's.
+fn flow_state(ns: &Netns, kind: Kind) -> Result<String> {
+    match kind {
+        Kind::Umlbr => {
+            let v: Value = serde_json::from_str(&ns.umlbr_ok(&["nat", "show", "br0", "--json"])?)?;
+            let rows = v.as_array().context("nat show --json: not an array")?;
+            let row = rows
+                .iter()
+                .find(|r| r["protocol"] == "tcp" && r["remote"] == "10.99.0.2:80")
+                .with_context(|| format!("no mapping of the flow in {v}"))?;
+            Ok(row["state"].as_str().unwrap_or("?").to_string())
+        }
+        Kind::Kernel => {
+            let out = ns.sh("conntrack -L -p tcp --dport 80 2>/dev/null")?;
+            let line = out
+                .lines()
+                .find(|l| l.contains("dst=10.99.0.2"))
+                .with_context(|| format!("no conntrack entry of the flow: {out:?}"))?;
+            // "tcp 6 431999 ESTABLISHED src=...": the state is the 4th field.
+            let state = line.split_whitespace().nth(3).unwrap_or("?");
+            Ok(match state {
+                "ESTABLISHED" => "established",
+                "CLOSE" => "reset",
+                s => s,
+            }
+            .to_string())
+        }
+    }
+}
+
+/// A host on the LAN that is not the guest's peer (or the peer with a
+/// stale sequence number) cannot end a guest's masqueraded TCP flow by
+/// guessing its ports alone: an RST or FIN from the LAN whose sequence
+/// number is outside the guest's receive window leaves the mapping
+/// established (umlbr counts it as `out_of_window`; conntrack marks it
+/// INVALID). An RST at the guest's acknowledgment still resets it, which
+/// shows the test sees a change of state.
+fn blind_reset_from_the_lan(kind: Kind) -> Result<()> {
+    use umlbr_tests::wire::{TcpHeader, tcp_flags::*};
+    let ns = Netns::new("atk-rst")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, kind)?;
+    let guest = mac(GUEST);
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    let (gip, peer, nat_ip) = (
+        Ipv4Addr::new(192, 168, 2, 10),
+        Ipv4Addr::new(10, 99, 0, 2),
+        Ipv4Addr::new(10, 99, 0, 1),
+    );
+    drain(&mut up0, Duration::from_millis(300));
+    let from_guest = |flags: u8, seq: u32, ack: u32| {
+        Frame::new(gw_mac, guest)
+            .tcp(
+                gip,
+                peer,
+                &TcpHeader::new(40000, 80, flags).seq(seq).ack(ack),
+                b"",
+            )
+            .build()
+    };
+    // The guest opens the flow; its SYN leaves translated, from port P.
+    tap0.write_all(&from_guest(SYN, 1000, 0))?;
+    let seen = drain(&mut up0, Duration::from_millis(300));
+    let syn = seen
+        .iter()
+        .find(|f| f.len() >= 54 && f[23] == 6 && f[26..30] == nat_ip.octets())
+        .with_context(|| format!("{kind:?}: the guest's SYN did not leave translated"))?;
+    let port = u16::from_be_bytes([syn[34], syn[35]]);
+    let from_peer = |flags: u8, seq: u32, ack: u32| {
+        Frame::new(mac(UPLINK_MAC), mac(LAN_PEER_MAC))
+            .tcp(
+                peer,
+                nat_ip,
+                &TcpHeader::new(80, port, flags).seq(seq).ack(ack),
+                b"",
+            )
+            .build()
+    };
+    up0.write_all(&from_peer(SYN | ACK, 5000, 1001))?;
+    std::thread::sleep(Duration::from_millis(100));
+    tap0.write_all(&from_guest(ACK, 1001, 5001))?;
+    drain(&mut up0, Duration::from_millis(200));
+    drain(&mut tap0, Duration::from_millis(100));
+    let before = flow_state(&ns, kind)?;
+    ensure!(
+        before == "established",
+        "{kind:?}: flow {before} after the handshake"
+    );
+    // The attack: RST and FIN half the sequence space away from the guest's
+    // acknowledgment (5001), then just behind it.
+    let mut changed = Vec::new();
+    for (what, flags, seq) in [
+        ("RST", RST, 5001u32.wrapping_add(1 << 31)),
+        ("RST+ACK", RST | ACK, 5001u32.wrapping_add(1 << 31)),
+        ("FIN+ACK", FIN | ACK, 5001u32.wrapping_add(1 << 31)),
+        ("RST one byte behind", RST, 5000),
+    ] {
+        up0.write_all(&from_peer(flags, seq, 1001))?;
+        std::thread::sleep(Duration::from_millis(100));
+        let now = flow_state(&ns, kind)?;
+        if now != "established" {
+            changed.push(format!("{what} (seq {seq}): {now}"));
+            break;
+        }
+    }
+    ensure!(
+        changed.is_empty(),
+        "{kind:?}: a blind RST/FIN from the LAN changed the guest's flow: {}",
+        changed.join("; ")
+    );
+    if kind == Kind::Umlbr {
+        let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+        ensure!(
+            v["nat"]["counters"]["out_of_window"].as_u64() == Some(4),
+            "NAT counters: {}",
+            v["nat"]["counters"]
+        );
+    }
+    // The peer's own RST, at the guest's acknowledgment, does reset it.
+    up0.write_all(&from_peer(RST, 5001, 0))?;
+    std::thread::sleep(Duration::from_millis(100));
+    let after = flow_state(&ns, kind)?;
+    ensure!(
+        after == "reset",
+        "{kind:?}: flow {after} after an RST in the window"
+    );
+    Ok(())
+}
+
+#[test]
+fn blind_reset_from_the_lan_umlbr() -> Result<()> {
+    blind_reset_from_the_lan(Kind::Umlbr)
+}
+
+#[test]
+fn blind_reset_from_the_lan_kernel() -> Result<()> {
+    blind_reset_from_the_lan(Kind::Kernel)
+}
+
+/// A guest cannot join another guest's masqueraded flow by sending with
+/// its address and ports: the victim (tap0) opens a TCP connection, the
+/// attacker (tap1) sends an RST and data on the same 5-tuple. Nothing of
+/// the attacker's leaves translated on the victim's port, the mapping stays
+/// established, and umlbr counts the packets as `foreign`. (No oracle:
+/// conntrack does not bind a flow to a bridge port, so the recipe lets the
+/// attacker's in-window RST close the victim's flow.)
+#[test]
+fn guest_cannot_join_another_guests_flow() -> Result<()> {
+    use umlbr_tests::wire::{TcpHeader, tcp_flags::*};
+    let ns = Netns::new("atk-join")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut tap1 = open_tap("tap1")?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, Kind::Umlbr)?;
+    ns.sh("ip link set tap1 up")?;
+    ns.umlbr_ok(&["attach", "tap1", "--bridge", "br0"])?;
+    let (victim, attacker) = (mac(GUEST), mac("02:00:00:00:00:66"));
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    let (gip, peer, nat_ip) = (
+        Ipv4Addr::new(192, 168, 2, 10),
+        Ipv4Addr::new(10, 99, 0, 2),
+        Ipv4Addr::new(10, 99, 0, 1),
+    );
+    drain(&mut up0, Duration::from_millis(300));
+    let guest_seg = |from: Mac, flags: u8, seq: u32, ack: u32, data: &[u8]| {
+        Frame::new(gw_mac, from)
+            .tcp(
+                gip,
+                peer,
+                &TcpHeader::new(40000, 80, flags).seq(seq).ack(ack),
+                data,
+            )
+            .build()
+    };
+    tap0.write_all(&guest_seg(victim, SYN, 1000, 0, b""))?;
+    let seen = drain(&mut up0, Duration::from_millis(300));
+    let syn = seen
+        .iter()
+        .find(|f| f.len() >= 54 && f[23] == 6 && f[26..30] == nat_ip.octets())
+        .context("the victim's SYN did not leave translated")?;
+    let port = u16::from_be_bytes([syn[34], syn[35]]);
+    up0.write_all(
+        &Frame::new(mac(UPLINK_MAC), mac(LAN_PEER_MAC))
+            .tcp(
+                peer,
+                nat_ip,
+                &TcpHeader::new(80, port, SYN | ACK).seq(5000).ack(1001),
+                b"",
+            )
+            .build(),
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    tap0.write_all(&guest_seg(victim, ACK, 1001, 5001, b""))?;
+    drain(&mut up0, Duration::from_millis(200));
+    ensure!(
+        flow_state(&ns, Kind::Umlbr)? == "established",
+        "the victim's flow is not established after the handshake"
+    );
+    // The attack, from the other port: data and an in-window RST on the
+    // victim's 5-tuple.
+    tap1.write_all(&guest_seg(attacker, ACK | PSH, 1001, 5001, b"injected"))?;
+    tap1.write_all(&guest_seg(attacker, RST | ACK, 1001, 5001, b""))?;
+    let leaked = drain(&mut up0, Duration::from_millis(400))
+        .iter()
+        .filter(|f| {
+            f.len() >= 54
+                && f[23] == 6
+                && f[26..30] == nat_ip.octets()
+                && f[34..36] == port.to_be_bytes()
+        })
+        .count();
+    let state = flow_state(&ns, Kind::Umlbr)?;
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    ensure!(
+        leaked == 0 && state == "established",
+        "the attacker's segments: {leaked} left as the victim's mapping, which is now {state}"
+    );
+    ensure!(
+        v["nat"]["counters"]["foreign"].as_u64() == Some(2),
+        "NAT counters: {}",
+        v["nat"]["counters"]
+    );
+    // The victim's own data still leaves on its mapping.
+    tap0.write_all(&guest_seg(victim, ACK | PSH, 1001, 5001, b"own"))?;
+    let own = drain(&mut up0, Duration::from_millis(300))
+        .iter()
+        .filter(|f| {
+            f.len() >= 54 && f[26..30] == nat_ip.octets() && f[34..36] == port.to_be_bytes()
+        })
+        .count();
+    ensure!(
+        own == 1,
+        "{own} of the victim's 1 segment left on its mapping"
+    );
+    Ok(())
+}
+
 /// Two masquerading bridges whose names would make the same nftables
 /// name (br-0, br_0) keep their own slow paths, and come down in any
 /// order: forwarding stays on while one masquerades, and is off again

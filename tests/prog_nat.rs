@@ -42,9 +42,10 @@ use aya::{
 };
 use umlbr_common::{
     Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
-    NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
-    NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
-    NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_KIND_OTHER, PortStats, names,
+    NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_T_ACK, NAT_T_SEQ,
+    NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS,
+    NAT_UDP_STREAM_SECS, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -292,6 +293,11 @@ impl Bench {
                 hop: m.hop.map(|(d, _)| hop_bytes(d)).unwrap_or_default(),
                 _pad2: 0,
                 hop_ns: m.hop.map(|(_, age)| now.wrapping_sub(age)).unwrap_or(0),
+                seq_next: m.track.seq_next,
+                ack: m.track.ack,
+                win: m.track.win,
+                track: m.track.flags,
+                owner: self.ifindex(guest(m.owner.unwrap_or(m.flow.guest))),
             };
             self.ctx.insert(names::NAT_OUT, m.flow.out_key(), out)?;
         }
@@ -493,6 +499,21 @@ impl Flow {
         .build()
     }
 
+    /// A TCP segment from the remote to the mapping at `nat_port` with
+    /// this sequence and acknowledgment number.
+    fn reply_seg(&self, nat_port: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+        Frame::new(UP_MAC, next_hop_mac(self.remote))
+            .tcp(
+                self.remote,
+                NAT_IP,
+                &TcpHeader::new(self.rport, nat_port, flags)
+                    .seq(seq)
+                    .ack(ack),
+                b"",
+            )
+            .build()
+    }
+
     /// The packet as it left translated (its IPv4 header and transport
     /// header), as an ICMP error about it quotes it: the first `len` bytes.
     fn quoted(&self, nat_port: u16, len: usize) -> Vec<u8> {
@@ -548,7 +569,30 @@ struct Mapping {
     /// A next hop cached in its NAT_OUT entry: dst MAC, looked up this
     /// long ago.
     hop: Option<(Mac, u64)>,
+    /// What its NAT_OUT entry knows of the guest's TCP.
+    track: Track,
+    /// The guest whose port made it, if not the flow's.
+    owner: Option<usize>,
 }
+
+/// `NatOut`'s TCP tracking fields.
+#[derive(Clone, Copy, Debug, Default)]
+struct Track {
+    seq_next: u32,
+    ack: u32,
+    win: u16,
+    flags: u16,
+}
+
+/// The guest's SYN had sequence number 1000 (`TcpHeader::new`); once the
+/// remote answered, the guest acknowledged the remote's 5000
+/// (`Flow::reply_frame`) with a window of 64240.
+const GUEST_SEQ_NEXT: u32 = 1001;
+const GUEST_ACK: u32 = 5000;
+const GUEST_WIN: u16 = 64240;
+/// The guest's receive window as umlbr bounds it: its window field at the
+/// largest scale.
+const GUEST_WND: u32 = (GUEST_WIN as u32 + 1) << NAT_WSCALE_MAX;
 
 fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
     Mapping {
@@ -559,7 +603,60 @@ fn mapping(flow: Flow, nat_port: u16, state: u16, idle_ns: u64) -> Mapping {
         out: true,
         inn: true,
         hop: None,
+        track: default_track(flow.proto, state),
+        owner: None,
     }
+}
+
+/// What the datapath would know of a TCP mapping in `state`: the guest's
+/// SYN, and once replied to, its acknowledgment of the remote's data.
+fn default_track(proto: u8, state: u16) -> Track {
+    match proto {
+        ipproto::TCP if state & NAT_S_REPLIED != 0 => Track {
+            seq_next: GUEST_SEQ_NEXT,
+            ack: GUEST_ACK,
+            win: GUEST_WIN,
+            flags: NAT_T_SEQ | NAT_T_ACK,
+        },
+        ipproto::TCP => Track {
+            seq_next: GUEST_SEQ_NEXT,
+            flags: NAT_T_SEQ,
+            ..Track::default()
+        },
+        _ => Track::default(),
+    }
+}
+
+/// NAT_OUT entry `b` after the guest's TCP packet `frame` found it: the
+/// guest's next sequence number (payload, SYN and FIN count) until it has
+/// acknowledged something, its acknowledgment and window (if ACK is set)
+/// kept; a SYN without ACK starts afresh, forgetting the acknowledgment.
+fn tracked(b: &NatOut, frame: &[u8]) -> NatOut {
+    let mut w = *b;
+    if frame.len() < L4 + 20 || frame[IP + 9] != ipproto::TCP {
+        return w;
+    }
+    let t = &frame[L4..];
+    let be32 = |o: usize| u32::from_be_bytes([t[o], t[o + 1], t[o + 2], t[o + 3]]);
+    let (seq, ack, flags) = (be32(4), be32(8), t[13]);
+    let win = u16::from_be_bytes([t[14], t[15]]);
+    let hlen = (t[12] >> 4) as u32 * 4;
+    let tot = u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]) as u32;
+    let ctl = (flags & tcp_flags::SYN != 0) as u32 + (flags & tcp_flags::FIN != 0) as u32;
+    let new_syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    if b.track & NAT_T_ACK == 0 || new_syn {
+        w.seq_next = seq.wrapping_add(tot - 20 - hlen).wrapping_add(ctl);
+    }
+    if flags & tcp_flags::ACK != 0 {
+        w.ack = ack;
+        w.win = win;
+        w.track |= NAT_T_SEQ | NAT_T_ACK;
+    } else if flags & tcp_flags::SYN != 0 {
+        w.track = NAT_T_SEQ;
+    } else {
+        w.track |= NAT_T_SEQ;
+    }
+    w
 }
 
 impl Mapping {
@@ -765,6 +862,8 @@ struct Cnt {
     slow_path: u64,
     expired: u64,
     bad_source: u64,
+    out_of_window: u64,
+    foreign: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -777,6 +876,8 @@ const NONE: Cnt = Cnt {
     slow_path: 0,
     expired: 0,
     bad_source: 0,
+    out_of_window: 0,
+    foreign: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -799,6 +900,15 @@ const ICMP_ERR: Cnt = Cnt {
     ..NONE
 };
 const MISS: Cnt = Cnt { in_miss: 1, ..NONE };
+/// A guest's packet of another port's live mapping: not translated.
+const FOREIGN: Cnt = Cnt { foreign: 1, ..NONE };
+/// An RST or FIN from the LAN outside the guest's window: translated and
+/// passed on, counted, the mapping left alone.
+const OUT_OF_WINDOW: Cnt = Cnt {
+    in_: 1,
+    out_of_window: 1,
+    ..NONE
+};
 const FAIL: Cnt = Cnt {
     alloc_fail: 1,
     slow_path: 1,
@@ -823,6 +933,8 @@ impl Cnt {
             slow_path: self.slow_path,
             expired: self.expired,
             bad_source: self.bad_source,
+            out_of_window: self.out_of_window,
+            foreign: self.foreign,
         }
     }
 }
@@ -1367,6 +1479,51 @@ fn outbound_existing(s: &Shared) -> Vec<Case> {
             ALLOC,
             &[New(u1_g2, 0, PortRule::Not(vec![P]))],
         ),
+        // A mapping belongs to the port that made it (SECURITY.md): a guest
+        // sending with another guest's address and ports neither uses nor
+        // changes its live mapping; an expired one it replaces as anyone.
+        Case::new(
+            "UDP from another port with guest 1's address and ports: not translated, guest 1's mapping unchanged (foreign)",
+            guest(1),
+            u1.out_frame(0, b"spoofed"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "the same with a fresh next hop cached: not translated either (foreign)",
+            guest(1),
+            u1.out_frame(0, b"spoofed"),
+        )
+        .pre(&[mapping(u1, P, NAT_S_REPLIED, SEC / 2).with_hop(NH2_MAC, SEC / 4)])
+        .switched(FOREIGN),
+        Case::new(
+            "TCP RST from another port on guest 1's established flow: not translated, the mapping stays established (foreign)",
+            guest(1),
+            t1.out_frame(tcp_flags::RST | ack, b""),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "TCP SYN from another port on guest 1's reset flow: not restarted (foreign)",
+            guest(1),
+            t1.out_frame(syn, b""),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST, 2 * SEC)])
+        .switched(FOREIGN),
+        Case::new(
+            "UDP from another port on guest 1's expired mapping: retired, a new mapping owned by the sender",
+            guest(1),
+            u1.out_frame(0, b"late"),
+        )
+        .pre(&[mapping(u1, P, 0, (NAT_UDP_SECS + 1) * SEC)])
+        .both(
+            Snat(u1),
+            Cnt {
+                expired: 1,
+                ..ALLOC
+            },
+            &[Gone(0), New(u1, 0, PortRule::InRange)],
+        ),
         Case::new(
             "same guest flow to another remote: its own mapping",
             guest(0),
@@ -1804,7 +1961,7 @@ fn inbound_replies(s: &Shared) -> Vec<Case> {
         .pre(&[m_t1])
         .both(Dnat(0), IN, &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED)]),
         Case::new(
-            "TCP FIN from the remote: closing",
+            "TCP FIN from the remote at the guest's acknowledgment: closing",
             UP,
             t1.reply_frame(P2, tcp_flags::FIN | ack, b""),
         )
@@ -1814,10 +1971,65 @@ fn inbound_replies(s: &Shared) -> Vec<Case> {
             IN,
             &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_FIN_IN)],
         ),
+        // RST and FIN from the LAN count only inside the guest's window
+        // (SECURITY.md): a blind attacker's, with any other sequence number,
+        // is passed to the guest (whose TCP judges it) but leaves the
+        // mapping as it was, time included, and is counted. (These cases
+        // replace one that had any RST reset the mapping.)
         Case::new(
-            "TCP RST from the remote: reset",
+            "TCP RST from the remote at the guest's acknowledgment: reset",
             UP,
-            t1.reply_frame(P2, tcp_flags::RST, b""),
+            t1.reply_seg(P2, tcp_flags::RST, GUEST_ACK, 0),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(
+            Dnat(0),
+            IN,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST)],
+        ),
+        Case::new(
+            "TCP RST at the last byte of the guest's window: reset",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST | ack, GUEST_ACK + GUEST_WND - 1, 7),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(
+            Dnat(0),
+            IN,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST)],
+        ),
+        Case::new(
+            "TCP RST just past the guest's window: passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST, GUEST_ACK + GUEST_WND, 0),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "TCP RST one byte before the guest's acknowledgment: passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST, GUEST_ACK - 1, 0),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "blind TCP RST half the sequence space away: passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST | ack, GUEST_ACK.wrapping_add(1 << 31), 2000),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "blind TCP FIN outside the guest's window: passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::FIN | ack, GUEST_ACK.wrapping_add(1 << 31), 2000),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "TCP RST+ACK acknowledging the guest's SYN (syn_sent): reset",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST | ack, 0, GUEST_SEQ_NEXT),
         )
         .pre(&[m_t1])
         .both(
@@ -1825,6 +2037,30 @@ fn inbound_replies(s: &Shared) -> Vec<Case> {
             IN,
             &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED | NAT_S_RST)],
         ),
+        Case::new(
+            "TCP RST+ACK not acknowledging the guest's SYN (syn_sent): passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST | ack, 0, GUEST_SEQ_NEXT + 1),
+        )
+        .pre(&[m_t1])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "TCP RST without ACK to a guest that acknowledged nothing (syn_sent): passed on, mapping unchanged (out_of_window)",
+            UP,
+            t1.reply_frame(P2, tcp_flags::RST, b""),
+        )
+        .pre(&[m_t1])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
+        Case::new(
+            "TCP RST to a mapping without its NAT_OUT entry: nothing to judge it by, passed on, unchanged (out_of_window)",
+            UP,
+            t1.reply_seg(P2, tcp_flags::RST, GUEST_ACK, 0),
+        )
+        .pre(&[Mapping {
+            out: false,
+            ..mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)
+        }])
+        .both(Dnat(0), OUT_OF_WINDOW, &[]),
         Case::new(
             "ICMP echo reply: translated, echo id restored",
             UP,
@@ -2214,6 +2450,8 @@ struct Ran<'a> {
     in_after: BTreeMap<KeyOrd, NatIn>,
     t0: u64,
     t1: u64,
+    /// The ifindex of the port the frame came in on.
+    ingress: u32,
 }
 
 /// The keys the NAT tables must hold.
@@ -2254,6 +2492,7 @@ impl Ran<'_> {
     /// in `state`, its time refreshed if it was idle over a second.
     fn touched(&self, m: &Mapping, state: u16, want: &mut Want, errs: &mut Errs) {
         let Ran {
+            c,
             e,
             t0,
             t1,
@@ -2267,9 +2506,17 @@ impl Ran<'_> {
         let (ok, ik) = (KeyOrd(m.flow.out_key()), KeyOrd(m.flow.in_key(m.nat_port)));
         want_out.push(ok);
         want_in.push(ik);
+        // A guest's TCP packet of the mapping: its NAT_OUT entry tracks it.
+        let out_before = out_before.get(&ok).map(|b| {
+            if c.ingress == UP {
+                *b
+            } else {
+                tracked(b, &c.frame)
+            }
+        });
         // Sent with the FIB's next hop: now cached in NAT_OUT.
         let looked_up = matches!(e.fate, Fate::Snat(f) if f == m.flow) && m.fresh_hop().is_none();
-        match (out_before.get(&ok), out_after.get(&ok)) {
+        match (out_before.as_ref(), out_after.get(&ok)) {
             (Some(b), Some(a)) if looked_up => {
                 let w = NatOut {
                     hop: hop_bytes(next_hop_mac(m.flow.remote)),
@@ -2357,6 +2604,31 @@ impl Ran<'_> {
             }
             _ => o.hop_ns == 0,
         };
+        // A TCP mapping is made from the guest's SYN: its next sequence
+        // number, no acknowledgment yet.
+        let t = tracked(&NatOut::default(), &self.c.frame);
+        if o.owner != self.ingress {
+            errs.push(format!(
+                "NAT_OUT {}: owner {}, expected {} (the port the packet came in on)",
+                fmt_key(&ok.0),
+                o.owner,
+                self.ingress
+            ));
+        }
+        if (o.seq_next, o.ack, o.win, o.track) != (t.seq_next, t.ack, t.win, t.track) {
+            errs.push(format!(
+                "NAT_OUT {}: tracking seq_next {} ack {} win {} flags {:#x}, expected {} {} {} {:#x}",
+                fmt_key(&ok.0),
+                o.seq_next,
+                o.ack,
+                o.win,
+                o.track,
+                t.seq_next,
+                t.ack,
+                t.win,
+                t.track
+            ));
+        }
         if !hop_ok || o._pad2 != 0 {
             errs.push(format!(
                 "NAT_OUT {}: next hop {:02x?} stamped {}, expected {} ({:?}) in [{t0}, {t1}]",
@@ -2560,6 +2832,7 @@ impl Bench {
             in_after,
             t0,
             t1,
+            ingress,
         };
         ran.tables(&mut errs);
 
@@ -2806,7 +3079,11 @@ fn tcp_states_follow_the_flags() -> Result<()> {
             seq.push((rst_from, RST | ACK));
             for (dev, flags) in seq {
                 let port = b.mapping_of(&f)?.map_or(0, |(p, _)| p);
-                let frame = if dev == UP {
+                // The remote's RST acknowledges the guest's SYN (the
+                // guest has acknowledged nothing yet): in its window.
+                let frame = if dev == UP && flags & RST != 0 {
+                    f.reply_seg(port, flags, 0, GUEST_SEQ_NEXT)
+                } else if dev == UP {
                     f.reply_frame(port, flags, b"")
                 } else {
                     f.out_frame(flags, b"")
@@ -2857,7 +3134,11 @@ fn a_new_syn_restarts_a_reset_or_closed_mapping() -> Result<()> {
             seq.push((guest(0), SYN));
             for (dev, flags) in seq {
                 let port = b.mapping_of(&f)?.map_or(0, |(p, _)| p);
-                let frame = if dev == UP {
+                // The remote's RST acknowledges the guest's SYN (the
+                // guest has acknowledged nothing yet): in its window.
+                let frame = if dev == UP && flags & RST != 0 {
+                    f.reply_seg(port, flags, 0, GUEST_SEQ_NEXT)
+                } else if dev == UP {
                     f.reply_frame(port, flags, b"")
                 } else {
                     f.out_frame(flags, b"")

@@ -275,7 +275,28 @@ pub struct NatOut {
     pub _pad2: u32,
     /// CLOCK_MONOTONIC_COARSE ns of that lookup; 0: none yet.
     pub hop_ns: u64,
+    /// TCP, as the guest last sent it (host byte order): its next
+    /// sequence number (`seq` + payload + SYN + FIN), its acknowledgment
+    /// (the next byte it expects from the remote) and its window field;
+    /// what an RST or FIN from the LAN is judged by. `NAT_T_*` says which
+    /// are known.
+    pub seq_next: u32,
+    pub ack: u32,
+    pub win: u16,
+    pub track: u16,
+    /// The ifindex of the port whose guest made the mapping: only packets
+    /// from it use the mapping.
+    pub owner: u32,
 }
+
+/// `NatOut.seq_next` holds the guest's next sequence number.
+pub const NAT_T_SEQ: u16 = 1;
+/// `NatOut.ack` and `win` hold the guest's last acknowledgment and window.
+pub const NAT_T_ACK: u16 = 2;
+/// The largest window scale (RFC 7323): umlbr does not read the guest's
+/// window-scale option, so it bounds the guest's receive window by its
+/// window field shifted by this.
+pub const NAT_WSCALE_MAX: u32 = 14;
 
 /// How long a flow's cached next hop is used before the route is looked
 /// up again: a route or neighbour change reaches established flows within
@@ -392,6 +413,14 @@ pub struct NatStats {
     /// Guest packets from a source outside the bridge's subnet: never
     /// masqueraded (the kernel's path drops them too).
     pub bad_source: u64,
+    /// TCP RST or FIN from the LAN outside the guest's receive window (or,
+    /// before the guest acknowledged anything, an RST not acknowledging
+    /// its SYN): passed to the guest, the mapping's state left alone.
+    pub out_of_window: u64,
+    /// Guest packets of a live mapping that another port made (a guest
+    /// sending with another's address and ports): not translated, the
+    /// mapping left alone (the kernel's path).
+    pub foreign: u64,
 }
 
 impl NatConfig {
@@ -473,6 +502,8 @@ impl core::ops::AddAssign for NatStats {
         self.slow_path += o.slow_path;
         self.expired += o.expired;
         self.bad_source += o.bad_source;
+        self.out_of_window += o.out_of_window;
+        self.foreign += o.foreign;
     }
 }
 
@@ -522,9 +553,9 @@ mod tests {
         assert_eq!(size_of::<PortStats>(), 8 + 14 * 8);
         assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);
-        assert_eq!(size_of::<NatOut>(), 32);
+        assert_eq!(size_of::<NatOut>(), 48);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 11 * 8);
+        assert_eq!(size_of::<NatStats>(), 13 * 8);
     }
 }

@@ -70,6 +70,10 @@ pub const L4_DPORT: usize = offset_of!(Ports, dst);
 pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
 pub const UDP_HLEN: usize = UdpHdr::LEN;
 pub const TCP_HLEN: usize = 20;
+/// Sequence and acknowledgment numbers, window field (big endian).
+pub const TCP_SEQ: usize = 4;
+pub const TCP_ACK_SEQ: usize = 8;
+pub const TCP_WINDOW: usize = 14;
 pub const TCP_DOFF: usize = 12;
 pub const TCP_FLAGS: usize = 13;
 pub const TCP_CHECK: usize = 16;

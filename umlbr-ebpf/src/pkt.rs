@@ -51,6 +51,8 @@ pub trait Pkt: EbpfContext {
     unsafe fn from_raw(ctx: *mut c_void) -> Self;
     /// The packet's `data` and `data_end`.
     fn bounds(&self) -> (usize, usize);
+    /// The ifindex of the port it came in on.
+    fn ingress(&self) -> u32;
     /// The segment size of a GSO packet, 0 otherwise.
     #[inline(always)]
     fn gso_size(&self) -> u32 {
@@ -116,6 +118,10 @@ impl Pkt for XdpContext {
     const XDP: bool = true;
     ctx_access!(XdpContext);
     #[inline(always)]
+    fn ingress(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+    #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
         let udp = sum == Sum::Udp || sum == Sum::UdpPseudo;
         let (data, end) = self.bounds();
@@ -140,6 +146,11 @@ impl Pkt for XdpContext {
 impl Pkt for TcContext {
     const XDP: bool = false;
     ctx_access!(TcContext);
+    #[inline(always)]
+    fn ingress(&self) -> u32 {
+        // SAFETY: reading a field of the context.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
     #[inline(always)]
     fn gso_size(&self) -> u32 {
         // SAFETY: reading a field of the context.

@@ -1,11 +1,11 @@
 //! Uplink → guest: parse a reply (or an ICMP error quoting a translated
 //! packet), decide whose mapping it is, rewrite it for the guest.
 
-use umlbr_common::{NAT_S_REPLIED, NatConfig, NatKey};
+use umlbr_common::{NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl, set_ip_addr, set_port,
-    table::{live, tcp_state_in, touch},
+    table::{in_window, live, tcp_state_in, touch},
 };
 use crate::{
     csum::csum_replace,
@@ -27,6 +27,9 @@ struct Reply {
     /// translated too, and the mapping's state is left alone.
     icmp_err: bool,
     tcp_flags: u8,
+    /// TCP sequence and acknowledgment numbers (host byte order).
+    seq: u32,
+    ack: u32,
 }
 
 /// The guest end of the mapping.
@@ -72,13 +75,17 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         return None;
     }
     let (proto, saddr) = (h.ip.proto, ne32(h.ip.src_addr));
-    let mut tcp_flags = 0;
+    let (mut tcp_flags, mut seq, mut ack) = (0, 0, 0);
     if proto == IPPROTO_TCP {
         if data + L4_OFF + TCP_HLEN > end {
             return None;
         }
         // SAFETY: checked just above.
-        tcp_flags = unsafe { ld::<u8>(data, L4_OFF + TCP_FLAGS) };
+        unsafe {
+            tcp_flags = ld::<u8>(data, L4_OFF + TCP_FLAGS);
+            seq = u32::from_be(ld::<u32>(data, L4_OFF + TCP_SEQ));
+            ack = u32::from_be(ld::<u32>(data, L4_OFF + TCP_ACK_SEQ));
+        }
     } else if proto == IPPROTO_ICMP {
         return parse_icmp(data, end, cfg, &h);
     } else if proto != IPPROTO_UDP {
@@ -90,6 +97,8 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         port_off: L4_OFF + L4_DPORT,
         icmp_err: false,
         tcp_flags,
+        seq,
+        ack,
     })
 }
 
@@ -104,6 +113,8 @@ fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply
             port_off: L4_OFF + ICMP_ECHO_ID,
             icmp_err: false,
             tcp_flags: 0,
+            seq: 0,
+            ack: 0,
         });
     }
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
@@ -128,6 +139,8 @@ fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply
         port_off,
         icmp_err: true,
         tcp_flags: 0,
+        seq: 0,
+        ack: 0,
     })
 }
 
@@ -157,7 +170,11 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
     {
         return None;
     }
-    if !r.icmp_err {
+    if !r.icmp_err && !trusted(r, e) {
+        // As conntrack marks it INVALID: passed on (the guest's TCP judges
+        // it), but the mapping's state and time are left alone.
+        count(|s| s.out_of_window += 1);
+    } else if !r.icmp_err {
         let st = if r.key.proto == IPPROTO_TCP {
             tcp_state_in(r.tcp_flags)
         } else {
@@ -170,6 +187,23 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         port: e.port,
         mac: e.mac,
     })
+}
+
+/// Whether the packet may change its mapping's state: anything but a TCP
+/// RST or FIN, and those only inside the guest's window (`in_window`).
+#[inline(always)]
+fn trusted(r: &Reply, e: &NatIn) -> bool {
+    if r.key.proto != IPPROTO_TCP || r.tcp_flags & (TCP_RST | TCP_FIN) == 0 {
+        return true;
+    }
+    let okey = NatKey::new(
+        IPPROTO_TCP,
+        e.addr,
+        e.port,
+        r.key.remote_addr,
+        r.key.remote_port,
+    );
+    in_window(&okey, r.seq, r.ack, r.tcp_flags)
 }
 
 /// Rewrite the packet for the guest: destination address and port with

@@ -42,6 +42,10 @@ static NAT_OUT: LruHashMap<NatKey, NatOut> = LruHashMap::with_max_entries(NAT_SI
 #[map(name = "UMLBR_NAT_IN")]
 static NAT_IN: LruHashMap<NatKey, NatIn> = LruHashMap::with_max_entries(NAT_SIZE, 0);
 
+/// Where a new NAT_OUT value is built (table::insert_out): one per CPU.
+#[map(name = "UMLBR_NAT_SCR")]
+static NAT_SCRATCH: PerCpuArray<NatOut> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "UMLBR_NAT_CFG")]
 static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 

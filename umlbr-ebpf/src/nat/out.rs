@@ -13,7 +13,8 @@ use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
 use super::{
     IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves, set_ip_addr, set_port, stats,
     table::{
-        Flow, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find, mapping_new, store_hop,
+        Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find,
+        mapping_new, store_hop,
     },
 };
 use crate::{
@@ -105,6 +106,9 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
         saddr: ne32(h.ip.src_addr),
         daddr: ne32(h.ip.dst_addr),
         mac,
+        win: 0,
+        seq_next: 0,
+        ack: 0,
     };
     let (port_off, l4_hlen) = parse_l4(data, end, &h, &mut f)?;
     // A CHECKSUM_PARTIAL packet (a vnet-header guest's offload) holds only
@@ -137,8 +141,24 @@ fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u3
                 ld::<u8>(data, L4_OFF + TCP_FLAGS),
             )
         };
+        // SAFETY: checked just above.
+        let (seq, ack, win) = unsafe {
+            (
+                ld::<u32>(data, L4_OFF + TCP_SEQ),
+                ld::<u32>(data, L4_OFF + TCP_ACK_SEQ),
+                ld::<u16>(data, L4_OFF + TCP_WINDOW),
+            )
+        };
+        let hlen = ((doff >> 4) as u32) * 4;
+        // The guest's next sequence number: this segment's payload (of the
+        // whole packet, GSO included), SYN and FIN each count one.
+        let payload = (f.tot_len as u32).wrapping_sub(IP_HLEN as u32 + hlen);
+        let ctl = (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
         f.tcp_flags = flags;
-        Ok((L4_OFF + L4_SPORT, ((doff >> 4) as u32) * 4))
+        f.seq_next = u32::from_be(seq).wrapping_add(payload).wrapping_add(ctl);
+        f.ack = u32::from_be(ack);
+        f.win = u16::from_be(win);
+        Ok((L4_OFF + L4_SPORT, hlen))
     } else if f.proto == IPPROTO_UDP {
         Ok((L4_OFF + L4_SPORT, UDP_HLEN as u32))
     } else if f.proto == IPPROTO_ICMP && h.icmp.type_ == ICMP_ECHO {
@@ -185,7 +205,14 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
     // An established flow with a fresh cached next hop skips the route
     // lookup, the costliest step (bench/: NAT rows).
     let now = crate::fdb::now();
-    let found = mapping_find(cfg, f, now, hop);
+    // The port the packet came in on: a mapping belongs to the port that
+    // made it. (Read from the context at each call, not kept in the Flow:
+    // that kept out_sub's frame within the 512-byte stack.)
+    let found = mapping_find(cfg, f, now, hop, pkt.ingress());
+    if found.tag() == MAP_FOREIGN {
+        count(|s| s.foreign += 1);
+        return Err(Out::NotNat);
+    }
     if found.tag() == MAP_FOUND_HOP {
         return Ok(Mapped {
             port: found.val() as u16,
@@ -207,7 +234,7 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
         }
         found
     } else {
-        mapping_new(pkt.as_ptr(), cfg, f, hop, now)
+        mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress())
     };
     match m.tag() {
         MAP_FOUND => Ok(Mapped {

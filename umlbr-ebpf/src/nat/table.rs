@@ -11,11 +11,11 @@ use aya_ebpf::{
     helpers::{bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
 };
 use umlbr_common::{
-    NAT_HOP_NS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TRIES,
-    NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
+    NAT_HOP_NS, NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_T_ACK,
+    NAT_T_SEQ, NAT_TRIES, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
 };
 
-use super::{NAT_IN, NAT_OUT, Packed, count};
+use super::{NAT_IN, NAT_OUT, NAT_SCRATCH, Packed, count};
 use crate::{
     hdr::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     mem::{Hop, copy_hop, zero_words},
@@ -136,6 +136,11 @@ pub struct Flow {
     pub saddr: u32,
     pub daddr: u32,
     pub mac: [u8; 6],
+    /// TCP (host byte order): the window field, the next sequence number
+    /// after this segment, the acknowledgment.
+    pub win: u16,
+    pub seq_next: u32,
+    pub ack: u32,
 }
 
 /// `mapping_find` and `mapping_new` results: [`Packed`] tags, with the
@@ -147,6 +152,8 @@ pub const MAP_FOUND: u16 = 1;
 pub const MAP_FOUND_HOP: u16 = 2;
 /// `mapping_new`: the flow is not to be mapped (the kernel's path).
 pub const MAP_REFUSED: u16 = 3;
+/// `mapping_find`: the flow's live mapping belongs to another port.
+pub const MAP_FOREIGN: u16 = 4;
 
 /// The key of the flow's mapping whose own end is `local_addr:local_port`:
 /// the guest's in NAT_OUT, the outside one in NAT_IN.
@@ -178,13 +185,22 @@ fn flow_state(f: &Flow) -> u16 {
 /// the next hop in `macs` if the cached one is fresh; MAP_NONE if the flow
 /// has no live mapping (an expired one is removed).
 #[inline(never)]
-pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Packed {
+pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop, ingress: u32) -> Packed {
     let okey = out_key(f);
-    let Some(op) = NAT_OUT.get_ptr(okey) else {
+    let Some(op) = NAT_OUT.get_ptr_mut(okey) else {
         return Packed::pack(MAP_NONE, 0);
     };
     // SAFETY: pointer into the map value; the fields are read once each.
-    let (port, hop_ns, addr) = unsafe { ((*op).port, (*op).hop_ns, (*op).addr) };
+    let (port, hop_ns, addr, owner) =
+        unsafe { ((*op).port, (*op).hop_ns, (*op).addr, (*op).owner) };
+    // Another port's guest sending with this one's address and ports: it
+    // must neither use the mapping nor change it (once the mapping is no
+    // longer live, it is retired below like any expired one).
+    let foreign = owner != ingress;
+    if !foreign && f.proto == IPPROTO_TCP {
+        // SAFETY: pointer into the map value.
+        track(unsafe { &mut *op }, f);
+    }
     let state = flow_state(f);
     let hop_fresh = hop_ns != 0 && now.wrapping_sub(hop_ns) <= NAT_HOP_NS;
     // A fresh hop means that this check ran in full (inbound entry found
@@ -192,7 +208,7 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
     // lags by at most twice that: skip the inbound lookup when no timeout
     // is near that short and the packet changes no state. (Replies
     // refresh it on their own.)
-    if hop_fresh && state == 0 && min_timeout_ns(cfg, f.proto) > 4 * NAT_HOP_NS {
+    if !foreign && hop_fresh && state == 0 && min_timeout_ns(cfg, f.proto) > 4 * NAT_HOP_NS {
         // SAFETY: the caller's Hop; `hop` is word aligned in the value.
         unsafe { copy_hop(macs, (*op).hop.as_ptr().cast()) };
         return Packed::pack(MAP_FOUND_HOP, port as u64);
@@ -202,6 +218,9 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
         // SAFETY: pointer into the map value.
         let i = unsafe { &mut *i };
         if i.addr == f.saddr && i.port == f.sport && live(cfg, f.proto, i, now) {
+            if foreign {
+                return Packed::pack(MAP_FOREIGN, 0);
+            }
             touch(i, now, state);
             if hop_fresh {
                 // SAFETY: as above.
@@ -217,6 +236,60 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop) -> Pack
     let _ = NAT_OUT.remove(okey);
     count(|s| s.expired += 1);
     Packed::pack(MAP_NONE, 0)
+}
+
+/// Keep what an RST or FIN from the LAN is judged by: the guest's next
+/// sequence number until it acknowledges something (only `in_window`'s
+/// SYN-SENT rule reads it), then its acknowledgment and window. Fields are
+/// written only when they change, so a flow's packets dirty the entry only
+/// when the guest acknowledges new data. A SYN (a new connection on the
+/// mapping) forgets the old ACK.
+#[inline(always)]
+fn track(o: &mut NatOut, f: &Flow) {
+    if (o.track & NAT_T_ACK == 0 || f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+        && o.seq_next != f.seq_next
+    {
+        o.seq_next = f.seq_next;
+    }
+    let mut t = NAT_T_SEQ;
+    if f.tcp_flags & TCP_ACK != 0 {
+        t |= NAT_T_ACK;
+        if o.ack != f.ack {
+            o.ack = f.ack;
+        }
+        if o.win != f.win {
+            o.win = f.win;
+        }
+    } else if f.tcp_flags & TCP_SYN != 0 {
+        o.track = NAT_T_SEQ;
+    }
+    if o.track | t != o.track {
+        o.track |= t;
+    }
+}
+
+/// Whether an RST or FIN from the LAN (`seq`, `ack` and `flags` as in the
+/// segment, host byte order) may change the state of the TCP mapping whose
+/// outbound key is `okey`: its sequence number lies in the guest's receive
+/// window, from the guest's last acknowledgment for its window field
+/// shifted by the largest scale (RFC 793's acceptability test, RFC 5961's
+/// in spirit; the guest's own TCP makes the finer check). Before the guest
+/// acknowledged anything, only an RST acknowledging its SYN counts (RFC 793
+/// SYN-SENT). Without the outbound entry nothing can be judged: no.
+#[inline(never)]
+pub fn in_window(okey: &NatKey, seq: u32, ack: u32, flags: u8) -> bool {
+    let Some(o) = NAT_OUT.get_ptr(*okey) else {
+        return false;
+    };
+    // SAFETY: pointer into the map value, read in place.
+    let o = unsafe { &*o };
+    if o.track & NAT_T_ACK != 0 {
+        let wnd = (o.win as u32 + 1) << NAT_WSCALE_MAX;
+        return seq.wrapping_sub(o.ack) < wnd;
+    }
+    o.track & NAT_T_SEQ != 0
+        && flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK
+        && ack == o.seq_next
 }
 
 /// Cache a route lookup's next hop in the flow's mapping.
@@ -243,8 +316,11 @@ pub fn mapping_new(
     cfg: &NatConfig,
     f: &Flow,
     hop: *const Hop,
-    now: u64,
+    ingress: u32,
 ) -> Packed {
+    // (The time is read here, not passed: the port of `ingress` took its
+    // argument slot.)
+    let now = crate::fdb::now();
     // A TCP flow gets a mapping only from its first SYN: a flow that began
     // on the kernel's path (before the masquerade was attached, or while
     // the port range was full) stays there instead of changing its source
@@ -289,7 +365,7 @@ pub fn mapping_new(
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     };
-    if !insert_out(cfg, f, cand, hop, now) {
+    if !insert_out(cfg, f, cand, hop, ingress) {
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     }
@@ -339,21 +415,33 @@ fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
 /// The flow's outbound entry for outside port `cand`; on failure the
 /// inbound entry is taken back.
 #[inline(never)]
-fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, now: u64) -> bool {
-    // Zeroed by words: a `hop: [0; 12]` initialiser is a memset call on
-    // every new flow.
-    let mut o = core::mem::MaybeUninit::<NatOut>::uninit();
-    // SAFETY: our own stack slot; NatOut is 32 bytes of integers. (Passed
-    // by reference: a copy of it by value brings the memset back.)
+fn insert_out(cfg: &NatConfig, f: &Flow, cand: u16, hop: *const Hop, owner: u32) -> bool {
+    let now = crate::fdb::now();
+    // Built in this CPU's scratch slot, not on the stack: 48 bytes there
+    // took the call chain past the 512-byte limit.
+    let Some(p) = NAT_SCRATCH.get_ptr_mut(0) else {
+        let _ = NAT_IN.remove(in_key(cfg, f, cand));
+        return false;
+    };
+    // SAFETY: this CPU's slot, written and inserted before anything else
+    // runs here. Zeroed by words: a `hop: [0; 12]` initialiser is a memset
+    // call on every new flow. (Passed by reference: a copy of it by value
+    // brings the memset back.)
     let o = unsafe {
-        zero_words(o.as_mut_ptr());
-        (*o.as_mut_ptr()).addr = cfg.nat_addr;
-        (*o.as_mut_ptr()).port = cand;
-        if !hop.is_null() {
-            copy_hop((*o.as_mut_ptr()).hop.as_mut_ptr().cast(), hop);
-            (*o.as_mut_ptr()).hop_ns = now;
+        zero_words(p);
+        (*p).addr = cfg.nat_addr;
+        (*p).port = cand;
+        (*p).owner = owner;
+        if f.proto == IPPROTO_TCP {
+            // Mapped from a SYN: its sequence number, no ACK yet.
+            (*p).seq_next = f.seq_next;
+            (*p).track = NAT_T_SEQ;
         }
-        &*o.as_ptr()
+        if !hop.is_null() {
+            copy_hop((*p).hop.as_mut_ptr().cast(), hop);
+            (*p).hop_ns = now;
+        }
+        &*p
     };
     if NAT_OUT.insert(out_key(f), o, 0).is_ok() {
         return true;

@@ -115,8 +115,8 @@ fn nat_counters(n: &NatView) {
         c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
     );
     println!(
-        "    allocs {}   alloc_fail {}   expired {}   slow_path {}   bad_source {}",
-        c.allocs, c.alloc_fail, c.expired, c.slow_path, c.bad_source
+        "    allocs {}   alloc_fail {}   expired {}   slow_path {}   bad_source {}   out_of_window {}   foreign {}",
+        c.allocs, c.alloc_fail, c.expired, c.slow_path, c.bad_source, c.out_of_window, c.foreign
     );
 }
 
