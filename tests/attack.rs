@@ -45,6 +45,22 @@ fn drain(tap: &mut File, quiet: Duration) -> Vec<Vec<u8>> {
     frames
 }
 
+/// Each `(i, mac)` sends a broadcast ARP request from tap `i`, so that the
+/// switch learns the MAC there (sender address 10.0.0.(i+1)).
+fn announce(taps: &mut [File], who: &[(usize, Mac)]) -> Result<()> {
+    for &(i, m) in who {
+        let f = Frame::new(BROADCAST, m)
+            .arp_request(
+                Ipv4Addr::new(10, 0, 0, 1 + i as u8),
+                Ipv4Addr::new(10, 0, 0, 9),
+            )
+            .pad_min()
+            .build();
+        taps[i].write_all(&f)?;
+    }
+    Ok(())
+}
+
 fn src_mac(f: &[u8]) -> Mac {
     f[6..12].try_into().unwrap()
 }
@@ -972,13 +988,7 @@ fn isolated_guests_cannot_reach_each_other(kind: Kind, uplink: bool) -> Result<(
         mac("02:00:00:00:00:0c"),
     );
     // The other guests announce themselves, so that the switch knows them.
-    for (i, m) in [(1, b), (2, c)] {
-        let f = Frame::new(BROADCAST, m)
-            .arp_request(Ipv4Addr::new(10, 0, 0, i as u8), Ipv4Addr::new(10, 0, 0, 9))
-            .pad_min()
-            .build();
-        taps[i].write_all(&f)?;
-    }
+    announce(&mut taps, &[(1, b), (2, c)])?;
     std::thread::sleep(Duration::from_millis(100));
     for t in taps.iter_mut().chain(up0.iter_mut()) {
         drain(t, Duration::from_millis(100));
@@ -1335,13 +1345,7 @@ fn broadcast_storm_is_limited(uplink: bool) -> Result<()> {
         mac("02:00:00:00:00:0b"),
         mac("02:00:00:00:00:0c"),
     );
-    for (i, m) in [(1, b), (2, c)] {
-        let f = Frame::new(BROADCAST, m)
-            .arp_request(Ipv4Addr::new(10, 0, 0, i as u8), Ipv4Addr::new(10, 0, 0, 9))
-            .pad_min()
-            .build();
-        taps[i].write_all(&f)?;
-    }
+    announce(&mut taps, &[(1, b), (2, c)])?;
     std::thread::sleep(Duration::from_millis(100));
     for t in taps.iter_mut() {
         drain(t, Duration::from_millis(100));

@@ -84,43 +84,33 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         .map(|v| sum(&v))
         .unwrap_or_default();
     let budget = br.maps.learn.get(&ifindex, 0).unwrap_or_default();
-    let isolated = datapath.flags & PORT_F_ISOLATED != 0;
-    let Some(l) = link else {
-        return PortView {
-            name: format!("if{ifindex} (gone)"),
-            ifindex,
-            kind: kind_name(datapath.kind),
-            xdp: XdpMode::None,
-            tc: "none",
-            up: false,
-            learned_macs: budget.count,
-            max_learned: budget.max,
-            isolated,
-            flood_limit: budget.flood_pps,
-            stats: PortCounters {
-                datapath,
-                ..Default::default()
-            },
-        };
-    };
-    let tc_on = tc_id.is_some_and(|id| Tc::Ingress.programs(&l.name).iter().any(|p| p.id() == id));
-    PortView {
+    let mut view = PortView {
+        name: format!("if{ifindex} (gone)"),
         ifindex,
         kind: kind_name(datapath.kind),
-        xdp: l.xdp_mode,
-        tc: if tc_on { "tcx" } else { "none" },
-        up: l.up,
+        xdp: XdpMode::None,
+        tc: "none",
+        up: false,
         learned_macs: budget.count,
         max_learned: budget.max,
-        isolated,
+        isolated: datapath.flags & PORT_F_ISOLATED != 0,
         flood_limit: budget.flood_pps,
         stats: PortCounters {
             datapath,
-            tx_packets: l.tx_packets,
-            tx_bytes: l.tx_bytes,
+            ..Default::default()
         },
-        name: l.name,
-    }
+    };
+    let Some(l) = link else {
+        return view;
+    };
+    let tc_on = tc_id.is_some_and(|id| Tc::Ingress.programs(&l.name).iter().any(|p| p.id() == id));
+    view.xdp = l.xdp_mode;
+    view.tc = if tc_on { "tcx" } else { "none" };
+    view.up = l.up;
+    view.stats.tx_packets = l.tx_packets;
+    view.stats.tx_bytes = l.tx_bytes;
+    view.name = l.name;
+    view
 }
 
 /// The bridge's masquerade, if it has one.
