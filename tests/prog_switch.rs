@@ -1317,6 +1317,65 @@ fn port_security() -> Vec<Case> {
         .lock(P2, &[B], ips)
         .counts_ip_locked(),
         Case::new(
+            "NA for the bound address with another's MAC as its target link-layer address: \
+             dropped",
+            P2,
+            icmp6_frame(
+                all_nodes,
+                B,
+                "fd00::2",
+                "ff02::1",
+                &ndp_message(
+                    icmp6_type::NEIGHBOR_ADVERT,
+                    0x20,
+                    target("fd00::2"),
+                    Some(C),
+                ),
+            ),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA for the bound address, another's MAC behind a nonce option: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &{
+                let mut m = ndp_message(icmp6_type::NEIGHBOR_ADVERT, 0x20, target("fd00::2"), None);
+                m.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6, 2, 1]);
+                m.extend_from_slice(&C);
+                m
+            }),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA with an option of length 0: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &{
+                let mut m = ndp_message(icmp6_type::NEIGHBOR_ADVERT, 0x20, target("fd00::2"), None);
+                m.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+                m
+            }),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NS with another's MAC as its source link-layer address: dropped",
+            P2,
+            icmp6_frame(
+                all_nodes,
+                B,
+                "fd00::2",
+                "ff02::1",
+                &ndp_message(icmp6_type::NEIGHBOR_SOLICIT, 0, target("fd00::1"), Some(C)),
+            ),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
             "NS resolving another's address from the bound source: flooded",
             P2,
             icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &ns("fd00::1")),

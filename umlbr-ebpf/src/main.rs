@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED,
-    PORT_KIND_TAP, PortStats,
+    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED, PORT_KIND_TAP,
+    PortStats,
 };
 
 use crate::{

@@ -11,7 +11,9 @@
 //!   bound target address;
 //! - IPv6: the source is bound, or :: for ICMPv6 duplicate address
 //!   detection (a neighbour solicitation of a bound target) and MLD
-//!   reports; a neighbour advertisement's target must be bound; router
+//!   reports; a neighbour advertisement's target must be bound, and an
+//!   NS's or NA's link-layer address option must be the frame's source
+//!   MAC (as ARP's sender MAC); router
 //!   advertisements and redirects are dropped (a guest is not a router).
 //!   Up to `EXT_MAX` extension headers (hop-by-hop, routing, destination
 //!   options, fragment) are walked to find the ICMPv6 header; a non-first
@@ -21,7 +23,10 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use umlbr_common::{PORT_IP_SIZE, PORT_IP_V4, PORT_IP_V6, PortIpKey};
 
 use crate::{
-    hdr::{ETH_HLEN, ETH_TYPE, IP_HLEN, IPPROTO_UDP, IPV6_HLEN, IPV6_NEXT, IPV6_SADDR, UDP_HLEN},
+    hdr::{
+        ETH_HLEN, ETH_TYPE, IP_HLEN, IPPROTO_UDP, IPV6_HLEN, IPV6_NEXT, IPV6_PLEN, IPV6_SADDR,
+        UDP_HLEN,
+    },
     mem,
 };
 
@@ -57,8 +62,15 @@ const ICMPV6_NEIGH_SOLICIT: u8 = 135;
 const ICMPV6_NEIGH_ADVERT: u8 = 136;
 const ICMPV6_REDIRECT: u8 = 137;
 const ICMPV6_MLD2_REPORT: u8 = 143;
-/// An NS/NA's target address, after type, code, checksum and 4 bytes.
+/// An NS/NA's target address, after type, code, checksum and 4 bytes;
+/// its options after the target.
 const ND_TARGET: usize = 8;
+const ND_OPTS: usize = ND_TARGET + 16;
+/// Source and target link-layer address options.
+const ND_OPT_SLLA: u8 = 1;
+const ND_OPT_TLLA: u8 = 2;
+/// Options of an NS/NA looked at; more: dropped.
+const ND_OPT_MAX: usize = 2;
 
 /// Whether `src` is bound to locked `port`: one of its static entries.
 #[inline(always)]
@@ -78,7 +90,7 @@ pub fn ip_allowed(data: usize, end: usize, port: u32, src: &[u8; 6]) -> bool {
     match ethertype {
         ETH_P_IP => ipv4_allowed(data, end, port),
         ETH_P_ARP => arp_allowed(data, end, port, src),
-        ETH_P_IPV6 => ipv6_allowed(data, end, port),
+        ETH_P_IPV6 => ipv6_allowed(data, end, port, src),
         _ => false,
     }
 }
@@ -136,46 +148,53 @@ fn arp_allowed(data: usize, end: usize, port: u32, src: &[u8; 6]) -> bool {
 }
 
 #[inline(always)]
-fn ipv6_allowed(data: usize, end: usize, port: u32) -> bool {
+fn ipv6_allowed(data: usize, end: usize, port: u32, src: &[u8; 6]) -> bool {
     let ip = data + ETH_HLEN;
     if ip + IPV6_HLEN > end {
         return false;
     }
     // SAFETY: bounds checked above.
-    let mut next = unsafe { *((ip + IPV6_NEXT) as *const u8) };
+    let (mut next, plen) = unsafe {
+        (
+            *((ip + IPV6_NEXT) as *const u8),
+            *((ip + IPV6_PLEN) as *const [u8; 2]),
+        )
+    };
     let saddr = (ip + IPV6_SADDR) as *const [u32; 4];
     // SAFETY: as above; a 16-byte field at any alignment.
     let unspecified = unsafe { saddr.read_unaligned() } == [0; 4];
     if !unspecified && !v6_bound(port, saddr) {
         return false;
     }
-    // Find the ICMPv6 header behind any extension headers.
-    let mut off = ip + IPV6_HLEN;
+    // Find the ICMPv6 header behind any extension headers. Offsets are
+    // from `ip`, bounded: each header adds at most 2048.
+    let mut rel = IPV6_HLEN;
     let mut i = 0;
     while i < EXT_MAX {
+        let p = ip + rel;
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                if off + 2 > end {
+                if p + 2 > end {
                     return false;
                 }
                 // SAFETY: bounds checked above.
-                let (n, len) = unsafe { (*(off as *const u8), *((off + 1) as *const u8)) };
+                let (n, len) = unsafe { (*(p as *const u8), *((p + 1) as *const u8)) };
                 next = n;
-                off += (len as usize + 1) * 8;
+                rel += (len as usize + 1) * 8;
             }
             NEXTHDR_FRAGMENT => {
-                if off + 8 > end {
+                if p + 8 > end {
                     return false;
                 }
                 // SAFETY: bounds checked above.
-                let (n, frag) = unsafe { (*(off as *const u8), *((off + 2) as *const [u8; 2])) };
+                let (n, frag) = unsafe { (*(p as *const u8), *((p + 2) as *const [u8; 2])) };
                 // A later fragment carries no ICMPv6 header: its source
                 // was checked, :: has no business fragmenting.
                 if u16::from_be_bytes(frag) & 0xfff8 != 0 {
                     return !unspecified;
                 }
                 next = n;
-                off += 8;
+                rel += 8;
             }
             _ => break,
         }
@@ -187,26 +206,66 @@ fn ipv6_allowed(data: usize, end: usize, port: u32) -> bool {
         // than EXT_MAX headers.
         return !unspecified && !is_ext(next);
     }
-    if off + ND_TARGET + 16 > end {
+    let icmp = ip + rel;
+    if icmp + ND_OPTS > end {
         // Too short for an NS/NA: only another ICMPv6 message.
-        if off + 1 > end {
+        if icmp + 1 > end {
             return false;
         }
         // SAFETY: bounds checked above.
-        let ty = unsafe { *(off as *const u8) };
+        let ty = unsafe { *(icmp as *const u8) };
         return icmpv6_short_allowed(ty, unspecified);
     }
     // SAFETY: bounds checked above.
-    let ty = unsafe { *(off as *const u8) };
-    let target = (off + ND_TARGET) as *const [u32; 4];
+    let ty = unsafe { *(icmp as *const u8) };
+    let target = (icmp + ND_TARGET) as *const [u32; 4];
+    let msg_end = IPV6_HLEN + u16::from_be_bytes(plen) as usize;
     match ty {
         ICMPV6_ROUTER_ADVERT | ICMPV6_REDIRECT => false,
         // Address resolution asks about another's address; duplicate
         // address detection (from ::) about the one it wants.
-        ICMPV6_NEIGH_SOLICIT => !unspecified || v6_bound(port, target),
-        ICMPV6_NEIGH_ADVERT => v6_bound(port, target),
+        ICMPV6_NEIGH_SOLICIT => {
+            (!unspecified || v6_bound(port, target))
+                && nd_options_ok(ip, end, (rel + ND_OPTS, msg_end), src)
+        }
+        ICMPV6_NEIGH_ADVERT => {
+            v6_bound(port, target) && nd_options_ok(ip, end, (rel + ND_OPTS, msg_end), src)
+        }
         _ => icmpv6_short_allowed(ty, unspecified),
     }
+}
+
+/// The options of an NS/NA, from `opt` to `msg_end` (offsets from `ip`):
+/// a source or target link-layer address must be the frame's source MAC,
+/// as an ARP sender's must (else a guest could point its neighbours at
+/// another's MAC). At most ND_OPT_MAX options (an NS/NA has at most a
+/// link-layer address and a nonce); more, or a malformed one: no.
+#[inline(always)]
+fn nd_options_ok(ip: usize, end: usize, (mut opt, msg_end): (usize, usize), src: &[u8; 6]) -> bool {
+    let mut i = 0;
+    while i < ND_OPT_MAX {
+        if opt >= msg_end {
+            return true;
+        }
+        let p = ip + opt;
+        if p + 8 > end {
+            return false;
+        }
+        // SAFETY: bounds checked above.
+        let (ty, len, mac) = unsafe {
+            (
+                *(p as *const u8),
+                *((p + 1) as *const u8),
+                *((p + 2) as *const [u8; 6]),
+            )
+        };
+        if len == 0 || (ty == ND_OPT_SLLA || ty == ND_OPT_TLLA) && (len != 1 || mac != *src) {
+            return false;
+        }
+        opt += len as usize * 8;
+        i += 1;
+    }
+    opt >= msg_end
 }
 
 /// An ICMPv6 message other than neighbour discovery's: routers' are
