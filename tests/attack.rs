@@ -1633,21 +1633,24 @@ fn neighbour(ns: &Netns, addr: &str) -> Result<Option<String>> {
 /// `ip_locked`) and the host keeps A's MAC; A, locked to its own, still
 /// makes itself known. No oracle: the kernel bridge checks no addresses
 /// (the recipe would need ebtables or nftables bridge rules).
-#[test]
-fn arp_poisoning_umlbr() -> Result<()> {
+/// With `tc_only`, B's port is switched by the TC program alone (as a
+/// guest with vnet headers gets), so the check is proved there too.
+fn arp_poisoning(tc_only: bool) -> Result<()> {
     let ns = Netns::new("ps-arp")?;
     let _in = InNetns::enter(&ns)?;
     let mut taps: Vec<File> = ["tap0", "tap1", "tap2"]
         .iter()
         .map(|t| open_tap(t))
         .collect::<Result<_>>()?;
+    let b_args: &[&str] = if tc_only {
+        &["--lock", "--mac", B_MAC, "--ip", "10.0.0.11", "--tc-only"]
+    } else {
+        &["--lock", "--mac", B_MAC, "--ip", "10.0.0.11"]
+    };
     port_security_lab(
         &ns,
         Kind::Umlbr,
-        Some([
-            &["--lock", "--mac", A_MAC, "--ip", "10.0.0.10"],
-            &["--lock", "--mac", B_MAC, "--ip", "10.0.0.11"],
-        ]),
+        Some([&["--lock", "--mac", A_MAC, "--ip", "10.0.0.10"], b_args]),
     )?;
     let (a, b) = (mac(A_MAC), mac(B_MAC));
     let host = Ipv4Addr::new(10, 0, 0, 1);
@@ -1677,11 +1680,22 @@ fn arp_poisoning_umlbr() -> Result<()> {
     );
     let p = port_json(&ns, "tap1")?;
     ensure!(
-        p["stats"]["ip_locked"].as_u64() == Some(5),
+        p["stats"]["ip_locked"].as_u64() == Some(5)
+            && (!tc_only || p["stats"]["tc"].as_u64() == Some(5)),
         "tap1's counters: {}",
         p["stats"]
     );
     Ok(())
+}
+
+#[test]
+fn arp_poisoning_umlbr() -> Result<()> {
+    arp_poisoning(false)
+}
+
+#[test]
+fn arp_poisoning_umlbr_tc() -> Result<()> {
+    arp_poisoning(true)
 }
 
 /// The IPv6 form: B sends an unsolicited neighbour advertisement (override)
