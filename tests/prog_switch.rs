@@ -1405,6 +1405,19 @@ fn port_security() -> Vec<Case> {
         )
         .lock(P2, &[B], ips),
         Case::new(
+            "router solicitation from ::: flooded",
+            P2,
+            icmp6_frame(
+                ipv6_multicast_mac("ff02::2".parse().unwrap()),
+                B,
+                "::",
+                "ff02::2",
+                &[133, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
             "other ICMPv6 from ::: dropped",
             P2,
             icmp6_frame(all_nodes, B, "::", "ff02::1", &echo6),

@@ -10,8 +10,8 @@
 //!   the sender address is bound, or 0.0.0.0 for a probe (RFC 5227) of a
 //!   bound target address;
 //! - IPv6: the source is bound, or :: for ICMPv6 duplicate address
-//!   detection (a neighbour solicitation of a bound target) and MLD
-//!   reports; a neighbour advertisement's target must be bound, and an
+//!   detection (a neighbour solicitation of a bound target), MLD reports
+//!   and router solicitations; a neighbour advertisement's target must be bound, and an
 //!   NS's or NA's link-layer address option must be the frame's source
 //!   MAC (as ARP's sender MAC); router
 //!   advertisements and redirects are dropped (a guest is not a router).
@@ -57,6 +57,7 @@ const EXT_MAX: usize = 3;
 const ICMPV6_MLD_QUERY: u8 = 130;
 const ICMPV6_MLD_REPORT: u8 = 131;
 const ICMPV6_MLD_DONE: u8 = 132;
+const ICMPV6_ROUTER_SOLICIT: u8 = 133;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
 const ICMPV6_NEIGH_SOLICIT: u8 = 135;
 const ICMPV6_NEIGH_ADVERT: u8 = 136;
@@ -268,15 +269,21 @@ fn nd_options_ok(ip: usize, end: usize, (mut opt, msg_end): (usize, usize), src:
     opt >= msg_end
 }
 
-/// An ICMPv6 message other than neighbour discovery's: routers' are
-/// dropped, MLD may come from ::, the rest only from a bound source.
+/// An ICMPv6 message other than NS/NA (or an NS/NA too short for its
+/// target): routers' are dropped; MLD and router solicitations (which a
+/// host without an address yet sends from ::, RFC 4861 6.3.7) may come
+/// from ::; the rest only from a bound source.
 #[inline(always)]
 fn icmpv6_short_allowed(ty: u8, unspecified: bool) -> bool {
     match ty {
         ICMPV6_ROUTER_ADVERT | ICMPV6_REDIRECT | ICMPV6_NEIGH_SOLICIT | ICMPV6_NEIGH_ADVERT => {
             false
         }
-        ICMPV6_MLD_QUERY | ICMPV6_MLD_REPORT | ICMPV6_MLD_DONE | ICMPV6_MLD2_REPORT => true,
+        ICMPV6_MLD_QUERY
+        | ICMPV6_MLD_REPORT
+        | ICMPV6_MLD_DONE
+        | ICMPV6_MLD2_REPORT
+        | ICMPV6_ROUTER_SOLICIT => true,
         _ => !unspecified,
     }
 }

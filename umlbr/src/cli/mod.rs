@@ -55,7 +55,8 @@ With --ip (IPv4 or IPv6, repeatable), only those source addresses pass
 too: IPv4 source and ARP sender (whose sender MAC must be the frame's),
 IPv6 source and neighbour advertisement target; 0.0.0.0 only for DHCP
 discover/request and ARP probes of a bound address, :: only for
-duplicate address detection of a bound address and MLD. Router
+duplicate address detection of a bound address, MLD and router
+solicitations. Router
 advertisements and redirects (a guest is no router) and every other
 EtherType (VLAN tags included) are dropped. IPv6 link-local addresses
 are not derived: bind the guest's fe80:: address with --ip too, or it
