@@ -56,11 +56,11 @@ too: IPv4 source and ARP sender (whose sender MAC must be the frame's),
 IPv6 source and neighbour advertisement target; 0.0.0.0 only for DHCP
 discover/request and ARP probes of a bound address, :: only for
 duplicate address detection of a bound address, MLD and router
-solicitations. Router
-advertisements and redirects (a guest is no router) and every other
-EtherType (VLAN tags included) are dropped. IPv6 link-local addresses
-are not derived: bind the guest's fe80:: address with --ip too, or it
-cannot do neighbour discovery. Drops are counted as ip_locked.
+solicitations. Router advertisements and redirects (a guest is no
+router) and every other EtherType (VLAN tags included) are dropped.
+IPv6 link-local addresses are not derived: bind the guest's fe80::
+address with --ip too, or it cannot do neighbour discovery. Drops are
+counted as ip_locked.
 
   umlbr attach tap0 --lock --mac 52:54:00:12:34:56 \\
       --ip 192.168.2.10 --ip fe80::5054:ff:fe12:3456";
