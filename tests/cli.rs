@@ -1116,6 +1116,54 @@ fn usage_errors_exit_2() -> Result<()> {
         &["attach", "tap0", "--masquerade", "--nat-timeout", "bogus=5"],
         &["attach", "tap0", "--masquerade", "--nat-ports", "5-1"],
         &["attach", "tap0", "--isolated", "--uplink"],
+        &["attach", "tap0", "--mac", "02:00:00:00:00:01"],
+        &["attach", "tap0", "--ip", "10.0.0.2"],
+        &["attach", "tap0", "--lock"],
+        &["attach", "tap0", "--lock", "--ip", "10.0.0.2"],
+        &[
+            "attach",
+            "tap0",
+            "--lock",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--uplink",
+        ],
+        &[
+            "attach",
+            "tap0",
+            "--lock",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--masquerade",
+        ],
+        &["attach", "tap0", "--lock", "--mac", "02:00:00:00:01"],
+        &[
+            "attach",
+            "tap0",
+            "--lock",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--ip",
+            "10.0.0.300",
+        ],
+        &[
+            "attach",
+            "tap0",
+            "--lock",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--ip",
+            "10.0.0.2/24",
+        ],
+        &[
+            "attach",
+            "tap0",
+            "--lock",
+            "--mac",
+            "02:00:00:00:00:01",
+            "--ip",
+            "fe80::zz",
+        ],
     ] {
         let what = format!("umlbr {}", args.join(" "));
         let r = fails(&ns, args, &[]).and_then(|m| {
@@ -1206,5 +1254,162 @@ fn a_busy_bridge_fails_clearly() -> Result<()> {
         ns.sh(&format!("test -e {lock} || echo gone"))?.trim() == "gone",
         "down left {lock}"
     );
+    Ok(())
+}
+
+/// The port named `name` in `show br0 --json`.
+fn shown_port(ns: &Netns, name: &str) -> Result<Value> {
+    let show = json(ns, &["show", "br0", "--json"])?;
+    show["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+        .with_context(|| format!("{name} not in {show}"))
+}
+
+/// MACs of the static FDB entries on port `name`.
+fn static_macs_of(ns: &Netns, name: &str) -> Result<Vec<String>> {
+    let fdb = json(ns, &["fdb", "show", "br0", "--json"])?;
+    Ok(fdb
+        .as_array()
+        .context("fdb show --json")?
+        .iter()
+        .filter(|r| r["port"] == name && r["static"] == true)
+        .filter_map(|r| r["mac"].as_str().map(String::from))
+        .collect())
+}
+
+/// `attach --lock --mac --ip`: `show` lists the settings (table and
+/// JSON), the MACs become the port's static entries; a MAC or address
+/// another port holds (the host's MAC, another locked guest's) is refused
+/// with nothing changed; `detach`, `tap del` and a vanished tap leave no
+/// bound MAC or address behind (the address can be bound again).
+#[test]
+fn attach_lock() -> Result<()> {
+    const M0: &str = "02:00:00:00:00:a0";
+    const M1: &str = "02:00:00:00:00:a1";
+    let ns = Netns::without_ipv6("ps-cli-lock")?;
+    ok(&ns, &["up", "br0"])?;
+    for t in ["tap0", "tap1", "tap2"] {
+        ok(&ns, &["tap", "add", t])?;
+    }
+    let lock0 = [
+        "attach", "tap0", "--lock", "--mac", M0, "--mac", M1, "--ip", "10.0.0.2", "--ip", "fe80::2",
+    ];
+    let out = ns.umlbr(&lock0)?;
+    let msg = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && msg.contains("locked to 2 MAC(s) and 2 address(es)"),
+        "attach --lock: {out:?}"
+    );
+    let p = shown_port(&ns, "tap0")?;
+    ensure!(
+        p["locked"] == true
+            && p["macs"] == serde_json::json!([M0, M1])
+            && p["ips"].as_array().map(|a| a.len()) == Some(2)
+            && p["ips"]
+                .as_array()
+                .is_some_and(|a| a.contains(&"10.0.0.2".into()) && a.contains(&"fe80::2".into())),
+        "show --json: {p}"
+    );
+    let table = ns.umlbr_ok(&["show"])?;
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("tap0"))
+        .context("tap0 not in show")?;
+    ensure!(
+        row.contains(&format!("locked mac={M0},{M1} ip=")) && row.contains("10.0.0.2"),
+        "show: {row:?}"
+    );
+    ensure!(
+        static_macs_of(&ns, "tap0")? == vec![M0.to_string(), M1.to_string()],
+        "fdb show: {:?}",
+        static_macs_of(&ns, "tap0")?
+    );
+    let host_mac = ns.sh("cat /sys/class/net/br0/address")?.trim().to_string();
+    let st = json(&ns, &["stats", "br0", "--json"])?;
+    for p in st["ports"].as_array().context("stats ports")? {
+        for k in ["locked", "ip_locked"] {
+            ensure!(p["stats"][k].is_u64(), "stats.{k} in {p}");
+        }
+    }
+    ensure!(
+        ns.umlbr_ok(&["stats"])?.contains("IP_LOCKED"),
+        "stats table has no IP_LOCKED column"
+    );
+    all(vec![
+        (
+            "another locked guest's MAC",
+            fails(
+                &ns,
+                &["attach", "tap1", "--lock", "--mac", M1],
+                &["tap1", M1, "tap0"],
+            ),
+        ),
+        (
+            "the host port's MAC",
+            fails(
+                &ns,
+                &["attach", "tap1", "--lock", "--mac", &host_mac],
+                &["tap1", &host_mac],
+            ),
+        ),
+        (
+            "another locked guest's address",
+            fails(
+                &ns,
+                &[
+                    "attach",
+                    "tap1",
+                    "--lock",
+                    "--mac",
+                    "02:00:00:00:00:b1",
+                    "--ip",
+                    "fe80::2",
+                ],
+                &["tap1", "fe80::2", "tap0"],
+            ),
+        ),
+        (
+            "a multicast MAC",
+            fails(
+                &ns,
+                &["attach", "tap1", "--lock", "--mac", "01:00:5e:00:00:01"],
+                &["01:00:5e:00:00:01"],
+            ),
+        ),
+    ])?;
+    // detach: nothing of tap0's binding is left; its MAC and address can
+    // be bound again, to another port.
+    ok(&ns, &["detach", "tap0"])?;
+    ensure!(
+        static_macs_of(&ns, "tap0")?.is_empty(),
+        "detach left tap0's MACs"
+    );
+    ok(
+        &ns,
+        &["attach", "tap1", "--lock", "--mac", M0, "--ip", "10.0.0.2"],
+    )?;
+    ensure!(static_macs_of(&ns, "tap1")? == vec![M0.to_string()]);
+    // tap del of a locked port.
+    ok(&ns, &["tap", "del", "tap1"])?;
+    ensure!(
+        !json(&ns, &["fdb", "show", "br0", "--json"])?
+            .to_string()
+            .contains(M0),
+        "tap del left tap1's MAC"
+    );
+    ok(
+        &ns,
+        &["attach", "tap2", "--lock", "--mac", M0, "--ip", "10.0.0.2"],
+    )?;
+    // A locked tap that vanishes: the next command prunes its binding.
+    ns.sh("ip link del tap2")?;
+    ok(&ns, &["tap", "add", "tap3"])?;
+    ok(
+        &ns,
+        &["attach", "tap3", "--lock", "--mac", M0, "--ip", "10.0.0.2"],
+    )?;
+    ensure!(static_macs_of(&ns, "tap3")? == vec![M0.to_string()]);
+    ok(&ns, &["down", "br0"])?;
     Ok(())
 }

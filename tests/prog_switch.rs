@@ -18,13 +18,17 @@
 //! `live_*` tests use to read the redirected frame back from the target tap.
 //!
 //! Needs root.
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, ensure};
 use aya::programs::TcAttachType;
 use umlbr_common::{
     CFG_F_TC_FLOOD, Config, FDB_F_STATIC, FLOOD_BURST, FdbEntry, FdbKey, MAX_XDP_FRAME,
-    PORT_F_ISOLATED, PORT_F_NO_XDP_TX, PORT_KIND_OTHER, PortLearn, PortStats, names,
+    PORT_F_IP_LOCKED, PORT_F_ISOLATED, PORT_F_LOCKED, PORT_F_NO_XDP_TX, PORT_KIND_OTHER, PortIpKey,
+    PortLearn, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -32,7 +36,10 @@ use umlbr_tests::{
         XDP_DROP, XDP_PASS, XDP_REDIRECT, count_rx,
     },
     netns::{Netns, ifindex},
-    wire::{BROADCAST, Frame, Mac, ZERO_MAC, ethertype, fmt_mac, mac, station},
+    wire::{
+        BROADCAST, Frame, Mac, ZERO_MAC, arp_packet, ethertype, fmt_mac, icmp6_type, icmpv6_packet,
+        ipv6_multicast_mac, mac, ndp_message, station,
+    },
 };
 
 mod umlbr_lib;
@@ -116,6 +123,7 @@ impl Bench {
             ..Default::default()
         })?;
         self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
+        self.ctx.clear::<PortIpKey, u32>(names::PORT_IP)?;
         for i in idx {
             let zero = PortStats {
                 kind: PORT_KIND_OTHER,
@@ -285,6 +293,14 @@ struct Case {
     isolated: Vec<At>,
     /// Dropped as unicast between isolated ports: counted as isolated.
     isolated_drop: bool,
+    /// Locked ports (PORT_F_LOCKED; with PORT_F_IP_LOCKED if true).
+    locked: Vec<(At, bool)>,
+    /// Addresses bound to ports (UMLBR_PORT_IP).
+    bound: Vec<(At, IpAddr)>,
+    /// Dropped by port security: source MAC not bound (`locked`), frame
+    /// not allowed by the bound addresses (`ip_locked`).
+    locked_drop: bool,
+    ip_locked_drop: bool,
 }
 
 impl Case {
@@ -304,6 +320,10 @@ impl Case {
             no_xdp_tx: None,
             isolated: vec![],
             isolated_drop: false,
+            locked: vec![],
+            bound: vec![],
+            locked_drop: false,
+            ip_locked_drop: false,
         }
     }
     fn fdb(mut self, pre: &[Pre]) -> Self {
@@ -346,6 +366,29 @@ impl Case {
         at != self.ingress
             && !(self.isolated.contains(&self.ingress) && self.isolated.contains(&at))
     }
+    /// Lock port `at` to `macs` (its static entries, kept) and `ips`,
+    /// as `attach --lock --mac --ip` does. After `fdb` and `after`.
+    fn lock(mut self, at: At, macs: &[Mac], ips: &[&str]) -> Self {
+        for &m in macs {
+            self.fdb.push(fixed(m, at, 0));
+            self.after.push(Post::Kept(m));
+        }
+        self.locked.push((at, !ips.is_empty()));
+        for a in ips {
+            self.bound.push((at, a.parse().expect("an address")));
+        }
+        self
+    }
+    /// Dropped by the MAC lock: counted as locked (and dropped).
+    fn counts_locked(mut self) -> Self {
+        self.locked_drop = true;
+        self
+    }
+    /// Dropped by the address lock: counted as ip_locked (and dropped).
+    fn counts_ip_locked(mut self) -> Self {
+        self.ip_locked_drop = true;
+        self
+    }
     fn tc_fate(mut self, f: Fate) -> Self {
         self.tc = f;
         self
@@ -385,6 +428,7 @@ fn table() -> Vec<Case> {
         sizes(),
         left_to_tc(),
         isolated_ports(),
+        port_security(),
         link_local(),
         odd_ethertypes(),
         runts(),
@@ -940,6 +984,501 @@ fn isolated_ports() -> Vec<Case> {
     ]
 }
 
+/// An IPv6 frame from `src` (MAC, address) to `dst` carrying `payload`
+/// behind next header `next`.
+fn ipv6_frame(dst: Mac, src: Mac, saddr: &str, daddr: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+    let (s, d): (Ipv6Addr, Ipv6Addr) = (saddr.parse().unwrap(), daddr.parse().unwrap());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[next, 255]);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    ip.extend_from_slice(payload);
+    Frame::new(dst, src)
+        .ethertype(ethertype::IPV6)
+        .payload(&ip)
+        .pad_min()
+        .build()
+}
+
+/// An ICMPv6 message `icmp` from `src` to `daddr` (its multicast MAC, or
+/// `dst`).
+fn icmp6_frame(dst: Mac, src: Mac, saddr: &str, daddr: &str, icmp: &[u8]) -> Vec<u8> {
+    let (s, d): (Ipv6Addr, Ipv6Addr) = (saddr.parse().unwrap(), daddr.parse().unwrap());
+    Frame::new(dst, src)
+        .ethertype(ethertype::IPV6)
+        .payload(&icmpv6_packet(s, d, icmp))
+        .pad_min()
+        .build()
+}
+
+/// Port security: P2 locked to B (and, for the address cases, to
+/// 10.0.0.2, fd00::2 and fe80::2); A is the host port's station on P1, C
+/// a guest on P3 that is not locked.
+fn port_security() -> Vec<Case> {
+    use Fate::*;
+    let new = station(0x5e);
+    let ips: &[&str] = &["10.0.0.2", "fd00::2", "fe80::2"];
+    let to_a = |c: Case| c.fdb(&[learned(A, P1, 0)]).after(&[Post::Kept(A)]);
+    let udp4 = |src: Mac, from: [u8; 4]| {
+        Frame::new(A, src)
+            .udp(
+                Ipv4Addr::from(from),
+                4000,
+                Ipv4Addr::from(ip(1)),
+                5000,
+                b"portsec",
+            )
+            .pad_min()
+            .build()
+    };
+    let arp = |sha: Mac, spa: [u8; 4], tpa: [u8; 4]| {
+        let p = arp_packet(1, sha, spa.into(), ZERO_MAC, tpa.into());
+        Frame::new(BROADCAST, B)
+            .ethertype(ethertype::ARP)
+            .payload(&p)
+            .pad_min()
+            .build()
+    };
+    let all_nodes = ipv6_multicast_mac("ff02::1".parse().unwrap());
+    let target = |t: &str| t.parse::<Ipv6Addr>().unwrap();
+    let na = |t: &str| ndp_message(icmp6_type::NEIGHBOR_ADVERT, 0x20, target(t), Some(B));
+    let ns = |t: &str| ndp_message(icmp6_type::NEIGHBOR_SOLICIT, 0, target(t), Some(B));
+    let dad = |t: &str| ndp_message(icmp6_type::NEIGHBOR_SOLICIT, 0, target(t), None);
+    let echo6 = [icmp6_type::ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1, 0x70, 0x73];
+    let ra = [134u8, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut redirect = vec![137u8, 0, 0, 0, 0, 0, 0, 0];
+    redirect.extend_from_slice(&target("fe80::1").octets());
+    redirect.extend_from_slice(&target("fd00::9").octets());
+    // An NA behind a destination-options header (8 bytes of padding).
+    let mut behind_opts = vec![58u8, 0, 1, 4, 0, 0, 0, 0];
+    behind_opts.extend_from_slice(&na("fd00::1"));
+    // An MLDv2 report from ::, behind hop-by-hop with router alert.
+    let mut mld = vec![58u8, 0, 5, 2, 0, 0, 1, 0];
+    mld.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
+    // A later fragment (offset 8) of a UDP datagram.
+    let frag = [17u8, 0, 0, 8, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
+    vec![
+        // The MAC lock.
+        to_a(Case::new(
+            "locked port, bound source: forwarded, nothing learned",
+            P2,
+            Frame::new(A, B).pattern(46).build(),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], &[]),
+        to_a(Case::new(
+            "locked port, unbound source: dropped, counted as locked, not learned",
+            P2,
+            Frame::new(A, new).pattern(46).build(),
+            Drop,
+        ))
+        .lock(P2, &[B], &[])
+        .counts_locked(),
+        Case::new(
+            "locked port, broadcast from an unbound source: dropped, not flooded",
+            P2,
+            Frame::new(BROADCAST, new).pattern(46).build(),
+            Drop,
+        )
+        .lock(P2, &[B], &[])
+        .counts_locked(),
+        to_a(Case::new(
+            "locked port sending from the host port's learned MAC: dropped, the entry stays",
+            P2,
+            Frame::new(C, A).pattern(46).build(),
+            Drop,
+        ))
+        .lock(P2, &[B], &[])
+        .counts_locked(),
+        Case::new(
+            "locked port sending from a static MAC of another port: dropped as locked",
+            P2,
+            Frame::new(BROADCAST, C).pattern(46).build(),
+            Drop,
+        )
+        .fdb(&[fixed(C, P3, 0)])
+        .after(&[Post::Kept(C)])
+        .lock(P2, &[B], &[])
+        .counts_locked(),
+        to_a(Case::new(
+            "another port sending from a locked port's MAC: dropped as spoofed",
+            P3,
+            Frame::new(A, B).pattern(46).build(),
+            Drop,
+        ))
+        .lock(P2, &[B], &[])
+        .spoofed(),
+        to_a(Case::new(
+            "a port that is not locked beside a locked one: learns and forwards",
+            P3,
+            Frame::new(A, C).pattern(46).build(),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], &[])
+        .learns(C),
+        to_a(Case::new(
+            "locked to MACs only: any EtherType from a bound MAC is forwarded",
+            P2,
+            Frame::new(A, B).vlan(5, 0).pattern(46).build(),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], &[]),
+        // The address lock: IPv4.
+        to_a(Case::new(
+            "IPv4 from the bound address: forwarded",
+            P2,
+            udp4(B, ip(2)),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], ips),
+        to_a(Case::new(
+            "IPv4 from another address: dropped, counted as ip_locked",
+            P2,
+            udp4(B, ip(9)),
+            Drop,
+        ))
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "IPv4 from an unbound MAC and the bound address: dropped as locked first",
+            P2,
+            udp4(new, ip(2)),
+            Drop,
+        ))
+        .lock(P2, &[B], ips)
+        .counts_locked(),
+        Case::new(
+            "DHCP discover from 0.0.0.0: flooded",
+            P2,
+            Frame::new(BROADCAST, B)
+                .udp(
+                    Ipv4Addr::UNSPECIFIED,
+                    68,
+                    Ipv4Addr::BROADCAST,
+                    67,
+                    b"discover",
+                )
+                .pad_min()
+                .build(),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "other UDP from 0.0.0.0: dropped",
+            P2,
+            Frame::new(BROADCAST, B)
+                .udp(
+                    Ipv4Addr::UNSPECIFIED,
+                    68,
+                    Ipv4Addr::BROADCAST,
+                    53,
+                    b"not dhcp",
+                )
+                .pad_min()
+                .build(),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "truncated IPv4 header: dropped",
+            P2,
+            Frame::new(A, B)
+                .ethertype(ethertype::IPV4)
+                .payload(&[0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17])
+                .build(),
+            Drop,
+        )
+        // The kernel refuses an skb test run whose IP header is cut.
+        .tc_fate(Refused)
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "VLAN-tagged IPv4 from the bound address: dropped (another EtherType)",
+            P2,
+            Frame::new(A, B)
+                .vlan(5, 0)
+                .udp(
+                    Ipv4Addr::from(ip(2)),
+                    1,
+                    Ipv4Addr::from(ip(1)),
+                    2,
+                    b"tagged",
+                )
+                .pad_min()
+                .build(),
+            Drop,
+        ))
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "another EtherType: dropped",
+            P2,
+            Frame::new(A, B).pattern(46).build(),
+            Drop,
+        ))
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        // ARP.
+        Case::new(
+            "ARP from the bound address: flooded",
+            P2,
+            arp(B, ip(2), ip(1)),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "ARP claiming another address: dropped",
+            P2,
+            arp(B, ip(1), ip(3)),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "ARP whose sender MAC is not the frame's: dropped",
+            P2,
+            arp(C, ip(2), ip(1)),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "ARP probe (0.0.0.0) for the bound address: flooded",
+            P2,
+            arp(B, [0; 4], ip(2)),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "ARP probe (0.0.0.0) for another address: dropped",
+            P2,
+            arp(B, [0; 4], ip(1)),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "truncated ARP: dropped",
+            P2,
+            Frame::new(BROADCAST, B)
+                .ethertype(ethertype::ARP)
+                .payload(&arp_packet(1, B, ip(2).into(), ZERO_MAC, ip(1).into())[..20])
+                .build(),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        // IPv6.
+        to_a(Case::new(
+            "IPv6 from the bound address: forwarded",
+            P2,
+            icmp6_frame(A, B, "fd00::2", "fd00::1", &echo6),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], ips),
+        to_a(Case::new(
+            "IPv6 from the bound link-local address: forwarded",
+            P2,
+            icmp6_frame(A, B, "fe80::2", "fe80::1", &echo6),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], ips),
+        to_a(Case::new(
+            "IPv6 from another address: dropped",
+            P2,
+            icmp6_frame(A, B, "fd00::9", "fd00::1", &echo6),
+            Drop,
+        ))
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA for the bound address: flooded",
+            P2,
+            icmp6_frame(all_nodes, B, "fe80::2", "ff02::1", &na("fd00::2")),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "NA for another's address from the bound source: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &na("fd00::1")),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA for another's address behind a destination-options header: dropped",
+            P2,
+            ipv6_frame(all_nodes, B, "fd00::2", "ff02::1", 60, &behind_opts),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA for the bound address with another's MAC as its target link-layer address: \
+             dropped",
+            P2,
+            icmp6_frame(
+                all_nodes,
+                B,
+                "fd00::2",
+                "ff02::1",
+                &ndp_message(
+                    icmp6_type::NEIGHBOR_ADVERT,
+                    0x20,
+                    target("fd00::2"),
+                    Some(C),
+                ),
+            ),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA for the bound address, another's MAC behind a nonce option: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &{
+                let mut m = ndp_message(icmp6_type::NEIGHBOR_ADVERT, 0x20, target("fd00::2"), None);
+                m.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6, 2, 1]);
+                m.extend_from_slice(&C);
+                m
+            }),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NA with an option of length 0: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &{
+                let mut m = ndp_message(icmp6_type::NEIGHBOR_ADVERT, 0x20, target("fd00::2"), None);
+                m.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+                m
+            }),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NS with another's MAC as its source link-layer address: dropped",
+            P2,
+            icmp6_frame(
+                all_nodes,
+                B,
+                "fd00::2",
+                "ff02::1",
+                &ndp_message(icmp6_type::NEIGHBOR_SOLICIT, 0, target("fd00::1"), Some(C)),
+            ),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "NS resolving another's address from the bound source: flooded",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &ns("fd00::1")),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "DAD NS from :: for the bound address: flooded",
+            P2,
+            icmp6_frame(all_nodes, B, "::", "ff02::1", &dad("fd00::2")),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "DAD NS from :: for another address: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "::", "ff02::1", &dad("fd00::1")),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "MLDv2 report from :: behind hop-by-hop: flooded",
+            P2,
+            ipv6_frame(all_nodes, B, "::", "ff02::16", 0, &mld),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "router solicitation from ::: flooded",
+            P2,
+            icmp6_frame(
+                ipv6_multicast_mac("ff02::2".parse().unwrap()),
+                B,
+                "::",
+                "ff02::2",
+                &[133, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            Flood,
+        )
+        .lock(P2, &[B], ips),
+        Case::new(
+            "other ICMPv6 from ::: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "::", "ff02::1", &echo6),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "router advertisement from the bound link-local address: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fe80::2", "ff02::1", &ra),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        Case::new(
+            "redirect from the bound link-local address: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fe80::2", "ff02::1", &redirect),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "a later fragment from the bound address: forwarded",
+            P2,
+            ipv6_frame(A, B, "fd00::2", "fd00::1", 44, &frag),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], ips),
+        Case::new(
+            "NA cut after the ICMPv6 header: dropped",
+            P2,
+            icmp6_frame(all_nodes, B, "fd00::2", "ff02::1", &na("fd00::2")[..8]),
+            Drop,
+        )
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "truncated IPv6 header: dropped",
+            P2,
+            Frame::new(A, B)
+                .ethertype(ethertype::IPV6)
+                .payload(&[0x60, 0, 0, 0, 0, 8, 58, 255, 0xfd, 0])
+                .build(),
+            Drop,
+        ))
+        .tc_fate(Refused)
+        .lock(P2, &[B], ips)
+        .counts_ip_locked(),
+        to_a(Case::new(
+            "a port locked to addresses beside one that is not: the other sends any address",
+            P3,
+            udp4(C, ip(9)),
+            Forward(P1),
+        ))
+        .lock(P2, &[B], ips)
+        .learns(C),
+    ]
+}
+
 /// Link-local destinations 01:80:c2:00:00:0X are dropped, not learned.
 fn link_local() -> Vec<Case> {
     use Fate::*;
@@ -1095,6 +1634,19 @@ impl Bench {
             };
             self.ctx.set_port_stats(i, s)?;
         }
+        for &(at, ip) in &c.locked {
+            let flags = PORT_F_LOCKED | if ip { PORT_F_IP_LOCKED } else { 0 };
+            let s = PortStats {
+                kind: PORT_KIND_OTHER,
+                flags,
+                ..Default::default()
+            };
+            self.ctx.set_port_stats(self.ifindex(at), s)?;
+        }
+        for &(at, addr) in &c.bound {
+            let key = umlbr_lib::port_ip_key(self.ifindex(at), addr);
+            self.ctx.insert(names::PORT_IP, key, 0u32)?;
+        }
         for &at in &c.isolated {
             let flags = if c.no_xdp_tx == Some(at) {
                 PORT_F_NO_XDP_TX
@@ -1207,6 +1759,8 @@ fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Ve
         s.moved += u64::from(c.moved);
         s.spoofed += u64::from(c.spoofed);
         s.isolated += u64::from(c.isolated_drop);
+        s.locked += u64::from(c.locked_drop);
+        s.ip_locked += u64::from(c.ip_locked_drop);
     }
     want
 }

@@ -891,3 +891,59 @@ mod tests {
         assert_eq!(&u[14 + 26..14 + 28], &[0, 0]);
     }
 }
+
+/// ICMPv6 types of neighbour discovery.
+pub mod icmp6_type {
+    pub const ROUTER_ADVERT: u8 = 134;
+    pub const NEIGHBOR_SOLICIT: u8 = 135;
+    pub const NEIGHBOR_ADVERT: u8 = 136;
+    pub const REDIRECT: u8 = 137;
+    pub const ECHO_REQUEST: u8 = 128;
+}
+
+/// An IPv6 header (hop limit 255, as neighbour discovery requires)
+/// followed by the ICMPv6 message `icmp`, its checksum filled in.
+pub fn icmpv6_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut icmp = icmp.to_vec();
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::with_capacity(40 + icmp.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let sum = checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[58, 255]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&icmp);
+    ip
+}
+
+/// A neighbour solicitation or advertisement (`ty`, with `flags` in the
+/// first byte after the checksum: 0x20 override, 0x40 solicited) for
+/// `target`, with a source (NS) or target (NA) link-layer address option
+/// carrying `lladdr` if given.
+pub fn ndp_message(ty: u8, flags: u8, target: std::net::Ipv6Addr, lladdr: Option<Mac>) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0, flags, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if let Some(l) = lladdr {
+        let opt = if ty == icmp6_type::NEIGHBOR_SOLICIT {
+            1
+        } else {
+            2
+        };
+        m.extend_from_slice(&[opt, 1]);
+        m.extend_from_slice(&l);
+    }
+    m
+}
+
+/// The Ethernet multicast MAC of IPv6 group `group` (33:33 + last 4 bytes).
+pub fn ipv6_multicast_mac(group: std::net::Ipv6Addr) -> Mac {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}

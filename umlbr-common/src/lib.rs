@@ -37,6 +37,7 @@ pub mod names {
     pub const NAT_CONFIG: &str = "UMLBR_NAT_CFG";
     pub const NAT_STATS: &str = "UMLBR_NAT_STAT";
     pub const NAT_MTU: &str = "UMLBR_NAT_MTU";
+    pub const PORT_IP: &str = "UMLBR_PORT_IP";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -111,6 +112,39 @@ pub const PORT_F_NO_XDP_TX: u32 = 2;
 /// not isolated). It is not in UMLBR_FLOOD_ISO, the broadcast set of
 /// isolated ports' XDP floods.
 pub const PORT_F_ISOLATED: u32 = 4;
+/// A locked port (`attach --lock --mac MAC...`): it accepts only frames
+/// whose source MAC is one of its static FDB entries (its bound MACs),
+/// and never learns or moves an entry. Others are dropped, counted as
+/// `locked`.
+pub const PORT_F_LOCKED: u32 = 8;
+/// A locked port with bound addresses (`--ip ADDR...`): after the MAC
+/// check, its IPv4 source / ARP sender and IPv6 source / neighbour
+/// advertisement target must be bound to it in UMLBR_PORT_IP (see
+/// `PortIpKey`); router advertisements and redirects, and every other
+/// EtherType, are dropped. Drops are counted as `ip_locked`.
+pub const PORT_F_IP_LOCKED: u32 = 16;
+
+/// Most addresses bound to ports (`attach --ip`), all ports of a bridge
+/// together.
+pub const PORT_IP_SIZE: u32 = 4096;
+/// `PortIpKey::family` of an IPv4 address (its 4 bytes first in `addr`,
+/// the rest zero) and of an IPv6 address.
+pub const PORT_IP_V4: u8 = 4;
+pub const PORT_IP_V6: u8 = 6;
+
+/// Key of UMLBR_PORT_IP: an address bound to a locked port. The value
+/// (a u32) is unused: being in the map is the binding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortIpKey {
+    pub ifindex: u32,
+    /// `PORT_IP_V4` or `PORT_IP_V6`.
+    pub family: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+    /// Network byte order; an IPv4 address in the first 4 bytes.
+    pub addr: [u8; 16],
+}
 
 /// A port's learning budget, keyed by ifindex (one value for all CPUs, so
 /// that every CPU charges the same count). The FDB is a plain hash that
@@ -206,6 +240,15 @@ pub struct PortStats {
     /// Of `dropped`: floods over the port's flood limit (storm control,
     /// `attach --flood-limit`).
     pub storm: u64,
+    /// Of `dropped`: from a locked port (`attach --lock`), a source MAC
+    /// not bound to it (`--mac`).
+    pub locked: u64,
+    /// Of `dropped`: from a port locked to addresses (`attach --ip`), a
+    /// frame the binding does not allow: an IPv4 or IPv6 source, ARP
+    /// sender or neighbour advertisement target not bound to the port, an
+    /// ARP sender MAC that is not the frame's, a router advertisement or
+    /// redirect, another EtherType, or a truncated header.
+    pub ip_locked: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -457,6 +500,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::PortLearn {}
+    unsafe impl aya::Pod for super::PortIpKey {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatOut {}
     unsafe impl aya::Pod for super::NatIn {}
@@ -485,6 +529,8 @@ impl core::ops::AddAssign for PortStats {
         self.spoofed += o.spoofed;
         self.isolated += o.isolated;
         self.storm += o.storm;
+        self.locked += o.locked;
+        self.ip_locked += o.ip_locked;
     }
 }
 
@@ -550,7 +596,8 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 14 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 16 * 8);
+        assert_eq!(size_of::<PortIpKey>(), 24);
         assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 48);

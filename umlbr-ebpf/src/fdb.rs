@@ -233,6 +233,16 @@ extern "C" fn sweep_one(
     0
 }
 
+/// Whether `mac` is a static entry of `port` (a MAC bound to a locked
+/// port, `attach --lock --mac`). A read, never a write: a locked port
+/// learns nothing.
+#[inline(always)]
+pub fn static_of(mac: [u8; 6], port: u32) -> bool {
+    // SAFETY: pointer into the map value, read once.
+    FDB.get_ptr(FdbKey::new(mac))
+        .is_some_and(|e| unsafe { (*e).flags & FDB_F_STATIC != 0 && (*e).ifindex == port })
+}
+
 /// Port behind `dst` and whether it is the port's own host MAC, if known
 /// and not aged out. An aged entry is removed.
 #[inline(always)]

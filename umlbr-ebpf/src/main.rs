@@ -17,6 +17,7 @@ mod hdr;
 mod mem;
 mod nat;
 mod pkt;
+mod portsec;
 mod switch;
 
 use aya_ebpf::{
@@ -157,7 +158,7 @@ fn xdp_switch(
     if gw.is_none() && csum::looks_partial(data, end) {
         return xdp_action::XDP_PASS;
     }
-    match switch::decide(cfg, gw.is_some(), (dst, src), ingress, stats) {
+    match switch::decide(ctx, cfg, gw.is_some(), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
@@ -320,7 +321,7 @@ fn tc_switch(
     let cfg = config();
     // As in XDP: the gateway's MAC needs no lookup.
     let gw = switch::for_gateway(cfg, ncfg, &dst);
-    match switch::decide(cfg, gw.is_some(), (dst, src), ingress, stats) {
+    match switch::decide(ctx, cfg, gw.is_some(), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32

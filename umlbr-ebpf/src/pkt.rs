@@ -58,6 +58,11 @@ pub trait Pkt: EbpfContext {
     fn gso_size(&self) -> u32 {
         0
     }
+    /// Make the first `want` bytes (or the whole packet, if shorter)
+    /// readable directly; XDP's always are. Moves the packet: bounds are
+    /// read again after.
+    #[inline(always)]
+    fn linearize(&self, _want: u32) {}
     /// Fix the 16-bit checksum at `off` of kind `sum` for a `size`-byte
     /// field (2 or 4) going from `old` to `new`.
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8);
@@ -155,6 +160,13 @@ impl Pkt for TcContext {
     fn gso_size(&self) -> u32 {
         // SAFETY: reading a field of the context.
         unsafe { (*self.skb.skb).gso_size }
+    }
+    #[inline(always)]
+    fn linearize(&self, want: u32) {
+        let want = self.len().min(want);
+        if self.data() + want as usize > self.data_end() {
+            let _ = self.pull_data(want);
+        }
     }
     #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {

@@ -1,8 +1,12 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
-use umlbr_common::{Config, NatConfig, PORT_F_ISOLATED, PortStats};
+use umlbr_common::{
+    Config, NatConfig, PORT_F_IP_LOCKED, PORT_F_ISOLATED, PORT_F_LOCKED, PortStats,
+};
 
-use crate::fdb;
+use core::ffi::c_void;
+
+use crate::{fdb, pkt::Pkt, portsec};
 
 pub enum Verdict {
     Drop,
@@ -42,13 +46,16 @@ pub fn for_gateway<'a>(
     ncfg.filter(|n| cfg.host_port != 0 && *dst == n.gw_mac)
 }
 
-/// Learn the source and decide where the frame goes; `to_gw`: the frame
-/// is for the gateway (see `for_gateway`). Counts `learned`, `moved`,
-/// `learn_limited`, `spoofed` and `isolated`; the caller counts the rest,
-/// `dropped` included, once it knows which program finishes the frame.
-/// Floods from an isolated port are the caller's to restrict.
+/// Learn the source (or, from a locked port, check it) and decide where
+/// the frame of `ctx` goes; `to_gw`: the frame is for the
+/// gateway (see `for_gateway`). Counts `learned`, `moved`,
+/// `learn_limited`, `spoofed`, `locked`, `ip_locked` and `isolated`; the
+/// caller counts the rest, `dropped` included, once it knows which
+/// program finishes the frame. Floods from an isolated port are the
+/// caller's to restrict.
 #[inline(always)]
-pub fn decide(
+pub fn decide<C: Pkt>(
+    ctx: &C,
     cfg: &Config,
     to_gw: bool,
     (dst, src): ([u8; 6], [u8; 6]),
@@ -60,9 +67,14 @@ pub fn decide(
     if is_multicast(&src) || src == [0; 6] || !to_gw && is_link_local(&dst) {
         return Verdict::Drop;
     }
+    // Port security: the only cost for other ports is this flag test.
+    let locked = stats.flags & PORT_F_LOCKED != 0;
+    if locked && !locked_allows::<C>(ctx.as_ptr(), src, stats) {
+        return Verdict::Drop;
+    }
     let now = fdb::now();
     let aging_ns = fdb::aging_ns(cfg);
-    if !fdb::learn(src, ingress, now, aging_ns, stats) {
+    if !locked && !fdb::learn(src, ingress, now, aging_ns, stats) {
         stats.spoofed += 1;
         return Verdict::Drop;
     }
@@ -81,6 +93,34 @@ pub fn decide(
         Some((port, false)) => unicast(port, ingress),
         None => Verdict::Flood,
     }
+}
+
+/// A locked port learns nothing: its source MAC must be bound to it,
+/// and, locked to addresses too, its frame allowed by them. Counts
+/// `locked` and `ip_locked`. Out of line, on the raw context: locked
+/// ports are rare, and the callers' frames (umlbr_tc's is at the edge of
+/// the 512-byte stack shared with the NAT's deepest calls) keep nothing
+/// of it.
+#[inline(never)]
+fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], stats: &mut PortStats) -> bool {
+    // SAFETY: `raw` is this program's context.
+    let ctx = unsafe { C::from_raw(raw) };
+    let ingress = ctx.ingress();
+    if !portsec::mac_bound(src, ingress) {
+        stats.locked += 1;
+        return false;
+    }
+    if stats.flags & PORT_F_IP_LOCKED == 0 {
+        return true;
+    }
+    // The headers checked must be linear (TC).
+    ctx.linearize(portsec::PULL);
+    let (data, end) = ctx.bounds();
+    if !portsec::ip_allowed(data, end, ingress, &src) {
+        stats.ip_locked += 1;
+        return false;
+    }
+    true
 }
 
 /// The ingress port (its `stats`) and `port` are both isolated. The

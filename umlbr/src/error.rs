@@ -67,6 +67,26 @@ pub enum Error {
     BadMac(String),
     #[error("{0} is not a unicast MAC address; the FDB holds unicast stations only")]
     MulticastMac(String),
+    #[error("{iface}: --lock needs at least one --mac (the MACs the guest may send from)")]
+    LockWithoutMac { iface: String },
+    #[error("{iface}: --mac and --ip bind addresses to a locked port; add --lock")]
+    BindWithoutLock { iface: String },
+    #[error("{iface}: an uplink cannot be locked (its LAN's stations are not known)")]
+    LockedUplink { iface: String },
+    #[error("{iface}: cannot bind MAC {mac}: it is a static entry of {owner} on bridge {bridge}")]
+    MacTaken {
+        iface: String,
+        mac: String,
+        owner: String,
+        bridge: String,
+    },
+    #[error("{iface}: cannot bind address {addr}: it is bound to {owner} on bridge {bridge}")]
+    IpTaken {
+        iface: String,
+        addr: String,
+        owner: String,
+        bridge: String,
+    },
     #[error("MAC {mac} is not in the FDB of bridge {bridge}")]
     NoSuchFdbEntry { mac: String, bridge: String },
     #[error("invalid address {0:?} (expected CIDR like 192.168.2.1/24)")]

@@ -195,6 +195,9 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         max_learned: a.max_learned,
         isolated: a.isolated,
         flood_limit: a.flood_limit,
+        lock: a.lock,
+        macs: a.mac,
+        ips: a.ip,
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = match (p.uplink, p.isolated) {
@@ -202,13 +205,17 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         (false, true) => ", isolated",
         (false, false) => "",
     };
+    let lock = p
+        .locked
+        .map(|(macs, ips)| format!(", locked to {macs} MAC(s) and {ips} address(es)"))
+        .unwrap_or_default();
     let why = p
         .no_xdp_reason
         .map(|r| format!("; no XDP: {r}"))
         .unwrap_or_default();
     let xdp = p.xdp.as_str();
     eprintln!(
-        "{} attached to {}{role} (xdp {xdp}, tc tcx){why}",
+        "{} attached to {}{role}{lock} (xdp {xdp}, tc tcx){why}",
         p.iface, p.bridge
     );
     Ok(())

@@ -15,8 +15,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortLearn, PortStats,
-    names,
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortIpKey, PortLearn,
+    PortStats, names,
 };
 
 use crate::{
@@ -251,6 +251,8 @@ pub struct Maps {
     /// The ports of `ports` that are not isolated: where an isolated
     /// port's XDP floods go.
     pub flood_isolated: DevMapHash<MapData>,
+    /// Addresses bound to locked ports (`attach --ip`).
+    pub port_ip: HashMap<MapData, PortIpKey, u32>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -300,6 +302,7 @@ impl Maps {
             learn: typed(take(names::LEARN)?, names::LEARN)?,
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
+            port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
         })
     }
 

@@ -2,14 +2,16 @@
 //! removing the ports whose interface vanished.
 use std::{
     collections::HashSet,
+    net::IpAddr,
     os::fd::{AsFd, AsRawFd},
 };
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
     CFG_F_TC_FLOOD, DEFAULT_FLOOD_LIMIT, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK,
-    MAX_PORTS, PORT_F_ISOLATED, PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_KIND_HOST,
-    PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PortLearn, PortStats, names,
+    FDB_F_STATIC, FdbKey, MAX_PORTS, PORT_F_IP_LOCKED, PORT_F_ISOLATED, PORT_F_LOCKED,
+    PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_IP_V4, PORT_IP_V6, PORT_KIND_HOST, PORT_KIND_OTHER,
+    PORT_KIND_TAP, PORT_KIND_UPLINK, PortIpKey, PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -18,12 +20,13 @@ use crate::{
     fdb,
     link::{
         Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode,
+        fmt_mac,
     },
     object::{Maps, Programs, Tc, fd_of, map_err, prog_fd},
 };
 
 /// How `attach` makes an interface a port.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct AttachOptions {
     /// The host's NIC onto the LAN.
     pub uplink: bool,
@@ -38,6 +41,157 @@ pub struct AttachOptions {
     /// Most floods a second the port may send (0: no limit); by default
     /// `default_flood_limit` of its kind.
     pub flood_limit: Option<u32>,
+    /// Port security (PORT_F_LOCKED): the port sends only from `macs`
+    /// (made its static FDB entries) and learns nothing; not for an
+    /// uplink, and only with at least one MAC.
+    pub lock: bool,
+    pub macs: Vec<[u8; 6]>,
+    /// With `lock`: the only IPv4 and IPv6 addresses the port may send
+    /// from (PORT_F_IP_LOCKED; none: no address check).
+    pub ips: Vec<IpAddr>,
+}
+
+/// The UMLBR_PORT_IP key binding `addr` to port `ifindex`.
+pub fn port_ip_key(ifindex: u32, addr: IpAddr) -> PortIpKey {
+    let mut key = PortIpKey {
+        ifindex,
+        ..Default::default()
+    };
+    match addr {
+        IpAddr::V4(a) => {
+            key.family = PORT_IP_V4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = PORT_IP_V6;
+            key.addr = a.octets();
+        }
+    }
+    key
+}
+
+/// The address of a UMLBR_PORT_IP key.
+pub fn port_ip_addr(key: &PortIpKey) -> IpAddr {
+    if key.family == PORT_IP_V4 {
+        let a: [u8; 4] = key.addr[..4].try_into().unwrap_or_default();
+        IpAddr::from(a)
+    } else {
+        IpAddr::from(key.addr)
+    }
+}
+
+/// The addresses bound to port `ifindex`, in map order.
+pub fn bound_ips(maps: &Maps, ifindex: u32) -> Vec<IpAddr> {
+    maps.port_ip
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.ifindex == ifindex)
+        .map(|k| port_ip_addr(&k))
+        .collect()
+}
+
+/// The MACs bound to port `ifindex`: its static FDB entries.
+pub fn bound_macs(maps: &Maps, ifindex: u32) -> Vec<[u8; 6]> {
+    let mut macs: Vec<[u8; 6]> = maps
+        .fdb
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| v.ifindex == ifindex && v.flags & FDB_F_STATIC != 0)
+        .map(|(k, _)| k.mac)
+        .collect();
+    macs.sort_unstable();
+    macs
+}
+
+/// Refuse what `attach --lock` cannot do: a lock without MACs, MACs or
+/// addresses without a lock, a locked uplink, a MAC that is not unicast.
+fn check_lock(iface: &str, opts: &AttachOptions) -> Result<()> {
+    if !opts.lock {
+        if !opts.macs.is_empty() || !opts.ips.is_empty() {
+            return Err(Error::BindWithoutLock {
+                iface: iface.into(),
+            });
+        }
+        return Ok(());
+    }
+    if opts.uplink {
+        return Err(Error::LockedUplink {
+            iface: iface.into(),
+        });
+    }
+    if opts.macs.is_empty() {
+        return Err(Error::LockWithoutMac {
+            iface: iface.into(),
+        });
+    }
+    if let Some(m) = opts.macs.iter().find(|m| m[0] & 1 != 0 || **m == [0; 6]) {
+        return Err(Error::MulticastMac(fmt_mac(m)));
+    }
+    Ok(())
+}
+
+/// Bind `macs` and `ips` to port `link` (under the bridge's lock, before
+/// the port is hooked): each MAC becomes a static FDB entry of the port,
+/// each address an entry of UMLBR_PORT_IP. A MAC that is a static entry
+/// of another port (the host's, an uplink's, another locked guest's) or
+/// an address bound to another port is refused: no guest can be given
+/// another's identity.
+async fn bind(net: &Net, br: &mut Bridge, link: &Link, opts: &AttachOptions) -> Result<()> {
+    for mac in &opts.macs {
+        if let Ok(e) = br.maps.fdb.get(&FdbKey::new(*mac), 0)
+            && e.flags & FDB_F_STATIC != 0
+            && e.ifindex != link.index
+        {
+            let owner = if br.is_own(e.ifindex) {
+                format!("the host port {}", br.name)
+            } else {
+                net.name_of(e.ifindex).await?
+            };
+            return Err(Error::MacTaken {
+                iface: link.name.clone(),
+                mac: fmt_mac(mac),
+                owner,
+                bridge: br.name.clone(),
+            });
+        }
+    }
+    let taken: Vec<PortIpKey> = br.maps.port_ip.keys().filter_map(|k| k.ok()).collect();
+    for &addr in &opts.ips {
+        if let Some(k) = taken
+            .iter()
+            .find(|k| k.ifindex != link.index && port_ip_key(k.ifindex, addr) == **k)
+        {
+            return Err(Error::IpTaken {
+                iface: link.name.clone(),
+                addr: addr.to_string(),
+                owner: net.name_of(k.ifindex).await?,
+                bridge: br.name.clone(),
+            });
+        }
+    }
+    for mac in &opts.macs {
+        fdb::put(&mut br.maps, *mac, link.index, fdb::Entry::Static)?;
+    }
+    for &addr in &opts.ips {
+        br.maps
+            .port_ip
+            .insert(port_ip_key(link.index, addr), 0, 0)
+            .map_err(map_err(names::PORT_IP))?;
+    }
+    Ok(())
+}
+
+/// Forget the addresses bound to port `ifindex`.
+fn unbind_ips(maps: &mut Maps, ifindex: u32) {
+    let mine: Vec<PortIpKey> = maps
+        .port_ip
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.ifindex == ifindex)
+        .collect();
+    for k in mine {
+        let _ = maps.port_ip.remove(&k);
+    }
 }
 
 /// The flood limit a port of `kind` gets unless told otherwise: a guest's
@@ -130,7 +284,8 @@ pub fn kind_and_flags(maps: &Maps, ifindex: u32) -> Option<(u32, u32)> {
     v.iter().next().map(|s| (s.kind, s.flags))
 }
 
-/// Remove `ifindex` from the bridge's maps and forget the MACs behind it.
+/// Remove `ifindex` from the bridge's maps and forget the MACs behind it
+/// (static ones too) and the addresses bound to it.
 pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     let _ = maps.ports.remove(ifindex);
     let _ = maps.flood_isolated.remove(ifindex);
@@ -156,7 +311,9 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     }
     maps.set_config(c)?;
     let _ = maps.stats.remove(&ifindex);
+    // Its bound MACs (static entries) go with its learned ones.
     fdb::forget_port(maps, ifindex);
+    unbind_ips(maps, ifindex);
     let _ = maps.learn.remove(&ifindex);
     Ok(())
 }
@@ -278,6 +435,8 @@ pub struct Attached {
     pub xdp: XdpMode,
     pub uplink: bool,
     pub isolated: bool,
+    /// Locked (`--lock`): bound MACs and addresses.
+    pub locked: Option<(usize, usize)>,
     /// Why the port got no XDP program although it could take one.
     pub no_xdp_reason: Option<&'static str>,
 }
@@ -381,6 +540,7 @@ pub async fn attach(
     let AttachOptions {
         uplink, tc_only, ..
     } = opts;
+    check_lock(iface, &opts)?;
     let link = net.require(iface).await?;
     let progs = Programs::read();
     check_free(net, &link, &progs).await?;
@@ -398,6 +558,12 @@ pub async fn attach(
     if opts.isolated && !uplink {
         flags |= PORT_F_ISOLATED;
     }
+    if opts.lock {
+        flags |= PORT_F_LOCKED;
+        if !opts.ips.is_empty() {
+            flags |= PORT_F_IP_LOCKED;
+        }
+    }
     let max_learned = opts.max_learned.unwrap_or(default_max_learned(kind));
     let flood_limit = opts.flood_limit.unwrap_or(default_flood_limit(kind));
     let limits = (max_learned, flood_limit);
@@ -408,6 +574,12 @@ pub async fn attach(
         },
         e => e,
     })?;
+    // Bound before the port is hooked: a locked port's first frame is
+    // already judged by them.
+    if let Err(e) = bind(net, &mut br, &link, &opts).await {
+        rollback(net, &mut br, &link, uplink, &progs).await;
+        return Err(e);
+    }
     // A veth uplink's frames arrive as skbs from its LAN-side peer:
     // veth's XDP would first copy each into an xdp_buff (measured:
     // slower than TC alone, bench/ uplink rows), so TC switches them.
@@ -423,6 +595,7 @@ pub async fn attach(
         xdp: now.xdp_mode,
         uplink,
         isolated: flags & PORT_F_ISOLATED != 0,
+        locked: opts.lock.then_some((opts.macs.len(), opts.ips.len())),
         no_xdp_reason,
     })
 }

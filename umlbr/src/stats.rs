@@ -3,15 +3,17 @@
 //! counters beside them, and its masquerade.
 use serde::Serialize;
 use umlbr_common::{
-    NatStats, PORT_F_ISOLATED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
+    NatStats, PORT_F_ISOLATED, PORT_F_LOCKED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK,
+    PortStats,
 };
 
 use crate::{
     bridge::Bridge,
     error::Result,
-    link::{Link, Net, XdpMode},
+    link::{Link, Net, XdpMode, fmt_mac},
     nat,
     object::{Tc, sum},
+    port,
 };
 
 /// A port's counters: the datapath's, and what the interface sent.
@@ -41,6 +43,11 @@ pub struct PortView {
     /// Storm control: most floods a second the port may send
     /// (`attach --flood-limit`; 0: no limit).
     pub flood_limit: u32,
+    /// Port security (`attach --lock`): only `macs` (its static FDB
+    /// entries) and, if any, `ips` may send; nothing is learned.
+    pub locked: bool,
+    pub macs: Vec<String>,
+    pub ips: Vec<String>,
     pub stats: PortCounters,
 }
 
@@ -84,6 +91,17 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         .map(|v| sum(&v))
         .unwrap_or_default();
     let budget = br.maps.learn.get(&ifindex, 0).unwrap_or_default();
+    let locked = datapath.flags & PORT_F_LOCKED != 0;
+    let (macs, ips) = if locked {
+        let macs = port::bound_macs(&br.maps, ifindex);
+        let ips = port::bound_ips(&br.maps, ifindex);
+        (
+            macs.iter().map(fmt_mac).collect(),
+            ips.iter().map(|a| a.to_string()).collect(),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let mut view = PortView {
         name: format!("if{ifindex} (gone)"),
         ifindex,
@@ -95,6 +113,9 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         max_learned: budget.max,
         isolated: datapath.flags & PORT_F_ISOLATED != 0,
         flood_limit: budget.flood_pps,
+        locked,
+        macs,
+        ips,
         stats: PortCounters {
             datapath,
             ..Default::default()

@@ -44,6 +44,31 @@ const MASQUERADE_ARGS: [&str; 3] = ["masquerade", "nat_ports", "nat_timeout"];
 /// in, never isolated from the guests, and a masquerade uplink is no port.
 const ISOLATED_CONFLICTS: [&str; 4] = ["uplink", "masquerade", "nat_ports", "nat_timeout"];
 
+const LOCK_HELP: &str = "\
+Port security: the port accepts only frames whose source MAC is one of
+its --mac (each made a static FDB entry of the port), and learns nothing.
+No other port can then learn or send from those MACs, and no guest can
+ever send from the host port's or the uplink's MAC. Frames from other
+MACs are dropped, counted as locked in `umlbr stats`.
+
+With --ip (IPv4 or IPv6, repeatable), only those source addresses pass
+too: IPv4 source and ARP sender (whose sender MAC must be the frame's),
+IPv6 source and neighbour advertisement target; 0.0.0.0 only for DHCP
+discover/request and ARP probes of a bound address, :: only for
+duplicate address detection of a bound address, MLD and router
+solicitations. Router advertisements and redirects (a guest is no
+router) and every other EtherType (VLAN tags included) are dropped.
+IPv6 link-local addresses are not derived: bind the guest's fe80::
+address with --ip too, or it cannot do neighbour discovery. Drops are
+counted as ip_locked.
+
+  umlbr attach tap0 --lock --mac 52:54:00:12:34:56 \\
+      --ip 192.168.2.10 --ip fe80::5054:ff:fe12:3456";
+
+/// What `attach --lock` does not go with: an uplink has a LAN of
+/// stations behind it, and a masquerade uplink is no port.
+const LOCK_CONFLICTS: [&str; 4] = ["uplink", "masquerade", "nat_ports", "nat_timeout"];
+
 #[derive(Parser)]
 #[command(name = "umlbr", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
@@ -154,6 +179,17 @@ pub struct AttachArgs {
     /// neighbour discovery: a few a second); none for an uplink.
     #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u32), conflicts_with_all = MASQUERADE_ARGS)]
     pub flood_limit: Option<u32>,
+    /// Lock the port to the guest's MACs (--mac) and, with --ip, its
+    /// addresses: nothing else it sends passes, and it learns nothing.
+    #[arg(long, requires = "mac", conflicts_with_all = LOCK_CONFLICTS, long_help = LOCK_HELP)]
+    pub lock: bool,
+    /// With --lock: a MAC the guest sends from (repeatable).
+    #[arg(long, value_name = "MAC", requires = "lock", value_parser = parse_mac)]
+    pub mac: Vec<[u8; 6]>,
+    /// With --lock: an IPv4 or IPv6 address the guest sends from
+    /// (repeatable; bind its fe80:: link-local address too).
+    #[arg(long, value_name = "ADDR", requires = "lock", value_parser = clap::value_parser!(IpAddr))]
+    pub ip: Vec<IpAddr>,
     #[command(flatten)]
     pub nat: NatArgs,
 }
@@ -324,6 +360,9 @@ mod tests {
             "up br0 --address 10.0.0.1/24 --masquerade eth0 --nat-ports 10-5",
             "up br0 --address 10.0.0.1/24 --masquerade eth0 --nat-timeout bogus=5",
             "attach eth0 --masquerade --nat-timeout udp=0",
+            "attach tap0 --lock --mac 02:00:00:00:00",
+            "attach tap0 --lock --mac 02:00:00:00:00:01 --ip 10.0.0.300",
+            "attach tap0 --lock --mac 02:00:00:00:00:01 --ip 10.0.0.1/24",
         ] {
             assert_eq!(usage_error(args), ErrorKind::ValueValidation, "{args}");
         }
@@ -341,6 +380,8 @@ mod tests {
             "up br0 --address fd00::1/64 --masquerade eth0",
             "attach tap0 --isolated --uplink",
             "attach tap0 --isolated --masquerade",
+            "attach tap0 --lock --mac 02:00:00:00:00:01 --uplink",
+            "attach tap0 --lock --mac 02:00:00:00:00:01 --masquerade",
         ] {
             assert_eq!(usage_error(args), ErrorKind::ArgumentConflict, "{args}");
         }
@@ -349,6 +390,9 @@ mod tests {
             "up br0 --nat-ports 61000-61999",
             "up br0 --address 10.0.0.1/24 --nat-timeout udp=5",
             "attach eth0 --nat-ports 61000-61999",
+            "attach tap0 --lock",
+            "attach tap0 --mac 02:00:00:00:00:01",
+            "attach tap0 --ip 10.0.0.1",
         ] {
             assert_eq!(
                 usage_error(args),
@@ -363,5 +407,23 @@ mod tests {
         assert!(parse("attach tap0 --flood-limit 50").is_ok());
         assert!(parse("attach tap0 --flood-limit -1").is_err());
         assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
+        let Cmd::Attach(a) = parse(
+            "attach tap0 --lock --mac 52:54:00:12:34:56 --mac 52:54:00:12:34:57 \
+             --ip 192.168.2.10 --ip fe80::5054:ff:fe12:3456 --isolated",
+        )
+        .unwrap()
+        .cmd
+        else {
+            panic!("not attach");
+        };
+        assert!(a.lock && a.isolated);
+        assert_eq!(a.mac.len(), 2);
+        assert_eq!(
+            a.ip,
+            vec![
+                "192.168.2.10".parse::<IpAddr>().unwrap(),
+                "fe80::5054:ff:fe12:3456".parse().unwrap()
+            ]
+        );
     }
 }

@@ -54,7 +54,7 @@ pub fn show(views: &[BridgeView]) {
 
 /// A port's security settings, as `attach` took them, beside its
 /// learning limit (MACS/MAX): `isolated`, `floods<=N/s` (storm control),
-/// `-` for none.
+/// `locked mac=M,... ip=A,...` (port security), `-` for none.
 fn security(p: &PortView) -> String {
     let mut out = Vec::new();
     if p.isolated {
@@ -63,11 +63,21 @@ fn security(p: &PortView) -> String {
     if p.flood_limit != 0 {
         out.push(format!("floods<={}/s", p.flood_limit));
     }
-    if out.is_empty() {
+    let mut s = if out.is_empty() && !p.locked {
         "-".to_string()
     } else {
         out.join(",")
+    };
+    if p.locked {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(&format!("locked mac={}", p.macs.join(",")));
+        if !p.ips.is_empty() {
+            s.push_str(&format!(" ip={}", p.ips.join(",")));
+        }
     }
+    s
 }
 
 /// `stats`: per-port counters, and the masquerade's.
@@ -75,12 +85,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED ISOLATED   STORM LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED SPOOFED  LOCKED IP_LOCKED ISOLATED   STORM LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -88,6 +98,8 @@ pub fn stats(views: &[BridgeView]) {
                 s.flooded,
                 s.dropped,
                 s.spoofed,
+                s.locked,
+                s.ip_locked,
                 s.isolated,
                 s.storm,
                 s.learned,
