@@ -1413,3 +1413,38 @@ fn attach_lock() -> Result<()> {
     ok(&ns, &["down", "br0"])?;
     Ok(())
 }
+
+/// A read command whose reader went away (`umlbr show --json | head -1`)
+/// ends quietly, killed by SIGPIPE as other Unix tools are, instead of
+/// panicking with "failed printing to stdout".
+#[test]
+fn read_commands_end_quietly_on_a_closed_pipe() -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let ns = Netns::without_ipv6("cli-pipe")?;
+    ok(&ns, &["up", "br0"])?;
+    let mut errs = Vec::new();
+    for args in [
+        &["show"][..],
+        &["show", "--json"],
+        &["stats", "--json"],
+        &["fdb", "show", "--json"],
+    ] {
+        let (r, w) = std::io::pipe()?;
+        drop(r);
+        let out = ns
+            .cmd(umlbr_bin().to_str().context("umlbr path")?)
+            .args(args)
+            .stdout(w)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.signal() != Some(13) || !stderr.is_empty() {
+            errs.push(format!(
+                "umlbr {args:?} into a closed pipe: {}, stderr {stderr:?}",
+                out.status
+            ));
+        }
+    }
+    ok(&ns, &["down", "br0"])?;
+    ensure!(errs.is_empty(), "{}", errs.join("\n"));
+    Ok(())
+}

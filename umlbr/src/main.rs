@@ -24,6 +24,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if cli.cmd.read_only() {
+        // Rust ignores SIGPIPE, so printing to a closed pipe panics; a
+        // reader that has seen enough ends a read command quietly instead.
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid action.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -277,6 +277,22 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+impl Cmd {
+    /// The command only reads: it may die of SIGPIPE when its reader goes
+    /// away (`umlbr show --json | head`), which a command that changes
+    /// something must never do half-way.
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Show(_)
+                | Cmd::Stats(_)
+                | Cmd::Log { .. }
+                | Cmd::Fdb(FdbCmd::Show(_))
+                | Cmd::Nat(NatCmd::Show(_))
+        )
+    }
+}
+
 impl Cli {
     /// Parse the command line; what clap cannot express is checked here,
     /// as a usage error too.
