@@ -301,6 +301,11 @@ struct Case {
     /// not allowed by the bound addresses (`ip_locked`).
     locked_drop: bool,
     ip_locked_drop: bool,
+    /// Dropped as no frame a bridge forwards (runt, multicast or zero
+    /// source, link-local group): counted as invalid.
+    invalid_drop: bool,
+    /// Dropped as unicast for the port it came from: counted as hairpin.
+    hairpin_drop: bool,
 }
 
 impl Case {
@@ -324,6 +329,8 @@ impl Case {
             bound: vec![],
             locked_drop: false,
             ip_locked_drop: false,
+            invalid_drop: false,
+            hairpin_drop: false,
         }
     }
     fn fdb(mut self, pre: &[Pre]) -> Self {
@@ -388,6 +395,31 @@ impl Case {
     fn counts_ip_locked(mut self) -> Self {
         self.ip_locked_drop = true;
         self
+    }
+    /// Dropped as invalid (and dropped).
+    fn counts_invalid(mut self) -> Self {
+        self.invalid_drop = true;
+        self
+    }
+    /// Dropped as hairpin (and dropped).
+    fn counts_hairpin(mut self) -> Self {
+        self.hairpin_drop = true;
+        self
+    }
+    /// Why the frame is dropped, where it is: every drop is counted under
+    /// exactly one reason, so `dropped` is their sum.
+    fn drop_reasons(&self) -> usize {
+        [
+            self.spoofed,
+            self.isolated_drop,
+            self.locked_drop,
+            self.ip_locked_drop,
+            self.invalid_drop,
+            self.hairpin_drop,
+        ]
+        .iter()
+        .filter(|&&r| r)
+        .count()
     }
     fn tc_fate(mut self, f: Fate) -> Self {
         self.tc = f;
@@ -554,14 +586,15 @@ fn known_unicast() -> Vec<Case> {
         .fdb(&[learned(A, P1, 5 * SEC), learned(B, P2, 0)])
         .after(&[Post::Fresh(A, P1), Post::Kept(B)]),
         Case::new(
-            "destination behind the ingress port: dropped",
+            "destination behind the ingress port: dropped as hairpin",
             P1,
             Frame::new(B, A).pattern(46).build(),
             Drop,
         )
         .fdb(&[learned(B, P1, 0)])
         .after(&[Post::Kept(B)])
-        .learns(A),
+        .learns(A)
+        .counts_hairpin(),
     ]
 }
 
@@ -637,35 +670,39 @@ fn invalid_sources() -> Vec<Case> {
     use Fate::*;
     vec![
         Case::new(
-            "multicast source: dropped, not learned",
+            "multicast source: dropped as invalid, not learned",
             P1,
             Frame::new(BROADCAST, mac("01:00:5e:00:00:01"))
                 .pattern(46)
                 .build(),
             Drop,
-        ),
+        )
+        .counts_invalid(),
         Case::new(
-            "broadcast source: dropped, not learned",
+            "broadcast source: dropped as invalid, not learned",
             P1,
             Frame::new(B, BROADCAST).pattern(46).build(),
             Drop,
         )
         .fdb(&[learned(B, P2, 0)])
-        .after(&[Post::Kept(B)]),
+        .after(&[Post::Kept(B)])
+        .counts_invalid(),
         Case::new(
-            "all-zero source: dropped, not learned",
+            "all-zero source: dropped as invalid, not learned",
             P2,
             Frame::new(BROADCAST, ZERO_MAC).pattern(46).build(),
             Drop,
-        ),
+        )
+        .counts_invalid(),
         Case::new(
-            "IPv6 multicast source: dropped, not learned",
+            "IPv6 multicast source: dropped as invalid, not learned",
             P3,
             Frame::new(A, mac("33:33:00:00:00:01")).pattern(46).build(),
             Drop,
         )
         .fdb(&[learned(A, P1, 0)])
-        .after(&[Post::Kept(A)]),
+        .after(&[Post::Kept(A)])
+        .counts_invalid(),
     ]
 }
 
@@ -926,7 +963,7 @@ fn isolated_ports() -> Vec<Case> {
         .after(&[Post::Kept(B)])
         .learns(C),
         Case::new(
-            "isolated, destination behind the ingress: dropped, not counted as isolated",
+            "isolated, destination behind the ingress: dropped as hairpin, not isolated",
             P2,
             Frame::new(C, B).pattern(46).build(),
             Drop,
@@ -934,7 +971,8 @@ fn isolated_ports() -> Vec<Case> {
         .isolated(&BOTH)
         .fdb(&[learned(C, P2, 0)])
         .after(&[Post::Kept(C)])
-        .learns(B),
+        .learns(B)
+        .counts_hairpin(),
         Case::new(
             "broadcast from an isolated port: floods to the ports that are not isolated",
             P2,
@@ -1485,12 +1523,18 @@ fn link_local() -> Vec<Case> {
     let mut t = Vec::new();
     for last in [0x00u8, 0x01, 0x02, 0x03, 0x0e, 0x0f] {
         let dst = [0x01, 0x80, 0xc2, 0, 0, last];
-        t.push(Case::new(
-            format!("link-local {}: dropped, not learned", fmt_mac(&dst)),
-            P1,
-            Frame::new(dst, A).pattern(46).build(),
-            Drop,
-        ));
+        t.push(
+            Case::new(
+                format!(
+                    "link-local {}: dropped as invalid, not learned",
+                    fmt_mac(&dst)
+                ),
+                P1,
+                Frame::new(dst, A).pattern(46).build(),
+                Drop,
+            )
+            .counts_invalid(),
+        );
     }
     t
 }
@@ -1752,7 +1796,15 @@ fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Ve
         match fate {
             Fate::Forward(_) => s.forwarded += 1,
             Fate::Flood => s.flooded += 1,
-            Fate::Drop => s.dropped += 1,
+            Fate::Drop => {
+                assert_eq!(
+                    c.drop_reasons(),
+                    1,
+                    "case {:?}: a drop is counted under exactly one reason",
+                    c.name
+                );
+                s.dropped += 1;
+            }
             _ => {}
         }
         s.learned += u64::from(c.learned);
@@ -1761,6 +1813,8 @@ fn want_counters(c: &Case, prog: Prog, fate: Fate, before: Vec<PortStats>) -> Ve
         s.isolated += u64::from(c.isolated_drop);
         s.locked += u64::from(c.locked_drop);
         s.ip_locked += u64::from(c.ip_locked_drop);
+        s.invalid += u64::from(c.invalid_drop);
+        s.hairpin += u64::from(c.hairpin_drop);
     }
     want
 }

@@ -214,8 +214,8 @@ pub struct PortStats {
     pub forwarded: u64,
     /// Broadcast, multicast and unknown unicast sent to all other ports.
     pub flooded: u64,
-    /// Dropped: runt, invalid source, link-local group, or destined to the
-    /// port it came from.
+    /// Dropped, for any reason: the sum of the counters marked "Of
+    /// `dropped`" below.
     pub dropped: u64,
     /// New MAC addresses learned on this port.
     pub learned: u64,
@@ -249,6 +249,14 @@ pub struct PortStats {
     /// ARP sender MAC that is not the frame's, a router advertisement or
     /// redirect, another EtherType, or a truncated header.
     pub ip_locked: u64,
+    /// Of `dropped`: not a frame any bridge forwards: shorter than an
+    /// Ethernet header, a multicast or all-zero source MAC, or an
+    /// 802.1D link-local destination (01:80:c2:00:00:0X: STP, pause,
+    /// LACP, 802.1X, LLDP), as the kernel bridge drops them.
+    pub invalid: u64,
+    /// Of `dropped`: unicast for a MAC behind the port it came from (the
+    /// kernel bridge drops it too, uncounted).
+    pub hairpin: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -531,6 +539,8 @@ impl core::ops::AddAssign for PortStats {
         self.storm += o.storm;
         self.locked += o.locked;
         self.ip_locked += o.ip_locked;
+        self.invalid += o.invalid;
+        self.hairpin += o.hairpin;
     }
 }
 
@@ -596,7 +606,7 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 16 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 18 * 8);
         assert_eq!(size_of::<PortIpKey>(), 24);
         assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);

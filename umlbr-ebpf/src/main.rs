@@ -149,6 +149,7 @@ fn xdp_switch(
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some((dst, src)) = hdr::macs(data, end) else {
         stats.dropped += 1;
+        stats.invalid += 1;
         return xdp_action::XDP_DROP;
     };
     let cfg = config();
@@ -316,12 +317,13 @@ fn tc_switch(
 ) -> i32 {
     let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
         stats.dropped += 1;
+        stats.invalid += 1;
         return TC_ACT_SHOT as i32;
     };
     let cfg = config();
     // As in XDP: the gateway's MAC needs no lookup.
     let gw = switch::for_gateway(cfg, ncfg, &dst);
-    match switch::decide(ctx, cfg, gw.is_some(), (dst, src), ingress, stats) {
+    match Verdict::unpack(decide_tc(ctx, gw.is_some(), &(dst, src), ingress, stats)) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
@@ -349,6 +351,23 @@ fn tc_switch(
             flood_tc(ctx, cfg, (ingress, isolated), is_multicast(&dst))
         }
     }
+}
+
+/// `switch::decide` for TC, out of line: its locals then leave the stack
+/// before the masquerade's deepest calls (nat::out) take it, which
+/// umlbr_tc's frame shares with them (512 bytes in all). TC is the slow
+/// path; XDP keeps decide inline.
+#[inline(never)]
+fn decide_tc(
+    ctx: &TcContext,
+    to_gw: bool,
+    macs: &([u8; 6], [u8; 6]),
+    ingress: u32,
+    stats: &mut PortStats,
+) -> u64 {
+    // Packed: a returned enum would take a sixth argument slot (BPF has
+    // five).
+    switch::decide(ctx, config(), to_gw, *macs, ingress, stats).pack()
 }
 
 /// Guest traffic to the gateway (TC): masqueraded out of the uplink, or

@@ -17,6 +17,29 @@ pub enum Verdict {
     Local(u32),
 }
 
+impl Verdict {
+    /// As one register, for a call that returns it (see `unpack`).
+    #[inline(always)]
+    pub fn pack(self) -> u64 {
+        match self {
+            Verdict::Drop => 0,
+            Verdict::Flood => 1,
+            Verdict::Unicast(p) => 2 << 32 | p as u64,
+            Verdict::Local(p) => 3 << 32 | p as u64,
+        }
+    }
+
+    #[inline(always)]
+    pub fn unpack(v: u64) -> Self {
+        match v >> 32 {
+            2 => Verdict::Unicast(v as u32),
+            3 => Verdict::Local(v as u32),
+            _ if v == 1 => Verdict::Flood,
+            _ => Verdict::Drop,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn is_multicast(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
@@ -49,7 +72,8 @@ pub fn for_gateway<'a>(
 /// Learn the source (or, from a locked port, check it) and decide where
 /// the frame of `ctx` goes; `to_gw`: the frame is for the
 /// gateway (see `for_gateway`). Counts `learned`, `moved`,
-/// `learn_limited`, `spoofed`, `locked`, `ip_locked` and `isolated`; the
+/// `learn_limited` and every reason of `dropped`: `invalid`, `spoofed`,
+/// `locked`, `ip_locked`, `isolated`, `hairpin`; the
 /// caller counts the rest, `dropped` included, once it knows which
 /// program finishes the frame. Floods from an isolated port are the
 /// caller's to restrict.
@@ -65,7 +89,7 @@ pub fn decide<C: Pkt>(
     // A multicast or all-zero source is invalid (the kernel bridge drops it
     // too) and must never be learned.
     if is_multicast(&src) || src == [0; 6] || !to_gw && is_link_local(&dst) {
-        return Verdict::Drop;
+        return invalid(stats);
     }
     // Port security: the only cost for other ports is this flag test.
     let locked = stats.flags & PORT_F_LOCKED != 0;
@@ -79,7 +103,7 @@ pub fn decide<C: Pkt>(
         return Verdict::Drop;
     }
     if to_gw {
-        return unicast(cfg.host_port, ingress);
+        return unicast(cfg.host_port, ingress, stats);
     }
     if is_multicast(&dst) {
         return Verdict::Flood;
@@ -90,7 +114,7 @@ pub fn decide<C: Pkt>(
             stats.isolated += 1;
             Verdict::Drop
         }
-        Some((port, false)) => unicast(port, ingress),
+        Some((port, false)) => unicast(port, ingress, stats),
         None => Verdict::Flood,
     }
 }
@@ -132,10 +156,26 @@ fn isolated_pair(stats: &PortStats, port: u32) -> bool {
 
 /// To `port`, unless that is where the frame came from.
 #[inline(always)]
-fn unicast(port: u32, ingress: u32) -> Verdict {
+fn unicast(port: u32, ingress: u32, stats: &mut PortStats) -> Verdict {
     if port == ingress {
-        Verdict::Drop
+        hairpin(stats)
     } else {
         Verdict::Unicast(port)
     }
+}
+
+/// Not a frame a bridge forwards: counted as `invalid`. Out of line, as
+/// `hairpin`: a count inlined on these rare paths costs umlbr_tc stack,
+/// which it shares with the NAT's deepest calls (512 bytes in all).
+#[inline(never)]
+pub fn invalid(stats: &mut PortStats) -> Verdict {
+    stats.invalid += 1;
+    Verdict::Drop
+}
+
+/// Unicast for the port it came from: counted as `hairpin`.
+#[inline(never)]
+fn hairpin(stats: &mut PortStats) -> Verdict {
+    stats.hairpin += 1;
+    Verdict::Drop
 }
