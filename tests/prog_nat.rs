@@ -44,7 +44,7 @@ use umlbr_common::{
     Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
     NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_T_ACK, NAT_T_SEQ,
     NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS,
-    NAT_UDP_STREAM_SECS, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    NAT_UDP_STREAM_SECS, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats,
     PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
@@ -178,7 +178,7 @@ fn nat_config(up0: u32, br0: u32) -> NatConfig {
         udp_stream_ns: NAT_UDP_STREAM_SECS * SEC,
         icmp_ns: NAT_ICMP_SECS * SEC,
         mtu: 1500,
-        _pad2: 0,
+        max_per_guest: 0,
     }
 }
 
@@ -265,6 +265,7 @@ impl Bench {
         self.set_nat_cfg(cfg)?;
         self.ctx.clear::<NatKey, NatOut>(names::NAT_OUT)?;
         self.ctx.clear::<NatKey, NatIn>(names::NAT_IN)?;
+        self.ctx.clear::<u32, NatQuota>(names::NAT_QUOTA)?;
         let n = self.ctx.nr_cpus;
         let mut st: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
         st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
@@ -864,6 +865,7 @@ struct Cnt {
     bad_source: u64,
     out_of_window: u64,
     foreign: u64,
+    quota: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -878,6 +880,7 @@ const NONE: Cnt = Cnt {
     bad_source: 0,
     out_of_window: 0,
     foreign: 0,
+    quota: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -935,6 +938,7 @@ impl Cnt {
             bad_source: self.bad_source,
             out_of_window: self.out_of_window,
             foreign: self.foreign,
+            quota: self.quota,
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod names {
     pub const NAT_CONFIG: &str = "UMLBR_NAT_CFG";
     pub const NAT_STATS: &str = "UMLBR_NAT_STAT";
     pub const NAT_MTU: &str = "UMLBR_NAT_MTU";
+    pub const NAT_QUOTA: &str = "UMLBR_NAT_QUOTA";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -212,6 +213,36 @@ pub struct PortStats {
 pub const NAT_SIZE: u32 = 262_144;
 /// Ports tried when allocating a mapping before giving up.
 pub const NAT_TRIES: u32 = 16;
+/// Default most live mappings one port's guests may hold
+/// (`--nat-max-per-guest`). An honest guest rarely holds more than a few
+/// thousand flows at once (a busy desktop: hundreds; a crawler or a
+/// torrent client: some thousands), and a guest at this quota holds 1/32 of
+/// the table: one guest, or a few, cannot fill it.
+pub const DEFAULT_NAT_MAX_PER_GUEST: u32 = 8192;
+/// How often the datapath may sweep the NAT table for expired mappings
+/// when a guest is at its quota or the table is full (a walk of the whole
+/// table).
+pub const NAT_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+/// Entries of UMLBR_NAT_QUOTA: one per port, and key 0 for the table's
+/// sweep clock.
+pub const NAT_QUOTA_ENTRIES: u32 = MAX_PORTS + 1;
+
+/// A port's share of the NAT table, keyed by its ifindex (the port a
+/// mapping's guest sent from: what a guest cannot forge, as it can its
+/// source address). One value for all CPUs. Key 0 is no port: its
+/// `swept_ns` is when the datapath last swept the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatQuota {
+    /// Mappings the port's guests made that are still in the table:
+    /// charged when one is made, credited when its outbound entry is
+    /// removed (expired and replaced, swept, or by userspace). CPUs add and
+    /// subtract atomically; racing CPUs can leave it off by a few.
+    pub count: u32,
+    pub _pad: u32,
+    /// Key 0 only: CLOCK_MONOTONIC_COARSE ns of the last sweep.
+    pub swept_ns: u64,
+}
 
 /// IP protocol numbers (the IPv4 header's `protocol`) that the NAT maps:
 /// a [`NatKey`]'s `proto`.
@@ -369,7 +400,10 @@ pub struct NatConfig {
     /// packets take the kernel's path, which answers "fragmentation
     /// needed".
     pub mtu: u32,
-    pub _pad2: u32,
+    /// Most live mappings one port's guests may hold (0: no limit but the
+    /// table's size): new flows beyond it are dropped and counted as
+    /// `quota` (`--nat-max-per-guest`).
+    pub max_per_guest: u32,
 }
 
 /// The uplink takes XDP frames (it is in the devmap).
@@ -421,6 +455,9 @@ pub struct NatStats {
     /// sending with another's address and ports): not translated, the
     /// mapping left alone (the kernel's path).
     pub foreign: u64,
+    /// Guest packets of new flows dropped: their port's guests hold
+    /// `max_per_guest` live mappings already (`--nat-max-per-guest`).
+    pub quota: u64,
 }
 
 impl NatConfig {
@@ -462,6 +499,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatIn {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::NatStats {}
+    unsafe impl aya::Pod for super::NatQuota {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -504,6 +542,7 @@ impl core::ops::AddAssign for NatStats {
         self.bad_source += o.bad_source;
         self.out_of_window += o.out_of_window;
         self.foreign += o.foreign;
+        self.quota += o.quota;
     }
 }
 
@@ -556,6 +595,7 @@ mod tests {
         assert_eq!(size_of::<NatOut>(), 48);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 13 * 8);
+        assert_eq!(size_of::<NatStats>(), 14 * 8);
+        assert_eq!(size_of::<NatQuota>(), 16);
     }
 }

@@ -158,6 +158,9 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     let _ = maps.stats.remove(&ifindex);
     fdb::forget_port(maps, ifindex);
     let _ = maps.learn.remove(&ifindex);
+    // Its mappings stay until they expire; crediting them then finds no
+    // entry. A port attached later starts from zero.
+    let _ = maps.nat_quota.remove(&ifindex);
     Ok(())
 }
 

@@ -49,6 +49,9 @@ pub fn show(views: &[BridgeView]) {
                 security(p),
             );
         }
+        if let Some(n) = &v.nat {
+            masquerade(n);
+        }
     }
 }
 
@@ -104,19 +107,35 @@ pub fn stats(views: &[BridgeView]) {
     }
 }
 
+/// The masquerade's settings, as `show` and `stats` print them.
+fn masquerade(n: &NatView) {
+    let quota = match n.max_per_guest {
+        0 => "no limit".to_string(),
+        m => m.to_string(),
+    };
+    println!(
+        "  masquerade via {} as {} (ports {}): {} mappings, at most {} per guest",
+        n.uplink, n.address, n.ports, n.mappings, quota
+    );
+}
+
 fn nat_counters(n: &NatView) {
     let c = &n.counters;
-    println!(
-        "  masquerade via {} as {} (ports {}): {} mappings",
-        n.uplink, n.address, n.ports, n.mappings
-    );
+    masquerade(n);
     println!(
         "    out: xdp {} tc {}   in: xdp {} tc {}   icmp errors {}   in_miss {}",
         c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
     );
     println!(
-        "    allocs {}   alloc_fail {}   expired {}   slow_path {}   bad_source {}   out_of_window {}   foreign {}",
-        c.allocs, c.alloc_fail, c.expired, c.slow_path, c.bad_source, c.out_of_window, c.foreign
+        "    allocs {}   alloc_fail {}   quota {}   expired {}   slow_path {}   bad_source {}   out_of_window {}   foreign {}",
+        c.allocs,
+        c.alloc_fail,
+        c.quota,
+        c.expired,
+        c.slow_path,
+        c.bad_source,
+        c.out_of_window,
+        c.foreign
     );
 }
 
