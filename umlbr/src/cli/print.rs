@@ -111,10 +111,10 @@ pub fn stats(views: &[BridgeView]) {
 fn masquerade(n: &NatView) {
     let quota = match n.max_per_guest {
         0 => "no limit".to_string(),
-        m => m.to_string(),
+        m => format!("at most {m}"),
     };
     println!(
-        "  masquerade via {} as {} (ports {}): {} mappings, at most {} per guest",
+        "  masquerade via {} as {} (ports {}): {} mappings, {} per guest",
         n.uplink, n.address, n.ports, n.mappings, quota
     );
 }
