@@ -1723,3 +1723,63 @@ fn nat_flood_keeps_the_others_umlbr() -> Result<()> {
 fn nat_flood_keeps_the_others_kernel() -> Result<()> {
     nat_flood_keeps_the_others(Kind::Kernel)
 }
+
+/// The quota holds on the kernel's path too: a guest's TCP segments
+/// without SYN get no mapping from umlbr (a flow begun elsewhere stays on
+/// the kernel's path), and conntrack picks them up mid-stream and
+/// masquerades them. With `--nat-max-per-guest 50`, 200 such flows from
+/// one guest address leave at most 50 times translated; the nftables
+/// forward chain drops the rest (`ct count over 50` per source address).
+#[test]
+fn kernel_path_keeps_the_quota() -> Result<()> {
+    use umlbr_tests::wire::{TcpHeader, tcp_flags::*};
+    let ns = Netns::new("nq-slow")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut up0 = open_tap("up0")?;
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set tap0 up && \
+         ip neigh replace 10.99.0.2 lladdr {LAN_PEER_MAC} dev up0 nud permanent && \
+         ip route add default via 10.99.0.2"
+    ))?;
+    ns.umlbr_ok(&[
+        "up",
+        "br0",
+        "--address",
+        "192.168.2.1/24",
+        "--masquerade",
+        "up0",
+        "--nat-max-per-guest",
+        "50",
+    ])?;
+    ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+    let guest = mac(GUEST);
+    announce(std::slice::from_mut(&mut tap0), &[(0, guest)])?;
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(200));
+    for i in 0..200u16 {
+        let f = Frame::new(gw_mac, guest)
+            .tcp(
+                Ipv4Addr::new(192, 168, 2, 10),
+                Ipv4Addr::new(10, 99, 0, 2),
+                &TcpHeader::new(20000 + i, 80, ACK).seq(1000).ack(1),
+                b"mid-stream",
+            )
+            .build();
+        tap0.write_all(&f)?;
+    }
+    let left = drain(&mut up0, Duration::from_millis(500))
+        .iter()
+        .filter(|f| f.len() >= 54 && f[23] == 6 && f[26..30] == [10, 99, 0, 1])
+        .count();
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    ensure!(
+        left == 50,
+        "{left} of 200 mid-stream flows left translated by the kernel's path (quota 50); \
+         NAT counters {}",
+        v["nat"]["counters"]
+    );
+    Ok(())
+}
