@@ -178,18 +178,38 @@ pub fn nft_table(bridge: &str) -> String {
 
 /// The kernel slow path: forwarding on, and a masquerade rule for the
 /// guest subnet, for what BPF does not translate (fragments, other
-/// protocols); guests' packets from other sources are not forwarded (BPF
-/// hands them here, untranslated).
-fn slow_path_on(bridge: &str, subnet: Ipv4Addr, prefix: u8, uplink: &str) -> Result<bool> {
+/// protocols, TCP flows that began before the masquerade); guests' packets
+/// from other sources are not forwarded (BPF hands them here,
+/// untranslated). With a quota (`max_per_guest` > 0), a guest address
+/// with that many connections in conntrack gets no new one (nft `ct
+/// count`): the kernel sees the bridge's host interface, not the guest's
+/// port, so here the quota is per source address.
+fn slow_path_on(
+    bridge: &str,
+    subnet: Ipv4Addr,
+    prefix: u8,
+    uplink: &str,
+    max_per_guest: u32,
+) -> Result<bool> {
     let was_off = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .map(|s| s.trim() == "0")
         .unwrap_or(true);
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
     let t = nft_table(bridge);
+    let (quota_set, quota_rule) = if max_per_guest > 0 {
+        (
+            " set guest_flows {\n  type ipv4_addr; size 65535; flags dynamic;\n }\n".to_string(),
+            format!(
+                "  iifname \"{bridge}\" ct state new add @guest_flows {{ ip saddr ct count over {max_per_guest} }} counter drop\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let rules = format!(
-        "table ip {t} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n }}\n}}\n"
+        "table ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))?;
     Ok(was_off)
@@ -343,7 +363,7 @@ pub async fn attach(
     let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
-    if slow_path_on(&br.name, subnet, prefix, iface)? {
+    if slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest)? {
         cfg.flags |= NAT_F_FWD_WAS_OFF;
     }
     if let Err(e) = connect(net, &mut br, &link, &tc, cfg, &route_mtus).await {
