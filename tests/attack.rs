@@ -1783,3 +1783,70 @@ fn kernel_path_keeps_the_quota() -> Result<()> {
     );
     Ok(())
 }
+
+/// The quota is given back when userspace removes expired mappings too:
+/// with `--nat-max-per-guest 3` and a UDP timeout of 1 s, a guest's fourth
+/// flow is dropped; once its three have expired, `nat show` removes them
+/// (and lists none), and the guest's next new flow is mapped without the
+/// datapath having swept anything (`expired` stays 0).
+#[test]
+fn nat_show_gives_the_quota_back() -> Result<()> {
+    let ns = Netns::new("nq-gc")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps = vec![open_tap("tap0")?];
+    let mut up0 = open_tap("up0")?;
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set tap0 up && \
+         ip neigh replace 10.99.0.2 lladdr {LAN_PEER_MAC} dev up0 nud permanent && \
+         ip route add default via 10.99.0.2"
+    ))?;
+    ns.umlbr_ok(&[
+        "up",
+        "br0",
+        "--address",
+        "192.168.2.1/24",
+        "--masquerade",
+        "up0",
+        "--nat-max-per-guest",
+        "3",
+        "--nat-timeout",
+        "udp=1",
+    ])?;
+    ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+    announce(&mut taps, &[(0, [2, 0, 0, 0, 0, 0x10])])?;
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(200));
+    let send = |taps: &mut Vec<File>, up0: &mut File, sport: u16| -> Result<bool> {
+        let marker = format!("flow {sport}");
+        taps[0].write_all(&nat_guest_udp(gw_mac, 0, sport, 53, marker.as_bytes()))?;
+        Ok(left_translated(&drain(up0, Duration::from_millis(200)), marker.as_bytes()).is_some())
+    };
+    let mut sent = Vec::new();
+    for sport in 45000..45004 {
+        sent.push(send(&mut taps, &mut up0, sport)?);
+    }
+    ensure!(
+        sent == [true, true, true, false],
+        "quota 3: which of 4 new flows left translated: {sent:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let rows: Value = serde_json::from_str(&ns.umlbr_ok(&["nat", "show", "br0", "--json"])?)?;
+    ensure!(
+        rows.as_array().is_some_and(|r| r.is_empty()),
+        "expired mappings listed: {rows}"
+    );
+    ensure!(
+        send(&mut taps, &mut up0, 45010)?,
+        "no new flow after nat show removed the expired ones"
+    );
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    let c = &v["nat"]["counters"];
+    ensure!(
+        c["allocs"] == 4 && c["quota"] == 1 && c["expired"] == 0 && v["nat"]["mappings"] == 1,
+        "NAT after nat show: {}",
+        v["nat"]
+    );
+    Ok(())
+}
