@@ -5,7 +5,8 @@
 //! `NatConfig.max_per_guest` live mappings: charged when one is made,
 //! credited when its outbound entry is removed. Expired mappings are
 //! removed when their keys are next used, or by a sweep of the table that
-//! a guest at its quota, or a full table, may start once a second.
+//! a guest at its quota, or a full table, may start once in
+//! NAT_SWEEP_INTERVAL_NS (5 s).
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -69,8 +70,8 @@ fn atomic_add(v: &mut u32, n: u32) {
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(v, n) };
 }
 
-/// Whether a sweep may run now (at most one a second for the whole
-/// table, whichever guest or CPU asks); if so, the clock is moved on.
+/// Whether a sweep may run now (at most one in NAT_SWEEP_INTERVAL_NS for
+/// the whole table, whichever guest or CPU asks); if so, the clock is moved on.
 #[inline(always)]
 pub fn sweep_due(now: u64) -> bool {
     let Some(clock) = entry(0) else {
