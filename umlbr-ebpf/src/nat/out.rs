@@ -238,9 +238,9 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
     } else {
         let m = mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress());
         // At the quota, or the table full: sweep out the expired mappings
-        // (at most once in NAT_SWEEP_INTERVAL_NS) and try once more. (Swept from here, not
-        // from mapping_new: the sweep's frames took that call chain past
-        // the 512-byte stack.)
+        // (at most once in NAT_SWEEP_INTERVAL_NS) and try once more.
+        // (Swept from here, not from mapping_new: the sweep's frames took
+        // that call chain past the 512-byte stack.)
         if (m.tag() == MAP_QUOTA || m.tag() == MAP_FULL) && sweep_due(now) {
             sweep(now);
             mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress())

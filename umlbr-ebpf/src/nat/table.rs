@@ -316,8 +316,9 @@ pub fn store_hop(f: &Flow, macs: *const Hop, now: u64) {
 /// A new mapping for a flow that has none: MAP_FOUND with its outside
 /// port, MAP_NONE if no port is free, MAP_REFUSED if the flow must not
 /// get one; MAP_QUOTA if its port's guests hold their quota, MAP_FULL if
-/// the table is (the caller may sweep and try again). The mapping is charged to `ingress` (the port it came
-/// from) before a port is looked for, and given back if none is found.
+/// the table is (the caller may sweep and try again). The mapping is
+/// charged to `ingress` (the port it came from) before a port is looked
+/// for, and given back if none is found.
 #[inline(never)]
 pub fn mapping_new(
     ctx: *mut c_void,
