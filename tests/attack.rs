@@ -1763,3 +1763,367 @@ fn ndp_poisoning_umlbr() -> Result<()> {
     );
     Ok(())
 }
+
+/// Most NAT mappings umlbr's table holds (umlbr_common::NAT_SIZE), and by
+/// chance the kernel's default nf_conntrack_max.
+const NAT_TABLE: u32 = 262_144;
+
+/// Masqueraded UDP from guest `g` (tap g, MAC 02:00:00:00:00:1g, address
+/// 192.168.2.(10+g)) to the LAN peer 10.99.0.2.
+fn nat_guest_udp(gw_mac: Mac, g: u8, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    Frame::new(gw_mac, [0x02, 0, 0, 0, 0, 0x10 + g])
+        .udp(
+            Ipv4Addr::new(192, 168, 2, 10 + g),
+            sport,
+            Ipv4Addr::new(10, 99, 0, 2),
+            dport,
+            data,
+        )
+        .build()
+}
+
+/// The outside port of the first frame on `frames` that left the uplink
+/// translated (from 10.99.0.1) carrying `marker`.
+fn left_translated(frames: &[Vec<u8>], marker: &[u8]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|f| {
+            f.len() >= 42
+                && f[23] == 17
+                && f[26..30] == [10, 99, 0, 1]
+                && f.windows(marker.len()).any(|w| w == marker)
+        })
+        .map(|f| u16::from_be_bytes([f[34], f[35]]))
+}
+
+/// Guest `g`'s UDP flow from `sport` to 10.99.0.2:53 leaves translated,
+/// and the peer's answer to it comes back to the guest translated: its
+/// outside port.
+fn udp_round_trip(
+    up0: &mut File,
+    taps: &mut [File],
+    gw_mac: Mac,
+    g: u8,
+    sport: u16,
+    what: &str,
+) -> Result<u16> {
+    let marker = format!("{what} from guest {g}");
+    taps[g as usize].write_all(&nat_guest_udp(gw_mac, g, sport, 53, marker.as_bytes()))?;
+    let seen = drain(up0, Duration::from_millis(300));
+    let port = left_translated(&seen, marker.as_bytes())
+        .with_context(|| format!("{what}: guest {g}'s datagram did not leave translated"))?;
+    answer_reaches(up0, taps, g, sport, port, what)?;
+    Ok(port)
+}
+
+/// The peer answers outside port `port`: the answer must reach guest `g`
+/// at `sport`.
+fn answer_reaches(
+    up0: &mut File,
+    taps: &mut [File],
+    g: u8,
+    sport: u16,
+    port: u16,
+    what: &str,
+) -> Result<()> {
+    let marker = format!("{what}: answer to guest {g}");
+    up0.write_all(
+        &Frame::new(mac(UPLINK_MAC), mac(LAN_PEER_MAC))
+            .udp(
+                Ipv4Addr::new(10, 99, 0, 2),
+                53,
+                Ipv4Addr::new(10, 99, 0, 1),
+                port,
+                marker.as_bytes(),
+            )
+            .build(),
+    )?;
+    let got = drain(&mut taps[g as usize], Duration::from_millis(300))
+        .iter()
+        .filter(|f| {
+            f.len() >= 42
+                && f[30..34] == [192, 168, 2, 10 + g]
+                && f[36..38] == sport.to_be_bytes()
+                && f.windows(marker.len()).any(|w| w == marker.as_bytes())
+        })
+        .count();
+    ensure!(
+        got == 1,
+        "{what}: the peer's answer to outside port {port} did not reach guest {g} \
+         (its mapping is gone)"
+    );
+    Ok(())
+}
+
+/// A guest cannot take the other guests' NAT mappings away, or fill the
+/// table: guest 0 has a masqueraded UDP flow that the peer answers; guest 1
+/// opens twice as many new flows as the table holds, two packets each
+/// (from every CPU in turn, as the MAC flood does); guest 0's flow must still
+/// translate both ways, and guest 2 must still open a new one. umlbr stops
+/// guest 1 at its quota (`--nat-max-per-guest`, default) and counts the
+/// rest as `quota`. The oracle: conntrack, whose full table early-drops
+/// only entries not yet assured (guest 0's is assured: answered, and
+/// still active after 2 s).
+fn nat_flood_keeps_the_others(kind: Kind) -> Result<()> {
+    let ns = Netns::new("nq-flood")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps: Vec<File> = ["tap0", "tap1", "tap2"]
+        .iter()
+        .map(|t| open_tap(t))
+        .collect::<Result<_>>()?;
+    let mut up0 = open_tap("up0")?;
+    masquerade_lab(&ns, kind)?;
+    match kind {
+        Kind::Umlbr => {
+            for t in ["tap1", "tap2"] {
+                ns.umlbr_ok(&["attach", t, "--bridge", "br0"])?;
+            }
+        }
+        Kind::Kernel => {
+            // The guests never answer ARP: the host knows them statically
+            // (umlbr's datapath takes a reply's MAC from the mapping).
+            ns.sh("for t in tap1 tap2; do ip link set $t master br0; done && \
+                 for g in 0 1 2; do ip neigh replace 192.168.2.1$g \
+                 lladdr 02:00:00:00:00:1$g dev br0 nud permanent || exit 1; done")?;
+        }
+    }
+    ns.sh("for t in tap1 tap2; do ip link set $t up; done")?;
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    announce(
+        &mut taps,
+        &[
+            (0, [2, 0, 0, 0, 0, 0x10]),
+            (1, [2, 0, 0, 0, 0, 0x11]),
+            (2, [2, 0, 0, 0, 0, 0x12]),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    drain(&mut up0, Duration::from_millis(200));
+    for t in taps.iter_mut() {
+        drain(t, Duration::from_millis(50));
+    }
+    // Guest 0's flow: answered, then still active after 2 s (what makes a
+    // UDP conntrack entry assured).
+    let port = udp_round_trip(&mut up0, &mut taps, gw_mac, 0, 40000, "before")?;
+    std::thread::sleep(Duration::from_millis(2100));
+    let again = udp_round_trip(&mut up0, &mut taps, gw_mac, 0, 40000, "2 s on")?;
+    ensure!(
+        again == port,
+        "{kind:?}: guest 0's flow moved from {port} to {again}"
+    );
+
+    // The flood: guest 1's new flows, each to its own (source port,
+    // destination port) pair, at most 2000 per destination port so that
+    // the outside ports (61000-65535) suffice.
+    let n = 2 * NAT_TABLE;
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut sent = 0u32;
+    for cpu in 0..cpus {
+        pin_to_cpu(cpu)?;
+        let share = n / cpus as u32 * (cpu as u32 + 1);
+        while sent < share && started.elapsed() < Duration::from_secs(60) {
+            let sport = 1024 + (sent % 2000) as u16;
+            let dport = 1000 + (sent / 2000) as u16;
+            let frame = nat_guest_udp(gw_mac, 1, sport, dport, b"flood");
+            // Twice: the second packet looks the flow's mapping up, which
+            // an LRU table counts as recent use, as guest 0's.
+            if taps[1].write(&frame).is_ok() && taps[1].write(&frame).is_ok() {
+                sent += 1;
+            }
+            if sent.is_multiple_of(4096) {
+                // Keep the uplink's queue from holding up the writer.
+                while up0.read(&mut [0u8; 2048]).is_ok() {}
+            }
+        }
+    }
+    unpin()?;
+    println!(
+        "{kind:?}: {sent} new flows from guest 1 in {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        sent >= NAT_TABLE,
+        "{kind:?}: only {sent} flood frames written in 60 s"
+    );
+    drain(&mut up0, Duration::from_millis(300));
+    for t in taps.iter_mut() {
+        drain(t, Duration::from_millis(50));
+    }
+
+    // Guest 0's flow still translates both ways, on its own port: the
+    // answer first (an evicted inbound entry would lose it).
+    answer_reaches(
+        &mut up0,
+        &mut taps,
+        0,
+        40000,
+        port,
+        &format!("{kind:?}: after the flood"),
+    )?;
+    let after = udp_round_trip(&mut up0, &mut taps, gw_mac, 0, 40000, "after the flood")?;
+    ensure!(
+        after == port,
+        "{kind:?}: guest 0's flow left on port {after} after the flood, not {port}"
+    );
+    // Guest 2 can still open a new flow.
+    udp_round_trip(&mut up0, &mut taps, gw_mac, 2, 41000, "a newcomer")?;
+
+    if kind == Kind::Umlbr {
+        let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+        let nat = &v["nat"];
+        let max = nat["max_per_guest"]
+            .as_u64()
+            .with_context(|| format!("stats --json: no nat.max_per_guest in {nat}"))?;
+        ensure!(max > 0 && max < NAT_TABLE as u64 / 4, "default quota {max}");
+        let c = &nat["counters"];
+        // Guest 0: one flow; guest 1: its quota; guest 2: one flow.
+        ensure!(
+            c["allocs"].as_u64() == Some(max + 2)
+                && c["quota"].as_u64() == Some(2 * (sent as u64 - max)),
+            "{sent} flows from guest 1 with a quota of {max}: NAT counters {c}"
+        );
+        ensure!(
+            nat["mappings"].as_u64() == Some(max + 2),
+            "mappings after the flood: {nat}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn nat_flood_keeps_the_others_umlbr() -> Result<()> {
+    nat_flood_keeps_the_others(Kind::Umlbr)
+}
+
+#[test]
+fn nat_flood_keeps_the_others_kernel() -> Result<()> {
+    nat_flood_keeps_the_others(Kind::Kernel)
+}
+
+/// The quota holds on the kernel's path too: a guest's TCP segments
+/// without SYN get no mapping from umlbr (a flow begun elsewhere stays on
+/// the kernel's path), and conntrack picks them up mid-stream and
+/// masquerades them. With `--nat-max-per-guest 50`, 200 such flows from
+/// one guest address leave at most 50 times translated; the nftables
+/// forward chain drops the rest (`ct count over 50` per source address).
+#[test]
+fn kernel_path_keeps_the_quota() -> Result<()> {
+    use umlbr_tests::wire::{TcpHeader, tcp_flags::*};
+    let ns = Netns::new("nq-slow")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut tap0 = open_tap("tap0")?;
+    let mut up0 = open_tap("up0")?;
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set tap0 up && \
+         ip neigh replace 10.99.0.2 lladdr {LAN_PEER_MAC} dev up0 nud permanent && \
+         ip route add default via 10.99.0.2"
+    ))?;
+    ns.umlbr_ok(&[
+        "up",
+        "br0",
+        "--address",
+        "192.168.2.1/24",
+        "--masquerade",
+        "up0",
+        "--nat-max-per-guest",
+        "50",
+    ])?;
+    ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+    let guest = mac(GUEST);
+    announce(std::slice::from_mut(&mut tap0), &[(0, guest)])?;
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(200));
+    for i in 0..200u16 {
+        let f = Frame::new(gw_mac, guest)
+            .tcp(
+                Ipv4Addr::new(192, 168, 2, 10),
+                Ipv4Addr::new(10, 99, 0, 2),
+                &TcpHeader::new(20000 + i, 80, ACK).seq(1000).ack(1),
+                b"mid-stream",
+            )
+            .build();
+        tap0.write_all(&f)?;
+    }
+    let left = drain(&mut up0, Duration::from_millis(500))
+        .iter()
+        .filter(|f| f.len() >= 54 && f[23] == 6 && f[26..30] == [10, 99, 0, 1])
+        .count();
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    ensure!(
+        left == 50,
+        "{left} of 200 mid-stream flows left translated by the kernel's path (quota 50); \
+         NAT counters {}",
+        v["nat"]["counters"]
+    );
+    Ok(())
+}
+
+/// The quota is given back when userspace removes expired mappings too:
+/// with `--nat-max-per-guest 3` and a UDP timeout of 1 s, a guest's fourth
+/// flow is dropped; once its three have expired, `nat show` removes them
+/// (and lists none), and the guest's next new flow is mapped without the
+/// datapath having swept anything (`expired` stays 0).
+#[test]
+fn nat_show_gives_the_quota_back() -> Result<()> {
+    let ns = Netns::new("nq-gc")?;
+    let _in = InNetns::enter(&ns)?;
+    let mut taps = vec![open_tap("tap0")?];
+    let mut up0 = open_tap("up0")?;
+    ns.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 && \
+         ip link set up0 address {UPLINK_MAC} && ip addr add 10.99.0.1/24 dev up0 && \
+         ip link set up0 up && ip link set tap0 up && \
+         ip neigh replace 10.99.0.2 lladdr {LAN_PEER_MAC} dev up0 nud permanent && \
+         ip route add default via 10.99.0.2"
+    ))?;
+    ns.umlbr_ok(&[
+        "up",
+        "br0",
+        "--address",
+        "192.168.2.1/24",
+        "--masquerade",
+        "up0",
+        "--nat-max-per-guest",
+        "3",
+        "--nat-timeout",
+        "udp=1",
+    ])?;
+    ns.umlbr_ok(&["attach", "tap0", "--bridge", "br0"])?;
+    announce(&mut taps, &[(0, [2, 0, 0, 0, 0, 0x10])])?;
+    let gw_mac: Mac = mac(ns.sh("cat /sys/class/net/br0/address")?.trim());
+    drain(&mut up0, Duration::from_millis(200));
+    let send = |taps: &mut Vec<File>, up0: &mut File, sport: u16| -> Result<bool> {
+        let marker = format!("flow {sport}");
+        taps[0].write_all(&nat_guest_udp(gw_mac, 0, sport, 53, marker.as_bytes()))?;
+        Ok(left_translated(&drain(up0, Duration::from_millis(200)), marker.as_bytes()).is_some())
+    };
+    let mut sent = Vec::new();
+    for sport in 45000..45004 {
+        sent.push(send(&mut taps, &mut up0, sport)?);
+    }
+    ensure!(
+        sent == [true, true, true, false],
+        "quota 3: which of 4 new flows left translated: {sent:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let rows: Value = serde_json::from_str(&ns.umlbr_ok(&["nat", "show", "br0", "--json"])?)?;
+    ensure!(
+        rows.as_array().is_some_and(|r| r.is_empty()),
+        "expired mappings listed: {rows}"
+    );
+    ensure!(
+        send(&mut taps, &mut up0, 45010)?,
+        "no new flow after nat show removed the expired ones"
+    );
+    let v: Value = serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    let c = &v["nat"]["counters"];
+    ensure!(
+        c["allocs"] == 4 && c["quota"] == 1 && c["expired"] == 0 && v["nat"]["mappings"] == 1,
+        "NAT after nat show: {}",
+        v["nat"]
+    );
+    Ok(())
+}

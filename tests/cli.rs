@@ -1448,3 +1448,133 @@ fn read_commands_end_quietly_on_a_closed_pipe() -> Result<()> {
     ensure!(errs.is_empty(), "{}", errs.join("\n"));
     Ok(())
 }
+
+/// `--nat-max-per-guest N`: only with --masquerade (on `up` and `attach`),
+/// a u32, not with --uplink or --isolated (usage errors, exit 2, nothing
+/// changed); the value given, the default (8192) or no limit (0) is what
+/// `show` and `stats` print, as text and as `nat.max_per_guest` in JSON,
+/// and `stats` prints the `quota` counter.
+#[test]
+fn nat_max_per_guest() -> Result<()> {
+    let ns = Netns::without_ipv6("nq-cli")?;
+    ns.sh(
+        "ip link add up0 type veth peer name up0p && ip addr add 10.99.0.1/24 dev up0 \
+         && ip link set up0 up && ip link set up0p up \
+         && ip link add up1 type veth peer name up1p && ip addr add 10.98.0.1/24 dev up1 \
+         && ip link set up1 up && ip link set up1p up",
+    )?;
+    let mut checks = Vec::new();
+    for args in [
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.2.1/24",
+            "--nat-max-per-guest",
+            "5",
+        ][..],
+        &["up", "br0", "--uplink", "up0", "--nat-max-per-guest", "5"],
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.2.1/24",
+            "--masquerade",
+            "up0",
+            "--nat-max-per-guest",
+            "-1",
+        ],
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.2.1/24",
+            "--masquerade",
+            "up0",
+            "--nat-max-per-guest",
+            "many",
+        ],
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.2.1/24",
+            "--masquerade",
+            "up0",
+            "--nat-max-per-guest",
+            "4294967296",
+        ],
+        &[
+            "up",
+            "br0",
+            "--address",
+            "192.168.2.1/24",
+            "--masquerade",
+            "up0",
+            "--nat-max-per-guest",
+        ],
+        &["attach", "up0", "--nat-max-per-guest", "5"],
+        &["attach", "up0", "--uplink", "--nat-max-per-guest", "5"],
+        &["attach", "up0", "--isolated", "--nat-max-per-guest", "5"],
+        &["attach", "up0", "--tc-only", "--nat-max-per-guest", "5"],
+    ] {
+        let what = format!("umlbr {}", args.join(" "));
+        let r = fails(&ns, args, &[]).and_then(|m| {
+            let out = ns.umlbr(args)?;
+            ensure!(out.status.code() == Some(2), "{what}: exit {}", out.status);
+            Ok(m)
+        });
+        checks.push(("usage error", r));
+    }
+    all(checks)?;
+
+    let shown = |want: u64, text: &str| -> Result<()> {
+        let v = json(&ns, &["show", "br0", "--json"])?;
+        ensure!(
+            v["nat"]["max_per_guest"] == want,
+            "show --json: {}",
+            v["nat"]
+        );
+        let v = json(&ns, &["stats", "br0", "--json"])?;
+        ensure!(
+            v["nat"]["max_per_guest"] == want,
+            "stats --json: {}",
+            v["nat"]
+        );
+        ensure!(
+            v["nat"]["counters"]["quota"] == 0,
+            "stats --json: {}",
+            v["nat"]
+        );
+        let show = ns.umlbr_ok(&["show", "br0"])?;
+        ensure!(show.contains(text), "show does not say {text:?}:\n{show}");
+        let stats = ns.umlbr_ok(&["stats", "br0"])?;
+        ensure!(
+            stats.contains(text) && stats.contains("quota 0"),
+            "stats does not say {text:?} and quota 0:\n{stats}"
+        );
+        Ok(())
+    };
+    let up = [
+        "up",
+        "br0",
+        "--address",
+        "192.168.2.1/24",
+        "--masquerade",
+        "up0",
+    ];
+    ok(&ns, &[&up[..], &["--nat-max-per-guest", "100"]].concat())?;
+    shown(100, "at most 100 per guest")?;
+    ok(&ns, &["down", "br0"])?;
+    ok(&ns, &up)?;
+    shown(8192, "at most 8192 per guest")?;
+    // `attach --masquerade` takes it too, and 0 is no limit.
+    ok(&ns, &["detach", "up0"])?;
+    ok(
+        &ns,
+        &["attach", "up1", "--masquerade", "--nat-max-per-guest", "0"],
+    )?;
+    shown(0, "no limit per guest")?;
+    ok(&ns, &["down", "br0"])?;
+    Ok(())
+}

@@ -44,7 +44,7 @@ use umlbr_common::{
     Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_HOP_NS, NAT_ICMP_SECS, NAT_S_FIN_IN,
     NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_T_ACK, NAT_T_SEQ,
     NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS,
-    NAT_UDP_STREAM_SECS, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    NAT_UDP_STREAM_SECS, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats,
     PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
@@ -178,7 +178,7 @@ fn nat_config(up0: u32, br0: u32) -> NatConfig {
         udp_stream_ns: NAT_UDP_STREAM_SECS * SEC,
         icmp_ns: NAT_ICMP_SECS * SEC,
         mtu: 1500,
-        _pad2: 0,
+        max_per_guest: 0,
     }
 }
 
@@ -265,6 +265,7 @@ impl Bench {
         self.set_nat_cfg(cfg)?;
         self.ctx.clear::<NatKey, NatOut>(names::NAT_OUT)?;
         self.ctx.clear::<NatKey, NatIn>(names::NAT_IN)?;
+        self.ctx.clear::<u32, NatQuota>(names::NAT_QUOTA)?;
         let n = self.ctx.nr_cpus;
         let mut st: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
         st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
@@ -864,6 +865,7 @@ struct Cnt {
     bad_source: u64,
     out_of_window: u64,
     foreign: u64,
+    quota: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -878,6 +880,7 @@ const NONE: Cnt = Cnt {
     bad_source: 0,
     out_of_window: 0,
     foreign: 0,
+    quota: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -935,6 +938,7 @@ impl Cnt {
             bad_source: self.bad_source,
             out_of_window: self.out_of_window,
             foreign: self.foreign,
+            quota: self.quota,
         }
     }
 }
@@ -3507,5 +3511,246 @@ fn live_tc_redirect_neigh_resolves_the_next_hop() -> Result<()> {
         "after the ARP reply: frames {:?}, translated packet with resolved MACs among them: false",
         got.iter().map(Vec::len).collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The per-guest quota and the table that never evicts (issue 15).
+
+impl Bench {
+    /// Live mappings charged to guest `g`'s port (UMLBR_NAT_QUOTA).
+    fn quota_count(&mut self, g: usize) -> Result<u32> {
+        let port = self.ifindex(guest(g));
+        let m: HashMap<&mut MapData, u32, NatQuota> = self.ctx.map(names::NAT_QUOTA)?;
+        Ok(m.get(&port, 0).map(|q| q.count).unwrap_or(0))
+    }
+
+    /// Set the datapath's sweep clock: `Some(t)`: last swept at `t`;
+    /// `None`: never (a sweep is due).
+    fn set_sweep_clock(&mut self, t: Option<u64>) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, NatQuota> = self.ctx.map(names::NAT_QUOTA)?;
+        match t {
+            Some(t) => m.insert(
+                0,
+                NatQuota {
+                    swept_ns: t,
+                    ..Default::default()
+                },
+                0,
+            )?,
+            None => {
+                let _ = m.remove(&0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the flow's mapping idle for `idle_ns` (its cached next hop
+    /// as old).
+    fn age_mapping(&mut self, f: &Flow, idle_ns: u64) -> Result<()> {
+        let (port, mut i) = self.mapping_of(f)?.context("no mapping to age")?;
+        i.last_seen_ns = now_coarse() - idle_ns;
+        self.ctx.insert(names::NAT_IN, f.in_key(port), i)?;
+        let mut o = *self
+            .nat_out()?
+            .get(&KeyOrd(f.out_key()))
+            .context("no outbound entry")?;
+        o.hop_ns = i.last_seen_ns;
+        self.ctx.insert(names::NAT_OUT, f.out_key(), o)
+    }
+}
+
+fn dropped(prog: Prog) -> u32 {
+    match prog {
+        Prog::Xdp => umlbr_tests::bpf::XDP_DROP,
+        Prog::Tc => umlbr_tests::bpf::TC_ACT_SHOT,
+    }
+}
+
+/// `--nat-max-per-guest 3`: a guest's port gets three mappings, its
+/// fourth new flow is dropped and counted as `quota` (no mapping, nothing
+/// left to the kernel), while another guest still maps its flows. An
+/// expired mapping replaced by its own flow keeps the count; one swept
+/// out gives its place back (the sweep, due, runs when the guest is at
+/// its quota, and the new flow is mapped); a sweep runs at most once in
+/// 5 s (NAT_SWEEP_INTERVAL_NS). XDP and TC alike.
+#[test]
+fn quota_limits_each_guest_and_expiry_gives_back() -> Result<()> {
+    let mut b = Bench::new("quota")?;
+    let sec = 1_000_000_000u64;
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset(&|c| c.max_per_guest = 3)?;
+        let flows: Vec<Flow> = (0..6).map(|i| udp(0, 43000 + i, R1, 53)).collect();
+        for f in &flows[..3] {
+            b.translate(prog, guest(0), &f.out_frame(0, b"q"))?;
+        }
+        ensure!(
+            b.quota_count(0)? == 3,
+            "[{prog:?}] count {}",
+            b.quota_count(0)?
+        );
+        // A sweep just ran: the fourth is dropped without one.
+        b.set_sweep_clock(Some(now_coarse()))?;
+        let (ret, _) = b.run(prog, b.ifindex(guest(0)), &flows[3].out_frame(0, b"q"))?;
+        let st = b.nat_stats()?;
+        ensure!(
+            ret == dropped(prog) && st.quota == 1 && st.allocs == 3 && st.slow_path == 0,
+            "[{prog:?}] over the quota: ret {ret}, {st:?}"
+        );
+        ensure!(
+            b.mapping_of(&flows[3])?.is_none(),
+            "[{prog:?}] mapped over the quota"
+        );
+        // Another guest is not limited by guest 0's quota.
+        let other = udp(1, 43000, R1, 53);
+        b.translate(prog, guest(1), &other.out_frame(0, b"q"))?;
+        ensure!(b.quota_count(1)? == 1 && b.quota_count(0)? == 3);
+
+        // An expired mapping, used again by its own flow: replaced, the
+        // count unchanged (credited on removal, charged anew).
+        b.age_mapping(&flows[0], (NAT_UDP_SECS + 1) * sec)?;
+        b.translate(prog, guest(0), &flows[0].out_frame(0, b"again"))?;
+        let st = b.nat_stats()?;
+        ensure!(
+            b.quota_count(0)? == 3 && st.expired == 1 && st.allocs == 5,
+            "[{prog:?}] after replacing an expired mapping: count {}, {st:?}",
+            b.quota_count(0)?
+        );
+
+        // Flow 1 expires; at the quota, a due sweep removes it (both
+        // directions) and the new flow gets its place.
+        b.age_mapping(&flows[1], (NAT_UDP_SECS + 1) * sec)?;
+        let (port1, _) = b.mapping_of(&flows[1])?.context("flow 1")?;
+        b.set_sweep_clock(None)?;
+        b.translate(prog, guest(0), &flows[3].out_frame(0, b"swept"))?;
+        let st = b.nat_stats()?;
+        let out = b.nat_out()?;
+        let inn = b.nat_in()?;
+        ensure!(
+            !out.contains_key(&KeyOrd(flows[1].out_key()))
+                && !inn.contains_key(&KeyOrd(flows[1].in_key(port1)))
+                && b.mapping_of(&flows[3])?.is_some()
+                && b.quota_count(0)? == 3
+                && st.expired == 2
+                && st.quota == 1,
+            "[{prog:?}] after the sweep: count {}, {st:?}, {} out / {} in entries",
+            b.quota_count(0)?,
+            out.len(),
+            inn.len()
+        );
+
+        // Flow 2 expires too, but the table was swept just now:
+        // no sweep, the new flow is dropped, flow 2 stays until used.
+        b.age_mapping(&flows[2], (NAT_UDP_SECS + 1) * sec)?;
+        let (ret, _) = b.run(prog, b.ifindex(guest(0)), &flows[4].out_frame(0, b"q"))?;
+        let st = b.nat_stats()?;
+        ensure!(
+            ret == dropped(prog) && st.quota == 2 && b.nat_in()?.len() == 4,
+            "[{prog:?}] a second sweep within 5 s: ret {ret}, {st:?}"
+        );
+        // No limit (0): nothing dropped.
+        b.reset(&|c| c.max_per_guest = 0)?;
+        for f in &flows {
+            b.translate(prog, guest(0), &f.out_frame(0, b"q"))?;
+        }
+        ensure!(b.quota_count(0)? == 6 && b.nat_stats()?.quota == 0);
+    }
+    Ok(())
+}
+
+/// A table full of live mappings evicts none of them: a new flow gets no
+/// mapping (alloc_fail, the kernel's path) and a live one still
+/// translates. Once a sweep is due, the expired mappings among them are
+/// removed and the new flow is mapped. XDP and TC alike.
+#[test]
+fn a_full_table_evicts_no_live_mapping() -> Result<()> {
+    let mut b = Bench::new("full")?;
+    let sec = 1_000_000_000u64;
+    let expired = 10u32;
+    for prog in [Prog::Xdp, Prog::Tc] {
+        b.reset(&no_tweak)?;
+        let victim = udp(0, 44000, R1, 53);
+        b.translate(prog, guest(0), &victim.out_frame(0, b"mine"))?;
+        let (vport, _) = b.mapping_of(&victim)?.context("victim")?;
+        // Guest 1's mappings fill both tables; the first `expired` of
+        // them idle past the UDP timeout.
+        let now = now_coarse();
+        let owner = b.ifindex(guest(1));
+        let fill = umlbr_common::NAT_SIZE - 1;
+        {
+            let mut outs: HashMap<&mut MapData, NatKey, NatOut> = b.ctx.map(names::NAT_OUT)?;
+            for i in 0..fill {
+                let f = udp(
+                    1,
+                    1024 + (i % 60000) as u16,
+                    [10, 200, (i / 60000) as u8, 1],
+                    53,
+                );
+                let o = NatOut {
+                    addr: be32(NAT_IP),
+                    port: f.gport.to_be(),
+                    owner,
+                    ..Default::default()
+                };
+                outs.insert(f.out_key(), o, 0)?;
+            }
+        }
+        {
+            let mut ins: HashMap<&mut MapData, NatKey, NatIn> = b.ctx.map(names::NAT_IN)?;
+            for i in 0..fill {
+                let f = udp(
+                    1,
+                    1024 + (i % 60000) as u16,
+                    [10, 200, (i / 60000) as u8, 1],
+                    53,
+                );
+                let idle = if i < expired {
+                    (NAT_UDP_SECS + 1) * sec
+                } else {
+                    0
+                };
+                let m = mapping(f, f.gport, 0, idle);
+                ins.insert(f.in_key(f.gport), m.nat_in(now), 0)?;
+            }
+        }
+        b.set_sweep_clock(Some(now_coarse()))?;
+        let newcomer = udp(2, 44001, R1, 53);
+        let (ret, _) = b.run(prog, b.ifindex(guest(2)), &newcomer.out_frame(0, b"new"))?;
+        let st = b.nat_stats()?;
+        ensure!(
+            ret == redirect(prog)
+                && b.mapping_of(&newcomer)?.is_none()
+                && st.alloc_fail == 1
+                && st.slow_path == 1
+                && b.quota_count(2)? == 0,
+            "[{prog:?}] full table: ret {ret}, {st:?}"
+        );
+        let out = b.translate(prog, guest(0), &victim.out_frame(0, b"mine"))?;
+        ensure!(
+            out == snat_expect(&victim.out_frame(0, b"mine"), vport, Some((NH_MAC, UP_MAC))),
+            "[{prog:?}] the live mapping no longer translates"
+        );
+        let r = b.translate(prog, UP, &victim.reply_frame(vport, 0, b"answer"))?;
+        ensure!(r == dnat_expect(&victim.reply_frame(vport, 0, b"answer"), &victim));
+        // A sweep falls due: the expired mappings go, the newcomer is mapped.
+        b.set_sweep_clock(None)?;
+        let t = std::time::Instant::now();
+        b.translate(prog, guest(2), &newcomer.out_frame(0, b"new"))?;
+        // What a sweep of a full table costs the packet that starts it.
+        println!(
+            "[{prog:?}] a sweep of {} mappings: {:?}",
+            fill + 1,
+            t.elapsed()
+        );
+        let st = b.nat_stats()?;
+        ensure!(
+            b.mapping_of(&newcomer)?.is_some()
+                && st.expired == expired as u64
+                && b.nat_in()?.len() == (fill + 2 - expired) as usize
+                && b.quota_count(2)? == 1,
+            "[{prog:?}] after the sweep: {st:?}, {} mappings",
+            b.nat_in()?.len()
+        );
+    }
     Ok(())
 }

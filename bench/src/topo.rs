@@ -293,9 +293,21 @@ impl Topo {
             }
             Contender::Umlbr | Contender::UmlbrTc => {
                 let gw = format!("{NAT_GW}/24");
+                // No per-guest quota: the table row fills 100 000 flows
+                // from one guest, as the recipe (no connlimit) takes them.
+                // A new mapping is still counted against its port.
                 topo.timed(
                     &bin,
-                    &["up", BRIDGE, "--address", &gw, "--masquerade", "up0"],
+                    &[
+                        "up",
+                        BRIDGE,
+                        "--address",
+                        &gw,
+                        "--masquerade",
+                        "up0",
+                        "--nat-max-per-guest",
+                        "0",
+                    ],
                 )?;
                 for t in topo.taps.clone() {
                     let s = topo.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;

@@ -38,6 +38,7 @@ pub mod names {
     pub const NAT_STATS: &str = "UMLBR_NAT_STAT";
     pub const NAT_MTU: &str = "UMLBR_NAT_MTU";
     pub const PORT_IP: &str = "UMLBR_PORT_IP";
+    pub const NAT_QUOTA: &str = "UMLBR_NAT_QUOTA";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -257,12 +258,48 @@ pub struct PortStats {
     /// Of `dropped`: unicast for a MAC behind the port it came from (the
     /// kernel bridge drops it too, uncounted).
     pub hairpin: u64,
+    /// Of `dropped`: a new masqueraded flow over the port's NAT mapping
+    /// quota (`--nat-max-per-guest`; also counted as the NAT's `quota`).
+    pub nat_quota: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
 pub const NAT_SIZE: u32 = 262_144;
 /// Ports tried when allocating a mapping before giving up.
 pub const NAT_TRIES: u32 = 16;
+/// Default most live mappings one port's guests may hold
+/// (`--nat-max-per-guest`). An honest guest rarely holds more than a few
+/// thousand flows at once (a busy desktop: hundreds; a crawler or a
+/// torrent client: some thousands), and a guest at this quota holds 1/32 of
+/// the table: one guest, or a few, cannot fill it.
+pub const DEFAULT_NAT_MAX_PER_GUEST: u32 = 8192;
+/// How often the datapath may sweep the NAT table for expired mappings
+/// when a guest is at its quota or the table is full. A sweep walks the
+/// whole table, in the softirq of the packet that starts it: 25-60 ms
+/// for a full table (tests/prog_nat.rs measures it), so at most once in
+/// 5 s (1% of a CPU at worst). Expired mappings are also replaced when
+/// their keys are next used, and `nat show` removes them.
+pub const NAT_SWEEP_INTERVAL_NS: u64 = 5_000_000_000;
+/// Entries of UMLBR_NAT_QUOTA: one per port, and key 0 for the table's
+/// sweep clock.
+pub const NAT_QUOTA_ENTRIES: u32 = MAX_PORTS + 1;
+
+/// A port's share of the NAT table, keyed by its ifindex (the port a
+/// mapping's guest sent from: what a guest cannot forge, as it can its
+/// source address). One value for all CPUs. Key 0 is no port: its
+/// `swept_ns` is when the datapath last swept the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatQuota {
+    /// Mappings the port's guests made that are still in the table:
+    /// charged when one is made, credited when its outbound entry is
+    /// removed (expired and replaced, swept, or by userspace). CPUs add and
+    /// subtract atomically; racing CPUs can leave it off by a few.
+    pub count: u32,
+    pub _pad: u32,
+    /// Key 0 only: CLOCK_MONOTONIC_COARSE ns of the last sweep.
+    pub swept_ns: u64,
+}
 
 /// IP protocol numbers (the IPv4 header's `protocol`) that the NAT maps:
 /// a [`NatKey`]'s `proto`.
@@ -420,7 +457,10 @@ pub struct NatConfig {
     /// packets take the kernel's path, which answers "fragmentation
     /// needed".
     pub mtu: u32,
-    pub _pad2: u32,
+    /// Most live mappings one port's guests may hold (0: no limit but the
+    /// table's size): new flows beyond it are dropped and counted as
+    /// `quota` (`--nat-max-per-guest`).
+    pub max_per_guest: u32,
 }
 
 /// The uplink takes XDP frames (it is in the devmap).
@@ -472,6 +512,9 @@ pub struct NatStats {
     /// sending with another's address and ports): not translated, the
     /// mapping left alone (the kernel's path).
     pub foreign: u64,
+    /// Guest packets of new flows dropped: their port's guests hold
+    /// `max_per_guest` live mappings already (`--nat-max-per-guest`).
+    pub quota: u64,
 }
 
 impl NatConfig {
@@ -514,6 +557,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatIn {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::NatStats {}
+    unsafe impl aya::Pod for super::NatQuota {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -541,6 +585,7 @@ impl core::ops::AddAssign for PortStats {
         self.ip_locked += o.ip_locked;
         self.invalid += o.invalid;
         self.hairpin += o.hairpin;
+        self.nat_quota += o.nat_quota;
     }
 }
 
@@ -560,6 +605,7 @@ impl core::ops::AddAssign for NatStats {
         self.bad_source += o.bad_source;
         self.out_of_window += o.out_of_window;
         self.foreign += o.foreign;
+        self.quota += o.quota;
     }
 }
 
@@ -606,13 +652,14 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 18 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 19 * 8);
         assert_eq!(size_of::<PortIpKey>(), 24);
         assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatOut>(), 48);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 13 * 8);
+        assert_eq!(size_of::<NatStats>(), 14 * 8);
+        assert_eq!(size_of::<NatQuota>(), 16);
     }
 }

@@ -212,6 +212,11 @@ fn xdp_nat_out(
         nat::Out::NotNat => redirect_xdp(port, stats),
         nat::Out::Redirect(ifx) => redirect_via(&NAT_TX, ifx, stats),
         nat::Out::ToTc | nat::Out::RedirectNeigh(_) => xdp_action::XDP_PASS,
+        nat::Out::Drop => {
+            stats.dropped += 1;
+            stats.nat_quota += 1;
+            xdp_action::XDP_DROP
+        }
     }
 }
 
@@ -329,8 +334,7 @@ fn tc_switch(
             TC_ACT_SHOT as i32
         }
         Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
-            stats.forwarded += 1;
-            tc_nat_out(ctx, gw, &src, port)
+            tc_nat_out(ctx, gw, &src, port, stats)
         }
         Verdict::Unicast(port) => {
             stats.forwarded += 1;
@@ -373,12 +377,27 @@ fn decide_tc(
 /// Guest traffic to the gateway (TC): masqueraded out of the uplink, or
 /// switched to the host `port`.
 #[inline(always)]
-fn tc_nat_out(ctx: &TcContext, gw: Option<&NatConfig>, src: &[u8; 6], port: u32) -> i32 {
+fn tc_nat_out(
+    ctx: &TcContext,
+    gw: Option<&NatConfig>,
+    src: &[u8; 6],
+    port: u32,
+    stats: &mut PortStats,
+) -> i32 {
     let Some(n) = gw else {
+        stats.forwarded += 1;
         return TC_ACT_OK as i32;
     };
     pull_headers(ctx);
-    match nat::out(ctx, n, src) {
+    let out = nat::out(ctx, n, src);
+    if let nat::Out::Drop = out {
+        stats.dropped += 1;
+        stats.nat_quota += 1;
+        return TC_ACT_SHOT as i32;
+    }
+    stats.forwarded += 1;
+    match out {
+        nat::Out::Drop => TC_ACT_SHOT as i32,
         nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
         nat::Out::Redirect(ifx) => redirect(ifx, 0),
         // SAFETY: plain helper call; the kernel resolves the next hop from

@@ -7,6 +7,7 @@ use std::{
 
 use aya::programs::ProgramInfo;
 use serde::Serialize;
+pub use umlbr_common::DEFAULT_NAT_MAX_PER_GUEST;
 use umlbr_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS,
     NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
@@ -34,6 +35,9 @@ pub struct NatOptions {
     /// Idle timeouts in seconds, in the order given (the last one of a
     /// kind counts).
     pub timeouts: Vec<(NatTimeout, u64)>,
+    /// Most live mappings one port's guests may hold (0: no limit);
+    /// default DEFAULT_NAT_MAX_PER_GUEST.
+    pub max_per_guest: Option<u32>,
 }
 
 /// The idle timeouts of mappings, as `--nat-timeout KEY=SECONDS` names
@@ -174,18 +178,38 @@ pub fn nft_table(bridge: &str) -> String {
 
 /// The kernel slow path: forwarding on, and a masquerade rule for the
 /// guest subnet, for what BPF does not translate (fragments, other
-/// protocols); guests' packets from other sources are not forwarded (BPF
-/// hands them here, untranslated).
-fn slow_path_on(bridge: &str, subnet: Ipv4Addr, prefix: u8, uplink: &str) -> Result<bool> {
+/// protocols, TCP flows that began before the masquerade); guests' packets
+/// from other sources are not forwarded (BPF hands them here,
+/// untranslated). With a quota (`max_per_guest` > 0), a guest address
+/// with that many connections in conntrack gets no new one (nft `ct
+/// count`): the kernel sees the bridge's host interface, not the guest's
+/// port, so here the quota is per source address.
+fn slow_path_on(
+    bridge: &str,
+    subnet: Ipv4Addr,
+    prefix: u8,
+    uplink: &str,
+    max_per_guest: u32,
+) -> Result<bool> {
     let was_off = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .map(|s| s.trim() == "0")
         .unwrap_or(true);
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
     let t = nft_table(bridge);
+    let (quota_set, quota_rule) = if max_per_guest > 0 {
+        (
+            " set guest_flows {\n  type ipv4_addr; size 65535; flags dynamic;\n }\n".to_string(),
+            format!(
+                "  iifname \"{bridge}\" ct state new add @guest_flows {{ ip saddr ct count over {max_per_guest} }} counter drop\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let rules = format!(
-        "table ip {t} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n }}\n}}\n"
+        "table ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))?;
     Ok(was_off)
@@ -276,6 +300,7 @@ async fn plan(
         port_hi,
         gw_mac,
         mtu: link.mtu,
+        max_per_guest: opts.max_per_guest.unwrap_or(DEFAULT_NAT_MAX_PER_GUEST),
         ..Default::default()
     };
     if xdp_tx {
@@ -338,7 +363,7 @@ pub async fn attach(
     let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
-    if slow_path_on(&br.name, subnet, prefix, iface)? {
+    if slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest)? {
         cfg.flags |= NAT_F_FWD_WAS_OFF;
     }
     if let Err(e) = connect(net, &mut br, &link, &tc, cfg, &route_mtus).await {
@@ -372,6 +397,35 @@ fn flush(br: &mut Bridge) {
     let keys: Vec<NatKey> = br.maps.nat_in.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         let _ = br.maps.nat_in.remove(&k);
+    }
+    let keys: Vec<u32> = br.maps.nat_quota.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        let _ = br.maps.nat_quota.remove(&k);
+    }
+}
+
+/// Give back one mapping of `port`'s quota, as the datapath's `credit`
+/// does. Not atomic with the datapath's own updates: a racing new mapping
+/// can leave the count off by one, never by more.
+fn credit(br: &mut Bridge, port: u32) {
+    if let Ok(mut q) = br.maps.nat_quota.get(&port, 0)
+        && q.count > 0
+    {
+        q.count -= 1;
+        let _ = br.maps.nat_quota.insert(port, q, 2);
+    }
+}
+
+/// Remove a mapping's outbound entry `out` if it still belongs to the
+/// mapping at outside port `in_key` (a flow mapped again since has
+/// another), crediting its owner.
+fn retire_out(br: &mut Bridge, out: &NatKey, in_key: &NatKey) {
+    if let Ok(o) = br.maps.nat_out.get(out, 0)
+        && o.addr == in_key.local_addr
+        && o.port == in_key.local_port
+        && br.maps.nat_out.remove(out).is_ok()
+    {
+        credit(br, o.owner);
     }
 }
 
@@ -484,21 +538,31 @@ fn sock(addr_be: u32, port_be: u16, proto: u8) -> String {
     }
 }
 
-/// Live mappings of `br`; expired ones are removed on the way.
+/// Live mappings of `br`; expired ones are removed on the way (their
+/// ports' quotas credited), and so are outbound entries left without
+/// their inbound one: the table never evicts, so nothing else would.
 pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
     let cfg = br.maps.nat_config()?;
     let now = sys::monotonic_coarse_ns();
     let entries: Vec<_> = br.maps.nat_in.iter().filter_map(|e| e.ok()).collect();
     let mut rows = Vec::new();
+    let mut live_outs = std::collections::HashSet::new();
     for (k, v) in entries {
         let idle = now.saturating_sub(v.last_seen_ns);
         let timeout = cfg.timeout_ns(k.proto, v.state);
+        let out = NatKey::new(k.proto, v.addr, v.port, k.remote_addr, k.remote_port);
         if idle > timeout {
-            let out = NatKey::new(k.proto, v.addr, v.port, k.remote_addr, k.remote_port);
-            let _ = br.maps.nat_out.remove(&out);
+            retire_out(br, &out, &k);
             let _ = br.maps.nat_in.remove(&k);
             continue;
         }
+        live_outs.insert((
+            out.proto,
+            out.local_addr,
+            out.local_port,
+            out.remote_addr,
+            out.remote_port,
+        ));
         rows.push(NatRow {
             bridge: br.name.clone(),
             protocol: proto_name(k.proto),
@@ -513,6 +577,24 @@ pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
             age: idle as f64 / 1e9,
             expires_in: (timeout - idle) as f64 / 1e9,
         });
+    }
+    // An outbound entry whose inbound one is gone (its removal raced
+    // ours, or the datapath's) and that the datapath has not met since.
+    // New mappings get their inbound entry first, so none of these is
+    // being made.
+    let outs: Vec<_> = br.maps.nat_out.iter().filter_map(|e| e.ok()).collect();
+    for (k, o) in outs {
+        let t = (
+            k.proto,
+            k.local_addr,
+            k.local_port,
+            k.remote_addr,
+            k.remote_port,
+        );
+        let in_key = NatKey::new(k.proto, o.addr, o.port, k.remote_addr, k.remote_port);
+        if !live_outs.contains(&t) && br.maps.nat_in.get(&in_key, 0).is_err() {
+            retire_out(br, &k, &in_key);
+        }
     }
     rows.sort_by(|a, b| a.inside.cmp(&b.inside).then(a.remote.cmp(&b.remote)));
     Ok(rows)

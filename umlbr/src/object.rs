@@ -15,8 +15,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatStats, PortIpKey, PortLearn,
-    PortStats, names,
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey,
+    PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -244,6 +244,8 @@ pub struct Maps {
     pub nat_config: Array<MapData, NatConfig>,
     pub nat_stats: PerCpuArray<MapData, NatStats>,
     pub nat_mtu: LpmTrie<MapData, u32, u32>,
+    /// Each port's live NAT mappings (key 0: the datapath's sweep clock).
+    pub nat_quota: HashMap<MapData, u32, NatQuota>,
     /// Each port's learning budget.
     pub learn: HashMap<MapData, u32, PortLearn>,
     /// The masquerade uplink alone (never a flood target).
@@ -299,6 +301,7 @@ impl Maps {
             nat_config: typed(take(names::NAT_CONFIG)?, names::NAT_CONFIG)?,
             nat_stats: typed(take(names::NAT_STATS)?, names::NAT_STATS)?,
             nat_mtu: typed(take(names::NAT_MTU)?, names::NAT_MTU)?,
+            nat_quota: typed(take(names::NAT_QUOTA)?, names::NAT_QUOTA)?,
             learn: typed(take(names::LEARN)?, names::LEARN)?,
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,

@@ -315,6 +315,9 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
     fdb::forget_port(maps, ifindex);
     unbind_ips(maps, ifindex);
     let _ = maps.learn.remove(&ifindex);
+    // Its mappings stay until they expire; crediting them then finds no
+    // entry. A port attached later starts from zero.
+    let _ = maps.nat_quota.remove(&ifindex);
     Ok(())
 }
 

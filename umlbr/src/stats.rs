@@ -58,6 +58,8 @@ pub struct NatView {
     pub address: String,
     pub ports: String,
     pub mappings: usize,
+    /// Most live mappings one port's guests may hold (0: no limit).
+    pub max_per_guest: u32,
     pub counters: NatStats,
 }
 
@@ -149,6 +151,7 @@ async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
         address: std::net::Ipv4Addr::from(u32::from_be(ncfg.nat_addr)).to_string(),
         ports: format!("{}-{}", ncfg.port_lo, ncfg.port_hi),
         mappings: br.maps.nat_in.keys().count(),
+        max_per_guest: ncfg.max_per_guest,
         counters: nat::counters(br)?,
     }))
 }

@@ -19,16 +19,18 @@
 
 mod inbound;
 mod out;
+mod quota;
 mod table;
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use umlbr_common::{
-    NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_SIZE, NatConfig, NatIn, NatKey, NatOut, NatStats,
+    NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_QUOTA_ENTRIES, NAT_SIZE, NatConfig, NatIn, NatKey, NatOut,
+    NatQuota, NatStats,
 };
 
 use crate::{
@@ -36,11 +38,18 @@ use crate::{
     pkt::{Pkt, Sum, ld},
 };
 
+// Plain hashes, not LRU: a new mapping never evicts a live one; expired
+// ones are removed explicitly, and each port holds at most its quota
+// ([`quota`]).
 #[map(name = "UMLBR_NAT_OUT")]
-static NAT_OUT: LruHashMap<NatKey, NatOut> = LruHashMap::with_max_entries(NAT_SIZE, 0);
+static NAT_OUT: HashMap<NatKey, NatOut> = HashMap::with_max_entries(NAT_SIZE, 0);
 
 #[map(name = "UMLBR_NAT_IN")]
-static NAT_IN: LruHashMap<NatKey, NatIn> = LruHashMap::with_max_entries(NAT_SIZE, 0);
+static NAT_IN: HashMap<NatKey, NatIn> = HashMap::with_max_entries(NAT_SIZE, 0);
+
+/// Port ifindex -> its live mappings (key 0: the sweep clock).
+#[map(name = "UMLBR_NAT_QUOTA")]
+static NAT_QUOTA: HashMap<u32, NatQuota> = HashMap::with_max_entries(NAT_QUOTA_ENTRIES, 0);
 
 /// Where a new NAT_OUT value is built (table::insert_out): one per CPU.
 #[map(name = "UMLBR_NAT_SCR")]
@@ -113,6 +122,9 @@ pub enum Out {
     /// Translated; the next hop's MAC is unknown: let the kernel resolve
     /// it (TC only).
     RedirectNeigh(u32),
+    /// A new flow over its port's NAT quota: dropped (counted as `quota`
+    /// here, and as the port's `nat_quota` by the caller).
+    Drop,
 }
 
 impl Out {
@@ -123,6 +135,7 @@ impl Out {
             Out::ToTc => Packed::pack(1, 0),
             Out::Redirect(ifx) => Packed::pack(2, ifx as u64),
             Out::RedirectNeigh(ifx) => Packed::pack(3, ifx as u64),
+            Out::Drop => Packed::pack(4, 0),
         }
     }
     #[inline(always)]
@@ -131,6 +144,7 @@ impl Out {
             1 => Out::ToTc,
             2 => Out::Redirect(p.val() as u32),
             3 => Out::RedirectNeigh(p.val() as u32),
+            4 => Out::Drop,
             _ => Out::NotNat,
         }
     }

@@ -11,10 +11,12 @@ use aya_ebpf::{
 use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
 
 use super::{
-    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves, set_ip_addr, set_port, stats,
+    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves,
+    quota::{sweep, sweep_due},
+    set_ip_addr, set_port, stats,
     table::{
-        Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find,
-        mapping_new, store_hop,
+        Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_FULL, MAP_NONE, MAP_QUOTA, log_no_port,
+        mapping_find, mapping_new, store_hop,
     },
 };
 use crate::{
@@ -234,7 +236,17 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
         }
         found
     } else {
-        mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress())
+        let m = mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress());
+        // At the quota, or the table full: sweep out the expired mappings
+        // (at most once in NAT_SWEEP_INTERVAL_NS) and try once more.
+        // (Swept from here, not from mapping_new: the sweep's frames took
+        // that call chain past the 512-byte stack.)
+        if (m.tag() == MAP_QUOTA || m.tag() == MAP_FULL) && sweep_due(now) {
+            sweep(now);
+            mapping_new(pkt.as_ptr(), cfg, f, hop, pkt.ingress())
+        } else {
+            m
+        }
     };
     match m.tag() {
         MAP_FOUND => Ok(Mapped {
@@ -243,6 +255,21 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
         }),
         MAP_NONE => {
             no_port(cfg, f);
+            Err(Out::NotNat)
+        }
+        // Dropped, not left to the kernel: its masquerade would map the
+        // flow anyway (as conntrack's `ct count` limit, which drops).
+        MAP_QUOTA => {
+            count(|s| s.quota += 1);
+            Err(Out::Drop)
+        }
+        // The table is full of live mappings: the kernel's path, as when
+        // no port is free.
+        MAP_FULL => {
+            count(|s| {
+                s.alloc_fail += 1;
+                s.slow_path += 1;
+            });
             Err(Out::NotNat)
         }
         // MAP_REFUSED

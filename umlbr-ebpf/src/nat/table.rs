@@ -15,7 +15,10 @@ use umlbr_common::{
     NAT_T_SEQ, NAT_TRIES, NAT_WSCALE_MAX, NatConfig, NatIn, NatKey, NatOut, nat_tcp_closed,
 };
 
-use super::{NAT_IN, NAT_OUT, NAT_SCRATCH, Packed, count};
+use super::{
+    NAT_IN, NAT_OUT, NAT_SCRATCH, Packed, count,
+    quota::{charge, credit, retire_out},
+};
 use crate::{
     hdr::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     mem::{Hop, copy_hop, zero_words},
@@ -84,17 +87,13 @@ pub fn touch(e: &mut NatIn, now: u64, state: u16) {
     }
 }
 
-/// Whether a host socket would take a reply from `raddr:rport` to
-/// `laddr:lport`: such a port is not ours to hand out.
-#[inline(always)]
-fn host_socket(
-    ctx: *mut c_void,
-    proto: u8,
-    raddr: u32,
-    rport: u16,
-    laddr: u32,
-    lport: u16,
-) -> bool {
+/// Whether a host socket would take a reply from the flow's remote end to
+/// `laddr:lport`: such a port is not ours to hand out. (A BPF function of
+/// its own: its 36-byte tuple in mapping_new's frame left the call chain
+/// no room under the 512-byte stack for the quota and sweep.)
+#[inline(never)]
+fn host_socket(ctx: *mut c_void, f: &Flow, laddr: u32, lport: u16) -> bool {
+    let (proto, raddr, rport) = (f.proto, f.daddr, f.dport);
     if proto == IPPROTO_ICMP {
         return false;
     }
@@ -154,6 +153,10 @@ pub const MAP_FOUND_HOP: u16 = 2;
 pub const MAP_REFUSED: u16 = 3;
 /// `mapping_find`: the flow's live mapping belongs to another port.
 pub const MAP_FOREIGN: u16 = 4;
+/// `mapping_new`: the port's guests hold their quota of mappings.
+pub const MAP_QUOTA: u16 = 5;
+/// `mapping_new`: the table is full (nothing counted yet).
+pub const MAP_FULL: u16 = 6;
 
 /// The key of the flow's mapping whose own end is `local_addr:local_port`:
 /// the guest's in NAT_OUT, the outside one in NAT_IN.
@@ -233,7 +236,10 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop, ingress
             let _ = NAT_IN.remove(ikey);
         }
     }
-    let _ = NAT_OUT.remove(okey);
+    // Only the CPU whose removal succeeds gives the mapping back.
+    if NAT_OUT.remove(okey).is_ok() {
+        credit(owner);
+    }
     count(|s| s.expired += 1);
     Packed::pack(MAP_NONE, 0)
 }
@@ -308,8 +314,11 @@ pub fn store_hop(f: &Flow, macs: *const Hop, now: u64) {
 }
 
 /// A new mapping for a flow that has none: MAP_FOUND with its outside
-/// port, MAP_NONE if no port is free, MAP_REFUSED if the flow must not get
-/// one.
+/// port, MAP_NONE if no port is free, MAP_REFUSED if the flow must not
+/// get one; MAP_QUOTA if its port's guests hold their quota, MAP_FULL if
+/// the table is (the caller may sweep and try again). The mapping is
+/// charged to `ingress` (the port it came from) before a port is looked
+/// for, and given back if none is found.
 #[inline(never)]
 pub fn mapping_new(
     ctx: *mut c_void,
@@ -333,12 +342,16 @@ pub fn mapping_new(
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     }
+    if !charge(ingress, cfg.max_per_guest) {
+        return Packed::pack(MAP_QUOTA, 0);
+    }
     let mut h = f.saddr ^ f.daddr.rotate_left(7) ^ ((f.sport as u32) << 16 | f.dport as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
     let mut i = 0u32;
     let mut claimed = None;
+    let mut full = false;
     while i < NAT_TRIES {
         // Probe i: a fresh hash of (flow, i), so no range size makes the
         // probes repeat a few ports.
@@ -349,23 +362,32 @@ pub fn mapping_new(
         let cand = (cfg.port_lo as u32 + p % range) as u16;
         let cand = cand.to_be();
         i += 1;
-        if host_socket(ctx, f.proto, f.daddr, f.dport, cfg.nat_addr, cand) {
+        if host_socket(ctx, f, cfg.nat_addr, cand) {
             continue;
         }
         // Claim first, look second: a free port (the usual case) costs
         // one walk of its bucket instead of a lookup and then an insert.
-        if insert_in(cfg, f, cand, now)
-            || port_free(cfg, f, cand, now) && insert_in(cfg, f, cand, now)
-        {
+        let r = insert_in(cfg, f, cand, now);
+        if r == E2BIG {
+            full = true;
+            break;
+        }
+        if r == 0 || port_free(cfg, f, cand, now) && insert_in(cfg, f, cand, now) == 0 {
             claimed = Some(cand);
             break;
         }
     }
+    if full {
+        credit(ingress);
+        return Packed::pack(MAP_FULL, 0);
+    }
     let Some(cand) = claimed else {
+        credit(ingress);
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     };
     if !insert_out(cfg, f, cand, hop, ingress) {
+        credit(ingress);
         count(|s| s.alloc_fail += 1);
         return Packed::pack(MAP_NONE, 0);
     }
@@ -390,16 +412,20 @@ fn port_free(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
         return false;
     }
     let stale = key(f, e.addr, e.port);
-    let _ = NAT_OUT.remove(stale);
+    retire_out(&stale, &ikey);
     let _ = NAT_IN.remove(ikey);
     count(|s| s.expired += 1);
     true
 }
 
-/// Claim outside port `cand` with the flow's inbound entry; false if a
-/// racing CPU took it first.
+/// The kernel's -E2BIG: a hash map is full.
+const E2BIG: i64 = -7;
+
+/// Claim outside port `cand` with the flow's inbound entry: 0, or the
+/// error (-EEXIST: taken, by a racing CPU or a mapping found by
+/// `port_free`; E2BIG: the table is full).
 #[inline(never)]
-fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
+fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> i64 {
     let fresh = NatIn {
         addr: f.saddr,
         port: f.sport,
@@ -409,7 +435,10 @@ fn insert_in(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
         last_seen_ns: now,
         created_ns: now,
     };
-    NAT_IN.insert(in_key(cfg, f, cand), fresh, 1).is_ok()
+    match NAT_IN.insert(in_key(cfg, f, cand), fresh, 1) {
+        Ok(()) => 0,
+        Err(e) => e as i64,
+    }
 }
 
 /// The flow's outbound entry for outside port `cand`; on failure the

@@ -38,11 +38,22 @@ Read commands take --json and then print only JSON on stdout.";
 /// `--masquerade` and its options, which a port (`--uplink`, `--tc-only`)
 /// does not take. Named here as well as by `requires`: clap drops a
 /// requirement that conflicts with an argument given.
-const MASQUERADE_ARGS: [&str; 3] = ["masquerade", "nat_ports", "nat_timeout"];
+const MASQUERADE_ARGS: [&str; 4] = [
+    "masquerade",
+    "nat_ports",
+    "nat_timeout",
+    "nat_max_per_guest",
+];
 
 /// What `attach --isolated` does not go with: an uplink is the LAN's way
 /// in, never isolated from the guests, and a masquerade uplink is no port.
-const ISOLATED_CONFLICTS: [&str; 4] = ["uplink", "masquerade", "nat_ports", "nat_timeout"];
+const ISOLATED_CONFLICTS: [&str; 5] = [
+    "uplink",
+    "masquerade",
+    "nat_ports",
+    "nat_timeout",
+    "nat_max_per_guest",
+];
 
 const LOCK_HELP: &str = "\
 Port security: the port accepts only frames whose source MAC is one of
@@ -207,6 +218,15 @@ pub struct NatArgs {
     /// icmp (30).
     #[arg(long, value_name = "KEY=SECONDS", requires = "masquerade", value_parser = parse_timeout)]
     pub nat_timeout: Vec<(NatTimeout, u64)>,
+    /// With --masquerade: most live mappings (flows) the guests behind one
+    /// port may hold (0: no limit but the table's 262144). A new flow
+    /// beyond it is dropped and counted as quota in `umlbr stats`; the
+    /// guest's existing flows go on. Together with a table that never
+    /// evicts a live mapping, this keeps one guest from taking the others'
+    /// flows away or filling the table. Default 8192: far more flows than
+    /// an honest guest holds at once, 1/32 of the table.
+    #[arg(long, value_name = "N", requires = "masquerade", value_parser = clap::value_parser!(u32))]
+    pub nat_max_per_guest: Option<u32>,
 }
 
 impl NatArgs {
@@ -214,6 +234,7 @@ impl NatArgs {
         NatOptions {
             ports: self.nat_ports,
             timeouts: self.nat_timeout.clone(),
+            max_per_guest: self.nat_max_per_guest,
         }
     }
 }

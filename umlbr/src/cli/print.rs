@@ -49,6 +49,9 @@ pub fn show(views: &[BridgeView]) {
                 security(p),
             );
         }
+        if let Some(n) = &v.nat {
+            masquerade(n);
+        }
     }
 }
 
@@ -85,12 +88,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED INVALID HAIRPIN SPOOFED  LOCKED IP_LOCKED ISOLATED   STORM LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED INVALID HAIRPIN SPOOFED  LOCKED IP_LOCKED ISOLATED   STORM NAT_QUOTA LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>9} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -104,6 +107,7 @@ pub fn stats(views: &[BridgeView]) {
                 s.ip_locked,
                 s.isolated,
                 s.storm,
+                s.nat_quota,
                 s.learned,
                 s.learn_limited,
                 s.xdp_native,
@@ -118,19 +122,35 @@ pub fn stats(views: &[BridgeView]) {
     }
 }
 
+/// The masquerade's settings, as `show` and `stats` print them.
+fn masquerade(n: &NatView) {
+    let quota = match n.max_per_guest {
+        0 => "no limit".to_string(),
+        m => format!("at most {m}"),
+    };
+    println!(
+        "  masquerade via {} as {} (ports {}): {} mappings, {} per guest",
+        n.uplink, n.address, n.ports, n.mappings, quota
+    );
+}
+
 fn nat_counters(n: &NatView) {
     let c = &n.counters;
-    println!(
-        "  masquerade via {} as {} (ports {}): {} mappings",
-        n.uplink, n.address, n.ports, n.mappings
-    );
+    masquerade(n);
     println!(
         "    out: xdp {} tc {}   in: xdp {} tc {}   icmp errors {}   in_miss {}",
         c.out_xdp, c.out_tc, c.in_xdp, c.in_tc, c.icmp_errors, c.in_miss
     );
     println!(
-        "    allocs {}   alloc_fail {}   expired {}   slow_path {}   bad_source {}   out_of_window {}   foreign {}",
-        c.allocs, c.alloc_fail, c.expired, c.slow_path, c.bad_source, c.out_of_window, c.foreign
+        "    allocs {}   alloc_fail {}   quota {}   expired {}   slow_path {}   bad_source {}   out_of_window {}   foreign {}",
+        c.allocs,
+        c.alloc_fail,
+        c.quota,
+        c.expired,
+        c.slow_path,
+        c.bad_source,
+        c.out_of_window,
+        c.foreign
     );
 }
 
