@@ -210,7 +210,7 @@ impl Lab {
     }
 
     /// Whether a broadcast written into tap `from` comes out of tap `to`
-    /// within a second.
+    /// within two seconds.
     fn forwards(&self, from: &str, to: &str) -> Result<bool> {
         let (from, to) = (from.to_string(), to.to_string());
         self.ns.run_in(move || {
@@ -229,9 +229,18 @@ impl Lab {
             f.extend_from_slice(&[0x88, 0xb5]);
             f.extend_from_slice(marker.as_bytes());
             f.resize(64, 0);
-            a.write_all(&f)?;
+            // Written again every 100 ms: a tap just opened gets its
+            // carrier at once but its qdisc only when linkwatch runs (up to
+            // a second later), and TC's redirects into it are dropped
+            // until then.
             let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(1) {
+            let mut sent = Duration::ZERO;
+            a.write_all(&f)?;
+            while t.elapsed() < Duration::from_secs(2) {
+                if t.elapsed() >= sent + Duration::from_millis(100) {
+                    sent = t.elapsed();
+                    a.write_all(&f)?;
+                }
                 match b.read(&mut buf) {
                     Ok(n)
                         if buf[..n]
@@ -309,7 +318,7 @@ impl Findings {
 /// The i-th of n delays: a quarter within the first 5 ms, the rest over
 /// 1.2 times the command's run time.
 fn delay(rng: &mut Rng, i: usize, run: Duration) -> Duration {
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         rng.below(Duration::from_millis(5))
     } else {
         rng.below(run.mul_f64(1.2))

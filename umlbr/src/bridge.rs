@@ -177,6 +177,25 @@ impl Bridge {
         self.port_ifindexes().contains(&ifindex)
     }
 
+    /// Whether `ifindex` has a stats slot in this bridge: a port, or one
+    /// that a `detach` killed half-way left (out of the flood list, its
+    /// kind and flags kept for the rest of `detach` or `down`).
+    pub fn has_record(&self, ifindex: u32) -> bool {
+        self.has_port(ifindex) || self.maps.stats.get(&ifindex, 0).is_ok()
+    }
+
+    /// The ports and the stats slots of this bridge: everything `down`
+    /// must unhook.
+    pub fn recorded_ports(&self) -> Vec<u32> {
+        let mut v = self.port_ifindexes();
+        for k in self.maps.stats.keys().filter_map(|k| k.ok()) {
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
+        v
+    }
+
     /// Ports of this bridge, the host's switch port first.
     pub fn port_ifindexes(&self) -> Vec<u32> {
         let mut v = self.maps.port_list().unwrap_or_default();
