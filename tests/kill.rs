@@ -81,14 +81,14 @@ impl Rng {
     }
 }
 
-/// A namespace with a LAN (the veth pair up0, 10.99.0.1/24, and lan0),
+/// A namespace with two LANs (the veth pairs up0, 10.99.0.1/24, and
+/// lan0; up1, 10.98.0.1/24, and lan1),
 /// taps tap0..tap2 and upl (a tap standing in for a NIC to bridge onto
 /// the LAN), all up, and `ip_forward` at `fwd`.
 struct Lab {
     ns: Netns,
     fwd: u8,
-    /// The bridge's files in /run/umlbr/ other than its lock start with
-    /// this.
+    /// The bridges' files in /run/umlbr/ start with this.
     prefix: String,
 }
 
@@ -97,15 +97,16 @@ impl Lab {
         let ns = Netns::without_ipv6("jn-kill")?;
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward={fwd} && \
-             ip link add up0 type veth peer name lan0 && \
-             ip addr add 10.99.0.1/24 dev up0 && ip link set up0 up && ip link set lan0 up"
+             for i in 0 1; do ip link add up$i type veth peer name lan$i && \
+             ip addr add 10.9$((9 - i)).0.1/24 dev up$i && ip link set up$i up && \
+             ip link set lan$i up; done"
         ))?;
         for t in ["tap0", "tap1", "tap2", "upl"] {
             ns.umlbr_ok(&["tap", "add", t])?;
             ns.sh(&format!("ip link set {t} up"))?;
         }
         let ino = ns.sh("stat -L -c %i /proc/self/ns/net")?;
-        let prefix = format!("/run/umlbr/net{}-{BR}", ino.trim());
+        let prefix = format!("/run/umlbr/net{}-", ino.trim());
         Ok(Lab { ns, fwd, prefix })
     }
 
@@ -148,7 +149,7 @@ impl Lab {
                 continue;
             }
             let kind = l["linkinfo"]["info_kind"].as_str().unwrap_or("");
-            if kind == "veth" && name != "up0" && name != "lan0" {
+            if kind == "veth" && !["up0", "lan0", "up1", "lan1"].contains(&name.as_str()) {
                 left.push(format!("veth {name}"));
             }
             if !xdp_prog_ids(l).is_empty() {
@@ -190,20 +191,17 @@ impl Lab {
         Ok(left)
     }
 
-    /// The bridge's files in /run/umlbr/ but its lock.
+    /// The bridges' files in /run/umlbr/ but their locks.
     fn state_files(&self) -> Result<Vec<String>> {
-        let dir = std::path::Path::new(&self.prefix).parent().unwrap();
-        let base = std::path::Path::new(&self.prefix).file_name().unwrap();
-        let base = base.to_string_lossy();
         let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&*base) && !n.ends_with(".lock") {
-                // Only the bridge's own: br0.x, not br0x.
-                let rest = &n[base.len()..];
-                if rest.starts_with('.') {
-                    out.push(format!("{}/{n}", dir.display()));
-                }
+        for e in std::fs::read_dir("/run/umlbr")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path().display().to_string();
+            if p.starts_with(&self.prefix) && !p.ends_with(".lock") {
+                out.push(p);
             }
         }
         Ok(out)
@@ -327,7 +325,18 @@ fn delay(rng: &mut Rng, i: usize, run: Duration) -> Duration {
 
 /// `down`, then nothing may be left; the lab again if something was.
 fn down_leaves_nothing(lab: &mut Lab, what: String, f: &mut Findings) -> Result<()> {
-    let out = lab.umlbr(&["down", BR])?;
+    down_of_leaves_nothing(lab, BR, what, f)
+}
+
+/// `down BRIDGE`, then nothing may be left; the lab again if something
+/// was.
+fn down_of_leaves_nothing(
+    lab: &mut Lab,
+    bridge: &str,
+    what: String,
+    f: &mut Findings,
+) -> Result<()> {
+    let out = lab.umlbr(&["down", bridge])?;
     let left = lab.leftovers(None)?;
     if !f.check(format!("{what}; `down` said: {}", said(&out)), left) {
         *lab = Lab::new(lab.fwd)?;
@@ -659,4 +668,154 @@ fn killed_before_each_change() -> Result<()> {
         )?;
     }
     f.done(kills)
+}
+
+// ---------------------------------------------------------------------------
+// Two masquerading bridges, and the messages of half-made things.
+
+/// nftables tables of umlbr in the namespace.
+fn umlbr_tables(lab: &Lab) -> Result<Vec<String>> {
+    Ok(lab
+        .ns
+        .sh("nft list tables")?
+        .lines()
+        .filter(|l| l.contains("umlbr_"))
+        .map(|l| l.trim().to_string())
+        .collect())
+}
+
+const UP_2: &[&str] = &[
+    "up",
+    "br_0",
+    "--address",
+    "192.168.3.1/24",
+    "--masquerade",
+    "up1",
+];
+
+/// Two masquerading bridges: `up` of the second or `down` of either one
+/// killed at random; then `down` of that one leaves the other
+/// masquerading (its table there, `ip_forward` on), and `down` of the
+/// other leaves nothing, `ip_forward` off as it was.
+#[test]
+fn two_masquerades_killed_at_random() -> Result<()> {
+    let mut rng = Rng::seeded("two_masquerades_killed_at_random");
+    let mut f = Findings::default();
+    let mut lab = Lab::new(0)?;
+    let up_1: Vec<&str> = UP
+        .iter()
+        .map(|a| if *a == BR { "br-0" } else { a })
+        .collect();
+    lab.ok(&up_1)?;
+    let up_run = lab.time(UP_2)?;
+    let down_run = lab.time(&["down", "br_0"])?;
+    lab.ok(&["down", "br-0"])?;
+    let n = 8;
+    for i in 0..n {
+        let (victim, other, args): (&str, &str, Vec<&str>) = match i % 3 {
+            0 => ("br_0", "br-0", UP_2.to_vec()),
+            1 => ("br-0", "br_0", vec!["down", "br-0"]),
+            _ => ("br_0", "br-0", vec!["down", "br_0"]),
+        };
+        lab.ok(&up_1)?;
+        if args[0] == "down" {
+            lab.ok(UP_2)?;
+        }
+        let run = if args[0] == "up" { up_run } else { down_run };
+        let d = delay(&mut rng, i, run);
+        let done = kill_after(&lab, &args, d)?;
+        let what = format!("`{}` killed after {d:?} (finished: {done})", args.join(" "));
+        let out = lab.umlbr(&["down", victim])?;
+        let what = format!("{what}; `down {victim}` said: {}", said(&out));
+        let fwd = lab.ns.sh("cat /proc/sys/net/ipv4/ip_forward")?;
+        let tables = umlbr_tables(&lab)?;
+        if fwd.trim() != "1" || tables.len() != 1 {
+            f.fail(format!(
+                "{what}; then {other} masquerades with ip_forward {} and tables {tables:?}",
+                fwd.trim()
+            ));
+        }
+        down_of_leaves_nothing(&mut lab, other, what, &mut f)?;
+    }
+    f.done(n)
+}
+
+/// The first change point of `args` whose strace line has `needle`.
+fn point_with(lab: &Lab, args: &[&str], needle: &str) -> Result<(String, usize)> {
+    change_points(lab, args)?
+        .into_iter()
+        .find(|p| p.2.contains(needle))
+        .map(|(c, k, _)| (c, k))
+        .with_context(|| format!("umlbr {args:?} makes no change with {needle}"))
+}
+
+/// An `up` killed before it hooked the switch port: `up` again says the
+/// bridge is half-made, naming its record and `down`, which removes it.
+/// An `up` killed while writing its record made nothing: `up` again
+/// works. A `detach` of an uplink killed after unhooking it: `attach`
+/// refuses it, naming `detach`, which restores it.
+#[test]
+fn half_made_things_are_named() -> Result<()> {
+    let lab = Lab::new(0)?;
+    let (call, k) = point_with(&lab, UP, "RTM_SETLINK")?;
+    lab.ok(&["down", BR])?;
+    kill_at(&lab, UP, &call, k)?;
+    let out = lab.umlbr(UP)?;
+    let msg = said(&out);
+    let record = format!("{}{BR}.state", lab.prefix);
+    ensure!(
+        !out.status.success()
+            && msg.starts_with("umlbr: error:")
+            && msg.contains("bridge br0 is half-made")
+            && msg.contains(&record)
+            && msg.contains("umlbr down br0"),
+        "up after a killed up: {msg}"
+    );
+    let out = lab.umlbr(&["down", BR])?;
+    ensure!(
+        out.status.success(),
+        "down of a half-made bridge: {}",
+        said(&out)
+    );
+    let left = lab.leftovers(None)?;
+    ensure!(left.is_empty(), "down of a half-made bridge left {left:?}");
+
+    let (call, k) = point_with(&lab, UP, "began making")?;
+    lab.ok(&["down", BR])?;
+    kill_at(&lab, UP, &call, k)?;
+    lab.ok(UP)?;
+    lab.ok(&["down", BR])?;
+    ensure!(
+        lab.leftovers(None)?.is_empty(),
+        "up, killed and again, then down"
+    );
+
+    bridge_with_ports(&lab)?;
+    lab.ok(&attach_args("upl"))?;
+    let (call, k) = point_with(&lab, &["detach", "upl"], "RTM_SETLINK")?;
+    lab.ok(&attach_args("upl"))?;
+    kill_at(&lab, &["detach", "upl"], &call, k)?;
+    let out = lab.umlbr(&attach_args("upl"))?;
+    let msg = said(&out);
+    ensure!(
+        !out.status.success() && msg.contains("br0") && msg.contains("umlbr detach upl"),
+        "attach after a killed detach: {msg}"
+    );
+    lab.ok(&["detach", "upl"])?;
+    let left = lab.leftovers(Some(&["upl"]))?;
+    ensure!(
+        left.is_empty(),
+        "detach after a killed detach left {left:?}"
+    );
+    lab.ok(&attach_args("upl"))?;
+    ensure!(
+        lab.forwards_both("tap0", "upl")?,
+        "upl attached again does not forward"
+    );
+    lab.ok(&["down", BR])?;
+    ensure!(
+        lab.leftovers(None)?.is_empty(),
+        "the last down left something"
+    );
+    Ok(())
 }
