@@ -63,6 +63,13 @@ impl Bridge {
             .filter_map(|hook| hook.umlbr_prog(&sw.name))
             .map(|p| p.id());
         let ids: Vec<u32> = std::iter::once(id).chain(tc).collect();
+        // `up` hooks both TC programs before it makes anything else: a
+        // switch port without them is an `up` killed half-way, whose maps
+        // cannot all be opened. Its record (`record.rs`) leads `down` to
+        // it; for every other command it is no bridge.
+        if ids.len() < 1 + Tc::BOTH.len() {
+            return Ok(None);
+        }
         Ok(Some(Bridge {
             name: host.name.clone(),
             host: host.clone(),
