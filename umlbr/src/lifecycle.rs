@@ -201,19 +201,25 @@ pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
     }
     // From here on, deleting the veth pair undoes everything.
     if let Err(e) = build(net, name, &ebpf, opts).await {
-        if let Some(l) = net.link_by_name(name).await? {
-            // The masquerade records its kernel slow path in the maps:
-            // undo it before the maps go with the pair.
-            if let Ok(mut br) = Bridge::open_locked(net, name).await {
-                let _ = nat::detach_from(net, &mut br).await;
-            }
-            net.del_link(l.index, name).await?;
-        }
-        record::remove(&rec)?;
+        // If undoing fails too, the record stays for `down`.
+        let _ = undo(net, name).await;
         return Err(e);
     }
     // Whole: the bridge's interfaces and maps are its record now.
     record::remove(&rec)
+}
+
+/// Undo a failed `up`: as `down` if the bridge can be found (the
+/// masquerade's slow path is recorded in its maps, which go with the
+/// pair), else delete the pair; the record last.
+async fn undo(net: &Net, name: &str) -> Result<()> {
+    if let Ok(br) = Bridge::open_locked(net, name).await {
+        return down(net, br).await.map(drop);
+    }
+    if let Some(l) = net.link_by_name(name).await? {
+        net.del_link(l.index, name).await?;
+    }
+    record::remove_any(name)
 }
 
 /// Remove the bridge: detach every port, delete the veth pair. The
