@@ -63,6 +63,13 @@ impl Bridge {
             .filter_map(|hook| hook.umlbr_prog(&sw.name))
             .map(|p| p.id());
         let ids: Vec<u32> = std::iter::once(id).chain(tc).collect();
+        // `up` hooks both TC programs before it makes anything else: a
+        // switch port without them is an `up` killed half-way, whose maps
+        // cannot all be opened. Its record (`record.rs`) leads `down` to
+        // it; for every other command it is no bridge.
+        if ids.len() < 1 + Tc::BOTH.len() {
+            return Ok(None);
+        }
         Ok(Some(Bridge {
             name: host.name.clone(),
             host: host.clone(),
@@ -175,6 +182,25 @@ impl Bridge {
     /// Whether `ifindex` is a port of this bridge.
     pub fn has_port(&self, ifindex: u32) -> bool {
         self.port_ifindexes().contains(&ifindex)
+    }
+
+    /// Whether `ifindex` has a stats slot in this bridge: a port, or one
+    /// that a `detach` killed half-way left (out of the flood list, its
+    /// kind and flags kept for the rest of `detach` or `down`).
+    pub fn has_record(&self, ifindex: u32) -> bool {
+        self.has_port(ifindex) || self.maps.stats.get(&ifindex, 0).is_ok()
+    }
+
+    /// The ports and the stats slots of this bridge: everything `down`
+    /// must unhook.
+    pub fn recorded_ports(&self) -> Vec<u32> {
+        let mut v = self.port_ifindexes();
+        for k in self.maps.stats.keys().filter_map(|k| k.ok()) {
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
+        v
     }
 
     /// Ports of this bridge, the host's switch port first.

@@ -170,6 +170,37 @@ pub enum Error {
         path: std::path::PathBuf,
         secs: f64,
     },
+    #[error("{what} bridge {bridge}'s record {}", path.display())]
+    Record {
+        bridge: String,
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("bridge {bridge}'s record {} is not one umlbr wrote; delete it by hand", path.display())]
+    BadRecord {
+        bridge: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "bridge {bridge} is half-made: an `umlbr up` was interrupted (its record: {}); \
+         run `umlbr down {bridge}` first", path.display()
+    )]
+    HalfMade {
+        bridge: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "{iface} is not the veth pair that bridge {bridge}'s record {} names (peer {switch_port}); \
+         umlbr will not delete it", path.display()
+    )]
+    NotRecorded {
+        bridge: String,
+        iface: String,
+        switch_port: String,
+        path: std::path::PathBuf,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

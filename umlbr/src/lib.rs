@@ -1,14 +1,15 @@
 //! umlbr: an eBPF/XDP switch for VM guests on TUN/TAP.
 //!
 //! The library behind the `umlbr` command. Every function works on the
-//! current network namespace and keeps no state outside the kernel.
+//! current network namespace and keeps no state outside the kernel but
+//! the record of a bridge that an `up` began (`record`).
 //!
 //! Modules, each using only those listed before it:
 //! `error`; `sys` (syscalls the libraries lack) and `link` (interfaces,
 //! MACs, CIDRs); `object` (the eBPF object: loading it, its programs on
 //! their hooks, its maps by id); `lock` (one command at a time changes
-//! a bridge); `bridge` (finding a bridge again, and opening it under its
-//! lock);
+//! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
+//! (finding a bridge again, and opening it under its lock);
 //! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
 //! (`up` and `down`).
 pub mod bridge;
@@ -20,6 +21,7 @@ pub mod lock;
 pub mod nat;
 pub mod object;
 pub mod port;
+pub mod record;
 pub mod stats;
 pub mod sys;
 pub mod tap;

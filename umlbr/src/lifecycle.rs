@@ -20,7 +20,7 @@ use crate::{
     lock,
     nat::{self, NatOptions},
     object::{self, Maps, Programs, Tc, map_err},
-    port, sys,
+    port, record, sys,
 };
 
 /// Options of `umlbr up`.
@@ -175,21 +175,51 @@ async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<(
 
 /// Create bridge `name`: load the programs, make the host's veth pair
 /// and attach the switch side as the first port. All of it under the
-/// bridge's lock: no other command finds the bridge half-made.
+/// bridge's lock: no other command finds the bridge half-made. Until the
+/// bridge is whole, a record (`record.rs`) names the veth pair, so that
+/// `down` finds it even if this process is killed before the pair
+/// carries umlbr's programs.
 pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
     check_ifname(name)?;
     let _lock = lock::take(name)?;
+    if let Some(rec) = record::read(name)? {
+        // An interrupted `up` that made nothing has nothing to undo.
+        if net.link_by_name(name).await?.is_some() {
+            return Err(Error::HalfMade {
+                bridge: name.into(),
+                path: rec.path,
+            });
+        }
+        record::remove(&rec)?;
+    }
     preflight(net, name, opts).await?;
     let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
-    net.add_veth(name, &switch_port_name(name)).await?;
-    // From here on, deleting the veth pair undoes everything.
-    if let Err(e) = build(net, name, &ebpf, opts).await {
-        if let Ok(Some(l)) = net.link_by_name(name).await {
-            let _ = net.del_link(l.index, name).await;
-        }
+    let rec = record::write(name, &switch_port_name(name))?;
+    if let Err(e) = net.add_veth(name, &switch_port_name(name)).await {
+        record::remove(&rec)?;
         return Err(e);
     }
-    Ok(())
+    // From here on, deleting the veth pair undoes everything.
+    if let Err(e) = build(net, name, &ebpf, opts).await {
+        // If undoing fails too, the record stays for `down`.
+        let _ = undo(net, name).await;
+        return Err(e);
+    }
+    // Whole: the bridge's interfaces and maps are its record now.
+    record::remove(&rec)
+}
+
+/// Undo a failed `up`: as `down` if the bridge can be found (the
+/// masquerade's slow path is recorded in its maps, which go with the
+/// pair), else delete the pair; the record last.
+async fn undo(net: &Net, name: &str) -> Result<()> {
+    if let Ok(br) = Bridge::open_locked(net, name).await {
+        return down(net, br).await.map(drop);
+    }
+    if let Some(l) = net.link_by_name(name).await? {
+        net.del_link(l.index, name).await?;
+    }
+    record::remove_any(name)
 }
 
 /// Remove the bridge: detach every port, delete the veth pair. The
@@ -202,7 +232,9 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
         detached.push(n);
     }
     let progs = Programs::read();
-    for ifindex in br.port_ifindexes() {
+    // Ports half-detached (out of the flood list, their stats slot kept
+    // for their kind and flags) too.
+    for ifindex in br.recorded_ports() {
         if ifindex == br.switch_port.index {
             continue;
         }
@@ -214,6 +246,45 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
         }
     }
     net.del_link(br.host.index, &br.name).await?;
+    record::remove_any(&br.name)?;
     br.unlink_lock();
     Ok(detached)
+}
+
+/// `down` of bridge `name`: the bridge found under its lock, or else the
+/// veth pair that an interrupted `up` recorded (`record.rs`), with
+/// nothing else to undo yet. Returns the interfaces it detached.
+pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
+    check_ifname(name)?;
+    let held = lock::take(name)?;
+    let rec = record::read(name)?;
+    let err = match Bridge::open_locked(net, name).await {
+        Ok(br) => return down(net, br).await,
+        Err(e) => e,
+    };
+    let Some(rec) = rec else {
+        // A record killed while being written: nothing was made.
+        if matches!(err, Error::NoSuchBridge(_)) {
+            record::remove_any(name)?;
+        }
+        return Err(err);
+    };
+    if let Some(host) = net.link_by_name(name).await? {
+        let peer = match host.peer {
+            Some(p) => net.link_by_index(p).await?,
+            None => None,
+        };
+        if host.kind.as_deref() != Some("veth") || peer.is_none_or(|p| p.name != rec.switch_port) {
+            return Err(Error::NotRecorded {
+                bridge: name.into(),
+                iface: name.into(),
+                switch_port: rec.switch_port,
+                path: rec.path,
+            });
+        }
+        net.del_link(host.index, name).await?;
+    }
+    record::remove(&rec)?;
+    held.unlink();
+    Ok(Vec::new())
 }

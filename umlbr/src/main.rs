@@ -167,10 +167,10 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
 }
 
 async fn down(net: &Net, name: &str) -> Result<()> {
-    let br = Bridge::open(net, name).await?;
-    let ports = lifecycle::down(net, br)
-        .await
-        .with_context(|| format!("bridge {name}"))?;
+    let ports = match lifecycle::down_named(net, name).await {
+        Err(e @ umlbr::Error::NoSuchBridge(_)) => return Err(e.into()),
+        r => r.with_context(|| format!("bridge {name}"))?,
+    };
     let ports = if ports.is_empty() {
         "none".into()
     } else {

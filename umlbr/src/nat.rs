@@ -25,6 +25,14 @@ use crate::{
 
 /// `ip_forward` was off before umlbr turned it on (restored on detach).
 const NAT_F_FWD_WAS_OFF: u16 = 0x100;
+/// The kernel slow path (the nftables table, `ip_forward`) may be on for
+/// this bridge: recorded before either is changed, cleared after both are
+/// undone, so that `down` after a kill at any point finds them. Alone
+/// (`nat_ifindex` still 0) it is a record only: the datapath masquerades
+/// only with an uplink.
+const NAT_F_SLOW_PATH: u16 = 0x200;
+/// The flags that say what to undo.
+const NAT_F_RECORD: u16 = NAT_F_FWD_WAS_OFF | NAT_F_SLOW_PATH;
 
 /// Options of `--masquerade`.
 #[derive(Clone, Debug, Default)]
@@ -176,6 +184,13 @@ pub fn nft_table(bridge: &str) -> String {
     t
 }
 
+/// Whether `ip_forward` is off now.
+fn forwarding_off() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .map(|s| s.trim() == "0")
+        .unwrap_or(true)
+}
+
 /// The kernel slow path: forwarding on, and a masquerade rule for the
 /// guest subnet, for what BPF does not translate (fragments, other
 /// protocols, TCP flows that began before the masquerade); guests' packets
@@ -183,17 +198,16 @@ pub fn nft_table(bridge: &str) -> String {
 /// untranslated). With a quota (`max_per_guest` > 0), a guest address
 /// with that many connections in conntrack gets no new one (nft `ct
 /// count`): the kernel sees the bridge's host interface, not the guest's
-/// port, so here the quota is per source address.
+/// port, so here the quota is per source address. Only once
+/// `NAT_F_SLOW_PATH` (and `NAT_F_FWD_WAS_OFF`) are recorded in the
+/// bridge's NAT config.
 fn slow_path_on(
     bridge: &str,
     subnet: Ipv4Addr,
     prefix: u8,
     uplink: &str,
     max_per_guest: u32,
-) -> Result<bool> {
-    let was_off = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-        .map(|s| s.trim() == "0")
-        .unwrap_or(true);
+) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
     let t = nft_table(bridge);
@@ -207,29 +221,36 @@ fn slow_path_on(
     } else {
         (String::new(), String::new())
     };
+    // Declared, deleted and made again in one transaction: whole, also
+    // over the table of an attach that was killed half-way.
     let rules = format!(
-        "table ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
+        "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
          chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
     );
-    nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))?;
-    Ok(was_off)
+    nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))
 }
 
-/// Undo `slow_path_on`: the table goes; forwarding goes off again if this
-/// masquerade turned it on, unless another bridge still masquerades, which
-/// then inherits that duty.
+/// Whether bridge `b`'s masquerade is on or recorded as begun.
+fn masquerades(b: &Bridge) -> bool {
+    b.maps
+        .nat_config()
+        .is_ok_and(|c| c.nat_ifindex != 0 || c.flags & NAT_F_SLOW_PATH != 0)
+}
+
+/// Undo `slow_path_on`: the table goes (if it is there); forwarding goes
+/// off again if this masquerade turned it on, unless another bridge still
+/// masquerades, which then inherits that duty. Each step may be repeated:
+/// a `down` killed here is run again.
 async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = nft(&format!("delete table ip {}\n", nft_table(bridge)));
     if !restore_fwd_off {
         return;
     }
     for mut b in Bridge::list(net).await.unwrap_or_default() {
-        if b.name == bridge {
+        if b.name == bridge || !masquerades(&b) {
             continue;
         }
-        if let Ok(mut c) = b.maps.nat_config()
-            && c.nat_ifindex != 0
-        {
+        if let Ok(mut c) = b.maps.nat_config() {
             c.flags |= NAT_F_FWD_WAS_OFF;
             let _ = b.maps.set_nat_config(c);
             return;
@@ -363,26 +384,43 @@ pub async fn attach(
     let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
-    if slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest)? {
-        cfg.flags |= NAT_F_FWD_WAS_OFF;
+    // Record before changing: the slow path, and whether forwarding was
+    // off (also if a killed attach recorded that before turning it on).
+    let mut record = NAT_F_SLOW_PATH | (old.flags & NAT_F_FWD_WAS_OFF);
+    if forwarding_off() {
+        record |= NAT_F_FWD_WAS_OFF;
     }
-    if let Err(e) = connect(net, &mut br, &link, &tc, cfg, &route_mtus).await {
-        release(net, &mut br, &link, &progs).await;
+    br.maps.set_nat_config(NatConfig {
+        flags: record,
+        ..Default::default()
+    })?;
+    cfg.flags |= record;
+    let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest) {
+        Ok(()) => connect(net, &mut br, &link, &tc, cfg, &route_mtus).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = made {
+        release(net, &mut br, Some(&link), &progs).await;
         return Err(e);
     }
     Ok(br.name.clone())
 }
 
-/// Undo `attach`: hooks, devmap entry, config, table, slow path.
-async fn release(net: &Net, br: &mut Bridge, link: &Link, progs: &Programs) {
+/// Undo `attach` (through `link`, if it still exists): hooks, devmap
+/// entry, table, slow path, and the config that records them last.
+async fn release(net: &Net, br: &mut Bridge, link: Option<&Link>, progs: &Programs) {
     let cfg = br.maps.nat_config().unwrap_or_default();
-    if let Ok(Some(now)) = net.link_by_index(link.index).await {
-        let _ = port::unhook(net, &now, progs).await;
+    if let Some(link) = link {
+        if let Ok(Some(now)) = net.link_by_index(link.index).await {
+            let _ = port::unhook(net, &now, progs).await;
+        }
+        let _ = br.maps.nat_tx.remove(link.index);
     }
-    let _ = br.maps.nat_tx.remove(link.index);
-    let _ = br.maps.set_nat_config(NatConfig::default());
     flush(br);
-    slow_path_off(net, &br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0).await;
+    if cfg.flags & NAT_F_SLOW_PATH != 0 {
+        slow_path_off(net, &br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0).await;
+    }
+    let _ = br.maps.set_nat_config(NatConfig::default());
 }
 
 fn flush(br: &mut Bridge) {
@@ -432,23 +470,16 @@ fn retire_out(br: &mut Bridge, out: &NatKey, in_key: &NatKey) {
 /// Stop masquerading through whatever uplink `br` uses; its name if any.
 pub async fn detach_from(net: &Net, br: &mut Bridge) -> Result<Option<String>> {
     let cfg = br.maps.nat_config()?;
-    if cfg.nat_ifindex == 0 {
+    if cfg.nat_ifindex == 0 && cfg.flags & NAT_F_RECORD == 0 {
         return Ok(None);
     }
     let progs = Programs::read();
-    let link = net.link_by_index(cfg.nat_ifindex).await?;
-    match link {
-        Some(l) => {
-            release(net, br, &l, &progs).await;
-            Ok(Some(l.name))
-        }
-        None => {
-            let _ = br.maps.set_nat_config(NatConfig::default());
-            flush(br);
-            slow_path_off(net, &br.name, cfg.flags & NAT_F_FWD_WAS_OFF != 0).await;
-            Ok(None)
-        }
-    }
+    let link = match cfg.nat_ifindex {
+        0 => None,
+        i => net.link_by_index(i).await?,
+    };
+    release(net, br, link.as_ref(), &progs).await;
+    Ok(link.map(|l| l.name))
 }
 
 /// Stop masquerading through `link`, under the lock of the bridge that

@@ -287,6 +287,16 @@ pub fn kind_and_flags(maps: &Maps, ifindex: u32) -> Option<(u32, u32)> {
 /// Remove `ifindex` from the bridge's maps and forget the MACs behind it
 /// (static ones too) and the addresses bound to it.
 pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
+    unlist(maps, ifindex)?;
+    let _ = maps.stats.remove(&ifindex);
+    Ok(())
+}
+
+/// `unregister` but the port's stats slot, which keeps its kind and flags
+/// (whether it was promiscuous): the record `detach` (and `down`, if
+/// `detach` is killed) undoes the port's hooks and promiscuity from,
+/// removed last.
+fn unlist(maps: &mut Maps, ifindex: u32) -> Result<()> {
     let _ = maps.ports.remove(ifindex);
     let _ = maps.flood_isolated.remove(ifindex);
     let mut c = maps.config()?;
@@ -310,7 +320,6 @@ pub fn unregister(maps: &mut Maps, ifindex: u32) -> Result<()> {
         c.flags &= !CFG_F_TC_FLOOD;
     }
     maps.set_config(c)?;
-    let _ = maps.stats.remove(&ifindex);
     // Its bound MACs (static entries) go with its learned ones.
     fdb::forget_port(maps, ifindex);
     unbind_ips(maps, ifindex);
@@ -392,6 +401,12 @@ pub async fn check_free(net: &Net, link: &Link, progs: &Programs) -> Result<()> 
         }
         if b.has_port(link.index) {
             return Err(taken(b.name.clone()));
+        }
+        if b.has_record(link.index) {
+            return Err(taken(format!(
+                "{} (a `detach` was interrupted; run `umlbr detach {iface}`)",
+                b.name
+            )));
         }
         if b.maps.nat_config()?.nat_ifindex == link.index {
             return Err(taken(format!("{} (as its masquerade uplink)", b.name)));
@@ -611,29 +626,36 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
     if let Some(b) = all.iter().find(|b| b.is_own(link.index)) {
         return Err(Error::HostPort(format!("{iface} (bridge {})", b.name)));
     }
-    match all.into_iter().find(|b| b.has_port(link.index)) {
+    // A port, or one whose `detach` was killed after taking it out of the
+    // flood list (its stats slot, with its kind and flags, is left).
+    match all.into_iter().find(|b| b.has_record(link.index)) {
         Some(br) => {
             let mut br = lock(net, br).await?;
             // Read again under the lock: another command may have
             // detached it, or deleted it, meanwhile.
             let link = net.require(iface).await?;
-            if !br.has_port(link.index) {
+            if !br.has_record(link.index) {
                 return Err(Error::NotAttached(iface.into()));
             }
             let kf = kind_and_flags(&br.maps, link.index);
-            // Out of the maps first so nothing is redirected to it meanwhile.
-            unregister(&mut br.maps, link.index)?;
+            // Out of the maps first so nothing is redirected to it
+            // meanwhile; its record (the stats slot) last.
+            unlist(&mut br.maps, link.index)?;
             unhook(net, &link, &progs).await?;
             restore_promisc(net, &link, kf).await?;
+            let _ = br.maps.stats.remove(&link.index);
             Ok(br.name)
         }
-        None => match link.xdp_prog {
-            // A port of a bridge that was deleted behind umlbr's back.
-            Some(id) if progs.is_umlbr_xdp(id) => {
-                unhook(net, &link, &progs).await?;
-                Ok(String::from("(removed bridge)"))
-            }
-            _ => Err(Error::NotAttached(iface.into())),
-        },
+        // A port of a bridge that was deleted behind umlbr's back (XDP,
+        // or TC alone).
+        None if link.xdp_prog.is_some_and(|id| progs.is_umlbr_xdp(id))
+            || Tc::BOTH
+                .into_iter()
+                .any(|h| h.umlbr_prog(&link.name).is_some()) =>
+        {
+            unhook(net, &link, &progs).await?;
+            Ok(String::from("(removed bridge)"))
+        }
+        None => Err(Error::NotAttached(iface.into())),
     }
 }

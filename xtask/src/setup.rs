@@ -55,6 +55,9 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "busybox-static",
     "ethtool",
     "tcpdump",
+    // tests/kill.rs kills commands before each system call that changes
+    // something (strace -e inject=...:signal=KILL).
+    "strace",
     "linux-perf",
     "bridge-utils",
     "python3",

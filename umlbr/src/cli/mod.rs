@@ -91,7 +91,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Create a bridge: the switch, and the host interface NAME on it.
     Up(UpArgs),
-    /// Remove a bridge, its host interface and everything `up` and `attach` made.
+    /// Remove a bridge, its host interface and everything `up` and `attach` made,
+    /// also half-made by a command that was killed.
     Down { name: String },
     /// Create or delete persistent tap devices for guests.
     #[command(subcommand)]
