@@ -32,7 +32,10 @@ use umlbr_common::{
 };
 
 use crate::{
-    hdr::{ETH_HLEN, ETH_P_IP, ETH_TYPE, IP_CHECK, IP_HLEN, IP_TTL, Ipv4Hdr, ne32, view},
+    hdr::{
+        ETH_HLEN, ETH_P_IP, ETH_TYPE, IP_CHECK, IP_HLEN, IP_TTL, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
+        ne32, view,
+    },
     pkt::{Pkt, Sum, ld},
 };
 
@@ -170,6 +173,27 @@ impl In {
 #[inline(always)]
 fn leaves(cfg: &NatConfig, daddr: u32) -> bool {
     daddr & cfg.mask != cfg.subnet && daddr != cfg.nat_addr
+}
+
+/// Whether an IPv4 packet's lengths hold together, as the kernel's
+/// ip_rcv and conntrack's tcp_error/udp_error require (RFC 791, 793,
+/// 768): its total length `tot` covers the header and 8 bytes of
+/// transport header and lies within the frame's `len` bytes; a TCP data
+/// offset (`tcp_hlen`, in bytes) of at least 20, a UDP length (`udp_len`)
+/// of at least 8, within the packet. What fails is not translated: the
+/// kernel's path drops it, and the masquerade must not write ports and
+/// checksums beyond the packet (into an Ethernet trailer) nor map it.
+#[inline(always)]
+fn whole(proto: u8, tot: u32, len: u32, tcp_hlen: u32, udp_len: u32) -> bool {
+    if tot < (IP_HLEN + 8) as u32 || IP_OFF as u32 + tot > len {
+        return false;
+    }
+    let l4 = tot - IP_HLEN as u32;
+    match proto {
+        IPPROTO_TCP => tcp_hlen >= 20 && tcp_hlen <= l4,
+        IPPROTO_UDP => udp_len >= 8 && udp_len <= l4,
+        _ => true,
+    }
 }
 
 /// A guest's IPv4 packet to the gateway's MAC for outside the subnet,
