@@ -735,6 +735,29 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             fix_checksums(&mut f);
             f
         }),
+        (
+            "g1-repro-udp-to-multicast",
+            g(0).udp(g0, 5015, [224, 0, 0, 1], 53, b"mc")
+                .pad_min()
+                .build(),
+        ),
+        (
+            "g1-repro-tcp-syn-to-broadcast",
+            g(0).tcp(
+                g0,
+                [255; 4],
+                &TcpHeader::new(41006, 80, tcp_flags::SYN),
+                b"",
+            )
+            .pad_min()
+            .build(),
+        ),
+        (
+            "g1-repro-icmp-echo-to-zeronet",
+            g(0).icmp_echo(g0, [0, 0, 113, 5], false, 78, 1, b"zero")
+                .pad_min()
+                .build(),
+        ),
         ("up-repro-tcp-total-20", {
             let mut f = up()
                 .tcp(

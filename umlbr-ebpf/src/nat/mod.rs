@@ -196,6 +196,16 @@ fn whole(proto: u8, tot: u32, len: u32, tcp_hlen: u32, udp_len: u32) -> bool {
     }
 }
 
+/// Whether a router forwards to `daddr` (network byte order) at all: not
+/// "this network" (0/8), loopback, multicast (no multicast routing here)
+/// or the limited broadcast, which the kernel's ip_route_input drops as
+/// martian or delivers locally.
+#[inline(always)]
+fn forwardable(daddr: u32) -> bool {
+    let first = daddr.to_ne_bytes()[0];
+    first != 0 && first != 127 && first & 0xf0 != 0xe0 && daddr != u32::MAX
+}
+
 /// A guest's IPv4 packet to the gateway's MAC for outside the subnet,
 /// while the uplink takes no XDP frames: TC's to translate (or to hand to
 /// the kernel).

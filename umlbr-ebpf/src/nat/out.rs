@@ -11,7 +11,8 @@ use aya_ebpf::{
 use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
 
 use super::{
-    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves, set_ip_addr, set_port, stats,
+    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, forwardable, leaves, set_ip_addr,
+    set_port, stats,
     table::{
         Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_NONE, log_no_port, mapping_find,
         mapping_new, store_hop,
@@ -93,8 +94,9 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
     if P::XDP && cfg.flags & NAT_F_XDP_TX == 0 {
         return Err(Out::ToTc);
     }
-    // IP options, fragments and expiring TTLs are the kernel's business.
-    if !ip_plain(h.ip) {
+    // IP options, fragments, expiring TTLs and destinations no router
+    // forwards are the kernel's business.
+    if !ip_plain(h.ip) || !forwardable(ne32(h.ip.dst_addr)) {
         count(|s| s.slow_path += 1);
         return Err(Out::NotNat);
     }
