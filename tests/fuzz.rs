@@ -1758,7 +1758,7 @@ fn judge_bytes(mode: Mode, input: &[u8], out: &[u8], errs: &mut Vec<String>) {
         _ => 12,
     };
     for (i, (a, b)) in input.iter().zip(out).enumerate() {
-        if a != b && (12..14).contains(&i) || a != b && i >= ip_end.max(14) {
+        if a != b && ((12..14).contains(&i) || i >= ip_end.max(14)) {
             errs.push(format!(
                 "byte {i} changed ({a:#04x} -> {b:#04x}) outside the MACs and the IPv4 packet (ends at {ip_end})"
             ));
@@ -2395,6 +2395,8 @@ struct Tally {
     new_mappings: u64,
     learned: u64,
     einval: u64,
+    /// Frames that left a tap in the live sample.
+    live_out: u64,
     failures: Vec<Failure>,
 }
 
@@ -2575,6 +2577,7 @@ fn pass_live(
         std::thread::sleep(Duration::from_millis(1));
         let got = b.ctx.collect(&[0; 5], Duration::ZERO, |_| true);
         let after = b.state()?;
+        tally.live_out += got.iter().map(|g| g.len() as u64).sum::<u64>();
         let mut errs = Vec::new();
         let dst: Mac = frame[..6].try_into().unwrap();
         for (p, frames_out) in got.iter().enumerate().take(TAPS.len()) {
@@ -2664,6 +2667,7 @@ fn fuzz_datapath() -> Result<()> {
         new_mappings: 0,
         learned: 0,
         einval: 0,
+        live_out: 0,
         failures: Vec::new(),
     };
     let started = Instant::now();
@@ -2695,12 +2699,13 @@ fn fuzz_datapath() -> Result<()> {
     }
     let live_time = live_start.elapsed();
     eprintln!(
-        "fuzz: {} test runs in {:.1} s ({:.0}/s), {} live frames in {:.1} s; {} rewritten, {} new mappings, {} MACs learned, {} too short for a test run",
+        "fuzz: {} test runs in {:.1} s ({:.0}/s), {} live frames in {:.1} s ({} frames out of the taps); {} rewritten, {} new mappings, {} MACs learned, {} too short for a test run",
         test_run_frames,
         test_run_time.as_secs_f64(),
         test_run_frames as f64 / test_run_time.as_secs_f64(),
         live,
         live_time.as_secs_f64(),
+        tally.live_out,
         tally.rewritten,
         tally.new_mappings,
         tally.learned,
