@@ -39,12 +39,22 @@
 //! - counters: only the ingress port's move, each by at most one; a frame
 //!   is counted received once (by XDP unless XDP passes it, else by TC);
 //!   `learned`/`moved` as the FDB changed; `spoofed`, `isolated`, `storm`
-//!   only with `dropped`, and `dropped` only with a drop.
-//! - live (a bounded sample): umlbr_xdp attached to the taps, frames
-//!   written into them; whatever comes out of a port must be one it may
-//!   get: not the ingress, not isolated from an isolated ingress, the FDB's
-//!   port of a known destination; nothing untranslated, and nothing from the
-//!   guests' subnet, out of the masquerade uplink.
+//!   only with `dropped`, and `dropped` only with a drop. The masquerade's:
+//!   a translation once, by the program that made it; `allocs` per new
+//!   mapping.
+//! - where frames go: TC's clones (floods, the uplink egress's copies to
+//!   the guests) really leave the taps in a test run; and a bounded live
+//!   sample writes frames into the taps with umlbr_xdp attached. Whatever
+//!   comes out of a port must be one it may get: not the ingress, not
+//!   isolated from an isolated ingress, the FDB's port of a known
+//!   destination, never the host port from the uplink's egress; nothing
+//!   untranslated, and nothing from the guests' subnet, out of the
+//!   masquerade uplink.
+//!
+//! Benches: a switch with an uplink flooding in XDP, the same flooding in
+//! TC, a masquerade whose uplink takes XDP frames, one whose uplink does
+//! not (TC translates). g2 and g3 are isolated; every port has a learning
+//! limit (reached within a batch); four mappings are made at each reset.
 //!
 //! Budget: `UMLBR_FUZZ_SECS` (default 16) in all; the seed is printed and
 //! `UMLBR_FUZZ_SEED` replays it. Failing inputs are written to
@@ -63,8 +73,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use umlbr_common::{
-    Config, FDB_F_LOCAL, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX, NAT_ICMP_SECS,
-    NAT_S_REPLIED, NAT_S_SYN_OUT, NAT_T_ACK, NAT_T_SEQ, NAT_TCP_CLOSING_SECS,
+    CFG_F_TC_FLOOD, Config, FDB_F_LOCAL, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_XDP_TX,
+    NAT_ICMP_SECS, NAT_S_REPLIED, NAT_S_SYN_OUT, NAT_T_ACK, NAT_T_SEQ, NAT_TCP_CLOSING_SECS,
     NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
     NatConfig, NatIn, NatKey, NatOut, NatStats, PORT_F_ISOLATED, PORT_KIND_OTHER, PortLearn,
     PortStats, names,
@@ -1278,6 +1288,8 @@ fn mutate(rng: &mut Rng, seeds: &[Seed]) -> (Vec<u8>, usize, String) {
 enum Mode {
     /// A plain switch with an uplink (fzup0), no masquerade.
     Switch,
+    /// The same, flooding in TC (`CFG_F_TC_FLOOD`, as with a veth uplink).
+    SwitchTcFlood,
     /// Masquerade out of fzup0, which takes XDP frames.
     Nat,
     /// Masquerade out of fzup0 as if it took no XDP frames (a veth): TC
@@ -1287,7 +1299,7 @@ enum Mode {
 
 impl Mode {
     fn nat(self) -> bool {
-        self != Mode::Switch
+        matches!(self, Mode::Nat | Mode::NatVeth)
     }
 }
 
@@ -1339,6 +1351,7 @@ struct State {
     nat_out: BTreeMap<Key, NatOut>,
     nat_in: BTreeMap<Key, NatIn>,
     stats: Vec<PortStats>,
+    nat_stats: NatStats,
 }
 
 impl Bench {
@@ -1413,7 +1426,11 @@ impl Bench {
             nr_ports: ports.len() as u32,
             host_port: host,
             uplink: if mode.nat() { 0 } else { up },
-            flags: 0,
+            flags: if mode == Mode::SwitchTcFlood {
+                CFG_F_TC_FLOOD
+            } else {
+                0
+            },
             uplink_mac: if mode.nat() { [0; 6] } else { UP_MAC },
             _pad: [0; 2],
         })?;
@@ -1560,12 +1577,15 @@ impl Bench {
             .collect();
         let idx = self.ctx.taps.ifindex.clone();
         let stats = self.ctx.port_stats(&idx)?;
+        let m: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
+        let nat_stats = umlbr_tests::bpf::sum_counters(&m.get(&0, 0)?);
         Ok(State {
             fdb,
             learn,
             nat_out,
             nat_in,
             stats,
+            nat_stats,
         })
     }
 
@@ -2050,6 +2070,7 @@ fn judge(r: &Run, before: &State, after: &State) -> Vec<String> {
     judge_fdb(r, before, after, &mut errs);
     if r.mode.nat() {
         judge_nat(r, before, after, &mut errs);
+        judge_nat_stats(r, before, after, &mut errs);
     }
     judge_stats(r, before, after, &mut errs);
     errs
@@ -2271,6 +2292,58 @@ fn judge_nat(r: &Run, before: &State, after: &State, errs: &mut Vec<String>) {
     }
 }
 
+/// The masquerade's counters: a translation counted once, by the program
+/// that made it; an allocation per new mapping; nothing else more than
+/// once.
+fn judge_nat_stats(r: &Run, before: &State, after: &State, errs: &mut Vec<String>) {
+    let (b, a) = (&before.nat_stats, &after.nat_stats);
+    let d = |x: u64, y: u64| x.wrapping_sub(y);
+    let rewritten = r.out != r.input;
+    let (out_n, in_n) = (
+        (d(a.out_xdp, b.out_xdp), d(a.out_tc, b.out_tc)),
+        (d(a.in_xdp, b.in_xdp), d(a.in_tc, b.in_tc)),
+    );
+    let by = |n: bool| match (n, r.prog) {
+        (false, _) => (0, 0),
+        (true, Prog::Xdp) => (1, 0),
+        (true, _) => (0, 1),
+    };
+    let want_out = by(rewritten && r.tap != UP);
+    let want_in = by(rewritten && r.tap == UP);
+    if out_n != want_out || in_n != want_in {
+        errs.push(format!(
+            "NAT counters: out (xdp, tc) +{out_n:?}, in +{in_n:?}; expected +{want_out:?}, +{want_in:?}"
+        ));
+    }
+    let new = after
+        .nat_out
+        .keys()
+        .filter(|k| !before.nat_out.contains_key(k))
+        .count() as u64;
+    if d(a.allocs, b.allocs) != new {
+        errs.push(format!(
+            "NAT counters: allocs +{} for {new} new mappings",
+            d(a.allocs, b.allocs)
+        ));
+    }
+    let icmp = d(a.icmp_errors, b.icmp_errors);
+    if icmp > (rewritten && r.tap == UP) as u64 {
+        errs.push(format!("NAT counters: icmp_errors +{icmp}"));
+    }
+    for (n, v) in [
+        ("in_miss", d(a.in_miss, b.in_miss)),
+        ("alloc_fail", d(a.alloc_fail, b.alloc_fail)),
+        ("slow_path", d(a.slow_path, b.slow_path)),
+        ("bad_source", d(a.bad_source, b.bad_source)),
+        ("out_of_window", d(a.out_of_window, b.out_of_window)),
+        ("foreign", d(a.foreign, b.foreign)),
+    ] {
+        if v > 1 {
+            errs.push(format!("NAT counters: {n} +{v}"));
+        }
+    }
+}
+
 fn judge_stats(r: &Run, before: &State, after: &State, errs: &mut Vec<String>) {
     let d = |a: u64, b: u64| a.wrapping_sub(b);
     let silent = r.prog == Prog::TcOut || r.mode.nat() && r.tap == UP;
@@ -2397,6 +2470,8 @@ struct Tally {
     einval: u64,
     /// Frames that left a tap in the live sample.
     live_out: u64,
+    /// Clones that left a tap in the TC test runs.
+    tc_out: u64,
     failures: Vec<Failure>,
 }
 
@@ -2498,6 +2573,10 @@ fn pass_test_run(
             frame[6..12].copy_from_slice(&UP_MAC);
         }
         let what = format!("{mode:?} {prog:?} from {} (seed {from})", TAPS[tap]);
+        // TC's clones (floods, the uplink's egress) really leave the taps.
+        if prog != Prog::Xdp {
+            b.ctx.quiet();
+        }
         let (ret, out) = match b.run(prog, tap, &frame) {
             Ok(r) => r,
             // The test run itself refuses frames shorter than an
@@ -2531,7 +2610,20 @@ fn pass_test_run(
             ret,
             out: &out,
         };
-        let errs = judge(&run, &before, &after);
+        let mut errs = judge(&run, &before, &after);
+        if prog != Prog::Xdp && frame.len() >= 14 {
+            let got = b.ctx.collect(&[0; 5], Duration::ZERO, |_| true);
+            tally.tc_out += got.iter().map(|g| g.len() as u64).sum::<u64>();
+            errs.extend(judge_out(
+                mode,
+                prog,
+                tap,
+                &frame,
+                &got,
+                (&before, &after),
+                &ifx,
+            ));
+        }
         if !errs.is_empty() {
             record_failure(tally, seed, &what, &frame, Some(&out), &errs);
             // Start the next frame from a known state.
@@ -2578,63 +2670,7 @@ fn pass_live(
         let got = b.ctx.collect(&[0; 5], Duration::ZERO, |_| true);
         let after = b.state()?;
         tally.live_out += got.iter().map(|g| g.len() as u64).sum::<u64>();
-        let mut errs = Vec::new();
-        let dst: Mac = frame[..6].try_into().unwrap();
-        for (p, frames_out) in got.iter().enumerate().take(TAPS.len()) {
-            let copies = frames_out.iter().filter(|f| **f == frame).count();
-            if copies > 1 {
-                errs.push(format!("{copies} copies out of {}", TAPS[p]));
-            }
-            for f in frames_out {
-                // What a guest sends leaves the masquerade uplink only
-                // translated: never from the guests' subnet, never as it
-                // was sent. (What enters from the uplink may come back out
-                // of it: the host routes the LAN's packets.)
-                if mode.nat()
-                    && p == UP
-                    && tap != UP
-                    && (*f == frame || ip_of(f).is_some_and(|ip| in_subnet(ip.src)))
-                {
-                    errs.push(format!(
-                        "an untranslated guest frame left the masquerade uplink: {}",
-                        to_hex(f).replace('\n', "")
-                    ));
-                }
-                if *f != frame {
-                    // A guest's translated packet (same length) leaves only
-                    // by the uplink (where its mapping says is judged on the
-                    // test-run pass); other frames are the taps' own stacks.
-                    if mode.nat() && tap != UP && p != UP && f.len() == frame.len() {
-                        errs.push(format!(
-                            "a rewritten guest frame left {}: {}",
-                            TAPS[p],
-                            to_hex(f).replace('\n', "")
-                        ));
-                    }
-                    continue;
-                }
-                if p == tap {
-                    errs.push(format!("the frame left by its ingress {}", TAPS[p]));
-                }
-                if isolated(p) && isolated(tap) {
-                    errs.push(format!(
-                        "from isolated {} to isolated {}",
-                        TAPS[tap], TAPS[p]
-                    ));
-                }
-                if !is_mcast(&dst)
-                    && let Some(e) = after.fdb.get(&dst).or(before.fdb.get(&dst))
-                    && e.ifindex != ifx[p]
-                {
-                    errs.push(format!(
-                        "unicast for {} (FDB: ifindex {}) left {}",
-                        fmt_mac(&dst),
-                        e.ifindex,
-                        TAPS[p]
-                    ));
-                }
-            }
-        }
+        let errs = judge_out(mode, Prog::Xdp, tap, &frame, &got, (&before, &after), &ifx);
         if !errs.is_empty() {
             let what = format!("{mode:?} live XDP from {} (seed {from})", TAPS[tap]);
             record_failure(tally, seed, &what, &frame, None, &errs);
@@ -2642,6 +2678,81 @@ fn pass_live(
     }
     b.ctx.quiet();
     Ok(frames)
+}
+
+/// What left the taps after `frame` entered tap `tap` (`prog` ran on it):
+/// each copy of it must be one its port may get (see the module's doc).
+fn judge_out(
+    mode: Mode,
+    prog: Prog,
+    tap: usize,
+    frame: &[u8],
+    got: &[Vec<Vec<u8>>],
+    (before, after): (&State, &State),
+    ifx: &[u32],
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    let dst: Mac = frame[..6].try_into().unwrap();
+    for (p, frames_out) in got.iter().enumerate().take(TAPS.len()) {
+        let copies = frames_out.iter().filter(|f| f.as_slice() == frame).count();
+        if copies > 1 {
+            errs.push(format!("{copies} copies out of {}", TAPS[p]));
+        }
+        for f in frames_out {
+            // What a guest sends leaves the masquerade uplink only
+            // translated: never from the guests' subnet, never as it
+            // was sent. (What enters from the uplink may come back out
+            // of it: the host routes the LAN's packets.)
+            if mode.nat()
+                && p == UP
+                && tap != UP
+                && (f.as_slice() == frame || ip_of(f).is_some_and(|ip| in_subnet(ip.src)))
+            {
+                errs.push(format!(
+                    "an untranslated guest frame left the masquerade uplink: {}",
+                    to_hex(f).replace('\n', "")
+                ));
+            }
+            if f.as_slice() != frame {
+                // A guest's translated packet (same length) leaves only
+                // by the uplink (where its mapping says is judged on the
+                // test-run pass); other frames are the taps' own stacks.
+                if mode.nat() && tap != UP && p != UP && f.len() == frame.len() {
+                    errs.push(format!(
+                        "a rewritten guest frame left {}: {}",
+                        TAPS[p],
+                        to_hex(f).replace('\n', "")
+                    ));
+                }
+                continue;
+            }
+            if p == tap {
+                errs.push(format!("the frame left by its ingress {}", TAPS[p]));
+            }
+            // The host's own frames go to the guests, not back up.
+            if prog == Prog::TcOut && p == HP {
+                errs.push("umlbr_tc_out sent the host's frame to the host port".into());
+            }
+            if isolated(p) && isolated(tap) {
+                errs.push(format!(
+                    "from isolated {} to isolated {}",
+                    TAPS[tap], TAPS[p]
+                ));
+            }
+            if !is_mcast(&dst)
+                && let Some(e) = after.fdb.get(&dst).or(before.fdb.get(&dst))
+                && e.ifindex != ifx[p]
+            {
+                errs.push(format!(
+                    "unicast for {} (FDB: ifindex {}) left {}",
+                    fmt_mac(&dst),
+                    e.ifindex,
+                    TAPS[p]
+                ));
+            }
+        }
+    }
+    errs
 }
 
 #[test]
@@ -2668,14 +2779,15 @@ fn fuzz_datapath() -> Result<()> {
         learned: 0,
         einval: 0,
         live_out: 0,
+        tc_out: 0,
         failures: Vec::new(),
     };
     let started = Instant::now();
     let budget = Duration::from_secs(secs);
     // 80% of the time to the test runs (NAT modes twice the switch's),
     // the rest to the live sample.
-    let modes = [Mode::Switch, Mode::Nat, Mode::NatVeth];
-    let shares = [0.2, 0.4, 0.2];
+    let modes = [Mode::Switch, Mode::SwitchTcFlood, Mode::Nat, Mode::NatVeth];
+    let shares = [0.15, 0.1, 0.35, 0.2];
     let mut at = started;
     for (m, s) in modes.iter().zip(shares) {
         at += budget.mul_f64(s);
@@ -2699,10 +2811,11 @@ fn fuzz_datapath() -> Result<()> {
     }
     let live_time = live_start.elapsed();
     eprintln!(
-        "fuzz: {} test runs in {:.1} s ({:.0}/s), {} live frames in {:.1} s ({} frames out of the taps); {} rewritten, {} new mappings, {} MACs learned, {} too short for a test run",
+        "fuzz: {} test runs in {:.1} s ({:.0}/s; {} TC clones out of the taps), {} live frames in {:.1} s ({} frames out of the taps); {} rewritten, {} new mappings, {} MACs learned, {} too short for a test run",
         test_run_frames,
         test_run_time.as_secs_f64(),
         test_run_frames as f64 / test_run_time.as_secs_f64(),
+        tally.tc_out,
         live,
         live_time.as_secs_f64(),
         tally.live_out,
