@@ -497,7 +497,8 @@ pub struct NatStats {
     pub allocs: u64,
     pub alloc_fail: u64,
     /// Guest packets left to the kernel (fragments, other protocols, TTL
-    /// expiring, no route via the uplink).
+    /// expiring, no route via the uplink, lengths that do not hold
+    /// together).
     pub slow_path: u64,
     /// Expired mappings found and replaced by the datapath.
     pub expired: u64,

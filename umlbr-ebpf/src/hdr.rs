@@ -68,6 +68,7 @@ pub struct Ports {
 pub const L4_SPORT: usize = offset_of!(Ports, src);
 pub const L4_DPORT: usize = offset_of!(Ports, dst);
 pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+pub const UDP_LEN: usize = offset_of!(UdpHdr, len);
 pub const UDP_HLEN: usize = UdpHdr::LEN;
 pub const TCP_HLEN: usize = 20;
 /// Sequence and acknowledgment numbers, window field (big endian).

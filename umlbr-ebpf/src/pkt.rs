@@ -53,6 +53,9 @@ pub trait Pkt: EbpfContext {
     fn bounds(&self) -> (usize, usize);
     /// The ifindex of the port it came in on.
     fn ingress(&self) -> u32;
+    /// The frame's length, Ethernet header included (an skb's paged
+    /// data too).
+    fn len(&self) -> u32;
     /// The segment size of a GSO packet, 0 otherwise.
     #[inline(always)]
     fn gso_size(&self) -> u32 {
@@ -127,6 +130,10 @@ impl Pkt for XdpContext {
         self.ingress_ifindex() as u32
     }
     #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
+    #[inline(always)]
     fn csum(&self, off: usize, sum: Sum, old: u32, new: u32, size: u8) {
         let udp = sum == Sum::Udp || sum == Sum::UdpPseudo;
         let (data, end) = self.bounds();
@@ -155,6 +162,10 @@ impl Pkt for TcContext {
     fn ingress(&self) -> u32 {
         // SAFETY: reading a field of the context.
         unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
     }
     #[inline(always)]
     fn gso_size(&self) -> u32 {

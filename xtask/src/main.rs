@@ -3,6 +3,7 @@
 mod bench;
 mod clean;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -83,6 +84,22 @@ enum Cmd {
     ///   cargo xtask test NAME -- --exact --nocapture
     #[command(verbatim_doc_comment)]
     Test(test::TestArgs),
+    /// A longer fuzz pass of the datapath (tests/fuzz.rs) than the suite's (root).
+    ///
+    /// Builds umlbr, then runs the fuzz test for --secs seconds
+    /// (UMLBR_FUZZ_SECS): seeded mutations of the corpus in
+    /// tests/fuzz/corpus/ through umlbr_xdp, umlbr_tc and umlbr_tc_out,
+    /// without and with a masquerade, judged by the test's oracle
+    /// (checksums, redirects, map changes, counters). It prints the seed
+    /// and its rate; failing inputs go to target/fuzz-failures/ and are
+    /// shown in hex.
+    ///
+    /// Examples:
+    ///   cargo xtask fuzz                      120 s, a seed from the clock
+    ///   cargo xtask fuzz --secs 600 --seed 0x2a
+    ///   cargo xtask fuzz --write-corpus       after changing the seeds' builders
+    #[command(verbatim_doc_comment)]
+    Fuzz(fuzz::FuzzArgs),
     /// What CI runs (`bash .ci/run`): `test` with the tool versions printed first.
     Ci(test::TestArgs),
     /// Three UML guests on a umlbr bridge in a namespace "host" (root).
@@ -141,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
             demo::run(keep)
         }
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::CleanNetns { all, names } => clean::run(all, &names),
     }
 }

@@ -6,6 +6,7 @@ use umlbr_common::{NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl, set_ip_addr, set_port,
     table::{in_window, live, tcp_state_in, touch},
+    whole,
 };
 use crate::{
     csum::csum_replace,
@@ -30,6 +31,9 @@ struct Reply {
     /// TCP sequence and acknowledgment numbers (host byte order).
     seq: u32,
     ack: u32,
+    /// Where the IPv4 packet ends (its total length after the Ethernet
+    /// header): an ICMP error's quote is rewritten only before it.
+    end: u32,
 }
 
 /// The guest end of the mapping.
@@ -75,21 +79,33 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         return None;
     }
     let (proto, saddr) = (h.ip.proto, ne32(h.ip.src_addr));
+    // Lengths that do not hold together (`whole`) are the kernel's.
+    let (tot, len) = (u16::from_be_bytes(h.ip.tot_len) as u32, pkt.len());
     let (mut tcp_flags, mut seq, mut ack) = (0, 0, 0);
     if proto == IPPROTO_TCP {
         if data + L4_OFF + TCP_HLEN > end {
             return None;
         }
         // SAFETY: checked just above.
-        unsafe {
+        let doff = unsafe {
             tcp_flags = ld::<u8>(data, L4_OFF + TCP_FLAGS);
             seq = u32::from_be(ld::<u32>(data, L4_OFF + TCP_SEQ));
             ack = u32::from_be(ld::<u32>(data, L4_OFF + TCP_ACK_SEQ));
+            ld::<u8>(data, L4_OFF + TCP_DOFF)
+        };
+        if !whole(IPPROTO_TCP, tot, len, ((doff >> 4) as u32) * 4, 0) {
+            return None;
         }
     } else if proto == IPPROTO_ICMP {
-        return parse_icmp(data, end, cfg, &h);
+        return parse_icmp((data, end, len), cfg, &h, tot);
     } else if proto != IPPROTO_UDP {
         return None;
+    } else {
+        // SAFETY: within the 42 bytes checked above.
+        let ulen = u16::from_be(unsafe { ld::<u16>(data, L4_OFF + UDP_LEN) });
+        if !whole(IPPROTO_UDP, tot, len, 0, ulen as u32) {
+            return None;
+        }
     }
     let (sport, dport) = (ne16(h.ports.src), ne16(h.ports.dst));
     Some(Reply {
@@ -99,14 +115,24 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         tcp_flags,
         seq,
         ack,
+        end: IP_OFF as u32 + tot,
     })
 }
 
 /// An echo reply, or an error quoting a packet that left as
-/// nat_addr:port. `data` has the 42 bytes of `h`, checked by the caller.
+/// nat_addr:port. `data` has the 42 bytes of `h`, checked by the caller;
+/// the frame is `len` bytes, the packet `tot`.
 #[inline(always)]
-fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply> {
+fn parse_icmp(
+    (data, end, len): (usize, usize, u32),
+    cfg: &NatConfig,
+    h: &Ip4,
+    tot: u32,
+) -> Option<Reply> {
     let (ty, saddr) = (h.icmp.type_, ne32(h.ip.src_addr));
+    if !whole(IPPROTO_ICMP, tot, len, 0, 0) {
+        return None;
+    }
     if ty == ICMP_ECHOREPLY {
         return Some(Reply {
             key: NatKey::new(IPPROTO_ICMP, cfg.nat_addr, h.echo_id(), saddr, 0),
@@ -115,12 +141,15 @@ fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply
             tcp_flags: 0,
             seq: 0,
             ack: 0,
+            end: IP_OFF as u32 + tot,
         });
     }
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
         return None;
     }
-    if data + IN_L4 + UDP_HLEN > end {
+    // The quoted IPv4 header and 8 bytes of its transport, in the frame
+    // and in the packet.
+    if data + IN_L4 + UDP_HLEN > end || IP_OFF as u32 + tot < (IN_L4 + UDP_HLEN) as u32 {
         return None;
     }
     // SAFETY: checked just above.
@@ -141,6 +170,7 @@ fn parse_icmp(data: usize, end: usize, cfg: &NatConfig, h: &Ip4) -> Option<Reply
         tcp_flags: 0,
         seq: 0,
         ack: 0,
+        end: IP_OFF as u32 + tot,
     })
 }
 
@@ -227,7 +257,7 @@ fn rewrite(pkt: &impl Pkt, cfg: &NatConfig, r: &Reply, g: &Guest) -> bool {
     let csum_off = L4_OFF + l4_check(proto);
     set_ip_addr(pkt, IP_OFF + IP_DADDR, cfg.nat_addr, g.addr);
     if r.icmp_err {
-        if !rewrite_quote(pkt, r.key.proto, cfg.nat_addr, old_port, g) {
+        if !rewrite_quote(pkt, (r.key.proto, r.end), cfg.nat_addr, old_port, g) {
             return false;
         }
     } else if proto != IPPROTO_ICMP {
@@ -244,9 +274,17 @@ fn rewrite(pkt: &impl Pkt, cfg: &NatConfig, r: &Reply, g: &Guest) -> bool {
 /// source becomes the guest's, with the quoted IP checksum, the quoted
 /// transport checksum where the quote holds it (as Linux's NAT does: it
 /// covers the source of UDP and TCP, and the port), and the ICMP checksum
-/// over all of it. The port itself is the caller's.
+/// over all of it. The port itself is the caller's. The quoted transport
+/// checksum only if it lies before the packet's `end`: the bytes after it
+/// (an Ethernet trailer) are no part of the ICMP checksum.
 #[inline(always)]
-fn rewrite_quote(pkt: &impl Pkt, proto: u8, addr: u32, old_port: u16, g: &Guest) -> bool {
+fn rewrite_quote(
+    pkt: &impl Pkt,
+    (proto, end): (u8, u32),
+    addr: u32,
+    old_port: u16,
+    g: &Guest,
+) -> bool {
     const ICMP_SUM: usize = L4_OFF + ICMP_CHECK;
     let Some(old_ipsum) = pkt.rd::<u16>(IN_IP + IP_CHECK) else {
         return false;
@@ -257,7 +295,8 @@ fn rewrite_quote(pkt: &impl Pkt, proto: u8, addr: u32, old_port: u16, g: &Guest)
     pkt.csum(ICMP_SUM, Sum::L4, addr, g.addr, 4);
     pkt.csum(ICMP_SUM, Sum::L4, old_ipsum as u32, new_ipsum as u32, 2);
     let l4sum_off = IN_L4 + l4_check(proto);
-    if let Some(old) = pkt.rd::<u16>(l4sum_off)
+    if l4sum_off as u32 + 2 <= end
+        && let Some(old) = pkt.rd::<u16>(l4sum_off)
         && !(proto == IPPROTO_UDP && old == 0)
     {
         let mut new = if proto == IPPROTO_UDP || proto == IPPROTO_TCP {

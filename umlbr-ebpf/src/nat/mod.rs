@@ -34,7 +34,10 @@ use umlbr_common::{
 };
 
 use crate::{
-    hdr::{ETH_HLEN, ETH_P_IP, ETH_TYPE, IP_CHECK, IP_HLEN, IP_TTL, Ipv4Hdr, ne32, view},
+    hdr::{
+        ETH_HLEN, ETH_P_IP, ETH_TYPE, IP_CHECK, IP_HLEN, IP_TTL, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr,
+        ne32, view,
+    },
     pkt::{Pkt, Sum, ld},
 };
 
@@ -184,6 +187,37 @@ impl In {
 #[inline(always)]
 fn leaves(cfg: &NatConfig, daddr: u32) -> bool {
     daddr & cfg.mask != cfg.subnet && daddr != cfg.nat_addr
+}
+
+/// Whether an IPv4 packet's lengths hold together, as the kernel's
+/// ip_rcv and conntrack's tcp_error/udp_error require (RFC 791, 793,
+/// 768): its total length `tot` covers the header and 8 bytes of
+/// transport header and lies within the frame's `len` bytes; a TCP data
+/// offset (`tcp_hlen`, in bytes) of at least 20, a UDP length (`udp_len`)
+/// of at least 8, within the packet. What fails is not translated: the
+/// kernel's path drops it, and the masquerade must not write ports and
+/// checksums beyond the packet (into an Ethernet trailer) nor map it.
+#[inline(always)]
+fn whole(proto: u8, tot: u32, len: u32, tcp_hlen: u32, udp_len: u32) -> bool {
+    if tot < (IP_HLEN + 8) as u32 || IP_OFF as u32 + tot > len {
+        return false;
+    }
+    let l4 = tot - IP_HLEN as u32;
+    match proto {
+        IPPROTO_TCP => tcp_hlen >= 20 && tcp_hlen <= l4,
+        IPPROTO_UDP => udp_len >= 8 && udp_len <= l4,
+        _ => true,
+    }
+}
+
+/// Whether a router forwards to `daddr` (network byte order) at all: not
+/// "this network" (0/8), loopback, multicast (no multicast routing here)
+/// or the limited broadcast, which the kernel's ip_route_input drops as
+/// martian or delivers locally.
+#[inline(always)]
+fn forwardable(daddr: u32) -> bool {
+    let first = daddr.to_ne_bytes()[0];
+    first != 0 && first != 127 && first & 0xf0 != 0xe0 && daddr != u32::MAX
 }
 
 /// A guest's IPv4 packet to the gateway's MAC for outside the subnet,

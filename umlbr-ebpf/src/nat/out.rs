@@ -11,13 +11,14 @@ use aya_ebpf::{
 use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
 
 use super::{
-    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, leaves,
+    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, forwardable, leaves,
     quota::{sweep, sweep_due},
     set_ip_addr, set_port, stats,
     table::{
         Flow, MAP_FOREIGN, MAP_FOUND, MAP_FOUND_HOP, MAP_FULL, MAP_NONE, MAP_QUOTA, log_no_port,
         mapping_find, mapping_new, store_hop,
     },
+    whole,
 };
 use crate::{
     csum::pseudo4,
@@ -94,8 +95,9 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
     if P::XDP && cfg.flags & NAT_F_XDP_TX == 0 {
         return Err(Out::ToTc);
     }
-    // IP options, fragments and expiring TTLs are the kernel's business.
-    if !ip_plain(h.ip) {
+    // IP options, fragments, expiring TTLs and destinations no router
+    // forwards are the kernel's business.
+    if !ip_plain(h.ip) || !forwardable(ne32(h.ip.dst_addr)) {
         count(|s| s.slow_path += 1);
         return Err(Out::NotNat);
     }
@@ -112,7 +114,7 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
         seq_next: 0,
         ack: 0,
     };
-    let (port_off, l4_hlen) = parse_l4(data, end, &h, &mut f)?;
+    let (port_off, l4_hlen) = parse_l4((data, end, pkt.len()), &h, &mut f)?;
     // A CHECKSUM_PARTIAL packet (a vnet-header guest's offload) holds only
     // the pseudo-header sum, which XDP cannot finish: TC's.
     if P::XDP && partial(data, &f) {
@@ -129,9 +131,16 @@ fn parse<P: Pkt>(pkt: &P, cfg: &NatConfig, mac: [u8; 6]) -> Result<Outgoing, Out
 
 /// The transport part of `parse`: where the flow's port sits and the
 /// transport header's length; TCP's flags, ICMP's echo identifier into
-/// `f`. `data` has the 42 bytes of `h`, checked by the caller.
+/// `f`. `data` has the 42 bytes of `h`, checked by the caller; the frame
+/// is `len` bytes long. A packet whose lengths do not hold together
+/// (`whole`) is the kernel's.
 #[inline(always)]
-fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u32), Out> {
+fn parse_l4(
+    (data, end, len): (usize, usize, u32),
+    h: &Ip4,
+    f: &mut Flow,
+) -> Result<(usize, u32), Out> {
+    let tot = f.tot_len as u32;
     if f.proto == IPPROTO_TCP {
         if data + L4_OFF + TCP_HLEN > end {
             return Err(Out::NotNat);
@@ -152,6 +161,9 @@ fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u3
             )
         };
         let hlen = ((doff >> 4) as u32) * 4;
+        if !whole(IPPROTO_TCP, tot, len, hlen, 0) {
+            return Err(malformed());
+        }
         // The guest's next sequence number: this segment's payload (of the
         // whole packet, GSO included), SYN and FIN each count one.
         let payload = (f.tot_len as u32).wrapping_sub(IP_HLEN as u32 + hlen);
@@ -162,8 +174,16 @@ fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u3
         f.win = u16::from_be(win);
         Ok((L4_OFF + L4_SPORT, hlen))
     } else if f.proto == IPPROTO_UDP {
+        // SAFETY: within the 42 bytes checked by the caller.
+        let ulen = u16::from_be(unsafe { ld::<u16>(data, L4_OFF + UDP_LEN) });
+        if !whole(IPPROTO_UDP, tot, len, 0, ulen as u32) {
+            return Err(malformed());
+        }
         Ok((L4_OFF + L4_SPORT, UDP_HLEN as u32))
     } else if f.proto == IPPROTO_ICMP && h.icmp.type_ == ICMP_ECHO {
+        if !whole(IPPROTO_ICMP, tot, len, 0, 0) {
+            return Err(malformed());
+        }
         f.sport = h.echo_id();
         f.dport = 0;
         Ok((L4_OFF + ICMP_ECHO_ID, ICMP_HLEN as u32))
@@ -171,6 +191,14 @@ fn parse_l4(data: usize, end: usize, h: &Ip4, f: &mut Flow) -> Result<(usize, u3
         count(|s| s.slow_path += 1);
         Err(Out::NotNat)
     }
+}
+
+/// A guest packet whose lengths do not hold together: the kernel's path
+/// (which drops it), counted with what it takes.
+#[inline(always)]
+fn malformed() -> Out {
+    count(|s| s.slow_path += 1);
+    Out::NotNat
 }
 
 /// Whether the flow's TCP/UDP checksum field holds the bare pseudo-header
