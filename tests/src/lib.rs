@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod netns;
 pub mod uml;
+pub mod vm;
 pub mod wire;
 
 use std::{path::PathBuf, process::ExitCode};

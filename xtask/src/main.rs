@@ -6,6 +6,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -109,6 +110,22 @@ enum Cmd {
     /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
     /// test process <pid> is gone; namespaces of tests still running are
     /// left alone. NAMES are more namespaces to delete (e.g. a kept demo's).
+    /// umlbr's functional checks inside Debian's kernels under QEMU (root).
+    ///
+    /// For each kernel (default: the newest 6.1, Debian 12's stock, and the
+    /// newest 6.12 that apt knows), fetches its package with `apt-get
+    /// download` into target/vm/ (once), boots it under QEMU TCG with the
+    /// host's root read-only over 9p, runs the checks inside with the umlbr
+    /// just built, and prints a table of kernel × check (PASS, FAIL, SKIP,
+    /// with the reason of each FAIL and SKIP). Exits 1 if any check failed.
+    /// About 2-4 minutes a kernel.
+    ///
+    /// Examples:
+    ///   cargo xtask vm-test                          6.1 and 6.12, every check
+    ///   cargo xtask vm-test --kernel 6.12 --check xdp --check tc
+    ///   cargo xtask vm-test --kernel 6.1.0-57-amd64
+    #[command(verbatim_doc_comment)]
+    VmTest(vm::VmTestArgs),
     CleanNetns {
         /// Also remove test namespaces of running tests, and kill every
         /// linux.uml process on the machine.
@@ -141,6 +158,7 @@ fn run(cli: Cli) -> Result<()> {
             demo::run(keep)
         }
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::VmTest(args) => vm::run(&args),
         Cmd::CleanNetns { all, names } => clean::run(all, &names),
     }
 }
