@@ -3,6 +3,7 @@
 //! BPF_PROG_TEST_RUN tables.
 pub mod bpf;
 pub mod netns;
+pub mod qemu;
 pub mod uml;
 pub mod vm;
 pub mod wire;

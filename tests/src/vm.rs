@@ -474,23 +474,39 @@ pub fn initramfs(kernel: &Kernel, modules: &[&str], init: &str, out: &Path) -> R
     std::fs::write(out, c.finish()).with_context(|| format!("writing {}", out.display()))
 }
 
-/// The QEMU command line for a TCG guest of `kernel` with `initrd`:
-/// 1 GiB, 2 CPUs, no display, the serial console into `console_log`, the
-/// kernel's messages there too, and a panic or a reboot ends QEMU.
+/// The QEMU command line for a TCG guest of `kernel` with `initrd`
+/// (inside network namespace `netns`, if given, so that it finds its
+/// tap there): 2 CPUs, `mem_mb` of memory, no display, the serial
+/// console into `console_log`, and a panic or a reboot ends QEMU. Add
+/// devices (`-virtfs`, `-netdev`...) to it.
 pub fn qemu_command(
+    netns: Option<&str>,
     kernel: &Kernel,
     initrd: &Path,
     append: &str,
     console_log: &Path,
     mem_mb: u32,
 ) -> Command {
-    let mut c = Command::new("nice");
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nice"]);
+            c
+        }
+        None => Command::new("nice"),
+    };
     // Under TCG the guest's CPUs are host threads running flat out: others
     // building on the same machine keep their share.
     c.args(["-n", "10", QEMU])
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
         .args(["-m", &mem_mb.to_string()])
-        .args(["-nographic", "-monitor", "none", "-no-reboot", "-nodefaults"])
+        .args([
+            "-nographic",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nodefaults",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", console_log.display()))
         .arg("-kernel")

@@ -30,7 +30,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "learn",
         "MACs learned on the right ports (`fdb show`), unknown unicast flooded to every other port",
     ),
-    ("host", "a veth guest in a namespace pings the bridge's address"),
+    (
+        "host",
+        "a veth guest in a namespace pings the bridge's address",
+    ),
     (
         "uplink",
         "`attach --uplink`: a guest reaches a LAN namespace through the uplink",
@@ -45,6 +48,16 @@ pub const CHECKS: &[(&str, &str)] = &[
         "`down` leaves no link, XDP/TC program, nftables table or ip_forward change",
     ),
 ];
+
+/// Each check's verdict (PASS, FAIL, SKIP) and why, by name.
+type Verdicts = BTreeMap<String, (String, String)>;
+
+/// One kernel's column of the table.
+struct Column {
+    kernel: String,
+    verdicts: Verdicts,
+    took: Duration,
+}
 
 const SUITE: &str = include_str!("vm-suite.sh");
 
@@ -64,7 +77,11 @@ fn check_name(s: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "no check {s:?}; the checks are: {}",
-            CHECKS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            CHECKS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 }
@@ -92,7 +109,10 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         false,
     )?;
     if !vm::qemu_available() {
-        bail!("{} is not installed: `cargo xtask setup` installs qemu-system-x86", vm::QEMU);
+        bail!(
+            "{} is not installed: `cargo xtask setup` installs qemu-system-x86",
+            vm::QEMU
+        );
     }
     let specs: Vec<String> = if args.kernels.is_empty() {
         DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
@@ -108,7 +128,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             .filter(|n| args.checks.iter().any(|c| c == n))
             .collect()
     };
-    let mut columns: Vec<(String, BTreeMap<String, (String, String)>, Duration)> = Vec::new();
+    let mut columns: Vec<Column> = Vec::new();
     for spec in &specs {
         let t = Instant::now();
         header(format!("vm-test: kernel {spec}"));
@@ -124,7 +144,11 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
                 (spec.clone(), r)
             }
         };
-        columns.push((name, results, t.elapsed()));
+        columns.push(Column {
+            kernel: name,
+            verdicts: results,
+            took: t.elapsed(),
+        });
     }
     let (table, failed) = table(&checks, &columns);
     println!("{table}");
@@ -135,34 +159,37 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 }
 
 /// The kernel × check table and its notes; whether any check failed.
-fn table(
-    checks: &[&str],
-    columns: &[(String, BTreeMap<String, (String, String)>, Duration)],
-) -> (String, bool) {
-    let width = columns.iter().map(|c| c.0.len()).max().unwrap_or(4).max(4);
+fn table(checks: &[&str], columns: &[Column]) -> (String, bool) {
+    let width = columns
+        .iter()
+        .map(|c| c.kernel.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let mut s = format!("\n{:<8}", "CHECK");
-    for (k, _, _) in columns {
-        s += &format!("  {k:<width$}");
+    for c in columns {
+        s += &format!("  {:<width$}", c.kernel);
     }
     s.push('\n');
     let mut failed = false;
     for c in checks {
         s += &format!("{c:<8}");
-        for (_, r, _) in columns {
-            let v = r.get(*c).map(|v| v.0.as_str()).unwrap_or("FAIL");
+        for col in columns {
+            let v = col.verdicts.get(*c).map(|v| v.0.as_str()).unwrap_or("FAIL");
             failed |= v == "FAIL";
             s += &format!("  {v:<width$}");
         }
         s.push('\n');
     }
     s += &format!("{:<8}", "time");
-    for (_, _, t) in columns {
-        s += &format!("  {:<width$}", format!("{:.0}s", t.as_secs_f64()));
+    for c in columns {
+        s += &format!("  {:<width$}", format!("{:.0}s", c.took.as_secs_f64()));
     }
     s.push('\n');
-    for (k, r, _) in columns {
+    for col in columns {
+        let k = &col.kernel;
         for c in checks {
-            match r.get(*c) {
+            match col.verdicts.get(*c) {
                 Some((v, why)) if v != "PASS" => s += &format!("{k} {c}: {v}: {why}\n"),
                 None => s += &format!("{k} {c}: FAIL: the guest printed no result for it\n"),
                 _ => {}
@@ -174,11 +201,7 @@ fn table(
 
 /// Boot one kernel, run the checks, and read their results: (release,
 /// check -> (verdict, why)).
-fn boot_and_check(
-    spec: &str,
-    bin: &Path,
-    checks: &[&str],
-) -> Result<(String, BTreeMap<String, (String, String)>)> {
+fn boot_and_check(spec: &str, bin: &Path, checks: &[&str]) -> Result<(String, Verdicts)> {
     let kernel = Kernel::get(spec)?;
     say(format!(
         "kernel {} ({})",
@@ -191,21 +214,16 @@ fn boot_and_check(
         std::fs::remove_dir_all(&dir)?;
     }
     let results = dir.join("results");
-    std::fs::create_dir_all(&results)
-        .with_context(|| format!("creating {}", results.display()))?;
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let initrd = dir.join("initrd.cpio");
     vm::initramfs(&kernel, BOOT_MODULES, &init_script(&kernel)?, &initrd)?;
     std::fs::write(results.join("suite.sh"), SUITE)?;
     std::fs::write(
         results.join("env"),
-        format!(
-            "UMLBR={}\nCHECKS='{}'\n",
-            bin.display(),
-            checks.join(" ")
-        ),
+        format!("UMLBR={}\nCHECKS='{}'\n", bin.display(), checks.join(" ")),
     )?;
     let console = dir.join("console.log");
-    let mut cmd = vm::qemu_command(&kernel, &initrd, "", &console, 1024);
+    let mut cmd = vm::qemu_command(None, &kernel, &initrd, "", &console, 1024);
     cmd.arg("-virtfs")
         .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
         .arg("-virtfs")
@@ -220,7 +238,9 @@ fn boot_and_check(
     ));
     let mut q = Qemu::spawn(cmd, &console)?;
     if q.wait_exit(RUN_TIMEOUT).is_none() {
-        say(format!("the guest did not finish in {RUN_TIMEOUT:?}; killed it"));
+        say(format!(
+            "the guest did not finish in {RUN_TIMEOUT:?}; killed it"
+        ));
     }
     let log = std::fs::read_to_string(results.join("log")).unwrap_or_default();
     let rc = std::fs::read_to_string(results.join("rc")).ok();
