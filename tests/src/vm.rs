@@ -95,19 +95,24 @@ pub fn resolve(spec: &str) -> Result<String> {
         !spec.is_empty() && spec.chars().all(|c| c.is_ascii_digit() || c == '.'),
         "kernel {spec:?}: give a series (6.1, 6.12) or a Debian release (6.1.0-57-amd64)"
     );
-    let out = Command::new("apt-cache")
-        .args(["pkgnames", &format!("linux-image-{spec}.")])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    let mut releases: Vec<String> = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|p| p.strip_prefix("linux-image-")?.strip_suffix("-unsigned"))
-        .filter(|r| in_series(r, spec))
-        .map(str::to_string)
-        .collect();
+    let known = || -> Vec<String> {
+        let out = Command::new("apt-cache")
+            .args(["pkgnames", &format!("linux-image-{spec}.")])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|p| p.strip_prefix("linux-image-")?.strip_suffix("-unsigned"))
+            .filter(|r| in_series(r, spec))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut releases = known();
+    if releases.is_empty() && apt_update().is_ok() {
+        releases = known();
+    }
     if releases.is_empty() {
         // Offline, or no `apt-get update` yet: what the cache has.
         releases = std::fs::read_dir(cache_dir())
@@ -261,14 +266,33 @@ fn download(dir: &Path, pkg: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     eprintln!("vm: apt-get download {pkg} (into {})", dir.display());
-    run_quiet(
-        Command::new("apt-get")
-            .current_dir(dir)
-            // apt's sandbox user cannot write into root's target/.
-            .args(["-o", "APT::Sandbox::User=root", "download", pkg]),
-    )
-    .with_context(|| format!("downloading {pkg} (is `apt-get update` done?)"))?;
+    let get = || {
+        run_quiet(
+            Command::new("apt-get")
+                .current_dir(dir)
+                // apt's sandbox user cannot write into root's target/.
+                .args(["-o", "APT::Sandbox::User=root", "download", pkg]),
+        )
+    };
+    // Stale lists name a superseded .deb that the mirror no longer has.
+    if get().is_err() {
+        apt_update()?;
+        get().with_context(|| format!("downloading {pkg}"))?;
+    }
     find().with_context(|| format!("apt-get download {pkg} left no .deb in {}", dir.display()))
+}
+
+/// `apt-get update`, at most once per process: apt's lists may be absent
+/// (a fresh machine) or stale (a kernel superseded since).
+fn apt_update() -> Result<()> {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        *done = true;
+        eprintln!("vm: apt-get update");
+        run_quiet(Command::new("apt-get").args(["-o", "Dpkg::Use-Pty=0", "update"]))?;
+    }
+    Ok(())
 }
 
 fn run_quiet(cmd: &mut Command) -> Result<()> {

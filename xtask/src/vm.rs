@@ -87,7 +87,7 @@ fn check_name(s: &str) -> Result<String, String> {
 }
 
 /// Options of `cargo xtask vm-test`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct VmTestArgs {
     /// A kernel to boot: a series (6.1, 6.12: the newest of it apt knows)
     /// or a Debian release (6.1.0-57-amd64); repeat for more. Default:
@@ -108,6 +108,12 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         "the guests' kernels are fetched with apt-get and QEMU gets the host's root",
         false,
     )?;
+    matrix(&bin, args)
+}
+
+/// Boot every kernel of `args`, run the checks with umlbr binary `bin`,
+/// print the table; fails if any check failed.
+pub fn matrix(bin: &Path, args: &VmTestArgs) -> Result<()> {
     if !vm::qemu_available() {
         bail!(
             "{} is not installed: `cargo xtask setup` installs qemu-system-x86",
@@ -132,7 +138,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     for spec in &specs {
         let t = Instant::now();
         header(format!("vm-test: kernel {spec}"));
-        let (name, results) = match boot_and_check(spec, &bin, &checks) {
+        let (name, results) = match boot_and_check(spec, bin, &checks) {
             Ok(r) => r,
             Err(e) => {
                 util::warn(format!("kernel {spec}: {e:#}"));
@@ -209,6 +215,7 @@ fn boot_and_check(spec: &str, bin: &Path, checks: &[&str]) -> Result<(String, Ve
         kernel.image.display()
     ));
     let runs = vm::cache_dir().join("runs");
+    remove_old_runs(&runs);
     let dir = runs.join(format!("{}-{}", kernel.release, std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -273,6 +280,43 @@ fn boot_and_check(spec: &str, bin: &Path, checks: &[&str]) -> Result<(String, Ve
         }
     }
     Ok((kernel.release, r))
+}
+
+/// Remove the run directories (`RELEASE-PID`) of vm-tests that are over,
+/// keeping the last one's of each kernel to look at.
+fn remove_old_runs(runs: &Path) {
+    let Ok(dir) = std::fs::read_dir(runs) else {
+        return;
+    };
+    let mut by_kernel: BTreeMap<String, Vec<(std::time::SystemTime, std::path::PathBuf)>> =
+        BTreeMap::new();
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((release, pid)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || umlbr_tests::netns::alive(pid) {
+            continue;
+        }
+        let t = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        by_kernel
+            .entry(release.to_string())
+            .or_default()
+            .push((t, e.path()));
+    }
+    for mut v in by_kernel.into_values() {
+        v.sort();
+        v.pop();
+        for (_, p) in v {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// The initramfs' /init: modules, the 9p root under a tmpfs overlay, the
