@@ -106,11 +106,6 @@ enum Cmd {
     /// namespaces of their own, with interleaved repetitions. Writes
     /// bench/results/latest.json, latest.md and one SVG per group of rows.
     Bench(bench::BenchArgs),
-    /// Delete network namespaces (and their processes) left by crashed runs.
-    ///
-    /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
-    /// test process <pid> is gone; namespaces of tests still running are
-    /// left alone. NAMES are more namespaces to delete (e.g. a kept demo's).
     /// umlbr's functional checks inside Debian's kernels under QEMU (root).
     ///
     /// For each kernel (default: the newest 6.1, Debian 12's stock, and the
@@ -127,6 +122,11 @@ enum Cmd {
     ///   cargo xtask vm-test --kernel 6.1.0-57-amd64
     #[command(verbatim_doc_comment)]
     VmTest(vm::VmTestArgs),
+    /// Delete network namespaces (and their processes) left by crashed runs.
+    ///
+    /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
+    /// test process <pid> is gone; namespaces of tests still running are
+    /// left alone. NAMES are more namespaces to delete (e.g. a kept demo's).
     CleanNetns {
         /// Also remove test namespaces of running tests, and kill every
         /// linux.uml process on the machine.
