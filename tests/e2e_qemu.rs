@@ -9,7 +9,7 @@
 //! Skips, saying so, only when qemu-system-x86_64 is missing (`cargo xtask
 //! setup` installs it). The first run fetches Debian's 6.12 kernel package
 //! into target/vm/ (`apt-get download`; $UMLBR_QEMU_KERNEL picks another).
-//! Bounded: ~1 min, 3 at most; the guards kill QEMU and the UML guest and
+//! Bounded: ~25 s, under 4 min at worst; the guards kill QEMU and the UML guest and
 //! delete the namespace on failure too. Root. Run:
 //!   cargo test -p umlbr-tests --test e2e_qemu -- --test-threads=1 --nocapture
 use std::{
@@ -120,7 +120,7 @@ fn qemu_virtio_net_guest() -> Result<()> {
         &ns.name,
         &QemuSpec::new("q1", QTAP, "52:54:00:00:00:04", &format!("{QEMU_IP}/24")).gateway(HOST_IP),
     )?;
-    let ping = Duration::from_secs(30);
+    let ping = Duration::from_secs(20);
     let r = (|| -> Result<()> {
         let out = q.run_ok(&format!("ping -c 3 -W 5 {UML_IP}"), ping)?;
         println!("qemu -> uml: {}", uml::ping_summary(&out));
@@ -135,7 +135,7 @@ fn qemu_virtio_net_guest() -> Result<()> {
         // the tap GSO super-frames, which only TC can switch.
         let before = port_stats(&ns, QTAP)?;
         let name = ns.name.clone();
-        let rx = std::thread::spawn(move || receive(&name, 5001, BYTES, Duration::from_secs(60)));
+        let rx = std::thread::spawn(move || receive(&name, 5001, BYTES, Duration::from_secs(45)));
         std::thread::sleep(Duration::from_millis(300));
         let sent = Instant::now();
         let n = q.spawn(&format!(
@@ -146,7 +146,7 @@ fn qemu_virtio_net_guest() -> Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("listener panicked"))??;
         let took = sent.elapsed();
-        let (rc, out) = q.wait(n, Duration::from_secs(30))?;
+        let (rc, out) = q.wait(n, Duration::from_secs(20))?;
         ensure!(
             got == BYTES,
             "the host got {got} of {BYTES} bytes (nc exited {rc}: {out})"

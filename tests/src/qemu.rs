@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use crate::vm::{self, Kernel, Qemu};
 
 /// How long a guest may take to boot under TCG and configure eth0.
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The kernel a QEMU guest boots: `$UMLBR_QEMU_KERNEL` (a series or a
 /// Debian release), else the newest 6.12.
