@@ -156,6 +156,9 @@ impl Kernel {
         let release = resolve(spec)?;
         let cache = cache_dir();
         std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+        // Absolute: the guest of vm-test finds the modules at this path
+        // under the host's root.
+        let cache = std::fs::canonicalize(&cache)?;
         // Two runs at once (vm-test and a test) unpack one at a time.
         let _lock = Flock::exclusive(&cache.join(".lock"))?;
         let dir = cache.join(&release);
