@@ -3,7 +3,9 @@
 //! BPF_PROG_TEST_RUN tables.
 pub mod bpf;
 pub mod netns;
+pub mod qemu;
 pub mod uml;
+pub mod vm;
 pub mod wire;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -7,6 +7,7 @@ mod fuzz;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -49,7 +50,8 @@ enum Cmd {
     /// libstd-rust-web-dev-bpf, llvm-22-dev, libpolly-22-dev, libzstd-dev)
     /// and of the test tools (user-mode-linux, iperf3, iproute2, nftables,
     /// iptables, dnsmasq-base, busybox-static, ethtool, tcpdump, linux-perf,
-    /// bridge-utils, python3, util-linux, procps, kmod), with one
+    /// bridge-utils, python3, util-linux, procps, kmod, qemu-system-x86,
+    /// xz-utils, zstd), with one
     /// `apt-get update` first; bpf-linker 0.13.0 built against LLVM 22
     /// (`cargo install`, a few minutes); rustup's rustfmt and clippy;
     /// /dev/net/tun (modprobe tun). Warns when the kernel has no BTF or is
@@ -121,6 +123,22 @@ enum Cmd {
     /// namespaces of their own, with interleaved repetitions. Writes
     /// bench/results/latest.json, latest.md and one SVG per group of rows.
     Bench(bench::BenchArgs),
+    /// umlbr's functional checks inside Debian's kernels under QEMU (root).
+    ///
+    /// For each kernel (default: the newest 6.1, Debian 12's stock, and the
+    /// newest 6.12 that apt knows), fetches its package with `apt-get
+    /// download` into target/vm/ (once), boots it under QEMU TCG with the
+    /// host's root read-only over 9p, runs the checks inside with the umlbr
+    /// just built, and prints a table of kernel × check (PASS, FAIL, SKIP,
+    /// with the reason of each FAIL and SKIP). Exits 1 if any check failed.
+    /// About 2-4 minutes a kernel.
+    ///
+    /// Examples:
+    ///   cargo xtask vm-test                          6.1 and 6.12, every check
+    ///   cargo xtask vm-test --kernel 6.12 --check xdp --check tc
+    ///   cargo xtask vm-test --kernel 6.1.0-57-amd64
+    #[command(verbatim_doc_comment)]
+    VmTest(vm::VmTestArgs),
     /// Delete network namespaces (and their processes) left by crashed runs.
     ///
     /// By default removes the test namespaces `umlbrt-<tag>-<pid>-<n>` whose
@@ -159,6 +177,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::VmTest(args) => vm::run(&args),
         Cmd::CleanNetns { all, names } => clean::run(all, &names),
     }
 }

@@ -64,6 +64,12 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "kmod",
+    // cargo xtask vm-test and tests/e2e_qemu.rs: Debian's kernels under
+    // QEMU TCG; xz and zstd unpack their vmlinux and modules, kmod's
+    // depmod indexes the modules (umlbr_tests::vm).
+    "qemu-system-x86",
+    "xz-utils",
+    "zstd",
 ];
 
 /// The rustc umlbr/build.rs compiles the eBPF crate with.

@@ -25,6 +25,10 @@ pub struct TestArgs {
     /// Skip the prerequisite check (`cargo xtask setup`).
     #[arg(long)]
     pub no_setup: bool,
+    /// After the tests, also run `cargo xtask vm-test` (Debian's 6.1 and
+    /// 6.12 kernels under QEMU, ~2-4 minutes each).
+    #[arg(long)]
+    pub vm: bool,
     /// More arguments for the test harness, after `--` (e.g. `--nocapture`,
     /// `--exact`, `--ignored`).
     #[arg(last = true, value_name = "HARNESS_ARGS")]
@@ -302,6 +306,11 @@ pub fn test(args: &TestArgs, ci: bool) -> Result<()> {
         ok,
         took,
     });
+    if args.vm {
+        header("vm-test: the functional checks in Debian's kernels under QEMU");
+        let (r, took) = timed(|| crate::vm::matrix(&bin, &crate::vm::VmTestArgs::default()));
+        steps.push(step("vm-test", r, took, "see the table above"));
+    }
     summary(&steps, Some(&tally), started.elapsed());
 
     let failed: Vec<&str> = steps.iter().filter(|s| !s.ok).map(|s| s.name).collect();
