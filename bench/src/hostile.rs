@@ -1,11 +1,12 @@
 //! The hostile group: what one guest's flood costs another guest. A
 //! victim flow, 64 B unicast from tap0 to the station on tap1 (both MACs
-//! known to the switch), measured three times on one topology of three
-//! ports in one repetition: alone, while the guest on tap2 writes
-//! broadcasts as fast as it can (a broadcast storm), and while it writes
-//! frames from a new random source MAC each to a unicast MAC nobody has
-//! (a MAC flood: unknown unicast, which a switch floods, and a new source
-//! to learn with every frame).
+//! known to the switch), measured on one topology of three ports in one
+//! repetition, alone and then while the guest on tap2 writes broadcasts
+//! as fast as it can (a broadcast storm), alone again and then while it
+//! writes frames from a new random source MAC each to a unicast MAC
+//! nobody has (a MAC flood: unknown unicast, which a switch floods, and a
+//! new source to learn with every frame). Each attack's ratio is over the
+//! window just before it: the machine's load drifts less in a second.
 //!
 //! Both switches run as a guest's ports get them: the kernel bridge
 //! learns every source and floods without limit; umlbr attaches with its
@@ -34,9 +35,10 @@ use crate::{
     traffic::{self, GenSpec, Job, Outcome, SinkSpec},
 };
 
-/// The group's windows are at most this long (each row about 1.3 s per
-/// contender and repetition, so the group adds under a minute to a full
-/// run).
+/// The group's windows are at most this long: four windows of about
+/// 1.3 s each (probe and warm-up included) per contender and repetition,
+/// so the group adds about a minute to a full run (5 repetitions) and
+/// half of that to a quick one.
 const WINDOW: Duration = Duration::from_secs(1);
 const WARMUP: Duration = Duration::from_millis(200);
 
@@ -45,7 +47,7 @@ const NOBODY: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 1];
 
 const ALONE: &[Row] = &[higher(
     "hostile_alone",
-    "victim: 64 B tap0→tap1 alone (3 ports, tap2 idle)",
+    "victim: 64 B tap0→tap1 alone (3 ports, tap2 idle; measured before each attack)",
     "kpps",
 )];
 
@@ -54,7 +56,7 @@ const PER_ATTACK: &[Row] = &[
     higher("{id}", "victim: 64 B tap0→tap1 while tap2 {what}", "kpps"),
     higher(
         "{id}_ratio",
-        "victim during the {short} / alone (same topology, same repetition)",
+        "victim during the {short} / alone in the window just before",
         "×",
     ),
     lower(
@@ -121,17 +123,20 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
             cfg.warmup.as_secs_f64()
         ),
     );
-    let o = measured(
-        &topo,
-        p,
-        res,
-        "hostile_alone",
-        "victim 64 B tap0→tap1, alone",
-        || victim(&cfg, &topo, None),
-    )?;
-    let alone = victim_kpps(&o);
-    res.add("hostile_alone", c, alone);
     for (attack, id, _, short) in ATTACKS {
+        check_interrupted()?;
+        // Alone right before each attack, so that the ratio compares
+        // windows a second apart (the machine's load drifts).
+        let o = measured(
+            &topo,
+            p,
+            res,
+            "hostile_alone",
+            &format!("victim alone (before the {short})"),
+            || victim(&cfg, &topo, None),
+        )?;
+        let alone = victim_kpps(&o);
+        res.add("hostile_alone", c, alone);
         check_interrupted()?;
         let before = umlbr_drops(&topo)?;
         let o = measured(&topo, p, res, id, &format!("victim, {short}"), || {
