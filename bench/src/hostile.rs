@@ -118,7 +118,7 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     res.note(
         "hostile_alone",
         format!(
-            "windows of {:.1} s after {:.1} s of warm-up (the group's cap)",
+            "windows of {:.2} s after {:.2} s of warm-up (the group's cap)",
             cfg.window.as_secs_f64(),
             cfg.warmup.as_secs_f64()
         ),
@@ -137,6 +137,7 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         )?;
         let alone = victim_kpps(&o);
         res.add("hostile_alone", c, alone);
+        let a = o;
         check_interrupted()?;
         let before = umlbr_drops(&topo)?;
         let o = measured(&topo, p, res, id, &format!("victim, {short}"), || {
@@ -154,9 +155,18 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         }
         res.add(&format!("{id}_leak"), c, leak);
         res.add(&format!("{id}_sent"), c, sent);
+        // Who got the CPUs: the victim's writer (CPU 0), its reader and
+        // the flooder (CPU 1), as shares of the window.
+        let share = |cpu_s: f64, w: &Outcome| 100.0 * cpu_s / w.secs;
         let mut s = format!(
-            "{:.2}× alone; the flooder wrote {sent:.0} kpps, {leak:.1} kpps of it read on tap1",
-            kpps / alone
+            "{:.2}× alone; the flooder wrote {sent:.0} kpps, {leak:.1} kpps of it read on tap1; \
+             CPU: victim writer {:.0}% (alone {:.0}%), reader {:.0}% (alone {:.0}%), flooder {:.0}%",
+            kpps / alone,
+            share(o.gen_cpu_each[0], &o),
+            share(a.gen_cpu_each[0], &a),
+            share(o.sink_cpu_s, &o),
+            share(a.sink_cpu_s, &a),
+            share(o.gen_cpu_each[1], &o),
         );
         if let Some(d) = dropped {
             s.push_str(&format!(

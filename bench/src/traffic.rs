@@ -85,6 +85,8 @@ pub struct Outcome {
     /// CPU time of the generator threads, and of the sink threads.
     pub gen_cpu_s: f64,
     pub sink_cpu_s: f64,
+    /// CPU time of each generator thread.
+    pub gen_cpu_each: Vec<f64>,
     /// Busy CPU time of the whole machine (all cores, /proc/stat), which
     /// includes softirq work off our threads and other processes' load.
     pub sys_busy_s: f64,
@@ -291,6 +293,7 @@ fn measure(
         received_gso: s0.iter().zip(&s1).map(|(a, b)| b.2 - a.2).sum(),
         gen_cpu_s,
         sink_cpu_s,
+        gen_cpu_each: (nsinks..clocks.len()).map(|i| c1[i] - c0[i]).collect(),
         sys_busy_s: stat1 - stat0,
     })
 }
