@@ -45,11 +45,18 @@ const WARMUP: Duration = Duration::from_millis(200);
 /// A unicast MAC no port has: the MAC flood's destination.
 const NOBODY: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 1];
 
-const ALONE: &[Row] = &[higher(
-    "hostile_alone",
-    "victim: 64 B tap0→tap1 alone (3 ports, tap2 idle; measured before each attack)",
-    "kpps",
-)];
+const ALONE: &[Row] = &[
+    higher(
+        "hostile_alone",
+        "victim: 64 B tap0→tap1 alone (3 ports, tap2 idle; measured before each attack)",
+        "kpps",
+    ),
+    lower(
+        "hostile_alone_cpu",
+        "victim alone: CPU per frame it got (its writer and reader threads)",
+        "µs",
+    ),
+];
 
 /// Per attack `{id}`: tap2 `{what}`; `{short}` names it.
 const PER_ATTACK: &[Row] = &[
@@ -58,6 +65,12 @@ const PER_ATTACK: &[Row] = &[
         "{id}_ratio",
         "victim during the {short} / alone in the window just before",
         "×",
+    ),
+    lower(
+        "{id}_cpu",
+        "victim during the {short}: CPU per frame of its own it got (its writer and reader \
+         threads, reading the flood's frames included)",
+        "µs",
     ),
     lower(
         "{id}_leak",
@@ -137,6 +150,7 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         )?;
         let alone = victim_kpps(&o);
         res.add("hostile_alone", c, alone);
+        res.add("hostile_alone_cpu", c, victim_cpu_us(&o));
         let a = o;
         check_interrupted()?;
         let before = umlbr_drops(&topo)?;
@@ -153,6 +167,7 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         if alone > 0.0 {
             res.add(&format!("{id}_ratio"), c, kpps / alone);
         }
+        res.add(&format!("{id}_cpu"), c, victim_cpu_us(&o));
         res.add(&format!("{id}_leak"), c, leak);
         res.add(&format!("{id}_sent"), c, sent);
         // Who got the CPUs: the victim's writer (CPU 0), its reader and
@@ -177,6 +192,16 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         p.say(&format!("{short}: victim"), &s);
     }
     Ok(())
+}
+
+/// CPU of the victim's threads (writer and reader) per frame of its own
+/// the reader got, µs: what the victim pays, whatever share of the CPUs
+/// the scheduler gave it (other work on the machine moves that share).
+fn victim_cpu_us(o: &Outcome) -> f64 {
+    match o.received[0] {
+        0 => f64::NAN,
+        n => (o.gen_cpu_each[0] + o.sink_cpu_s) * 1e6 / n as f64,
+    }
 }
 
 /// The victim's frames the reader got, kpps.
