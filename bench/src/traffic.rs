@@ -507,13 +507,14 @@ fn sink(
                         gso += 1;
                     }
                     batch += 1;
-                    if batch == 32 {
-                        store(n, bytes, gso, flood);
-                        batch = 0;
-                    }
                 } else if len > skip && tap::is_flood_frame(&buf[skip..len]) {
                     // Read (a guest has to) but not ours: counted apart.
                     flood += 1;
+                    batch += 1;
+                }
+                if batch >= 32 {
+                    store(n, bytes, gso, flood);
+                    batch = 0;
                 }
                 continue;
             }
