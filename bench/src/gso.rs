@@ -139,6 +139,7 @@ fn gso_row(
             cpu: cfg.cpus.map(|_| 0),
             hello: None,
             packet_ns: None,
+            random_src: false,
         }],
         sinks: vec![SinkSpec {
             tap: topo.taps[1].clone(),

@@ -10,6 +10,7 @@
 //! drifts of the machine's load hit them all alike.
 mod gso;
 mod guests;
+mod hostile;
 mod nat;
 mod report;
 mod tap;
@@ -55,9 +56,10 @@ struct Args {
     /// Seconds of each measured window (default 0.8 with --quick, else 3).
     #[arg(long)]
     secs: Option<f64>,
-    /// Only these groups: tap-to-tap, flooding, scale, fdb, uplink, nat, guests
-    /// (comma-separated; guests, real UML guests with iperf3, run by
-    /// default only without --quick).
+    /// Only these groups: tap-to-tap, flooding, hostile, scale, fdb, uplink,
+    /// nat, gso, guests (comma-separated; guests, real UML guests with
+    /// iperf3, run by default only without --quick; hostile, a victim flow
+    /// while another tap floods, runs for kernel and umlbr only).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these contenders: kernel, kernel-tuned, umlbr, umlbr-tc,
@@ -95,9 +97,10 @@ struct Cfg {
     cpus: Option<usize>,
 }
 
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "tap-to-tap",
     "flooding",
+    "hostile",
     "scale",
     "fdb",
     "uplink",
@@ -183,6 +186,7 @@ fn run(args: Args) -> Result<()> {
                 let r = match g {
                     "tap-to-tap" => tap_to_tap(&cfg, &p, &mut res),
                     "flooding" => flooding(&cfg, &p, &mut res),
+                    "hostile" => hostile::run(&cfg, &p, &mut res),
                     "scale" => scale(&cfg, &p, &mut res),
                     "fdb" => fdb(&cfg, &p, &mut res),
                     "uplink" => uplink(&cfg, &p, &mut res),
@@ -444,6 +448,7 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
         };
         res.define_all("flooding", &[row], &[("k", &k.to_string())]);
     }
+    hostile::define_rows(cfg, res);
     for &n in &cfg.scale_taps {
         let (taps, flows) = (n.to_string(), (n / 2).to_string());
         res.define_all("scale", SCALE, &[("n", &taps), ("flows", &flows)]);
@@ -522,6 +527,7 @@ fn run_flows(
                 cpu: cfg.cpus.map(|n| i % n),
                 hello: None,
                 packet_ns: None,
+                random_src: false,
             })
             .collect(),
         sinks: if ceiling {
@@ -944,6 +950,7 @@ fn uplink(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
                 cpu: cfg.cpus.map(|_| 0),
                 hello: None,
                 packet_ns: gns,
+                random_src: false,
             }],
             sinks: vec![SinkSpec {
                 tap: stap,

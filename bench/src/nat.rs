@@ -178,6 +178,7 @@ fn nat_row(
                     .build(),
             ),
             packet_ns: None,
+            random_src: false,
         }],
         sinks: vec![sink],
         warmup: cfg.warmup,

@@ -189,6 +189,22 @@ pub fn is_bench_frame(f: &[u8]) -> bool {
         && u16::from_be_bytes([f[36], f[37]]) == UDP_SINK_PORT
 }
 
+/// Destination port of a flood's datagrams (the hostile group's
+/// flooder): readers count them apart from the test traffic.
+pub const FLOOD_UDP_PORT: u16 = 19;
+
+/// Whether a received frame (without vnet header) is a flood's: an IPv4
+/// UDP datagram to [`FLOOD_UDP_PORT`].
+#[inline]
+pub fn is_flood_frame(f: &[u8]) -> bool {
+    f.len() >= 38
+        && f[12] == 0x08
+        && f[13] == 0x00
+        && f[14] == 0x45
+        && f[23] == 17
+        && u16::from_be_bytes([f[36], f[37]]) == FLOOD_UDP_PORT
+}
+
 /// The L4 payload bytes of a bench frame (see [`is_bench_frame`]): the
 /// TCP or UDP payload as the IPv4 header's total length gives it, so a
 /// GSO super-frame counts all of its segments' data.
@@ -373,6 +389,22 @@ mod tests {
         assert_eq!(umlbr_tests::wire::checksum_with(ph, &t), 0);
         let hello = Frame::new(BROADCAST, sink_mac(0)).pad_min().build();
         assert!(!is_bench_frame(&hello));
+        assert!(!is_flood_frame(&hello));
+        // A flood's frames and the test traffic are told apart.
+        let ip = |h| Ipv4Addr::new(192, 168, 2, h);
+        let flood = udp_frame_ports(
+            BROADCAST,
+            gen_mac(2),
+            ip(12),
+            ip(255),
+            1,
+            FLOOD_UDP_PORT,
+            64,
+        );
+        assert_eq!(flood.len(), 64);
+        assert!(is_flood_frame(&flood) && !is_bench_frame(&flood));
+        let ours = udp_frame(sink_mac(1), gen_mac(0), 64, 0);
+        assert!(!is_flood_frame(&ours));
         assert_eq!(
             wire_frame(
                 &[1, 2],

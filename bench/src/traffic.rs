@@ -28,6 +28,9 @@ pub struct GenSpec {
     pub hello: Option<Vec<u8>>,
     /// Not a tap: a packet socket on interface `tap` in this namespace.
     pub packet_ns: Option<String>,
+    /// Write every frame from a new random source MAC (unicast, locally
+    /// administered): a guest flooding the switch's FDB.
+    pub random_src: bool,
 }
 
 /// A reader on `tap`, the station `mac`.
@@ -66,8 +69,13 @@ pub struct Outcome {
     /// Frames written by all generators.
     pub sent: u64,
     pub send_errors: u64,
+    /// Frames written by each generator.
+    pub gen_sent: Vec<u64>,
     /// Our frames read by each sink.
     pub received: Vec<u64>,
+    /// Frames of a flood (UDP to [`tap::FLOOD_UDP_PORT`]) read by each
+    /// sink: not counted in `received`.
+    pub received_flood: Vec<u64>,
     /// Their L4 payload bytes (TCP or UDP data; a GSO frame counts all
     /// of its segments), per sink.
     pub received_bytes: Vec<u64>,
@@ -77,6 +85,8 @@ pub struct Outcome {
     /// CPU time of the generator threads, and of the sink threads.
     pub gen_cpu_s: f64,
     pub sink_cpu_s: f64,
+    /// CPU time of each generator thread.
+    pub gen_cpu_each: Vec<f64>,
     /// Busy CPU time of the whole machine (all cores, /proc/stat), which
     /// includes softirq work off our threads and other processes' load.
     pub sys_busy_s: f64,
@@ -126,6 +136,8 @@ struct Counter {
     /// Sinks: payload bytes, and frames with a GSO vnet header.
     bytes: AtomicU64,
     gso: AtomicU64,
+    /// Sinks: frames of a flood (see [`tap::is_flood_frame`]).
+    flood: AtomicU64,
 }
 
 struct Shared {
@@ -245,7 +257,7 @@ fn measure(
                 )
             })
             .collect();
-        let s: Vec<(u64, u64, u64)> = shared
+        let s: Vec<(u64, u64, u64, u64)> = shared
             .sinks
             .iter()
             .map(|c| {
@@ -253,6 +265,7 @@ fn measure(
                     c.frames.load(Ordering::Relaxed),
                     c.bytes.load(Ordering::Relaxed),
                     c.gso.load(Ordering::Relaxed),
+                    c.flood.load(Ordering::Relaxed),
                 )
             })
             .collect();
@@ -273,11 +286,14 @@ fn measure(
         secs,
         sent: g0.iter().zip(&g1).map(|(a, b)| b.0 - a.0).sum(),
         send_errors: g0.iter().zip(&g1).map(|(a, b)| b.1 - a.1).sum(),
+        gen_sent: g0.iter().zip(&g1).map(|(a, b)| b.0 - a.0).collect(),
         received: s0.iter().zip(&s1).map(|(a, b)| b.0 - a.0).collect(),
+        received_flood: s0.iter().zip(&s1).map(|(a, b)| b.3 - a.3).collect(),
         received_bytes: s0.iter().zip(&s1).map(|(a, b)| b.1 - a.1).collect(),
         received_gso: s0.iter().zip(&s1).map(|(a, b)| b.2 - a.2).sum(),
         gen_cpu_s,
         sink_cpu_s,
+        gen_cpu_each: (nsinks..clocks.len()).map(|i| c1[i] - c0[i]).collect(),
         sys_busy_s: stat1 - stat0,
     })
 }
@@ -381,7 +397,7 @@ fn generator(
     }
     let tap = open_ready(netns, &g.tap, g.mode, g.packet_ns.as_deref(), sh, ready)
         .with_context(|| format!("generator on {}", g.tap))?;
-    let frame = if opts.raw_frames {
+    let mut frame = if opts.raw_frames {
         g.frame.clone()
     } else {
         wire_frame(&g.frame, g.mode)
@@ -390,6 +406,9 @@ fn generator(
         let _ = tap.write(&wire_frame(h, g.mode));
     }
     let c = &sh.gens[i];
+    // Where the source MAC of `frame` starts (after any vnet header).
+    let src_at = if g.mode.vnet_hdr { VNET_HDR_LEN + 6 } else { 6 };
+    let mut rng = RandomMacs::new(i);
     // Probe: a frame every 10 ms until the run starts.
     loop {
         match sh.phase.load(Ordering::Relaxed) {
@@ -404,6 +423,9 @@ fn generator(
     let (mut sent, mut errs) = (0u64, 0u64);
     loop {
         for _ in 0..64 {
+            if g.random_src {
+                frame[src_at..src_at + 6].copy_from_slice(&rng.next_mac());
+            }
             // A short write is a failure too (nothing is, on a tap: it
             // takes whole frames or none).
             match tap.write(&frame) {
@@ -466,11 +488,12 @@ fn sink(
     let mut last_hello = Instant::now();
     let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
     let c = &sh.sinks[i];
-    let (mut n, mut bytes, mut gso) = (0u64, 0u64, 0u64);
+    let (mut n, mut bytes, mut gso, mut flood) = (0u64, 0u64, 0u64, 0u64);
     let mut batch = 0u32;
-    let store = |n, bytes, gso| {
+    let store = |n, bytes, gso, flood| {
         c.bytes.store(bytes, Ordering::Relaxed);
         c.gso.store(gso, Ordering::Relaxed);
+        c.flood.store(flood, Ordering::Relaxed);
         c.frames.store(n, Ordering::Relaxed);
     };
     loop {
@@ -484,15 +507,19 @@ fn sink(
                         gso += 1;
                     }
                     batch += 1;
-                    if batch == 32 {
-                        store(n, bytes, gso);
-                        batch = 0;
-                    }
+                } else if len > skip && tap::is_flood_frame(&buf[skip..len]) {
+                    // Read (a guest has to) but not ours: counted apart.
+                    flood += 1;
+                    batch += 1;
+                }
+                if batch >= 32 {
+                    store(n, bytes, gso, flood);
+                    batch = 0;
                 }
                 continue;
             }
             None => {
-                store(n, bytes, gso);
+                store(n, bytes, gso, flood);
                 batch = 0;
             }
         }
@@ -507,6 +534,27 @@ fn sink(
         tap.wait_readable(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Source MACs for a MAC flood: xorshift64*, seeded per generator, each
+/// a unicast, locally administered MAC (what a guest may use).
+struct RandomMacs(u64);
+
+impl RandomMacs {
+    fn new(seed: usize) -> RandomMacs {
+        RandomMacs(0x9e37_79b9_7f4a_7c15 ^ ((seed as u64 + 1) << 32))
+    }
+
+    fn next_mac(&mut self) -> Mac {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        let b = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_be_bytes();
+        // Bit 0 of the first byte clear (unicast), bit 1 set (local).
+        [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+    }
 }
 
 /// Send one frame from each of `count` source MACs (fill_mac(0..count))
@@ -781,4 +829,22 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     s.sort_by(|a, b| a.total_cmp(b));
     let i = ((s.len() - 1) as f64 * q).round() as usize;
     s[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A MAC flood's sources are unicast, locally administered and new.
+    #[test]
+    fn random_macs_are_unicast_local_and_differ() {
+        let mut r = RandomMacs::new(1);
+        let macs: Vec<Mac> = (0..10_000).map(|_| r.next_mac()).collect();
+        assert!(macs.iter().all(|m| m[0] & 1 == 0 && m[0] & 2 == 2));
+        let mut uniq = macs.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), macs.len());
+        assert_ne!(RandomMacs::new(2).next_mac(), RandomMacs::new(1).next_mac());
+    }
 }
