@@ -59,7 +59,7 @@ fn state(ns: &Netns) -> Result<State> {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t = umlbr_lib::tcx_prog_ids(i, umlbr_lib::Tc::Ingress);
+                let mut t = umlbr_lib::tc_prog_ids(i, umlbr_lib::Tc::Ingress);
                 t.sort_unstable();
                 t
             })

@@ -174,7 +174,7 @@ impl Lab {
                     (umlbr_lib::Tc::Ingress, "ingress"),
                     (umlbr_lib::Tc::Egress, "egress"),
                 ] {
-                    if !umlbr_lib::tcx_prog_ids(*i, hook).is_empty() {
+                    if !umlbr_lib::tc_prog_ids(*i, hook).is_empty() {
                         found.push(format!("tcx {what} program on {name}"));
                     }
                 }

@@ -5,7 +5,8 @@
 
 pub use umlbr::{
     nat::state_name,
-    object::{Tc, tcx_prog_ids},
+    clsact,
+    object::{Tc, tc_prog_ids},
     port::port_ip_key,
     sys::monotonic_coarse_ns,
 };
