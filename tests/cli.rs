@@ -1000,8 +1000,14 @@ fn attach_tc_only() -> Result<()> {
             .with_context(|| format!("{name} not in {show}"))
     };
     let (pa, pb) = (port("tapa")?, port("tapb")?);
-    ensure!(pa["xdp"] == "none" && pa["tc"] == tc_hook().as_str(), "tapa: {pa}");
-    ensure!(pb["xdp"] == "driver" && pb["tc"] == tc_hook().as_str(), "tapb: {pb}");
+    ensure!(
+        pa["xdp"] == "none" && pa["tc"] == tc_hook().as_str(),
+        "tapa: {pa}"
+    );
+    ensure!(
+        pb["xdp"] == "driver" && pb["tc"] == tc_hook().as_str(),
+        "tapb: {pb}"
+    );
     let ma = [2, 0, 0, 0, 0, 0xa];
     let mb = [2, 0, 0, 0, 0, 0xb];
     let frame = |dst: [u8; 6], src: [u8; 6]| {
@@ -1090,8 +1096,14 @@ fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
             .with_context(|| format!("{name} not in {show}"))
     };
     let (pv, pp) = (port("tapv")?, port("tapp")?);
-    ensure!(pv["xdp"] == "none" && pv["tc"] == tc_hook().as_str(), "tapv: {pv}");
-    ensure!(pp["xdp"] == "driver" && pp["tc"] == tc_hook().as_str(), "tapp: {pp}");
+    ensure!(
+        pv["xdp"] == "none" && pv["tc"] == tc_hook().as_str(),
+        "tapv: {pv}"
+    );
+    ensure!(
+        pp["xdp"] == "driver" && pp["tc"] == tc_hook().as_str(),
+        "tapp: {pp}"
+    );
     ns.umlbr_ok(&["down", "br0"])?;
     Ok(())
 }
@@ -1609,7 +1621,8 @@ fn clsact_hook() -> Result<()> {
             "umlbr {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
     };
     let inside = InNetns::enter(&ns)?;
     let mut a = open_tap("tapa")?;
@@ -1657,7 +1670,10 @@ fn clsact_hook() -> Result<()> {
         "uplink egress"
     );
     let f = foreign()?;
-    ensure!(f.contains("pref 7 u32") && f.contains("umlbr_tc direct-action"), "{f}");
+    ensure!(
+        f.contains("pref 7 u32") && f.contains("umlbr_tc direct-action"),
+        "{f}"
+    );
 
     // Frames: b (XDP) and a, c (TC only), both ways.
     let frame = |dst: [u8; 6], src: [u8; 6]| {
@@ -1676,14 +1692,21 @@ fn clsact_hook() -> Result<()> {
                 Ok(n) if buf[6..12] == src => return Ok(buf[..n].to_vec()),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    ensure!(std::time::Instant::now() < deadline, "no frame from {src:?}");
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "no frame from {src:?}"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Err(e) => bail!("reading a tap: {e}"),
             }
         }
     };
-    let (ma, mb, mc) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]);
+    let (ma, mb, mc) = (
+        [2, 0, 0, 0, 0, 0xa],
+        [2, 0, 0, 0, 0, 0xb],
+        [2, 0, 0, 0, 0, 0xc],
+    );
     b.write_all(&frame([0xff; 6], mb))?;
     ensure!(recv(&mut a, mb)? == frame([0xff; 6], mb), "flood b -> a");
     ensure!(recv(&mut c, mb)? == frame([0xff; 6], mb), "flood b -> c");
@@ -1692,7 +1715,10 @@ fn clsact_hook() -> Result<()> {
     b.write_all(&frame(ma, mb))?;
     ensure!(recv(&mut a, mb)? == frame(ma, mb), "b -> a (XDP)");
     c.write_all(&frame(mb, mc))?;
-    ensure!(recv(&mut b, mc)? == frame(mb, mc), "c -> b (TC, after the foreign filter)");
+    ensure!(
+        recv(&mut b, mc)? == frame(mb, mc),
+        "c -> b (TC, after the foreign filter)"
+    );
     b.write_all(&frame(mc, mb))?;
     ensure!(recv(&mut c, mb)? == frame(mc, mb), "b -> c (XDP)");
     let stats: Value = serde_json::from_str(&run(&["stats", "br0", "--json"])?)?;
@@ -1720,7 +1746,10 @@ fn clsact_hook() -> Result<()> {
         !q.contains("qdisc clsact ffff: dev tapa "),
         "tapa keeps a qdisc umlbr made: {q}"
     );
-    ensure!(q.contains("qdisc clsact ffff: dev tapc "), "tapc's qdisc removed: {q}");
+    ensure!(
+        q.contains("qdisc clsact ffff: dev tapc "),
+        "tapc's qdisc removed: {q}"
+    );
     let f = foreign()?;
     ensure!(f.contains("pref 7 u32") && !f.contains("umlbr"), "{f}");
     // Attached again (the foreign filter still first on tapc), for down.

@@ -17,9 +17,9 @@
 //!
 //! After each kill the namespace is checked: either the command's result
 //! works (a frame from one tap reaches another) or `umlbr down` leaves
-//! nothing: no veth but the test's uplink pair, no XDP or tcx program on
-//! any interface, no promiscuous interface, no `umlbr_` nftables table,
-//! `ip_forward` as it was before `up`, no state file of the bridge in
+//! nothing: no veth but the test's uplink pair, no XDP or TC program (tcx
+//! or clsact) on any interface, no clsact qdisc, no promiscuous
+//! interface, no `umlbr_` nftables table, `ip_forward` as it was before `up`, no state file of the bridge in
 //! /run/umlbr/.
 //!
 //! Needs root.
@@ -175,13 +175,23 @@ impl Lab {
                     (umlbr_lib::Tc::Egress, "egress"),
                 ] {
                     if !umlbr_lib::tc_prog_ids(*i, hook).is_empty() {
-                        found.push(format!("tcx {what} program on {name}"));
+                        found.push(format!("TC {what} program on {name}"));
                     }
                 }
             }
             Ok(found)
         })?;
         left.extend(tcx);
+        // The lab has no clsact qdisc of its own: one left is umlbr's
+        // (UMLBR_TC_HOOK=clsact runs these tests on the fallback).
+        for l in self.ns.sh("tc qdisc show")?.lines() {
+            let dev = l.split(" dev ").nth(1).and_then(|r| r.split(' ').next());
+            if l.starts_with("qdisc clsact")
+                && dev.is_some_and(|d| ifaces.is_none_or(|i| i.contains(&d)))
+            {
+                left.push(format!("clsact qdisc on {}", dev.unwrap_or("?")));
+            }
+        }
         if ifaces.is_none() {
             let tables = self.ns.sh("nft list tables")?;
             for t in tables.lines().filter(|l| l.contains("umlbr_")) {
@@ -776,7 +786,7 @@ fn half_made_things_are_named() -> Result<()> {
         kill_at(&lab, UP, &call, k)?;
         let sw = lab.leftovers(Some(&["br0-sw"]))?;
         let xdp_alone =
-            sw.iter().any(|l| l.starts_with("XDP")) && !sw.iter().any(|l| l.starts_with("tcx"));
+            sw.iter().any(|l| l.starts_with("XDP")) && !sw.iter().any(|l| l.starts_with("TC "));
         ensure!(
             xdp_alone == (later == 1),
             "up killed at {call} #{k} left br0-sw with {sw:?}"

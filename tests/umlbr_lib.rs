@@ -4,8 +4,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub use umlbr::{
-    nat::state_name,
     clsact,
+    nat::state_name,
     object::{Tc, tc_prog_ids},
     port::port_ip_key,
     sys::monotonic_coarse_ns,

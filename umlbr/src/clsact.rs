@@ -158,7 +158,9 @@ pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
     let all = match request(RouteNetlinkMessage::GetTrafficFilter(m), NLM_F_DUMP) {
         Ok(all) => all,
         // No such device, or no qdisc there.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => return Ok(vec![]),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => {
+            return Ok(vec![]);
+        }
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();

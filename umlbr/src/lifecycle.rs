@@ -109,7 +109,12 @@ async fn hook_switch_port(net: &Net, ebpf: &Ebpf, sw: &Link) -> Result<Maps> {
         (Tc::Ingress, tc, names::TC_PROG),
         (Tc::Egress, tc_out, names::TC_OUT_PROG),
     ] {
-        hook.attach(sw.index, &sw.name, prog.fd().map_err(fd_err(name))?, tc_hook)?;
+        hook.attach(
+            sw.index,
+            &sw.name,
+            prog.fd().map_err(fd_err(name))?,
+            tc_hook,
+        )?;
         let found = hook
             .umlbr_prog(&sw.name)
             .ok_or_else(|| not_hooked(hook.what()))?;

@@ -166,7 +166,11 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
     let hook = match umlbr::object::Hook::chosen()? {
         umlbr::object::Hook::Tcx => String::new(),
         h if std::env::var_os(umlbr::object::TC_HOOK_ENV).is_some() => {
-            format!(" (TC on {}, as {} asks)", h.as_str(), umlbr::object::TC_HOOK_ENV)
+            format!(
+                " (TC on {}, as {} asks)",
+                h.as_str(),
+                umlbr::object::TC_HOOK_ENV
+            )
         }
         h => format!(" (TC on {}: this kernel has no tcx)", h.as_str()),
     };

@@ -294,7 +294,8 @@ impl Tc {
             let name = p.name_as_str();
             name == Some(names::TC_PROG) || name == Some(names::TC_OUT_PROG)
         };
-        let what = |hook: Hook| format!("detaching {} from {iface} ({})", self.what(), hook.as_str());
+        let what =
+            |hook: Hook| format!("detaching {} from {iface} ({})", self.what(), hook.as_str());
         for (hook, p) in self.attached(iface) {
             if !umlbr(&p) {
                 continue;

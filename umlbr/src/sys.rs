@@ -209,7 +209,10 @@ const PSEUDO_MAP_FD: u8 = 1;
 
 /// Load `insns` as a program of `prog_type`; the verifier's log on
 /// failure.
-fn load_probe(prog_type: u32, insns: &[Insn]) -> std::result::Result<std::os::fd::OwnedFd, (io::Error, String)> {
+fn load_probe(
+    prog_type: u32,
+    insns: &[Insn],
+) -> std::result::Result<std::os::fd::OwnedFd, (io::Error, String)> {
     use std::os::fd::FromRawFd;
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
@@ -330,9 +333,24 @@ fn has_devmap_broadcast() -> io::Result<bool> {
 /// What umlbr's datapath needs of the kernel beyond BPF, XDP and TC
 /// themselves, each with the release that brought it and what needs it.
 const HELPERS: [(i32, u32, &str, &str); 3] = [
-    (152, BPF_PROG_TYPE_SCHED_CLS, "bpf_redirect_neigh (Linux 5.10)", "the masquerade's TC path"),
-    (160, BPF_PROG_TYPE_SCHED_CLS, "bpf_ktime_get_coarse_ns (Linux 5.11)", "FDB aging and storm control"),
-    (164, BPF_PROG_TYPE_XDP, "bpf_for_each_map_elem (Linux 5.13)", "the NAT quota's sweep"),
+    (
+        152,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_redirect_neigh (Linux 5.10)",
+        "the masquerade's TC path",
+    ),
+    (
+        160,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_ktime_get_coarse_ns (Linux 5.11)",
+        "FDB aging and storm control",
+    ),
+    (
+        164,
+        BPF_PROG_TYPE_XDP,
+        "bpf_for_each_map_elem (Linux 5.13)",
+        "the NAT quota's sweep",
+    ),
 ];
 
 /// Check the running kernel, by probing rather than by its version: BTF,
@@ -345,7 +363,8 @@ pub fn check_kernel() -> crate::Result<()> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         missing.push("BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)".to_string());
     }
-    let probe = |what: &str, e: io::Error| crate::Error::io(format!("probing the kernel for {what}"), e);
+    let probe =
+        |what: &str, e: io::Error| crate::Error::io(format!("probing the kernel for {what}"), e);
     for (id, ty, what, why) in HELPERS {
         if !has_helper(ty, id).map_err(|e| probe(what, e))? {
             missing.push(format!("{what}, for {why}"));
