@@ -56,8 +56,11 @@ pub struct Filter {
 }
 
 /// Send `msg` and collect the replies (a dump's messages; none for an
-/// acknowledged change). A netlink error is the kernel's errno.
-fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+/// acknowledged change), None for one that netlink-packet-route cannot
+/// read (a filter of a kind or version it does not know: it is someone
+/// else's, and must not hide umlbr's). A netlink error is the kernel's
+/// errno.
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<Option<RouteNetlinkMessage>>> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -79,19 +82,27 @@ fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkM
             )));
         }
         let mut off = 0;
-        while off < data.len() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                // An ACK ends a change.
-                NetlinkPayload::Error(_) => return Ok(out),
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                _ => {}
+        while off + 16 <= data.len() {
+            // struct nlmsghdr: length, then type.
+            let len =
+                u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap_or_default());
+            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]) {
+                Ok(msg) => match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    // An ACK ends a change.
+                    NetlinkPayload::Error(_) => return Ok(out),
+                    NetlinkPayload::InnerMessage(m) => out.push(Some(m)),
+                    _ => {}
+                },
+                // NLMSG_ERROR and NLMSG_DONE are always readable.
+                Err(e) if ty == 2 || ty == 3 => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+                Err(_) => out.push(None),
             }
-            if len == 0 {
+            if len < 16 {
                 break;
             }
             off += len.next_multiple_of(4);
@@ -118,7 +129,7 @@ fn kind(attrs: &[TcAttribute]) -> Option<&str> {
 pub fn has_qdisc(ifindex: u32) -> io::Result<bool> {
     let m = TcMessage::with_index(0);
     let all = request(RouteNetlinkMessage::GetQueueDiscipline(m), NLM_F_DUMP)?;
-    Ok(all.iter().any(|m| match m {
+    Ok(all.iter().flatten().any(|m| match m {
         RouteNetlinkMessage::NewQueueDiscipline(q) => {
             q.header.index == ifindex as i32 && kind(&q.attributes) == Some("clsact")
         }
@@ -165,6 +176,17 @@ pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
     };
     let mut out = Vec::new();
     for m in all {
+        let Some(m) = m else {
+            // Unreadable: someone else's, of a kind unknown here.
+            out.push(Filter {
+                prio: 0,
+                handle: 0,
+                kind: "(unreadable)".into(),
+                prog_id: None,
+                name: String::new(),
+            });
+            continue;
+        };
         let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
             continue;
         };
