@@ -7,7 +7,7 @@
 //! checked by `fails()`: exit status non-zero, nothing on stdout, exactly
 //! one line on stderr starting `umlbr: error:` and naming the culprit,
 //! and the namespace unchanged: the same interfaces, the same XDP
-//! programs on them, the same tcx programs on them, the same bridges with
+//! programs on them, the same TC programs (tcx or clsact) on them, the same bridges with
 //! the same ports and static FDB entries. In a namespace without bridges,
 //! `ip -d link` must show no XDP program at all.
 //!
@@ -32,7 +32,7 @@ mod umlbr_lib;
 /// What a failed command must leave as it was.
 #[derive(Debug, PartialEq)]
 struct State {
-    /// (name, kind, XDP program ids, tcx ingress program ids), by name.
+    /// (name, kind, XDP program ids, TC ingress program ids), by name.
     links: Vec<(String, String, Vec<u64>, Vec<u32>)>,
     /// Bridges as `show --json` reports them, without counters.
     bridges: Value,
