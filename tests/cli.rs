@@ -7,9 +7,10 @@
 //! checked by `fails()`: exit status non-zero, nothing on stdout, exactly
 //! one line on stderr starting `umlbr: error:` and naming the culprit,
 //! and the namespace unchanged: the same interfaces, the same XDP
-//! programs on them, the same TC programs (tcx or clsact) on them, the same bridges with
-//! the same ports and static FDB entries. In a namespace without bridges,
-//! `ip -d link` must show no XDP program at all.
+//! programs on them, the same TC programs (tcx or clsact) on them, the
+//! same bridges with the same ports and static FDB entries. In a
+//! namespace without bridges, `ip -d link` must show no XDP program at
+//! all.
 //!
 //! Needs root.
 use std::{
