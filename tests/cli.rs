@@ -7,9 +7,10 @@
 //! checked by `fails()`: exit status non-zero, nothing on stdout, exactly
 //! one line on stderr starting `umlbr: error:` and naming the culprit,
 //! and the namespace unchanged: the same interfaces, the same XDP
-//! programs on them, the same tcx programs on them, the same bridges with
-//! the same ports and static FDB entries. In a namespace without bridges,
-//! `ip -d link` must show no XDP program at all.
+//! programs on them, the same TC programs (tcx or clsact) on them, the
+//! same bridges with the same ports and static FDB entries. In a
+//! namespace without bridges, `ip -d link` must show no XDP program at
+//! all.
 //!
 //! Needs root.
 use std::{
@@ -32,7 +33,7 @@ mod umlbr_lib;
 /// What a failed command must leave as it was.
 #[derive(Debug, PartialEq)]
 struct State {
-    /// (name, kind, XDP program ids, tcx ingress program ids), by name.
+    /// (name, kind, XDP program ids, TC ingress program ids), by name.
     links: Vec<(String, String, Vec<u64>, Vec<u32>)>,
     /// Bridges as `show --json` reports them, without counters.
     bridges: Value,
@@ -59,7 +60,7 @@ fn state(ns: &Netns) -> Result<State> {
         Ok(idx
             .iter()
             .map(|&i| {
-                let mut t = umlbr_lib::tcx_prog_ids(i, umlbr_lib::Tc::Ingress);
+                let mut t = umlbr_lib::tc_prog_ids(i, umlbr_lib::Tc::Ingress);
                 t.sort_unstable();
                 t
             })
@@ -884,7 +885,7 @@ fn json_output() -> Result<()> {
     ensure!(names.contains(&"tap0"), "{names:?}");
     let tap = ports.iter().find(|p| p["name"] == "tap0").unwrap();
     ensure!(
-        tap["kind"] == "tap" && tap["tc"] == "tcx" && tap["isolated"] == false,
+        tap["kind"] == "tap" && tap["tc"] == tc_hook().as_str() && tap["isolated"] == false,
         "{tap}"
     );
     // Storm control is on by default for a guest, off for the host port.
@@ -1000,8 +1001,14 @@ fn attach_tc_only() -> Result<()> {
             .with_context(|| format!("{name} not in {show}"))
     };
     let (pa, pb) = (port("tapa")?, port("tapb")?);
-    ensure!(pa["xdp"] == "none" && pa["tc"] == "tcx", "tapa: {pa}");
-    ensure!(pb["xdp"] == "driver" && pb["tc"] == "tcx", "tapb: {pb}");
+    ensure!(
+        pa["xdp"] == "none" && pa["tc"] == tc_hook().as_str(),
+        "tapa: {pa}"
+    );
+    ensure!(
+        pb["xdp"] == "driver" && pb["tc"] == tc_hook().as_str(),
+        "tapb: {pb}"
+    );
     let ma = [2, 0, 0, 0, 0, 0xa];
     let mb = [2, 0, 0, 0, 0, 0xb];
     let frame = |dst: [u8; 6], src: [u8; 6]| {
@@ -1090,8 +1097,14 @@ fn attach_vnet_hdr_tap_gets_tc_only() -> Result<()> {
             .with_context(|| format!("{name} not in {show}"))
     };
     let (pv, pp) = (port("tapv")?, port("tapp")?);
-    ensure!(pv["xdp"] == "none" && pv["tc"] == "tcx", "tapv: {pv}");
-    ensure!(pp["xdp"] == "driver" && pp["tc"] == "tcx", "tapp: {pp}");
+    ensure!(
+        pv["xdp"] == "none" && pv["tc"] == tc_hook().as_str(),
+        "tapv: {pv}"
+    );
+    ensure!(
+        pp["xdp"] == "driver" && pp["tc"] == tc_hook().as_str(),
+        "tapp: {pp}"
+    );
     ns.umlbr_ok(&["down", "br0"])?;
     Ok(())
 }
@@ -1576,5 +1589,187 @@ fn nat_max_per_guest() -> Result<()> {
     )?;
     shown(0, "no limit per guest")?;
     ok(&ns, &["down", "br0"])?;
+    Ok(())
+}
+
+/// The hook `show` must report for ports attached in this run: tcx, unless
+/// the run forces clsact (`UMLBR_TC_HOOK=clsact`: the suite run again on
+/// the fallback).
+fn tc_hook() -> String {
+    std::env::var("UMLBR_TC_HOOK").unwrap_or_else(|_| "tcx".into())
+}
+
+/// TC on clsact + cls_bpf (kernels without tcx; forced here with
+/// UMLBR_TC_HOOK=clsact): `show` says so for every port (table and
+/// JSON); frames cross through XDP and TC both ways; the qdiscs umlbr
+/// made go with `detach` and `down`; a clsact qdisc that was there before,
+/// with a filter of someone else's, survives attach, detach and down with
+/// that filter, umlbr's filter running after it.
+#[test]
+fn clsact_hook() -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use umlbr_tests::netns::{InNetns, open_tap};
+    let ns = Netns::without_ipv6("cli-clsact")?;
+    let run = |args: &[&str]| -> Result<String> {
+        let out = ns
+            .cmd(umlbr_tests::umlbr_bin().to_str().unwrap())
+            .env("UMLBR_TC_HOOK", "clsact")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "umlbr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    };
+    let inside = InNetns::enter(&ns)?;
+    let mut a = open_tap("tapa")?;
+    let mut b = open_tap("tapb")?;
+    let mut c = open_tap("tapc")?;
+    drop(inside);
+    // tapc's clsact qdisc is someone else's, with a filter that matches
+    // no frame of this test (destination de:ad:be:ef:..), so
+    // classification goes on to umlbr's; the uplink's egress likewise.
+    ns.sh(
+        "ip link add up0 type veth peer name lan0 && ip link set lan0 up && \
+         tc qdisc add dev tapc clsact && \
+         tc filter add dev tapc ingress prio 7 u32 match u32 0xdeadbeef 0xffffffff at 0 classid 1:1",
+    )?;
+    let foreign = || -> Result<String> { ns.sh("tc filter show dev tapc ingress") };
+    ensure!(foreign()?.contains("pref 7 u32"), "{}", foreign()?);
+    let said = run(&["up", "br0", "--uplink", "up0"])?;
+    ensure!(said.contains("TC on clsact"), "up said: {said}");
+    let said = run(&["attach", "tapa", "--tc-only"])?;
+    ensure!(said.contains("tc clsact"), "attach said: {said}");
+    run(&["attach", "tapb"])?;
+    run(&["attach", "tapc", "--tc-only"])?;
+    let show: Value = serde_json::from_str(&run(&["show", "br0", "--json"])?)?;
+    let ports = show["ports"].as_array().context("ports")?;
+    ensure!(ports.len() == 5, "{show}");
+    for p in ports {
+        ensure!(p["tc"] == "clsact", "every port on clsact: {p}");
+    }
+    let table = run(&["show", "br0"])?;
+    ensure!(
+        table.lines().filter(|l| l.contains(" clsact ")).count() == 5,
+        "{table}"
+    );
+    let qdiscs = || ns.sh("tc qdisc show");
+    let q = qdiscs()?;
+    for dev in ["tapa", "tapb", "tapc", "up0", "br0-sw"] {
+        ensure!(
+            q.contains(&format!("qdisc clsact ffff: dev {dev} ")),
+            "no clsact on {dev}: {q}"
+        );
+    }
+    ensure!(
+        ns.sh("tc filter show dev up0 egress")?
+            .contains("umlbr_tc_out direct-action"),
+        "uplink egress"
+    );
+    let f = foreign()?;
+    ensure!(
+        f.contains("pref 7 u32") && f.contains("umlbr_tc direct-action"),
+        "{f}"
+    );
+
+    // Frames: b (XDP) and a, c (TC only), both ways.
+    let frame = |dst: [u8; 6], src: [u8; 6]| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.extend_from_slice(&[0x5a; 50]);
+        f
+    };
+    let recv = |t: &mut File, src: [u8; 6]| -> Result<Vec<u8>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut buf = [0u8; 2048];
+        loop {
+            match t.read(&mut buf) {
+                Ok(n) if buf[6..12] == src => return Ok(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "no frame from {src:?}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => bail!("reading a tap: {e}"),
+            }
+        }
+    };
+    let (ma, mb, mc) = (
+        [2, 0, 0, 0, 0, 0xa],
+        [2, 0, 0, 0, 0, 0xb],
+        [2, 0, 0, 0, 0, 0xc],
+    );
+    b.write_all(&frame([0xff; 6], mb))?;
+    ensure!(recv(&mut a, mb)? == frame([0xff; 6], mb), "flood b -> a");
+    ensure!(recv(&mut c, mb)? == frame([0xff; 6], mb), "flood b -> c");
+    a.write_all(&frame(mb, ma))?;
+    ensure!(recv(&mut b, ma)? == frame(mb, ma), "a -> b (TC)");
+    b.write_all(&frame(ma, mb))?;
+    ensure!(recv(&mut a, mb)? == frame(ma, mb), "b -> a (XDP)");
+    c.write_all(&frame(mb, mc))?;
+    ensure!(
+        recv(&mut b, mc)? == frame(mb, mc),
+        "c -> b (TC, after the foreign filter)"
+    );
+    b.write_all(&frame(mc, mb))?;
+    ensure!(recv(&mut c, mb)? == frame(mc, mb), "b -> c (XDP)");
+    let stats: Value = serde_json::from_str(&run(&["stats", "br0", "--json"])?)?;
+    let port = |name: &str| -> Result<Value> {
+        stats["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .with_context(|| format!("{name} in stats"))
+    };
+    let (sa, sb, sc) = (port("tapa")?, port("tapb")?, port("tapc")?);
+    ensure!(sa["stats"]["tc"].as_u64() == Some(1), "tapa by TC: {sa}");
+    ensure!(sc["stats"]["tc"].as_u64() == Some(1), "tapc by TC: {sc}");
+    // tapb's unicasts in XDP; its broadcast in TC (with an uplink, XDP
+    // hands floods to TC, which clones them to the uplink too).
+    ensure!(
+        sb["stats"]["xdp_native"].as_u64() == Some(2) && sb["stats"]["tc"].as_u64() == Some(1),
+        "tapb by XDP, its flood by TC: {sb}"
+    );
+
+    // detach: umlbr's qdisc goes, the foreign one stays with its filter.
+    run(&["detach", "tapa"])?;
+    run(&["detach", "tapc"])?;
+    let q = qdiscs()?;
+    ensure!(
+        !q.contains("qdisc clsact ffff: dev tapa "),
+        "tapa keeps a qdisc umlbr made: {q}"
+    );
+    ensure!(
+        q.contains("qdisc clsact ffff: dev tapc "),
+        "tapc's qdisc removed: {q}"
+    );
+    let f = foreign()?;
+    ensure!(f.contains("pref 7 u32") && !f.contains("umlbr"), "{f}");
+    // Attached again (the foreign filter still first on tapc), for down.
+    run(&["attach", "tapa"])?;
+    run(&["attach", "tapc"])?;
+    run(&["down", "br0"])?;
+    let q = qdiscs()?;
+    ensure!(
+        q.lines().filter(|l| l.contains("clsact")).count() == 1
+            && q.contains("qdisc clsact ffff: dev tapc "),
+        "down leaves only the foreign qdisc: {q}"
+    );
+    let f = foreign()?;
+    ensure!(f.contains("pref 7 u32") && !f.contains("umlbr"), "{f}");
+    for dev in ["tapa", "tapb", "tapc", "up0"] {
+        for side in ["ingress", "egress"] {
+            let t = ns.sh(&format!("tc filter show dev {dev} {side}"))?;
+            ensure!(!t.contains("bpf"), "{dev} {side}: {t}");
+        }
+    }
     Ok(())
 }

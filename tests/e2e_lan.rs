@@ -490,8 +490,8 @@ fn hooks(ns: &Netns, dev: &str) -> Result<Hooks> {
     let ifindex = v["ifindex"].as_u64().context("no ifindex")? as u32;
     let (tcx_in, tcx_out) = ns.run_in(|| {
         Ok((
-            umlbr_lib::tcx_prog_ids(ifindex, umlbr_lib::Tc::Ingress),
-            umlbr_lib::tcx_prog_ids(ifindex, umlbr_lib::Tc::Egress),
+            umlbr_lib::tc_prog_ids(ifindex, umlbr_lib::Tc::Ingress),
+            umlbr_lib::tc_prog_ids(ifindex, umlbr_lib::Tc::Egress),
         ))
     })?;
     Ok(Hooks {

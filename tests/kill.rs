@@ -17,9 +17,9 @@
 //!
 //! After each kill the namespace is checked: either the command's result
 //! works (a frame from one tap reaches another) or `umlbr down` leaves
-//! nothing: no veth but the test's uplink pair, no XDP or tcx program on
-//! any interface, no promiscuous interface, no `umlbr_` nftables table,
-//! `ip_forward` as it was before `up`, no state file of the bridge in
+//! nothing: no veth but the test's uplink pair, no XDP or TC program (tcx
+//! or clsact) on any interface, no clsact qdisc, no promiscuous
+//! interface, no `umlbr_` nftables table, `ip_forward` as it was before `up`, no state file of the bridge in
 //! /run/umlbr/.
 //!
 //! Needs root.
@@ -174,14 +174,24 @@ impl Lab {
                     (umlbr_lib::Tc::Ingress, "ingress"),
                     (umlbr_lib::Tc::Egress, "egress"),
                 ] {
-                    if !umlbr_lib::tcx_prog_ids(*i, hook).is_empty() {
-                        found.push(format!("tcx {what} program on {name}"));
+                    if !umlbr_lib::tc_prog_ids(*i, hook).is_empty() {
+                        found.push(format!("TC {what} program on {name}"));
                     }
                 }
             }
             Ok(found)
         })?;
         left.extend(tcx);
+        // The lab has no clsact qdisc of its own: one left is umlbr's
+        // (UMLBR_TC_HOOK=clsact runs these tests on the fallback).
+        for l in self.ns.sh("tc qdisc show")?.lines() {
+            let dev = l.split(" dev ").nth(1).and_then(|r| r.split(' ').next());
+            if l.starts_with("qdisc clsact")
+                && dev.is_some_and(|d| ifaces.is_none_or(|i| i.contains(&d)))
+            {
+                left.push(format!("clsact qdisc on {}", dev.unwrap_or("?")));
+            }
+        }
         if ifaces.is_none() {
             let tables = self.ns.sh("nft list tables")?;
             for t in tables.lines().filter(|l| l.contains("umlbr_")) {
@@ -540,6 +550,15 @@ const TRACED: &str = "sendto,sendmsg,bpf,write,rename,renameat,renameat2,unlink,
 /// The changes `umlbr ARGS` makes, as (system call, its occurrence among
 /// the calls of that name, 1-based, the line).
 fn change_points(lab: &Lab, args: &[&str]) -> Result<Vec<(String, usize, String)>> {
+    change_points_env(lab, args, &[])
+}
+
+/// `change_points` with `env` set for umlbr.
+fn change_points_env(
+    lab: &Lab,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Vec<(String, usize, String)>> {
     let log = std::env::temp_dir().join(format!("umlbr-kill-{}.strace", std::process::id()));
     let out = lab
         .ns
@@ -548,6 +567,7 @@ fn change_points(lab: &Lab, args: &[&str]) -> Result<Vec<(String, usize, String)
         .arg(&log)
         .arg(umlbr_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .context("running strace")?;
@@ -578,6 +598,11 @@ fn change_points(lab: &Lab, args: &[&str]) -> Result<Vec<(String, usize, String)
 
 /// Run `umlbr ARGS` under strace, SIGKILLed at the `k`-th call of `call`.
 fn kill_at(lab: &Lab, args: &[&str], call: &str, k: usize) -> Result<()> {
+    kill_at_env(lab, args, call, k, &[])
+}
+
+/// `kill_at` with `env` set for umlbr.
+fn kill_at_env(lab: &Lab, args: &[&str], call: &str, k: usize, env: &[(&str, &str)]) -> Result<()> {
     let out = lab
         .ns
         .cmd("strace")
@@ -592,6 +617,7 @@ fn kill_at(lab: &Lab, args: &[&str], call: &str, k: usize) -> Result<()> {
         ])
         .arg(umlbr_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .context("running strace")?;
@@ -749,7 +775,17 @@ fn two_masquerades_killed_at_random() -> Result<()> {
 
 /// The first change point of `args` whose strace line has `needle`.
 fn point_with(lab: &Lab, args: &[&str], needle: &str) -> Result<(String, usize)> {
-    change_points(lab, args)?
+    point_with_env(lab, args, needle, &[])
+}
+
+/// `point_with` with `env` set for umlbr.
+fn point_with_env(
+    lab: &Lab,
+    args: &[&str],
+    needle: &str,
+    env: &[(&str, &str)],
+) -> Result<(String, usize)> {
+    change_points_env(lab, args, env)?
         .into_iter()
         .find(|p| p.2.contains(needle))
         .map(|(c, k, _)| (c, k))
@@ -776,7 +812,7 @@ fn half_made_things_are_named() -> Result<()> {
         kill_at(&lab, UP, &call, k)?;
         let sw = lab.leftovers(Some(&["br0-sw"]))?;
         let xdp_alone =
-            sw.iter().any(|l| l.starts_with("XDP")) && !sw.iter().any(|l| l.starts_with("tcx"));
+            sw.iter().any(|l| l.starts_with("XDP")) && !sw.iter().any(|l| l.starts_with("TC "));
         ensure!(
             xdp_alone == (later == 1),
             "up killed at {call} #{k} left br0-sw with {sw:?}"
@@ -864,5 +900,54 @@ fn half_made_things_are_named() -> Result<()> {
         lab.leftovers(None)?.is_empty(),
         "the last down left something"
     );
+    Ok(())
+}
+
+/// On the clsact fallback (kernels without tcx; forced here with
+/// UMLBR_TC_HOOK=clsact): a command killed after it made a port's clsact
+/// qdisc and before umlbr's filter on it (at the RTM_NEWTFILTER request)
+/// leaves a qdisc that `detach` or `down` removes, since the port's
+/// record says umlbr made it. The same for `up` on the switch port, whose
+/// qdisc goes with the veth pair its record names.
+#[test]
+fn clsact_killed_between_qdisc_and_filter() -> Result<()> {
+    const ENV: &[(&str, &str)] = &[("UMLBR_TC_HOOK", "clsact")];
+    let lab = Lab::new(0)?;
+    let clsact_on = |dev: &str| -> Result<bool> {
+        Ok(lab
+            .ns
+            .sh(&format!("tc qdisc show dev {dev}"))?
+            .contains("clsact"))
+    };
+    bridge_with_ports(&lab)?;
+    let attach = ["attach", "tap2"];
+    let (call, k) = point_with_env(&lab, &attach, "RTM_NEWTFILTER", ENV)?;
+    lab.ok(&["detach", "tap2"])?;
+    ensure!(!clsact_on("tap2")?, "detach left tap2's clsact qdisc");
+    // Killed, then detach.
+    kill_at_env(&lab, &attach, &call, k, ENV)?;
+    ensure!(clsact_on("tap2")?, "the kill did not land after the qdisc");
+    let out = lab.umlbr(&["detach", "tap2"])?;
+    ensure!(out.status.success(), "detach: {}", said(&out));
+    let left = lab.leftovers(Some(&["tap2"]))?;
+    ensure!(left.is_empty(), "detach after the kill left {left:?}");
+    ensure!(lab.forwards_both("tap0", "tap1")?, "tap0 and tap1 stopped");
+    // Killed, then down.
+    kill_at_env(&lab, &attach, &call, k, ENV)?;
+    ensure!(clsact_on("tap2")?, "the kill did not land after the qdisc");
+    lab.ok(&["down", BR])?;
+    let left = lab.leftovers(None)?;
+    ensure!(left.is_empty(), "down after the kill left {left:?}");
+    // `up` killed at the switch port's first filter.
+    let (call, k) = point_with_env(&lab, UP, "RTM_NEWTFILTER", ENV)?;
+    lab.ok(&["down", BR])?;
+    kill_at_env(&lab, UP, &call, k, ENV)?;
+    ensure!(
+        clsact_on("br0-sw")?,
+        "the kill did not land after the qdisc"
+    );
+    lab.ok(&["down", BR])?;
+    let left = lab.leftovers(None)?;
+    ensure!(left.is_empty(), "down after the killed up left {left:?}");
     Ok(())
 }

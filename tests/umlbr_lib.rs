@@ -4,8 +4,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub use umlbr::{
+    clsact,
     nat::state_name,
-    object::{Tc, tcx_prog_ids},
+    object::{Tc, tc_prog_ids},
     port::port_ip_key,
     sys::monotonic_coarse_ns,
 };

@@ -399,16 +399,28 @@ impl Ctx {
         Ok((r.return_value, out, mark))
     }
 
-    /// Attach the TC program `prog` to `devs` at `at`.
+    /// Attach the TC program `prog` to `devs` at `at`: tcx where the
+    /// kernel has it, as umlbr does; a cls_bpf filter on a clsact qdisc
+    /// with `UMLBR_TC_HOOK=clsact` (umlbr's fallback for kernels without
+    /// tcx), or where the kernel has no tcx.
     pub fn attach_tc(&mut self, prog: &str, devs: &[&str], at: TcAttachType) -> Result<()> {
+        use aya::programs::tc::{NlOptions, TcAttachOptions, qdisc_add_clsact};
+        let clsact = std::env::var("UMLBR_TC_HOOK").is_ok_and(|h| h == "clsact");
         let p: &mut SchedClassifier = self
             .ebpf
             .program_mut(prog)
             .with_context(|| format!("no program {prog}"))?
             .try_into()?;
         for d in devs {
-            p.attach(d, at)
-                .with_context(|| format!("attaching {prog} to {d}"))?;
+            if clsact {
+                // Already there for a second program on the same device.
+                let _ = qdisc_add_clsact(d);
+                let opts = TcAttachOptions::Netlink(NlOptions::default());
+                p.attach_with_options(d, at, opts)
+            } else {
+                p.attach(d, at)
+            }
+            .with_context(|| format!("attaching {prog} to {d}"))?;
         }
         Ok(())
     }

@@ -135,7 +135,10 @@ pub enum Error {
     },
     /// The verifier refused a program: `log` is its last line (the whole
     /// log with UMLBR_VERBOSE set).
-    #[error("loading umlbr's eBPF program {name} (verifier: {log})")]
+    #[error(
+        "loading umlbr's eBPF program {name}: this kernel's verifier refused it, so the kernel \
+         lacks something the program needs or limits it more tightly (verifier: {log})"
+    )]
     Verifier {
         name: &'static str,
         log: String,

@@ -13,6 +13,7 @@
 //! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
 //! (`up` and `down`).
 pub mod bridge;
+pub mod clsact;
 pub mod error;
 pub mod fdb;
 pub mod lifecycle;

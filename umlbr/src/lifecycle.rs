@@ -19,7 +19,7 @@ use crate::{
     link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, check_ifname},
     lock,
     nat::{self, NatOptions},
-    object::{self, Maps, Programs, Tc, map_err},
+    object::{self, Hook, Maps, Programs, Tc, map_err},
     port, record, sys,
 };
 
@@ -101,12 +101,20 @@ async fn hook_switch_port(net: &Net, ebpf: &Ebpf, sw: &Link) -> Result<Maps> {
     // uplink exists: the switch port's egress holds it. It only acts on
     // frames from the uplink's MAC, which never pass there, so it costs a
     // map read per frame the TC path sends up.
+    // On clsact, the qdisc made here goes with the veth pair, which
+    // `down` (or the record, `record.rs`) deletes: no record of it needed.
+    let tc_hook = Hook::chosen()?;
     let mut ids = vec![xdp_id];
     for (hook, prog, name) in [
         (Tc::Ingress, tc, names::TC_PROG),
         (Tc::Egress, tc_out, names::TC_OUT_PROG),
     ] {
-        hook.attach(sw.index, &sw.name, prog.fd().map_err(fd_err(name))?)?;
+        hook.attach(
+            sw.index,
+            &sw.name,
+            prog.fd().map_err(fd_err(name))?,
+            tc_hook,
+        )?;
         let found = hook
             .umlbr_prog(&sw.name)
             .ok_or_else(|| not_hooked(hook.what()))?;
@@ -241,7 +249,7 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
         if let Some(link) = net.link_by_index(ifindex).await? {
             let kf = port::kind_and_flags(&br.maps, ifindex);
             port::unhook(net, &link, &progs).await?;
-            port::restore_promisc(net, &link, kf).await?;
+            port::restore(net, &link, kf).await?;
             detached.push(link.name);
         }
     }

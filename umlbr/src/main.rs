@@ -162,7 +162,19 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
     lifecycle::up(net, &name, &opts)
         .await
         .with_context(|| format!("bridge {name}"))?;
-    eprintln!("bridge {name} is up");
+    // tcx is optional: say where TC went without it.
+    let hook = match umlbr::object::Hook::chosen()? {
+        umlbr::object::Hook::Tcx => String::new(),
+        h if std::env::var_os(umlbr::object::TC_HOOK_ENV).is_some() => {
+            format!(
+                " (TC on {}, as {} asks)",
+                h.as_str(),
+                umlbr::object::TC_HOOK_ENV
+            )
+        }
+        h => format!(" (TC on {}: this kernel has no tcx)", h.as_str()),
+    };
+    eprintln!("bridge {name} is up{hook}");
     Ok(())
 }
 
@@ -224,9 +236,9 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         .no_xdp_reason
         .map(|r| format!("; no XDP: {r}"))
         .unwrap_or_default();
-    let xdp = p.xdp.as_str();
+    let (xdp, tc) = (p.xdp.as_str(), p.tc.as_str());
     eprintln!(
-        "{} attached to {}{role}{lock} (xdp {xdp}, tc tcx){why}",
+        "{} attached to {}{role}{lock} (xdp {xdp}, tc {tc}){why}",
         p.iface, p.bridge
     );
     Ok(())

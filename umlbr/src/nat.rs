@@ -19,7 +19,7 @@ use crate::{
     bridge::Bridge,
     error::{Error, Result},
     link::{Link, Net},
-    object::{Programs, Tc, map_err, sum},
+    object::{self, Hook, Programs, Tc, map_err, sum},
     port, sys,
 };
 
@@ -31,6 +31,9 @@ const NAT_F_FWD_WAS_OFF: u16 = 0x100;
 /// (`nat_ifindex` still 0) it is a record only: the datapath masquerades
 /// only with an uplink.
 const NAT_F_SLOW_PATH: u16 = 0x200;
+/// umlbr made the uplink's clsact qdisc (TC on a kernel without tcx):
+/// recorded with `nat_ifindex`, before the hook; `release` deletes it.
+const NAT_F_OWN_CLSACT: u16 = 0x400;
 /// The flags that say what to undo.
 const NAT_F_RECORD: u16 = NAT_F_FWD_WAS_OFF | NAT_F_SLOW_PATH;
 
@@ -339,7 +342,7 @@ async fn connect(
     net: &Net,
     br: &mut Bridge,
     link: &Link,
-    tc: &ProgramInfo,
+    tc: (&ProgramInfo, Hook),
     cfg: NatConfig,
     route_mtus: &[(Ipv4Addr, u8, u32)],
 ) -> Result<()> {
@@ -355,7 +358,7 @@ async fn connect(
             .map_err(map_err(names::NAT_MTU))?;
     }
     br.maps.set_nat_config(cfg)?;
-    port::hook(net, link, xdp_tx.then_some(br.xdp_prog_id), tc).await
+    port::hook(net, link, xdp_tx.then_some(br.xdp_prog_id), tc.0, tc.1).await
 }
 
 /// Masquerade the bridge's guests through `iface`. Returns the bridge's
@@ -395,8 +398,12 @@ pub async fn attach(
         ..Default::default()
     })?;
     cfg.flags |= record;
+    let tc_hook = Hook::chosen()?;
+    if object::makes_clsact(tc_hook, link.index, &link.name)? {
+        cfg.flags |= NAT_F_OWN_CLSACT;
+    }
     let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest) {
-        Ok(()) => connect(net, &mut br, &link, &tc, cfg, &route_mtus).await,
+        Ok(()) => connect(net, &mut br, &link, (&tc, tc_hook), cfg, &route_mtus).await,
         Err(e) => Err(e),
     };
     if let Err(e) = made {
@@ -413,6 +420,9 @@ async fn release(net: &Net, br: &mut Bridge, link: Option<&Link>, progs: &Progra
     if let Some(link) = link {
         if let Ok(Some(now)) = net.link_by_index(link.index).await {
             let _ = port::unhook(net, &now, progs).await;
+            if cfg.flags & NAT_F_OWN_CLSACT != 0 {
+                let _ = object::remove_own_clsact(now.index, &now.name);
+            }
         }
         let _ = br.maps.nat_tx.remove(link.index);
     }

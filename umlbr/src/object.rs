@@ -4,7 +4,11 @@
 //! Nothing is pinned and no process holds anything: the programs belong to
 //! the devices they are attached to, and every command finds them, and the
 //! maps they use, from the interfaces.
-use std::{collections::HashMap as StdHashMap, ops::AddAssign, os::fd::AsFd};
+use std::{
+    collections::HashMap as StdHashMap,
+    ops::AddAssign,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,6 +24,7 @@ use umlbr_common::{
 };
 
 use crate::{
+    clsact,
     error::{Error, Result},
     sys,
 };
@@ -125,8 +130,54 @@ pub fn fd_of(p: &ProgramInfo) -> Result<ProgramFd> {
         .map_err(|e| Error::program(format!("opening program id {}", p.id()), e))
 }
 
-/// A tcx hook, and umlbr's program for it: the switch's TC program on
-/// ingress, the uplink-egress program on egress.
+/// Where a port's TC programs sit: tcx (Linux 6.6 and later), or a
+/// clsact qdisc's cls_bpf filters where the kernel has no tcx. Both
+/// belong to the device; every command finds umlbr's programs on either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Tcx,
+    Clsact,
+}
+
+/// `UMLBR_TC_HOOK`: `tcx` or `clsact` forces the hook that `up` and
+/// `attach` use (clsact on a kernel with tcx: the host tests cover the
+/// fallback this way).
+pub const TC_HOOK_ENV: &str = "UMLBR_TC_HOOK";
+
+static CHOSEN: std::sync::OnceLock<std::result::Result<Hook, String>> = std::sync::OnceLock::new();
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Tcx => "tcx",
+            Hook::Clsact => "clsact",
+        }
+    }
+
+    /// The hook this command attaches TC programs with: `UMLBR_TC_HOOK`
+    /// if set, else tcx where the kernel has it (probed once per
+    /// command), clsact otherwise.
+    pub fn chosen() -> Result<Hook> {
+        CHOSEN
+            .get_or_init(|| match std::env::var(TC_HOOK_ENV).as_deref() {
+                Ok("tcx") => Ok(Hook::Tcx),
+                Ok("clsact") => Ok(Hook::Clsact),
+                Ok(other) => Err(format!("{TC_HOOK_ENV}={other:?}: expected tcx or clsact")),
+                Err(_) => match sys::has_tcx() {
+                    Ok(true) => Ok(Hook::Tcx),
+                    Ok(false) => Ok(Hook::Clsact),
+                    Err(e) => Err(format!("probing the kernel for tcx: {e}")),
+                },
+            })
+            .clone()
+            .map_err(Error::KernelFeature)
+    }
+}
+
+/// A TC hook of an interface, and umlbr's program for it: the switch's
+/// TC program on ingress, the uplink-egress program on egress; on tcx or
+/// on the clsact qdisc (`Hook`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tc {
     Ingress,
@@ -159,6 +210,14 @@ impl Tc {
         }
     }
 
+    /// The clsact qdisc's side of this hook.
+    fn parent(self) -> u32 {
+        match self {
+            Tc::Ingress => clsact::PARENT_INGRESS,
+            Tc::Egress => clsact::PARENT_EGRESS,
+        }
+    }
+
     fn aya(self) -> TcAttachType {
         match self {
             Tc::Ingress => TcAttachType::Ingress,
@@ -166,43 +225,137 @@ impl Tc {
         }
     }
 
-    /// The programs on this hook of `iface` (none if it cannot be read).
-    pub fn programs(self, iface: &str) -> Vec<ProgramInfo> {
-        SchedClassifier::query_tcx(iface, self.aya())
+    /// The programs on this hook of `iface`, each with where it sits:
+    /// tcx's, then the clsact qdisc's bpf filters' (none if they cannot
+    /// be read; a kernel without tcx has none there).
+    pub fn attached(self, iface: &str) -> Vec<(Hook, ProgramInfo)> {
+        let mut out: Vec<(Hook, ProgramInfo)> = SchedClassifier::query_tcx(iface, self.aya())
             .map(|(_, progs)| progs)
             .unwrap_or_default()
+            .into_iter()
+            .map(|p| (Hook::Tcx, p))
+            .collect();
+        let ids: Vec<u32> = ifindex_of(iface)
+            .and_then(|i| clsact::filters(i, self.parent()).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| f.prog_id)
+            .collect();
+        if !ids.is_empty() {
+            out.extend(
+                aya::programs::loaded_programs()
+                    .filter_map(|p| p.ok())
+                    .filter(|p| ids.contains(&p.id()))
+                    .map(|p| (Hook::Clsact, p)),
+            );
+        }
+        out
+    }
+
+    /// The programs on this hook of `iface`, tcx's and clsact's.
+    pub fn programs(self, iface: &str) -> Vec<ProgramInfo> {
+        self.attached(iface).into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// umlbr's program on this hook of `iface`, and where it sits.
+    pub fn umlbr_hooked(self, iface: &str) -> Option<(Hook, ProgramInfo)> {
+        self.attached(iface)
+            .into_iter()
+            .find(|(_, p)| p.name_as_str() == Some(self.prog_name()))
     }
 
     /// umlbr's program on this hook of `iface`.
     pub fn umlbr_prog(self, iface: &str) -> Option<ProgramInfo> {
-        self.programs(iface)
-            .into_iter()
-            .find(|p| p.name_as_str() == Some(self.prog_name()))
+        self.umlbr_hooked(iface).map(|(_, p)| p)
     }
 
-    /// Attach `prog` to this hook of `ifindex` (named `iface`).
-    pub fn attach(self, ifindex: u32, iface: &str, prog: &ProgramFd) -> Result<()> {
-        sys::tcx_attach(ifindex, prog.as_fd(), self.attach_type())
-            .map_err(|e| Error::io(format!("attaching {} to {iface}", self.what()), e))
+    /// Attach `prog` to this hook of `ifindex` (named `iface`), on tcx or
+    /// as a filter on the clsact qdisc, which is made if the device has
+    /// none: the caller records that before (`port::OWN_CLSACT`), unless
+    /// the device is umlbr's own.
+    pub fn attach(self, ifindex: u32, iface: &str, prog: &ProgramFd, hook: Hook) -> Result<()> {
+        let what = || format!("attaching {} to {iface} ({})", self.what(), hook.as_str());
+        match hook {
+            Hook::Tcx => sys::tcx_attach(ifindex, prog.as_fd(), self.attach_type())
+                .map_err(|e| Error::io(what(), e)),
+            Hook::Clsact => {
+                clsact::add_qdisc(ifindex).map_err(|e| Error::io(what(), e))?;
+                let fd = prog.as_fd().as_raw_fd();
+                clsact::add_filter(ifindex, self.parent(), fd, self.prog_name())
+                    .map_err(|e| Error::io(what(), e))
+            }
+        }
     }
 
-    /// Detach every umlbr program from this hook of `ifindex`.
+    /// Detach every umlbr program from this hook of `ifindex`, on tcx and
+    /// on the clsact qdisc (only umlbr's filters; the qdisc stays).
     pub fn detach_umlbr(self, ifindex: u32, iface: &str) -> Result<()> {
-        for p in self.programs(iface) {
+        let umlbr = |p: &ProgramInfo| {
             let name = p.name_as_str();
-            if name != Some(names::TC_PROG) && name != Some(names::TC_OUT_PROG) {
+            name == Some(names::TC_PROG) || name == Some(names::TC_OUT_PROG)
+        };
+        let what =
+            |hook: Hook| format!("detaching {} from {iface} ({})", self.what(), hook.as_str());
+        for (hook, p) in self.attached(iface) {
+            if !umlbr(&p) {
                 continue;
             }
-            let fd = fd_of(&p)?;
-            sys::tcx_detach(ifindex, fd.as_fd(), self.attach_type())
-                .map_err(|e| Error::io(format!("detaching {} from {iface}", self.what()), e))?;
+            match hook {
+                Hook::Tcx => {
+                    let fd = fd_of(&p)?;
+                    sys::tcx_detach(ifindex, fd.as_fd(), self.attach_type())
+                        .map_err(|e| Error::io(what(hook), e))?;
+                }
+                Hook::Clsact => {
+                    let filters = clsact::filters(ifindex, self.parent())
+                        .map_err(|e| Error::io(what(hook), e))?;
+                    for f in filters.iter().filter(|f| f.prog_id == Some(p.id())) {
+                        clsact::del_filter(ifindex, self.parent(), f.prio, f.handle)
+                            .map_err(|e| Error::io(what(hook), e))?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Ids of the programs on tcx hook `hook` of interface `ifindex`.
-pub fn tcx_prog_ids(ifindex: u32, hook: Tc) -> Vec<u32> {
+/// Whether attaching with `hook` to `ifindex` makes a clsact qdisc: the
+/// fact to record before, so that `detach` and `down` delete the qdisc
+/// (and never one that was there before).
+pub fn makes_clsact(hook: Hook, ifindex: u32, iface: &str) -> Result<bool> {
+    if hook != Hook::Clsact {
+        return Ok(false);
+    }
+    let has = clsact::has_qdisc(ifindex)
+        .map_err(|e| Error::io(format!("reading the qdiscs of {iface}"), e))?;
+    Ok(!has)
+}
+
+/// Delete the clsact qdisc that umlbr made on `ifindex`, once umlbr's
+/// filters are gone, unless filters of others were added to it since
+/// (they keep it). Returns whether it was deleted.
+pub fn remove_own_clsact(ifindex: u32, iface: &str) -> Result<bool> {
+    let what = || format!("removing the clsact qdisc umlbr made on {iface}");
+    for parent in [clsact::PARENT_INGRESS, clsact::PARENT_EGRESS] {
+        if !clsact::filters(ifindex, parent)
+            .map_err(|e| Error::io(what(), e))?
+            .is_empty()
+        {
+            return Ok(false);
+        }
+    }
+    clsact::del_qdisc(ifindex).map_err(|e| Error::io(what(), e))?;
+    Ok(true)
+}
+
+fn ifindex_of(iface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(iface).ok()
+}
+
+/// Ids of the programs on TC hook `hook` of interface `ifindex` (tcx and
+/// clsact).
+pub fn tc_prog_ids(ifindex: u32, hook: Tc) -> Vec<u32> {
     nix::net::if_::if_indextoname(ifindex)
         .ok()
         .and_then(|n| n.into_string().ok())

@@ -22,8 +22,14 @@ use crate::{
         Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode,
         fmt_mac,
     },
-    object::{Maps, Programs, Tc, fd_of, map_err, prog_fd},
+    object::{self, Hook, Maps, Programs, Tc, fd_of, map_err, prog_fd},
 };
+
+/// A port flag of userspace's own, kept in its stats slot with the
+/// others (the datapath never reads it): umlbr made the port's clsact
+/// qdisc (TC on a kernel without tcx), so `detach` and `down` delete it.
+/// Recorded before the qdisc is made.
+pub const PORT_F_OWN_CLSACT: u32 = 1 << 16;
 
 /// How `attach` makes an interface a port.
 #[derive(Clone, Debug, Default)]
@@ -365,7 +371,8 @@ pub async fn lock(net: &Net, br: Bridge) -> Result<Bridge> {
     Ok(br)
 }
 
-/// Detach every umlbr program from `link` (XDP, tcx ingress and egress).
+/// Detach every umlbr program from `link` (XDP, TC ingress and egress on
+/// tcx or clsact; a clsact qdisc stays: `restore` removes umlbr's).
 pub async fn unhook(net: &Net, link: &Link, progs: &Programs) -> Result<()> {
     if link.xdp_prog.is_some_and(|id| progs.is_umlbr_xdp(id)) {
         net.set_xdp(link.index, &link.name, None, link.xdp_mode.flag())
@@ -377,12 +384,19 @@ pub async fn unhook(net: &Net, link: &Link, progs: &Programs) -> Result<()> {
     Ok(())
 }
 
-/// An uplink leaves promiscuous mode unless it was promiscuous before.
-pub async fn restore_promisc(net: &Net, link: &Link, kind_flags: Option<(u32, u32)>) -> Result<()> {
+/// After `unhook`, what the port's record says umlbr changed: an uplink
+/// leaves promiscuous mode unless it was promiscuous before, and the
+/// clsact qdisc umlbr made goes.
+pub async fn restore(net: &Net, link: &Link, kind_flags: Option<(u32, u32)>) -> Result<()> {
     if let Some((PORT_KIND_UPLINK, flags)) = kind_flags
         && flags & PORT_F_WAS_PROMISC == 0
     {
         net.set_promisc(link.index, &link.name, false).await?;
+    }
+    if let Some((_, flags)) = kind_flags
+        && flags & PORT_F_OWN_CLSACT != 0
+    {
+        object::remove_own_clsact(link.index, &link.name)?;
     }
     Ok(())
 }
@@ -412,8 +426,14 @@ pub async fn check_free(net: &Net, link: &Link, progs: &Programs) -> Result<()> 
             return Err(taken(format!("{} (as its masquerade uplink)", b.name)));
         }
     }
+    // umlbr's TC program (tcx or clsact) on a port of no bridge: as with
+    // XDP, a port of a bridge deleted behind umlbr's back.
+    let orphan_tc = || Tc::BOTH.into_iter().any(|h| h.umlbr_prog(iface).is_some());
     match link.xdp_prog {
         Some(id) if progs.is_umlbr_xdp(id) => Err(Error::OrphanPort {
+            iface: iface.into(),
+        }),
+        None if orphan_tc() => Err(Error::OrphanPort {
             iface: iface.into(),
         }),
         Some(id) => Err(Error::ForeignXdp {
@@ -426,8 +446,15 @@ pub async fn check_free(net: &Net, link: &Link, progs: &Programs) -> Result<()> 
 
 /// Attach the bridge's XDP program (driver mode where the device has it,
 /// generic XDP on an skb otherwise; none when `xdp_id` is None) and its TC
-/// program to `link`.
-pub async fn hook(net: &Net, link: &Link, xdp_id: Option<u32>, tc: &ProgramInfo) -> Result<()> {
+/// program to `link`, on `hook` (a clsact qdisc it makes is recorded
+/// before: `PORT_F_OWN_CLSACT`, `NAT_F_OWN_CLSACT`).
+pub async fn hook(
+    net: &Net,
+    link: &Link,
+    xdp_id: Option<u32>,
+    tc: &ProgramInfo,
+    hook: Hook,
+) -> Result<()> {
     let iface = link.name.as_str();
     if let Some(xdp_id) = xdp_id {
         let xdp_fd = prog_fd(xdp_id)?;
@@ -442,7 +469,7 @@ pub async fn hook(net: &Net, link: &Link, xdp_id: Option<u32>, tc: &ProgramInfo)
                 .await?;
         }
     }
-    Tc::Ingress.attach(link.index, iface, &fd_of(tc)?)
+    Tc::Ingress.attach(link.index, iface, &fd_of(tc)?, hook)
 }
 
 /// How a port was attached.
@@ -451,6 +478,8 @@ pub struct Attached {
     pub iface: String,
     pub bridge: String,
     pub xdp: XdpMode,
+    /// Where its TC programs sit.
+    pub tc: Hook,
     pub uplink: bool,
     pub isolated: bool,
     /// Locked (`--lock`): bound MACs and addresses.
@@ -519,30 +548,31 @@ async fn connect(
     net: &Net,
     br: &mut Bridge,
     link: &Link,
-    tc: &ProgramInfo,
+    tc: (&ProgramInfo, Hook),
     uplink: bool,
     xdp: bool,
 ) -> Result<()> {
     if uplink {
         make_uplink(net, br, link).await?;
     }
-    hook(net, link, xdp.then_some(br.xdp_prog_id), tc).await?;
+    hook(net, link, xdp.then_some(br.xdp_prog_id), tc.0, tc.1).await?;
     if uplink {
         let out = br.require_tc_prog(Tc::Egress)?;
-        Tc::Egress.attach(link.index, &link.name, &fd_of(&out)?)?;
+        Tc::Egress.attach(link.index, &link.name, &fd_of(&out)?, tc.1)?;
     }
     net.set_up(link.index, &link.name).await
 }
 
-/// Undo a failed `attach`, as far as it got.
-async fn rollback(net: &Net, br: &mut Bridge, link: &Link, uplink: bool, progs: &Programs) {
+/// Undo a failed `attach`, as far as it got: as `detach` does, from the
+/// port's record.
+async fn rollback(net: &Net, br: &mut Bridge, link: &Link, progs: &Programs) {
+    let kf = kind_and_flags(&br.maps, link.index);
+    let _ = unlist(&mut br.maps, link.index);
     if let Ok(Some(now)) = net.link_by_index(link.index).await {
         let _ = unhook(net, &now, progs).await;
+        let _ = restore(net, &now, kf).await;
     }
-    let _ = unregister(&mut br.maps, link.index);
-    if uplink && !link.promisc {
-        let _ = net.set_promisc(link.index, &link.name, false).await;
-    }
+    let _ = br.maps.stats.remove(&link.index);
 }
 
 /// Make `iface` a port of `bridge` (or of the only bridge). An uplink is
@@ -572,7 +602,12 @@ pub async fn attach(
     if uplink {
         check_no_uplink(net, &br).await?;
     }
+    let tc_hook = Hook::chosen()?;
     let (kind, mut flags, no_xdp_reason) = role(&link, uplink, tc_only);
+    // Recorded in the port's stats slot before the qdisc is made.
+    if object::makes_clsact(tc_hook, link.index, &link.name)? {
+        flags |= PORT_F_OWN_CLSACT;
+    }
     if opts.isolated && !uplink {
         flags |= PORT_F_ISOLATED;
     }
@@ -595,15 +630,15 @@ pub async fn attach(
     // Bound before the port is hooked: a locked port's first frame is
     // already judged by them.
     if let Err(e) = bind(net, &mut br, &link, &opts).await {
-        rollback(net, &mut br, &link, uplink, &progs).await;
+        rollback(net, &mut br, &link, &progs).await;
         return Err(e);
     }
     // A veth uplink's frames arrive as skbs from its LAN-side peer:
     // veth's XDP would first copy each into an xdp_buff (measured:
     // slower than TC alone, bench/ uplink rows), so TC switches them.
     let xdp = flags & PORT_F_NO_XDP_TX == 0 && !tc_only && no_xdp_reason.is_none();
-    if let Err(e) = connect(net, &mut br, &link, &tc, uplink, xdp).await {
-        rollback(net, &mut br, &link, uplink, &progs).await;
+    if let Err(e) = connect(net, &mut br, &link, (&tc, tc_hook), uplink, xdp).await {
+        rollback(net, &mut br, &link, &progs).await;
         return Err(e);
     }
     let now = net.require(iface).await?;
@@ -611,6 +646,7 @@ pub async fn attach(
         iface: iface.into(),
         bridge: br.name.clone(),
         xdp: now.xdp_mode,
+        tc: tc_hook,
         uplink,
         isolated: flags & PORT_F_ISOLATED != 0,
         locked: opts.lock.then_some((opts.macs.len(), opts.ips.len())),
@@ -642,7 +678,7 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
             // meanwhile; its record (the stats slot) last.
             unlist(&mut br.maps, link.index)?;
             unhook(net, &link, &progs).await?;
-            restore_promisc(net, &link, kf).await?;
+            restore(net, &link, kf).await?;
             let _ = br.maps.stats.remove(&link.index);
             Ok(br.name)
         }

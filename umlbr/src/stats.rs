@@ -126,9 +126,16 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
     let Some(l) = link else {
         return view;
     };
-    let tc_on = tc_id.is_some_and(|id| Tc::Ingress.programs(&l.name).iter().any(|p| p.id() == id));
+    // Where the bridge's TC program sits on the port: tcx or clsact.
+    let tc_on = tc_id.and_then(|id| {
+        Tc::Ingress
+            .attached(&l.name)
+            .into_iter()
+            .find(|(_, p)| p.id() == id)
+            .map(|(hook, _)| hook.as_str())
+    });
     view.xdp = l.xdp_mode;
-    view.tc = if tc_on { "tcx" } else { "none" };
+    view.tc = tc_on.unwrap_or("none");
     view.up = l.up;
     view.stats.tx_packets = l.tx_packets;
     view.stats.tx_bytes = l.tx_bytes;

@@ -1,12 +1,11 @@
 //! What neither aya nor rtnetlink offer: tcx attach and detach owned by
 //! the device, GRO through ethtool, and the process's capabilities, clock
-//! and kernel checks.
+//! and the kernel's features, probed.
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
-use aya::util::KernelVersion;
 use nix::time::{ClockId, clock_gettime};
 
 const BPF_PROG_ATTACH: libc::c_long = 8;
@@ -124,45 +123,282 @@ pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Oldest kernel umlbr runs on: tcx (6.6) and a devmap broadcast that
-/// excludes the ingress port (5.15).
-pub const MIN_KERNEL: KernelVersion = KernelVersion::new(6, 6, 0);
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_QUERY: libc::c_long = 16;
 
-/// Refuse kernels without the features the datapath uses.
-pub fn check_kernel_version(v: KernelVersion) -> crate::Result<()> {
-    if v >= MIN_KERNEL {
-        return Ok(());
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: attr is a valid bpf_attr prefix of the size we pass; the
+    // kernel zero-extends it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
     }
-    Err(crate::Error::KernelFeature(format!(
-        "kernel {v} is older than {MIN_KERNEL} (tcx hooks and devmap broadcast are needed)"
-    )))
 }
 
-/// Check the running kernel: version and BTF.
-pub fn check_kernel() -> crate::Result<()> {
-    let v = KernelVersion::current()
-        .map_err(|e| crate::Error::io("reading the kernel version", io::Error::other(e)))?;
-    check_kernel_version(v)?;
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(crate::Error::KernelFeature(
-            "no BTF (/sys/kernel/btf/vmlinux); build the kernel with CONFIG_DEBUG_INFO_BTF".into(),
-        ));
+/// The prefix of `union bpf_attr` that BPF_PROG_QUERY reads.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+}
+
+/// Whether the kernel has tcx hooks (6.6): BPF_PROG_QUERY of tcx ingress
+/// on `lo` (ifindex 1 in every namespace). It reads a count under RTNL
+/// and changes nothing; a kernel without tcx refuses the attach type
+/// with EINVAL before looking at the device. (Attaching and detaching a
+/// program would prove more, but would need a program loaded and would
+/// touch an interface.)
+pub fn has_tcx() -> io::Result<bool> {
+    let mut attr = QueryAttr {
+        target_ifindex: 1,
+        attach_type: BPF_TCX_INGRESS,
+        ..Default::default()
+    };
+    match bpf(BPF_PROG_QUERY, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(())
+}
+
+/// The prefix of `union bpf_attr` that BPF_PROG_LOAD reads.
+#[repr(C)]
+#[derive(Default)]
+struct LoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// A BPF instruction (struct bpf_insn): code, dst | src << 4, off, imm.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn(u8, u8, i16, i32);
+
+const CALL: u8 = 0x85;
+const MOV64_IMM: u8 = 0xb7;
+const EXIT: u8 = 0x95;
+const LD_IMM64: u8 = 0x18;
+/// src_reg of an ld_imm64 whose immediate is a map's fd.
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Load `insns` as a program of `prog_type`; the verifier's log on
+/// failure.
+fn load_probe(
+    prog_type: u32,
+    insns: &[Insn],
+) -> std::result::Result<std::os::fd::OwnedFd, (io::Error, String)> {
+    use std::os::fd::FromRawFd;
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = LoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: BPF_PROG_LOAD returns a new fd that we own.
+        Ok(fd) => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            Err((e, String::from_utf8_lossy(&log[..end]).into_owned()))
+        }
+    }
+}
+
+/// Whether the verifier knows helper `id` in programs of `prog_type`, as
+/// libbpf's probe tells: a call with no arguments set is refused either
+/// way, for an unknown helper with "invalid func" or "unknown func".
+fn has_helper(prog_type: u32, id: i32) -> io::Result<bool> {
+    let insns = [
+        Insn(CALL, 0, 0, id),
+        Insn(MOV64_IMM, 0, 0, 0),
+        Insn(EXIT, 0, 0, 0),
+    ];
+    match load_probe(prog_type, &insns) {
+        Ok(_) => Ok(true),
+        Err((_, log)) if log.contains("invalid func ") || log.contains("unknown func ") => {
+            Ok(false)
+        }
+        Err((e, log)) if log.is_empty() => Err(e),
+        Err(_) => Ok(true),
+    }
+}
+
+/// The prefix of `union bpf_attr` that BPF_MAP_CREATE reads.
+#[repr(C)]
+#[derive(Default)]
+struct MapAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The prefix of `union bpf_attr` that BPF_PROG_TEST_RUN reads.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+const BPF_MAP_TYPE_DEVMAP_HASH: u32 = 25;
+const BPF_F_BROADCAST: i32 = 1 << 3;
+const BPF_F_EXCLUDE_INGRESS: i32 = 1 << 4;
+const XDP_REDIRECT: u32 = 4;
+
+/// Whether `bpf_redirect_map` takes BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS
+/// (5.15), which the verifier does not check: a kernel without them
+/// aborts the frame at run time. So an XDP program returning
+/// `bpf_redirect_map(devmap_hash, 0, those flags)` is run once
+/// (BPF_PROG_TEST_RUN, which does not redirect): XDP_REDIRECT where they
+/// are known, XDP_ABORTED where not.
+fn has_devmap_broadcast() -> io::Result<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut m = MapAttr {
+        map_type: BPF_MAP_TYPE_DEVMAP_HASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+    };
+    // A kernel without DEVMAP_HASH (5.4) has no broadcast either.
+    let map = match bpf(BPF_MAP_CREATE, &mut m) {
+        // SAFETY: BPF_MAP_CREATE returns a new fd that we own.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let insns = [
+        Insn(LD_IMM64, 1 | PSEUDO_MAP_FD << 4, 0, map.as_raw_fd()),
+        Insn(0, 0, 0, 0),
+        Insn(MOV64_IMM, 2, 0, 0),
+        Insn(MOV64_IMM, 3, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS),
+        Insn(CALL, 0, 0, 51), // bpf_redirect_map
+        Insn(EXIT, 0, 0, 0),
+    ];
+    let prog = load_probe(BPF_PROG_TYPE_XDP, &insns)
+        .map_err(|(e, log)| io::Error::new(e.kind(), format!("{e}: {}", log.trim())))?;
+    let mut frame = [0u8; 64];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6] = 2;
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval == XDP_REDIRECT)
+}
+
+/// What umlbr's datapath needs of the kernel beyond BPF, XDP and TC
+/// themselves, each with the release that brought it and what needs it.
+const HELPERS: [(i32, u32, &str, &str); 3] = [
+    (
+        152,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_redirect_neigh (Linux 5.10)",
+        "the masquerade's TC path",
+    ),
+    (
+        160,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_ktime_get_coarse_ns (Linux 5.11)",
+        "FDB aging and storm control",
+    ),
+    (
+        164,
+        BPF_PROG_TYPE_XDP,
+        "bpf_for_each_map_elem (Linux 5.13)",
+        "the NAT quota's sweep",
+    ),
+];
+
+/// Check the running kernel, by probing rather than by its version: BTF,
+/// the helpers the programs call, the devmap broadcast that floods in
+/// XDP. Each missing one is named (all are essential: the programs are
+/// one object, which the verifier takes whole or not at all). tcx is
+/// optional (`object::Hook`: clsact stands in).
+pub fn check_kernel() -> crate::Result<()> {
+    let mut missing = Vec::new();
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        missing.push("BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF)".to_string());
+    }
+    let probe =
+        |what: &str, e: io::Error| crate::Error::io(format!("probing the kernel for {what}"), e);
+    for (id, ty, what, why) in HELPERS {
+        if !has_helper(ty, id).map_err(|e| probe(what, e))? {
+            missing.push(format!("{what}, for {why}"));
+        }
+    }
+    let what = "devmap broadcast with BPF_F_EXCLUDE_INGRESS (Linux 5.15)";
+    if !has_devmap_broadcast().map_err(|e| probe(what, e))? {
+        missing.push(format!("{what}, for flooding in XDP"));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::KernelFeature(missing.join("; ")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The probes on this machine's kernel (6.6 or later, as root): every
+    /// feature there, and an unknown helper told apart.
     #[test]
-    fn kernel_versions() {
-        assert!(check_kernel_version(KernelVersion::new(6, 6, 0)).is_ok());
-        assert!(check_kernel_version(KernelVersion::new(6, 18, 44)).is_ok());
-        assert!(check_kernel_version(KernelVersion::new(7, 0, 1)).is_ok());
-        assert!(check_kernel_version(KernelVersion::new(6, 1, 0)).is_err());
-        assert!(check_kernel_version(KernelVersion::new(5, 15, 0)).is_err());
-        assert!(KernelVersion::current().is_ok());
+    fn probes() {
+        if effective_caps().unwrap_or(0) & (1 << CAP_SYS_ADMIN) == 0 {
+            eprintln!("not root: probes not run");
+            return;
+        }
+        assert!(has_tcx().unwrap());
+        for (id, ty, what, _) in HELPERS {
+            assert!(has_helper(ty, id).unwrap(), "{what}");
+        }
+        assert!(!has_helper(BPF_PROG_TYPE_XDP, 100_000).unwrap());
+        assert!(has_devmap_broadcast().unwrap());
+        check_kernel().unwrap();
     }
 
     #[test]

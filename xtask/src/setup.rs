@@ -82,8 +82,11 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
-/// Oldest kernel with tcx hooks (umlbr's TC attachment).
-const MIN_KERNEL: (u32, u32) = (6, 6);
+/// Oldest kernel umlbr is tested on (Debian 12's stock 6.1; `umlbr up`
+/// itself probes the features rather than the version).
+const MIN_KERNEL: (u32, u32) = (6, 1);
+/// The first kernel with tcx hooks; older ones get TC through clsact.
+const TCX_KERNEL: (u32, u32) = (6, 6);
 
 /// What is missing; empty when the machine is ready.
 #[derive(Debug, Default)]
@@ -361,11 +364,14 @@ fn kernel_report() {
             .zip(it.next().and_then(|b| b.parse().ok()))
     };
     match ver {
-        Some(v) if v >= MIN_KERNEL => say(format!("kernel: {release} (tcx available)")),
+        Some(v) if v >= TCX_KERNEL => say(format!("kernel: {release} (TC through tcx)")),
+        Some(v) if v >= MIN_KERNEL => say(format!(
+            "kernel: {release} (no tcx: TC through a clsact qdisc and cls_bpf filters)"
+        )),
         _ => warn(format!(
-            "kernel: {release} is older than {}.{}: umlbr attaches its TC program \
-             with tcx, which needs Linux {}.{} or newer (bookworm-backports has one)",
-            MIN_KERNEL.0, MIN_KERNEL.1, MIN_KERNEL.0, MIN_KERNEL.1
+            "kernel: {release} is older than {}.{}, the oldest umlbr is tested on \
+             (Debian 12's own); `umlbr up` names what it lacks",
+            MIN_KERNEL.0, MIN_KERNEL.1
         )),
     }
 }

@@ -324,11 +324,15 @@ if want down; then
 	progs_after=$(tapx progs)
 	[ "$progs_after" != "$progs_before" ] &&
 		errs="$errs; BPF programs/maps before up: $progs_before, after down: $progs_after"
+	# No qdisc was there before: a clsact left is one umlbr made (kernels
+	# without tcx).
+	left=$(tc qdisc show | grep clsact | head -n 1)
+	[ -n "$left" ] && errs="$errs; a clsact qdisc is left: $left"
 	nft list tables 2>/dev/null | grep -q umlbr && errs="$errs; an nftables table is left: $(nft list tables | grep umlbr)"
 	[ "$(cat /proc/sys/net/ipv4/ip_forward)" != "$fwd_before" ] && errs="$errs; ip_forward is $(cat /proc/sys/net/ipv4/ip_forward), was $fwd_before"
 	ub show 2>&1 | grep -qv '^no bridges' && errs="$errs; umlbr show lists: $(ub show 2>&1 | head -n 1)"
 	if [ -z "$errs" ]; then
-		result down PASS "no bridge, no program or map (${progs_after% *} programs before and after), no nftables table, ip_forward $fwd_before"
+		result down PASS "no bridge, no program or map (${progs_after% *} programs before and after), no clsact qdisc, no nftables table, ip_forward $fwd_before"
 	else
 		result down FAIL "${errs#; }"
 	fi

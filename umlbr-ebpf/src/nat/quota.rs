@@ -54,6 +54,16 @@ pub fn charge(port: u32, max: u32) -> bool {
 /// 512-byte stack.)
 #[inline(never)]
 pub fn credit(port: u32) {
+    credit_inline(port)
+}
+
+/// `credit` in the caller's frame: for `retire_out`, whose callers
+/// (`port_free`, the sweep) are at the end of the deepest call chain,
+/// where one more frame costs 32 bytes of stack on kernels that round
+/// each frame to 32 (6.1: umlbr_xdp -> out_sub -> mapping_new ->
+/// port_free -> credit was 544 bytes there, 512 where frames round to 16).
+#[inline(always)]
+fn credit_inline(port: u32) {
     if let Some(q) = NAT_QUOTA.get_ptr_mut(port) {
         // SAFETY: as in `entry`.
         let q = unsafe { &mut *q };
@@ -99,7 +109,7 @@ pub fn retire_out(okey: &NatKey, ikey: &NatKey) {
     }
     // Only the CPU whose removal succeeds gives the mapping back.
     if NAT_OUT.remove(*okey).is_ok() {
-        credit(owner);
+        credit_inline(owner);
     }
 }
 

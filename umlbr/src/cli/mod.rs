@@ -33,7 +33,12 @@ The seed recipe, and the umlbr commands that replace it:
 
 Every command acts on the current network namespace (it works under
 `ip netns exec`), needs root, and keeps no state outside the kernel.
-Read commands take --json and then print only JSON on stdout.";
+Read commands take --json and then print only JSON on stdout.
+
+TC programs attach with tcx where the kernel has it (Linux 6.6 and
+later) and otherwise as cls_bpf filters on a clsact qdisc (Debian 12's
+6.1); `show` says which (its TC column). UMLBR_TC_HOOK=tcx or clsact
+forces one for `up` and `attach`.";
 
 /// `--masquerade` and its options, which a port (`--uplink`, `--tc-only`)
 /// does not take. Named here as well as by `requires`: clap drops a
