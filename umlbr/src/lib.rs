@@ -10,7 +10,8 @@
 //! their hooks, its maps by id); `lock` (one command at a time changes
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
-//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
+//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `upgrade` (a
+//! running bridge's programs replaced, its maps kept); `lifecycle`
 //! (`up` and `down`).
 pub mod bridge;
 pub mod clsact;
@@ -26,5 +27,6 @@ pub mod record;
 pub mod stats;
 pub mod sys;
 pub mod tap;
+pub mod upgrade;
 
 pub use error::{Error, Result};

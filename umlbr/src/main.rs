@@ -146,6 +146,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Fdb(FdbCmd::Del { mac, bridge }) => fdb_del(&net, mac, bridge.as_deref()).await,
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
+        Cmd::Upgrade { name, json } => upgrade(&net, name.as_deref(), json).await,
     }
 }
 
@@ -341,4 +342,49 @@ async fn log(net: &Net, name: Option<&str>, follow: bool) -> Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+async fn upgrade(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
+    let all = Bridge::named_or_all(net, name).await?;
+    if all.is_empty() {
+        return Err(umlbr::Error::NoBridge.into());
+    }
+    let mut done = Vec::new();
+    for br in all {
+        let n = br.name.clone();
+        let u = umlbr::upgrade::upgrade(net, br)
+            .await
+            .with_context(|| format!("upgrading bridge {n}"))?;
+        if !json {
+            if u.resumed {
+                eprintln!("bridge {n}: completing an upgrade that was interrupted");
+            }
+            let ifaces: std::collections::BTreeSet<&str> =
+                u.replaced.iter().map(|r| r.iface.as_str()).collect();
+            eprintln!(
+                "bridge {n} upgraded: {} programs replaced on {} interfaces{}; {} maps kept{}",
+                u.replaced.len(),
+                ifaces.len(),
+                if u.already > 0 {
+                    format!(" ({} already new)", u.already)
+                } else {
+                    String::new()
+                },
+                u.maps_reused.len(),
+                if u.maps_new.is_empty() {
+                    String::new()
+                } else {
+                    format!(", new (empty): {}", u.maps_new.join(", "))
+                }
+            );
+            for (map, count) in &u.maps_migrated {
+                eprintln!("bridge {n}: map {map}: {count} entries migrated to its new layout");
+            }
+        }
+        done.push(u);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    Ok(())
 }

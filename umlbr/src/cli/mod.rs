@@ -125,6 +125,19 @@ pub enum Cmd {
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
     /// counters when the bridge masquerades.
     Stats(ShowArgs),
+    /// Put this umlbr's programs on a running bridge (on every bridge in the
+    /// namespace without NAME) in place of the ones an older umlbr put there,
+    /// keeping its maps: the MAC table, every NAT mapping, the counters and
+    /// settings carry over, and guests' connections go on. Each hook's program
+    /// is replaced in one kernel step. Run it after installing a newer umlbr.
+    /// If the new maps differ in layout, the bridge is left unchanged and the
+    /// maps are named. Safe to run again, also after it was interrupted.
+    Upgrade {
+        name: Option<String>,
+        /// Print what was replaced as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
