@@ -21,8 +21,8 @@ use netlink_packet_route::{
 };
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-        NetlinkPayload,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+        NetlinkMessage, NetlinkPayload,
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
@@ -249,7 +249,13 @@ pub fn replace_filter(
 }
 
 /// umlbr's direct-action cls_bpf filter message.
-fn bpf_filter(ifindex: u32, parent: u32, (prio, handle): (u16, u32), fd: i32, name: &str) -> TcMessage {
+fn bpf_filter(
+    ifindex: u32,
+    parent: u32,
+    (prio, handle): (u16, u32),
+    fd: i32,
+    name: &str,
+) -> TcMessage {
     let info = (u32::from(prio) << 16) | u32::from(PROTO_ALL);
     let mut m = tc_message(ifindex, parent, handle, info);
     m.attributes.push(TcAttribute::Kind("bpf".into()));

@@ -113,16 +113,23 @@ impl Layout {
     /// Whether a running map of this layout can be the new object's map
     /// of layout `new`: equal in everything the object fixes. (The loader
     /// sizes a devmap's values by the kernel's features, a perf event
-    /// array by the CPUs, a ring buffer by the page size.)
+    /// array by the CPUs, a ring buffer by the page size; the kernel makes
+    /// every devmap BPF_F_RDONLY_PROG.)
     pub fn fits(&self, new: &Layout) -> bool {
+        const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+        let kernel_flags = if matches!(new.map_type, DEVMAP | DEVMAP_HASH) {
+            BPF_F_RDONLY_PROG
+        } else {
+            0
+        };
         let loader_value = matches!(new.map_type, DEVMAP | CPUMAP | DEVMAP_HASH | RINGBUF);
-        let loader_max = (new.map_type == PERF_EVENT_ARRAY && new.max_entries == 0)
-            || new.map_type == RINGBUF;
+        let loader_max =
+            (new.map_type == PERF_EVENT_ARRAY && new.max_entries == 0) || new.map_type == RINGBUF;
         self.map_type == new.map_type
             && self.key_size == new.key_size
             && (loader_value || self.value_size == new.value_size)
             && (loader_max || self.max_entries == new.max_entries)
-            && self.flags == new.flags
+            && self.flags & !kernel_flags == new.flags & !kernel_flags
     }
 }
 
@@ -283,7 +290,12 @@ pub fn remove_pins(bridge: &str) -> Result<bool> {
     }
     let what = |w: &str| format!("{w} {} (bridge {bridge}'s upgrade pins)", dir.display());
     let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(what("reading"), e))?;
-    for e in entries.flatten() {
+    // The kernel's own files of a new bpffs (`maps.debug`, `progs.debug`
+    // with CONFIG_BPF_PRELOAD) go with the unmount.
+    for e in entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".debug"))
+    {
         std::fs::remove_file(e.path()).map_err(|e| Error::io(what("emptying"), e))?;
     }
     match nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
@@ -626,6 +638,9 @@ mod tests {
             flags: 0,
         };
         assert!(devmap(8).fits(&devmap(4)));
+        let mut running = devmap(8);
+        running.flags = 0x80;
+        assert!(running.fits(&devmap(4)), "the kernel's BPF_F_RDONLY_PROG");
         let mut perf = devmap(4);
         perf.map_type = PERF_EVENT_ARRAY;
         let mut running = perf;
