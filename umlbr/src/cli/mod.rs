@@ -125,14 +125,18 @@ pub enum Cmd {
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
     /// counters when the bridge masquerades.
     Stats(ShowArgs),
-    /// Put this umlbr's programs on a running bridge (on every bridge in the
-    /// namespace without NAME) in place of the ones an older umlbr put there,
-    /// keeping its maps: the MAC table, every NAT mapping, the counters and
-    /// settings carry over, and guests' connections go on. Each hook's program
-    /// is replaced in one kernel step. Run it after installing a newer umlbr.
-    /// If the new maps differ in layout, the bridge is left unchanged and the
-    /// maps are named. Safe to run again, also after it was interrupted.
+    /// Move running bridges onto this umlbr's programs, keeping their maps
+    /// and flows.
+    ///
+    /// After installing a newer umlbr: its programs replace the ones an older
+    /// umlbr put on the bridge's hooks, each in one kernel step, and use the
+    /// bridge's maps as they are, so the MAC table, every NAT mapping, the
+    /// counters and settings carry over and guests' connections go on. If a
+    /// map's layout changed (without a migration), the bridge is left
+    /// unchanged and the error names the map and both layouts. Safe to run
+    /// again, also after it was interrupted.
     Upgrade {
+        /// The bridge; every bridge in this network namespace without it.
         name: Option<String>,
         /// Print what was replaced as JSON.
         #[arg(long)]
