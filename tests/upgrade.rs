@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use umlbr_tests::{
-    netns::{InNetns, Netns, open_tap, xdp_prog_ids},
+    netns::{InNetns, Netns, ifindex, open_tap, xdp_prog_ids},
     umlbr_bin,
     wire::{Frame, Mac, mac},
 };
@@ -324,5 +324,50 @@ fn upgrade_of_no_bridge_says_so() -> Result<()> {
         !out.status.success() && err.contains("no bridge"),
         "upgrade without bridges: {err}"
     );
+    Ok(())
+}
+
+/// A TC replace names the program it replaces: once that program is no
+/// longer on the hook (replaced by another), a replace naming it fails and
+/// the hook keeps what it has. On tcx the kernel checks it (BPF_F_REPLACE,
+/// the old program kept loaded here so that the request reaches the
+/// kernel); on clsact umlbr finds the filter by the old program.
+#[test]
+fn a_replace_naming_a_replaced_program_fails() -> Result<()> {
+    for hook in ["tcx", "clsact"] {
+        let ns = Netns::without_ipv6(&format!("ug-stale-{hook}"))?;
+        ok(&ns, hook, &["up", "br0"])?;
+        let res = ns.run_in(|| {
+            let sw = "br0-sw";
+            let idx = ifindex(sw)?;
+            let tc = umlbr_lib::Tc::Ingress;
+            let (at, first) = tc.umlbr_hooked(sw).context("no TC program")?;
+            let keep = first.fd()?;
+            let a = umlbr_lib::load_object()?;
+            let b = umlbr_lib::load_object()?;
+            let fd = |e: &aya::Ebpf| -> Result<aya::programs::ProgramFd> {
+                let p = e.program("umlbr_tc").context("no umlbr_tc")?;
+                Ok(p.fd()?.try_clone()?)
+            };
+            tc.replace(idx, sw, &fd(&a)?, &first, at)?;
+            let now = tc.umlbr_prog(sw).context("no TC program")?.id();
+            ensure!(now != first.id(), "not replaced");
+            let stale = tc.replace(idx, sw, &fd(&b)?, &first, at);
+            ensure!(
+                stale.is_err(),
+                "{hook}: a replace naming a replaced program succeeded"
+            );
+            eprintln!("{hook}: {:#}", anyhow::Error::from(stale.unwrap_err()));
+            let after = tc.umlbr_prog(sw).context("no TC program")?.id();
+            ensure!(
+                after == now,
+                "{hook}: the hook changed to {after} (was {now})"
+            );
+            drop(keep);
+            Ok(())
+        });
+        ok(&ns, hook, &["down", "br0"])?;
+        res?;
+    }
     Ok(())
 }

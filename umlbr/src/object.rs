@@ -325,7 +325,13 @@ impl Tc {
                 let f = filters
                     .iter()
                     .find(|f| f.prog_id == Some(old.id()))
-                    .ok_or_else(|| Error::ProgramGone(old.id()))?;
+                    .ok_or_else(|| {
+                        let gone = "no filter holds it any more";
+                        Error::io(
+                            what(),
+                            std::io::Error::new(std::io::ErrorKind::NotFound, gone),
+                        )
+                    })?;
                 let fd = new.as_fd().as_raw_fd();
                 clsact::replace_filter(
                     ifindex,
