@@ -348,12 +348,11 @@ pub fn parse(path: &str, src: &str) -> Result<Config> {
             message,
         }
     })?;
-    cfg.check()
-        .map_err(|(key, message)| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            message,
-        })?;
+    cfg.check().map_err(|(key, message)| ConfigError::Invalid {
+        path: path.into(),
+        key,
+        message,
+    })?;
     Ok(cfg)
 }
 
@@ -497,10 +496,8 @@ fn desired(p: &Port, link: &Link) -> Effective {
         macs: p.macs.iter().map(|m| m.0).collect(),
         ips: p.ips.iter().copied().collect(),
         limits: (
-            p.max_learned
-                .unwrap_or(port::default_max_learned(kind)),
-            p.flood_limit
-                .unwrap_or(port::default_flood_limit(kind)),
+            p.max_learned.unwrap_or(port::default_max_learned(kind)),
+            p.flood_limit.unwrap_or(port::default_flood_limit(kind)),
         ),
     }
 }
@@ -707,9 +704,15 @@ pub enum Step {
     SetAging(u64),
     Unmasquerade(String),
     /// Detach the port, and delete its tap if a config created it.
-    Detach { iface: String, delete_tap: bool },
+    Detach {
+        iface: String,
+        delete_tap: bool,
+    },
     /// Detach and attach again with other options.
-    Reattach { port: Port, own_tap: bool },
+    Reattach {
+        port: Port,
+        own_tap: bool,
+    },
     /// Change learning and flood limits in place.
     Limits {
         iface: String,
@@ -717,8 +720,14 @@ pub enum Step {
         flood_limit: u32,
     },
     Masquerade(Masquerade),
-    CreateTap { iface: String, tap: Tap },
-    Attach { port: Port, own_tap: bool },
+    CreateTap {
+        iface: String,
+        tap: Tap,
+    },
+    Attach {
+        port: Port,
+        own_tap: bool,
+    },
     FdbDel([u8; 6]),
     FdbAdd([u8; 6], String),
 }
@@ -730,7 +739,11 @@ impl fmt::Display for Step {
             Step::SetAging(s) => write!(f, "set aging to {s} s"),
             Step::Unmasquerade(i) => write!(f, "stop masquerading through {i}"),
             Step::Detach { iface, delete_tap } => {
-                let del = if *delete_tap { " and delete the tap" } else { "" };
+                let del = if *delete_tap {
+                    " and delete the tap"
+                } else {
+                    ""
+                };
                 write!(f, "detach {iface}{del}")
             }
             Step::Reattach { port, .. } => write!(f, "re-attach {} with new options", port.name),
@@ -921,8 +934,7 @@ pub async fn execute(
             Step::Reattach { port, own_tap } => {
                 port::detach(net, &port.name).await?;
                 let opts = port.attach_options(*own_tap);
-                port::attach(net, &port.name, Some(name), opts)
-                    .await?;
+                port::attach(net, &port.name, Some(name), opts).await?;
             }
             Step::Limits {
                 iface,
@@ -931,12 +943,10 @@ pub async fn execute(
             } => {
                 let link = net.require(iface).await?;
                 let mut br = port::lock(net, Bridge::open(net, name).await?).await?;
-                port::set_limits(&mut br.maps, link.index, *max_learned, *flood_limit)
-                    ?;
+                port::set_limits(&mut br.maps, link.index, *max_learned, *flood_limit)?;
             }
             Step::Masquerade(m) => {
-                nat::attach(net, &m.uplink, Some(name), &m.options())
-                    .await?;
+                nat::attach(net, &m.uplink, Some(name), &m.options()).await?;
             }
             Step::CreateTap { iface, tap: t } => {
                 let opts = TapOptions {
@@ -949,8 +959,7 @@ pub async fn execute(
             }
             Step::Attach { port, own_tap } => {
                 let opts = port.attach_options(*own_tap);
-                port::attach(net, &port.name, Some(name), opts)
-                    .await?;
+                port::attach(net, &port.name, Some(name), opts).await?;
             }
             Step::FdbDel(mac) => {
                 fdb::del(net, *mac, Some(name)).await?;
@@ -1037,7 +1046,10 @@ port = "tap0"
 "#,
         )
         .unwrap();
-        assert_eq!(c.masquerade.as_ref().unwrap().options().ports, Some((61000, 61999)));
+        assert_eq!(
+            c.masquerade.as_ref().unwrap().options().ports,
+            Some((61000, 61999))
+        );
         assert_eq!(
             c.masquerade.as_ref().unwrap().timeouts.0,
             vec![(NatTimeout::TcpClosing, 1), (NatTimeout::Udp, 5)]
@@ -1051,16 +1063,24 @@ port = "tap0"
     fn errors_name_line_column_and_key() {
         let e = err("name = \"br0\"\naddresses = [\"192.168.2.1/33\"]\n");
         assert!(e.starts_with("f.toml:2:"), "{e}");
-        assert!(e.contains("addresses") && e.contains("192.168.2.1/33"), "{e}");
+        assert!(
+            e.contains("addresses") && e.contains("192.168.2.1/33"),
+            "{e}"
+        );
         let e = err("name = \"br0\"\n[[port]]\nname = \"tap0\"\nmax_learnd = 3\n");
         assert!(e.starts_with("f.toml:4:1: port.max_learnd"), "{e}");
         let e = err("name = \"br0\"\naging = 0\n");
         assert!(e.starts_with("f.toml:2:9: aging"), "{e}");
         let e = err("name = \"br0\"\n[masquerade]\nuplink = \"eth0\"\ntimeouts = { udp = 0 }\n");
-        assert!(e.contains("masquerade.timeouts") && e.contains("udp=0"), "{e}");
+        assert!(
+            e.contains("masquerade.timeouts") && e.contains("udp=0"),
+            "{e}"
+        );
         let e = err("name = \"br0\"\n[[port]]\nname = \"tap0\"\nlock = true\n");
         assert!(e.contains("port[0].lock") && e.contains("macs"), "{e}");
-        let e = err("name = \"br0\"\naddresses = [\"10.0.0.1/24\"]\nuplink = \"eth0\"\n[masquerade]\nuplink = \"eth1\"\n");
+        let e = err(
+            "name = \"br0\"\naddresses = [\"10.0.0.1/24\"]\nuplink = \"eth0\"\n[masquerade]\nuplink = \"eth1\"\n",
+        );
         assert!(e.contains("uplink: conflicts"), "{e}");
     }
 }
