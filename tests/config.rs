@@ -579,3 +579,31 @@ fn the_examples_work() -> Result<()> {
     }
     Ok(())
 }
+
+/// An `up --config` that fails half-way (a port that does not exist,
+/// after a tap it created) names the culprit and leaves nothing: no
+/// bridge, no tap.
+#[test]
+fn a_failed_up_config_leaves_nothing() -> Result<()> {
+    let ns = Netns::without_ipv6("cf-fail")?;
+    let f = write(
+        &ns,
+        "fail.toml",
+        "name = \"br0\"\naddresses = [\"192.168.7.1/24\"]\n\
+         [[port]]\nname = \"tap0\"\n[port.tap]\n\
+         [[port]]\nname = \"nosuch0\"\n",
+    )?;
+    fails(
+        &ns,
+        &["up", "--config", s(&f)],
+        1,
+        &["\"nosuch0\"", "does not exist"],
+    )?;
+    let links = ns.sh("ip -o link show | cut -d: -f2")?;
+    ensure!(links.trim() == "lo", "left: {links}");
+    ensure!(
+        ns.umlbr_ok(&["show", "--json"])?.trim() == "[]",
+        "a bridge is left"
+    );
+    Ok(())
+}
