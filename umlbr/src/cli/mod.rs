@@ -130,6 +130,13 @@ pub enum Cmd {
     /// `up --config`): attach and detach ports, create and delete taps,
     /// change port options, add and remove static FDB entries; what did
     /// not change is not touched.
+    ///
+    /// A port the file drops is detached; its tap is deleted only if a
+    /// config file created it. `max_learned` and `flood_limit` change in
+    /// place; another changed option re-attaches that port alone.
+    /// `aging` changes in place, missing `addresses` are added. Refused,
+    /// naming the key: removing an address, changing `[masquerade]`
+    /// (remove it, apply, add it back).
     Apply(ApplyArgs),
     /// Print a running bridge as a config file (`umlbr config br0 >
     /// br0.toml; umlbr apply br0.toml` changes nothing).
