@@ -469,6 +469,13 @@ fn a_flow_survives_apply() -> Result<()> {
             .spawn()?;
         std::thread::sleep(Duration::from_millis(800));
         let p1 = port(&ns, "p1")?;
+        let e1_tx = || -> Result<u64> {
+            Ok(g1
+                .sh("cat /sys/class/net/e1/statistics/tx_packets")?
+                .trim()
+                .parse()?)
+        };
+        let e1_before = e1_tx()?;
         let macs_before = fdb(&ns)?;
         let grown = base.to_string()
             + "[[port]]\nname = \"tap3\"\n[port.tap]\n\
@@ -488,15 +495,43 @@ fn a_flow_survives_apply() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         eprintln!("flow through apply: {}", stdout.trim());
+        // A lost segment would stall the echo for a retransmission
+        // timeout (200 ms at least); a second of it is a broken path.
+        let worst: f64 = stdout
+            .split_whitespace()
+            .nth(3)
+            .and_then(|w| w.parse().ok())
+            .context("no worst round trip")?;
+        ensure!(worst < 1.0, "an echo took {worst} s through apply");
         ensure!(port_names(&ns)? == ["p1", "p2", "tap3"]);
         let after = port(&ns, "p1")?;
         ensure!(after["ifindex"] == p1["ifindex"]);
+        // Every frame g1 sent since is on top of p1's count: a count
+        // that restarted would fall short.
+        let sent = e1_tx()? - e1_before;
         let rx = |v: &Value| v["stats"]["rx_packets"].as_u64().unwrap_or(0);
         ensure!(
-            rx(&after) > rx(&p1) && rx(&p1) > 0,
-            "p1's counters restarted: {} then {}",
+            rx(&p1) > 0 && rx(&after) >= rx(&p1) + sent,
+            "p1's counters restarted: {} then {} ({sent} frames sent since)",
             rx(&p1),
             rx(&after)
+        );
+        // Not one segment was lost: g1's TCP retransmitted none.
+        let snmp = g1.sh("cat /proc/net/snmp")?;
+        let tcp: Vec<Vec<&str>> = snmp
+            .lines()
+            .filter(|l| l.starts_with("Tcp:"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        ensure!(tcp.len() == 2, "no Tcp lines in {snmp}");
+        let col = tcp[0]
+            .iter()
+            .position(|h| *h == "RetransSegs")
+            .context("no RetransSegs")?;
+        ensure!(
+            tcp[1][col] == "0",
+            "g1 retransmitted {} segments through apply",
+            tcp[1][col]
         );
         let learned: Vec<_> = macs_before.iter().filter(|e| !e.2).collect();
         ensure!(
