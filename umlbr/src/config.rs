@@ -283,7 +283,9 @@ impl Masquerade {
 }
 
 impl Port {
-    fn attach_options(&self, own_tap: bool) -> AttachOptions {
+    /// How `attach` makes this port (`own_tap`: a config created its
+    /// tap); also for `umlbr watch` attaching a tap that came back.
+    pub fn attach_options(&self, own_tap: bool) -> AttachOptions {
         AttachOptions {
             uplink: self.uplink,
             tc_only: self.tc_only,
