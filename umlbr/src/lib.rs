@@ -11,9 +11,11 @@
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
 //! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
-//! (`up` and `down`).
+//! (`up` and `down`); `config` (the config file: `up --config`,
+//! `apply`, `config NAME`).
 pub mod bridge;
 pub mod clsact;
+pub mod config;
 pub mod error;
 pub mod fdb;
 pub mod lifecycle;

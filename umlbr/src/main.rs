@@ -3,12 +3,12 @@
 //!
 //! Exit status: 0 done, 1 the command failed, 2 the command line was
 //! wrong (nothing was touched).
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context, Result};
 use umlbr::{
     bridge::Bridge,
-    fdb,
+    config, fdb,
     lifecycle::{self, UpOptions},
     link::{Net, fmt_mac},
     nat, port, stats, sys,
@@ -17,7 +17,7 @@ use umlbr::{
 
 mod cli;
 
-use cli::{AttachArgs, Cli, Cmd, FdbCmd, NatCmd, ShowArgs, TapCmd, UpArgs, print};
+use cli::{ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, NatCmd, ShowArgs, TapCmd, UpArgs, print};
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_checked() {
@@ -146,11 +146,16 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Fdb(FdbCmd::Del { mac, bridge }) => fdb_del(&net, mac, bridge.as_deref()).await,
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
+        Cmd::Apply(a) => apply(&net, a).await,
+        Cmd::Config { name } => print_config(&net, &name).await,
     }
 }
 
 async fn up(net: &Net, a: UpArgs) -> Result<()> {
     sys::check_kernel()?;
+    if let Some(file) = &a.config {
+        return up_config(net, file).await;
+    }
     let nat = a.nat.options();
     let opts = UpOptions {
         address: a.address,
@@ -158,12 +163,18 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
         uplink: a.uplink,
         masquerade: a.masquerade.map(|m| (m, nat)),
     };
-    let name = a.name;
+    // clap requires NAME without --config.
+    let name = a.name.context("no bridge name")?;
     lifecycle::up(net, &name, &opts)
         .await
         .with_context(|| format!("bridge {name}"))?;
-    // tcx is optional: say where TC went without it.
-    let hook = match umlbr::object::Hook::chosen()? {
+    eprintln!("bridge {name} is up{}", hook_note()?);
+    Ok(())
+}
+
+/// Where TC went, if not on tcx: tcx is optional.
+fn hook_note() -> Result<String> {
+    Ok(match umlbr::object::Hook::chosen()? {
         umlbr::object::Hook::Tcx => String::new(),
         h if std::env::var_os(umlbr::object::TC_HOOK_ENV).is_some() => {
             format!(
@@ -173,8 +184,52 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
             )
         }
         h => format!(" (TC on {}: this kernel has no tcx)", h.as_str()),
-    };
-    eprintln!("bridge {name} is up{hook}");
+    })
+}
+
+async fn up_config(net: &Net, file: &Path) -> Result<()> {
+    let cfg = config::load(file)?;
+    let name = cfg.name.clone();
+    let steps = config::up(net, &cfg)
+        .await
+        .with_context(|| format!("bridge {name} (from {})", file.display()))?;
+    for s in &steps {
+        eprintln!("{s}");
+    }
+    eprintln!("bridge {name} is up{}", hook_note()?);
+    Ok(())
+}
+
+async fn apply(net: &Net, a: ApplyArgs) -> Result<()> {
+    let cfg = config::load(&a.file)?;
+    let name = cfg.name.clone();
+    let steps = config::apply(net, &cfg, a.dry_run)
+        .await
+        .with_context(|| format!("bridge {name} (from {})", a.file.display()))?;
+    if a.dry_run {
+        // The plan is the output.
+        for s in &steps {
+            println!("{s}");
+        }
+        return Ok(());
+    }
+    for s in &steps {
+        eprintln!("{s}");
+    }
+    let n = steps.len();
+    eprintln!("bridge {name}: {n} change(s) applied");
+    Ok(())
+}
+
+async fn print_config(net: &Net, name: &str) -> Result<()> {
+    let br = Bridge::open(net, name).await?;
+    let cfg = config::current(net, &br)
+        .await
+        .with_context(|| format!("bridge {name}"))?;
+    print!(
+        "# bridge {name}, as `umlbr config {name}` printed it\n{}",
+        config::to_toml(&cfg)
+    );
     Ok(())
 }
 
@@ -221,6 +276,7 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         lock: a.lock,
         macs: a.mac,
         ips: a.ip,
+        own_tap: false,
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = match (p.uplink, p.isolated) {

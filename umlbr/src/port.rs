@@ -30,6 +30,11 @@ use crate::{
 /// qdisc (TC on a kernel without tcx), so `detach` and `down` delete it.
 /// Recorded before the qdisc is made.
 pub const PORT_F_OWN_CLSACT: u32 = 1 << 16;
+/// A port flag of userspace's own, as `PORT_F_OWN_CLSACT`: a config file
+/// created the port's tap (`[port.tap]`), so `apply` deletes the tap when
+/// the file no longer names the port. Taps made otherwise are never
+/// deleted by `apply`: a guest may hold them.
+pub const PORT_F_OWN_TAP: u32 = 1 << 17;
 
 /// How `attach` makes an interface a port.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +60,8 @@ pub struct AttachOptions {
     /// With `lock`: the only IPv4 and IPv6 addresses the port may send
     /// from (PORT_F_IP_LOCKED; none: no address check).
     pub ips: Vec<IpAddr>,
+    /// A config file created the interface (a tap): `PORT_F_OWN_TAP`.
+    pub own_tap: bool,
 }
 
 /// The UMLBR_PORT_IP key binding `addr` to port `ifindex`.
@@ -210,6 +217,21 @@ pub fn default_flood_limit(kind: u32) -> u32 {
     } else {
         DEFAULT_FLOOD_LIMIT
     }
+}
+
+/// Change port `ifindex`'s learning limit and flood limit in place (as
+/// `register` sets them), keeping its count of learned MACs and its
+/// counters: what `apply` does when only these differ. Under the
+/// bridge's lock.
+pub fn set_limits(maps: &mut Maps, ifindex: u32, max_learned: u32, flood_limit: u32) -> Result<()> {
+    let mut b = maps.learn.get(&ifindex, 0).map_err(map_err(names::LEARN))?;
+    let (flood_pps, flood_gap_ns) = flood_budget(flood_limit);
+    b.max = max_learned;
+    b.flood_pps = flood_pps;
+    b.flood_gap_ns = flood_gap_ns;
+    maps.learn
+        .insert(ifindex, b, 0)
+        .map_err(map_err(names::LEARN))
 }
 
 /// Storm control's budget of a port limited to `pps` floods a second.
@@ -610,6 +632,9 @@ pub async fn attach(
     }
     if opts.isolated && !uplink {
         flags |= PORT_F_ISOLATED;
+    }
+    if opts.own_tap {
+        flags |= PORT_F_OWN_TAP;
     }
     if opts.lock {
         flags |= PORT_F_LOCKED;

@@ -1,10 +1,11 @@
 //! The command line's grammar: clap parses every value (CIDR, MAC, port
 //! range, NAT timeouts) and rejects flags that do not go together, so
 //! that every usage error exits 2 before umlbr touches anything.
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use umlbr::{
+    config::AGING_SECS,
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
 };
@@ -125,18 +126,89 @@ pub enum Cmd {
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
     /// counters when the bridge masquerades.
     Stats(ShowArgs),
+    /// Bring a running bridge to the state a config file describes (see
+    /// `up --config`): attach and detach ports, create and delete taps,
+    /// change port options, add and remove static FDB entries; what did
+    /// not change is not touched.
+    ///
+    /// A port the file drops is detached; its tap is deleted only if a
+    /// config file created it. `max_learned` and `flood_limit` change in
+    /// place; another changed option re-attaches that port alone.
+    /// `aging` changes in place, missing `addresses` are added. Refused,
+    /// naming the key: removing an address, changing `[masquerade]`
+    /// (remove it, apply, add it back).
+    Apply(ApplyArgs),
+    /// Print a running bridge as a config file (`umlbr config br0 >
+    /// br0.toml; umlbr apply br0.toml` changes nothing).
+    Config { name: String },
 }
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The config file (TOML; see `umlbr up --help`).
+    pub file: PathBuf,
+    /// Print the changes, one a line, without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What `up --config` does not go with: the file says all of it.
+const CONFIG_CONFLICTS: [&str; 8] = [
+    "name",
+    "address",
+    "aging",
+    "uplink",
+    "masquerade",
+    "nat_ports",
+    "nat_timeout",
+    "nat_max_per_guest",
+];
+
+const CONFIG_HELP: &str = "\
+Create the bridge a config file (TOML) describes, with its taps, ports
+and static FDB entries; the bridge's name comes from the file. `umlbr
+apply FILE` later brings the running bridge to an edited file, and
+`umlbr config NAME` prints a running bridge as such a file.
+
+  name = \"br0\"
+  addresses = [\"192.168.2.1/24\"]
+  aging = 300                    # seconds
+  [masquerade]                   # or: uplink = \"eth0\"
+  uplink = \"eth0\"
+  ports = \"61000-65535\"          # --nat-ports
+  timeouts = { udp = 30 }        # --nat-timeout KEY=SECONDS
+  max_per_guest = 8192
+  [[port]]                       # attach; options as `attach`'s flags
+  name = \"tap0\"
+  isolated = true                # also tc_only, max_learned, flood_limit,
+  lock = true                    # uplink
+  macs = [\"52:54:00:12:34:56\"]
+  ips = [\"192.168.2.10\"]
+  [port.tap]                     # create it (tap add) if it does not exist
+  user = \"giorgos\"               # also group, vnet_hdr = true
+  [[fdb]]                        # a static entry (fdb add --static)
+  mac = \"02:00:00:00:00:01\"
+  port = \"tap0\"
+
+Examples: examples/lan.toml (section C), examples/masquerade.toml
+(section D).";
 
 #[derive(Args)]
 pub struct UpArgs {
     /// Bridge name; also the host's interface on the switch (max 15 bytes).
-    pub name: String,
+    #[arg(required_unless_present = "config")]
+    pub name: Option<String>,
+    /// Create the bridge a config file describes (no other flag goes
+    /// with it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_CONFLICTS,
+          long_help = CONFIG_HELP)]
+    pub config: Option<PathBuf>,
     /// Address for the host interface, e.g. 192.168.2.1/24 (the guests' gateway).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub address: Option<(IpAddr, u8)>,
     /// Seconds after which a learned MAC is forgotten (default 300).
     #[arg(long, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u64).range(AGING_SECS))]
     pub aging: Option<u64>,
     /// Make the host's NIC IFACE a port (guests bridged onto the LAN).
     /// IFACE keeps its addresses and routes; it is made promiscuous while
@@ -316,6 +388,7 @@ impl Cmd {
                 | Cmd::Log { .. }
                 | Cmd::Fdb(FdbCmd::Show(_))
                 | Cmd::Nat(NatCmd::Show(_))
+                | Cmd::Config { .. }
         )
     }
 }
