@@ -70,6 +70,8 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "xz-utils",
     "zstd",
+    // tests/metrics.rs checks `umlbr metrics` with `promtool check metrics`.
+    "prometheus",
 ];
 
 /// The rustc umlbr/build.rs compiles the eBPF crate with.
