@@ -409,6 +409,28 @@ fn stats_watch_prints_rates() -> Result<()> {
     let s = stop(w, libc::SIGINT);
     r?;
     s?;
+    // As a table, on a pipe: a block per interval, no terminal codes.
+    let mut w = spawn(&lab.ns, &["stats", "--watch"])?;
+    let stdout = w.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+            .take(6)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    stop(w, libc::SIGTERM)?;
+    let lines = reader.join().unwrap();
+    let text = lines.join("\n");
+    ensure!(
+        lines.first().is_some_and(|l| l.starts_with("every "))
+            && text.contains("RX_PPS")
+            && text.contains("DROPS/s")
+            && lines.iter().any(|l| l.trim_start().starts_with("tap0 "))
+            && !text.contains('\x1b'),
+        "stats --watch on a pipe:\n{text}"
+    );
     // Without --watch, --interval is a usage error.
     let out = lab.ns.umlbr(&["stats", "--interval", "2"])?;
     ensure!(out.status.code() == Some(2), "{out:?}");

@@ -52,7 +52,8 @@ enum Cmd {
     /// and of the test tools (user-mode-linux, iperf3, iproute2, nftables,
     /// iptables, dnsmasq-base, busybox-static, ethtool, tcpdump, linux-perf,
     /// bridge-utils, python3, util-linux, procps, kmod, qemu-system-x86,
-    /// xz-utils, zstd, prometheus for promtool), with one
+    /// xz-utils, zstd, prometheus for promtool, curl, groff-base,
+    /// man-db), with one
     /// `apt-get update` first; bpf-linker 0.13.0 built against LLVM 22
     /// (`cargo install`, a few minutes); rustup's rustfmt and clippy;
     /// /dev/net/tun (modprobe tun). Warns when the kernel has no BTF or is
