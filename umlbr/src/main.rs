@@ -423,7 +423,9 @@ async fn serve_metrics(net: &Net, name: Option<&str>, addr: std::net::SocketAddr
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr().context("the listening address")?;
-    eprintln!("serving http://{local}/metrics (SIGINT or SIGTERM ends)");
+    note(&format!(
+        "serving http://{local}/metrics (SIGINT or SIGTERM ends)"
+    ));
     let stop = on_stop()?;
     tokio::pin!(stop);
     let mut conns = futures::stream::FuturesUnordered::new();
@@ -435,7 +437,7 @@ async fn serve_metrics(net: &Net, name: Option<&str>, addr: std::net::SocketAddr
                     Ok((s, _)) => s,
                     // E.g. out of file descriptors: keep serving the others.
                     Err(e) => {
-                        eprintln!("umlbr: accepting a connection on {local}: {e}");
+                        note(&format!("accepting a connection on {local}: {e}"));
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
@@ -451,6 +453,13 @@ async fn serve_metrics(net: &Net, name: Option<&str>, addr: std::net::SocketAddr
             Some(_) = conns.next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// A line on stderr that may be lost: a server outlives whoever read its
+/// stderr, and eprintln! would panic on a closed pipe.
+fn note(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "umlbr: {msg}");
 }
 
 type Body = http_body_util::Full<bytes::Bytes>;
@@ -486,7 +495,7 @@ async fn scrape(
         Ok(v) => reply(200, metrics::CONTENT_TYPE, metrics::render(&v)),
         Err(e) => {
             let msg = message(&e);
-            eprintln!("umlbr: error: {msg}");
+            note(&format!("error: {msg}"));
             reply(500, TEXT, format!("{msg}\n"))
         }
     })
