@@ -10,9 +10,11 @@
 //! their hooks, its maps by id); `lock` (one command at a time changes
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
-//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
-//! (`up` and `down`); `config` (the config file: `up --config`,
-//! `apply`, `config NAME`).
+//! `fdb`; `port`; `nat` (masquerade); `stats`; `metrics` (the stats
+//! views in Prometheus' text format); `rates` (per-second rates between
+//! two stats views, for `stats --watch`); `tap`; `lifecycle` (`up` and
+//! `down`); `config` (the config file: `up --config`, `apply`, `config
+//! NAME`).
 pub mod bridge;
 pub mod clsact;
 pub mod config;
@@ -21,9 +23,11 @@ pub mod fdb;
 pub mod lifecycle;
 pub mod link;
 pub mod lock;
+pub mod metrics;
 pub mod nat;
 pub mod object;
 pub mod port;
+pub mod rates;
 pub mod record;
 pub mod stats;
 pub mod sys;

@@ -70,6 +70,13 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "xz-utils",
     "zstd",
+    // tests/metrics.rs checks `umlbr metrics` with `promtool check metrics`,
+    // scrapes `metrics --listen` with curl and renders the man pages with
+    // groff and man.
+    "prometheus",
+    "curl",
+    "groff-base",
+    "man-db",
 ];
 
 /// The rustc umlbr/build.rs compiles the eBPF crate with.

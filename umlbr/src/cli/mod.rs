@@ -10,6 +10,7 @@ use umlbr::{
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
 };
 
+pub mod docs;
 pub mod print;
 
 const ABOUT: &str = "An eBPF/XDP switch for VM guests on TUN/TAP: replaces a Linux bridge, \
@@ -124,8 +125,8 @@ pub enum Cmd {
     },
     /// Per-port counters: frames, bytes, forwarded, flooded, dropped, learned,
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
-    /// counters when the bridge masquerades.
-    Stats(ShowArgs),
+    /// counters when the bridge masquerades. --watch shows live rates.
+    Stats(StatsArgs),
     /// Bring a running bridge to the state a config file describes (see
     /// `up --config`): attach and detach ports, create and delete taps,
     /// change port options, add and remove static FDB entries; what did
@@ -141,6 +142,74 @@ pub enum Cmd {
     /// Print a running bridge as a config file (`umlbr config br0 >
     /// br0.toml; umlbr apply br0.toml` changes nothing).
     Config { name: String },
+    /// Counters, table sizes and limits in Prometheus' text format.
+    #[command(long_about = METRICS_HELP)]
+    Metrics(MetricsArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) on stdout.
+    #[command(long_about = COMPLETIONS_HELP)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print umlbr's man page (roff) on stdout, or write one page per
+    /// command into a directory.
+    Man {
+        /// Write umlbr.8 and one umlbr-COMMAND.8 per command into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+const METRICS_HELP: &str = "\
+Counters, table sizes and limits of one bridge (NAME) or all, in the
+Prometheus text exposition format: per port, frames and bytes received
+and sent, forwarded, flooded, dropped by reason, learned, moved,
+learn-limited and the path that switched them (xdp_native, xdp_generic,
+tc); learned MACs against --max-learned; the MAC table's size and
+capacity; the masquerade's counters, mappings, table capacity, port range
+and the ports in use, and each port's mappings against
+--nat-max-per-guest. Every metric is named umlbr_*; counters end in
+_total; labels: bridge, port (and reason, path, proto, direction).
+
+For node_exporter's textfile collector (the rename makes it atomic):
+  umlbr metrics > /var/lib/prometheus/node-exporter/umlbr.prom.$$ &&
+    mv /var/lib/prometheus/node-exporter/umlbr.prom.$$ \\
+       /var/lib/prometheus/node-exporter/umlbr.prom
+
+Or serve it: `umlbr metrics --listen 127.0.0.1:9469` answers GET /metrics
+with the counters read at that moment (404 for any other path) until
+SIGINT or SIGTERM.";
+
+const COMPLETIONS_HELP: &str = "\
+Print a completion script for SHELL on stdout. `cargo xtask install`
+installs bash's, zsh's and fish's; by hand:
+  umlbr completions bash > /usr/share/bash-completion/completions/umlbr
+  umlbr completions zsh > /usr/share/zsh/vendor-completions/_umlbr
+  umlbr completions fish > /usr/share/fish/vendor_completions.d/umlbr.fish";
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub show: ShowArgs,
+    /// Redraw per-port rates (frames/s, bytes/s, drops/s) every interval
+    /// until Ctrl-C; with --json, print one JSON object per interval, one
+    /// per line.
+    #[arg(long, short)]
+    pub watch: bool,
+    /// Seconds between two samples of --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+}
+
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// One bridge; all bridges without it.
+    pub name: Option<String>,
+    /// Serve GET /metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9469,
+    /// [::]:9469) until SIGINT or SIGTERM, each scrape read afresh.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -385,11 +454,15 @@ impl Cmd {
             self,
             Cmd::Show(_)
                 | Cmd::Stats(_)
+                | Cmd::Completions { .. }
+                | Cmd::Man { .. }
                 | Cmd::Log { .. }
                 | Cmd::Fdb(FdbCmd::Show(_))
                 | Cmd::Nat(NatCmd::Show(_))
                 | Cmd::Config { .. }
-        )
+        ) || matches!(self, Cmd::Metrics(m) if m.listen.is_none())
+        // Not `metrics --listen`: a server must not die of a scraper that
+        // hung up.
     }
 }
 
@@ -523,6 +596,13 @@ mod tests {
         assert!(parse("attach tap0 --flood-limit 50").is_ok());
         assert!(parse("attach tap0 --flood-limit -1").is_err());
         assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
+        assert!(parse("stats br0 --watch --interval 2 --json").is_ok());
+        assert!(parse("stats --interval 2").is_err());
+        assert!(parse("stats --watch --interval 0").is_err());
+        assert!(parse("metrics br0 --listen 127.0.0.1:9469").is_ok());
+        assert!(parse("metrics --listen 127.0.0.1").is_err());
+        assert!(parse("completions fish").is_ok());
+        assert!(parse("completions tcsh").is_err());
         let Cmd::Attach(a) = parse(
             "attach tap0 --lock --mac 52:54:00:12:34:56 --mac 52:54:00:12:34:57 \
              --ip 192.168.2.10 --ip fe80::5054:ff:fe12:3456 --isolated",
