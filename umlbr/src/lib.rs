@@ -10,11 +10,13 @@
 //! their hooks, its maps by id); `lock` (one command at a time changes
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
-//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `lifecycle`
-//! (`up` and `down`).
+//! `fdb`; `port` (with `expect`, the ports `attach` recorded for
+//! `watch`); `nat` (masquerade); `stats`; `tap`; `lifecycle` (`up` and
+//! `down`); `watch` (following interfaces come and go).
 pub mod bridge;
 pub mod clsact;
 pub mod error;
+pub mod expect;
 pub mod fdb;
 pub mod lifecycle;
 pub mod link;
@@ -26,5 +28,6 @@ pub mod record;
 pub mod stats;
 pub mod sys;
 pub mod tap;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -146,6 +146,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Fdb(FdbCmd::Del { mac, bridge }) => fdb_del(&net, mac, bridge.as_deref()).await,
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
+        Cmd::Watch { name } => watch(&net, name.as_deref()).await,
     }
 }
 
@@ -341,4 +342,42 @@ async fn log(net: &Net, name: Option<&str>, follow: bool) -> Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// SIGTERM (systemd's stop) or SIGINT (^C).
+async fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+async fn watch(net: &Net, name: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let stop = stop_signal().await?;
+    let ready = |names: &[String]| {
+        let what = match name {
+            Some(n) => format!("bridge {n}"),
+            None if names.is_empty() => "every bridge (none yet)".into(),
+            None => format!("every bridge ({})", names.join(", ")),
+        };
+        eprintln!("watching {what}");
+    };
+    let report = |c: &umlbr::watch::Change| {
+        println!("{c}");
+        let _ = std::io::stdout().flush();
+    };
+    umlbr::watch::run(net, name, stop, ready, report)
+        .await
+        .with_context(|| match name {
+            Some(n) => format!("watching bridge {n}"),
+            None => "watching".into(),
+        })?;
+    eprintln!("watch ended");
+    Ok(())
 }
