@@ -257,8 +257,10 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
             detached.push(link.name);
         }
     }
-    net.del_link(br.host.index, &br.name).await?;
+    // Before the pair: a `down` killed after it finds no bridge to
+    // finish, and would leave the file.
     expect::remove(&br.name)?;
+    net.del_link(br.host.index, &br.name).await?;
     record::remove_any(&br.name)?;
     br.unlink_lock();
     Ok(detached)
@@ -279,6 +281,7 @@ pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
         // A record killed while being written: nothing was made.
         if matches!(err, Error::NoSuchBridge(_)) {
             record::remove_any(name)?;
+            expect::remove(name)?;
         }
         return Err(err);
     };
