@@ -496,6 +496,23 @@ fn hook_path() -> PathBuf {
 /// Run the hook as ifupdown runs it for stanza `opts` of interface
 /// `iface` (run-parts, with IFACE, MODE, PHASE and IF_* set).
 fn run_hook(ns: &Netns, iface: &str, mode: &str, phase: &str, opts: &[(&str, &str)]) -> Result<()> {
+    let out = hook_output(ns, iface, mode, phase, opts)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "hook {mode}/{phase}: {}\n{err}",
+        out.status
+    );
+    Ok(())
+}
+
+fn hook_output(
+    ns: &Netns,
+    iface: &str,
+    mode: &str,
+    phase: &str,
+    opts: &[(&str, &str)],
+) -> Result<std::process::Output> {
     let mut c = ns.cmd(hook_path().to_str().unwrap());
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -513,12 +530,7 @@ fn run_hook(ns: &Netns, iface: &str, mode: &str, phase: &str, opts: &[(&str, &st
     let out = c.output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     println!("hook {mode}/{phase}: {}\n{err}", out.status);
-    ensure!(
-        out.status.success(),
-        "hook {mode}/{phase}: {}\n{err}",
-        out.status
-    );
-    Ok(())
+    Ok(out)
 }
 
 /// The seed's section D as an interfaces stanza:
@@ -617,6 +629,25 @@ fn ifupdown_hook_runs_a_stanza_end_to_end() -> Result<()> {
         "pre-up",
         &[("address", "10.0.0.1/24")],
     )?;
+
+    // A pre-up failing half-way (an attach) fails ifup and leaves
+    // nothing: ifupdown runs no post-down then.
+    let bad = [
+        ("umlbr_ports", "wtap0 wtap1"),
+        ("umlbr_port_options", "--max-learned lots"),
+    ];
+    let out = hook_output(&ns, "br0", "start", "pre-up", &bad)?;
+    ensure!(
+        !out.status.success(),
+        "a pre-up with a bad port option succeeded"
+    );
+    let links = ns.sh("ip -o link show")?;
+    for gone in ["br0", "wtap0", "wtap1"] {
+        ensure!(
+            !links.contains(&format!(" {gone}:")) && !links.contains(&format!(" {gone}@")),
+            "a failed pre-up left {gone}: {links}"
+        );
+    }
     Ok(())
 }
 
