@@ -125,20 +125,25 @@ pub enum Cmd {
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
     /// counters when the bridge masquerades.
     Stats(ShowArgs),
-    /// Follow interfaces as they come and go, and keep the bridge's ports
-    /// in step: a port whose interface vanishes is detached at once (its
-    /// MAC entries flushed, its slot freed), and an interface attached
-    /// before (and not detached since) that appears again, such as a
-    /// restarted guest's non-persistent tap, is attached again with the
-    /// options it had. Prints each change; runs until SIGTERM or SIGINT,
-    /// or until bridge NAME is removed. Without NAME, every bridge of the
-    /// namespace. Forwarding never depends on it: it does what a user
-    /// would do by hand, under the bridge's lock. `umlbr@.service` runs it.
+    /// Keep a bridge's ports in step with its interfaces, as they come and go.
+    ///
+    /// A port whose interface vanishes is detached at once (its MAC
+    /// entries flushed, its slot freed), and an interface attached before
+    /// (and not detached since) that appears again, such as a restarted
+    /// guest's non-persistent tap, is attached again with the options it
+    /// had. Prints each change; runs until SIGTERM or SIGINT, or until
+    /// bridge NAME is removed. Forwarding never depends on it: it does what
+    /// a user would do by hand, under the bridge's lock. `umlbr@.service`
+    /// runs it.
     ///
     /// The ports to attach again are those `attach` recorded in
     /// /run/umlbr/net<INODE>-<NAME>.ports (`attach` flags, one port a
     /// line); `detach` forgets a port, `down` the file.
-    Watch { name: Option<String> },
+    Watch {
+        /// The bridge to watch (default: every bridge of the namespace,
+        /// also those made later).
+        name: Option<String>,
+    },
 }
 
 #[derive(Args)]
