@@ -223,13 +223,20 @@ fn a_wrong_file_names_line_column_and_key() -> Result<()> {
     }
     // --config and the flags it would contradict: a usage error.
     let f = write(&ns, "good", "name = \"br0\"\n")?;
-    for args in [
-        vec!["up", "br0", "--config", s(&f)],
-        vec!["up", "--config", s(&f), "--aging", "5"],
-    ] {
+    for args in [vec!["up", "--config", s(&f), "--aging", "5"]] {
         if let Err(e) = fails(&ns, &args, 2, &["--config"]) {
             bad.push(format!("{args:?}: {e:#}"));
         }
+    }
+    // A NAME next to --config (as umlbr@.service passes its instance)
+    // must be the file's.
+    if let Err(e) = fails(
+        &ns,
+        &["up", "br1", "--config", s(&f)],
+        1,
+        &["describes bridge br0", "not br1"],
+    ) {
+        bad.push(format!("up br1 --config (a br0 file): {e:#}"));
     }
     if let Err(e) = fails(&ns, &["apply", s(&f)], 1, &["bridge br0 is not up"]) {
         bad.push(format!("apply without a bridge: {e:#}"));

@@ -204,6 +204,20 @@ pub enum Error {
         switch_port: String,
         path: std::path::PathBuf,
     },
+    #[error("{what} bridge {bridge}'s expected ports {}", path.display())]
+    Expected {
+        bridge: String,
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("bridge {bridge}'s expected ports {}, line {line}: not `IFACE [attach flags]`", path.display())]
+    BadExpected {
+        bridge: String,
+        path: std::path::PathBuf,
+        line: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -160,13 +160,14 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Config { name } => print_config(&net, &name).await,
         Cmd::Metrics(a) => metrics_cmd(&net, a).await,
         Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered above"),
+        Cmd::Watch { name } => watch_ports(&net, name.as_deref()).await,
     }
 }
 
 async fn up(net: &Net, a: UpArgs) -> Result<()> {
     sys::check_kernel()?;
     if let Some(file) = &a.config {
-        return up_config(net, file).await;
+        return up_config(net, file, a.name.as_deref()).await;
     }
     let nat = a.nat.options();
     let opts = UpOptions {
@@ -199,9 +200,17 @@ fn hook_note() -> Result<String> {
     })
 }
 
-async fn up_config(net: &Net, file: &Path) -> Result<()> {
+async fn up_config(net: &Net, file: &Path, want: Option<&str>) -> Result<()> {
     let cfg = config::load(file)?;
     let name = cfg.name.clone();
+    if let Some(want) = want
+        && want != name
+    {
+        anyhow::bail!(
+            "{}: name: the file describes bridge {name}, not {want}",
+            file.display()
+        );
+    }
     let steps = config::up(net, &cfg)
         .await
         .with_context(|| format!("bridge {name} (from {})", file.display()))?;
@@ -555,4 +564,31 @@ async fn scrape(
             reply(500, TEXT, format!("{msg}\n"))
         }
     })
+}
+
+/// `watch`: keep the ports in step with their interfaces until SIGINT
+/// or SIGTERM (or the bridge goes).
+async fn watch_ports(net: &Net, name: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let stop = on_stop()?;
+    let ready = |names: &[String]| {
+        let what = match name {
+            Some(n) => format!("bridge {n}"),
+            None if names.is_empty() => "every bridge (none yet)".into(),
+            None => format!("every bridge ({})", names.join(", ")),
+        };
+        eprintln!("watching {what}");
+    };
+    let report = |c: &umlbr::watch::Change| {
+        println!("{c}");
+        let _ = std::io::stdout().flush();
+    };
+    umlbr::watch::run(net, name, stop, ready, report)
+        .await
+        .with_context(|| match name {
+            Some(n) => format!("watching bridge {n}"),
+            None => "watching".into(),
+        })?;
+    eprintln!("watch ended");
+    Ok(())
 }

@@ -17,7 +17,7 @@ use umlbr_common::{
 use crate::{
     bridge::Bridge,
     error::{Error, Result},
-    fdb,
+    expect, fdb,
     link::{
         Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode,
         fmt_mac,
@@ -666,6 +666,11 @@ pub async fn attach(
         rollback(net, &mut br, &link, &progs).await;
         return Err(e);
     }
+    // What `umlbr watch` attaches again if the interface comes back.
+    if let Err(e) = expect::record(&br.name, iface, &opts) {
+        rollback(net, &mut br, &link, &progs).await;
+        return Err(e);
+    }
     let now = net.require(iface).await?;
     Ok(Attached {
         iface: iface.into(),
@@ -705,6 +710,8 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
             unhook(net, &link, &progs).await?;
             restore(net, &link, kf).await?;
             let _ = br.maps.stats.remove(&link.index);
+            // Detached on purpose: `umlbr watch` no longer expects it.
+            expect::forget(&br.name, iface)?;
             Ok(br.name)
         }
         // A port of a bridge that was deleted behind umlbr's back (XDP,

@@ -77,6 +77,10 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "curl",
     "groff-base",
     "man-db",
+    // tests/boot.rs: `systemd-analyze verify` on contrib/systemd's unit,
+    // and ifup/ifdown running contrib/ifupdown's hook.
+    "systemd",
+    "ifupdown",
 ];
 
 /// The rustc umlbr/build.rs compiles the eBPF crate with.

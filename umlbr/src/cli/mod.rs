@@ -158,6 +158,25 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Keep a bridge's ports in step with its interfaces, as they come and go.
+    ///
+    /// A port whose interface vanishes is detached at once (its MAC
+    /// entries flushed, its slot freed), and an interface attached before
+    /// (and not detached since) that appears again, such as a restarted
+    /// guest's non-persistent tap, is attached again with the options it
+    /// had. Prints each change; runs until SIGTERM or SIGINT, or until
+    /// bridge NAME is removed. Forwarding never depends on it: it does what
+    /// a user would do by hand, under the bridge's lock. `umlbr@.service`
+    /// runs it.
+    ///
+    /// The ports to attach again are those `attach` recorded in
+    /// /run/umlbr/net<INODE>-<NAME>.ports (`attach` flags, one port a
+    /// line); `detach` forgets a port, `down` the file.
+    Watch {
+        /// The bridge to watch (default: every bridge of the namespace,
+        /// also those made later).
+        name: Option<String>,
+    },
 }
 
 const METRICS_HELP: &str = "\
@@ -221,9 +240,10 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 }
 
-/// What `up --config` does not go with: the file says all of it.
-const CONFIG_CONFLICTS: [&str; 8] = [
-    "name",
+/// What `up --config` does not go with: the file says all of it (a NAME
+/// may come too, which must be the file's: `umlbr@.service` passes its
+/// instance).
+const CONFIG_CONFLICTS: [&str; 7] = [
     "address",
     "aging",
     "uplink",
@@ -235,7 +255,8 @@ const CONFIG_CONFLICTS: [&str; 8] = [
 
 const CONFIG_HELP: &str = "\
 Create the bridge a config file (TOML) describes, with its taps, ports
-and static FDB entries; the bridge's name comes from the file. `umlbr
+and static FDB entries; the bridge's name comes from the file (a NAME
+given too must be the same). `umlbr
 apply FILE` later brings the running bridge to an edited file, and
 `umlbr config NAME` prints a running bridge as such a file.
 
