@@ -38,6 +38,12 @@ const PER_UPLINK: &[Row] = &[
         "NAT, {up}: machine CPU per datagram (/proc/stat, other load included)",
         "µs",
     ),
+    lower(
+        "{id}_prog",
+        "NAT, {up}: run time of the XDP program on the guest's tap, per datagram \
+         (kernel.bpf_stats, in a window of its own)",
+        "ns",
+    ),
 ];
 const UPLINKS: [(&str, &str); 2] = [
     ("nat_64", "tap uplink (XDP-capable, like a NIC)"),
@@ -196,6 +202,9 @@ fn nat_row(
     res.add(&format!("{row}_cpu"), c, o.thread_us_per_frame());
     res.add(&format!("{row}_sys"), c, o.sys_us_per_frame());
     note_paths(res, &topo, row, &n0)?;
+    if let Some(ns) = xdp_run_ns(&topo, &job)? {
+        res.add(&format!("{row}_prog"), c, ns);
+    }
     if table {
         check_interrupted()?;
         nat_table(cfg, p, res, &topo, &job, &o)?;
@@ -478,4 +487,28 @@ impl Drop for CtMax {
             eprintln!("bench: could not restore nf_conntrack_max to {old}: {e}");
         }
     }
+}
+
+/// What the XDP program on the guest's tap costs per datagram (none
+/// there: None): `job` again in a short window of its own with
+/// kernel.bpf_stats_enabled on, its run time over its runs. Unlike the
+/// rate, it does not move with the other load on the machine.
+fn xdp_run_ns(topo: &Topo, job: &Job) -> Result<Option<f64>> {
+    let Some(id) = topo::xdp_prog_id(&topo.ns, &topo.taps[0])? else {
+        return Ok(None);
+    };
+    let short = Job {
+        warmup: std::time::Duration::from_millis(50),
+        window: std::time::Duration::from_millis(300),
+        ..job.clone()
+    };
+    let stats = topo::BpfStats::enable()?;
+    let (t0, n0) = topo::prog_run_stats(id)?;
+    traffic::run(&short).context("the XDP run-time window")?;
+    let (t1, n1) = topo::prog_run_stats(id)?;
+    drop(stats);
+    if n1 <= n0 {
+        bail!("the XDP program on {} did not run", topo.taps[0]);
+    }
+    Ok(Some((t1 - t0) as f64 / (n1 - n0) as f64))
 }

@@ -296,19 +296,13 @@ impl Topo {
                 // No per-guest quota: the table row fills 100 000 flows
                 // from one guest, as the recipe (no connlimit) takes them.
                 // A new mapping is still counted against its port.
-                topo.timed(
-                    &bin,
-                    &[
-                        "up",
-                        BRIDGE,
-                        "--address",
-                        &gw,
-                        "--masquerade",
-                        "up0",
-                        "--nat-max-per-guest",
-                        "0",
-                    ],
-                )?;
+                let mut up = vec!["up", BRIDGE, "--address", &gw, "--masquerade", "up0"];
+                // A umlbr from before the quota (a base build the bench
+                // compares against) has no such flag, and no quota.
+                if knows_flag(Path::new(&bin), "--nat-max-per-guest") {
+                    up.extend(["--nat-max-per-guest", "0"]);
+                }
+                topo.timed(&bin, &up)?;
                 for t in topo.taps.clone() {
                     let s = topo.timed(&bin, &["attach", &t, "--bridge", BRIDGE])?;
                     topo.attach_s.push(s);
@@ -848,6 +842,14 @@ pub fn prog_run_stats(id: u32) -> Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((field("run_time_ns"), field("run_cnt")))
+}
+
+/// Whether `umlbr up --help` of `bin` names `flag`.
+fn knows_flag(bin: &Path, flag: &str) -> bool {
+    std::process::Command::new(bin)
+        .args(["up", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
 }
 
 /// Turns kernel.bpf_stats_enabled on while alive (it is global, and it

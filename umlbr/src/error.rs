@@ -228,6 +228,20 @@ pub enum Error {
         running: u32,
         new: u32,
     },
+    #[error("{what} bridge {bridge}'s expected ports {}", path.display())]
+    Expected {
+        bridge: String,
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("bridge {bridge}'s expected ports {}, line {line}: not `IFACE [attach flags]`", path.display())]
+    BadExpected {
+        bridge: String,
+        path: std::path::PathBuf,
+        line: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

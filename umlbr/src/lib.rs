@@ -10,23 +10,32 @@
 //! their hooks, its maps by id); `lock` (one command at a time changes
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
-//! `fdb`; `port`; `nat` (masquerade); `stats`; `tap`; `upgrade` (a
-//! running bridge's programs replaced, its maps kept); `lifecycle`
-//! (`up` and `down`).
+//! `fdb`; `port` (with `expect`, the ports `attach` recorded for
+//! `watch`); `nat` (masquerade); `stats`; `metrics` (the stats views in
+//! Prometheus' text format); `rates` (per-second rates between two stats
+//! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
+//! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
+//! `config` (the config file: `up --config`, `apply`, `config NAME`);
+//! `watch` (following interfaces as they come and go).
 pub mod bridge;
 pub mod clsact;
+pub mod config;
 pub mod error;
+pub mod expect;
 pub mod fdb;
 pub mod lifecycle;
 pub mod link;
 pub mod lock;
+pub mod metrics;
 pub mod nat;
 pub mod object;
 pub mod port;
+pub mod rates;
 pub mod record;
 pub mod stats;
 pub mod sys;
 pub mod tap;
 pub mod upgrade;
+pub mod watch;
 
 pub use error::{Error, Result};

@@ -15,7 +15,7 @@ use umlbr_common::{Config, DEFAULT_AGING_SECS, PORT_KIND_HOST, names};
 use crate::{
     bridge::{Bridge, switch_port_name},
     error::{Error, Result},
-    fdb,
+    expect, fdb,
     link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, check_ifname},
     lock,
     nat::{self, NatOptions},
@@ -201,6 +201,10 @@ pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
         record::remove(&rec)?;
     }
     preflight(net, name, opts).await?;
+    // A new bridge expects no ports: a file left by a bridge of a
+    // namespace that went without `down` (whose inode this one reuses)
+    // would have `watch` attach them.
+    expect::remove(name)?;
     let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
     let rec = record::write(name, &switch_port_name(name))?;
     if let Err(e) = net.add_veth(name, &switch_port_name(name)).await {
@@ -253,6 +257,9 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
             detached.push(link.name);
         }
     }
+    // Before the pair: a `down` killed after it finds no bridge to
+    // finish, and would leave the file.
+    expect::remove(&br.name)?;
     net.del_link(br.host.index, &br.name).await?;
     record::remove_any(&br.name)?;
     // The pins of an upgrade killed half-way.
@@ -276,6 +283,7 @@ pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
         // A record killed while being written: nothing was made.
         if matches!(err, Error::NoSuchBridge(_)) {
             record::remove_any(name)?;
+            expect::remove(name)?;
         }
         return Err(err);
     };
@@ -295,6 +303,7 @@ pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
         net.del_link(host.index, name).await?;
     }
     record::remove(&rec)?;
+    expect::remove(name)?;
     held.unlink();
     Ok(Vec::new())
 }

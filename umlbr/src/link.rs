@@ -278,6 +278,21 @@ impl Net {
 
     /// IPv4 addresses (with prefix length) of interface `index`.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(std::net::Ipv4Addr, u8)>> {
+        Ok(self
+            .ip_addrs(index)
+            .await?
+            .into_iter()
+            .filter_map(|(a, p)| match a {
+                IpAddr::V4(v4) => Some((v4, p)),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Addresses (with prefix length) of interface `index`, IPv4 and
+    /// IPv6: each its local address (a point-to-point link's peer is
+    /// not its own).
+    pub async fn ip_addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
         use netlink_packet_route::address::AddressAttribute;
         let mut stream = self
             .handle
@@ -294,21 +309,18 @@ impl Net {
             if msg.header.index != index {
                 continue;
             }
-            for a in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(v4)) = a {
-                    out.push((*v4, msg.header.prefix_len));
-                }
-            }
-            if !msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(_)))
-            {
-                for a in &msg.attributes {
-                    if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
-                        out.push((*v4, msg.header.prefix_len));
-                    }
-                }
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(a) => Some(*a),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(a) => Some(*a),
+                    _ => None,
+                })
+            });
+            if let Some(a) = addr {
+                out.push((a, msg.header.prefix_len));
             }
         }
         Ok(out)

@@ -3,21 +3,24 @@
 //!
 //! Exit status: 0 done, 1 the command failed, 2 the command line was
 //! wrong (nothing was touched).
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context, Result};
 use umlbr::{
     bridge::Bridge,
-    fdb,
+    config, fdb,
     lifecycle::{self, UpOptions},
     link::{Net, fmt_mac},
-    nat, port, stats, sys,
+    metrics, nat, port, rates, stats, sys,
     tap::{self, TapOptions},
 };
 
 mod cli;
 
-use cli::{AttachArgs, Cli, Cmd, FdbCmd, NatCmd, ShowArgs, TapCmd, UpArgs, print};
+use cli::{
+    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs, TapCmd,
+    UpArgs, docs, print,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_checked() {
@@ -109,6 +112,12 @@ fn check_privileges() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // From the grammar alone: no root, no kernel.
+    match &cli.cmd {
+        Cmd::Completions { shell } => return docs::completions(*shell),
+        Cmd::Man { dir } => return docs::man(dir.as_deref()),
+        _ => {}
+    }
     check_privileges()?;
     let net = Net::new()?;
     match cli.cmd {
@@ -136,7 +145,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Attach(a) => attach(&net, a).await,
         Cmd::Detach { iface } => detach(&net, &iface).await,
         Cmd::Show(a) => show(&net, a, print::show).await,
-        Cmd::Stats(a) => show(&net, a, print::stats).await,
+        Cmd::Stats(a) if a.watch => watch(&net, a).await,
+        Cmd::Stats(a) => show(&net, a.show, print::stats).await,
         Cmd::Fdb(FdbCmd::Show(a)) => fdb_show(&net, a).await,
         Cmd::Fdb(FdbCmd::Add {
             mac,
@@ -146,12 +156,20 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Fdb(FdbCmd::Del { mac, bridge }) => fdb_del(&net, mac, bridge.as_deref()).await,
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
+        Cmd::Apply(a) => apply(&net, a).await,
+        Cmd::Config { name } => print_config(&net, &name).await,
+        Cmd::Metrics(a) => metrics_cmd(&net, a).await,
+        Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered above"),
+        Cmd::Watch { name } => watch_ports(&net, name.as_deref()).await,
         Cmd::Upgrade { name, json } => upgrade(&net, name.as_deref(), json).await,
     }
 }
 
 async fn up(net: &Net, a: UpArgs) -> Result<()> {
     sys::check_kernel()?;
+    if let Some(file) = &a.config {
+        return up_config(net, file, a.name.as_deref()).await;
+    }
     let nat = a.nat.options();
     let opts = UpOptions {
         address: a.address,
@@ -159,12 +177,18 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
         uplink: a.uplink,
         masquerade: a.masquerade.map(|m| (m, nat)),
     };
-    let name = a.name;
+    // clap requires NAME without --config.
+    let name = a.name.context("no bridge name")?;
     lifecycle::up(net, &name, &opts)
         .await
         .with_context(|| format!("bridge {name}"))?;
-    // tcx is optional: say where TC went without it.
-    let hook = match umlbr::object::Hook::chosen()? {
+    eprintln!("bridge {name} is up{}", hook_note()?);
+    Ok(())
+}
+
+/// Where TC went, if not on tcx: tcx is optional.
+fn hook_note() -> Result<String> {
+    Ok(match umlbr::object::Hook::chosen()? {
         umlbr::object::Hook::Tcx => String::new(),
         h if std::env::var_os(umlbr::object::TC_HOOK_ENV).is_some() => {
             format!(
@@ -174,8 +198,60 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
             )
         }
         h => format!(" (TC on {}: this kernel has no tcx)", h.as_str()),
-    };
-    eprintln!("bridge {name} is up{hook}");
+    })
+}
+
+async fn up_config(net: &Net, file: &Path, want: Option<&str>) -> Result<()> {
+    let cfg = config::load(file)?;
+    let name = cfg.name.clone();
+    if let Some(want) = want
+        && want != name
+    {
+        anyhow::bail!(
+            "{}: name: the file describes bridge {name}, not {want}",
+            file.display()
+        );
+    }
+    let steps = config::up(net, &cfg)
+        .await
+        .with_context(|| format!("bridge {name} (from {})", file.display()))?;
+    for s in &steps {
+        eprintln!("{s}");
+    }
+    eprintln!("bridge {name} is up{}", hook_note()?);
+    Ok(())
+}
+
+async fn apply(net: &Net, a: ApplyArgs) -> Result<()> {
+    let cfg = config::load(&a.file)?;
+    let name = cfg.name.clone();
+    let steps = config::apply(net, &cfg, a.dry_run)
+        .await
+        .with_context(|| format!("bridge {name} (from {})", a.file.display()))?;
+    if a.dry_run {
+        // The plan is the output.
+        for s in &steps {
+            println!("{s}");
+        }
+        return Ok(());
+    }
+    for s in &steps {
+        eprintln!("{s}");
+    }
+    let n = steps.len();
+    eprintln!("bridge {name}: {n} change(s) applied");
+    Ok(())
+}
+
+async fn print_config(net: &Net, name: &str) -> Result<()> {
+    let br = Bridge::open(net, name).await?;
+    let cfg = config::current(net, &br)
+        .await
+        .with_context(|| format!("bridge {name}"))?;
+    print!(
+        "# bridge {name}, as `umlbr config {name}` printed it\n{}",
+        config::to_toml(&cfg)
+    );
     Ok(())
 }
 
@@ -222,6 +298,7 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         lock: a.lock,
         macs: a.mac,
         ips: a.ip,
+        own_tap: false,
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = match (p.uplink, p.isolated) {
@@ -386,5 +463,178 @@ async fn upgrade(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM; both are caught from the call on.
+fn on_stop() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// `stats --watch`: rates between two views `--interval` apart, until
+/// SIGINT or SIGTERM.
+async fn watch(net: &Net, a: StatsArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let name = a.show.name.as_deref();
+    let every = std::time::Duration::from_secs(a.interval);
+    let stop = on_stop()?;
+    tokio::pin!(stop);
+    // Redraw in place on a terminal; a pipe gets one block per interval.
+    let redraw = !a.show.json && std::io::stdout().is_terminal();
+    let mut before = views(net, name).await?;
+    let mut t0 = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep_until(t0 + every) => {}
+        }
+        let now = views(net, name).await?;
+        let t1 = tokio::time::Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let r = rates::rates(&before, &now, (t1 - t0).as_secs_f64(), unix);
+        if a.show.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print::rates(&r, redraw);
+        }
+        (before, t0) = (now, t1);
+    }
+}
+
+/// `metrics`: the views in Prometheus' text format, printed once or
+/// served over HTTP.
+async fn metrics_cmd(net: &Net, a: MetricsArgs) -> Result<()> {
+    let name = a.name.as_deref();
+    // Fails here, not at the first scrape, for a bridge that is not there.
+    let v = views(net, name).await?;
+    let Some(addr) = a.listen else {
+        print!("{}", metrics::render(&v));
+        return Ok(());
+    };
+    serve_metrics(net, name, addr).await
+}
+
+/// Serve GET /metrics on `addr` until SIGINT or SIGTERM. Connections are
+/// served concurrently on this one thread; each scrape reads the maps.
+async fn serve_metrics(net: &Net, name: Option<&str>, addr: std::net::SocketAddr) -> Result<()> {
+    use futures::StreamExt;
+    use hyper::{server::conn::http1, service::service_fn};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr().context("the listening address")?;
+    note(&format!(
+        "serving http://{local}/metrics (SIGINT or SIGTERM ends)"
+    ));
+    let stop = on_stop()?;
+    tokio::pin!(stop);
+    let mut conns = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = listener.accept() => {
+                let stream = match r {
+                    Ok((s, _)) => s,
+                    // E.g. out of file descriptors: keep serving the others.
+                    Err(e) => {
+                        note(&format!("accepting a connection on {local}: {e}"));
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let svc = service_fn(move |req| scrape(net, name, req));
+                let conn = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                // Every connection ends after 60 s: a client that never
+                // finishes its request holds it no longer (a scraper
+                // keeping it alive simply connects again).
+                conns.push(tokio::time::timeout(std::time::Duration::from_secs(60), conn));
+            }
+            Some(_) = conns.next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// A line on stderr that may be lost: a server outlives whoever read its
+/// stderr, and eprintln! would panic on a closed pipe.
+fn note(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "umlbr: {msg}");
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn reply(status: u16, content_type: &str, body: String) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(Body::from(body));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// One request: the metrics read now for GET /metrics, 404 for any other
+/// path, 405 for another method, 500 (and the error) if reading failed.
+async fn scrape(
+    net: &Net,
+    name: Option<&str>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.uri().path() != "/metrics" {
+        return Ok(reply(
+            404,
+            TEXT,
+            "not found: umlbr serves /metrics\n".into(),
+        ));
+    }
+    if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        return Ok(reply(405, TEXT, "only GET /metrics\n".into()));
+    }
+    Ok(match views(net, name).await {
+        Ok(v) => reply(200, metrics::CONTENT_TYPE, metrics::render(&v)),
+        Err(e) => {
+            let msg = message(&e);
+            note(&format!("error: {msg}"));
+            reply(500, TEXT, format!("{msg}\n"))
+        }
+    })
+}
+
+/// `watch`: keep the ports in step with their interfaces until SIGINT
+/// or SIGTERM (or the bridge goes).
+async fn watch_ports(net: &Net, name: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let stop = on_stop()?;
+    let ready = |names: &[String]| {
+        let what = match name {
+            Some(n) => format!("bridge {n}"),
+            None if names.is_empty() => "every bridge (none yet)".into(),
+            None => format!("every bridge ({})", names.join(", ")),
+        };
+        eprintln!("watching {what}");
+    };
+    let report = |c: &umlbr::watch::Change| {
+        println!("{c}");
+        let _ = std::io::stdout().flush();
+    };
+    umlbr::watch::run(net, name, stop, ready, report)
+        .await
+        .with_context(|| match name {
+            Some(n) => format!("watching bridge {n}"),
+            None => "watching".into(),
+        })?;
+    eprintln!("watch ended");
     Ok(())
 }

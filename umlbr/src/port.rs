@@ -17,7 +17,7 @@ use umlbr_common::{
 use crate::{
     bridge::Bridge,
     error::{Error, Result},
-    fdb,
+    expect, fdb,
     link::{
         Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode,
         fmt_mac,
@@ -30,6 +30,11 @@ use crate::{
 /// qdisc (TC on a kernel without tcx), so `detach` and `down` delete it.
 /// Recorded before the qdisc is made.
 pub const PORT_F_OWN_CLSACT: u32 = 1 << 16;
+/// A port flag of userspace's own, as `PORT_F_OWN_CLSACT`: a config file
+/// created the port's tap (`[port.tap]`), so `apply` deletes the tap when
+/// the file no longer names the port. Taps made otherwise are never
+/// deleted by `apply`: a guest may hold them.
+pub const PORT_F_OWN_TAP: u32 = 1 << 17;
 
 /// How `attach` makes an interface a port.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +60,8 @@ pub struct AttachOptions {
     /// With `lock`: the only IPv4 and IPv6 addresses the port may send
     /// from (PORT_F_IP_LOCKED; none: no address check).
     pub ips: Vec<IpAddr>,
+    /// A config file created the interface (a tap): `PORT_F_OWN_TAP`.
+    pub own_tap: bool,
 }
 
 /// The UMLBR_PORT_IP key binding `addr` to port `ifindex`.
@@ -210,6 +217,21 @@ pub fn default_flood_limit(kind: u32) -> u32 {
     } else {
         DEFAULT_FLOOD_LIMIT
     }
+}
+
+/// Change port `ifindex`'s learning limit and flood limit in place (as
+/// `register` sets them), keeping its count of learned MACs and its
+/// counters: what `apply` does when only these differ. Under the
+/// bridge's lock.
+pub fn set_limits(maps: &mut Maps, ifindex: u32, max_learned: u32, flood_limit: u32) -> Result<()> {
+    let mut b = maps.learn.get(&ifindex, 0).map_err(map_err(names::LEARN))?;
+    let (flood_pps, flood_gap_ns) = flood_budget(flood_limit);
+    b.max = max_learned;
+    b.flood_pps = flood_pps;
+    b.flood_gap_ns = flood_gap_ns;
+    maps.learn
+        .insert(ifindex, b, 0)
+        .map_err(map_err(names::LEARN))
 }
 
 /// Storm control's budget of a port limited to `pps` floods a second.
@@ -611,6 +633,9 @@ pub async fn attach(
     if opts.isolated && !uplink {
         flags |= PORT_F_ISOLATED;
     }
+    if opts.own_tap {
+        flags |= PORT_F_OWN_TAP;
+    }
     if opts.lock {
         flags |= PORT_F_LOCKED;
         if !opts.ips.is_empty() {
@@ -638,6 +663,11 @@ pub async fn attach(
     // slower than TC alone, bench/ uplink rows), so TC switches them.
     let xdp = flags & PORT_F_NO_XDP_TX == 0 && !tc_only && no_xdp_reason.is_none();
     if let Err(e) = connect(net, &mut br, &link, (&tc, tc_hook), uplink, xdp).await {
+        rollback(net, &mut br, &link, &progs).await;
+        return Err(e);
+    }
+    // What `umlbr watch` attaches again if the interface comes back.
+    if let Err(e) = expect::record(&br.name, iface, &opts) {
         rollback(net, &mut br, &link, &progs).await;
         return Err(e);
     }
@@ -680,6 +710,8 @@ pub async fn detach(net: &Net, iface: &str) -> Result<String> {
             unhook(net, &link, &progs).await?;
             restore(net, &link, kf).await?;
             let _ = br.maps.stats.remove(&link.index);
+            // Detached on purpose: `umlbr watch` no longer expects it.
+            expect::forget(&br.name, iface)?;
             Ok(br.name)
         }
         // A port of a bridge that was deleted behind umlbr's back (XDP,

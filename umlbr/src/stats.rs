@@ -1,10 +1,12 @@
 //! What `show` and `stats` print about a bridge: its ports with the
 //! datapath's per-CPU counters summed and the kernel's own interface
 //! counters beside them, and its masquerade.
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 use umlbr_common::{
-    NatStats, PORT_F_ISOLATED, PORT_F_LOCKED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK,
-    PortStats,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey, NatStats, PORT_F_ISOLATED, PORT_F_LOCKED,
+    PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
 };
 
 use crate::{
@@ -48,6 +50,9 @@ pub struct PortView {
     pub locked: bool,
     pub macs: Vec<String>,
     pub ips: Vec<String>,
+    /// Live masquerade mappings the port's guests hold: the use of its
+    /// quota (`--nat-max-per-guest`); 0 without a masquerade.
+    pub nat_mappings: u32,
     pub stats: PortCounters,
 }
 
@@ -57,7 +62,12 @@ pub struct NatView {
     pub uplink: String,
     pub address: String,
     pub ports: String,
+    /// Ports in `ports`: the range each protocol's mappings share.
+    pub port_range_size: u32,
     pub mappings: usize,
+    /// Ports of the range live mappings use, by protocol ("tcp", "udp",
+    /// "icmp"): a port serves one mapping per remote end.
+    pub ports_in_use: BTreeMap<&'static str, usize>,
     /// Most live mappings one port's guests may hold (0: no limit).
     pub max_per_guest: u32,
     pub counters: NatStats,
@@ -93,6 +103,12 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         .map(|v| sum(&v))
         .unwrap_or_default();
     let budget = br.maps.learn.get(&ifindex, 0).unwrap_or_default();
+    let nat_mappings = br
+        .maps
+        .nat_quota
+        .get(&ifindex, 0)
+        .map(|q| q.count)
+        .unwrap_or_default();
     let locked = datapath.flags & PORT_F_LOCKED != 0;
     let (macs, ips) = if locked {
         let macs = port::bound_macs(&br.maps, ifindex);
@@ -118,6 +134,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
         locked,
         macs,
         ips,
+        nat_mappings,
         stats: PortCounters {
             datapath,
             ..Default::default()
@@ -153,14 +170,36 @@ async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
         Some(l) => l.name,
         None => format!("if{} (gone)", ncfg.nat_ifindex),
     };
+    let keys: Vec<NatKey> = br.maps.nat_in.keys().filter_map(|k| k.ok()).collect();
     Ok(Some(NatView {
         uplink,
         address: std::net::Ipv4Addr::from(u32::from_be(ncfg.nat_addr)).to_string(),
         ports: format!("{}-{}", ncfg.port_lo, ncfg.port_hi),
-        mappings: br.maps.nat_in.keys().count(),
+        port_range_size: u32::from(ncfg.port_hi.saturating_sub(ncfg.port_lo)) + 1,
+        mappings: keys.len(),
+        ports_in_use: ports_in_use(&keys),
         max_per_guest: ncfg.max_per_guest,
         counters: nat::counters(br)?,
     }))
+}
+
+/// Distinct outside ports of the mappings `in_keys` (NAT_IN's keys,
+/// whose own end is the outside one), by protocol.
+fn ports_in_use(in_keys: &[NatKey]) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for (proto, name) in [
+        (IPPROTO_TCP, "tcp"),
+        (IPPROTO_UDP, "udp"),
+        (IPPROTO_ICMP, "icmp"),
+    ] {
+        let used: BTreeSet<u16> = in_keys
+            .iter()
+            .filter(|k| k.proto == proto)
+            .map(|k| k.local_port)
+            .collect();
+        out.insert(name, used.len());
+    }
+    out
 }
 
 /// Everything `show` and `stats` print about one bridge.

@@ -4,6 +4,7 @@ mod bench;
 mod clean;
 mod demo;
 mod fuzz;
+mod install;
 mod setup;
 mod test;
 mod util;
@@ -51,7 +52,8 @@ enum Cmd {
     /// and of the test tools (user-mode-linux, iperf3, iproute2, nftables,
     /// iptables, dnsmasq-base, busybox-static, ethtool, tcpdump, linux-perf,
     /// bridge-utils, python3, util-linux, procps, kmod, qemu-system-x86,
-    /// xz-utils, zstd), with one
+    /// xz-utils, zstd, prometheus for promtool, curl, groff-base,
+    /// man-db), with one
     /// `apt-get update` first; bpf-linker 0.13.0 built against LLVM 22
     /// (`cargo install`, a few minutes); rustup's rustfmt and clippy;
     /// /dev/net/tun (modprobe tun). Warns when the kernel has no BTF or is
@@ -152,6 +154,24 @@ enum Cmd {
         /// More namespaces to delete, with every process in them.
         names: Vec<String>,
     },
+    /// Install umlbr where Debian looks for it (root, unless --destdir).
+    ///
+    /// Builds the release binary (unless --binary) and installs it as
+    /// PREFIX/sbin/umlbr; its bash, zsh and fish completions under
+    /// PREFIX/share/{bash-completion/completions, zsh/vendor-completions,
+    /// fish/vendor_completions.d}; its man pages (umlbr.8 and one per
+    /// command) in PREFIX/share/man/man8; and, when the repository has
+    /// them, contrib/systemd/umlbr@.service as
+    /// PREFIX/lib/systemd/system/umlbr@.service and contrib/ifupdown/umlbr
+    /// as PREFIX/lib/umlbr/ifupdown.sh, linked from
+    /// /etc/network/{if-pre-up.d, if-up.d, if-post-down.d}/umlbr. The
+    /// unit and the hook are rewritten to name the installed binary.
+    ///
+    /// Examples:
+    ///   cargo xtask install                          under /usr/local
+    ///   cargo xtask install --prefix /usr --destdir target/pkg
+    #[command(verbatim_doc_comment)]
+    Install(install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -179,5 +199,6 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::CleanNetns { all, names } => clean::run(all, &names),
+        Cmd::Install(args) => install::run(&args),
     }
 }

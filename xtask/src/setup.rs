@@ -70,6 +70,17 @@ pub const TOOL_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "xz-utils",
     "zstd",
+    // tests/metrics.rs checks `umlbr metrics` with `promtool check metrics`,
+    // scrapes `metrics --listen` with curl and renders the man pages with
+    // groff and man.
+    "prometheus",
+    "curl",
+    "groff-base",
+    "man-db",
+    // tests/boot.rs: `systemd-analyze verify` on contrib/systemd's unit,
+    // and ifup/ifdown running contrib/ifupdown's hook.
+    "systemd",
+    "ifupdown",
 ];
 
 /// The rustc umlbr/build.rs compiles the eBPF crate with.

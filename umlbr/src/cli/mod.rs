@@ -1,14 +1,16 @@
 //! The command line's grammar: clap parses every value (CIDR, MAC, port
 //! range, NAT timeouts) and rejects flags that do not go together, so
 //! that every usage error exits 2 before umlbr touches anything.
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use umlbr::{
+    config::AGING_SECS,
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
 };
 
+pub mod docs;
 pub mod print;
 
 const ABOUT: &str = "An eBPF/XDP switch for VM guests on TUN/TAP: replaces a Linux bridge, \
@@ -123,8 +125,58 @@ pub enum Cmd {
     },
     /// Per-port counters: frames, bytes, forwarded, flooded, dropped, learned,
     /// and which path (XDP native, XDP generic, TC) switched them; NAT
-    /// counters when the bridge masquerades.
-    Stats(ShowArgs),
+    /// counters when the bridge masquerades. --watch shows live rates.
+    Stats(StatsArgs),
+    /// Bring a running bridge to the state a config file describes (see
+    /// `up --config`): attach and detach ports, create and delete taps,
+    /// change port options, add and remove static FDB entries; what did
+    /// not change is not touched.
+    ///
+    /// A port the file drops is detached; its tap is deleted only if a
+    /// config file created it. `max_learned` and `flood_limit` change in
+    /// place; another changed option re-attaches that port alone.
+    /// `aging` changes in place, missing `addresses` are added. Refused,
+    /// naming the key: removing an address, changing `[masquerade]`
+    /// (remove it, apply, add it back).
+    Apply(ApplyArgs),
+    /// Print a running bridge as a config file (`umlbr config br0 >
+    /// br0.toml; umlbr apply br0.toml` changes nothing).
+    Config { name: String },
+    /// Counters, table sizes and limits in Prometheus' text format.
+    #[command(long_about = METRICS_HELP)]
+    Metrics(MetricsArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) on stdout.
+    #[command(long_about = COMPLETIONS_HELP)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print umlbr's man page (roff) on stdout, or write one page per
+    /// command into a directory.
+    Man {
+        /// Write umlbr.8 and one umlbr-COMMAND.8 per command into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Keep a bridge's ports in step with its interfaces, as they come and go.
+    ///
+    /// A port whose interface vanishes is detached at once (its MAC
+    /// entries flushed, its slot freed), and an interface attached before
+    /// (and not detached since) that appears again, such as a restarted
+    /// guest's non-persistent tap, is attached again with the options it
+    /// had. Prints each change; runs until SIGTERM or SIGINT, or until
+    /// bridge NAME is removed. Forwarding never depends on it: it does what
+    /// a user would do by hand, under the bridge's lock. `umlbr@.service`
+    /// runs it.
+    ///
+    /// The ports to attach again are those `attach` recorded in
+    /// /run/umlbr/net<INODE>-<NAME>.ports (`attach` flags, one port a
+    /// line); `detach` forgets a port, `down` the file.
+    Watch {
+        /// The bridge to watch (default: every bridge of the namespace,
+        /// also those made later).
+        name: Option<String>,
+    },
     /// Move running bridges onto this umlbr's programs, keeping their maps
     /// and flows.
     ///
@@ -144,16 +196,126 @@ pub enum Cmd {
     },
 }
 
+const METRICS_HELP: &str = "\
+Counters, table sizes and limits of one bridge (NAME) or all, in the
+Prometheus text exposition format: per port, frames and bytes received
+and sent, forwarded, flooded, dropped by reason, learned, moved,
+learn-limited and the path that switched them (xdp_native, xdp_generic,
+tc); learned MACs against --max-learned; the MAC table's size and
+capacity; the masquerade's counters, mappings, table capacity, port range
+and the ports in use, and each port's mappings against
+--nat-max-per-guest. Every metric is named umlbr_*; counters end in
+_total; labels: bridge, port (and reason, path, proto, direction).
+
+For node_exporter's textfile collector (the rename makes it atomic):
+  umlbr metrics > /var/lib/prometheus/node-exporter/umlbr.prom.$$ &&
+    mv /var/lib/prometheus/node-exporter/umlbr.prom.$$ \\
+       /var/lib/prometheus/node-exporter/umlbr.prom
+
+Or serve it: `umlbr metrics --listen 127.0.0.1:9469` answers GET /metrics
+with the counters read at that moment (404 for any other path) until
+SIGINT or SIGTERM.";
+
+const COMPLETIONS_HELP: &str = "\
+Print a completion script for SHELL on stdout. `cargo xtask install`
+installs bash's, zsh's and fish's; by hand:
+  umlbr completions bash > /usr/share/bash-completion/completions/umlbr
+  umlbr completions zsh > /usr/share/zsh/vendor-completions/_umlbr
+  umlbr completions fish > /usr/share/fish/vendor_completions.d/umlbr.fish";
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub show: ShowArgs,
+    /// Redraw per-port rates (frames/s, bytes/s, drops/s) every interval
+    /// until Ctrl-C; with --json, print one JSON object per interval, one
+    /// per line.
+    #[arg(long, short)]
+    pub watch: bool,
+    /// Seconds between two samples of --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+}
+
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// One bridge; all bridges without it.
+    pub name: Option<String>,
+    /// Serve GET /metrics over HTTP on ADDR:PORT (e.g. 127.0.0.1:9469,
+    /// [::]:9469) until SIGINT or SIGTERM, each scrape read afresh.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The config file (TOML; see `umlbr up --help`).
+    pub file: PathBuf,
+    /// Print the changes, one a line, without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What `up --config` does not go with: the file says all of it (a NAME
+/// may come too, which must be the file's: `umlbr@.service` passes its
+/// instance).
+const CONFIG_CONFLICTS: [&str; 7] = [
+    "address",
+    "aging",
+    "uplink",
+    "masquerade",
+    "nat_ports",
+    "nat_timeout",
+    "nat_max_per_guest",
+];
+
+const CONFIG_HELP: &str = "\
+Create the bridge a config file (TOML) describes, with its taps, ports
+and static FDB entries; the bridge's name comes from the file (a NAME
+given too must be the same). `umlbr
+apply FILE` later brings the running bridge to an edited file, and
+`umlbr config NAME` prints a running bridge as such a file.
+
+  name = \"br0\"
+  addresses = [\"192.168.2.1/24\"]
+  aging = 300                    # seconds
+  [masquerade]                   # or: uplink = \"eth0\"
+  uplink = \"eth0\"
+  ports = \"61000-65535\"          # --nat-ports
+  timeouts = { udp = 30 }        # --nat-timeout KEY=SECONDS
+  max_per_guest = 8192
+  [[port]]                       # attach; options as `attach`'s flags
+  name = \"tap0\"
+  isolated = true                # also tc_only, max_learned, flood_limit,
+  lock = true                    # uplink
+  macs = [\"52:54:00:12:34:56\"]
+  ips = [\"192.168.2.10\"]
+  [port.tap]                     # create it (tap add) if it does not exist
+  user = \"giorgos\"               # also group, vnet_hdr = true
+  [[fdb]]                        # a static entry (fdb add --static)
+  mac = \"02:00:00:00:00:01\"
+  port = \"tap0\"
+
+Examples: examples/lan.toml (section C), examples/masquerade.toml
+(section D).";
+
 #[derive(Args)]
 pub struct UpArgs {
     /// Bridge name; also the host's interface on the switch (max 15 bytes).
-    pub name: String,
+    #[arg(required_unless_present = "config")]
+    pub name: Option<String>,
+    /// Create the bridge a config file describes (no other flag goes
+    /// with it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_CONFLICTS,
+          long_help = CONFIG_HELP)]
+    pub config: Option<PathBuf>,
     /// Address for the host interface, e.g. 192.168.2.1/24 (the guests' gateway).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub address: Option<(IpAddr, u8)>,
     /// Seconds after which a learned MAC is forgotten (default 300).
     #[arg(long, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u64).range(AGING_SECS))]
     pub aging: Option<u64>,
     /// Make the host's NIC IFACE a port (guests bridged onto the LAN).
     /// IFACE keeps its addresses and routes; it is made promiscuous while
@@ -330,10 +492,15 @@ impl Cmd {
             self,
             Cmd::Show(_)
                 | Cmd::Stats(_)
+                | Cmd::Completions { .. }
+                | Cmd::Man { .. }
                 | Cmd::Log { .. }
                 | Cmd::Fdb(FdbCmd::Show(_))
                 | Cmd::Nat(NatCmd::Show(_))
-        )
+                | Cmd::Config { .. }
+        ) || matches!(self, Cmd::Metrics(m) if m.listen.is_none())
+        // Not `metrics --listen`: a server must not die of a scraper that
+        // hung up.
     }
 }
 
@@ -467,6 +634,13 @@ mod tests {
         assert!(parse("attach tap0 --flood-limit 50").is_ok());
         assert!(parse("attach tap0 --flood-limit -1").is_err());
         assert!(parse("attach eth0 --masquerade --nat-ports 61000-61999").is_ok());
+        assert!(parse("stats br0 --watch --interval 2 --json").is_ok());
+        assert!(parse("stats --interval 2").is_err());
+        assert!(parse("stats --watch --interval 0").is_err());
+        assert!(parse("metrics br0 --listen 127.0.0.1:9469").is_ok());
+        assert!(parse("metrics --listen 127.0.0.1").is_err());
+        assert!(parse("completions fish").is_ok());
+        assert!(parse("completions tcsh").is_err());
         let Cmd::Attach(a) = parse(
             "attach tap0 --lock --mac 52:54:00:12:34:56 --mac 52:54:00:12:34:57 \
              --ip 192.168.2.10 --ip fe80::5054:ff:fe12:3456 --isolated",

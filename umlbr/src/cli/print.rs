@@ -4,6 +4,7 @@ use serde::Serialize;
 use umlbr::{
     fdb::FdbRow,
     nat::NatRow,
+    rates::Rates,
     stats::{BridgeView, NatView, PortView},
 };
 
@@ -181,4 +182,38 @@ pub fn nat(rows: &[NatRow]) {
             r.bridge, r.protocol, r.inside, r.outside, r.remote, r.state, r.age, r.expires_in
         );
     }
+}
+
+/// `stats --watch`: one interval's per-port rates; `redraw` clears the
+/// terminal first, so that the table stays in place.
+pub fn rates(r: &Rates, redraw: bool) {
+    let mut out = String::new();
+    if redraw {
+        // Cursor home, clear the screen.
+        out.push_str("\x1b[H\x1b[2J");
+    }
+    out.push_str(&format!("every {:.1} s (Ctrl-C ends)\n", r.interval));
+    if r.bridges.is_empty() {
+        out.push_str("no bridges\n");
+    }
+    for b in &r.bridges {
+        out.push_str(&format!(
+            "{}\n  PORT                RX_PPS     RX_BYTES/s     TX_PPS     TX_BYTES/s  FORWARDED/s  FLOODED/s  DROPS/s\n",
+            b.name
+        ));
+        for p in &b.ports {
+            out.push_str(&format!(
+                "  {:<16} {:>9.0} {:>14.0} {:>10.0} {:>14.0} {:>12.0} {:>10.0} {:>8.0}\n",
+                p.name,
+                p.rx_pps,
+                p.rx_bytes_per_sec,
+                p.tx_pps,
+                p.tx_bytes_per_sec,
+                p.forwarded_per_sec,
+                p.flooded_per_sec,
+                p.dropped_per_sec
+            ));
+        }
+    }
+    print!("{out}");
 }
