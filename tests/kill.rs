@@ -94,7 +94,12 @@ struct Lab {
 
 impl Lab {
     fn new(fwd: u8) -> Result<Lab> {
-        let ns = Netns::without_ipv6("jn-kill")?;
+        Lab::tagged(fwd, "jn-kill")
+    }
+
+    /// `new`, the namespace named with `tag`.
+    fn tagged(fwd: u8, tag: &str) -> Result<Lab> {
+        let ns = Netns::without_ipv6(tag)?;
         ns.sh(&format!(
             "sysctl -qw net.ipv4.ip_forward={fwd} && \
              for i in 0 1; do ip link add up$i type veth peer name lan$i && \
@@ -270,6 +275,30 @@ impl Lab {
             }
             Ok(false)
         })
+    }
+
+    /// The distinct programs on every hook (XDP, TC ingress and egress) of
+    /// every interface.
+    fn hooked_programs(&self) -> Result<std::collections::BTreeSet<u32>> {
+        let links: Value = serde_json::from_str(&self.ns.sh("ip -j -d link show")?)?;
+        let mut ids = std::collections::BTreeSet::new();
+        let mut idx = Vec::new();
+        for l in links.as_array().context("ip -j link: not an array")? {
+            ids.extend(xdp_prog_ids(l).into_iter().map(|i| i as u32));
+            idx.push(l["ifindex"].as_u64().unwrap_or(0) as u32);
+        }
+        let tc = self.ns.run_in(|| {
+            Ok(idx
+                .iter()
+                .flat_map(|&i| {
+                    [umlbr_lib::Tc::Ingress, umlbr_lib::Tc::Egress]
+                        .into_iter()
+                        .flat_map(move |h| umlbr_lib::tc_prog_ids(i, h))
+                })
+                .collect::<Vec<u32>>())
+        })?;
+        ids.extend(tc);
+        Ok(ids)
     }
 
     /// Both ways between taps `a` and `b`.
@@ -700,6 +729,67 @@ fn killed_before_each_change() -> Result<()> {
             &mut f,
         )?;
     }
+    f.done(kills)
+}
+
+/// `upgrade` (issue 17) killed before each change: each kill leaves a
+/// bridge that forwards (some hooks on the old programs, some on the new,
+/// all on the same maps), and `upgrade` run again completes it: every
+/// hook then holds a program of one object (three programs in all: XDP,
+/// TC, TC egress), no pin directory is left, and the bridge forwards.
+/// `down` leaves nothing at the end.
+#[test]
+fn upgrade_killed_before_each_change() -> Result<()> {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        bail!("strace is needed (apt-get install strace)");
+    }
+    let mut f = Findings::default();
+    let mut kills = 0;
+    let mut lab = Lab::tagged(0, "ug-kill")?;
+    full_bridge(&lab)?;
+    let upgrade = ["upgrade", BR];
+    let points = change_points(&lab, &upgrade)?;
+    eprintln!("upgrade: {} changes", points.len());
+    ensure!(!points.is_empty(), "upgrade changed nothing");
+    for (call, k, line) in spread(&points, 12) {
+        kill_at(&lab, &upgrade, &call, k)?;
+        kills += 1;
+        let what = format!("upgrade killed at {call} #{k}: {line}");
+        if !lab.forwards_both("tap0", "tap1")? {
+            f.fail(format!("{what}; then tap0 and tap1 do not forward"));
+        }
+        let out = lab.umlbr(&upgrade)?;
+        if !out.status.success() {
+            f.fail(format!("{what}; then `upgrade` failed: {}", said(&out)));
+            continue;
+        }
+        let progs = lab.hooked_programs()?;
+        if progs.len() != 3 {
+            f.fail(format!(
+                "{what}; after `upgrade` again the hooks hold programs {progs:?}"
+            ));
+        }
+        // The upgrade's pin directory (the bridge's other files, such as
+        // `watch`'s record of its ports, belong to it while it lives).
+        let files: Vec<String> = lab
+            .state_files()?
+            .into_iter()
+            .filter(|f| f.ends_with(".upgrade"))
+            .collect();
+        if !files.is_empty() {
+            f.fail(format!("{what}; after `upgrade` again: left {files:?}"));
+        }
+        if !lab.forwards_both("tap0", "tap1")? {
+            f.fail(format!(
+                "{what}; after `upgrade` again tap0 and tap1 do not forward"
+            ));
+        }
+    }
+    down_leaves_nothing(&mut lab, "down after the upgrades".into(), &mut f)?;
     f.done(kills)
 }
 

@@ -6,7 +6,7 @@
 pub use umlbr::{
     clsact,
     nat::state_name,
-    object::{Tc, tc_prog_ids},
+    object::{Hook, Tc, tc_prog_ids},
     port::port_ip_key,
     sys::monotonic_coarse_ns,
 };

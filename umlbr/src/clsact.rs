@@ -21,8 +21,8 @@ use netlink_packet_route::{
 };
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-        NetlinkPayload,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+        NetlinkMessage, NetlinkPayload,
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
@@ -224,16 +224,47 @@ pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
 /// Attach program `fd` (named `name`) as umlbr's direct-action filter on
 /// side `parent` of `ifindex`'s clsact qdisc, which must exist.
 pub fn add_filter(ifindex: u32, parent: u32, fd: i32, name: &str) -> io::Result<()> {
-    let info = (u32::from(PRIO) << 16) | u32::from(PROTO_ALL);
-    let mut m = tc_message(ifindex, parent, HANDLE, info);
+    let m = bpf_filter(ifindex, parent, (PRIO, HANDLE), fd, name);
+    let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    request(RouteNetlinkMessage::NewTrafficFilter(m), flags).map(drop)
+}
+
+/// Replace the program of the filter at `prio`/`handle` on side `parent`
+/// of `ifindex` with `fd` (`umlbr upgrade`): cls_bpf swaps the program of
+/// the existing filter in one step, so no frame passes the hook without
+/// one; a filter gone meanwhile is an error (ENOENT), not made anew.
+pub fn replace_filter(
+    ifindex: u32,
+    parent: u32,
+    (prio, handle): (u16, u32),
+    fd: i32,
+    name: &str,
+) -> io::Result<()> {
+    let m = bpf_filter(ifindex, parent, (prio, handle), fd, name);
+    request(
+        RouteNetlinkMessage::NewTrafficFilter(m),
+        NLM_F_ACK | NLM_F_REPLACE,
+    )
+    .map(drop)
+}
+
+/// umlbr's direct-action cls_bpf filter message.
+fn bpf_filter(
+    ifindex: u32,
+    parent: u32,
+    (prio, handle): (u16, u32),
+    fd: i32,
+    name: &str,
+) -> TcMessage {
+    let info = (u32::from(prio) << 16) | u32::from(PROTO_ALL);
+    let mut m = tc_message(ifindex, parent, handle, info);
     m.attributes.push(TcAttribute::Kind("bpf".into()));
     m.attributes.push(TcAttribute::Options(vec![
         TcOption::Bpf(TcFilterBpfOption::ProgFd(fd as u32)),
         TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
         TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
     ]));
-    let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    request(RouteNetlinkMessage::NewTrafficFilter(m), flags).map(drop)
+    m
 }
 
 /// Delete the filter at `prio`/`handle` on side `parent` of `ifindex`;

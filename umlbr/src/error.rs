@@ -204,6 +204,30 @@ pub enum Error {
         switch_port: String,
         path: std::path::PathBuf,
     },
+    #[error("reading umlbr's eBPF object")]
+    ObjectParse(#[source] aya_obj::ParseError),
+    #[error(
+        "bridge {bridge}: upgrade refused, the new umlbr's maps differ from the running bridge's \
+         and no migration exists, so their entries would be lost ({maps}); the bridge is \
+         unchanged (keep the old umlbr, or `umlbr down` and `up` it again)"
+    )]
+    LayoutChanged { bridge: String, maps: String },
+    #[error("pinning map {map} for the upgrade")]
+    Pin {
+        map: String,
+        #[source]
+        err: aya::pin::PinError,
+    },
+    #[error(
+        "bridge {bridge}: the new programs use map {map} id {new}, not the running id {running}; \
+         nothing was replaced"
+    )]
+    NotReused {
+        bridge: String,
+        map: String,
+        running: u32,
+        new: u32,
+    },
     #[error("{what} bridge {bridge}'s expected ports {}", path.display())]
     Expected {
         bridge: String,

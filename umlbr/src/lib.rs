@@ -13,7 +13,8 @@
 //! `fdb`; `port` (with `expect`, the ports `attach` recorded for
 //! `watch`); `nat` (masquerade); `stats`; `metrics` (the stats views in
 //! Prometheus' text format); `rates` (per-second rates between two stats
-//! views, for `stats --watch`); `tap`; `lifecycle` (`up` and `down`);
+//! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
+//! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
 //! `config` (the config file: `up --config`, `apply`, `config NAME`);
 //! `watch` (following interfaces as they come and go).
 pub mod bridge;
@@ -34,6 +35,7 @@ pub mod record;
 pub mod stats;
 pub mod sys;
 pub mod tap;
+pub mod upgrade;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -20,7 +20,7 @@ use crate::{
     lock,
     nat::{self, NatOptions},
     object::{self, Hook, Maps, Programs, Tc, map_err},
-    port, record, sys,
+    port, record, sys, upgrade,
 };
 
 /// Options of `umlbr up`.
@@ -262,6 +262,8 @@ pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
     expect::remove(&br.name)?;
     net.del_link(br.host.index, &br.name).await?;
     record::remove_any(&br.name)?;
+    // The pins of an upgrade killed half-way.
+    upgrade::remove_pins(&br.name)?;
     br.unlink_lock();
     Ok(detached)
 }

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
 pub const XDP_FLAGS_SKB_MODE: u32 = 2;
 pub const XDP_FLAGS_DRV_MODE: u32 = 4;
+/// Replace the program given as IFLA_XDP_EXPECTED_FD, and only it.
+pub const XDP_FLAGS_REPLACE: u32 = 16;
 
 /// How an XDP program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -386,6 +388,28 @@ impl Net {
             "detaching XDP from"
         };
         self.set(msg, format!("{what} {name}")).await
+    }
+
+    /// Replace XDP program `expected` on `index` (named `name`) with `new`,
+    /// in the mode of `mode_flag`, in one step (`umlbr upgrade`): the
+    /// kernel refuses (EEXIST) if another program sits there by then.
+    pub async fn replace_xdp(
+        &self,
+        index: u32,
+        name: &str,
+        new: RawFd,
+        expected: RawFd,
+        mode_flag: u32,
+    ) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::Xdp(vec![
+                LinkXdp::Fd(new),
+                LinkXdp::ExpectedFd(expected as u32),
+                LinkXdp::Flags(mode_flag | XDP_FLAGS_REPLACE),
+            ]))
+            .build();
+        self.set(msg, format!("replacing the XDP program of {name}"))
+            .await
     }
 }
 

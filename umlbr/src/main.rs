@@ -161,6 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Metrics(a) => metrics_cmd(&net, a).await,
         Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered above"),
         Cmd::Watch { name } => watch_ports(&net, name.as_deref()).await,
+        Cmd::Upgrade { name, json } => upgrade(&net, name.as_deref(), json).await,
     }
 }
 
@@ -418,6 +419,51 @@ async fn log(net: &Net, name: Option<&str>, follow: bool) -> Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+async fn upgrade(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
+    let all = Bridge::named_or_all(net, name).await?;
+    if all.is_empty() {
+        return Err(umlbr::Error::NoBridge.into());
+    }
+    let mut done = Vec::new();
+    for br in all {
+        let n = br.name.clone();
+        let u = umlbr::upgrade::upgrade(net, br)
+            .await
+            .with_context(|| format!("upgrading bridge {n}"))?;
+        if !json {
+            if u.resumed {
+                eprintln!("bridge {n}: completing an upgrade that was interrupted");
+            }
+            let ifaces: std::collections::BTreeSet<&str> =
+                u.replaced.iter().map(|r| r.iface.as_str()).collect();
+            eprintln!(
+                "bridge {n} upgraded: {} programs replaced on {} interfaces{}; {} maps kept{}",
+                u.replaced.len(),
+                ifaces.len(),
+                if u.already > 0 {
+                    format!(" ({} already new)", u.already)
+                } else {
+                    String::new()
+                },
+                u.maps_reused.len(),
+                if u.maps_new.is_empty() {
+                    String::new()
+                } else {
+                    format!(", new (empty): {}", u.maps_new.join(", "))
+                }
+            );
+            for (map, count) in &u.maps_migrated {
+                eprintln!("bridge {n}: map {map}: {count} entries migrated to its new layout");
+            }
+        }
+        done.push(u);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM; both are caught from the call on.

@@ -35,7 +35,13 @@ pub static BPF_OBJECT: &[u8] =
 
 /// Load umlbr's programs into the kernel (not attached anywhere yet).
 pub fn load() -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).map_err(Error::Object)?;
+    load_with(&mut EbpfLoader::new())
+}
+
+/// `load` with `loader`'s settings (`umlbr upgrade`: the running
+/// bridge's maps, reused).
+pub fn load_with(loader: &mut EbpfLoader) -> Result<Ebpf> {
+    let mut ebpf = loader.load(BPF_OBJECT).map_err(Error::Object)?;
     for name in [names::XDP_PROG, names::TC_PROG, names::TC_OUT_PROG] {
         let res = match ebpf.program_mut(name) {
             Some(Program::Xdp(p)) => p.load(),
@@ -287,6 +293,58 @@ impl Tc {
         }
     }
 
+    /// Replace umlbr's program `old` on this hook of `ifindex` (named
+    /// `iface`) with `new`, where it sits (`umlbr upgrade`): one step on
+    /// tcx (BPF_F_REPLACE, refused if `old` is gone) and on clsact (the
+    /// cls_bpf filter holding `old` gets `new`).
+    pub fn replace(
+        self,
+        ifindex: u32,
+        iface: &str,
+        new: &ProgramFd,
+        old: &ProgramInfo,
+        hook: Hook,
+    ) -> Result<()> {
+        let what = || {
+            format!(
+                "replacing {} program {} on {iface} ({})",
+                self.what(),
+                old.id(),
+                hook.as_str()
+            )
+        };
+        match hook {
+            Hook::Tcx => {
+                let old_fd = fd_of(old)?;
+                sys::tcx_replace(ifindex, new.as_fd(), old_fd.as_fd(), self.attach_type())
+                    .map_err(|e| Error::io(what(), e))
+            }
+            Hook::Clsact => {
+                let filters =
+                    clsact::filters(ifindex, self.parent()).map_err(|e| Error::io(what(), e))?;
+                let f = filters
+                    .iter()
+                    .find(|f| f.prog_id == Some(old.id()))
+                    .ok_or_else(|| {
+                        let gone = "no filter holds it any more";
+                        Error::io(
+                            what(),
+                            std::io::Error::new(std::io::ErrorKind::NotFound, gone),
+                        )
+                    })?;
+                let fd = new.as_fd().as_raw_fd();
+                clsact::replace_filter(
+                    ifindex,
+                    self.parent(),
+                    (f.prio, f.handle),
+                    fd,
+                    self.prog_name(),
+                )
+                .map_err(|e| Error::io(what(), e))
+            }
+        }
+    }
+
     /// Detach every umlbr program from this hook of `ifindex`, on tcx and
     /// on the clsact qdisc (only umlbr's filters; the qdisc stays).
     pub fn detach_umlbr(self, ifindex: u32, iface: &str) -> Result<()> {
@@ -411,7 +469,7 @@ pub struct Maps {
 }
 
 /// The maps the programs `prog_ids` use, by name.
-fn maps_of(prog_ids: &[u32]) -> Result<StdHashMap<String, MapData>> {
+pub(crate) fn maps_of(prog_ids: &[u32]) -> Result<StdHashMap<String, MapData>> {
     let mut ids = Vec::new();
     for info in aya::programs::loaded_programs().filter_map(|p| p.ok()) {
         if prog_ids.contains(&info.id()) {

@@ -64,6 +64,104 @@ pub fn tcx_detach(ifindex: u32, prog: BorrowedFd<'_>, attach_type: u32) -> io::R
     prog_attach(BPF_PROG_DETACH, ifindex, prog, attach_type)
 }
 
+/// BPF_F_REPLACE: BPF_PROG_ATTACH replaces `replace_bpf_fd`.
+const BPF_F_REPLACE: u32 = 1 << 2;
+
+/// Replace program `old` on the tcx hook of `ifindex` with `new`, in one
+/// step (`umlbr upgrade`): the kernel swaps them in the hook's program
+/// list, and refuses (ENOENT) if `old` is no longer there, so a program
+/// another command put there meanwhile is never replaced unseen.
+pub fn tcx_replace(
+    ifindex: u32,
+    new: BorrowedFd<'_>,
+    old: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut attr = AttachAttr {
+        target_ifindex: ifindex,
+        attach_bpf_fd: new.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: BPF_F_REPLACE,
+        replace_bpf_fd: old.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// The prefix of `union bpf_attr` that the map element commands read.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// The value, or GET_NEXT_KEY's next key.
+    value: u64,
+    flags: u64,
+}
+
+/// Copy every entry of map `from` (keys of `key_size` bytes, values of
+/// `old_value` bytes) into map `to`, whose values are `new_value` bytes:
+/// each value zero-extended (a layout that gained trailing fields).
+/// Returns how many entries were copied. For maps of one value per key
+/// (hash, array), not per-CPU ones.
+pub fn copy_entries_extended(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    key_size: usize,
+    (old_value, new_value): (usize, usize),
+) -> io::Result<usize> {
+    if new_value < old_value {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut value = vec![0u8; new_value];
+    let mut first = true;
+    let mut n = 0;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: from.as_raw_fd() as u32,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        value.fill(0);
+        let mut attr = ElemAttr {
+            map_fd: from.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => {}
+            // Deleted since GET_NEXT_KEY found it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        }
+        // LOOKUP wrote old_value bytes; the rest stays zero.
+        let mut attr = ElemAttr {
+            map_fd: to.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+        n += 1;
+    }
+}
+
 /// Effective capabilities of this process (from /proc/self/status).
 pub fn effective_caps() -> io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -399,6 +497,52 @@ mod tests {
         assert!(!has_helper(BPF_PROG_TYPE_XDP, 100_000).unwrap());
         assert!(has_devmap_broadcast().unwrap());
         check_kernel().unwrap();
+    }
+
+    /// A map's entries copied into one of longer values (`upgrade`'s
+    /// migration): every entry, each value zero-extended.
+    #[test]
+    fn entries_copy_zero_extended() {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        if effective_caps().unwrap_or(0) & (1 << CAP_SYS_ADMIN) == 0 {
+            eprintln!("not root: not run");
+            return;
+        }
+        let create = |value_size| {
+            let mut m = MapAttr {
+                map_type: 1,
+                key_size: 4,
+                value_size,
+                max_entries: 8,
+            };
+            let fd = bpf(BPF_MAP_CREATE, &mut m).unwrap();
+            // SAFETY: BPF_MAP_CREATE returns a new fd that we own.
+            unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        };
+        let (a, b) = (create(4), create(8));
+        for k in 1u32..=3 {
+            let v = k * 100;
+            let mut attr = ElemAttr {
+                map_fd: a.as_raw_fd() as u32,
+                key: &k as *const u32 as u64,
+                value: &v as *const u32 as u64,
+                ..Default::default()
+            };
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr).unwrap();
+        }
+        let n = copy_entries_extended(a.as_fd(), b.as_fd(), 4, (4, 8)).unwrap();
+        assert_eq!(n, 3);
+        for k in 1u32..=3 {
+            let mut v = [0xffff_ffffu32; 2];
+            let mut attr = ElemAttr {
+                map_fd: b.as_raw_fd() as u32,
+                key: &k as *const u32 as u64,
+                value: v.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).unwrap();
+            assert_eq!(v, [k * 100, 0]);
+        }
     }
 
     #[test]

@@ -177,6 +177,23 @@ pub enum Cmd {
         /// also those made later).
         name: Option<String>,
     },
+    /// Move running bridges onto this umlbr's programs, keeping their maps
+    /// and flows.
+    ///
+    /// After installing a newer umlbr: its programs replace the ones an older
+    /// umlbr put on the bridge's hooks, each in one kernel step, and use the
+    /// bridge's maps as they are, so the MAC table, every NAT mapping, the
+    /// counters and settings carry over and guests' connections go on. If a
+    /// map's layout changed (without a migration), the bridge is left
+    /// unchanged and the error names the map and both layouts. Safe to run
+    /// again, also after it was interrupted.
+    Upgrade {
+        /// The bridge; every bridge in this network namespace without it.
+        name: Option<String>,
+        /// Print what was replaced as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const METRICS_HELP: &str = "\
