@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use umlbr_tests::{
     bpf::Sniffer,
-    netns::{InNetns, Netns, open_tap},
+    netns::{InNetns, Netns, drain, open_tap},
     wire::{BROADCAST, Frame, Mac, ethertype, mac},
 };
 
@@ -27,23 +27,6 @@ enum Kind {
 const GUEST: &str = "02:00:00:00:00:10";
 const UPLINK_MAC: &str = "02:00:00:00:01:01";
 const LAN_PEER_MAC: &str = "02:00:00:00:99:02";
-
-/// Every frame waiting in a tap's queue, until it stays empty for `quiet`.
-fn drain(tap: &mut File, quiet: Duration) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut last = Instant::now();
-    while last.elapsed() < quiet {
-        match tap.read(&mut buf) {
-            Ok(n) => {
-                frames.push(buf[..n].to_vec());
-                last = Instant::now();
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    frames
-}
 
 /// Each `(i, mac)` sends a broadcast ARP request from tap `i`, so that the
 /// switch learns the MAC there (sender address 10.0.0.(i+1)).

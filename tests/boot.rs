@@ -7,7 +7,7 @@
 //! Needs root. Namespaces are `umlbrt-wb-*`.
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command},
@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use umlbr_tests::{
-    netns::{InNetns, Netns, open_tap},
+    netns::{InNetns, Netns, drain, open_tap},
     umlbr_bin,
     wire::{BROADCAST, Frame, Mac, mac},
 };
@@ -146,23 +146,6 @@ fn fdb_rows(ns: &Netns, bridge: &str, m: &str) -> Result<Vec<Value>> {
         .filter(|r| r["mac"].as_str() == Some(m))
         .cloned()
         .collect())
-}
-
-/// Every frame waiting in a tap's queue, until it stays empty for `quiet`.
-fn drain(tap: &mut File, quiet: Duration) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut last = Instant::now();
-    while last.elapsed() < quiet {
-        match tap.read(&mut buf) {
-            Ok(n) => {
-                frames.push(buf[..n].to_vec());
-                last = Instant::now();
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    frames
 }
 
 fn arp_from(src: Mac, spa: u8) -> Vec<u8> {

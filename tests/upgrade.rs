@@ -10,8 +10,7 @@
 //! Needs root.
 use std::{
     collections::BTreeSet,
-    fs::File,
-    io::{Read, Write},
+    io::Write,
     net::Ipv4Addr,
     process::Output,
     time::{Duration, Instant},
@@ -20,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use umlbr_tests::{
-    netns::{InNetns, Netns, ifindex, open_tap, xdp_prog_ids},
+    netns::{InNetns, Netns, drain, ifindex, open_tap, xdp_prog_ids},
     umlbr_bin,
     wire::{Frame, Mac, mac},
 };
@@ -29,22 +28,6 @@ mod umlbr_lib;
 
 const UPLINK_MAC: &str = "02:00:00:00:01:01";
 const LAN_PEER_MAC: &str = "02:00:00:00:99:02";
-
-fn drain(tap: &mut File, quiet: Duration) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut last = Instant::now();
-    while last.elapsed() < quiet {
-        match tap.read(&mut buf) {
-            Ok(n) => {
-                frames.push(buf[..n].to_vec());
-                last = Instant::now();
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    frames
-}
 
 /// Guest `g`'s UDP datagram from `sport` to 10.99.0.2:53 through the gateway.
 fn guest_udp(gw: Mac, g: u8, sport: u16, data: &[u8]) -> Vec<u8> {

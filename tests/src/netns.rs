@@ -271,6 +271,25 @@ pub fn stale() -> Vec<String> {
         .collect()
 }
 
+/// Every frame waiting in a (non-blocking) tap's queue, until it stays
+/// empty for `quiet`.
+pub fn drain(tap: &mut std::fs::File, quiet: std::time::Duration) -> Vec<Vec<u8>> {
+    use std::io::Read;
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < quiet {
+        match tap.read(&mut buf) {
+            Ok(n) => {
+                frames.push(buf[..n].to_vec());
+                last = std::time::Instant::now();
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    frames
+}
+
 /// A non-blocking tap (IFF_TAP | IFF_NO_PI) in the current thread's
 /// namespace; the device lives as long as the fd.
 pub fn open_tap(name: &str) -> Result<std::fs::File> {

@@ -18,12 +18,7 @@
 //! absent. Like the lock it lives in /run: a reboot forgets it, and the
 //! config file (`umlbr up --config`) is what says what a bridge has at
 //! boot.
-use std::{
-    fs::OpenOptions,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::{
     error::{Error, Result},
@@ -146,18 +141,7 @@ fn write(bridge: &str, ports: &[(String, AttachOptions)]) -> Result<()> {
         }
         text.push('\n');
     }
-    let tmp = path.with_extension("ports.tmp");
-    let e = io_err(bridge, &tmp, "writing");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(&e)?;
-    f.write_all(text.as_bytes()).map_err(&e)?;
-    std::fs::rename(&tmp, &path).map_err(io_err(bridge, &path, "writing"))
+    crate::lock::write_private(&path, &text).map_err(|(p, e)| io_err(bridge, &p, "writing")(e))
 }
 
 /// Record that `iface` is a port of `bridge` with `opts` (replacing what

@@ -144,3 +144,28 @@ impl BridgeLock {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Write `text` to `path` whole or not at all: to `path`.tmp (mode 0600,
+/// never through a symlink), synced, then renamed over `path`, so that a
+/// command killed meanwhile leaves the old file or the new one, never
+/// half of one. On failure, the file that failed and why.
+pub fn write_private(
+    path: &Path,
+    text: &str,
+) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| (tmp.clone(), e))?;
+    f.write_all(text.as_bytes()).map_err(|e| (tmp.clone(), e))?;
+    f.sync_all().map_err(|e| (tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e))
+}

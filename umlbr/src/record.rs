@@ -15,12 +15,7 @@
 //! whole or absent. It carries the network namespace's cookie (unique
 //! while the machine runs, where inodes are reused): a file from a
 //! namespace that is gone is stale, and ignored.
-use std::{
-    fs::OpenOptions,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::{
     error::{Error, Result},
@@ -93,19 +88,7 @@ pub fn write(bridge: &str, switch_port: &str) -> Result<Record> {
          bridge={bridge}\nswitch_port={switch_port}\nnetns_cookie={}\n",
         rec.netns
     );
-    let tmp = path.with_extension("state.tmp");
-    let e = err(bridge, &tmp, "writing");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(&e)?;
-    f.write_all(text.as_bytes()).map_err(&e)?;
-    f.sync_all().map_err(&e)?;
-    std::fs::rename(&tmp, &path).map_err(err(bridge, &path, "writing"))?;
+    lock::write_private(&path, &text).map_err(|(p, e)| err(bridge, &p, "writing")(e))?;
     Ok(rec)
 }
 
