@@ -214,9 +214,19 @@ fn port_labels(b: &BridgeView, p: &PortView) -> Vec<(&'static str, String)> {
 
 /// The Prometheus text exposition of `views`.
 pub fn render(views: &[BridgeView]) -> String {
-    let mut fams = Vec::new();
+    let mut fams = bridge_families(views);
+    fams.extend(port_families(views));
+    fams.extend(port_counter_families(views));
+    fams.extend(nat_families(views));
+    let mut out = String::new();
+    for f in &fams {
+        f.render(&mut out);
+    }
+    out
+}
 
-    // Bridges.
+/// Each bridge's identity, size and settings.
+fn bridge_families(views: &[BridgeView]) -> Vec<Family> {
     let mut info = Family::new(
         "umlbr_bridge_info",
         "gauge",
@@ -253,9 +263,11 @@ pub fn render(views: &[BridgeView]) -> String {
         fdb_cap.add(l(), u64::from(FDB_SIZE));
         aging.add(l(), b.aging_secs);
     }
-    fams.extend([info, ports, fdb, fdb_cap, aging]);
+    vec![info, ports, fdb, fdb_cap, aging]
+}
 
-    // Ports: what they are, then their counters.
+/// Each port: what it is and its limits.
+fn port_families(views: &[BridgeView]) -> Vec<Family> {
     let mut pinfo = Family::new(
         "umlbr_port_info",
         "gauge",
@@ -282,6 +294,29 @@ pub fn render(views: &[BridgeView]) -> String {
         "gauge",
         "Live masquerade mappings the port's guests hold (counted against --nat-max-per-guest).",
     );
+    for b in views {
+        for p in &b.ports {
+            let l = || port_labels(b, p);
+            let mut il = l();
+            il.extend([
+                ("ifindex", p.ifindex.to_string()),
+                ("kind", p.kind.to_string()),
+                ("xdp", p.xdp.as_str().to_string()),
+                ("tc", p.tc.to_string()),
+            ]);
+            pinfo.add(il, 1);
+            up.add(l(), u64::from(p.up));
+            macs.add(l(), u64::from(p.learned_macs));
+            max.add(l(), u64::from(p.max_learned));
+            flood.add(l(), u64::from(p.flood_limit));
+            quota.add(l(), u64::from(p.nat_mappings));
+        }
+    }
+    vec![pinfo, up, macs, max, flood, quota]
+}
+
+/// Each port's counters: the datapath's, the interface's, drops by reason.
+fn port_counter_families(views: &[BridgeView]) -> Vec<Family> {
     let mut counters: Vec<Family> = PORT_COUNTERS
         .iter()
         .map(|(_, n, h)| Family::new(format!("umlbr_port_{n}_total"), "counter", *h))
@@ -309,19 +344,6 @@ pub fn render(views: &[BridgeView]) -> String {
     for b in views {
         for p in &b.ports {
             let l = || port_labels(b, p);
-            let mut il = l();
-            il.extend([
-                ("ifindex", p.ifindex.to_string()),
-                ("kind", p.kind.to_string()),
-                ("xdp", p.xdp.as_str().to_string()),
-                ("tc", p.tc.to_string()),
-            ]);
-            pinfo.add(il, 1);
-            up.add(l(), u64::from(p.up));
-            macs.add(l(), u64::from(p.learned_macs));
-            max.add(l(), u64::from(p.max_learned));
-            flood.add(l(), u64::from(p.flood_limit));
-            quota.add(l(), u64::from(p.nat_mappings));
             let f = fields(&p.stats.datapath);
             for (fam, (name, _, _)) in counters.iter_mut().zip(PORT_COUNTERS) {
                 fam.add(l(), field(&f, name));
@@ -346,18 +368,9 @@ pub fn render(views: &[BridgeView]) -> String {
             dropped.add(rl, field(&f, "dropped").saturating_sub(counted));
         }
     }
-    fams.extend([pinfo, up, macs, max, flood, quota]);
-    fams.extend(counters);
+    let mut fams = counters;
     fams.extend([tx_packets, tx_bytes, switched, dropped]);
-
-    // The masquerade.
-    fams.extend(nat_families(views));
-
-    let mut out = String::new();
-    for f in &fams {
-        f.render(&mut out);
-    }
-    out
+    fams
 }
 
 fn nat_families(views: &[BridgeView]) -> Vec<Family> {
