@@ -6,6 +6,7 @@ use umlbr::{
     nat::NatRow,
     rates::Rates,
     stats::{BridgeView, NatView, PortView},
+    upgrade::Preview,
 };
 
 /// Print `value` as JSON, alone on stdout.
@@ -29,8 +30,8 @@ pub fn show(views: &[BridgeView]) {
     }
     for v in views {
         println!(
-            "{}  host {}  switch port {}  aging {} s  {} MACs",
-            v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
+            "{}  host {}  switch port {}  aging {} s  {} MACs  layout v{}",
+            v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries, v.layout_version
         );
         println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY");
         for p in &v.ports {
@@ -216,4 +217,31 @@ pub fn rates(r: &Rates, redraw: bool) {
         }
     }
     print!("{out}");
+}
+
+/// `upgrade --dry-run`: what an upgrade of one bridge would do.
+pub fn upgrade_plan(p: &Preview) {
+    let stored = if p.layout_stored == 0 {
+        format!("{} (not stored: made before versions)", p.layout_from)
+    } else {
+        p.layout_from.to_string()
+    };
+    println!(
+        "bridge {}: map layout version {stored} -> {}",
+        p.bridge, p.layout_to
+    );
+    if p.resumes {
+        println!("  completes an upgrade that was interrupted");
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!("  maps reused:   {}", list(&p.maps_reused));
+    println!("  maps migrated: {}", list(&p.maps_migrated));
+    println!("  maps new:      {}", list(&p.maps_new));
+    println!("  programs replaced on: {}", list(&p.interfaces));
 }
