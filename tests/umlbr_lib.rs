@@ -42,7 +42,9 @@ pub fn upgrade_with(
     before_replace: &dyn Fn(&str, &'static str),
 ) -> anyhow::Result<Upgraded> {
     with_net(async |net| {
-        let br = umlbr::bridge::Bridge::open(net, name).await?;
+        let br = umlbr::upgrade::Target::find(net, Some(name))
+            .await?
+            .remove(0);
         Ok(umlbr::upgrade::upgrade_with(net, br, versions, before_replace).await?)
     })
 }

@@ -426,7 +426,8 @@ async fn log(net: &Net, name: Option<&str>, follow: bool) -> Result<()> {
 }
 
 async fn upgrade(net: &Net, name: Option<&str>, json: bool, dry_run: bool) -> Result<()> {
-    let all = Bridge::named_or_all(net, name).await?;
+    // Not `Bridge`: an older umlbr's maps may not fit this one's types.
+    let all = umlbr::upgrade::Target::find(net, name).await?;
     if all.is_empty() {
         return Err(umlbr::Error::NoBridge.into());
     }

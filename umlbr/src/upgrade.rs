@@ -2,6 +2,9 @@
 //! every hook, and reuse the bridge's maps, so that its FDB, every NAT
 //! mapping, its counters and settings carry over and guests' flows go on.
 //!
+//! 0. The bridge is found (`Target`) as `Bridge` finds it, but its maps
+//!    are not opened as this umlbr's types, which an older umlbr's may
+//!    not fit; its interfaces are found from their hooks.
 //! 1. Under the bridge's lock, the maps its programs use are opened by id
 //!    and each one's layout, as the kernel holds it (type, key and value
 //!    size, most entries, flags), is compared with the new object's map
@@ -21,8 +24,9 @@
 //!    instance of its own: nothing in `/sys/fs/bpf` sees them). The new
 //!    object is loaded with them: its programs are verified against the
 //!    very maps the running bridge uses.
-//! 3. Every umlbr program on every interface of the bridge (ports, uplink,
-//!    masquerade uplink, the host's switch port last) is replaced by the
+//! 3. Every umlbr program on the bridge's maps (one sharing a map with the
+//!    switch port's programs), on every interface (ports, uplink,
+//!    masquerade uplink, the host's switch port last), is replaced by the
 //!    new one of the same name, each in one kernel step that names the
 //!    program it replaces: XDP with XDP_FLAGS_REPLACE and
 //!    IFLA_XDP_EXPECTED_FD, tcx with BPF_F_REPLACE, a clsact cls_bpf
@@ -62,7 +66,7 @@
 //! last (so later commands keep writing the old copy, which the next
 //! upgrade copies again), run `upgrade` again before anything else.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     os::{
         fd::{AsFd, AsRawFd},
@@ -80,12 +84,11 @@ use aya_obj::EbpfSectionKind;
 use umlbr_common::{LAYOUT_VERSION, names};
 
 use crate::{
-    bridge::Bridge,
     error::{Error, Result},
-    link::Net,
-    lock,
+    link::{Link, Net, check_ifname},
+    lock::{self, BridgeLock},
     object::{self, Hook, Programs, Tc, maps_of, prog_fd},
-    port, sys,
+    sys,
 };
 
 /// A map's layout as the kernel holds it.
@@ -512,6 +515,124 @@ fn write_version(config: &MapData, value_size: u32, version: u16) -> Result<()> 
     sys::update_raw(fd, &key, &v).map_err(|e| Error::io(what(), e))
 }
 
+/// A bridge as `upgrade` finds it: a veth pair whose switch side carries
+/// umlbr's three programs, as `Bridge` finds one, but without opening its
+/// maps as this umlbr's types: an older umlbr's may not fit them (a value
+/// that grew), which is what an upgrade is for.
+pub struct Target {
+    pub name: String,
+    switch_port: Link,
+    /// The switch port's XDP, TC and TC egress programs.
+    prog_ids: Vec<u32>,
+    /// Held while it is upgraded.
+    lock: Option<BridgeLock>,
+}
+
+impl Target {
+    /// Bridge `name`, or every bridge of the namespace.
+    pub async fn find(net: &Net, name: Option<&str>) -> Result<Vec<Target>> {
+        if let Some(n) = name {
+            check_ifname(n)?;
+        }
+        let links = net.links().await?;
+        let progs = Programs::read();
+        let mut out = Vec::new();
+        for host in links.iter().filter(|l| l.kind.as_deref() == Some("veth")) {
+            if name.is_some_and(|n| n != host.name) {
+                continue;
+            }
+            let Some(sw) = links.iter().find(|l| Some(l.index) == host.peer) else {
+                continue;
+            };
+            let Some(xdp) = sw.xdp_prog.filter(|&id| progs.is_umlbr_xdp(id)) else {
+                continue;
+            };
+            if sw.peer != Some(host.index) || host.xdp_prog.is_some_and(|i| progs.is_umlbr_xdp(i)) {
+                continue;
+            }
+            let mut prog_ids = vec![xdp];
+            prog_ids.extend(
+                Tc::BOTH
+                    .into_iter()
+                    .filter_map(|hook| hook.umlbr_prog(&sw.name))
+                    .map(|p| p.id()),
+            );
+            // Without both TC programs: an `up` killed half-way, no bridge
+            // (as for `Bridge`).
+            if prog_ids.len() < 1 + Tc::BOTH.len() {
+                continue;
+            }
+            out.push(Target {
+                name: host.name.clone(),
+                switch_port: sw.clone(),
+                prog_ids,
+                lock: None,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        match name {
+            Some(n) if out.is_empty() => Err(Error::NoSuchBridge(n.into())),
+            _ => Ok(out),
+        }
+    }
+
+    /// This bridge under its lock, found again under it.
+    async fn lock(self, net: &Net) -> Result<Target> {
+        if self.lock.is_some() {
+            return Ok(self);
+        }
+        let held = lock::take(&self.name)?;
+        let mut t = Target::find(net, Some(&self.name)).await?.remove(0);
+        t.lock = Some(held);
+        Ok(t)
+    }
+
+    /// Every interface with umlbr's programs on this bridge's maps (a
+    /// program sharing a map with the switch port's): ports, half-detached
+    /// ones, uplinks; the host's switch port last (the bridge is found
+    /// from it). With the ids of those programs: a umlbr program on other
+    /// maps (another bridge's, another load's) is not this bridge's, and
+    /// an upgrade leaves it alone. Found from the hooks, not from the
+    /// bridge's port list, which an older layout may keep otherwise.
+    async fn interfaces(&self, net: &Net) -> Result<(Vec<Link>, BTreeSet<u32>)> {
+        let mut prog_maps: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for p in aya::programs::loaded_programs().filter_map(|p| p.ok()) {
+            let name = p.name_as_str().unwrap_or("");
+            if [names::XDP_PROG, names::TC_PROG, names::TC_OUT_PROG].contains(&name) {
+                let what = || format!("reading map ids of program {}", p.id());
+                let ids = p.map_ids().map_err(|e| Error::program(what(), e))?;
+                prog_maps.insert(p.id(), ids.unwrap_or_default());
+            }
+        }
+        let ours: BTreeSet<u32> = self
+            .prog_ids
+            .iter()
+            .flat_map(|id| prog_maps.get(id).cloned().unwrap_or_default())
+            .collect();
+        let shares = |id: &u32| {
+            prog_maps
+                .get(id)
+                .is_some_and(|m| m.iter().any(|i| ours.contains(i)))
+        };
+        let progs: BTreeSet<u32> = prog_maps.keys().copied().filter(shares).collect();
+        let mut out = Vec::new();
+        for l in net.links().await? {
+            if l.index == self.switch_port.index {
+                continue;
+            }
+            let tc = Tc::BOTH
+                .into_iter()
+                .filter_map(|hook| hook.umlbr_prog(&l.name))
+                .any(|p| progs.contains(&p.id()));
+            if tc || l.xdp_prog.is_some_and(|id| progs.contains(&id)) {
+                out.push(l);
+            }
+        }
+        out.push(self.switch_port.clone());
+        Ok((out, progs))
+    }
+}
+
 /// The running bridge's maps as the kernel holds them.
 struct Running {
     maps: std::collections::HashMap<String, MapData>,
@@ -522,12 +643,8 @@ struct Running {
 }
 
 impl Running {
-    fn read(br: &Bridge) -> Result<Running> {
-        let mut ids = vec![br.xdp_prog_id];
-        for hook in Tc::BOTH {
-            ids.push(br.require_tc_prog(hook)?.id());
-        }
-        let maps = maps_of(&ids)?;
+    fn read(br: &Target) -> Result<Running> {
+        let maps = maps_of(&br.prog_ids)?;
         let mut layouts = BTreeMap::new();
         let mut map_ids = BTreeMap::new();
         for (name, data) in &maps {
@@ -656,7 +773,7 @@ fn new_prog<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<(&'a ProgramF
 pub type BeforeReplace<'a> = &'a dyn Fn(&str, &'static str);
 
 /// Upgrade bridge `br` to this umlbr's programs (see the module's text).
-pub async fn upgrade(net: &Net, br: Bridge) -> Result<Upgraded> {
+pub async fn upgrade(net: &Net, br: Target) -> Result<Upgraded> {
     upgrade_with(net, br, &VERSIONS, &|_, _| {}).await
 }
 
@@ -667,11 +784,11 @@ pub async fn upgrade(net: &Net, br: Bridge) -> Result<Upgraded> {
 /// expected-program replace guards against).
 pub async fn upgrade_with(
     net: &Net,
-    br: Bridge,
+    br: Target,
     versions: &Versions<'_>,
     before_replace: BeforeReplace<'_>,
 ) -> Result<Upgraded> {
-    let br = port::lock(net, br).await?;
+    let br = br.lock(net).await?;
     let resumed = remove_pins(&br.name)?;
     let running = Running::read(&br)?;
     let new = object_layouts(object::BPF_OBJECT)?;
@@ -713,16 +830,12 @@ pub struct Preview {
 
 /// What `upgrade` of `br` would do, changing nothing; a refusal is the
 /// error `upgrade` would give.
-pub async fn preview(net: &Net, br: &Bridge, versions: &Versions<'_>) -> Result<Preview> {
+pub async fn preview(net: &Net, br: &Target, versions: &Versions<'_>) -> Result<Preview> {
     let running = Running::read(br)?;
     let new = object_layouts(object::BPF_OBJECT)?;
     let plan = plan(&br.name, &running.layouts, &new, running.stored, versions)?;
-    let mut interfaces = Vec::new();
-    for i in interfaces_of(br)? {
-        if let Some(l) = net.link_by_index(i).await? {
-            interfaces.push(l.name);
-        }
-    }
+    let (links, _) = br.interfaces(net).await?;
+    let interfaces = links.into_iter().map(|l| l.name).collect();
     Ok(Preview {
         bridge: br.name.clone(),
         layout_stored: running.stored,
@@ -734,24 +847,6 @@ pub async fn preview(net: &Net, br: &Bridge, versions: &Versions<'_>) -> Result<
         interfaces,
         resumes: std::fs::symlink_metadata(pin_dir(&br.name)?).is_ok(),
     })
-}
-
-/// Every interface with umlbr's programs: ports (also half-detached
-/// ones), the masquerade's uplink, the host's switch port last (the
-/// bridge is found from it).
-fn interfaces_of(br: &Bridge) -> Result<Vec<u32>> {
-    let sw = br.switch_port.index;
-    let mut ifs: Vec<u32> = br
-        .recorded_ports()
-        .into_iter()
-        .filter(|&i| i != sw)
-        .collect();
-    let nat_if = br.maps.nat_config()?.nat_ifindex;
-    if nat_if != 0 && !ifs.contains(&nat_if) {
-        ifs.push(nat_if);
-    }
-    ifs.push(sw);
-    Ok(ifs)
 }
 
 /// A hook replaced, and how to put its old program back.
@@ -809,7 +904,7 @@ fn migrate(
 
 async fn replace_all(
     net: &Net,
-    br: &Bridge,
+    br: &Target,
     plan: &Plan,
     dir: &std::path::Path,
     running: &Running,
@@ -871,7 +966,6 @@ async fn replace_all(
         }
     }
 
-    let progs = Programs::read();
     let mut done = Upgraded {
         bridge: br.name.clone(),
         maps_migrated: migrated,
@@ -881,12 +975,9 @@ async fn replace_all(
     // Where the replace stands, for the error.
     let mut at_hook = (String::new(), "");
     let res: Result<()> = async {
-        for ifindex in interfaces_of(br)? {
-            // Gone since (a tap deleted): nothing to replace there.
-            let Some(link) = net.link_by_index(ifindex).await? else {
-                continue;
-            };
-            if let Some(old) = link.xdp_prog.filter(|&id| progs.is_umlbr_xdp(id)) {
+        let (links, ours) = br.interfaces(net).await?;
+        for link in links {
+            if let Some(old) = link.xdp_prog.filter(|id| ours.contains(id)) {
                 if old == xdp_id {
                     done.already += 1;
                 } else {
@@ -916,7 +1007,10 @@ async fn replace_all(
                 }
             }
             for hook in Tc::BOTH {
-                let Some((at, old)) = hook.umlbr_hooked(&link.name) else {
+                let Some((at, old)) = hook
+                    .umlbr_hooked(&link.name)
+                    .filter(|(_, p)| ours.contains(&p.id()))
+                else {
                     continue;
                 };
                 let (fd, id) = match hook {
