@@ -456,6 +456,8 @@ fn a_version_step_migrates_a_running_bridge() -> Result<()> {
         c.layout = 0;
         cfg.set(0, c, 0)?;
         ensure!(show_layout(&ns, hook)? == 0);
+        let text = ok(&ns, hook, &["show", "br0"])?;
+        ensure!(text.contains("layout v1 (not stored)"), "{text}");
         let before = hooks(&ns)?;
         let plan: Value =
             serde_json::from_str(&ok(&ns, hook, &["upgrade", "br0", "--dry-run", "--json"])?)?;
@@ -533,6 +535,8 @@ fn a_version_step_migrates_a_running_bridge() -> Result<()> {
             "FDB after the rewrite {fdb_after:?}, want {want:?}"
         );
         ensure!(show_layout(&ns, hook)? == 2, "the copy holds version 2");
+        let text = ok(&ns, hook, &["show", "br0"])?;
+        ensure!(text.contains("layout v2"), "{text}");
         let (_, nat_after) = tables(&ns, hook)?;
         ensure!(nat == nat_after, "NAT before {nat}, after {nat_after}");
         flows_go_on(&mut bench, "after the migration")?;

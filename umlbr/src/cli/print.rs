@@ -29,9 +29,14 @@ pub fn show(views: &[BridgeView]) {
         println!("no bridges (create one with `umlbr up NAME`)");
     }
     for v in views {
+        // 0: made before the version was stored (version 1's maps).
+        let layout = match v.layout_version {
+            0 => "v1 (not stored)".to_string(),
+            n => format!("v{n}"),
+        };
         println!(
-            "{}  host {}  switch port {}  aging {} s  {} MACs  layout v{}",
-            v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries, v.layout_version
+            "{}  host {}  switch port {}  aging {} s  {} MACs  layout {layout}",
+            v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
         );
         println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY");
         for p in &v.ports {
