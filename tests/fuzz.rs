@@ -1443,7 +1443,7 @@ impl Bench {
                 0
             },
             uplink_mac: if mode.nat() { [0; 6] } else { UP_MAC },
-            _pad: [0; 2],
+            layout: 0,
         })?;
         for (t, &i) in idx.iter().enumerate() {
             let s = PortStats {

@@ -129,7 +129,7 @@ impl Bench {
             uplink: if with_uplink { up } else { 0 },
             flags: if with_uplink { CFG_F_TC_FLOOD } else { 0 },
             uplink_mac: if with_uplink { UP_MAC } else { [0; 6] },
-            _pad: [0; 2],
+            layout: 0,
         })?;
         for &i in &ports {
             let s = PortStats {

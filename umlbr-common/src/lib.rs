@@ -89,8 +89,30 @@ pub struct Config {
     pub flags: u32,
     /// The uplink's own MAC: frames from it are the host's own.
     pub uplink_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// [`LAYOUT_VERSION`] of the umlbr whose `up` (or `upgrade`) made the
+    /// bridge's maps; 0 on bridges made before it was stored (whose maps
+    /// are version 1's). Only userspace reads it (`umlbr upgrade`); it
+    /// stays at this offset (bytes 30-31 of key 0's value) in every
+    /// version, so that any umlbr can read any bridge's.
+    pub layout: u16,
 }
+
+/// The version of the meaning of the datapath's maps: their names, keys
+/// and values (the types of this crate, the flags and constants stored in
+/// them, what a zero means), stored in `Config::layout` by `umlbr up`.
+/// `umlbr upgrade` reuses a running bridge's maps only when its version is
+/// this one, or when `umlbr/src/upgrade.rs`'s `HISTORY` says how to bring
+/// each map from its version to this one; otherwise it refuses.
+///
+/// BUMP IT whenever an existing map's key or value changes meaning, also
+/// when its size stays (a pad turned into a field, a flag bit given a new
+/// sense, a unit changed), and add the step to `HISTORY`: one line when
+/// every old entry means the same to the new programs (a pad whose zero
+/// means what it meant), a `Rewrite` of the map's entries otherwise, or a
+/// `Refuse`. A map only added needs no bump (an upgrade makes it empty);
+/// a change the kernel can see (a size, a type) is refused by `upgrade`
+/// unless `upgrade.rs` has a migration for it, version or not.
+pub const LAYOUT_VERSION: u16 = 1;
 
 /// Flooding is done by the TC program: some port cannot take XDP frames
 /// (a veth uplink whose peer may lack NAPI), or the uplink's host stack

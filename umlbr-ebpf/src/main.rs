@@ -77,7 +77,7 @@ static NO_CONFIG: Config = Config {
     uplink: 0,
     flags: 0,
     uplink_mac: [0; 6],
-    _pad: [0; 2],
+    layout: 0,
 };
 
 #[inline(always)]

@@ -207,11 +207,35 @@ pub enum Error {
     #[error("reading umlbr's eBPF object")]
     ObjectParse(#[source] aya_obj::ParseError),
     #[error(
-        "bridge {bridge}: upgrade refused, the new umlbr's maps differ from the running bridge's \
-         and no migration exists, so their entries would be lost ({maps}); the bridge is \
-         unchanged (keep the old umlbr, or `umlbr down` and `up` it again)"
+        "bridge {bridge}: upgrade refused, nothing changed: its maps are layout version \
+         {running}, this umlbr's are version {current}, and {why}. To keep the bridge's \
+         entries, keep the umlbr that made it (or upgrade with one that knows both \
+         versions); otherwise `umlbr down {bridge}` and `umlbr up` it again with this umlbr \
+         (its MAC table and NAT mappings are then lost)"
     )]
-    LayoutChanged { bridge: String, maps: String },
+    LayoutRefused {
+        bridge: String,
+        running: u16,
+        current: u16,
+        why: String,
+    },
+    #[error(
+        "bridge {bridge}: upgrade stopped at {iface} ({hook}); {rolled_back} hooks already \
+         replaced were put back on their old programs{}: \
+         another program may have been put there meanwhile; look, then run `umlbr upgrade` again",
+        if not_rolled_back.is_empty() { String::new() } else {
+            format!(", but not these: {not_rolled_back} (run `umlbr upgrade` again)")
+        }
+    )]
+    UpgradeRolledBack {
+        bridge: String,
+        iface: String,
+        hook: &'static str,
+        rolled_back: usize,
+        not_rolled_back: String,
+        #[source]
+        err: Box<Error>,
+    },
     #[error("pinning map {map} for the upgrade")]
     Pin {
         map: String,

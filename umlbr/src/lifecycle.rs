@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, MapData},
     programs::{SchedClassifier, Xdp},
 };
-use umlbr_common::{Config, DEFAULT_AGING_SECS, PORT_KIND_HOST, names};
+use umlbr_common::{Config, DEFAULT_AGING_SECS, LAYOUT_VERSION, PORT_KIND_HOST, names};
 
 use crate::{
     bridge::{Bridge, switch_port_name},
@@ -63,7 +63,8 @@ async fn preflight(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
     Ok(())
 }
 
-/// Load the programs, with the aging time in their config.
+/// Load the programs, with the aging time and the maps' layout version
+/// (for a later `upgrade`) in their config.
 fn load(aging_secs: u64) -> Result<Ebpf> {
     let mut ebpf = object::load()?;
     let map = ebpf.map_mut(names::CONFIG).ok_or_else(|| Error::NoMap {
@@ -73,6 +74,7 @@ fn load(aging_secs: u64) -> Result<Ebpf> {
     let mut config: Array<&mut MapData, Config> = map.try_into().map_err(map_err(names::CONFIG))?;
     let c = Config {
         aging_ns: aging_secs.saturating_mul(1_000_000_000),
+        layout: LAYOUT_VERSION,
         ..Default::default()
     };
     config.set(0, c, 0).map_err(map_err(names::CONFIG))?;

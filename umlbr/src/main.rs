@@ -161,7 +161,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Metrics(a) => metrics_cmd(&net, a).await,
         Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered above"),
         Cmd::Watch { name } => watch_ports(&net, name.as_deref()).await,
-        Cmd::Upgrade { name, json } => upgrade(&net, name.as_deref(), json).await,
+        Cmd::Upgrade {
+            name,
+            json,
+            dry_run,
+        } => upgrade(&net, name.as_deref(), json, dry_run).await,
     }
 }
 
@@ -421,10 +425,27 @@ async fn log(net: &Net, name: Option<&str>, follow: bool) -> Result<()> {
     }
 }
 
-async fn upgrade(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
-    let all = Bridge::named_or_all(net, name).await?;
+async fn upgrade(net: &Net, name: Option<&str>, json: bool, dry_run: bool) -> Result<()> {
+    // Not `Bridge`: an older umlbr's maps may not fit this one's types.
+    let all = umlbr::upgrade::Target::find(net, name).await?;
     if all.is_empty() {
         return Err(umlbr::Error::NoBridge.into());
+    }
+    if dry_run {
+        let mut plans = Vec::new();
+        for br in &all {
+            let p = umlbr::upgrade::preview(net, br, &umlbr::upgrade::VERSIONS)
+                .await
+                .with_context(|| format!("planning the upgrade of bridge {}", br.name))?;
+            if !json {
+                print::upgrade_plan(&p);
+            }
+            plans.push(p);
+        }
+        if json {
+            print::json(&plans)?;
+        }
+        return Ok(());
     }
     let mut done = Vec::new();
     for br in all {
@@ -456,6 +477,12 @@ async fn upgrade(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
             );
             for (map, count) in &u.maps_migrated {
                 eprintln!("bridge {n}: map {map}: {count} entries migrated to its new layout");
+            }
+            if u.layout_from != u.layout_to {
+                eprintln!(
+                    "bridge {n}: map layout version {} -> {}",
+                    u.layout_from, u.layout_to
+                );
             }
         }
         done.push(u);

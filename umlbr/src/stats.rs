@@ -82,6 +82,9 @@ pub struct BridgeView {
     pub fdb_entries: usize,
     pub ports: Vec<PortView>,
     pub nat: Option<NatView>,
+    /// The layout version of the bridge's maps (`umlbr upgrade`), as
+    /// stored; 0: made before versions were stored (version 1's maps).
+    pub layout_version: u16,
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -218,5 +221,6 @@ pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
         aging_secs: br.aging_secs()?,
         fdb_entries: br.maps.fdb.keys().count(),
         ports,
+        layout_version: br.maps.config()?.layout,
     })
 }

@@ -104,16 +104,24 @@ struct ElemAttr {
     flags: u64,
 }
 
+/// BPF_NOEXIST: an update that adds a key, never overwrites one.
+const BPF_NOEXIST: u64 = 1;
+
 /// Copy every entry of map `from` (keys of `key_size` bytes, values of
 /// `old_value` bytes) into map `to`, whose values are `new_value` bytes:
-/// each value zero-extended (a layout that gained trailing fields).
-/// Returns how many entries were copied. For maps of one value per key
-/// (hash, array), not per-CPU ones.
-pub fn copy_entries_extended(
+/// each value zero-extended (a layout that gained trailing fields), then
+/// given to `edit` with its key (a layout version's rewrite; the key's
+/// size stays). With `only_missing`, keys `to` has already keep their
+/// entries there (a second pass, for what the old programs added since
+/// the first). Returns how many entries were written. For maps of one
+/// value per key (hash, array, LPM trie), not per-CPU ones.
+pub fn copy_entries(
     from: BorrowedFd<'_>,
     to: BorrowedFd<'_>,
     key_size: usize,
     (old_value, new_value): (usize, usize),
+    edit: &dyn Fn(&mut [u8], &mut [u8]),
+    only_missing: bool,
 ) -> io::Result<usize> {
     if new_value < old_value {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
@@ -121,6 +129,7 @@ pub fn copy_entries_extended(
     let mut key = vec![0u8; key_size];
     let mut next = vec![0u8; key_size];
     let mut value = vec![0u8; new_value];
+    let mut out_key = vec![0u8; key_size];
     let mut first = true;
     let mut n = 0;
     loop {
@@ -151,15 +160,53 @@ pub fn copy_entries_extended(
             Err(e) => return Err(e),
         }
         // LOOKUP wrote old_value bytes; the rest stays zero.
+        out_key.copy_from_slice(&key);
+        edit(&mut out_key, &mut value);
         let mut attr = ElemAttr {
             map_fd: to.as_raw_fd() as u32,
-            key: key.as_ptr() as u64,
+            key: out_key.as_ptr() as u64,
             value: value.as_mut_ptr() as u64,
+            flags: if only_missing { BPF_NOEXIST } else { 0 },
             ..Default::default()
         };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
-        n += 1;
+        match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+            Ok(_) => n += 1,
+            Err(e) if only_missing && e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// The value of `key` in map `map` (values of `value_size` bytes), as
+/// bytes; None if there is no such key.
+pub fn lookup_raw(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value_size: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_size];
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Set `key` of map `map` to `value` (bytes of the map's sizes).
+pub fn update_raw(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
 /// Effective capabilities of this process (from /proc/self/status).
@@ -530,7 +577,7 @@ mod tests {
             };
             bpf(BPF_MAP_UPDATE_ELEM, &mut attr).unwrap();
         }
-        let n = copy_entries_extended(a.as_fd(), b.as_fd(), 4, (4, 8)).unwrap();
+        let n = copy_entries(a.as_fd(), b.as_fd(), 4, (4, 8), &|_, _| {}, false).unwrap();
         assert_eq!(n, 3);
         for k in 1u32..=3 {
             let mut v = [0xffff_ffffu32; 2];
@@ -543,6 +590,14 @@ mod tests {
             bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).unwrap();
             assert_eq!(v, [k * 100, 0]);
         }
+        // A second pass, rewriting: only the key added since is written.
+        update_raw(a.as_fd(), &4u32.to_ne_bytes(), &400u32.to_ne_bytes()).unwrap();
+        let mark = |_: &mut [u8], v: &mut [u8]| v[4] = 7;
+        let n = copy_entries(a.as_fd(), b.as_fd(), 4, (4, 8), &mark, true).unwrap();
+        assert_eq!(n, 1);
+        let get = |k: u32| lookup_raw(b.as_fd(), &k.to_ne_bytes(), 8).unwrap().unwrap();
+        assert_eq!(get(1)[..5], [100, 0, 0, 0, 0]);
+        assert_eq!(get(4)[..5], [144, 1, 0, 0, 7]);
     }
 
     #[test]

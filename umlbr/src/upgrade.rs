@@ -2,6 +2,9 @@
 //! every hook, and reuse the bridge's maps, so that its FDB, every NAT
 //! mapping, its counters and settings carry over and guests' flows go on.
 //!
+//! 0. The bridge is found (`Target`) as `Bridge` finds it, but its maps
+//!    are not opened as this umlbr's types, which an older umlbr's may
+//!    not fit; its interfaces are found from their hooks.
 //! 1. Under the bridge's lock, the maps its programs use are opened by id
 //!    and each one's layout, as the kernel holds it (type, key and value
 //!    size, most entries, flags), is compared with the new object's map
@@ -21,8 +24,9 @@
 //!    instance of its own: nothing in `/sys/fs/bpf` sees them). The new
 //!    object is loaded with them: its programs are verified against the
 //!    very maps the running bridge uses.
-//! 3. Every umlbr program on every interface of the bridge (ports, uplink,
-//!    masquerade uplink, the host's switch port last) is replaced by the
+//! 3. Every umlbr program on the bridge's maps (one sharing a map with the
+//!    switch port's programs), on every interface (ports, uplink,
+//!    masquerade uplink, the host's switch port last), is replaced by the
 //!    new one of the same name, each in one kernel step that names the
 //!    program it replaces: XDP with XDP_FLAGS_REPLACE and
 //!    IFLA_XDP_EXPECTED_FD, tcx with BPF_F_REPLACE, a clsact cls_bpf
@@ -30,6 +34,26 @@
 //!    meets a hook without a program, and a program that another command
 //!    put there meanwhile is never replaced unseen.
 //! 4. The pins, the mount and its directory go.
+//!
+//! Layouts the kernel cannot see: a map whose value keeps its size but
+//! changes meaning. Every bridge stores the layout version of its maps
+//! (`Config::layout`, `umlbr_common::LAYOUT_VERSION`; 0 on bridges made
+//! before it was stored, whose maps are version 1's). Equal to this
+//! umlbr's: as above. Older: `HISTORY` says, step by step, which maps'
+//! entries must be rewritten (`Change::Rewrite`: copied into the new
+//! object's map through a function) or cannot be carried (`Refuse`); the
+//! others mean the same and are compared by layout as above. Newer, or a
+//! step refused: nothing changes and the error names both versions. A
+//! rewrite also copies the configuration, whose new copy gets the new
+//! version before any hook sees it, so that the version always travels
+//! with the maps it describes (the switch port's programs say which);
+//! otherwise the version is written last, once every hook is replaced.
+//!
+//! A replace that fails (another program put on the hook since it was
+//! read, so the kernel refuses the expected one) rolls back: every hook
+//! already replaced gets its old program back, in the same one-step
+//! replace, and the error names the interface and hook. The bridge is
+//! then as before the upgrade.
 //!
 //! Killed half-way: every program, old or new, uses the same maps, so a
 //! bridge with some hooks on old programs and some on new ones forwards
@@ -42,7 +66,7 @@
 //! last (so later commands keep writing the old copy, which the next
 //! upgrade copies again), run `upgrade` again before anything else.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     os::{
         fd::{AsFd, AsRawFd},
@@ -51,17 +75,20 @@ use std::{
     path::PathBuf,
 };
 
-use aya::{EbpfLoader, programs::ProgramFd};
+use aya::{
+    EbpfLoader,
+    maps::MapData,
+    programs::{ProgramFd, ProgramInfo},
+};
 use aya_obj::EbpfSectionKind;
-use umlbr_common::names;
+use umlbr_common::{LAYOUT_VERSION, names};
 
 use crate::{
-    bridge::Bridge,
     error::{Error, Result},
-    link::Net,
-    lock,
-    object::{self, Programs, Tc, maps_of, prog_fd},
-    port,
+    link::{Link, Net, check_ifname},
+    lock::{self, BridgeLock},
+    object::{self, Hook, Programs, Tc, maps_of, prog_fd},
+    sys,
 };
 
 /// A map's layout as the kernel holds it.
@@ -175,89 +202,272 @@ const USERSPACE_WRITTEN: [&str; 4] = [
     names::PORT_LIST,
 ];
 
-/// Moving one map's entries into the new object's map of another layout.
+/// The layout version of a bridge whose `Config::layout` is 0: made
+/// before the version was stored, by a umlbr whose maps are version 1's.
+pub const UNVERSIONED: u16 = 1;
+
+/// What one layout version changed in one map's entries.
+#[derive(Clone, Copy, Debug)]
+pub enum Change {
+    /// Each entry, as key and value bytes of the new layout (the old
+    /// value zero-extended), is rewritten in place into the new meaning.
+    Rewrite(fn(&mut [u8], &mut [u8])),
+    /// The entries cannot be carried over (the reason): upgrading a
+    /// bridge from before this version is refused.
+    Refuse(&'static str),
+}
+
+/// One version of the maps' layout: what changed from the version before.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The version this step makes (from `to - 1`).
+    pub to: u16,
+    /// What changed, for messages.
+    pub what: &'static str,
+    /// The maps whose old entries the new programs cannot use as they
+    /// are, by name. Every other map keeps its entries (reused, or copied
+    /// zero-extended as without a version).
+    pub maps: &'static [(&'static str, Change)],
+}
+
+/// Every layout version after the first (`LAYOUT_VERSION`), oldest first:
+/// add one with each bump (`history_is_complete` checks). A step whose
+/// changes every old entry already means (a pad whose zero means what it
+/// meant, a map added) is one line with no maps.
+pub const HISTORY: &[Step] = &[];
+
+/// The layout versions an upgrade knows: its own, and the steps to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Versions<'a> {
+    pub current: u16,
+    pub history: &'a [Step],
+}
+
+/// This umlbr's.
+pub const VERSIONS: Versions<'static> = Versions {
+    current: LAYOUT_VERSION,
+    history: HISTORY,
+};
+
+/// A version's rewrite of one map's entries.
+#[derive(Clone, Copy, Debug)]
+pub struct Rewrite {
+    pub to: u16,
+    pub what: &'static str,
+    pub edit: fn(&mut [u8], &mut [u8]),
+}
+
+// The function is the step's: its version says which.
+impl PartialEq for Rewrite {
+    fn eq(&self, o: &Self) -> bool {
+        self.to == o.to && self.what == o.what
+    }
+}
+impl Eq for Rewrite {}
+
+/// Moving one map's entries into the new object's map of the same name:
+/// every entry copied, its value zero-extended to the new size (so a
+/// field added to a map's value must mean, at zero, what the layout
+/// without it meant), then given to each version's rewrite in turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Migration {
-    /// The value gained trailing fields: every entry is copied, the new
-    /// fields zero (so a field added to a map's value must mean, at zero,
-    /// what the layout without it meant). For hash and array maps that
-    /// only userspace writes.
-    TrailingFields {
-        map: String,
-        old: Layout,
-        new: Layout,
-    },
+pub struct Migration {
+    /// The map's name in the object.
+    pub map: String,
+    pub old: Layout,
+    pub new: Layout,
+    /// Oldest first; none: a copy.
+    pub rewrites: Vec<Rewrite>,
 }
 
 impl fmt::Display for Migration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Migration::TrailingFields { map, old, new } => write!(
+        let (old, new) = (self.old.value_size, self.new.value_size);
+        if old == new {
+            write!(f, "{}: entries copied", self.map)?;
+        } else {
+            write!(
                 f,
-                "{map}: values of {} B zero-extended to {} B",
-                old.value_size, new.value_size
-            ),
+                "{}: values of {old} B zero-extended to {new} B",
+                self.map
+            )?;
         }
+        for r in &self.rewrites {
+            write!(f, ", rewritten for version {} ({})", r.to, r.what)?;
+        }
+        Ok(())
     }
 }
 
-/// The migration of running map `name` (layout `old`) into the new
-/// object's map `full` (layout `new`), if one exists.
-fn migration(name: &str, full: &str, old: &Layout, new: &Layout) -> Option<Migration> {
-    const HASH: u32 = 1;
-    const ARRAY: u32 = 2;
-    let grown = USERSPACE_WRITTEN.contains(&name)
-        && matches!(old.map_type, HASH | ARRAY)
+const HASH: u32 = 1;
+const ARRAY: u32 = 2;
+const LPM_TRIE: u32 = 11;
+
+/// Whether a map's entries can be copied from layout `old` into `new`
+/// one by one (values zero-extended): one value per key, the same keys.
+fn copyable(old: &Layout, new: &Layout) -> bool {
+    matches!(old.map_type, HASH | ARRAY | LPM_TRIE)
         && old.map_type == new.map_type
         && old.key_size == new.key_size
-        && old.max_entries == new.max_entries
+        && old.max_entries <= new.max_entries
         && old.flags == new.flags
+        && new.value_size >= old.value_size
+}
+
+/// The migration of running map `name` (layout `old`) into the new
+/// object's map `full` (layout `new`) for a layout change alone, if one
+/// exists: a map only userspace writes whose value gained trailing fields.
+fn migration(name: &str, full: &str, old: &Layout, new: &Layout) -> Option<Migration> {
+    let grown = USERSPACE_WRITTEN.contains(&name)
+        && matches!(old.map_type, HASH | ARRAY)
+        && copyable(old, new)
+        && old.max_entries == new.max_entries
         && new.value_size > old.value_size;
-    grown.then(|| Migration::TrailingFields {
+    grown.then(|| Migration {
         map: full.into(),
         old: *old,
         new: *new,
+        rewrites: Vec::new(),
     })
 }
 
 /// What an upgrade does with the maps.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// The running bridge's layout version (0 read as `UNVERSIONED`), and
+    /// this umlbr's.
+    pub from: u16,
+    pub to: u16,
     /// Running maps the new programs use as they are (object names).
     pub reuse: Vec<String>,
     /// Maps only the new object has, made empty.
     pub fresh: Vec<String>,
-    /// Running maps whose entries are copied into the new object's map of
-    /// a new layout.
+    /// Running maps whose entries are copied into the new object's map.
     pub migrate: Vec<Migration>,
 }
 
-/// Match the running bridge's maps (`running`, by kernel name) with the
-/// new object's (`new`): every running map must have a counterpart of
-/// the same layout, or a migration into its layout (`migration`), or its
-/// entries would be lost; then nothing is changed and the error names
-/// each such map with both layouts.
+impl Plan {
+    /// Whether the configuration is copied (then the version goes into
+    /// the copy before any hook sees it).
+    fn config_migrated(&self) -> bool {
+        self.migrate.iter().any(|m| m.map == names::CONFIG)
+    }
+}
+
+/// Match the running bridge's maps (`running`, by kernel name; its
+/// layout version `stored`, as `Config::layout` holds it) with the new
+/// object's (`new`): every running map must mean the same to the new
+/// programs, through the version steps between (`versions`), and have a
+/// counterpart of the same layout or a migration into its layout, or its
+/// entries would be lost; then nothing is changed and the error names the
+/// versions and each such map with both layouts.
 pub fn plan(
     bridge: &str,
     running: &BTreeMap<String, Layout>,
     new: &BTreeMap<String, (String, Layout)>,
+    stored: u16,
+    versions: &Versions<'_>,
 ) -> Result<Plan> {
-    let mut plan = Plan::default();
+    let from = if stored == 0 { UNVERSIONED } else { stored };
+    let to = versions.current;
+    let refuse = |why: String| Error::LayoutRefused {
+        bridge: bridge.into(),
+        running: from,
+        current: to,
+        why,
+    };
+    if from > to {
+        return Err(refuse(format!(
+            "version {from} is newer than this umlbr knows"
+        )));
+    }
+    // The rewrites of each map (kernel names), oldest first.
+    let mut rewrites: BTreeMap<String, Vec<Rewrite>> = BTreeMap::new();
     let mut refused = Vec::new();
+    for v in from + 1..=to {
+        let Some(step) = versions.history.iter().find(|s| s.to == v) else {
+            return Err(refuse(format!(
+                "this umlbr does not know what version {v} changed"
+            )));
+        };
+        for (map, change) in step.maps {
+            match change {
+                Change::Rewrite(edit) => {
+                    rewrites.entry(kernel_name(map)).or_default().push(Rewrite {
+                        to: v,
+                        what: step.what,
+                        edit: *edit,
+                    })
+                }
+                Change::Refuse(why) => {
+                    refused.push(format!("{map}: version {v} ({}): {why}", step.what))
+                }
+            }
+        }
+    }
+    if !refused.is_empty() {
+        return Err(refuse(format!(
+            "these maps cannot be carried over: {}",
+            refused.join("; ")
+        )));
+    }
+    let mut plan = Plan {
+        from,
+        to,
+        ..Default::default()
+    };
     for (name, old) in running {
         // A data section (`.rodata`, `.bss`): the object's own constants.
         if name.starts_with('.') {
             continue;
         }
-        match new.get(name) {
-            Some((full, n)) if old.fits(n) => plan.reuse.push(full.clone()),
-            Some((full, n)) => match migration(name, full, old, n) {
-                Some(m) => plan.migrate.push(m),
-                None => refused.push(format!("{name}: running {old}; new {n}")),
-            },
-            None => refused.push(format!(
+        let Some((full, n)) = new.get(name) else {
+            refused.push(format!(
                 "{name}: running {old}; the new umlbr has no such map"
-            )),
+            ));
+            continue;
+        };
+        if let Some(rw) = rewrites.get(name) {
+            if copyable(old, n) {
+                plan.migrate.push(Migration {
+                    map: full.clone(),
+                    old: *old,
+                    new: *n,
+                    rewrites: rw.clone(),
+                });
+            } else {
+                refused.push(format!(
+                    "{name}: running {old}; new {n}: its entries cannot be copied to be rewritten"
+                ));
+            }
+        } else if old.fits(n) {
+            plan.reuse.push(full.clone());
+        } else if let Some(m) = migration(name, full, old, n) {
+            plan.migrate.push(m);
+        } else {
+            refused.push(format!("{name}: running {old}; new {n}"));
+        }
+    }
+    if !refused.is_empty() {
+        return Err(refuse(format!(
+            "these maps differ and no migration exists, so their entries would be lost: {}",
+            refused.join("; ")
+        )));
+    }
+    // Rewritten maps are new maps: the configuration, holding their
+    // version, goes with them.
+    if plan.migrate.iter().any(|m| !m.rewrites.is_empty()) && !plan.config_migrated() {
+        if let (Some(i), Some(old), Some((_, n))) = (
+            plan.reuse.iter().position(|m| m == names::CONFIG),
+            running.get(names::CONFIG),
+            new.get(names::CONFIG),
+        ) {
+            plan.reuse.remove(i);
+            plan.migrate.push(Migration {
+                map: names::CONFIG.into(),
+                old: *old,
+                new: *n,
+                rewrites: Vec::new(),
+            });
         }
     }
     plan.fresh = new
@@ -265,12 +475,203 @@ pub fn plan(
         .filter(|(k, _)| !running.contains_key(*k))
         .map(|(_, (full, _))| full.clone())
         .collect();
-    if refused.is_empty() {
-        Ok(plan)
-    } else {
-        Err(Error::LayoutChanged {
-            bridge: bridge.into(),
-            maps: refused.join("; "),
+    Ok(plan)
+}
+
+/// Where `Config::layout` sits in the configuration's value (key 0), in
+/// every version.
+const LAYOUT_OFFSET: usize = 30;
+
+/// The layout version a bridge's configuration map `config` (values of
+/// `value_size` bytes) holds: 0 if it predates the field.
+fn read_version(config: &MapData, value_size: u32) -> Result<u16> {
+    let what = || format!("reading map {} (the layout version)", names::CONFIG);
+    let v = sys::lookup_raw(
+        config.fd().as_fd(),
+        &0u32.to_ne_bytes(),
+        value_size as usize,
+    )
+    .map_err(|e| Error::io(what(), e))?
+    .unwrap_or_default();
+    Ok(v.get(LAYOUT_OFFSET..LAYOUT_OFFSET + 2)
+        .map_or(0, |b| u16::from_ne_bytes([b[0], b[1]])))
+}
+
+/// Store layout version `version` in configuration map `config`.
+fn write_version(config: &MapData, value_size: u32, version: u16) -> Result<()> {
+    let what = || format!("writing map {} (the layout version)", names::CONFIG);
+    let key = 0u32.to_ne_bytes();
+    let fd = config.fd().as_fd();
+    let mut v = sys::lookup_raw(fd, &key, value_size as usize)
+        .map_err(|e| Error::io(what(), e))?
+        .unwrap_or_else(|| vec![0; value_size as usize]);
+    let Some(b) = v.get_mut(LAYOUT_OFFSET..LAYOUT_OFFSET + 2) else {
+        return Err(Error::io(
+            what(),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "value too short"),
+        ));
+    };
+    b.copy_from_slice(&version.to_ne_bytes());
+    sys::update_raw(fd, &key, &v).map_err(|e| Error::io(what(), e))
+}
+
+/// A bridge as `upgrade` finds it: a veth pair whose switch side carries
+/// umlbr's three programs, as `Bridge` finds one, but without opening its
+/// maps as this umlbr's types: an older umlbr's may not fit them (a value
+/// that grew), which is what an upgrade is for.
+pub struct Target {
+    pub name: String,
+    switch_port: Link,
+    /// The switch port's XDP, TC and TC egress programs.
+    prog_ids: Vec<u32>,
+    /// Held while it is upgraded.
+    lock: Option<BridgeLock>,
+}
+
+impl Target {
+    /// Bridge `name`, or every bridge of the namespace.
+    pub async fn find(net: &Net, name: Option<&str>) -> Result<Vec<Target>> {
+        if let Some(n) = name {
+            check_ifname(n)?;
+        }
+        let links = net.links().await?;
+        let progs = Programs::read();
+        let mut out = Vec::new();
+        for host in links.iter().filter(|l| l.kind.as_deref() == Some("veth")) {
+            if name.is_some_and(|n| n != host.name) {
+                continue;
+            }
+            let Some(sw) = links.iter().find(|l| Some(l.index) == host.peer) else {
+                continue;
+            };
+            let Some(xdp) = sw.xdp_prog.filter(|&id| progs.is_umlbr_xdp(id)) else {
+                continue;
+            };
+            if sw.peer != Some(host.index) || host.xdp_prog.is_some_and(|i| progs.is_umlbr_xdp(i)) {
+                continue;
+            }
+            let mut prog_ids = vec![xdp];
+            prog_ids.extend(
+                Tc::BOTH
+                    .into_iter()
+                    .filter_map(|hook| hook.umlbr_prog(&sw.name))
+                    .map(|p| p.id()),
+            );
+            // Without both TC programs: an `up` killed half-way, no bridge
+            // (as for `Bridge`).
+            if prog_ids.len() < 1 + Tc::BOTH.len() {
+                continue;
+            }
+            out.push(Target {
+                name: host.name.clone(),
+                switch_port: sw.clone(),
+                prog_ids,
+                lock: None,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        match name {
+            Some(n) if out.is_empty() => Err(Error::NoSuchBridge(n.into())),
+            _ => Ok(out),
+        }
+    }
+
+    /// This bridge under its lock, found again under it.
+    async fn lock(self, net: &Net) -> Result<Target> {
+        if self.lock.is_some() {
+            return Ok(self);
+        }
+        let held = lock::take(&self.name)?;
+        let mut t = Target::find(net, Some(&self.name)).await?.remove(0);
+        t.lock = Some(held);
+        Ok(t)
+    }
+
+    /// Every interface with umlbr's programs on this bridge's maps (a
+    /// program sharing a map with the switch port's): ports, half-detached
+    /// ones, uplinks; the host's switch port last (the bridge is found
+    /// from it). With the ids of those programs: a umlbr program on other
+    /// maps (another bridge's, another load's) is not this bridge's, and
+    /// an upgrade leaves it alone. Found from the hooks, not from the
+    /// bridge's port list, which an older layout may keep otherwise.
+    async fn interfaces(&self, net: &Net) -> Result<(Vec<Link>, BTreeSet<u32>)> {
+        let mut prog_maps: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for p in aya::programs::loaded_programs().filter_map(|p| p.ok()) {
+            let name = p.name_as_str().unwrap_or("");
+            if [names::XDP_PROG, names::TC_PROG, names::TC_OUT_PROG].contains(&name) {
+                let what = || format!("reading map ids of program {}", p.id());
+                let ids = p.map_ids().map_err(|e| Error::program(what(), e))?;
+                prog_maps.insert(p.id(), ids.unwrap_or_default());
+            }
+        }
+        let ours: BTreeSet<u32> = self
+            .prog_ids
+            .iter()
+            .flat_map(|id| prog_maps.get(id).cloned().unwrap_or_default())
+            .collect();
+        let shares = |id: &u32| {
+            prog_maps
+                .get(id)
+                .is_some_and(|m| m.iter().any(|i| ours.contains(i)))
+        };
+        let progs: BTreeSet<u32> = prog_maps.keys().copied().filter(shares).collect();
+        let mut out = Vec::new();
+        for l in net.links().await? {
+            if l.index == self.switch_port.index {
+                continue;
+            }
+            let tc = Tc::BOTH
+                .into_iter()
+                .filter_map(|hook| hook.umlbr_prog(&l.name))
+                .any(|p| progs.contains(&p.id()));
+            if tc || l.xdp_prog.is_some_and(|id| progs.contains(&id)) {
+                out.push(l);
+            }
+        }
+        out.push(self.switch_port.clone());
+        Ok((out, progs))
+    }
+}
+
+/// The running bridge's maps as the kernel holds them.
+struct Running {
+    maps: std::collections::HashMap<String, MapData>,
+    layouts: BTreeMap<String, Layout>,
+    ids: BTreeMap<String, u32>,
+    /// `Config::layout` as stored (0: before versions).
+    stored: u16,
+}
+
+impl Running {
+    fn read(br: &Target) -> Result<Running> {
+        let maps = maps_of(&br.prog_ids)?;
+        let mut layouts = BTreeMap::new();
+        let mut map_ids = BTreeMap::new();
+        for (name, data) in &maps {
+            let info = data.info().map_err(object::map_err("(by id)"))?;
+            let map_type = info.map_type().map_err(object::map_err("(by id)"))? as u32;
+            layouts.insert(
+                name.clone(),
+                Layout {
+                    map_type,
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                    flags: info.map_flags(),
+                },
+            );
+            map_ids.insert(name.clone(), info.id());
+        }
+        let config = maps.get(names::CONFIG).ok_or_else(|| Error::NoMap {
+            owner: format!("bridge {}", br.name),
+            map: names::CONFIG,
+        })?;
+        let stored = read_version(config, layouts[names::CONFIG].value_size)?;
+        Ok(Running {
+            maps,
+            layouts,
+            ids: map_ids,
+            stored,
         })
     }
 }
@@ -343,6 +744,9 @@ pub struct Upgraded {
     pub maps_migrated: Vec<(String, usize)>,
     /// An earlier upgrade of this bridge had been killed half-way.
     pub resumed: bool,
+    /// The maps' layout version before (0: not stored) and after.
+    pub layout_from: u16,
+    pub layout_to: u16,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -353,50 +757,46 @@ pub struct Replaced {
     pub new: u32,
 }
 
-/// The new object's program `name`: its fd and id.
-fn new_prog<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<(&'a ProgramFd, u32)> {
+/// The new object's program `name`: its fd and what the kernel says of it.
+fn new_prog<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<(&'a ProgramFd, ProgramInfo)> {
     let p = ebpf.program(name).ok_or(Error::NoProgram {
         name,
         kind: "XDP or TC",
     })?;
     let what = || format!("opening the new program {name}");
     let f = p.fd().map_err(|e| Error::program(what(), e))?;
-    let id = p.info().map_err(|e| Error::program(what(), e))?.id();
-    Ok((f, id))
+    let info = p.info().map_err(|e| Error::program(what(), e))?;
+    Ok((f, info))
 }
 
+/// `upgrade` without hooks into it: what the binary runs.
+pub type BeforeReplace<'a> = &'a dyn Fn(&str, &'static str);
+
 /// Upgrade bridge `br` to this umlbr's programs (see the module's text).
-pub async fn upgrade(net: &Net, br: Bridge) -> Result<Upgraded> {
-    let br = port::lock(net, br).await?;
+pub async fn upgrade(net: &Net, br: Target) -> Result<Upgraded> {
+    upgrade_with(net, br, &VERSIONS, &|_, _| {}).await
+}
+
+/// `upgrade` with the layout versions `versions` (this umlbr's:
+/// `VERSIONS`) and `before_replace`, called with each interface and hook
+/// ("XDP", "TC", "TC egress") after its program is read and just before
+/// it is replaced (tests put another program there: the race the
+/// expected-program replace guards against).
+pub async fn upgrade_with(
+    net: &Net,
+    br: Target,
+    versions: &Versions<'_>,
+    before_replace: BeforeReplace<'_>,
+) -> Result<Upgraded> {
+    let br = br.lock(net).await?;
     let resumed = remove_pins(&br.name)?;
-    let mut ids = vec![br.xdp_prog_id];
-    for hook in Tc::BOTH {
-        ids.push(br.require_tc_prog(hook)?.id());
-    }
-    let running_maps = maps_of(&ids)?;
-    let mut running = BTreeMap::new();
-    let mut running_ids = BTreeMap::new();
-    for (name, data) in &running_maps {
-        let info = data.info().map_err(object::map_err("(by id)"))?;
-        let map_type = info.map_type().map_err(object::map_err("(by id)"))? as u32;
-        running.insert(
-            name.clone(),
-            Layout {
-                map_type,
-                key_size: info.key_size(),
-                value_size: info.value_size(),
-                max_entries: info.max_entries(),
-                flags: info.map_flags(),
-            },
-        );
-        running_ids.insert(name.clone(), info.id());
-    }
+    let running = Running::read(&br)?;
     let new = object_layouts(object::BPF_OBJECT)?;
-    let plan = plan(&br.name, &running, &new)?;
+    let plan = plan(&br.name, &running.layouts, &new, running.stored, versions)?;
 
     // The record of this upgrade, until its end: the pins.
     let dir = mount_pins(&br.name)?;
-    let res = replace_all(net, &br, &plan, &dir, &running_maps, &running_ids).await;
+    let res = replace_all(net, &br, &plan, &dir, &running, before_replace).await;
     // The new programs hold the maps now; the pins may go.
     let cleaned = remove_pins(&br.name);
     let mut done = res?;
@@ -404,22 +804,117 @@ pub async fn upgrade(net: &Net, br: Bridge) -> Result<Upgraded> {
     done.resumed = resumed;
     done.maps_reused = plan.reuse;
     done.maps_new = plan.fresh;
+    done.layout_from = running.stored;
+    done.layout_to = plan.to;
     Ok(done)
+}
+
+/// What `upgrade --dry-run` shows: what `upgrade` would do with the maps.
+#[derive(Debug, serde::Serialize)]
+pub struct Preview {
+    pub bridge: String,
+    /// `Config::layout` as stored (0: before versions), and this umlbr's.
+    pub layout_stored: u16,
+    pub layout_from: u16,
+    pub layout_to: u16,
+    pub maps_reused: Vec<String>,
+    pub maps_new: Vec<String>,
+    pub maps_migrated: Vec<String>,
+    /// The interfaces whose programs would be replaced, the host's switch
+    /// port last.
+    pub interfaces: Vec<String>,
+    /// An earlier upgrade of this bridge was killed half-way: this one
+    /// completes it.
+    pub resumes: bool,
+}
+
+/// What `upgrade` of `br` would do, changing nothing; a refusal is the
+/// error `upgrade` would give.
+pub async fn preview(net: &Net, br: &Target, versions: &Versions<'_>) -> Result<Preview> {
+    let running = Running::read(br)?;
+    let new = object_layouts(object::BPF_OBJECT)?;
+    let plan = plan(&br.name, &running.layouts, &new, running.stored, versions)?;
+    let (links, _) = br.interfaces(net).await?;
+    let interfaces = links.into_iter().map(|l| l.name).collect();
+    Ok(Preview {
+        bridge: br.name.clone(),
+        layout_stored: running.stored,
+        layout_from: plan.from,
+        layout_to: plan.to,
+        maps_migrated: plan.migrate.iter().map(|m| m.to_string()).collect(),
+        maps_reused: plan.reuse,
+        maps_new: plan.fresh,
+        interfaces,
+        resumes: std::fs::symlink_metadata(pin_dir(&br.name)?).is_ok(),
+    })
+}
+
+/// A hook replaced, and how to put its old program back.
+enum Undo {
+    Xdp {
+        index: u32,
+        iface: String,
+        old: ProgramFd,
+        mode: u32,
+    },
+    Tc {
+        index: u32,
+        iface: String,
+        hook: Tc,
+        at: Hook,
+        old: ProgramFd,
+    },
+}
+
+/// Copy migration `m`'s entries from the running map into the new
+/// object's (`only_missing`: the second pass, keys added since).
+fn migrate(
+    running: &Running,
+    ebpf: &aya::Ebpf,
+    m: &Migration,
+    bridge: &str,
+    only_missing: bool,
+) -> Result<usize> {
+    let kname = kernel_name(&m.map);
+    let what = || format!("migrating map {kname} of bridge {bridge} ({m})");
+    let missing = || Error::io(what(), std::io::ErrorKind::NotFound.into());
+    // Both there: `plan` found them by these names and types.
+    let from = running.maps.get(&kname).ok_or_else(missing)?;
+    let to = match ebpf.map(&m.map) {
+        Some(
+            aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) | aya::maps::Map::LpmTrie(d),
+        ) => d,
+        _ => return Err(missing()),
+    };
+    let edit = |k: &mut [u8], v: &mut [u8]| {
+        for r in &m.rewrites {
+            (r.edit)(k, v);
+        }
+    };
+    sys::copy_entries(
+        from.fd().as_fd(),
+        to.fd().as_fd(),
+        m.old.key_size as usize,
+        (m.old.value_size as usize, m.new.value_size as usize),
+        &edit,
+        only_missing,
+    )
+    .map_err(|e| Error::io(what(), e))
 }
 
 async fn replace_all(
     net: &Net,
-    br: &Bridge,
+    br: &Target,
     plan: &Plan,
     dir: &std::path::Path,
-    running_maps: &std::collections::HashMap<String, aya::maps::MapData>,
-    running_ids: &BTreeMap<String, u32>,
+    running: &Running,
+    before_replace: BeforeReplace<'_>,
 ) -> Result<Upgraded> {
     let mut loader = EbpfLoader::new();
     for name in &plan.reuse {
         let kname = kernel_name(name);
         // Always there (`plan` took the name from them).
-        let Some(data) = running_maps.get(&kname) else {
+        let Some(data) = running.maps.get(&kname) else {
             continue;
         };
         let path = dir.join(&kname);
@@ -432,34 +927,35 @@ async fn replace_all(
     let ebpf = object::load_with(&mut loader)?;
     let mut migrated = Vec::new();
     for m in &plan.migrate {
-        let Migration::TrailingFields { map, old, new } = m;
-        let kname = kernel_name(map);
-        let what = || format!("migrating map {kname} of bridge {} ({m})", br.name);
-        let missing = || Error::io(what(), std::io::ErrorKind::NotFound.into());
-        // Both there: `plan` found them by these names and types.
-        let from = running_maps.get(&kname).ok_or_else(missing)?;
-        let to = match ebpf.map(map) {
-            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d)) => d,
-            _ => return Err(missing()),
-        };
-        let n = crate::sys::copy_entries_extended(
-            from.fd().as_fd(),
-            to.fd().as_fd(),
-            old.key_size as usize,
-            (old.value_size as usize, new.value_size as usize),
-        )
-        .map_err(|e| Error::io(what(), e))?;
-        migrated.push((kname, n));
+        let n = migrate(running, &ebpf, m, &br.name, false)?;
+        migrated.push((kernel_name(&m.map), n));
     }
-    let (xdp_fd, xdp_id) = new_prog(&ebpf, names::XDP_PROG)?;
-    let (tc_fd, tc_id) = new_prog(&ebpf, names::TC_PROG)?;
-    let (out_fd, out_id) = new_prog(&ebpf, names::TC_OUT_PROG)?;
+    let config_size = |l: &BTreeMap<String, Layout>| l.get(names::CONFIG).map(|l| l.value_size);
+    if plan.config_migrated() {
+        // Before any hook sees the new maps: the version goes with them.
+        let Some(aya::maps::Map::Array(c)) = ebpf.map(names::CONFIG) else {
+            return Err(Error::NoMap {
+                owner: "umlbr's eBPF object".into(),
+                map: names::CONFIG,
+            });
+        };
+        let size = plan
+            .migrate
+            .iter()
+            .find(|m| m.map == names::CONFIG)
+            .map_or(0, |m| m.new.value_size);
+        write_version(c, size, plan.to)?;
+    }
+    let (xdp_fd, xdp_info) = new_prog(&ebpf, names::XDP_PROG)?;
+    let (tc_fd, tc_info) = new_prog(&ebpf, names::TC_PROG)?;
+    let (out_fd, out_info) = new_prog(&ebpf, names::TC_OUT_PROG)?;
+    let (xdp_id, tc_id, out_id) = (xdp_info.id(), tc_info.id(), out_info.id());
     // The new programs must use the running maps themselves: same ids.
     let now = maps_of(&[xdp_id, tc_id, out_id])?;
     for name in &plan.reuse {
         let kname = kernel_name(name);
         let got = now.get(&kname).and_then(|d| d.info().ok()).map(|i| i.id());
-        let want = running_ids.get(&kname).copied();
+        let want = running.ids.get(&kname).copied();
         if got != want {
             return Err(Error::NotReused {
                 bridge: br.name.clone(),
@@ -470,72 +966,153 @@ async fn replace_all(
         }
     }
 
-    // Every interface with umlbr's programs: ports (also half-detached
-    // ones), the masquerade's uplink, the host's switch port last (the
-    // bridge is found from it).
-    let sw = br.switch_port.index;
-    let mut ifs: Vec<u32> = br
-        .recorded_ports()
-        .into_iter()
-        .filter(|&i| i != sw)
-        .collect();
-    let nat_if = br.maps.nat_config()?.nat_ifindex;
-    if nat_if != 0 && !ifs.contains(&nat_if) {
-        ifs.push(nat_if);
-    }
-    ifs.push(sw);
-
-    let progs = Programs::read();
     let mut done = Upgraded {
         bridge: br.name.clone(),
         maps_migrated: migrated,
         ..Default::default()
     };
-    for ifindex in ifs {
-        // Gone since (a tap deleted): nothing to replace there.
-        let Some(link) = net.link_by_index(ifindex).await? else {
-            continue;
-        };
-        if let Some(old) = link.xdp_prog.filter(|&id| progs.is_umlbr_xdp(id)) {
-            if old == xdp_id {
-                done.already += 1;
-            } else {
-                let old_fd = prog_fd(old)?;
-                net.replace_xdp(
-                    link.index,
-                    &link.name,
-                    xdp_fd.as_fd().as_raw_fd(),
-                    old_fd.as_fd().as_raw_fd(),
-                    link.xdp_mode.flag(),
-                )
-                .await?;
+    let mut undo = Vec::new();
+    // Where the replace stands, for the error.
+    let mut at_hook = (String::new(), "");
+    let res: Result<()> = async {
+        let (links, ours) = br.interfaces(net).await?;
+        for link in links {
+            if let Some(old) = link.xdp_prog.filter(|id| ours.contains(id)) {
+                if old == xdp_id {
+                    done.already += 1;
+                } else {
+                    at_hook = (link.name.clone(), "XDP");
+                    let old_fd = prog_fd(old)?;
+                    before_replace(&link.name, "XDP");
+                    net.replace_xdp(
+                        link.index,
+                        &link.name,
+                        xdp_fd.as_fd().as_raw_fd(),
+                        old_fd.as_fd().as_raw_fd(),
+                        link.xdp_mode.flag(),
+                    )
+                    .await?;
+                    undo.push(Undo::Xdp {
+                        index: link.index,
+                        iface: link.name.clone(),
+                        old: old_fd,
+                        mode: link.xdp_mode.flag(),
+                    });
+                    done.replaced.push(Replaced {
+                        iface: link.name.clone(),
+                        hook: "XDP",
+                        old,
+                        new: xdp_id,
+                    });
+                }
+            }
+            for hook in Tc::BOTH {
+                let Some((at, old)) = hook
+                    .umlbr_hooked(&link.name)
+                    .filter(|(_, p)| ours.contains(&p.id()))
+                else {
+                    continue;
+                };
+                let (fd, id) = match hook {
+                    Tc::Ingress => (tc_fd, tc_id),
+                    Tc::Egress => (out_fd, out_id),
+                };
+                if old.id() == id {
+                    done.already += 1;
+                    continue;
+                }
+                at_hook = (link.name.clone(), hook.what());
+                // Held for the rollback: the old program stays loaded.
+                let old_fd = object::fd_of(&old)?;
+                before_replace(&link.name, hook.what());
+                hook.replace(link.index, &link.name, fd, &old, at)?;
+                undo.push(Undo::Tc {
+                    index: link.index,
+                    iface: link.name.clone(),
+                    hook,
+                    at,
+                    old: old_fd,
+                });
                 done.replaced.push(Replaced {
                     iface: link.name.clone(),
-                    hook: "XDP",
-                    old,
-                    new: xdp_id,
+                    hook: hook.what(),
+                    old: old.id(),
+                    new: id,
                 });
             }
         }
-        for hook in Tc::BOTH {
-            let Some((at, old)) = hook.umlbr_hooked(&link.name) else {
-                continue;
+        Ok(())
+    }
+    .await;
+    if let Err(err) = res {
+        if at_hook.0.is_empty() {
+            // Before any replace: nothing to roll back.
+            return Err(err);
+        }
+        let n = undo.len();
+        let mut failed = Vec::new();
+        // The last replaced first, the switch port's (if any) at the end.
+        for u in undo.into_iter().rev() {
+            let r = match &u {
+                Undo::Xdp {
+                    index,
+                    iface,
+                    old,
+                    mode,
+                } => net
+                    .replace_xdp(
+                        *index,
+                        iface,
+                        old.as_fd().as_raw_fd(),
+                        xdp_fd.as_fd().as_raw_fd(),
+                        *mode,
+                    )
+                    .await
+                    .map_err(|e| format!("{iface} XDP: {e}")),
+                Undo::Tc {
+                    index,
+                    iface,
+                    hook,
+                    at,
+                    old,
+                } => {
+                    let new = match hook {
+                        Tc::Ingress => &tc_info,
+                        Tc::Egress => &out_info,
+                    };
+                    hook.replace(*index, iface, old, new, *at)
+                        .map_err(|e| format!("{iface} {}: {e}", hook.what()))
+                }
             };
-            let (fd, id) = match hook {
-                Tc::Ingress => (tc_fd, tc_id),
-                Tc::Egress => (out_fd, out_id),
-            };
-            if old.id() == id {
-                done.already += 1;
-                continue;
+            if let Err(e) = r {
+                failed.push(e);
             }
-            hook.replace(link.index, &link.name, fd, &old, at)?;
-            done.replaced.push(Replaced {
-                iface: link.name.clone(),
-                hook: hook.what(),
-                old: old.id(),
-                new: id,
-            });
+        }
+        return Err(Error::UpgradeRolledBack {
+            bridge: br.name.clone(),
+            iface: at_hook.0,
+            hook: at_hook.1,
+            rolled_back: n - failed.len(),
+            not_rolled_back: failed.join("; "),
+            err: Box::new(err),
+        });
+    }
+    // Entries the old programs added to migrated maps while the new ones
+    // were not yet on every hook (datapath-written maps only).
+    for m in &plan.migrate {
+        if !USERSPACE_WRITTEN.contains(&kernel_name(&m.map).as_str()) {
+            migrate(running, &ebpf, m, &br.name, true)?;
+        }
+    }
+    if !plan.config_migrated() && running.stored != plan.to {
+        // The maps as they are mean the new version: say so, last (a
+        // kill before this leaves the old number, and a re-run does the
+        // same again).
+        if let (Some(c), Some(size)) = (
+            running.maps.get(names::CONFIG),
+            config_size(&running.layouts),
+        ) {
+            write_version(c, size, plan.to)?;
         }
     }
     Ok(done)
@@ -568,7 +1145,7 @@ mod tests {
             (".rodata".to_string(), hash(1)),
         ]);
         let new = new_of(&[("UMLBR_FDB", hash(16)), ("UMLBR_NEW", hash(4))]);
-        let p = plan("br0", &running, &new).unwrap();
+        let p = plan("br0", &running, &new, 1, &VERSIONS).unwrap();
         assert_eq!(p.reuse, ["UMLBR_FDB"]);
         assert_eq!(p.fresh, ["UMLBR_NEW"]);
     }
@@ -582,7 +1159,9 @@ mod tests {
             ("UMLBR_OLD".to_string(), hash(4)),
         ]);
         let new = new_of(&[("UMLBR_FDB", hash(24))]);
-        let e = plan("br0", &running, &new).unwrap_err().to_string();
+        let e = plan("br0", &running, &new, 1, &VERSIONS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bridge br0"), "{e}");
         assert!(
             e.contains("UMLBR_FDB: running hash, key 8 B, value 16 B, 4096 entries, flags 0x0; new hash, key 8 B, value 24 B"),
@@ -610,22 +1189,25 @@ mod tests {
             (names::FDB.to_string(), hash(16)),
         ]);
         let new = new_of(&[(names::CONFIG, array(40)), (names::FDB, hash(16))]);
-        let p = plan("br0", &running, &new).unwrap();
+        let p = plan("br0", &running, &new, 1, &VERSIONS).unwrap();
         assert_eq!(p.reuse, [names::FDB]);
         assert_eq!(
             p.migrate,
-            [Migration::TrailingFields {
+            [Migration {
                 map: names::CONFIG.into(),
                 old: array(32),
-                new: array(40)
+                new: array(40),
+                rewrites: Vec::new(),
             }]
         );
         let new = new_of(&[(names::CONFIG, array(40)), (names::FDB, hash(24))]);
-        let e = plan("br0", &running, &new).unwrap_err().to_string();
+        let e = plan("br0", &running, &new, 1, &VERSIONS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("UMLBR_FDB: running"), "{e}");
         // Shrunk: no migration (the copy would cut fields off).
         let new = new_of(&[(names::CONFIG, array(24)), (names::FDB, hash(16))]);
-        assert!(plan("br0", &running, &new).is_err());
+        assert!(plan("br0", &running, &new, 1, &VERSIONS).is_err());
     }
 
     #[test]
@@ -662,5 +1244,145 @@ mod tests {
             assert!(maps.contains_key(n), "{n}: {maps:?}");
         }
         assert!(maps.keys().all(|k| !k.starts_with('.')), "{maps:?}");
+    }
+
+    fn mark(_: &mut [u8], v: &mut [u8]) {
+        v[0] |= 0x80;
+    }
+
+    fn bridge_maps() -> (BTreeMap<String, Layout>, BTreeMap<String, (String, Layout)>) {
+        let array = Layout {
+            map_type: 2,
+            key_size: 4,
+            value_size: 32,
+            max_entries: 1,
+            flags: 0,
+        };
+        let running = BTreeMap::from([
+            (names::CONFIG.to_string(), array),
+            (names::FDB.to_string(), hash(16)),
+            (names::NAT_OUT.to_string(), hash(48)),
+        ]);
+        let new = new_of(&[
+            (names::CONFIG, array),
+            (names::FDB, hash(16)),
+            (names::NAT_OUT, hash(48)),
+        ]);
+        (running, new)
+    }
+
+    /// Equal versions, and a bridge from before versions (0: version 1),
+    /// plan as layouts alone did.
+    #[test]
+    fn unversioned_is_version_one() {
+        let (running, new) = bridge_maps();
+        let one = Versions {
+            current: 1,
+            history: &[],
+        };
+        for stored in [0, 1] {
+            let p = plan("br0", &running, &new, stored, &one).unwrap();
+            assert_eq!((p.from, p.to), (1, 1));
+            assert_eq!(p.reuse.len(), 3);
+            assert!(p.migrate.is_empty());
+        }
+    }
+
+    /// A bridge newer than this umlbr, or a version whose step this umlbr
+    /// lacks: refused, naming both versions and what to do.
+    #[test]
+    fn newer_or_unknown_versions_are_refused() {
+        let (running, new) = bridge_maps();
+        let e = plan("br0", &running, &new, 3, &VERSIONS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layout version 3, this umlbr's are version 1"),
+            "{e}"
+        );
+        assert!(e.contains("newer"), "{e}");
+        assert!(e.contains("`umlbr down br0`"), "{e}");
+        let gap = Versions {
+            current: 3,
+            history: &[Step {
+                to: 3,
+                what: "x",
+                maps: &[],
+            }],
+        };
+        let e = plan("br0", &running, &new, 1, &gap)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not know what version 2 changed"), "{e}");
+    }
+
+    /// Layouts the kernel sees as equal, meanings that differ: the step's
+    /// map is copied through its rewrite, the configuration with it (the
+    /// version goes into the copy), the rest reused; a step that cannot
+    /// carry a map refuses, naming it, the step and both versions.
+    #[test]
+    fn a_step_rewrites_its_maps_or_refuses() {
+        let (running, new) = bridge_maps();
+        let two = Versions {
+            current: 2,
+            history: &[Step {
+                to: 2,
+                what: "FDB flags moved",
+                maps: &[(names::FDB, Change::Rewrite(mark))],
+            }],
+        };
+        let p = plan("br0", &running, &new, 1, &two).unwrap();
+        assert_eq!((p.from, p.to), (1, 2));
+        assert_eq!(p.reuse, [names::NAT_OUT]);
+        let maps: Vec<&str> = p.migrate.iter().map(|m| m.map.as_str()).collect();
+        assert_eq!(maps, [names::FDB, names::CONFIG]);
+        assert_eq!(p.migrate[0].rewrites.len(), 1);
+        assert!(p.config_migrated());
+        assert!(p.migrate[0].to_string().contains("rewritten for version 2"));
+        // Already at version 2: nothing to rewrite.
+        let p = plan("br0", &running, &new, 2, &two).unwrap();
+        assert!(p.migrate.is_empty());
+        let refused = Versions {
+            current: 2,
+            history: &[Step {
+                to: 2,
+                what: "NAT keys per VLAN",
+                maps: &[(
+                    names::NAT_OUT,
+                    Change::Refuse("no VLAN known for old mappings"),
+                )],
+            }],
+        };
+        let e = plan("br0", &running, &new, 0, &refused)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layout version 1, this umlbr's are version 2"),
+            "{e}"
+        );
+        assert!(
+            e.contains("UMLBR_NAT_OUT: version 2 (NAT keys per VLAN): no VLAN known"),
+            "{e}"
+        );
+    }
+
+    /// Every version after the first has its step, in order, naming only
+    /// maps the object has: a bump without its step fails here, not in an
+    /// upgrade.
+    #[test]
+    fn history_is_complete() {
+        let maps = object_layouts(object::BPF_OBJECT).unwrap();
+        let tos: Vec<u16> = HISTORY.iter().map(|s| s.to).collect();
+        // (A range from 2, empty while the version is 1.)
+        let want: Vec<u16> = (1..LAYOUT_VERSION).map(|v| v + 1).collect();
+        assert_eq!(
+            tos, want,
+            "HISTORY's steps, for LAYOUT_VERSION {LAYOUT_VERSION}"
+        );
+        for s in HISTORY {
+            for (m, _) in s.maps {
+                assert!(maps.contains_key(&kernel_name(m)), "version {}: {m}", s.to);
+            }
+        }
     }
 }

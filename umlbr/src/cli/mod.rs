@@ -183,16 +183,27 @@ pub enum Cmd {
     /// After installing a newer umlbr: its programs replace the ones an older
     /// umlbr put on the bridge's hooks, each in one kernel step, and use the
     /// bridge's maps as they are, so the MAC table, every NAT mapping, the
-    /// counters and settings carry over and guests' connections go on. If a
-    /// map's layout changed (without a migration), the bridge is left
-    /// unchanged and the error names the map and both layouts. Safe to run
-    /// again, also after it was interrupted.
+    /// counters and settings carry over and guests' connections go on.
+    ///
+    /// Each bridge stores the layout version of its maps (`show` prints it).
+    /// A bridge of an older version has its maps' entries migrated where
+    /// this umlbr knows how; if a map's layout or meaning changed without a
+    /// migration, or the bridge is newer than this umlbr, the bridge is left
+    /// unchanged and the error names the versions, the maps and what to do.
+    /// A hook another program took meanwhile stops the upgrade and puts
+    /// every hook already replaced back on its old program. Safe to run
+    /// again, also after it was interrupted. --dry-run shows the plan.
     Upgrade {
         /// The bridge; every bridge in this network namespace without it.
         name: Option<String>,
-        /// Print what was replaced as JSON.
+        /// Print what was replaced (with --dry-run: the plan) as JSON.
         #[arg(long)]
         json: bool,
+        /// Change nothing: print, per bridge, the layout versions, the maps
+        /// reused, migrated and made new, and the interfaces whose programs
+        /// would be replaced; or the refusal `upgrade` would give.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -6,6 +6,7 @@ use umlbr::{
     nat::NatRow,
     rates::Rates,
     stats::{BridgeView, NatView, PortView},
+    upgrade::Preview,
 };
 
 /// Print `value` as JSON, alone on stdout.
@@ -28,8 +29,13 @@ pub fn show(views: &[BridgeView]) {
         println!("no bridges (create one with `umlbr up NAME`)");
     }
     for v in views {
+        // 0: made before the version was stored (version 1's maps).
+        let layout = match v.layout_version {
+            0 => "v1 (not stored)".to_string(),
+            n => format!("v{n}"),
+        };
         println!(
-            "{}  host {}  switch port {}  aging {} s  {} MACs",
+            "{}  host {}  switch port {}  aging {} s  {} MACs  layout {layout}",
             v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
         );
         println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY");
@@ -216,4 +222,31 @@ pub fn rates(r: &Rates, redraw: bool) {
         }
     }
     print!("{out}");
+}
+
+/// `upgrade --dry-run`: what an upgrade of one bridge would do.
+pub fn upgrade_plan(p: &Preview) {
+    let stored = if p.layout_stored == 0 {
+        format!("{} (not stored: made before versions)", p.layout_from)
+    } else {
+        p.layout_from.to_string()
+    };
+    println!(
+        "bridge {}: map layout version {stored} -> {}",
+        p.bridge, p.layout_to
+    );
+    if p.resumes {
+        println!("  completes an upgrade that was interrupted");
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!("  maps reused:   {}", list(&p.maps_reused));
+    println!("  maps migrated: {}", list(&p.maps_migrated));
+    println!("  maps new:      {}", list(&p.maps_new));
+    println!("  programs replaced on: {}", list(&p.interfaces));
 }
