@@ -902,6 +902,43 @@ fn migrate(
     .map_err(|e| Error::io(what(), e))
 }
 
+/// The new object's three programs.
+struct NewProgs<'a> {
+    xdp: (&'a ProgramFd, ProgramInfo),
+    tc: (&'a ProgramFd, ProgramInfo),
+    out: (&'a ProgramFd, ProgramInfo),
+}
+
+impl<'a> NewProgs<'a> {
+    fn of(ebpf: &'a aya::Ebpf) -> Result<Self> {
+        Ok(Self {
+            xdp: new_prog(ebpf, names::XDP_PROG)?,
+            tc: new_prog(ebpf, names::TC_PROG)?,
+            out: new_prog(ebpf, names::TC_OUT_PROG)?,
+        })
+    }
+
+    fn ids(&self) -> [u32; 3] {
+        [self.xdp.1.id(), self.tc.1.id(), self.out.1.id()]
+    }
+
+    /// The program for TC `hook`.
+    fn tc(&self, hook: Tc) -> &(&'a ProgramFd, ProgramInfo) {
+        match hook {
+            Tc::Ingress => &self.tc,
+            Tc::Egress => &self.out,
+        }
+    }
+}
+
+/// Where the replace stands: the hooks replaced so far (with what puts
+/// each back), and the one being replaced, for the error.
+#[derive(Default)]
+struct Progress {
+    undo: Vec<Undo>,
+    at_hook: Option<(String, &'static str)>,
+}
+
 async fn replace_all(
     net: &Net,
     br: &Target,
@@ -910,6 +947,45 @@ async fn replace_all(
     running: &Running,
     before_replace: BeforeReplace<'_>,
 ) -> Result<Upgraded> {
+    let (ebpf, migrated) = load_over(br, plan, dir, running)?;
+    let progs = NewProgs::of(&ebpf)?;
+    check_reused(br, plan, running, &progs)?;
+    let mut done = Upgraded {
+        bridge: br.name.clone(),
+        maps_migrated: migrated,
+        ..Default::default()
+    };
+    let mut progress = Progress::default();
+    let res = replace_hooks(net, br, &progs, &mut done, &mut progress, before_replace).await;
+    if let Err(err) = res {
+        let Some((iface, hook)) = progress.at_hook else {
+            // Before any replace: nothing to roll back.
+            return Err(err);
+        };
+        let n = progress.undo.len();
+        let failed = roll_back(net, &progs, progress.undo).await;
+        return Err(Error::UpgradeRolledBack {
+            bridge: br.name.clone(),
+            iface,
+            hook,
+            rolled_back: n - failed.len(),
+            not_rolled_back: failed.join("; "),
+            err: Box::new(err),
+        });
+    }
+    finish(br, plan, running, &ebpf)?;
+    Ok(done)
+}
+
+/// Load the new object over the running maps it reuses (pinned in
+/// `dir`), copy the migrated ones' entries, and, if the configuration
+/// was migrated, give it the new version before any hook sees it.
+fn load_over(
+    br: &Target,
+    plan: &Plan,
+    dir: &std::path::Path,
+    running: &Running,
+) -> Result<(aya::Ebpf, Vec<(String, usize)>)> {
     let mut loader = EbpfLoader::new();
     for name in &plan.reuse {
         let kname = kernel_name(name);
@@ -930,9 +1006,7 @@ async fn replace_all(
         let n = migrate(running, &ebpf, m, &br.name, false)?;
         migrated.push((kernel_name(&m.map), n));
     }
-    let config_size = |l: &BTreeMap<String, Layout>| l.get(names::CONFIG).map(|l| l.value_size);
     if plan.config_migrated() {
-        // Before any hook sees the new maps: the version goes with them.
         let Some(aya::maps::Map::Array(c)) = ebpf.map(names::CONFIG) else {
             return Err(Error::NoMap {
                 owner: "umlbr's eBPF object".into(),
@@ -946,12 +1020,12 @@ async fn replace_all(
             .map_or(0, |m| m.new.value_size);
         write_version(c, size, plan.to)?;
     }
-    let (xdp_fd, xdp_info) = new_prog(&ebpf, names::XDP_PROG)?;
-    let (tc_fd, tc_info) = new_prog(&ebpf, names::TC_PROG)?;
-    let (out_fd, out_info) = new_prog(&ebpf, names::TC_OUT_PROG)?;
-    let (xdp_id, tc_id, out_id) = (xdp_info.id(), tc_info.id(), out_info.id());
-    // The new programs must use the running maps themselves: same ids.
-    let now = maps_of(&[xdp_id, tc_id, out_id])?;
+    Ok((ebpf, migrated))
+}
+
+/// The new programs must use the running maps themselves: same ids.
+fn check_reused(br: &Target, plan: &Plan, running: &Running, progs: &NewProgs) -> Result<()> {
+    let now = maps_of(&progs.ids())?;
     for name in &plan.reuse {
         let kname = kernel_name(name);
         let got = now.get(&kname).and_then(|d| d.info().ok()).map(|i| i.id());
@@ -965,157 +1039,144 @@ async fn replace_all(
             });
         }
     }
+    Ok(())
+}
 
-    let mut done = Upgraded {
-        bridge: br.name.clone(),
-        maps_migrated: migrated,
-        ..Default::default()
-    };
-    let mut undo = Vec::new();
-    // Where the replace stands, for the error.
-    let mut at_hook = (String::new(), "");
-    let res: Result<()> = async {
-        let (links, ours) = br.interfaces(net).await?;
-        for link in links {
-            if let Some(old) = link.xdp_prog.filter(|id| ours.contains(id)) {
-                if old == xdp_id {
-                    done.already += 1;
-                } else {
-                    at_hook = (link.name.clone(), "XDP");
-                    let old_fd = prog_fd(old)?;
-                    before_replace(&link.name, "XDP");
-                    net.replace_xdp(
-                        link.index,
-                        &link.name,
-                        xdp_fd.as_fd().as_raw_fd(),
-                        old_fd.as_fd().as_raw_fd(),
-                        link.xdp_mode.flag(),
-                    )
-                    .await?;
-                    undo.push(Undo::Xdp {
-                        index: link.index,
-                        iface: link.name.clone(),
-                        old: old_fd,
-                        mode: link.xdp_mode.flag(),
-                    });
-                    done.replaced.push(Replaced {
-                        iface: link.name.clone(),
-                        hook: "XDP",
-                        old,
-                        new: xdp_id,
-                    });
-                }
-            }
-            for hook in Tc::BOTH {
-                let Some((at, old)) = hook
-                    .umlbr_hooked(&link.name)
-                    .filter(|(_, p)| ours.contains(&p.id()))
-                else {
-                    continue;
-                };
-                let (fd, id) = match hook {
-                    Tc::Ingress => (tc_fd, tc_id),
-                    Tc::Egress => (out_fd, out_id),
-                };
-                if old.id() == id {
-                    done.already += 1;
-                    continue;
-                }
-                at_hook = (link.name.clone(), hook.what());
-                // Held for the rollback: the old program stays loaded.
-                let old_fd = object::fd_of(&old)?;
-                before_replace(&link.name, hook.what());
-                hook.replace(link.index, &link.name, fd, &old, at)?;
-                undo.push(Undo::Tc {
+/// Replace every hook of the bridge that runs one of its programs with
+/// the new one, each in one step naming the old program.
+async fn replace_hooks(
+    net: &Net,
+    br: &Target,
+    progs: &NewProgs<'_>,
+    done: &mut Upgraded,
+    progress: &mut Progress,
+    before_replace: BeforeReplace<'_>,
+) -> Result<()> {
+    let (xdp_fd, xdp_id) = (progs.xdp.0, progs.xdp.1.id());
+    let (links, ours) = br.interfaces(net).await?;
+    for link in links {
+        if let Some(old) = link.xdp_prog.filter(|id| ours.contains(id)) {
+            if old == xdp_id {
+                done.already += 1;
+            } else {
+                progress.at_hook = Some((link.name.clone(), "XDP"));
+                let old_fd = prog_fd(old)?;
+                before_replace(&link.name, "XDP");
+                net.replace_xdp(
+                    link.index,
+                    &link.name,
+                    xdp_fd.as_fd().as_raw_fd(),
+                    old_fd.as_fd().as_raw_fd(),
+                    link.xdp_mode.flag(),
+                )
+                .await?;
+                progress.undo.push(Undo::Xdp {
                     index: link.index,
                     iface: link.name.clone(),
-                    hook,
-                    at,
                     old: old_fd,
+                    mode: link.xdp_mode.flag(),
                 });
                 done.replaced.push(Replaced {
                     iface: link.name.clone(),
-                    hook: hook.what(),
-                    old: old.id(),
-                    new: id,
+                    hook: "XDP",
+                    old,
+                    new: xdp_id,
                 });
             }
         }
-        Ok(())
-    }
-    .await;
-    if let Err(err) = res {
-        if at_hook.0.is_empty() {
-            // Before any replace: nothing to roll back.
-            return Err(err);
-        }
-        let n = undo.len();
-        let mut failed = Vec::new();
-        // The last replaced first, the switch port's (if any) at the end.
-        for u in undo.into_iter().rev() {
-            let r = match &u {
-                Undo::Xdp {
-                    index,
-                    iface,
-                    old,
-                    mode,
-                } => net
-                    .replace_xdp(
-                        *index,
-                        iface,
-                        old.as_fd().as_raw_fd(),
-                        xdp_fd.as_fd().as_raw_fd(),
-                        *mode,
-                    )
-                    .await
-                    .map_err(|e| format!("{iface} XDP: {e}")),
-                Undo::Tc {
-                    index,
-                    iface,
-                    hook,
-                    at,
-                    old,
-                } => {
-                    let new = match hook {
-                        Tc::Ingress => &tc_info,
-                        Tc::Egress => &out_info,
-                    };
-                    hook.replace(*index, iface, old, new, *at)
-                        .map_err(|e| format!("{iface} {}: {e}", hook.what()))
-                }
+        for hook in Tc::BOTH {
+            let Some((at, old)) = hook
+                .umlbr_hooked(&link.name)
+                .filter(|(_, p)| ours.contains(&p.id()))
+            else {
+                continue;
             };
-            if let Err(e) = r {
-                failed.push(e);
+            let (fd, info) = progs.tc(hook);
+            let id = info.id();
+            if old.id() == id {
+                done.already += 1;
+                continue;
             }
+            progress.at_hook = Some((link.name.clone(), hook.what()));
+            // Held for the rollback: the old program stays loaded.
+            let old_fd = object::fd_of(&old)?;
+            before_replace(&link.name, hook.what());
+            hook.replace(link.index, &link.name, fd, &old, at)?;
+            progress.undo.push(Undo::Tc {
+                index: link.index,
+                iface: link.name.clone(),
+                hook,
+                at,
+                old: old_fd,
+            });
+            done.replaced.push(Replaced {
+                iface: link.name.clone(),
+                hook: hook.what(),
+                old: old.id(),
+                new: id,
+            });
         }
-        return Err(Error::UpgradeRolledBack {
-            bridge: br.name.clone(),
-            iface: at_hook.0,
-            hook: at_hook.1,
-            rolled_back: n - failed.len(),
-            not_rolled_back: failed.join("; "),
-            err: Box::new(err),
-        });
     }
-    // Entries the old programs added to migrated maps while the new ones
-    // were not yet on every hook (datapath-written maps only).
+    Ok(())
+}
+
+/// Put the old programs back on the hooks in `undo`, the last replaced
+/// first (the switch port's, if any, at the end); what could not be put
+/// back, as text.
+async fn roll_back(net: &Net, progs: &NewProgs<'_>, undo: Vec<Undo>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for u in undo.into_iter().rev() {
+        let r = match &u {
+            Undo::Xdp {
+                index,
+                iface,
+                old,
+                mode,
+            } => net
+                .replace_xdp(
+                    *index,
+                    iface,
+                    old.as_fd().as_raw_fd(),
+                    progs.xdp.0.as_fd().as_raw_fd(),
+                    *mode,
+                )
+                .await
+                .map_err(|e| format!("{iface} XDP: {e}")),
+            Undo::Tc {
+                index,
+                iface,
+                hook,
+                at,
+                old,
+            } => hook
+                .replace(*index, iface, old, &progs.tc(*hook).1, *at)
+                .map_err(|e| format!("{iface} {}: {e}", hook.what())),
+        };
+        if let Err(e) = r {
+            failed.push(e);
+        }
+    }
+    failed
+}
+
+/// After every hook runs the new programs: copy the entries the old ones
+/// added to migrated maps meanwhile (datapath-written maps only), then
+/// store the new version if the configuration was reused.
+fn finish(br: &Target, plan: &Plan, running: &Running, ebpf: &aya::Ebpf) -> Result<()> {
     for m in &plan.migrate {
         if !USERSPACE_WRITTEN.contains(&kernel_name(&m.map).as_str()) {
-            migrate(running, &ebpf, m, &br.name, true)?;
+            migrate(running, ebpf, m, &br.name, true)?;
         }
     }
     if !plan.config_migrated() && running.stored != plan.to {
-        // The maps as they are mean the new version: say so, last (a
-        // kill before this leaves the old number, and a re-run does the
-        // same again).
-        if let (Some(c), Some(size)) = (
-            running.maps.get(names::CONFIG),
-            config_size(&running.layouts),
-        ) {
+        // Last: a kill before this leaves the old number, and a re-run
+        // does the same again.
+        let size = running.layouts.get(names::CONFIG).map(|l| l.value_size);
+        if let (Some(c), Some(size)) = (running.maps.get(names::CONFIG), size) {
             write_version(c, size, plan.to)?;
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 #[cfg(test)]
