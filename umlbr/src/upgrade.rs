@@ -353,6 +353,44 @@ impl Plan {
     }
 }
 
+/// The rewrites of each map (kernel names) from version `from` to `to`,
+/// oldest first; or why some map cannot be carried over.
+fn rewrites_between(
+    from: u16,
+    to: u16,
+    versions: &Versions<'_>,
+) -> std::result::Result<BTreeMap<String, Vec<Rewrite>>, String> {
+    let mut rewrites: BTreeMap<String, Vec<Rewrite>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for v in from + 1..=to {
+        let Some(step) = versions.history.iter().find(|s| s.to == v) else {
+            return Err(format!("this umlbr does not know what version {v} changed"));
+        };
+        for (map, change) in step.maps {
+            match change {
+                Change::Rewrite(edit) => {
+                    rewrites.entry(kernel_name(map)).or_default().push(Rewrite {
+                        to: v,
+                        what: step.what,
+                        edit: *edit,
+                    })
+                }
+                Change::Refuse(why) => {
+                    refused.push(format!("{map}: version {v} ({}): {why}", step.what))
+                }
+            }
+        }
+    }
+    if refused.is_empty() {
+        Ok(rewrites)
+    } else {
+        Err(format!(
+            "these maps cannot be carried over: {}",
+            refused.join("; ")
+        ))
+    }
+}
+
 /// Match the running bridge's maps (`running`, by kernel name; its
 /// layout version `stored`, as `Config::layout` holds it) with the new
 /// object's (`new`): every running map must mean the same to the new
@@ -380,36 +418,8 @@ pub fn plan(
             "version {from} is newer than this umlbr knows"
         )));
     }
-    // The rewrites of each map (kernel names), oldest first.
-    let mut rewrites: BTreeMap<String, Vec<Rewrite>> = BTreeMap::new();
+    let rewrites = rewrites_between(from, to, versions).map_err(refuse)?;
     let mut refused = Vec::new();
-    for v in from + 1..=to {
-        let Some(step) = versions.history.iter().find(|s| s.to == v) else {
-            return Err(refuse(format!(
-                "this umlbr does not know what version {v} changed"
-            )));
-        };
-        for (map, change) in step.maps {
-            match change {
-                Change::Rewrite(edit) => {
-                    rewrites.entry(kernel_name(map)).or_default().push(Rewrite {
-                        to: v,
-                        what: step.what,
-                        edit: *edit,
-                    })
-                }
-                Change::Refuse(why) => {
-                    refused.push(format!("{map}: version {v} ({}): {why}", step.what))
-                }
-            }
-        }
-    }
-    if !refused.is_empty() {
-        return Err(refuse(format!(
-            "these maps cannot be carried over: {}",
-            refused.join("; ")
-        )));
-    }
     let mut plan = Plan {
         from,
         to,
