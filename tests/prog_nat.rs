@@ -3840,7 +3840,7 @@ mod monitor_events {
     /// without a lease, or with one run out. XDP and TC alike.
     #[test]
     fn nat_events() -> Result<()> {
-        let mut b = Bench::new("events")?;
+        let mut b = Bench::new("mon-events")?;
         let sec = 1_000_000_000u64;
         let a = udp(0, 43000, R1, 53);
         let c = udp(0, 43001, R1, 53);

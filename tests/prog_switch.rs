@@ -2472,7 +2472,7 @@ mod monitor_events {
     /// TC alike.
     #[test]
     fn events_follow_the_table() -> Result<()> {
-        let mut b = Bench::new("events")?;
+        let mut b = Bench::new("mon-events")?;
         let table = table();
         for prog in [Prog::Xdp, Prog::Tc] {
             run_table(prog, &table, |c| b.check_events(c, prog, FOREVER))?;
@@ -2487,7 +2487,7 @@ mod monitor_events {
     /// limit sweeps out write `aged` events. XDP and TC alike.
     #[test]
     fn storm_and_sweep_events() -> Result<()> {
-        let mut b = Bench::new("evstorm")?;
+        let mut b = Bench::new("mon-storm")?;
         let bcast = Frame::new(BROADCAST, A).pad_min().build();
         let src = |n: u8| [0x02, 0, 0, 0, 0x10, n];
         for prog in [Prog::Xdp, Prog::Tc] {
@@ -2547,7 +2547,7 @@ mod monitor_events {
     /// with time. Each kind has its own bucket: a learn still gets through.
     #[test]
     fn events_are_rate_limited() -> Result<()> {
-        let mut b = Bench::new("evrate")?;
+        let mut b = Bench::new("mon-rate")?;
         let spoof = Frame::new(B, A).pad_min().build();
         let n = 10_000u64;
         for prog in [Prog::Xdp, Prog::Tc] {
