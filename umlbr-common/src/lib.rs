@@ -621,7 +621,8 @@ pub struct Event {
     /// EV_MOVED: the port it moved from; EV_ISOLATED: the isolated port
     /// the frame was for.
     pub other: u32,
-    /// NAT: the outside address and port of the mapping.
+    /// NAT: the masquerade address (with `nat_port`, the mapping's
+    /// outside end; `nat_port` is 0 for a refusal).
     pub nat_addr: u32,
     /// NAT: the guest's address, the remote address, their ports.
     pub saddr: u32,
