@@ -296,6 +296,7 @@ fn monitor_streams_events() -> Result<()> {
 /// (`head -n 1`) ends the monitor (EPIPE) with status 0. A monitor killed
 /// with SIGKILL leaves a lease that runs out within EV_LEASE_NS, after
 /// which the datapath writes nothing (tests/prog_switch.rs shows that).
+/// A monitor whose bridge is removed ends.
 #[test]
 fn monitor_text_pipe_and_kill() -> Result<()> {
     let mut lab = Lab::new("mon-e2e-text")?;
@@ -359,5 +360,26 @@ fn monitor_text_pipe_and_kill() -> Result<()> {
     );
     std::thread::sleep(Duration::from_nanos(lease - killed_at));
     ensure!(now_coarse() >= lab.lease()?, "the lease has not run out");
+
+    // The bridge removed under a running monitor: it ends, status 0.
+    let (mut child, _out, err) = spawn(&lab.ns, &["monitor", "br0"])?;
+    ready(&err)?;
+    lab.ns.umlbr_ok(&["down", "br0"])?;
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            bail!("umlbr monitor still runs 5 s after `down`");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = err.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    ensure!(
+        st.success() && said == "bridge br0 is gone",
+        "after `down`: {st}, stderr {said:?}"
+    );
     Ok(())
 }

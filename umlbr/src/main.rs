@@ -703,7 +703,7 @@ async fn monitor(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
         if !tick_due {
             continue;
         }
-        if nix::net::if_::if_indextoname(switch_port).is_err() {
+        if mon::if_name(switch_port).is_none() {
             eprintln!("bridge {bridge} is gone");
             break Ok(());
         }

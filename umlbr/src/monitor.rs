@@ -154,14 +154,22 @@ impl Names {
         if ifindex == 0 {
             return None;
         }
-        let n = self.0.entry(ifindex).or_insert_with(|| {
-            nix::net::if_::if_indextoname(ifindex)
-                .ok()
-                .and_then(|n| n.into_string().ok())
-                .unwrap_or_else(|| format!("if{ifindex}"))
-        });
+        let n = self
+            .0
+            .entry(ifindex)
+            .or_insert_with(|| if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
         Some(n.clone())
     }
+}
+
+/// The name of interface `ifindex` in this namespace, if it exists.
+pub fn if_name(ifindex: u32) -> Option<String> {
+    // nix's if_indextoname misses the failure (libc returns NULL, nix
+    // checks for -1) and returns an empty name: an empty name is none.
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|n| n.into_string().ok())
+        .filter(|n| !n.is_empty())
 }
 
 /// One line of the stream: an event, or a count of suppressed ones.
