@@ -3714,8 +3714,19 @@ fn a_full_table_evicts_no_live_mapping() -> Result<()> {
             }
         }
         b.set_sweep_clock(Some(now_coarse()))?;
+        // `umlbr monitor` listens: the refusal is an event.
+        umlbr_tests::events::reset(&mut b.ctx)?;
+        umlbr_tests::events::listen(&mut b.ctx, umlbr_tests::events::FOREVER)?;
         let newcomer = udp(2, 44001, R1, 53);
         let (ret, _) = b.run(prog, b.ifindex(guest(2)), &newcomer.out_frame(0, b"new"))?;
+        let ev = umlbr_tests::events::drain(&mut b.ctx)?;
+        ensure!(
+            ev.len() == 1
+                && ev[0].kind == umlbr_common::EV_NAT_FULL
+                && ev[0].ifindex == b.ifindex(guest(2))
+                && ev[0].sport == newcomer.gport.to_be(),
+            "[{prog:?}] full table: events {ev:?}"
+        );
         let st = b.nat_stats()?;
         ensure!(
             ret == redirect(prog)
@@ -3742,6 +3753,21 @@ fn a_full_table_evicts_no_live_mapping() -> Result<()> {
             fill + 1,
             t.elapsed()
         );
+        let ev = umlbr_tests::events::drain(&mut b.ctx)?;
+        umlbr_tests::events::listen(&mut b.ctx, 0)?;
+        let kinds = |k: u16| ev.iter().filter(|e| e.kind == k).count();
+        ensure!(
+            kinds(umlbr_common::EV_NAT_EXPIRED) == expired as usize
+                && kinds(umlbr_common::EV_NAT_NEW) == 1
+                && ev.len() == expired as usize + 1
+                && ev
+                    .iter()
+                    .filter(|e| e.kind == umlbr_common::EV_NAT_EXPIRED)
+                    .all(|e| e.ifindex == owner),
+            "[{prog:?}] after the sweep: {} events: {:?}",
+            ev.len(),
+            ev.iter().map(|e| (e.kind, e.ifindex)).collect::<Vec<_>>()
+        );
         let st = b.nat_stats()?;
         ensure!(
             b.mapping_of(&newcomer)?.is_some()
@@ -3753,4 +3779,162 @@ fn a_full_table_evicts_no_live_mapping() -> Result<()> {
         );
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Events (`umlbr monitor`): NAT mappings made, expired and refused.
+// (A module of its own, for its imports.)
+
+mod monitor_events {
+    use umlbr_common::{
+        EV_NAT_EXPIRED, EV_NAT_NEW, EV_NAT_NO_PORT, EV_NAT_QUOTA, Event, NAT_UDP_SECS,
+    };
+    use umlbr_tests::events::{self, FOREVER};
+
+    use super::*;
+
+    impl Bench {
+        /// The event of `kind` about `f` (from guest `f.guest`'s port),
+        /// mapped to outside port `nat_port` (0: none) of the masquerade
+        /// address.
+        fn nat_event(&self, kind: u16, f: &Flow, nat_port: u16) -> Event {
+            Event {
+                kind,
+                proto: f.proto,
+                ifindex: self.ifindex(guest(f.guest)),
+                mac: gmac(f.guest),
+                nat_addr: be32(NAT_IP),
+                saddr: be32(gip(f.guest)),
+                daddr: be32(f.remote),
+                sport: f.gport.to_be(),
+                dport: f.rport.to_be(),
+                nat_port: nat_port.to_be(),
+                ..Default::default()
+            }
+        }
+
+        /// The events in the ring, their times checked and cleared.
+        fn events(&mut self, t0: u64) -> Result<Vec<Event>> {
+            let t1 = now_coarse();
+            let got = events::drain(&mut self.ctx)?;
+            for e in &got {
+                ensure!(
+                    e.ts_ns >= t0 && e.ts_ns <= t1,
+                    "event {e:?} stamped outside [{t0}, {t1}]"
+                );
+            }
+            Ok(got.into_iter().map(|e| Event { ts_ns: 0, ..e }).collect())
+        }
+
+        /// The flow's outside port.
+        fn port_of(&mut self, f: &Flow) -> Result<u16> {
+            Ok(self.mapping_of(f)?.context("no mapping")?.0)
+        }
+    }
+
+    /// A new mapping writes `nat_new` (the guest's port and MAC, the
+    /// flow, the outside address and port), its next packets nothing; a
+    /// flow over its guest's quota `nat_quota`; an expired mapping found
+    /// by its flow `nat_expired` and then `nat_new`; one swept out
+    /// `nat_expired`; a flow finding no free port `nat_no_port`. Nothing
+    /// without a lease, or with one run out. XDP and TC alike.
+    #[test]
+    fn nat_events() -> Result<()> {
+        let mut b = Bench::new("mon-events")?;
+        let sec = 1_000_000_000u64;
+        let a = udp(0, 43000, R1, 53);
+        let c = udp(0, 43001, R1, 53);
+        for prog in [Prog::Xdp, Prog::Tc] {
+            // Made, then used: one event.
+            b.reset(&no_tweak)?;
+            events::reset(&mut b.ctx)?;
+            events::listen(&mut b.ctx, FOREVER)?;
+            let t0 = now_coarse();
+            b.translate(prog, guest(0), &a.out_frame(0, b"q"))?;
+            b.translate(prog, guest(0), &a.out_frame(0, b"again"))?;
+            let pa = b.port_of(&a)?;
+            let got = b.events(t0)?;
+            ensure!(
+                got == [b.nat_event(EV_NAT_NEW, &a, pa)],
+                "[{prog:?}] new mapping: {got:?}"
+            );
+
+            // Over the quota (no sweep due): refused.
+            b.reset(&|c| c.max_per_guest = 1)?;
+            b.set_sweep_clock(Some(now_coarse()))?;
+            let t0 = now_coarse();
+            b.translate(prog, guest(0), &a.out_frame(0, b"q"))?;
+            let pa = b.port_of(&a)?;
+            b.run(prog, b.ifindex(guest(0)), &c.out_frame(0, b"q"))?;
+            let got = b.events(t0)?;
+            ensure!(
+                got == [
+                    b.nat_event(EV_NAT_NEW, &a, pa),
+                    b.nat_event(EV_NAT_QUOTA, &c, 0)
+                ],
+                "[{prog:?}] quota: {got:?}"
+            );
+
+            // Expired, found by its own flow: expired, then made anew.
+            b.age_mapping(&a, (NAT_UDP_SECS + 1) * sec)?;
+            let t0 = now_coarse();
+            b.translate(prog, guest(0), &a.out_frame(0, b"later"))?;
+            let pa2 = b.port_of(&a)?;
+            let got = b.events(t0)?;
+            ensure!(
+                got == [
+                    b.nat_event(EV_NAT_EXPIRED, &a, pa),
+                    b.nat_event(EV_NAT_NEW, &a, pa2)
+                ],
+                "[{prog:?}] expired and found: {got:?}"
+            );
+
+            // Expired, swept out by a flow at the quota: expired, then
+            // the new flow made.
+            b.age_mapping(&a, (NAT_UDP_SECS + 1) * sec)?;
+            b.set_sweep_clock(None)?;
+            let t0 = now_coarse();
+            b.translate(prog, guest(0), &c.out_frame(0, b"q"))?;
+            let pc = b.port_of(&c)?;
+            let got = b.events(t0)?;
+            ensure!(
+                got == [
+                    b.nat_event(EV_NAT_EXPIRED, &a, pa2),
+                    b.nat_event(EV_NAT_NEW, &c, pc)
+                ],
+                "[{prog:?}] swept: {got:?}"
+            );
+
+            // One outside port, taken by a live mapping to the same
+            // remote end: no port for the next flow.
+            b.reset(&|c| {
+                c.port_lo = PORT_LO;
+                c.port_hi = PORT_LO;
+            })?;
+            let t0 = now_coarse();
+            b.translate(prog, guest(0), &a.out_frame(0, b"q"))?;
+            b.run(prog, b.ifindex(guest(0)), &c.out_frame(0, b"q"))?;
+            let got = b.events(t0)?;
+            ensure!(
+                got == [
+                    b.nat_event(EV_NAT_NEW, &a, PORT_LO),
+                    b.nat_event(EV_NAT_NO_PORT, &c, 0)
+                ],
+                "[{prog:?}] no port: {got:?}"
+            );
+
+            // No lease, and a lease run out: nothing.
+            for until in [0, now_coarse() - sec] {
+                b.reset(&|c| c.max_per_guest = 1)?;
+                b.set_sweep_clock(Some(now_coarse()))?;
+                events::listen(&mut b.ctx, until)?;
+                b.translate(prog, guest(0), &a.out_frame(0, b"q"))?;
+                b.run(prog, b.ifindex(guest(0)), &c.out_frame(0, b"q"))?;
+                let got = b.events(0)?;
+                ensure!(got.is_empty(), "[{prog:?}] lease {until}: {got:?}");
+            }
+            events::listen(&mut b.ctx, 0)?;
+        }
+        Ok(())
+    }
 }

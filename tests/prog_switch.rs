@@ -2325,3 +2325,287 @@ fn storm_control() -> Result<()> {
     b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Events (`umlbr monitor`): what the datapath writes into its ring buffer.
+// (A module of its own, for its imports.)
+
+mod monitor_events {
+    use umlbr_common::{
+        EV_AGED, EV_BURST, EV_IP_LOCKED, EV_ISOLATED, EV_LEARNED, EV_LOCKED, EV_MOVED,
+        EV_RATE_PER_SEC, EV_SPOOFED, EV_STORM, EvBucket,
+    };
+    use umlbr_tests::{
+        bpf::run_table,
+        events::{self, FOREVER},
+    };
+
+    use super::*;
+
+    /// An event as these tests compare it: kind, port, MAC, other port.
+    type Ev = (u16, u32, Mac, u32);
+
+    impl Bench {
+        /// The events case `c` must write on a program whose fate it is
+        /// `fate`: one per counter of a rare path that the case counts
+        /// (learned, moved, spoofed, locked, ip_locked, isolated) and one per
+        /// aged entry the run removes; sorted.
+        fn want_events(&self, c: &Case, fate: Fate) -> Vec<Ev> {
+            let mut want = Vec::new();
+            if !(fate.switched() || fate == Fate::ToTc) {
+                return want;
+            }
+            let ingress = self.ifindex(c.ingress);
+            let (dst, src): (Mac, Mac) = (
+                c.frame[..6].try_into().expect("a MAC"),
+                c.frame[6..12].try_into().expect("a MAC"),
+            );
+            let port_of = |m: &Mac| {
+                c.fdb
+                    .iter()
+                    .rev()
+                    .find(|p| p.mac == *m)
+                    .map_or(0, |p| self.ifindex(p.at))
+            };
+            if c.learned {
+                want.push((EV_LEARNED, ingress, src, 0));
+            }
+            if c.moved {
+                want.push((EV_MOVED, ingress, src, port_of(&src)));
+            }
+            if fate.switched() {
+                if c.spoofed {
+                    want.push((EV_SPOOFED, ingress, src, 0));
+                }
+                if c.locked_drop {
+                    want.push((EV_LOCKED, ingress, src, 0));
+                }
+                if c.ip_locked_drop {
+                    want.push((EV_IP_LOCKED, ingress, src, 0));
+                }
+                if c.isolated_drop {
+                    want.push((EV_ISOLATED, ingress, src, port_of(&dst)));
+                }
+            }
+            // A learned entry older than the aging time that the run removes.
+            for p in &c.fdb {
+                let kept = c.after.iter().any(|a| match a {
+                    Post::Kept(m) | Post::Fresh(m, _) => *m == p.mac,
+                });
+                if p.flags & FDB_F_STATIC == 0 && p.age_ns > AGING_NS && !kept {
+                    want.push((EV_AGED, self.ifindex(p.at), p.mac, 0));
+                }
+            }
+            want.sort_unstable();
+            want
+        }
+
+        /// The events in the ring, sorted, each checked for its time (within
+        /// `t0..=t1`) and its NAT fields (zero).
+        fn events(&mut self, (t0, t1): (u64, u64), errs: &mut Errs) -> Result<Vec<Ev>> {
+            let mut got = Vec::new();
+            for e in events::drain(&mut self.ctx)? {
+                if e.ts_ns < t0 || e.ts_ns > t1 {
+                    errs.push(format!("event {e:?} stamped outside [{t0}, {t1}]"));
+                }
+                if (
+                    e.proto, e.saddr, e.daddr, e.sport, e.dport, e.nat_addr, e.nat_port,
+                ) != (0, 0, 0, 0, 0, 0, 0)
+                {
+                    errs.push(format!("switch event {e:?} has NAT fields"));
+                }
+                got.push((e.kind, e.ifindex, e.mac, e.other));
+            }
+            got.sort_unstable();
+            Ok(got)
+        }
+
+        /// Run case `c` on `prog` with the listener's lease at `until_ns`:
+        /// the events the case must write while it runs, none once it ran
+        /// out (or without one). The frame's fate is the table's business.
+        fn check_events(&mut self, c: &Case, prog: Prog, until_ns: u64) -> Result<()> {
+            self.prepare(c)?;
+            events::reset(&mut self.ctx)?;
+            events::listen(&mut self.ctx, until_ns)?;
+            let ingress = self.ifindex(c.ingress);
+            let t0 = now_coarse();
+            let _ = match prog {
+                Prog::Xdp => self.run_xdp(ingress, 0, &c.frame),
+                Prog::Tc => self.run_tc(ingress, &c.frame),
+            };
+            let t1 = now_coarse();
+            events::listen(&mut self.ctx, 0)?;
+            let mut errs = Errs::default();
+            let got = self.events((t0, t1), &mut errs)?;
+            let fate = match prog {
+                Prog::Xdp => c.xdp,
+                Prog::Tc => c.tc,
+            };
+            let want = if until_ns > t1 {
+                self.want_events(c, fate)
+            } else {
+                vec![]
+            };
+            if got != want {
+                let show = |v: &[Ev]| {
+                    v.iter()
+                        .map(|(k, p, m, o)| format!("({k}, {p}, {}, {o})", fmt_mac(m)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                errs.push(format!(
+                    "events: got [{}], expected [{}]",
+                    show(&got),
+                    show(&want)
+                ));
+            }
+            self.ctx.quiet();
+            errs.done()
+        }
+    }
+
+    /// Every case of the switch table, listened to: a learn, a move, an aged
+    /// entry removed, a spoofed, locked, ip_locked or isolated drop writes
+    /// its event (kind, port, MAC, the other port), stamped while the program
+    /// ran; nothing else does. Then the table again with the lease run out
+    /// (a monitor killed a second ago) and with none: not one event. XDP and
+    /// TC alike.
+    #[test]
+    fn events_follow_the_table() -> Result<()> {
+        let mut b = Bench::new("mon-events")?;
+        let table = table();
+        for prog in [Prog::Xdp, Prog::Tc] {
+            run_table(prog, &table, |c| b.check_events(c, prog, FOREVER))?;
+            let past = now_coarse() - SEC;
+            run_table(prog, &table, |c| b.check_events(c, prog, past))?;
+            run_table(prog, &table, |c| b.check_events(c, prog, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Storm drops write `storm` events; aged entries a port at its learning
+    /// limit sweeps out write `aged` events. XDP and TC alike.
+    #[test]
+    fn storm_and_sweep_events() -> Result<()> {
+        let mut b = Bench::new("mon-storm")?;
+        let bcast = Frame::new(BROADCAST, A).pad_min().build();
+        let src = |n: u8| [0x02, 0, 0, 0, 0x10, n];
+        for prog in [Prog::Xdp, Prog::Tc] {
+            b.reset()?;
+            b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
+            events::reset(&mut b.ctx)?;
+            events::listen(&mut b.ctx, FOREVER)?;
+            let p1 = b.ifindex(P1);
+            // A bucket far ahead: every flood is over the limit.
+            b.set_flood_limit(P1, 1, now_coarse() + 1000 * SEC)?;
+            b.run_n(prog, P1, &bcast, 3)?;
+            let mut errs = Errs::default();
+            let got = b.events((0, u64::MAX), &mut errs)?;
+            let want = vec![
+                (EV_LEARNED, p1, A, 0),
+                (EV_STORM, p1, A, 0),
+                (EV_STORM, p1, A, 0),
+                (EV_STORM, p1, A, 0),
+            ];
+            ensure!(
+                got == want && b.stats()?[0].storm == 3,
+                "[{prog:?}] storm: {got:?}"
+            );
+            errs.done()?;
+
+            // p1 at its learning limit with two aged entries: a new source
+            // sweeps them out.
+            b.reset()?;
+            b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
+            let old = now_coarse() - 2 * AGING_NS;
+            b.fdb_insert(src(1), p1, 0, old)?;
+            b.fdb_insert(src(2), p1, 0, old)?;
+            b.set_budget(P1, 2, 2, now_coarse() - 2 * SEC)?;
+            events::drain(&mut b.ctx)?;
+            b.from(prog, P1, src(4))?;
+            let mut errs = Errs::default();
+            let got = b.events((0, u64::MAX), &mut errs)?;
+            let want = vec![
+                (EV_LEARNED, p1, src(4), 0),
+                (EV_AGED, p1, src(1), 0),
+                (EV_AGED, p1, src(2), 0),
+            ];
+            let mut want = want;
+            want.sort_unstable();
+            ensure!(got == want, "[{prog:?}] sweep: {got:?}");
+            errs.done()?;
+            events::listen(&mut b.ctx, 0)?;
+            b.ctx.quiet();
+        }
+        b.ctx.clear::<u32, PortLearn>(names::LEARN)?;
+        Ok(())
+    }
+
+    /// A storm of 10 000 spoofed frames writes at most a burst of events and
+    /// the rate after it (EV_BURST + EV_RATE_PER_SEC a second of the run);
+    /// every other one is counted as suppressed, none lost; the bucket refills
+    /// with time. Each kind has its own bucket: a learn still gets through.
+    #[test]
+    fn events_are_rate_limited() -> Result<()> {
+        let mut b = Bench::new("mon-rate")?;
+        let spoof = Frame::new(B, A).pad_min().build();
+        let n = 10_000u64;
+        for prog in [Prog::Xdp, Prog::Tc] {
+            b.reset()?;
+            events::reset(&mut b.ctx)?;
+            events::listen(&mut b.ctx, FOREVER)?;
+            let (p1, p2) = (b.ifindex(P1), b.ifindex(P2));
+            b.fdb_insert(A, p2, FDB_F_STATIC, now_coarse())?;
+            let t = std::time::Instant::now();
+            b.run_n(prog, P1, &spoof, n)?;
+            let secs = t.elapsed().as_secs_f64();
+            let got = events::drain(&mut b.ctx)?;
+            let supp = events::suppressed(&mut b.ctx)?[EV_SPOOFED as usize];
+            let cap = EV_BURST + (secs * EV_RATE_PER_SEC as f64).ceil() as u64 + 1;
+            println!(
+                "[{prog:?}] {n} spoofed frames in {secs:.2} s: {} events, {supp} suppressed (cap {cap})",
+                got.len()
+            );
+            ensure!(
+                got.iter()
+                    .all(|e| (e.kind, e.ifindex, e.mac) == (EV_SPOOFED, p1, A)),
+                "[{prog:?}] not all spoofed events of p1: {:?}",
+                got.iter().find(|e| e.kind != EV_SPOOFED)
+            );
+            ensure!(
+                got.len() as u64 >= EV_BURST && got.len() as u64 <= cap,
+                "[{prog:?}] {} events for {n} spoofed frames in {secs:.2} s, cap {cap}",
+                got.len()
+            );
+            ensure!(
+                got.len() as u64 + supp == n && b.stats()?[0].spoofed == n,
+                "[{prog:?}] {} events + {supp} suppressed != {n}",
+                got.len()
+            );
+            // Another kind has its own bucket.
+            b.from(prog, P1, C)?;
+            let got = events::drain(&mut b.ctx)?;
+            ensure!(
+                got.len() == 1 && got[0].kind == EV_LEARNED,
+                "[{prog:?}] a learn during the storm: {got:?}"
+            );
+            // After a quiet while the burst is whole again.
+            let mut rate: aya::maps::Array<&mut aya::maps::MapData, EvBucket> =
+                b.ctx.map(names::EV_RATE)?;
+            let mut bucket = rate.get(&u32::from(EV_SPOOFED), 0)?;
+            bucket.tat_ns = now_coarse() - 10 * SEC;
+            rate.set(u32::from(EV_SPOOFED), bucket, 0)?;
+            b.run_n(prog, P1, &spoof, EV_BURST)?;
+            let got = events::drain(&mut b.ctx)?.len() as u64;
+            let supp2 = events::suppressed(&mut b.ctx)?[EV_SPOOFED as usize];
+            ensure!(
+                got == EV_BURST && supp2 == supp,
+                "[{prog:?}] after a quiet while: {got} events, {} more suppressed",
+                supp2 - supp
+            );
+            events::listen(&mut b.ctx, 0)?;
+            b.ctx.quiet();
+        }
+        Ok(())
+    }
+}

@@ -2,6 +2,7 @@
 //! themselves, UML guests, frame builders, and the harness of the
 //! BPF_PROG_TEST_RUN tables.
 pub mod bpf;
+pub mod events;
 pub mod netns;
 pub mod qemu;
 pub mod uml;

@@ -39,6 +39,11 @@ pub mod names {
     pub const NAT_MTU: &str = "UMLBR_NAT_MTU";
     pub const PORT_IP: &str = "UMLBR_PORT_IP";
     pub const NAT_QUOTA: &str = "UMLBR_NAT_QUOTA";
+    /// `umlbr monitor`: the ring buffer of events, the listener's lease,
+    /// the per-kind rate limit.
+    pub const EVENTS: &str = "UMLBR_EVENTS";
+    pub const EV_CTL: &str = "UMLBR_EV_CTL";
+    pub const EV_RATE: &str = "UMLBR_EV_RATE";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -566,6 +571,113 @@ impl NatConfig {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Events (`umlbr monitor`).
+
+/// A source MAC learned on a port (`Event.ifindex`).
+pub const EV_LEARNED: u16 = 1;
+/// A learned MAC moved to `ifindex` from `other`.
+pub const EV_MOVED: u16 = 2;
+/// A learned MAC of port `ifindex` aged out, removed by the datapath (when
+/// looked up, or by a sweep).
+pub const EV_AGED: u16 = 3;
+/// Dropped: the source MAC is a static entry of another port (`spoofed`).
+pub const EV_SPOOFED: u16 = 4;
+/// Dropped by a locked port: source MAC not bound to it (`locked`).
+pub const EV_LOCKED: u16 = 5;
+/// Dropped by a port locked to addresses (`ip_locked`).
+pub const EV_IP_LOCKED: u16 = 6;
+/// Dropped: unicast from an isolated port to isolated port `other`.
+pub const EV_ISOLATED: u16 = 7;
+/// Dropped: a flood over the port's flood limit (`storm`).
+pub const EV_STORM: u16 = 8;
+/// A NAT mapping made for a flow of port `ifindex`'s guest.
+pub const EV_NAT_NEW: u16 = 9;
+/// A NAT mapping expired and removed by the datapath.
+pub const EV_NAT_EXPIRED: u16 = 10;
+/// A new flow refused: its port's guests hold their NAT quota.
+pub const EV_NAT_QUOTA: u16 = 11;
+/// A new flow left to the kernel's path: the NAT table is full.
+pub const EV_NAT_FULL: u16 = 12;
+/// A new flow left to the kernel's path: no free outside port.
+pub const EV_NAT_NO_PORT: u16 = 13;
+/// Entries of UMLBR_EV_RATE: one bucket per kind (index 0 unused).
+pub const EV_KINDS: u32 = 14;
+
+/// Events of one kind the datapath writes at most a second, after a burst
+/// of `EV_BURST`: a storm of spoofed frames costs the ring (and the
+/// monitor) this much, and the rest is counted as suppressed.
+pub const EV_RATE_PER_SEC: u64 = 100;
+pub const EV_GAP_NS: u64 = 1_000_000_000 / EV_RATE_PER_SEC;
+pub const EV_BURST: u64 = 100;
+/// Size of the ring buffer (a power of two of pages): 256 KiB, about
+/// 4000 events (48 bytes and an 8-byte header each), more than every
+/// kind's burst together.
+pub const EV_RING_BYTES: u32 = 256 * 1024;
+/// The monitor renews its lease (`EvCtl.until_ns`) every
+/// `EV_LEASE_RENEW_NS` for `EV_LEASE_NS`: a monitor killed without a word
+/// leaves the datapath writing events for at most that long.
+pub const EV_LEASE_NS: u64 = 3_000_000_000;
+pub const EV_LEASE_RENEW_NS: u64 = 1_000_000_000;
+
+/// One event, as the datapath writes it into UMLBR_EVENTS. Which fields
+/// mean something depends on `kind` (`EV_*`); the rest are zero.
+/// Addresses and ports are in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC_COARSE ns (`bpf_ktime_get_coarse_ns`).
+    pub ts_ns: u64,
+    /// `EV_*`.
+    pub kind: u16,
+    /// NAT events: the IP protocol.
+    pub proto: u8,
+    pub _pad: u8,
+    /// The port: where the MAC is or was, the frame came from, or whose
+    /// guest's flow it is (0: unknown).
+    pub ifindex: u32,
+    /// The MAC: learned, moved, aged, or the dropped frame's source, or
+    /// the NAT flow's guest (zero when unknown).
+    pub mac: [u8; 6],
+    pub _pad2: u16,
+    /// EV_MOVED: the port it moved from; EV_ISOLATED: the isolated port
+    /// the frame was for.
+    pub other: u32,
+    /// NAT: the masquerade address (with `nat_port`, the mapping's
+    /// outside end; `nat_port` is 0 for a refusal).
+    pub nat_addr: u32,
+    /// NAT: the guest's address, the remote address, their ports.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub nat_port: u16,
+    pub _pad3: u16,
+}
+
+/// UMLBR_EV_CTL, index 0: whether anyone listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvCtl {
+    /// CLOCK_MONOTONIC_COARSE ns until which a monitor listens (its lease):
+    /// before it, the rare paths write events; after it (0: never), they
+    /// stop at this compare.
+    pub until_ns: u64,
+}
+
+/// UMLBR_EV_RATE, one per kind: a GCRA bucket (as storm control's) and
+/// what it suppressed. One value for all CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvBucket {
+    /// Theoretical arrival time: an event passes while this is at most
+    /// `EV_BURST - 1` gaps ahead of now, and moves it one gap on.
+    pub tat_ns: u64,
+    /// Events of this kind not written since the map was made: over the
+    /// rate, or the ring full. Only grows; the monitor reports increases.
+    pub suppressed: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
@@ -581,6 +693,9 @@ mod pod {
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::NatStats {}
     unsafe impl aya::Pod for super::NatQuota {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::EvCtl {}
+    unsafe impl aya::Pod for super::EvBucket {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -684,5 +799,21 @@ mod tests {
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
         assert_eq!(size_of::<NatStats>(), 14 * 8);
         assert_eq!(size_of::<NatQuota>(), 16);
+        assert_eq!(size_of::<Event>(), 48);
+        assert_eq!(size_of::<EvCtl>(), 8);
+        assert_eq!(size_of::<EvBucket>(), 16);
+    }
+
+    #[test]
+    fn event_fields_sit_where_the_datapath_writes_them() {
+        use core::mem::offset_of;
+        assert_eq!(offset_of!(Event, kind), 8);
+        assert_eq!(offset_of!(Event, ifindex), 12);
+        assert_eq!(offset_of!(Event, mac), 16);
+        assert_eq!(offset_of!(Event, other), 24);
+        assert_eq!(offset_of!(Event, saddr), 32);
+        assert_eq!(offset_of!(Event, nat_port), 44);
+        assert_eq!(EV_GAP_NS * EV_RATE_PER_SEC, 1_000_000_000);
+        assert!(EV_RING_BYTES.is_power_of_two());
     }
 }

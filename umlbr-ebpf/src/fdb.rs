@@ -17,8 +17,9 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use umlbr_common::{
-    Config, DEFAULT_AGING_SECS, FDB_F_LOCAL, FDB_F_STATIC, FDB_REFRESH_NS, FDB_SIZE,
-    FDB_SWEEP_INTERVAL_NS, FLOOD_BURST, FdbEntry, FdbKey, MAX_PORTS, PortLearn, PortStats,
+    Config, DEFAULT_AGING_SECS, EV_AGED, EV_LEARNED, EV_MOVED, FDB_F_LOCAL, FDB_F_STATIC,
+    FDB_REFRESH_NS, FDB_SIZE, FDB_SWEEP_INTERVAL_NS, FLOOD_BURST, FdbEntry, FdbKey, MAX_PORTS,
+    PortLearn, PortStats,
 };
 
 /// MAC -> port.
@@ -64,10 +65,12 @@ pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortS
                 stats.learn_limited += 1;
                 return true;
             }
-            credit(entry.ifindex);
+            let from = entry.ifindex;
+            credit(from);
             entry.ifindex = port;
             entry.updated_ns = now;
             stats.moved += 1;
+            crate::events::port(EV_MOVED, port, &src, from);
         } else if now.wrapping_sub(entry.updated_ns) > FDB_REFRESH_NS {
             entry.updated_ns = now;
         }
@@ -92,7 +95,10 @@ fn learn_new(key: FdbKey, port: u32, now: u64, aging_ns: u64, stats: &mut PortSt
     // BPF_NOEXIST: a racing CPU may have learned it; either is right, and
     // only the one that inserted keeps its charge.
     match FDB.insert(key, entry, 1) {
-        Ok(()) => stats.learned += 1,
+        Ok(()) => {
+            stats.learned += 1;
+            crate::events::port(EV_LEARNED, port, &key.mac, 0);
+        }
         Err(e) => {
             credit(port);
             // -E2BIG: the table is full.
@@ -223,11 +229,12 @@ extern "C" fn sweep_one(
     ctx: *const Sweep,
 ) -> i64 {
     // SAFETY: the helper passes valid pointers to the element and `ctx`.
-    let (entry, ctx) = unsafe { (*entry, &*ctx) };
+    let (entry, ctx, k) = unsafe { (*entry, &*ctx, *key) };
     if entry.flags & FDB_F_STATIC == 0 && ctx.now.wrapping_sub(entry.updated_ns) > ctx.aging_ns {
         // SAFETY: deleting the element being visited is allowed.
         if unsafe { bpf_map_delete_elem(map, key as *const c_void) } == 0 {
             credit(entry.ifindex);
+            crate::events::port(EV_AGED, entry.ifindex, &k.mac, 0);
         }
     }
     0
@@ -252,11 +259,19 @@ pub fn lookup(dst: [u8; 6], now: u64, aging_ns: u64) -> Option<(u32, bool)> {
     // SAFETY: pointer into the map value, read once.
     let entry = unsafe { *entry };
     if entry.flags & FDB_F_STATIC == 0 && now.wrapping_sub(entry.updated_ns) > aging_ns {
-        // Only the CPU whose removal succeeds gives the entry back.
-        if FDB.remove(key).is_ok() {
-            credit(entry.ifindex);
-        }
+        aged(&key, entry.ifindex);
         return None;
     }
     Some((entry.ifindex, entry.flags & FDB_F_LOCAL != 0))
+}
+
+/// Remove the aged entry `key` of `port`. Out of line: `lookup` is
+/// inlined into every program, umlbr_tc among them.
+#[inline(never)]
+fn aged(key: &FdbKey, port: u32) {
+    // Only the CPU whose removal succeeds gives the entry back.
+    if FDB.remove(key).is_ok() {
+        credit(port);
+        crate::events::port(EV_AGED, port, &key.mac, 0);
+    }
 }

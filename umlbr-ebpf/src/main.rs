@@ -12,6 +12,7 @@
 #![allow(internal_features)]
 
 mod csum;
+mod events;
 mod fdb;
 mod hdr;
 mod mem;
@@ -170,7 +171,7 @@ fn xdp_switch(
         Verdict::Unicast(port) => redirect_xdp(port, stats),
         Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
             if !fdb::flood_allowed(ingress) {
-                return storm(stats, xdp_action::XDP_DROP);
+                return storm(stats, (ingress, &src), xdp_action::XDP_DROP);
             }
             stats.flooded += 1;
             // An isolated port floods to the ports that are not.
@@ -185,12 +186,13 @@ fn xdp_switch(
     }
 }
 
-/// A flood over the port's flood limit (storm control): dropped with
-/// `action`, counted.
+/// A flood from `src` on port `ingress` over the port's flood limit
+/// (storm control): dropped with `action`, counted.
 #[inline(always)]
-fn storm<T>(stats: &mut PortStats, action: T) -> T {
+fn storm<T>(stats: &mut PortStats, (ingress, src): (u32, &[u8; 6]), action: T) -> T {
     stats.dropped += 1;
     stats.storm += 1;
+    events::port(umlbr_common::EV_STORM, ingress, src, 0);
     action
 }
 
@@ -348,7 +350,7 @@ fn tc_switch(
         }
         Verdict::Flood => {
             if !fdb::flood_allowed(ingress) {
-                return storm(stats, TC_ACT_SHOT as i32);
+                return storm(stats, (ingress, &src), TC_ACT_SHOT as i32);
             }
             stats.flooded += 1;
             let isolated = stats.flags & PORT_F_ISOLATED != 0;

@@ -1,12 +1,13 @@
 //! The forwarding decision, shared by the XDP and TC programs.
 
 use umlbr_common::{
-    Config, NatConfig, PORT_F_IP_LOCKED, PORT_F_ISOLATED, PORT_F_LOCKED, PortStats,
+    Config, EV_IP_LOCKED, EV_ISOLATED, EV_LOCKED, EV_SPOOFED, NatConfig, PORT_F_IP_LOCKED,
+    PORT_F_ISOLATED, PORT_F_LOCKED, PortStats,
 };
 
 use core::ffi::c_void;
 
-use crate::{fdb, pkt::Pkt, portsec};
+use crate::{events, fdb, pkt::Pkt, portsec};
 
 pub enum Verdict {
     Drop,
@@ -100,6 +101,7 @@ pub fn decide<C: Pkt>(
     let aging_ns = fdb::aging_ns(cfg);
     if !locked && !fdb::learn(src, ingress, now, aging_ns, stats) {
         stats.spoofed += 1;
+        events::port(EV_SPOOFED, ingress, &src, 0);
         return Verdict::Drop;
     }
     if to_gw {
@@ -112,6 +114,7 @@ pub fn decide<C: Pkt>(
         Some((port, true)) => Verdict::Local(port),
         Some((port, false)) if port != ingress && isolated_pair(stats, port) => {
             stats.isolated += 1;
+            events::port(EV_ISOLATED, ingress, &src, port);
             Verdict::Drop
         }
         Some((port, false)) => unicast(port, ingress, stats),
@@ -132,6 +135,7 @@ fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], stats: &mut PortStats) 
     let ingress = ctx.ingress();
     if !portsec::mac_bound(src, ingress) {
         stats.locked += 1;
+        events::port(EV_LOCKED, ingress, &src, 0);
         return false;
     }
     if stats.flags & PORT_F_IP_LOCKED == 0 {
@@ -142,6 +146,7 @@ fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], stats: &mut PortStats) 
     let (data, end) = ctx.bounds();
     if !portsec::ip_allowed(data, end, ingress, &src) {
         stats.ip_locked += 1;
+        events::port(EV_IP_LOCKED, ingress, &src, 0);
         return false;
     }
     true

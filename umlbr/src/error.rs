@@ -266,6 +266,10 @@ pub enum Error {
         path: std::path::PathBuf,
         line: usize,
     },
+    #[error(
+        "bridge {bridge} has no event ring buffer (it was made by an umlbr without `monitor`): `umlbr upgrade {bridge}` adds it"
+    )]
+    NoEvents { bridge: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

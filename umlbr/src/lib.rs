@@ -16,7 +16,8 @@
 //! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
 //! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
 //! `config` (the config file: `up --config`, `apply`, `config NAME`);
-//! `watch` (following interfaces as they come and go).
+//! `watch` (following interfaces as they come and go); `monitor` (the
+//! datapath's events, for `umlbr monitor`).
 pub mod bridge;
 pub mod clsact;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod link;
 pub mod lock;
 pub mod metrics;
+pub mod monitor;
 pub mod nat;
 pub mod object;
 pub mod port;

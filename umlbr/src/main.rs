@@ -166,6 +166,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             dry_run,
         } => upgrade(&net, name.as_deref(), json, dry_run).await,
+        Cmd::Monitor { name, json } => monitor(&net, name.as_deref(), json).await,
     }
 }
 
@@ -664,4 +665,102 @@ async fn watch_ports(net: &Net, name: Option<&str>) -> Result<()> {
         })?;
     eprintln!("watch ended");
     Ok(())
+}
+
+/// `monitor`: the bridge's events, one line (or JSON object) each, until
+/// SIGINT or SIGTERM, the reader leaving (EPIPE: SIGPIPE is ignored
+/// here, so that the lease is given back), or the bridge going.
+async fn monitor(net: &Net, name: Option<&str>, json: bool) -> Result<()> {
+    use std::{io::Write, os::fd::AsFd};
+    use tokio::io::unix::AsyncFd;
+    use umlbr::monitor::{self as mon, Monitor, Names};
+
+    let br = Bridge::open_or_only(net, name).await?;
+    let bridge = br.name.clone();
+    let switch_port = br.switch_port.index;
+    let mut m = Monitor::open(&br).with_context(|| format!("monitoring bridge {bridge}"))?;
+    drop(br);
+    // Waited on through a duplicate of the ring's fd (the same ring).
+    let fd = m
+        .ring()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the event ring's fd")?;
+    // SAFETY: `fd` is an OwnedFd the AsyncFd owns, closed only when it
+    // is dropped (after deregistering).
+    let ready = unsafe { AsyncFd::register(fd) }.context("waiting on the event ring")?;
+    let stop = on_stop()?;
+    tokio::pin!(stop);
+    let renew = || format!("renewing the monitor's lease on bridge {bridge}");
+    m.renew().with_context(renew)?;
+    let mut seen = m.suppressed().with_context(renew)?;
+    eprintln!("monitoring bridge {bridge}");
+    let mut names = Names::default();
+    let mut out = std::io::stdout().lock();
+    let mut print = |v: mon::EventView| -> std::io::Result<()> {
+        if json {
+            let line = serde_json::to_string(&v).map_err(std::io::Error::other)?;
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{v}")?;
+        }
+        out.flush()
+    };
+    let every = std::time::Duration::from_nanos(umlbr_common::EV_LEASE_RENEW_NS);
+    let mut tick = tokio::time::interval(every);
+    let ended: Result<()> = 'run: loop {
+        let tick_due = tokio::select! {
+            _ = &mut stop => break 'run Ok(()),
+            _ = tick.tick() => true,
+            r = ready.readable() => {
+                match r {
+                    Ok(mut g) => g.clear_ready(),
+                    Err(e) => break 'run Err(e).context("waiting on the event ring"),
+                }
+                false
+            }
+        };
+        // Drained on each tick too: a wakeup between the drain and
+        // clear_ready is not lost for longer than a second.
+        for e in mon::drain(m.ring()) {
+            if let Err(e) = print(mon::view(&e, &mut names)) {
+                break 'run quiet_pipe(e);
+            }
+        }
+        if !tick_due {
+            continue;
+        }
+        if mon::if_name(switch_port).is_none() {
+            eprintln!("bridge {bridge} is gone");
+            break Ok(());
+        }
+        if let Err(e) = m.renew().with_context(renew) {
+            break Err(e);
+        }
+        let now = match m.suppressed().with_context(renew) {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        for (kind, (n, s)) in now.iter().zip(&seen).enumerate() {
+            if n > s
+                && let Err(e) = print(mon::suppressed_view(kind as u16, n - s))
+            {
+                break 'run quiet_pipe(e);
+            }
+        }
+        seen = now;
+    };
+    // Nobody listens any more: the datapath stops writing at once.
+    let _ = m.release();
+    ended
+}
+
+/// A write error of a stream: the reader leaving (EPIPE) ends it
+/// quietly; anything else is an error.
+fn quiet_pipe(e: std::io::Error) -> Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e).context("writing to standard output")
+    }
 }

@@ -20,7 +20,7 @@
 mod inbound;
 mod out;
 mod quota;
-mod table;
+pub(crate) mod table;
 
 use core::ffi::c_void;
 

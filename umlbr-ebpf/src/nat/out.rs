@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
     maps::lpm_trie::Key,
 };
-use umlbr_common::{NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig};
+use umlbr_common::{
+    EV_NAT_FULL, EV_NAT_NEW, EV_NAT_NO_PORT, EV_NAT_QUOTA, NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig,
+};
 
 use super::{
     IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, forwardable, leaves,
@@ -276,6 +278,9 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
             m
         }
     };
+    if found.tag() != MAP_FOUND {
+        mapping_event(pkt.ingress(), f, cfg.nat_addr, m);
+    }
     match m.tag() {
         MAP_FOUND => Ok(Mapped {
             port: m.val() as u16,
@@ -306,6 +311,21 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
             Err(Out::NotNat)
         }
     }
+}
+
+/// The event of a new flow's mapping `m` (mapping_new's result): made,
+/// or refused (quota, table full, no port). A TCP flow not starting with
+/// a SYN (MAP_REFUSED) is none: the kernel's path as before.
+#[inline(always)]
+fn mapping_event(ingress: u32, f: &Flow, nat_addr: u32, m: Packed) {
+    let kind = match m.tag() {
+        MAP_FOUND => EV_NAT_NEW,
+        MAP_NONE => EV_NAT_NO_PORT,
+        MAP_QUOTA => EV_NAT_QUOTA,
+        MAP_FULL => EV_NAT_FULL,
+        _ => return,
+    };
+    crate::events::nat(kind, ingress, f, nat_addr, m.val() as u32);
 }
 
 /// Whether the packet fits the uplink and its route's MTU; bigger ones

@@ -205,6 +205,35 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print what the datapath does as it happens: MACs learned, moved and
+    /// aged out, frames dropped by port security or storm control, NAT
+    /// mappings made, expired and refused.
+    ///
+    /// One line per event, with its time and the port's name; `--json`
+    /// prints one JSON object per line (JSON Lines). Events:
+    /// learned, moved (from the port it left), aged (a learned MAC
+    /// removed by the datapath after the aging time), spoofed (a source
+    /// MAC that is another port's static entry), locked and ip_locked
+    /// (`attach --lock --mac/--ip`), isolated (to another isolated port),
+    /// storm (over `--flood-limit`), nat_new, nat_expired, nat_quota
+    /// (over `--nat-max-per-guest`), nat_full (the NAT table full) and
+    /// nat_no_port (no free outside port).
+    ///
+    /// The datapath writes events only while a monitor runs (it renews a
+    /// three-second lease every second), at most 100 a second of each
+    /// kind after a burst of 100; the rest are counted, and reported as
+    /// "N KIND events suppressed". Runs until SIGINT or SIGTERM, its
+    /// output's reader leaving, or the bridge's removal.
+    #[command(after_help = "Examples:
+  umlbr monitor br0
+  umlbr monitor --json | jq 'select(.event == \"storm\")'")]
+    Monitor {
+        /// The bridge (may be left out when there is only one).
+        name: Option<String>,
+        /// One JSON object per line (JSON Lines).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const METRICS_HELP: &str = "\
