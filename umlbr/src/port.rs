@@ -551,7 +551,9 @@ fn role(link: &Link, uplink: bool, tc_only: bool) -> (u32, u32, Option<&'static 
     if is_vxlan(link) {
         // No ndo_xdp_xmit: outside the devmap, and no XDP program either
         // (generic XDP would only cost its skb checks before TC).
-        return (PORT_KIND_VXLAN, PORT_F_NO_XDP_TX, None);
+        let reason =
+            "a VXLAN device takes no XDP frames; TC sends to it and switches what it receives";
+        return (PORT_KIND_VXLAN, PORT_F_NO_XDP_TX, Some(reason));
     }
     if !link.is_tun() {
         return (PORT_KIND_OTHER, 0, None);

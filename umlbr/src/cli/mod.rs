@@ -332,6 +332,10 @@ pub struct UpArgs {
 
 #[derive(Args)]
 pub struct AttachArgs {
+    /// A guest's tap, a veth, or a kernel VXLAN device (`ip link add vx0
+    /// type vxlan id VNI ...`: the guests of other hosts; it gets no XDP
+    /// program, the TC program sends to it and switches what it receives,
+    /// with an uplink's learning limit and no flood limit by default).
     pub iface: String,
     /// The bridge; may be left out when exactly one exists.
     #[arg(long, value_name = "NAME")]
