@@ -79,6 +79,18 @@ impl World {
     /// underlay's less 50, the kernel's default with `dev`) for every one
     /// of `tenants`.
     fn new(kind: Kind, nhosts: usize, underlay_mtu: u32, tenants: &[Tenant]) -> Result<World> {
+        World::with_gateway(kind, nhosts, underlay_mtu, tenants, None)
+    }
+
+    /// `new`, and host 1's bridge of the first tenant with address `gw`
+    /// (the guests' gateway), if given.
+    fn with_gateway(
+        kind: Kind,
+        nhosts: usize,
+        underlay_mtu: u32,
+        tenants: &[Tenant],
+        gw: Option<&str>,
+    ) -> Result<World> {
         let sw = Netns::without_ipv6("vxsw")?;
         sw.sh(&format!(
             "ip link add ul type bridge && ip link set ul mtu {underlay_mtu} && ip link set ul up"
@@ -114,9 +126,14 @@ impl World {
                 }
                 ns.sh(&format!("ip link set {vx} up"))?;
                 let br = t.bridge();
+                let addr = gw.filter(|_| h == 1 && t.vni == tenants[0].vni);
                 match kind {
                     Kind::Umlbr => {
-                        ns.umlbr_ok(&["up", &br])?;
+                        let mut args = vec!["up", br.as_str()];
+                        if let Some(a) = addr {
+                            args.extend(["--address", a]);
+                        }
+                        ns.umlbr_ok(&args)?;
                         ns.umlbr_ok(&["attach", &vx, "--bridge", &br])?;
                     }
                     Kind::Kernel => {
@@ -124,6 +141,9 @@ impl World {
                             "ip link add {br} type bridge stp_state 0 mcast_snooping 0 && \
                              ip link set {vx} master {br} && ip link set {br} up"
                         ))?;
+                        if let Some(a) = addr {
+                            ns.sh(&format!("ip addr add {a} dev {br}"))?;
+                        }
                     }
                 }
             }
@@ -145,6 +165,11 @@ impl World {
     /// 10.50.0.`n`/24 with `n` = h for tenant a, 10 + h for b: one subnet,
     /// so only the overlay keeps them apart).
     fn start_guest(&mut self, t: Tenant, h: usize) -> Result<()> {
+        self.start_guest_via(t, h, None)
+    }
+
+    /// `start_guest`, with a default route via `gw`.
+    fn start_guest_via(&mut self, t: Tenant, h: usize, gw: Option<&str>) -> Result<()> {
         let tap = format!("t{}{h}", t.name);
         let n = if t.vni == A.vni { h } else { 10 + h };
         let ns = &self.hosts[h - 1];
@@ -167,6 +192,10 @@ impl World {
             &format!("02:00:00:00:{:02x}:{h:02x}", t.vni / 100),
             &format!("10.50.0.{n}/24"),
         );
+        let spec = match gw {
+            Some(gw) => spec.gateway(gw),
+            None => spec,
+        };
         self.guests.push(Guest::start(&ns.name, &spec)?);
         Ok(())
     }
@@ -456,4 +485,56 @@ fn jumbo_underlay_umlbr() -> Result<()> {
 #[test]
 fn jumbo_underlay_kernel() -> Result<()> {
     jumbo_underlay(Kind::Kernel)
+}
+
+/// The masquerade across the overlay: host 1 is the gateway (10.50.0.254)
+/// of a guest on host 2 (MTU 1500 over a jumbo underlay) and masquerades
+/// it onto a LAN whose MTU is 1400. The guest's small pings reach the LAN;
+/// a 1500-byte ping with DF is answered by host 1 with "fragmentation
+/// needed, MTU 1400" (the fast path leaves packets above the uplink's MTU
+/// to the kernel), which comes back to the guest across the overlay, and
+/// pings of 1400 bytes then pass.
+fn masquerade_pmtu(kind: Kind) -> Result<()> {
+    const GW: &str = "10.50.0.254";
+    let mut w = World::with_gateway(kind, 2, 1550, &[A], Some("10.50.0.254/24"))?;
+    let lan = Netns::without_ipv6("vxlan")?;
+    let h1 = w.host(1);
+    h1.sh(&format!(
+        "ip link add lan0 mtu 1400 type veth peer name eth0 netns {} mtu 1400 \
+         && ip addr add 192.0.2.1/24 dev lan0 && ip link set lan0 up",
+        lan.name
+    ))?;
+    lan.sh("ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up")?;
+    match kind {
+        Kind::Umlbr => {
+            h1.umlbr_ok(&["attach", "lan0", "--masquerade"])?;
+        }
+        Kind::Kernel => {
+            h1.sh("sysctl -qw net.ipv4.ip_forward=1 && \
+                 iptables -t nat -A POSTROUTING -s 10.50.0.0/24 -o lan0 -j MASQUERADE")?;
+        }
+    }
+    w.start_guest_via(A, 2, Some(GW))?;
+    w.ready()?;
+    let g = w.guest("a2");
+    println!("a2 -> LAN: {}", ping_ok(g, Ping::Iputils, "192.0.2.2", 3)?);
+    let (_, out) = g.run("ping -c 2 -i 0.3 -w 3 -M do -s 1472 192.0.2.2")?;
+    println!("a2 -> LAN, 1500 bytes, DF:\n{out}");
+    ensure!(
+        out.contains("mtu = 1400") || out.contains("mtu=1400"),
+        "a2 got no fragmentation-needed (MTU 1400) for a 1500-byte DF ping:\n{out}"
+    );
+    ping_df(g, "192.0.2.2", 1400 - 28)?;
+    drop(lan);
+    Ok(())
+}
+
+#[test]
+fn masquerade_pmtu_umlbr() -> Result<()> {
+    masquerade_pmtu(Kind::Umlbr)
+}
+
+#[test]
+fn masquerade_pmtu_kernel() -> Result<()> {
+    masquerade_pmtu(Kind::Kernel)
 }
