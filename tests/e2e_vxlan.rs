@@ -538,3 +538,79 @@ fn masquerade_pmtu_umlbr() -> Result<()> {
 fn masquerade_pmtu_kernel() -> Result<()> {
     masquerade_pmtu(Kind::Kernel)
 }
+
+/// EVPN's local MACs (`umlbr publish`): host 1's VXLAN device is also a
+/// port of an "anchor" kernel bridge (as FRR's zebra requires of a VNI's
+/// device), with a veth end `lm100` as the port umlbr publishes on. The
+/// anchor changes nothing of the switching (pings, one copy of each
+/// broadcast); `publish` puts a1's MAC, not a2's (behind the VXLAN port),
+/// on lm100 as a static (not permanent) entry, where zebra reads local
+/// MACs; again changes nothing; after a1's port is detached, removes it.
+#[test]
+fn evpn_publish_umlbr() -> Result<()> {
+    let mut w = World::new(Kind::Umlbr, 2, 1550, &[A])?;
+    w.host(1).sh(
+        "ip link add evpn100 type bridge && ip link set vx100 master evpn100 \
+         && ip link add lm100 type veth peer name lm100p && ip link set lm100 master evpn100 \
+         && ip link set lm100p up && ip link set lm100 up && ip link set evpn100 up",
+    )?;
+    for h in 1..=2 {
+        w.start_guest(A, h)?;
+    }
+    w.ready()?;
+    println!(
+        "a1 -> a2: {}",
+        ping_ok(w.guest("a1"), Ping::Iputils, "10.50.0.2", 3)?
+    );
+    let c = w.broadcast_counts("a2", "10.50.0.81")?;
+    check_counts("a2's broadcast", &c, |g| usize::from(g == "a1"))?;
+    let (a1, a2) = (w.guest("a1").mac.clone(), w.guest("a2").mac.clone());
+    let h1 = w.host(1);
+    let publish = || -> Result<Value> {
+        let out = h1.umlbr_ok(&["publish", "bra", "--to", "lm100", "--json"])?;
+        Ok(serde_json::from_str(&out).with_context(|| format!("publish --json: {out}"))?)
+    };
+    let on_lm100 = || -> Result<Vec<(String, String)>> {
+        let out = h1.sh("bridge -j fdb show br evpn100")?;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok(v.as_array()
+            .context("bridge -j fdb")?
+            .iter()
+            .filter(|e| e["ifname"] == "lm100" && e["master"] == "evpn100")
+            .filter(|e| e["state"] != "permanent")
+            .map(|e| {
+                (
+                    e["mac"].as_str().unwrap_or("").to_string(),
+                    e["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect())
+    };
+    let p = publish()?;
+    println!("publish: {p}");
+    ensure!(p["added"] == serde_json::json!([a1]), "added: {p}");
+    let fdb = on_lm100()?;
+    ensure!(
+        fdb == vec![(a1.clone(), "static".to_string())],
+        "evpn100's entries on lm100: {fdb:?} (a1 {a1}, a2 {a2})"
+    );
+    let p = publish()?;
+    ensure!(
+        p["added"] == serde_json::json!([])
+            && p["removed"] == serde_json::json!([])
+            && p["kept"] == 1,
+        "publish again: {p}"
+    );
+    // Publishing on one of umlbr's own ports is refused.
+    let out = h1.umlbr(&["publish", "bra", "--to", "vx100"])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("port of the bridge"),
+        "publish --to vx100: {out:?}"
+    );
+    h1.umlbr_ok(&["detach", "ta1"])?;
+    let p = publish()?;
+    ensure!(p["removed"] == serde_json::json!([a1]), "after detach: {p}");
+    ensure!(on_lm100()?.is_empty(), "left on lm100: {:?}", on_lm100()?);
+    Ok(())
+}

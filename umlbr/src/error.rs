@@ -242,6 +242,10 @@ pub enum Error {
         path: std::path::PathBuf,
         line: usize,
     },
+    #[error(
+        "cannot publish MACs on {iface}: {why} (give a port of the kernel bridge that has the VXLAN device, see README \"EVPN\")"
+    )]
+    PublishTarget { iface: String, why: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
