@@ -568,7 +568,7 @@ fn evpn_publish_umlbr() -> Result<()> {
     let h1 = w.host(1);
     let publish = || -> Result<Value> {
         let out = h1.umlbr_ok(&["publish", "bra", "--to", "lm100", "--json"])?;
-        Ok(serde_json::from_str(&out).with_context(|| format!("publish --json: {out}"))?)
+        serde_json::from_str(&out).with_context(|| format!("publish --json: {out}"))
     };
     let on_lm100 = || -> Result<Vec<(String, String)>> {
         let out = h1.sh("bridge -j fdb show br evpn100")?;

@@ -140,7 +140,7 @@ impl Bench {
                 )
             };
             if n >= 0 {
-                if sa.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if sa.sll_pkttype == libc::PACKET_OUTGOING {
                     v.push(buf[..n as usize].to_vec());
                 }
                 continue;
