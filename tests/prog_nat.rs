@@ -3938,3 +3938,43 @@ mod monitor_events {
         Ok(())
     }
 }
+
+/// A reply for a guest behind a port outside the devmap, on a bridge with
+/// a VXLAN port (`CFG_F_VXLAN`; g3 stands for the VXLAN device here: a
+/// port XDP cannot send to). XDP leaves it untranslated to TC (it cannot
+/// send it there itself, and a translated frame passed up would no longer
+/// match its mapping); TC on the uplink translates it and sends it to g3.
+/// Without the handoff XDP translated it and its failed redirect dropped it.
+#[test]
+fn live_xdp_reply_for_a_guest_behind_a_vxlan_port_goes_to_tc() -> Result<()> {
+    let mut b = Bench::new("vxlan")?;
+    let g3 = b.ifindex(guest(2));
+    b.ctx.devmap_remove(names::PORTS, g3)?;
+    let mut cfg = b.ctx.config()?;
+    cfg.flags |= umlbr_common::CFG_F_TC_FLOOD | umlbr_common::CFG_F_VXLAN;
+    b.ctx.set_config(cfg)?;
+    let f = udp(2, 42000, R1, 53);
+    b.put_mapping(&mapping(f, P, 0, 0), now_coarse())?;
+    let reply = f.reply_frame(P, 0, b"over the overlay");
+    let (ret, out) = b.run(Prog::Xdp, b.ifindex(UP), &reply)?;
+    ensure!(
+        ret == XDP_PASS && out == reply,
+        "XDP returned {ret} (expected XDP_PASS {XDP_PASS}), frame unchanged: {}",
+        out == reply
+    );
+    ensure!(b.nat_stats()?.in_xdp == 0, "{:?}", b.nat_stats()?);
+    // As umlbr sets it up: TC on the uplink finishes what XDP passes.
+    b.attach_tc(&["up0"])?;
+    b.run_xdp_live(b.ifindex(UP), &reply).context("live run")?;
+    let got = b.collect(&[0, 0, 1, 0, 0], Duration::from_secs(3));
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    let expect = dnat_expect(&reply, &f);
+    ensure!(
+        counts == vec![0, 0, 1, 0, 0] && got[2][0] == expect,
+        "frames on g1 g2 g3 hp up0: {counts:?}, g3's the translated reply: {}",
+        got[2].first() == Some(&expect)
+    );
+    let st = b.nat_stats()?;
+    ensure!(st.in_xdp == 0 && st.in_tc == 1, "{st:?}");
+    Ok(())
+}

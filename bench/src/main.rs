@@ -16,6 +16,7 @@ mod report;
 mod tap;
 mod topo;
 mod traffic;
+mod vxlan;
 
 use std::{
     path::PathBuf,
@@ -57,7 +58,7 @@ struct Args {
     #[arg(long)]
     secs: Option<f64>,
     /// Only these groups: tap-to-tap, flooding, hostile, scale, fdb, uplink,
-    /// nat, gso, guests (comma-separated; guests, real UML guests with
+    /// nat, gso, guests, vxlan (comma-separated; guests, real UML guests with
     /// iperf3, run by default only without --quick; hostile, a victim flow
     /// while another tap floods, runs for kernel and umlbr only).
     #[arg(long, value_delimiter = ',')]
@@ -97,7 +98,7 @@ struct Cfg {
     cpus: Option<usize>,
 }
 
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "tap-to-tap",
     "flooding",
     "hostile",
@@ -107,6 +108,7 @@ const GROUPS: [&str; 9] = [
     "nat",
     "gso",
     "guests",
+    "vxlan",
 ];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -193,6 +195,7 @@ fn run(args: Args) -> Result<()> {
                     "nat" => nat::run(&cfg, &p, &mut res),
                     "gso" => gso::run(&cfg, &p, &mut res),
                     "guests" => guests::run(&cfg, &p, &mut res),
+                    "vxlan" => vxlan::run(&cfg, &p, &mut res),
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
@@ -461,6 +464,7 @@ fn define_rows(cfg: &Cfg, res: &mut Results) {
     nat::define_rows(cfg, res);
     gso::define_rows(cfg, res);
     guests::define_rows(cfg, res);
+    vxlan::define_rows(cfg, res);
     res.define_all("control-plane", CONTROL_PLANE, &[("m", &m)]);
 }
 

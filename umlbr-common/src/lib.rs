@@ -123,12 +123,21 @@ pub const LAYOUT_VERSION: u16 = 1;
 /// (a veth uplink whose peer may lack NAPI), or the uplink's host stack
 /// must see broadcasts too.
 pub const CFG_F_TC_FLOOD: u32 = 1;
+/// Some port is a VXLAN device (`PORT_KIND_VXLAN`): set with
+/// `CFG_F_TC_FLOOD` (XDP cannot send to it, so floods that must reach it
+/// go through TC), and it tells XDP's masquerade to leave replies for a
+/// guest behind a port outside the devmap untranslated, to TC.
+pub const CFG_F_VXLAN: u32 = 2;
 
 /// Port kind, stored in every CPU's stats slot by userspace.
 pub const PORT_KIND_OTHER: u32 = 0;
 pub const PORT_KIND_TAP: u32 = 1;
 pub const PORT_KIND_HOST: u32 = 2;
 pub const PORT_KIND_UPLINK: u32 = 3;
+/// A kernel VXLAN device (guests on other hosts): XDP cannot redirect into
+/// it (no ndo_xdp_xmit), so it is outside the devmap (`PORT_F_NO_XDP_TX`)
+/// and has no XDP program; TC sends to it and switches what it receives.
+pub const PORT_KIND_VXLAN: u32 = 4;
 
 /// The port was promiscuous before umlbr made it a port.
 pub const PORT_F_WAS_PROMISC: u32 = 1;

@@ -93,6 +93,12 @@ fn port_stats(ifindex: u32) -> Option<&'static mut PortStats> {
     STATS.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
 }
 
+/// Whether port `ifindex` takes XDP frames (it is in the devmap).
+#[inline(always)]
+fn in_devmap(ifindex: u32) -> bool {
+    PORTS.get(ifindex).is_some()
+}
+
 /// Whether port `ifindex` is isolated. Only frames from an isolated port
 /// ask (one more lookup for them, none for the others).
 #[inline(always)]

@@ -35,7 +35,7 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use umlbr_common::{
     DEFAULT_NAT_MAX_PER_GUEST, FDB_F_LOCAL, FDB_F_STATIC, NatConfig, PORT_F_ISOLATED,
-    PORT_F_LOCKED, PORT_KIND_TAP, PORT_KIND_UPLINK,
+    PORT_F_LOCKED, PORT_KIND_TAP, PORT_KIND_UPLINK, PORT_KIND_VXLAN,
 };
 
 use crate::{
@@ -471,25 +471,27 @@ struct Effective {
 }
 
 /// Whether `attach` gives `link` no XDP program although not asked to:
-/// a veth uplink, a tap with vnet headers.
+/// a veth uplink, a tap with vnet headers, a VXLAN device.
 fn tc_implied(link: &Link, uplink: bool) -> bool {
     if uplink {
         link.kind.as_deref() == Some("veth")
     } else {
-        link.has_vnet_hdr()
+        port::is_vxlan(link) || link.has_vnet_hdr()
     }
 }
 
-fn kind_of(uplink: bool) -> u32 {
+fn kind_of(uplink: bool, link: &Link) -> u32 {
     if uplink {
         PORT_KIND_UPLINK
+    } else if port::is_vxlan(link) {
+        PORT_KIND_VXLAN
     } else {
         PORT_KIND_TAP
     }
 }
 
 fn desired(p: &Port, link: &Link) -> Effective {
-    let kind = kind_of(p.uplink);
+    let kind = kind_of(p.uplink, link);
     Effective {
         uplink: p.uplink,
         xdp: !p.tc_only && !tc_implied(link, p.uplink),

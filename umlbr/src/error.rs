@@ -270,6 +270,10 @@ pub enum Error {
         "bridge {bridge} has no event ring buffer (it was made by an umlbr without `monitor`): `umlbr upgrade {bridge}` adds it"
     )]
     NoEvents { bridge: String },
+    #[error(
+        "cannot publish MACs on {iface}: {why} (give a port of the kernel bridge that has the VXLAN device, see README \"EVPN\")"
+    )]
+    PublishTarget { iface: String, why: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

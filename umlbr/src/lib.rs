@@ -17,11 +17,13 @@
 //! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
 //! `config` (the config file: `up --config`, `apply`, `config NAME`);
 //! `watch` (following interfaces as they come and go); `monitor` (the
-//! datapath's events, for `umlbr monitor`).
+//! datapath's events, for `umlbr monitor`); `evpn` (the local MACs
+//! published in a kernel bridge's FDB for FRR's zebra).
 pub mod bridge;
 pub mod clsact;
 pub mod config;
 pub mod error;
+pub mod evpn;
 pub mod expect;
 pub mod fdb;
 pub mod lifecycle;

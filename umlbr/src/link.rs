@@ -411,6 +411,96 @@ impl Net {
         self.set(msg, format!("replacing the XDP program of {name}"))
             .await
     }
+
+    /// The static (not permanent, not learned) entries of the kernel
+    /// bridge FDB on port `ifindex` (`bridge fdb show dev IFACE` lines
+    /// that say `master BR static`): their MACs.
+    pub async fn kernel_fdb_static(&self, ifindex: u32) -> Result<Vec<[u8; 6]>> {
+        use netlink_packet_route::{
+            AddressFamily,
+            neighbour::{NeighbourAttribute, NeighbourState},
+        };
+        let mut stream = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(n) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing the kernel bridge FDB", e))?
+        {
+            let master = n
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::Controller(_)));
+            if n.header.ifindex != ifindex || n.header.state != NeighbourState::Noarp || !master {
+                continue;
+            }
+            for a in &n.attributes {
+                if let NeighbourAttribute::LinkLayerAddress(m) = a
+                    && let Ok(mac) = <[u8; 6]>::try_from(m.as_slice())
+                {
+                    out.push(mac);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `bridge fdb replace MAC dev IFACE master static`: a static entry
+    /// (NUD_NOARP: never ages, and not "permanent", which FRR's zebra
+    /// ignores) in the FDB of the kernel bridge `ifindex` is a port of.
+    pub async fn kernel_fdb_put(&self, ifindex: u32, name: &str, mac: [u8; 6]) -> Result<()> {
+        use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        self.handle
+            .neighbours()
+            .add_bridge(ifindex, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Noarp)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    format!(
+                        "adding {} to the kernel bridge FDB on {name}",
+                        fmt_mac(&mac)
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Remove MAC's entry on port `ifindex` from its kernel bridge's FDB.
+    pub async fn kernel_fdb_del(&self, ifindex: u32, name: &str, mac: [u8; 6]) -> Result<()> {
+        use netlink_packet_route::{
+            AddressFamily,
+            neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage},
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = ifindex;
+        msg.header.flags = NeighbourFlags::Controller;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.handle
+            .neighbours()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    format!(
+                        "removing {} from the kernel bridge FDB on {name}",
+                        fmt_mac(&mac)
+                    ),
+                    e,
+                )
+            })
+    }
 }
 
 /// Format a MAC as aa:bb:cc:dd:ee:ff.

@@ -167,6 +167,12 @@ async fn run(cli: Cli) -> Result<()> {
             dry_run,
         } => upgrade(&net, name.as_deref(), json, dry_run).await,
         Cmd::Monitor { name, json } => monitor(&net, name.as_deref(), json).await,
+        Cmd::Publish {
+            name,
+            to,
+            every,
+            json,
+        } => publish(&net, &name, &to, every, json).await,
     }
 }
 
@@ -762,5 +768,52 @@ fn quiet_pipe(e: std::io::Error) -> Result<()> {
         Ok(())
     } else {
         Err(e).context("writing to standard output")
+    }
+}
+
+/// `publish`: the bridge's local MACs as static entries of a kernel
+/// bridge's port, once or every `every` seconds until SIGINT or SIGTERM.
+async fn publish(net: &Net, name: &str, to: &str, every: Option<u64>, json: bool) -> Result<()> {
+    let once = || async {
+        let br = Bridge::open(net, name).await?;
+        umlbr::evpn::publish(net, &br, to)
+            .await
+            .with_context(|| format!("publishing bridge {name}'s MACs on {to}"))
+    };
+    let report = |p: &umlbr::evpn::Published| -> Result<()> {
+        if json {
+            return print::json(p);
+        }
+        println!(
+            "{}: {} added, {} removed, {} kept on {}",
+            p.bridge,
+            p.added.len(),
+            p.removed.len(),
+            p.kept,
+            p.port
+        );
+        for m in &p.added {
+            println!("  + {m}");
+        }
+        for m in &p.removed {
+            println!("  - {m}");
+        }
+        Ok(())
+    };
+    report(&once().await?)?;
+    let Some(secs) = every else {
+        return Ok(());
+    };
+    let stop = on_stop()?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(secs)) => {}
+        }
+        let p = once().await?;
+        if !p.added.is_empty() || !p.removed.is_empty() {
+            report(&p)?;
+        }
     }
 }

@@ -8,10 +8,11 @@ use std::{
 
 use aya::{maps::PerCpuValues, programs::ProgramInfo};
 use umlbr_common::{
-    CFG_F_TC_FLOOD, DEFAULT_FLOOD_LIMIT, DEFAULT_MAX_LEARNED, DEFAULT_MAX_LEARNED_UPLINK,
-    FDB_F_STATIC, FdbKey, MAX_PORTS, PORT_F_IP_LOCKED, PORT_F_ISOLATED, PORT_F_LOCKED,
-    PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_IP_V4, PORT_IP_V6, PORT_KIND_HOST, PORT_KIND_OTHER,
-    PORT_KIND_TAP, PORT_KIND_UPLINK, PortIpKey, PortLearn, PortStats, names,
+    CFG_F_TC_FLOOD, CFG_F_VXLAN, DEFAULT_FLOOD_LIMIT, DEFAULT_MAX_LEARNED,
+    DEFAULT_MAX_LEARNED_UPLINK, FDB_F_STATIC, FdbKey, MAX_PORTS, PORT_F_IP_LOCKED, PORT_F_ISOLATED,
+    PORT_F_LOCKED, PORT_F_NO_XDP_TX, PORT_F_WAS_PROMISC, PORT_IP_V4, PORT_IP_V6, PORT_KIND_HOST,
+    PORT_KIND_OTHER, PORT_KIND_TAP, PORT_KIND_UPLINK, PORT_KIND_VXLAN, PortIpKey, PortLearn,
+    PortStats, names,
 };
 
 use crate::{
@@ -212,7 +213,8 @@ fn unbind_ips(maps: &mut Maps, ifindex: u32) {
 /// is trusted; an uplink's broadcasts are its LAN's, a limit there would
 /// cut the guests off from its ARP and DHCP in a storm on the LAN).
 pub fn default_flood_limit(kind: u32) -> u32 {
-    if kind == PORT_KIND_UPLINK || kind == PORT_KIND_HOST {
+    // A VXLAN port's floods are other hosts' guests', each limited there.
+    if kind == PORT_KIND_UPLINK || kind == PORT_KIND_HOST || kind == PORT_KIND_VXLAN {
         0
     } else {
         DEFAULT_FLOOD_LIMIT
@@ -245,9 +247,10 @@ fn flood_budget(pps: u32) -> (u32, u32) {
 }
 
 /// The learning limit a port of `kind` gets unless told otherwise: an
-/// uplink has a LAN behind it, every other port one guest (or the host).
+/// uplink has a LAN behind it, a VXLAN port the guests of other hosts,
+/// every other port one guest (or the host).
 pub fn default_max_learned(kind: u32) -> u32 {
-    if kind == PORT_KIND_UPLINK {
+    if kind == PORT_KIND_UPLINK || kind == PORT_KIND_VXLAN {
         DEFAULT_MAX_LEARNED_UPLINK
     } else {
         DEFAULT_MAX_LEARNED
@@ -296,6 +299,11 @@ pub fn register(
         .set(c.nr_ports, link.index, 0)
         .map_err(map_err(names::PORT_LIST))?;
     c.nr_ports += 1;
+    if kind == PORT_KIND_VXLAN {
+        // XDP cannot send to it: floods go through TC, which clones them
+        // to it too.
+        c.flags |= CFG_F_TC_FLOOD | CFG_F_VXLAN;
+    }
     maps.set_config(c)?;
     if flags & PORT_F_NO_XDP_TX == 0 {
         maps.add_to_devmap(link.index, &link.name)?;
@@ -345,7 +353,16 @@ fn unlist(maps: &mut Maps, ifindex: u32) -> Result<()> {
     if c.uplink == ifindex {
         c.uplink = 0;
         c.uplink_mac = [0; 6];
-        c.flags &= !CFG_F_TC_FLOOD;
+    }
+    // Floods stay in TC while an uplink or a VXLAN port is left.
+    let vxlan_left = list
+        .iter()
+        .any(|&p| kind_and_flags(maps, p).is_some_and(|(k, _)| k == PORT_KIND_VXLAN));
+    if !vxlan_left {
+        c.flags &= !CFG_F_VXLAN;
+        if c.uplink == 0 {
+            c.flags &= !CFG_F_TC_FLOOD;
+        }
     }
     maps.set_config(c)?;
     // Its bound MACs (static entries) go with its learned ones.
@@ -510,6 +527,11 @@ pub struct Attached {
     pub no_xdp_reason: Option<&'static str>,
 }
 
+/// Whether `link` is a kernel VXLAN device (rtnetlink's link kind).
+pub fn is_vxlan(link: &Link) -> bool {
+    link.kind.as_deref() == Some("vxlan")
+}
+
 /// What `attach` makes of `link`: its kind, its flags, and why it gets no
 /// XDP program if it could take one.
 fn role(link: &Link, uplink: bool, tc_only: bool) -> (u32, u32, Option<&'static str>) {
@@ -525,6 +547,13 @@ fn role(link: &Link, uplink: bool, tc_only: bool) -> (u32, u32, Option<&'static 
             flags |= PORT_F_WAS_PROMISC;
         }
         return (PORT_KIND_UPLINK, flags, None);
+    }
+    if is_vxlan(link) {
+        // No ndo_xdp_xmit: outside the devmap, and no XDP program either
+        // (generic XDP would only cost its skb checks before TC).
+        let reason =
+            "a VXLAN device takes no XDP frames; TC sends to it and switches what it receives";
+        return (PORT_KIND_VXLAN, PORT_F_NO_XDP_TX, Some(reason));
     }
     if !link.is_tun() {
         return (PORT_KIND_OTHER, 0, None);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use umlbr_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey, NatStats, PORT_F_ISOLATED, PORT_F_LOCKED,
-    PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
+    PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PORT_KIND_VXLAN, PortStats,
 };
 
 use crate::{
@@ -92,6 +92,7 @@ fn kind_name(k: u32) -> &'static str {
         PORT_KIND_TAP => "tap",
         PORT_KIND_HOST => "host",
         PORT_KIND_UPLINK => "uplink",
+        PORT_KIND_VXLAN => "vxlan",
         _ => "other",
     }
 }

@@ -1,7 +1,7 @@
 //! Uplink → guest: parse a reply (or an ICMP error quoting a translated
 //! packet), decide whose mapping it is, rewrite it for the guest.
 
-use umlbr_common::{NAT_S_REPLIED, NatConfig, NatIn, NatKey};
+use umlbr_common::{CFG_F_VXLAN, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl, set_ip_addr, set_port,
@@ -192,12 +192,7 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         count(|s| s.in_miss += 1);
         return None;
     }
-    if P::XDP
-        && !matches!(
-            crate::fdb::lookup(e.mac, now, crate::fdb::aging_ns(crate::config())),
-            Some((_, false))
-        )
-    {
+    if P::XDP && !xdp_reaches(e.mac, now) {
         return None;
     }
     if !r.icmp_err && !trusted(r, e) {
@@ -217,6 +212,20 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         port: e.port,
         mac: e.mac,
     })
+}
+
+/// Whether XDP can send a reply to the guest `mac`: its MAC is in the FDB
+/// and, on a bridge with a VXLAN port, its port takes XDP frames (a guest
+/// on another host is behind the VXLAN device, which XDP cannot send to:
+/// TC translates the reply and redirects it there). Bridges without one
+/// pay only the flag test of the config already loaded.
+#[inline(always)]
+fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
+    let cfg = crate::config();
+    match crate::fdb::lookup(mac, now, crate::fdb::aging_ns(cfg)) {
+        Some((port, false)) => cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port),
+        _ => false,
+    }
 }
 
 /// Whether the packet may change its mapping's state: anything but a TCP

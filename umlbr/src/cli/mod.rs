@@ -234,6 +234,33 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish the MACs of a bridge's local guests for BGP-EVPN (FRR).
+    ///
+    /// FRR's zebra advertises type-2 routes for the MACs it reads in a
+    /// kernel bridge's FDB, not umlbr's. This makes the static FDB entries
+    /// of port IFACE of a kernel bridge (the "anchor": the bridge that has
+    /// the VNI's VXLAN device as a port too, see README "EVPN") the MACs
+    /// NAME learned on its own ports (not those behind a VXLAN port, which
+    /// are other hosts'): missing ones added (`master static`, never
+    /// permanent, which zebra ignores), others removed. IFACE is umlbr's
+    /// to manage: give it a veth end used for nothing else.
+    ///
+    /// Once, or every SECS seconds with --every until SIGTERM or SIGINT.
+    /// Forwarding never depends on it: only what zebra advertises does.
+    Publish {
+        /// The umlbr bridge whose local MACs are published.
+        name: String,
+        /// The kernel bridge's port that carries them.
+        #[arg(long, value_name = "IFACE")]
+        to: String,
+        /// Publish again every SECS seconds (a MAC learned or aged out is
+        /// advertised or withdrawn within that time).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        every: Option<u64>,
+        /// Print what changed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const METRICS_HELP: &str = "\
@@ -372,6 +399,10 @@ pub struct UpArgs {
 
 #[derive(Args)]
 pub struct AttachArgs {
+    /// A guest's tap, a veth, or a kernel VXLAN device (`ip link add vx0
+    /// type vxlan id VNI ...`: the guests of other hosts; it gets no XDP
+    /// program, the TC program sends to it and switches what it receives,
+    /// with an uplink's learning limit and no flood limit by default).
     pub iface: String,
     /// The bridge; may be left out when exactly one exists.
     #[arg(long, value_name = "NAME")]
