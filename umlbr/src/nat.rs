@@ -262,7 +262,7 @@ async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "0");
 }
 
-fn nft(script: &str) -> std::io::Result<()> {
+pub(crate) fn nft(script: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -449,6 +449,13 @@ fn flush(br: &mut Bridge) {
     let keys: Vec<u32> = br.maps.nat_quota.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         let _ = br.maps.nat_quota.remove(&k);
+    }
+    // Port forwards go with the masquerade whose address they forward.
+    if let Some(fwd) = br.maps.nat_fwd.as_mut() {
+        let keys: Vec<_> = fwd.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = fwd.remove(&k);
+        }
     }
 }
 

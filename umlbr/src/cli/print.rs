@@ -217,3 +217,17 @@ pub fn rates(r: &Rates, redraw: bool) {
     }
     print!("{out}");
 }
+
+/// `forward show`.
+pub fn forwards(rows: &[umlbr::forward::ForwardRow]) {
+    println!(
+        "{:<8} {:<5} {:<21} {:<21} {:>8} {:>6}",
+        "BRIDGE", "PROTO", "OUTSIDE", "INSIDE", "HITS", "FLOWS"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<5} {:<21} {:<21} {:>8} {:>6}",
+            r.bridge, r.protocol, r.outside, r.inside, r.hits, r.flows
+        );
+    }
+}
