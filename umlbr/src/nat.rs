@@ -224,11 +224,19 @@ fn slow_path_on(
     } else {
         (String::new(), String::new())
     };
+    // The LAN reaches guests only through port forwards (dnat'ed) and as
+    // the answers to their own flows: a connection routed through the host
+    // straight to a guest's address is dropped, as libvirt's NAT network
+    // rejects it.
+    let inbound_rule = format!(
+        "  iifname \"{uplink}\" oifname \"{bridge}\" ct status dnat accept\n  \
+         iifname \"{uplink}\" oifname \"{bridge}\" ct state new counter drop\n"
+    );
     // Declared, deleted and made again in one transaction: whole, also
     // over the table of an attach that was killed half-way.
     let rules = format!(
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule}{inbound_rule} }}\n}}\n"
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))
 }
