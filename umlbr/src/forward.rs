@@ -12,7 +12,7 @@
 //! so that the target's replies come back through the host.
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use umlbr_common::{
     FWD_K_PORT, FWD_K_TARGET, FwdKey, FwdVal, IPPROTO_TCP, IPPROTO_UDP, NAT_F_FWD, NatKey, names,
 };
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The protocols a forward may carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,

@@ -130,8 +130,8 @@ pub enum Cmd {
     Stats(StatsArgs),
     /// Bring a running bridge to the state a config file describes (see
     /// `up --config`): attach and detach ports, create and delete taps,
-    /// change port options, add and remove static FDB entries; what did
-    /// not change is not touched.
+    /// change port options, add and remove static FDB entries and port
+    /// forwards; what did not change is not touched.
     ///
     /// A port the file drops is detached; its tap is deleted only if a
     /// config file created it. `max_learned` and `flood_limit` change in
