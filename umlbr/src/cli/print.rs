@@ -153,6 +153,12 @@ fn nat_counters(n: &NatView) {
         c.out_of_window,
         c.foreign
     );
+    for f in &n.forwards {
+        println!(
+            "    forward {} {} -> {}: {} flows mapped, {} live",
+            f.protocol, f.outside, f.inside, f.hits, f.flows
+        );
+    }
 }
 
 /// `fdb show`.
