@@ -201,7 +201,9 @@ fn forwarding_off() -> bool {
 /// untranslated). With a quota (`max_per_guest` > 0), a guest address
 /// with that many connections in conntrack gets no new one (nft `ct
 /// count`): the kernel sees the bridge's host interface, not the guest's
-/// port, so here the quota is per source address. Only once
+/// port, so here the quota is per source address.
+/// New connections from the uplink to the bridge are dropped unless a
+/// port forward's dnat made them (`forward.rs` adds those rules). Only once
 /// `NAT_F_SLOW_PATH` (and `NAT_F_FWD_WAS_OFF`) are recorded in the
 /// bridge's NAT config.
 fn slow_path_on(
