@@ -159,8 +159,8 @@ impl Bench {
         self.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
         let now = now_coarse();
         self.ctx.fdb_insert(GW_MAC, host, FDB_F_STATIC, now)?;
-        for g in 0..3 {
-            self.ctx.fdb_insert(gmac(g), ports[g], 0, now)?;
+        for (g, &port) in ports.iter().enumerate().take(3) {
+            self.ctx.fdb_insert(gmac(g), port, 0, now)?;
         }
         let mut cfg = self.nat_cfg();
         tweak(&mut cfg);
@@ -399,7 +399,8 @@ fn new_flows(b: &mut Bench, prog: Prog) -> Result<()> {
 /// `slow_path` (the kernel's dnat takes them), a TCP segment that is no
 /// first SYN, a target the host has no neighbour entry for.
 fn kernel_path(b: &mut Bench, prog: Prog) -> Result<()> {
-    let cases: [(&str, Vec<u8>, bool, &dyn Fn(&mut NatConfig)); 6] = [
+    type Tweak<'a> = &'a dyn Fn(&mut NatConfig);
+    let cases: [(&str, Vec<u8>, bool, Tweak); 6] = [
         (
             "port not forwarded",
             lan_pkt(ipproto::TCP, 8081, tcp_flags::SYN),
