@@ -482,6 +482,54 @@ fn quota(b: &mut Bench, prog: Prog) -> Result<()> {
     let (ret, _) = b.run(prog, b.up(), &syn)?;
     ensure!(ret == redirect(prog), "{what}: under quota {ret}");
     ensure!(b.quota(g1)? == 1, "{what}: not charged");
+    // At the quota with an expired mapping (a guest's UDP flow idle for
+    // 100 s): the datapath sweeps it out, credits it, and maps the new
+    // flow.
+    b.reset(&|c| c.max_per_guest = 1)?;
+    let old = now_coarse().saturating_sub(100 * SEC);
+    let ik = key(ipproto::UDP, NAT_IP, 61234, R1, 53);
+    let ok = key(ipproto::UDP, gip(0), 5000, R1, 53);
+    b.ctx.insert(
+        names::NAT_IN,
+        ik,
+        NatIn {
+            addr: be32(gip(0)),
+            port: 5000u16.to_be(),
+            mac: gmac(0),
+            last_seen_ns: old,
+            created_ns: old,
+            ..Default::default()
+        },
+    )?;
+    b.ctx.insert(
+        names::NAT_OUT,
+        ok,
+        NatOut {
+            addr: be32(NAT_IP),
+            port: 61234u16.to_be(),
+            owner: g1,
+            ..Default::default()
+        },
+    )?;
+    b.ctx.insert(
+        names::NAT_QUOTA,
+        g1,
+        NatQuota {
+            count: 1,
+            ..Default::default()
+        },
+    )?;
+    let (ret, _) = b.run(prog, b.up(), &syn)?;
+    ensure!(ret == redirect(prog), "{what}: after the sweep {ret}");
+    let ins = b.nat_in()?;
+    ensure!(
+        ins.len() == 1 && ins[0].0 == key(ipproto::TCP, NAT_IP, 8080, LAN_HOST, CPORT),
+        "{what}: after the sweep {ins:?}"
+    );
+    ensure!(b.nat_out()?.len() == 1, "{what}: expired NAT_OUT left");
+    ensure!(b.quota(g1)? == 1, "{what}: quota after the sweep");
+    let st = b.stats()?;
+    ensure!(st.expired == 1 && st.quota == 0, "{what}: {st:?}");
     Ok(())
 }
 

@@ -86,8 +86,8 @@ pub fn open(ctx: *mut c_void, cfg: &NatConfig, key: &NatKey, tcp_flags: u8, g: *
         count(|s| s.slow_path += 1);
         return FWD_NONE;
     }
+    // Over the quota: counted by the caller, which may sweep and retry.
     if !charge(owner, cfg.max_per_guest) {
-        count(|s| s.quota += 1);
         return FWD_DROP;
     }
     let b = mac.to_le_bytes();

@@ -8,6 +8,7 @@ use umlbr_common::{NAT_F_FWD, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl,
     forward::{FWD_DROP, FWD_OPEN, open},
+    quota::{sweep, sweep_due},
     set_ip_addr, set_port,
     table::{in_window, live, tcp_state_in, touch},
     whole,
@@ -231,10 +232,23 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
 #[inline(always)]
 fn forwarded<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
     let mut g = MaybeUninit::<Guest>::uninit();
-    match open(pkt.as_ptr(), cfg, &r.key, r.tcp_flags, g.as_mut_ptr()) {
+    let mut opened = open(pkt.as_ptr(), cfg, &r.key, r.tcp_flags, g.as_mut_ptr());
+    // At the guest port's quota: sweep out the expired mappings (at most
+    // once in NAT_SWEEP_INTERVAL_NS) and try once more, as out.rs does.
+    if opened == FWD_DROP {
+        let now = crate::fdb::now();
+        if sweep_due(now) {
+            sweep(now);
+            opened = open(pkt.as_ptr(), cfg, &r.key, r.tcp_flags, g.as_mut_ptr());
+        }
+    }
+    match opened {
         // SAFETY: written by `open` when it returns FWD_OPEN.
         FWD_OPEN => Ok(unsafe { g.assume_init() }),
-        FWD_DROP => Err(In::Drop),
+        FWD_DROP => {
+            count(|s| s.quota += 1);
+            Err(In::Drop)
+        }
         _ => {
             count(|s| s.in_miss += 1);
             Err(In::Host)
