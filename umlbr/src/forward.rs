@@ -236,7 +236,18 @@ pub async fn add(net: &Net, bridge: Option<&str>, f: Forward) -> Result<String> 
     // BPF_NOEXIST: checked above under the lock, so only a full map fails.
     m.insert(port_key(f.proto, f.port), val, 1)
         .map_err(map_err(names::NAT_FWD))?;
-    sync(&mut br)?;
+    if let Err(e) = sync(&mut br) {
+        // Taken back: a forward is in the map only with its dnat rule.
+        let m = map_of(&mut br)?;
+        let _ = m.remove(&port_key(f.proto, f.port));
+        let shared = list(&br)
+            .iter()
+            .any(|(o, _)| o.proto == f.proto && o.to_addr == f.to_addr && o.to_port == f.to_port);
+        if !shared {
+            let _ = map_of(&mut br)?.remove(&target_key(f.proto, f.to_addr, f.to_port));
+        }
+        return Err(e);
+    }
     Ok(name)
 }
 
