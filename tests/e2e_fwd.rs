@@ -10,6 +10,8 @@
 //! * guest g1 (192.168.2.11) reaches it through 10.99.0.1 too (hairpin,
 //!   the host's dnat and masquerade: the server sees the bridge's address
 //!   192.168.2.1);
+//! * a forwarded flow whose first packet the kernel takes (the host does
+//!   not know the guest's MAC yet) works too;
 //! * the LAN reaches nothing on a port not forwarded.
 //!
 //! Two uplinks: a tap (`fwd_tap_uplink`: XDP translates; the LAN host is
@@ -35,7 +37,8 @@ const GW: &str = "192.168.2.1";
 const FWD_PY: &str = r#"#!/usr/bin/python3
 # serve PORT LOG: answer TCP and UDP on PORT with "ok <peer address>",
 # logging "<proto> <peer address>" lines to LOG.
-# tcp|udp HOST PORT: send "hi", print the answer.
+# tcp|udp HOST PORT: send "hi", print the answer (UDP: only one from
+# HOST:PORT).
 import socket, sys, threading
 def log(path, line):
     with open(path, "a") as f:
@@ -76,10 +79,14 @@ else:
         for _ in range(3):
             u.sendto(b"hi", (host, port))
             try:
-                print(u.recvfrom(100)[0].decode())
-                break
+                d, a = u.recvfrom(100)
             except socket.timeout:
-                pass
+                continue
+            # The answer must come from the address and port asked.
+            if a != (host, port):
+                sys.exit("answer from %s:%d" % a)
+            print(d.decode())
+            break
         else:
             sys.exit("no answer")
 "#;
@@ -255,6 +262,27 @@ fn fwd(uplink: Uplink) -> Result<()> {
             "veth uplink: TC translated nothing: {c}"
         ),
     }
+    // The host forgets the server's MAC: the next new flow's first packet
+    // takes the kernel's path (the nftables dnat), and the server's
+    // replies must reach that conntrack entry untranslated by BPF (the
+    // forward's target is not masqueraded on its own): the LAN host still
+    // gets its answer from the forward.
+    host.sh("ip neigh flush dev br0")?;
+    let slow0 = c["slow_path"].as_u64().unwrap_or(0);
+    answer(
+        &format!("{label} (kernel's path)"),
+        "udp",
+        8053,
+        lan.client(&py, "udp", 8053)?,
+        LAN_IP,
+    )?;
+    let st: Value = serde_json::from_str(&host.umlbr_ok(&["stats", "br0", "--json"])?)?;
+    let slow1 = st["nat"]["counters"]["slow_path"].as_u64().unwrap_or(0);
+    ensure!(
+        slow1 > slow0,
+        "{uplink:?}: the flow after the neighbour flush must have taken the kernel's path: {}",
+        st["nat"]["counters"]
+    );
     // A port not forwarded reaches nothing.
     let (rc, out) = lan.client(&py, "tcp", 8081)?;
     ensure!(
