@@ -8,6 +8,7 @@
 //! rows and deleted right after, also on error. The contenders take turns
 //! (interleaved repetitions, the order rotating every repetition), so slow
 //! drifts of the machine's load hit them all alike.
+mod fwd;
 mod gso;
 mod guests;
 mod hostile;

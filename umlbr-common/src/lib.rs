@@ -44,6 +44,7 @@ pub mod names {
     pub const EVENTS: &str = "UMLBR_EVENTS";
     pub const EV_CTL: &str = "UMLBR_EV_CTL";
     pub const EV_RATE: &str = "UMLBR_EV_RATE";
+    pub const NAT_FWD: &str = "UMLBR_NAT_FWD";
 }
 
 /// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
@@ -505,6 +506,42 @@ pub const NAT_F_XDP_TX: u16 = 1;
 pub const NAT_F_ROUTE_MTU: u16 = 2;
 /// Entries of UMLBR_NAT_MTU (routes with an MTU out of the uplink).
 pub const NAT_MTU_ROUTES: u32 = 1024;
+/// UMLBR_NAT_FWD has entries (`umlbr forward add`): a packet to the
+/// uplink's address that misses the inbound table looks there. Without
+/// it the miss costs nothing more than before.
+pub const NAT_F_FWD: u16 = 0x20;
+/// Most port forwards of a bridge.
+pub const NAT_FWD_SIZE: u32 = 1024;
+
+/// A key of UMLBR_NAT_FWD. A forward (`kind` FWD_K_PORT): the protocol
+/// (TCP or UDP) and the uplink's port (network byte order), `addr` 0. Its
+/// target (`kind` FWD_K_TARGET): the protocol, the guest's address and
+/// port; a new flow the guest starts from there is left to the kernel,
+/// whose conntrack may hold the forward's flows that BPF did not map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdKey {
+    pub proto: u8,
+    pub kind: u8,
+    pub port: u16,
+    pub addr: u32,
+}
+
+pub const FWD_K_PORT: u8 = 0;
+pub const FWD_K_TARGET: u8 = 1;
+
+/// Where a port forward leads: a guest's address and port (network byte
+/// order), and how many flows it has opened (the datapath adds to
+/// `hits` atomically; userspace writes the value only at `forward add`).
+/// A target's value: `port` is the forward's outside port, `addr` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdVal {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub hits: u64,
+}
 
 /// Conntrack-like default timeouts (seconds).
 pub const NAT_TCP_ESTABLISHED_SECS: u64 = 432_000;
@@ -705,6 +742,8 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::EvCtl {}
     unsafe impl aya::Pod for super::EvBucket {}
+    unsafe impl aya::Pod for super::FwdKey {}
+    unsafe impl aya::Pod for super::FwdVal {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -824,5 +863,11 @@ mod tests {
         assert_eq!(offset_of!(Event, nat_port), 44);
         assert_eq!(EV_GAP_NS * EV_RATE_PER_SEC, 1_000_000_000);
         assert!(EV_RING_BYTES.is_power_of_two());
+    }
+
+    #[test]
+    fn forward_layouts() {
+        assert_eq!(size_of::<FwdKey>(), 8);
+        assert_eq!(size_of::<FwdVal>(), 16);
     }
 }

@@ -275,3 +275,21 @@ fn aged(key: &FdbKey, port: u32) {
         crate::events::port(EV_AGED, port, &key.mac, 0);
     }
 }
+
+/// The port that learned `mac` (not a port's own host MAC), if its entry
+/// is not aged out; 0 otherwise. `lookup` without the Option: a port read
+/// out of `Some((port, false))` compiled to a read of an uninitialised
+/// register on the None path, which the verifier refuses.
+#[inline(always)]
+pub fn learned_port(mac: [u8; 6], now: u64, aging_ns: u64) -> u32 {
+    let Some(e) = FDB.get_ptr(FdbKey::new(mac)) else {
+        return 0;
+    };
+    // SAFETY: pointer into the map value, read once.
+    let e = unsafe { *e };
+    let aged = e.flags & FDB_F_STATIC == 0 && now.wrapping_sub(e.updated_ns) > aging_ns;
+    if aged || e.flags & FDB_F_LOCAL != 0 {
+        return 0;
+    }
+    e.ifindex
+}

@@ -256,6 +256,7 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     }
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
+        nat::In::Drop => xdp_action::XDP_DROP,
         nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), fdb::aging_ns(config())) {
             Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
@@ -439,6 +440,7 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
     pull_headers(ctx);
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => TC_ACT_OK as i32,
+        nat::In::Drop => TC_ACT_SHOT as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
             match fdb::lookup(mac, fdb::now(), fdb::aging_ns(cfg)) {

@@ -24,10 +24,13 @@
 //!   create it). Untouched ports keep their FDB entries and counters.
 //! - `[[fdb]]`: static entries added and removed (the host's own MAC, an
 //!   uplink's and a locked port's `macs` are not `[[fdb]]` entries).
+//! - `[[forward]]`: port forwards added and removed (one whose target
+//!   changes is removed and added again: its flows end); they need
+//!   `[masquerade]`, and go with it when it is removed.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddrV4},
     ops::RangeInclusive,
     path::Path,
 };
@@ -42,6 +45,7 @@ use crate::{
     bridge::Bridge,
     error::Error,
     fdb,
+    forward::{self, Forward, Proto},
     lifecycle::{self, UpOptions},
     link::{Link, Net, check_ifname, fmt_mac, parse_cidr, parse_mac},
     nat::{self, NatOptions, NatTimeout, parse_port_range, parse_timeout},
@@ -114,6 +118,30 @@ pub struct Config {
     pub ports: Vec<Port>,
     #[serde(default, rename = "fdb", skip_serializing_if = "Vec::is_empty")]
     pub fdb: Vec<StaticEntry>,
+    /// Port forwards (`forward add`).
+    #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<ForwardEntry>,
+}
+
+/// `forward add NAME PROTO PORT TO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardEntry {
+    pub proto: Proto,
+    pub port: u16,
+    /// GUEST_ADDR:GUEST_PORT.
+    pub to: SocketAddrV4,
+}
+
+impl ForwardEntry {
+    fn forward(&self) -> Forward {
+        Forward {
+            proto: self.proto,
+            port: self.port,
+            to_addr: *self.to.ip(),
+            to_port: self.to.port(),
+        }
+    }
 }
 
 /// `up --masquerade IFACE` and its options.
@@ -438,6 +466,22 @@ impl Config {
                 return bad(format!("fdb[{i}].mac"), "not a unicast MAC");
             }
         }
+        let mut forwarded = BTreeSet::new();
+        for (i, f) in self.forwards.iter().enumerate() {
+            let k = |f: &str| format!("forward[{i}].{f}");
+            if self.masquerade.is_none() {
+                return bad(k("port"), "a forward needs [masquerade]");
+            }
+            if f.port == 0 || f.to.port() == 0 {
+                return bad(k("port"), "ports are 1-65535");
+            }
+            if !forwarded.insert((f.proto, f.port)) {
+                return bad(
+                    k("port"),
+                    &format!("{} {} is forwarded twice", f.proto, f.port),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -692,7 +736,20 @@ pub async fn current(net: &Net, br: &Bridge) -> Result<Config> {
         masquerade: current_masquerade(net, br).await?,
         ports,
         fdb,
+        forwards: current_forwards(br),
     })
+}
+
+/// The bridge's forwards as the file says them.
+fn current_forwards(br: &Bridge) -> Vec<ForwardEntry> {
+    forward::list(br)
+        .into_iter()
+        .map(|(f, _)| ForwardEntry {
+            proto: f.proto,
+            port: f.port,
+            to: SocketAddrV4::new(f.to_addr, f.to_port),
+        })
+        .collect()
 }
 
 /// `current` as TOML.
@@ -734,6 +791,8 @@ pub enum Step {
     },
     FdbDel([u8; 6]),
     FdbAdd([u8; 6], String),
+    ForwardDel(Proto, u16),
+    ForwardAdd(Forward),
 }
 
 impl fmt::Display for Step {
@@ -764,6 +823,8 @@ impl fmt::Display for Step {
             Step::Attach { port, .. } => write!(f, "attach {}", port.name),
             Step::FdbDel(m) => write!(f, "remove static FDB entry {}", fmt_mac(m)),
             Step::FdbAdd(m, p) => write!(f, "add static FDB entry {} -> {p}", fmt_mac(m)),
+            Step::ForwardDel(proto, port) => write!(f, "remove forward {proto} {port}"),
+            Step::ForwardAdd(fw) => write!(f, "add forward {fw}"),
         }
     }
 }
@@ -798,9 +859,13 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
     }
     // Masquerade: added or removed, never changed in place.
     let mut masquerade_add = None;
+    let mut unmasquerade = false;
     match (current_masquerade(net, &br).await?, &cfg.masquerade) {
         (None, None) => {}
-        (Some(now), None) => steps.push(Step::Unmasquerade(now.uplink)),
+        (Some(now), None) => {
+            unmasquerade = true;
+            steps.push(Step::Unmasquerade(now.uplink))
+        }
         (None, Some(m)) => masquerade_add = Some(Step::Masquerade(m.clone())),
         (Some(now), Some(m)) => {
             let (ports, timeouts, max) = resolved(m)?;
@@ -901,6 +966,20 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
             steps.push(Step::FdbAdd(*mac, p.clone()));
         }
     }
+    // Forwards, last: after the masquerade they need. Those of a
+    // masquerade removed go with it.
+    let have: BTreeSet<ForwardEntry> = if unmasquerade {
+        BTreeSet::new()
+    } else {
+        current_forwards(&br).into_iter().collect()
+    };
+    let want: BTreeSet<ForwardEntry> = cfg.forwards.iter().copied().collect();
+    for f in have.difference(&want) {
+        steps.push(Step::ForwardDel(f.proto, f.port));
+    }
+    for f in want.difference(&have) {
+        steps.push(Step::ForwardAdd(f.forward()));
+    }
     Ok(steps)
 }
 
@@ -970,6 +1049,12 @@ pub async fn execute(
             }
             Step::FdbAdd(mac, p) => {
                 fdb::add(net, *mac, p, true).await?;
+            }
+            Step::ForwardDel(proto, port) => {
+                forward::del(net, Some(name), *proto, *port).await?;
+            }
+            Step::ForwardAdd(f) => {
+                forward::add(net, Some(name), *f).await?;
             }
         }
     }
@@ -1047,6 +1132,10 @@ vnet_hdr = true
 [[fdb]]
 mac = "02:00:00:00:00:01"
 port = "tap0"
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "192.168.2.10:80"
 "#,
         )
         .unwrap();
@@ -1059,6 +1148,8 @@ port = "tap0"
             vec![(NatTimeout::TcpClosing, 1), (NatTimeout::Udp, 5)]
         );
         assert_eq!(c.ports[0].macs[0].0, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(c.forwards[0].to.to_string(), "192.168.2.10:80");
+        assert_eq!(c.forwards[0].proto, Proto::Tcp);
         // It prints as it parses.
         assert_eq!(parse("g", &to_toml(&c)).unwrap(), c);
     }
@@ -1086,5 +1177,19 @@ port = "tap0"
             "name = \"br0\"\naddresses = [\"10.0.0.1/24\"]\nuplink = \"eth0\"\n[masquerade]\nuplink = \"eth1\"\n",
         );
         assert!(e.contains("uplink: conflicts"), "{e}");
+        let e = err(
+            "name = \"br0\"\n[[forward]]\nproto = \"tcp\"\nport = 80\nto = \"192.168.2.10:80\"\n",
+        );
+        assert!(
+            e.contains("forward[0].port") && e.contains("[masquerade]"),
+            "{e}"
+        );
+        let e = err(
+            "name = \"br0\"\n[[forward]]\nproto = \"sctp\"\nport = 80\nto = \"192.168.2.10:80\"\n",
+        );
+        assert!(e.contains("forward.proto"), "{e}");
+        let e =
+            err("name = \"br0\"\n[[forward]]\nproto = \"tcp\"\nport = 80\nto = \"192.168.2.10\"\n");
+        assert!(e.contains("forward.to"), "{e}");
     }
 }

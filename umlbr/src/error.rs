@@ -274,6 +274,53 @@ pub enum Error {
         "cannot publish MACs on {iface}: {why} (give a port of the kernel bridge that has the VXLAN device, see README \"EVPN\")"
     )]
     PublishTarget { iface: String, why: &'static str },
+    #[error("invalid port forward {0}")]
+    BadForward(String),
+    #[error(
+        "bridge {bridge} does not masquerade: a port forward needs `--masquerade UPLINK` \
+         (its address is the one forwarded)"
+    )]
+    ForwardNeedsMasquerade { bridge: String },
+    #[error(
+        "bridge {bridge}: {addr} is not a guest address of the bridge's subnet {subnet} \
+         (nor its network, broadcast or the bridge's own address)"
+    )]
+    ForwardOutsideSubnet {
+        bridge: String,
+        addr: std::net::Ipv4Addr,
+        subnet: String,
+    },
+    #[error(
+        "bridge {bridge}: port {port} is in the masquerade's port range {lo}-{hi} \
+         (`--nat-ports`), whose ports the guests' own flows take; forward another port"
+    )]
+    ForwardInNatPorts {
+        bridge: String,
+        port: u16,
+        lo: u16,
+        hi: u16,
+    },
+    #[error(
+        "bridge {bridge}: {proto} port {port} is already forwarded (to {to}); \
+         `umlbr forward del {bridge} {proto} {port}` first"
+    )]
+    ForwardExists {
+        bridge: String,
+        proto: String,
+        port: u16,
+        to: String,
+    },
+    #[error("bridge {bridge} has no forward of {proto} port {port} (see `umlbr forward show`)")]
+    NoSuchForward {
+        bridge: String,
+        proto: String,
+        port: u16,
+    },
+    #[error(
+        "bridge {bridge}'s programs predate port forwards (no map UMLBR_NAT_FWD); \
+         run `umlbr upgrade {bridge}` first"
+    )]
+    NoForwardMap { bridge: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -11,7 +11,8 @@
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
 //! `fdb`; `port` (with `expect`, the ports `attach` recorded for
-//! `watch`); `nat` (masquerade); `stats`; `metrics` (the stats views in
+//! `watch`); `nat` (masquerade); `forward` (port forwards, through the
+//! masquerade's table and nftables table); `stats`; `metrics` (the stats views in
 //! Prometheus' text format); `rates` (per-second rates between two stats
 //! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
 //! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
@@ -26,6 +27,7 @@ pub mod error;
 pub mod evpn;
 pub mod expect;
 pub mod fdb;
+pub mod forward;
 pub mod lifecycle;
 pub mod link;
 pub mod lock;

@@ -8,7 +8,7 @@ use std::{path::Path, process::ExitCode};
 use anyhow::{Context, Result};
 use umlbr::{
     bridge::Bridge,
-    config, fdb,
+    config, fdb, forward,
     lifecycle::{self, UpOptions},
     link::{Net, fmt_mac},
     metrics, nat, port, rates, stats, sys,
@@ -18,8 +18,8 @@ use umlbr::{
 mod cli;
 
 use cli::{
-    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs, TapCmd,
-    UpArgs, docs, print,
+    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, ForwardCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs,
+    TapCmd, UpArgs, docs, print,
 };
 
 fn main() -> ExitCode {
@@ -173,7 +173,47 @@ async fn run(cli: Cli) -> Result<()> {
             every,
             json,
         } => publish(&net, &name, &to, every, json).await,
+        Cmd::Forward(c) => forward_cmd(&net, c).await,
     }
+}
+
+async fn forward_cmd(net: &Net, c: ForwardCmd) -> Result<()> {
+    match c {
+        ForwardCmd::Add {
+            name,
+            proto,
+            port,
+            target: (to_addr, to_port),
+        } => {
+            let f = forward::Forward {
+                proto,
+                port,
+                to_addr,
+                to_port,
+            };
+            forward::add(net, Some(&name), f)
+                .await
+                .with_context(|| format!("adding forward {f} to bridge {name}"))?;
+            eprintln!("{name}: forwarding {f}");
+        }
+        ForwardCmd::Del { name, proto, port } => {
+            forward::del(net, Some(&name), proto, port)
+                .await
+                .with_context(|| format!("removing forward {proto} {port} from bridge {name}"))?;
+            eprintln!("{name}: {proto} {port} no longer forwarded");
+        }
+        ForwardCmd::Show(a) => {
+            let mut rows = Vec::new();
+            for br in &Bridge::named_or_all(net, a.name.as_deref()).await? {
+                rows.extend(forward::show(br)?);
+            }
+            if a.json {
+                return print::json(&rows);
+            }
+            print::forwards(&rows);
+        }
+    }
+    Ok(())
 }
 
 async fn up(net: &Net, a: UpArgs) -> Result<()> {

@@ -201,7 +201,9 @@ fn forwarding_off() -> bool {
 /// untranslated). With a quota (`max_per_guest` > 0), a guest address
 /// with that many connections in conntrack gets no new one (nft `ct
 /// count`): the kernel sees the bridge's host interface, not the guest's
-/// port, so here the quota is per source address. Only once
+/// port, so here the quota is per source address.
+/// New connections from the uplink to the bridge are dropped unless a
+/// port forward's dnat made them (`forward.rs` adds those rules). Only once
 /// `NAT_F_SLOW_PATH` (and `NAT_F_FWD_WAS_OFF`) are recorded in the
 /// bridge's NAT config.
 fn slow_path_on(
@@ -224,11 +226,19 @@ fn slow_path_on(
     } else {
         (String::new(), String::new())
     };
+    // The LAN reaches guests only through port forwards (dnat'ed) and as
+    // the answers to their own flows: a connection routed through the host
+    // straight to a guest's address is dropped, as libvirt's NAT network
+    // rejects it.
+    let inbound_rule = format!(
+        "  iifname \"{uplink}\" oifname \"{bridge}\" ct status dnat accept\n  \
+         iifname \"{uplink}\" oifname \"{bridge}\" ct state new counter drop\n"
+    );
     // Declared, deleted and made again in one transaction: whole, also
     // over the table of an attach that was killed half-way.
     let rules = format!(
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule}{inbound_rule} }}\n}}\n"
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))
 }
@@ -262,7 +272,7 @@ async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "0");
 }
 
-fn nft(script: &str) -> std::io::Result<()> {
+pub(crate) fn nft(script: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -449,6 +459,13 @@ fn flush(br: &mut Bridge) {
     let keys: Vec<u32> = br.maps.nat_quota.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         let _ = br.maps.nat_quota.remove(&k);
+    }
+    // Port forwards go with the masquerade whose address they forward.
+    if let Some(fwd) = br.maps.nat_fwd.as_mut() {
+        let keys: Vec<_> = fwd.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = fwd.remove(&k);
+        }
     }
 }
 

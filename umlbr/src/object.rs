@@ -19,8 +19,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey,
-    PortLearn, PortStats, names,
+    Config, FdbEntry, FdbKey, FwdKey, FwdVal, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats,
+    PortIpKey, PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -466,6 +466,9 @@ pub struct Maps {
     pub flood_isolated: DevMapHash<MapData>,
     /// Addresses bound to locked ports (`attach --ip`).
     pub port_ip: HashMap<MapData, PortIpKey, u32>,
+    /// Port forwards and their targets (`forward add`); None on a bridge
+    /// whose programs predate them (`umlbr upgrade` adds it).
+    pub nat_fwd: Option<HashMap<MapData, FwdKey, FwdVal>>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -494,6 +497,13 @@ impl Maps {
     /// program's id first).
     pub fn open(prog_ids: &[u32]) -> Result<Self> {
         let mut found = maps_of(prog_ids)?;
+        let nat_fwd = match found.remove(names::NAT_FWD) {
+            Some(data) => {
+                let map = Map::from_map_data(data).map_err(map_err(names::NAT_FWD))?;
+                Some(typed(map, names::NAT_FWD)?)
+            }
+            None => None,
+        };
         let mut take = |map: &'static str| -> Result<Map> {
             let data = found.remove(map).ok_or_else(|| Error::NoMap {
                 owner: format!("program {}", prog_ids[0]),
@@ -517,6 +527,7 @@ impl Maps {
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
             port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
+            nat_fwd,
         })
     }
 

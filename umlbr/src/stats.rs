@@ -12,6 +12,7 @@ use umlbr_common::{
 use crate::{
     bridge::Bridge,
     error::Result,
+    forward,
     link::{Link, Net, XdpMode, fmt_mac},
     nat,
     object::{Tc, sum},
@@ -71,6 +72,8 @@ pub struct NatView {
     /// Most live mappings one port's guests may hold (0: no limit).
     pub max_per_guest: u32,
     pub counters: NatStats,
+    /// Port forwards (`forward add`), with their hits and live flows.
+    pub forwards: Vec<forward::ForwardRow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -184,6 +187,7 @@ async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
         ports_in_use: ports_in_use(&keys),
         max_per_guest: ncfg.max_per_guest,
         counters: nat::counters(br)?,
+        forwards: forward::show(br)?,
     }))
 }
 

@@ -1,10 +1,15 @@
 //! Uplink → guest: parse a reply (or an ICMP error quoting a translated
 //! packet), decide whose mapping it is, rewrite it for the guest.
 
-use umlbr_common::{CFG_F_VXLAN, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
+use core::mem::MaybeUninit;
+
+use umlbr_common::{CFG_F_VXLAN, NAT_F_FWD, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 
 use super::{
-    IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl, set_ip_addr, set_port,
+    IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl,
+    forward::{FWD_DROP, FWD_OPEN, open},
+    quota::{sweep, sweep_due},
+    set_ip_addr, set_port,
     table::{in_window, live, tcp_state_in, touch},
     whole,
 };
@@ -37,10 +42,10 @@ struct Reply {
 }
 
 /// The guest end of the mapping.
-struct Guest {
-    addr: u32,
-    port: u16,
-    mac: [u8; 6],
+pub struct Guest {
+    pub addr: u32,
+    pub port: u16,
+    pub mac: [u8; 6],
 }
 
 /// Translate a reply (or an ICMP error about a mapping) arriving on the
@@ -50,8 +55,9 @@ pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig) -> In {
     let Some(r) = parse(pkt, cfg) else {
         return In::Host;
     };
-    let Some(g) = decide::<P>(cfg, &r) else {
-        return In::Host;
+    let g = match decide(pkt, cfg, &r) {
+        Ok(g) => g,
+        Err(verdict) => return verdict,
     };
     if !rewrite(pkt, cfg, &r, &g) {
         return In::Host;
@@ -180,20 +186,21 @@ fn parse_icmp(
 /// MAC aged out of the FDB is left, untouched, to TC, which translates
 /// and floods it.
 #[inline(always)]
-fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
+fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
     let now = crate::fdb::now();
-    let Some(e) = NAT_IN.get_ptr_mut(r.key) else {
-        count(|s| s.in_miss += 1);
-        return None;
+    let e = match NAT_IN.get_ptr_mut(r.key) {
+        // SAFETY: pointer into the map value.
+        Some(e) if live(cfg, r.key.proto, unsafe { &*e }, now) => e,
+        _ if cfg.flags & NAT_F_FWD != 0 && !r.icmp_err => return forwarded(pkt, cfg, r),
+        _ => {
+            count(|s| s.in_miss += 1);
+            return Err(In::Host);
+        }
     };
     // SAFETY: pointer into the map value.
     let e = unsafe { &mut *e };
-    if !live(cfg, r.key.proto, e, now) {
-        count(|s| s.in_miss += 1);
-        return None;
-    }
     if P::XDP && !xdp_reaches(e.mac, now) {
-        return None;
+        return Err(In::Host);
     }
     if !r.icmp_err && !trusted(r, e) {
         // As conntrack marks it INVALID: passed on (the guest's TCP judges
@@ -207,7 +214,7 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         };
         touch(e, now, st);
     }
-    Some(Guest {
+    Ok(Guest {
         addr: e.addr,
         port: e.port,
         mac: e.mac,
@@ -225,6 +232,36 @@ fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
     match crate::fdb::lookup(mac, now, crate::fdb::aging_ns(cfg)) {
         Some((port, false)) => cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port),
         _ => false,
+    }
+}
+
+/// A packet with no live mapping on a bridge with port forwards: a new
+/// flow to a forwarded port gets its mapping (`forward::open`); anything
+/// else is the host's, as without forwards.
+#[inline(always)]
+fn forwarded<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
+    let mut g = MaybeUninit::<Guest>::uninit();
+    let mut opened = open(pkt.as_ptr(), cfg, &r.key, r.tcp_flags, g.as_mut_ptr());
+    // At the guest port's quota: sweep out the expired mappings (at most
+    // once in NAT_SWEEP_INTERVAL_NS) and try once more, as out.rs does.
+    if opened == FWD_DROP {
+        let now = crate::fdb::now();
+        if sweep_due(now) {
+            sweep(now);
+            opened = open(pkt.as_ptr(), cfg, &r.key, r.tcp_flags, g.as_mut_ptr());
+        }
+    }
+    match opened {
+        // SAFETY: written by `open` when it returns FWD_OPEN.
+        FWD_OPEN => Ok(unsafe { g.assume_init() }),
+        FWD_DROP => {
+            count(|s| s.quota += 1);
+            Err(In::Drop)
+        }
+        _ => {
+            count(|s| s.in_miss += 1);
+            Err(In::Host)
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! order) and checksums are updated incrementally (RFC 1624), which is
 //! byte-order agnostic as long as old and new values are read alike.
 
+mod forward;
 mod inbound;
 mod out;
 mod quota;
@@ -159,6 +160,9 @@ pub enum In {
     Host,
     /// Translated for the guest with this MAC (MACs set).
     Guest([u8; 6]),
+    /// A new flow to a port forward over its guest port's NAT quota:
+    /// dropped (counted as `quota`).
+    Drop,
 }
 
 impl In {
@@ -166,6 +170,7 @@ impl In {
     fn pack(self) -> Packed {
         match self {
             In::Host => Packed::pack(0, 0),
+            In::Drop => Packed::pack(2, 0),
             In::Guest(m) => Packed::pack(
                 1,
                 u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]),
@@ -174,8 +179,10 @@ impl In {
     }
     #[inline(always)]
     fn unpack(p: Packed) -> In {
-        if p.tag() == 0 {
-            return In::Host;
+        match p.tag() {
+            0 => return In::Host,
+            2 => return In::Drop,
+            _ => {}
         }
         let b = p.val().to_le_bytes();
         In::Guest([b[0], b[1], b[2], b[3], b[4], b[5]])

@@ -9,11 +9,14 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use umlbr_common::{
-    EV_NAT_FULL, EV_NAT_NEW, EV_NAT_NO_PORT, EV_NAT_QUOTA, NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NatConfig,
+    EV_NAT_FULL, EV_NAT_NEW, EV_NAT_NO_PORT, EV_NAT_QUOTA, NAT_F_FWD, NAT_F_ROUTE_MTU,
+    NAT_F_XDP_TX, NatConfig,
 };
 
 use super::{
-    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl, forwardable, leaves,
+    IP_OFF, L4_OFF, NAT_MTU, Out, Packed, count, dec_ttl,
+    forward::is_target,
+    forwardable, leaves,
     quota::{sweep, sweep_due},
     set_ip_addr, set_port, stats,
     table::{
@@ -250,6 +253,15 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, f: &Flow, hop: *mut Hop) -> Result<M
             port: found.val() as u16,
             neigh: false,
         });
+    }
+    // A new flow from a port forward's target: the kernel's (see
+    // forward::is_target). Only bridges with forwards ask.
+    if found.tag() != MAP_FOUND
+        && cfg.flags & NAT_F_FWD != 0
+        && is_target(f.proto, f.saddr, f.sport)
+    {
+        count(|s| s.slow_path += 1);
+        return Err(Out::NotNat);
     }
     let neigh = next_hop(pkt, cfg, f, hop)?;
     if P::XDP && neigh {

@@ -6,6 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use umlbr::{
     config::AGING_SECS,
+    forward::{self, Proto},
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
 };
@@ -129,8 +130,8 @@ pub enum Cmd {
     Stats(StatsArgs),
     /// Bring a running bridge to the state a config file describes (see
     /// `up --config`): attach and detach ports, create and delete taps,
-    /// change port options, add and remove static FDB entries; what did
-    /// not change is not touched.
+    /// change port options, add and remove static FDB entries and port
+    /// forwards; what did not change is not touched.
     ///
     /// A port the file drops is detached; its tap is deleted only if a
     /// config file created it. `max_learned` and `flood_limit` change in
@@ -261,7 +262,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Port forwards: connections from the LAN to the masquerade uplink's
+    /// address on a port reach a guest (as Incus network forwards and
+    /// libvirt port forwards).
+    #[command(subcommand, long_about = FORWARD_HELP)]
+    Forward(ForwardCmd),
 }
+
+const FORWARD_HELP: &str = "\
+Port forwards: connections from the LAN to the masquerade uplink's
+address on PORT reach GUEST_ADDR:GUEST_PORT, and the guest's replies go
+back translated; the guest sees the LAN client's own address. Other
+guests reach the forward through the uplink's address too (hairpin: the
+host translates those, and the target sees the bridge's address).
+
+  umlbr up br0 --address 192.168.2.1/24 --masquerade eth0
+  umlbr forward add br0 tcp 8080 192.168.2.10:80
+  umlbr forward show br0
+  umlbr forward del br0 tcp 8080
+
+The bridge must masquerade, the guest address must be in its subnet, and
+PORT must lie outside the masquerade's port range (--nat-ports: those
+ports are the guests' own flows'). A port is forwarded to one target;
+`del` also ends the flows the forward mapped. `umlbr detach UPLINK`
+(or `down`) removes the forwards with the masquerade.";
 
 const METRICS_HELP: &str = "\
 Counters, table sizes and limits of one bridge (NAME) or all, in the
@@ -540,6 +564,47 @@ pub enum FdbCmd {
 }
 
 #[derive(Subcommand)]
+pub enum ForwardCmd {
+    /// Forward PROTO PORT of the uplink's address to GUEST_ADDR:GUEST_PORT.
+    Add {
+        /// The bridge.
+        name: String,
+        /// tcp or udp.
+        #[arg(value_parser = parse_proto)]
+        proto: Proto,
+        /// The uplink's port (outside the masquerade's --nat-ports).
+        #[arg(value_parser = parse_fwd_port)]
+        port: u16,
+        /// The guest's address (in the bridge's subnet) and port.
+        #[arg(value_name = "GUEST_ADDR:GUEST_PORT", value_parser = parse_fwd_target)]
+        target: (std::net::Ipv4Addr, u16),
+    },
+    /// Remove the forward of PROTO PORT, and end the flows it mapped.
+    Del {
+        name: String,
+        #[arg(value_parser = parse_proto)]
+        proto: Proto,
+        #[arg(value_parser = parse_fwd_port)]
+        port: u16,
+    },
+    /// List forwards: protocol, outside, inside, flows mapped since added
+    /// (hits) and live now.
+    Show(ShowArgs),
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    s.parse().map_err(|e: umlbr::Error| e.to_string())
+}
+
+fn parse_fwd_port(s: &str) -> Result<u16, String> {
+    forward::parse_port(s).map_err(|e| e.to_string())
+}
+
+fn parse_fwd_target(s: &str) -> Result<(std::net::Ipv4Addr, u16), String> {
+    forward::parse_target(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
 pub enum NatCmd {
     /// Live mappings: protocol, inside, outside, remote, state, age.
     Show(ShowArgs),
@@ -569,6 +634,7 @@ impl Cmd {
                 | Cmd::Fdb(FdbCmd::Show(_))
                 | Cmd::Nat(NatCmd::Show(_))
                 | Cmd::Config { .. }
+                | Cmd::Forward(ForwardCmd::Show(_))
         ) || matches!(self, Cmd::Metrics(m) if m.listen.is_none())
         // Not `metrics --listen`: a server must not die of a scraper that
         // hung up.

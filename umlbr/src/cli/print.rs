@@ -159,6 +159,12 @@ fn nat_counters(n: &NatView) {
         c.out_of_window,
         c.foreign
     );
+    for f in &n.forwards {
+        println!(
+            "    forward {} {} -> {}: {} flows mapped, {} live",
+            f.protocol, f.outside, f.inside, f.hits, f.flows
+        );
+    }
 }
 
 /// `fdb show`.
@@ -249,4 +255,18 @@ pub fn upgrade_plan(p: &Preview) {
     println!("  maps migrated: {}", list(&p.maps_migrated));
     println!("  maps new:      {}", list(&p.maps_new));
     println!("  programs replaced on: {}", list(&p.interfaces));
+}
+
+/// `forward show`.
+pub fn forwards(rows: &[umlbr::forward::ForwardRow]) {
+    println!(
+        "{:<8} {:<5} {:<21} {:<21} {:>8} {:>6}",
+        "BRIDGE", "PROTO", "OUTSIDE", "INSIDE", "HITS", "FLOWS"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<5} {:<21} {:<21} {:>8} {:>6}",
+            r.bridge, r.protocol, r.outside, r.inside, r.hits, r.flows
+        );
+    }
 }
