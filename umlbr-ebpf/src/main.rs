@@ -19,6 +19,7 @@ mod nat;
 mod pkt;
 mod portsec;
 mod switch;
+mod vlan;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
@@ -28,13 +29,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED, PORT_KIND_TAP,
-    PortStats,
+    CFG_F_TC_FLOOD, CFG_F_VLAN, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED,
+    PORT_KIND_TAP, PortStats,
 };
 
 use crate::{
     hdr::{ETH_HLEN, ICMP_HLEN, IP_HLEN, UDP_HLEN},
     switch::{Verdict, is_multicast},
+    vlan::Out,
 };
 
 /// The ports that take XDP frames, keyed by ifindex: unicast and broadcast
@@ -153,13 +155,25 @@ fn xdp_switch(
         return xdp_action::XDP_DROP;
     };
     let cfg = config();
-    let gw = switch::for_gateway(cfg, ncfg, &dst);
+    // A bridge with VLANs: the frame's VLAN, or dropped. Without, the
+    // default VLAN, the host's.
+    let class = if cfg.flags & CFG_F_VLAN != 0 {
+        vlan::classify_xdp(data, end, ingress, cfg.host_port)
+    } else {
+        vlan::HOST_VLAN
+    };
+    if class == vlan::DROP {
+        return vlan_drop(stats, xdp_action::XDP_DROP);
+    }
+    // The gateway only in the host port's VLAN, untagged.
+    let gw = switch::for_gateway(cfg, ncfg, &dst).filter(|_| class & vlan::HOST_VLAN != 0);
     // What the masquerade translates it checks for CHECKSUM_PARTIAL itself
     // (nat::out); everything else here.
     if gw.is_none() && csum::looks_partial(data, end) {
         return xdp_action::XDP_PASS;
     }
-    match switch::decide(ctx, cfg, gw.is_some(), (dst, src), ingress, stats) {
+    let to = (gw.is_some(), vlan::vid(class));
+    match switch::decide(ctx, cfg, to, (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
@@ -167,8 +181,16 @@ fn xdp_switch(
         Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
             xdp_nat_out(ctx, gw, &src, port, stats)
         }
+        Verdict::Unicast(port) if cfg.flags & CFG_F_VLAN != 0 => {
+            match xdp_vlan_out(ctx, port, class) {
+                VLAN_OUT_OK => redirect_xdp(port, stats),
+                VLAN_OUT_NO => vlan_drop(stats, xdp_action::XDP_DROP),
+                _ => xdp_action::XDP_PASS,
+            }
+        }
         Verdict::Unicast(port) => redirect_xdp(port, stats),
-        Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
+        // With VLANs, TC floods: each port's copy tagged as it needs.
+        Verdict::Flood if cfg.flags & (CFG_F_TC_FLOOD | CFG_F_VLAN) == 0 => {
             if !fdb::flood_allowed(ingress) {
                 return storm(stats, xdp_action::XDP_DROP);
             }
@@ -183,6 +205,41 @@ fn xdp_switch(
         }
         Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
     }
+}
+
+/// A frame of a VLAN the port (or the unicast's target) does not carry,
+/// or a malformed tag: dropped with `action`, counted. Out of line: rare.
+#[inline(never)]
+fn vlan_drop<T>(stats: &mut PortStats, action: T) -> T {
+    stats.dropped += 1;
+    stats.vlan += 1;
+    action
+}
+
+/// `xdp_vlan_out`: redirect, not a member, or let TC do it.
+const VLAN_OUT_OK: u32 = 0;
+const VLAN_OUT_NO: u32 = 1;
+const VLAN_OUT_TC: u32 = 2;
+
+/// Make an XDP frame of `class` what `port` sends (tagged or not) before
+/// its redirect. TC does what XDP cannot (a frame too long to take a tag,
+/// a port outside the devmap), from the frame as it came.
+#[inline(never)]
+fn xdp_vlan_out(ctx: &XdpContext, port: u32, class: u32) -> u32 {
+    let out = vlan::egress(port, vlan::vid(class));
+    let came = class & vlan::IN_MASK;
+    let same = match out {
+        Out::No => return VLAN_OUT_NO,
+        Out::Untagged => came == vlan::IN_UNTAGGED,
+        Out::Tagged => came == vlan::IN_TAGGED,
+    };
+    if same {
+        return VLAN_OUT_OK;
+    }
+    if PORTS.get(port).is_none() || !vlan::xdp_retag(ctx, class, out) {
+        return VLAN_OUT_TC;
+    }
+    VLAN_OUT_OK
 }
 
 /// A flood over the port's flood limit (storm control): dropped with
@@ -248,13 +305,41 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     }
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
-        nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), fdb::aging_ns(config())) {
-            Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
+        nat::In::Guest(mac) => match host_lookup(mac) {
+            // With VLANs, the guest's port may carry the host's VLAN
+            // tagged; the reply is already translated, so TC cannot
+            // take it over: what XDP cannot tag is dropped.
+            Some((port, vid)) if vid != NO_VLANS => match xdp_vlan_out(ctx, port, vid as u32) {
+                VLAN_OUT_OK => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
+                _ => xdp_action::XDP_DROP,
+            },
+            Some((port, _)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
             _ => PORTS
                 .redirect(0, FLOOD_FLAGS)
                 .unwrap_or(xdp_action::XDP_DROP),
         },
+    }
+}
+
+/// `host_lookup`'s VLAN for a bridge without VLANs.
+const NO_VLANS: u16 = u16::MAX;
+
+/// The port behind a guest's `mac` in the host port's VLAN (NAT replies
+/// come from the host's side), with that VLAN (NO_VLANS in a bridge
+/// without VLANs), if known and not the port's own host MAC.
+#[inline(always)]
+fn host_lookup(mac: [u8; 6]) -> Option<(u32, u16)> {
+    let cfg = config();
+    let vid = if cfg.flags & CFG_F_VLAN != 0 {
+        vlan::pvid(cfg.host_port)
+    } else {
+        NO_VLANS
+    };
+    let key = if vid == NO_VLANS { 0 } else { vid };
+    match fdb::lookup(mac, key, fdb::now(), fdb::aging_ns(cfg)) {
+        Some((port, false)) => Some((port, vid)),
+        _ => None,
     }
 }
 
@@ -326,15 +411,35 @@ fn tc_switch(
         return TC_ACT_SHOT as i32;
     };
     let cfg = config();
+    // As in XDP: the VLAN, from the skb's tag (the kernel took it out of
+    // the packet before TC).
+    let class = if cfg.flags & CFG_F_VLAN != 0 {
+        vlan::classify_tc(ctx, ingress, cfg.host_port)
+    } else {
+        vlan::HOST_VLAN
+    };
+    if class == vlan::DROP {
+        return vlan_drop(stats, TC_ACT_SHOT as i32);
+    }
+    let vid = vlan::vid(class);
     // As in XDP: the gateway's MAC needs no lookup.
-    let gw = switch::for_gateway(cfg, ncfg, &dst);
-    match Verdict::unpack(decide_tc(ctx, gw.is_some(), &(dst, src), ingress, stats)) {
+    let gw = switch::for_gateway(cfg, ncfg, &dst).filter(|_| class & vlan::HOST_VLAN != 0);
+    let to = gw.is_some() as u32 | (vid as u32) << 16;
+    match Verdict::unpack(decide_tc(ctx, to, &(dst, src), ingress, stats)) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
         }
         Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
             tc_nat_out(ctx, gw, &src, port, stats)
+        }
+        // With VLANs, the guard tags or untags the skb for `port`, or
+        // finds it does not carry the VLAN (then dropped here); the arms
+        // below send it.
+        Verdict::Unicast(port) | Verdict::Local(port)
+            if cfg.flags & CFG_F_VLAN != 0 && port != ingress && !tc_vlan_to(ctx, port, vid) =>
+        {
+            vlan_drop(stats, TC_ACT_SHOT as i32)
         }
         Verdict::Unicast(port) => {
             stats.forwarded += 1;
@@ -352,6 +457,10 @@ fn tc_switch(
             }
             stats.flooded += 1;
             let isolated = stats.flags & PORT_F_ISOLATED != 0;
+            if cfg.flags & CFG_F_VLAN != 0 {
+                let flags = isolated as u32 | (is_multicast(&dst) as u32) << 1;
+                return flood_tc_vlan(ctx, ingress, vid, flags);
+            }
             flood_tc(ctx, cfg, (ingress, isolated), is_multicast(&dst))
         }
     }
@@ -364,14 +473,78 @@ fn tc_switch(
 #[inline(never)]
 fn decide_tc(
     ctx: &TcContext,
-    to_gw: bool,
+    to: u32,
     macs: &([u8; 6], [u8; 6]),
     ingress: u32,
     stats: &mut PortStats,
 ) -> u64 {
     // Packed: a returned enum would take a sixth argument slot (BPF has
-    // five).
-    switch::decide(ctx, config(), to_gw, *macs, ingress, stats).pack()
+    // five); `to` is the gateway flag (bit 0) and the VLAN (above 16).
+    let to = (to & 1 != 0, (to >> 16) as u16);
+    switch::decide(ctx, config(), to, *macs, ingress, stats).pack()
+}
+
+/// Tag or untag the skb as `port` sends VLAN `vid`; false if it does not
+/// carry it.
+#[inline(never)]
+fn tc_vlan_to(ctx: &TcContext, port: u32, vid: u16) -> bool {
+    let out = vlan::egress(port, vid);
+    if out == Out::No {
+        return false;
+    }
+    vlan::tc_retag(ctx, vid, out);
+    true
+}
+
+/// A flood of VLAN `vid` (TC, in a bridge with VLANs): a copy to every
+/// other port that carries the VLAN, tagged or not as each sends it (bit
+/// 0 of `flags`: from an isolated port, not to isolated ones). A
+/// broadcast or multicast (bit 1) also goes up the uplink's own stack if
+/// the uplink sends the VLAN untagged.
+#[inline(never)]
+fn flood_tc_vlan(ctx: &TcContext, ingress: u32, vid: u16, flags: u32) -> i32 {
+    let cfg = config();
+    clone_to_vlan(ctx, cfg.nr_ports, (ingress, 0), flags & 1 != 0, vid);
+    if flags & 2 != 0 && cfg.uplink != 0 && vlan::egress(cfg.uplink, vid) == Out::Untagged {
+        vlan::tc_retag(ctx, vid, Out::Untagged);
+        if ingress == cfg.uplink {
+            return TC_ACT_OK as i32;
+        }
+        ctx.set_mark(LOCAL_MARK);
+        let _ = ctx.clone_redirect(cfg.uplink, BPF_F_INGRESS);
+    }
+    TC_ACT_SHOT as i32
+}
+
+/// As `clone_to_ports`, to the ports that carry VLAN `vid`, each copy
+/// tagged or untagged as its port sends the VLAN.
+#[inline(always)]
+fn clone_to_vlan(
+    ctx: &TcContext,
+    nr: u32,
+    (except, also_except): (u32, u32),
+    isolated: bool,
+    vid: u16,
+) {
+    let mut i = 0;
+    while i < MAX_PORTS {
+        if i >= nr {
+            break;
+        }
+        if let Some(&port) = PORT_LIST.get(i)
+            && port != 0
+            && port != except
+            && port != also_except
+            && !(isolated && port_isolated(port))
+        {
+            let out = vlan::egress(port, vid);
+            if out != Out::No {
+                vlan::tc_retag(ctx, vid, out);
+                let _ = ctx.clone_redirect(port, 0);
+            }
+        }
+        i += 1;
+    }
 }
 
 /// Guest traffic to the gateway (TC): masqueraded out of the uplink, or
@@ -433,8 +606,11 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
-            match fdb::lookup(mac, fdb::now(), fdb::aging_ns(cfg)) {
-                Some((port, false)) => redirect(port, 0),
+            match host_lookup(mac) {
+                Some((port, vid)) if vid != NO_VLANS && !tc_vlan_to(ctx, port, vid) => {
+                    TC_ACT_SHOT as i32
+                }
+                Some((port, _)) => redirect(port, 0),
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, (cfg.host_port, 0), false);
                     TC_ACT_SHOT as i32
@@ -511,12 +687,34 @@ pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
     if cfg.uplink == 0 || src != cfg.uplink_mac {
         return TC_ACT_OK as i32;
     }
+    if cfg.flags & CFG_F_VLAN != 0 {
+        return tc_out_vlan(&ctx, dst);
+    }
     if is_multicast(&dst) {
         clone_to_ports(&ctx, cfg.nr_ports, (cfg.uplink, cfg.host_port), false);
         return TC_ACT_OK as i32;
     }
-    match fdb::lookup(dst, fdb::now(), fdb::aging_ns(cfg)) {
+    match fdb::lookup(dst, 0, fdb::now(), fdb::aging_ns(cfg)) {
         Some((port, false)) if port != cfg.uplink => redirect(port, 0),
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// `umlbr_tc_out` in a bridge with VLANs: the host's frames are in the
+/// uplink's pvid, and leave the wire as they came (untagged).
+#[inline(never)]
+fn tc_out_vlan(ctx: &TcContext, dst: [u8; 6]) -> i32 {
+    let cfg = config();
+    let vid = vlan::pvid(cfg.uplink);
+    if is_multicast(&dst) {
+        clone_to_vlan(ctx, cfg.nr_ports, (cfg.uplink, cfg.host_port), false, vid);
+        vlan::tc_retag(ctx, vid, Out::Untagged);
+        return TC_ACT_OK as i32;
+    }
+    match fdb::lookup(dst, vid, fdb::now(), fdb::aging_ns(cfg)) {
+        Some((port, false)) if port != cfg.uplink && tc_vlan_to(ctx, port, vid) => {
+            redirect(port, 0)
+        }
         _ => TC_ACT_OK as i32,
     }
 }

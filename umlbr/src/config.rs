@@ -47,6 +47,7 @@ use crate::{
     nat::{self, NatOptions, NatTimeout, parse_port_range, parse_timeout},
     port::{self, AttachOptions, PORT_F_OWN_TAP},
     tap::{self, TapOptions},
+    vlan::Vlans,
 };
 
 /// The aging times `up --aging` and `aging` take, in seconds.
@@ -157,6 +158,15 @@ pub struct Port {
     /// Create the interface as a persistent tap if it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<Tap>,
+    /// An access port of this VLAN (`attach --vlan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// A trunk of these VLANs (`--trunk`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk: Vec<u16>,
+    /// The trunk's untagged VLAN (`--pvid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvid: Option<u16>,
 }
 
 /// `tap add`'s options.
@@ -296,6 +306,16 @@ impl Port {
             macs: self.macs.iter().map(|m| m.0).collect(),
             ips: self.ips.clone(),
             own_tap,
+            vlans: self.vlans(),
+        }
+    }
+
+    /// The port's VLANs, as `attach` takes them.
+    pub fn vlans(&self) -> Option<Vlans> {
+        match (self.vlan, self.trunk.is_empty()) {
+            (Some(v), _) => Some(Vlans::access(v)),
+            (None, false) => Some(Vlans::trunk(&self.trunk, self.pvid.unwrap_or(0))),
+            (None, true) => None,
         }
     }
 }
@@ -423,6 +443,22 @@ impl Config {
             if p.lock && p.macs.is_empty() {
                 return bad(k("lock"), "needs `macs`");
             }
+            let bad_id = |v: &u16| !(1..=umlbr_common::VLAN_MAX).contains(v);
+            for (f, ids) in [
+                ("vlan", p.vlan.iter().collect::<Vec<_>>()),
+                ("trunk", p.trunk.iter().collect()),
+                ("pvid", p.pvid.iter().collect()),
+            ] {
+                if ids.into_iter().any(bad_id) {
+                    return bad(k(f), "VLAN ids are 1-4094");
+                }
+            }
+            if p.vlan.is_some() && !p.trunk.is_empty() {
+                return bad(k("vlan"), "conflicts with `trunk` (an access port or a trunk)");
+            }
+            if p.pvid.is_some() && p.trunk.is_empty() {
+                return bad(k("pvid"), "needs `trunk`");
+            }
             if !p.lock && (!p.macs.is_empty() || !p.ips.is_empty()) {
                 return bad(k("macs"), "`macs` and `ips` need `lock = true`");
             }
@@ -468,6 +504,7 @@ struct Effective {
     macs: BTreeSet<[u8; 6]>,
     ips: BTreeSet<IpAddr>,
     limits: (u32, u32),
+    vlans: Vlans,
 }
 
 /// Whether `attach` gives `link` no XDP program although not asked to:
@@ -501,6 +538,7 @@ fn desired(p: &Port, link: &Link) -> Effective {
             p.max_learned.unwrap_or(port::default_max_learned(kind)),
             p.flood_limit.unwrap_or(port::default_flood_limit(kind)),
         ),
+        vlans: p.vlans().unwrap_or_default(),
     }
 }
 
@@ -522,6 +560,12 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
     let xdp = link.xdp_prog.is_some();
     let own_tap = flags & PORT_F_OWN_TAP != 0;
     let tap = own_tap.then(|| tap_of(link));
+    let vlans = crate::vlan::of(&br.maps, link.index);
+    let (vlan, trunk, pvid) = match (&vlans, vlans.tagged.is_empty()) {
+        (v, _) if v.is_default() => (None, Vec::new(), None),
+        (v, true) => (Some(v.pvid), Vec::new(), None),
+        (v, false) => (None, v.tagged.clone(), (v.pvid != 0).then_some(v.pvid)),
+    };
     let p = Port {
         name: link.name.clone(),
         uplink,
@@ -533,6 +577,9 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
         macs: macs.iter().copied().map(Mac).collect(),
         ips: ips.clone(),
         tap,
+        vlan,
+        trunk,
+        pvid,
     };
     let eff = Effective {
         uplink,
@@ -542,6 +589,7 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
         macs: macs.into_iter().collect(),
         ips: ips.into_iter().collect(),
         limits: (budget.max, budget.flood_pps),
+        vlans,
     };
     (p, own_tap, eff)
 }
@@ -964,10 +1012,10 @@ pub async fn execute(
                 port::attach(net, &port.name, Some(name), opts).await?;
             }
             Step::FdbDel(mac) => {
-                fdb::del(net, *mac, Some(name)).await?;
+                fdb::del(net, (*mac, 0), Some(name)).await?;
             }
             Step::FdbAdd(mac, p) => {
-                fdb::add(net, *mac, p, true).await?;
+                fdb::add(net, (*mac, 0), p, true).await?;
             }
         }
     }

@@ -36,6 +36,7 @@ pub mod stats;
 pub mod sys;
 pub mod tap;
 pub mod upgrade;
+pub mod vlan;
 pub mod watch;
 
 pub use error::{Error, Result};

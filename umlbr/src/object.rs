@@ -19,7 +19,7 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey,
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey, PortVlan,
     PortLearn, PortStats, names,
 };
 
@@ -466,6 +466,8 @@ pub struct Maps {
     pub flood_isolated: DevMapHash<MapData>,
     /// Addresses bound to locked ports (`attach --ip`).
     pub port_ip: HashMap<MapData, PortIpKey, u32>,
+    /// Each VLAN-aware port's VLANs.
+    pub vlan: HashMap<MapData, u32, PortVlan>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -517,6 +519,7 @@ impl Maps {
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
             port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
+            vlan: typed(take(names::VLAN)?, names::VLAN)?,
         })
     }
 

@@ -192,12 +192,7 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         count(|s| s.in_miss += 1);
         return None;
     }
-    if P::XDP
-        && !matches!(
-            crate::fdb::lookup(e.mac, now, crate::fdb::aging_ns(crate::config())),
-            Some((_, false))
-        )
-    {
+    if P::XDP && crate::host_lookup(e.mac).is_none() {
         return None;
     }
     if !r.icmp_err && !trusted(r, e) {

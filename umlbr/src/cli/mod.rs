@@ -8,6 +8,7 @@ use umlbr::{
     config::AGING_SECS,
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
+    vlan::{Vlans, parse_vlan_list},
 };
 
 pub mod docs;
@@ -194,6 +195,72 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change the VLANs of a port (IFACE; a bridge's name: its host port):
+    /// --vlan ID, --trunk IDS [--pvid ID], or --none (the default VLAN
+    /// alone). The host port and an uplink `up` attached get their VLANs
+    /// this way.
+    #[command(long_about = VLAN_HELP)]
+    Vlan(VlanCmdArgs),
+}
+
+const VLAN_HELP: &str = "\
+Change the VLANs of a port (IFACE) of a running bridge, as `attach --vlan`,
+`--trunk` and `--pvid` set them: an interface that is a bridge's name means
+its host port (the host's own station joins the VLAN). With --none the port
+carries the default VLAN alone (untagged), as a port attached without VLANs.
+
+While any port of a bridge has VLANs, the bridge is VLAN-aware (as a Linux
+bridge with vlan_filtering 1): the FDB is keyed by VLAN and MAC, floods stay
+in their VLAN, every port without VLANs is an access port of the default
+VLAN (its tagged frames dropped), and frames of a VLAN a port does not carry
+are dropped, counted as `vlan` in `umlbr stats`.
+
+Examples:
+  umlbr vlan br0 --vlan 10             the host's station in VLAN 10
+  umlbr vlan eth0 --trunk 10,20        the uplink carries 10 and 20 tagged
+  umlbr vlan tap0 --none               back to the default VLAN";
+
+/// The VLANs of a port (`attach`, `vlan`).
+#[derive(Args, Clone, Default)]
+pub struct VlanArgs {
+    /// An access port of VLAN ID (1-4094): the guest sends and receives
+    /// untagged frames, which belong to VLAN ID on the switch; its tagged
+    /// frames are dropped (counted as vlan). Priority-tagged frames (VLAN
+    /// id 0) count as untagged.
+    #[arg(long, value_name = "ID", conflicts_with = "trunk",
+          value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub vlan: Option<u16>,
+    /// A trunk: frames tagged with these VLANs (1-4094, comma-separated)
+    /// pass tagged; for an uplink, or a guest that tags itself. Its
+    /// untagged frames are in the default VLAN unless --pvid.
+    #[arg(long, value_name = "ID,...", value_parser = parse_vlan_list)]
+    pub trunk: Option<Vec<u16>>,
+    /// With --trunk: the VLAN (1-4094) of the trunk's untagged frames,
+    /// which leave it untagged.
+    #[arg(long, value_name = "ID", requires = "trunk",
+          value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub pvid: Option<u16>,
+}
+
+impl VlanArgs {
+    /// The VLANs asked for; None if no flag was given.
+    pub fn vlans(&self) -> Option<Vlans> {
+        match (self.vlan, &self.trunk) {
+            (Some(v), _) => Some(Vlans::access(v)),
+            (None, Some(t)) => Some(Vlans::trunk(t, self.pvid.unwrap_or(0))),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct VlanCmdArgs {
+    pub iface: String,
+    #[command(flatten)]
+    pub vlans: VlanArgs,
+    /// The default VLAN alone (untagged), as without VLANs.
+    #[arg(long, conflicts_with_all = ["vlan", "trunk"], required_unless_present_any = ["vlan", "trunk"])]
+    pub none: bool,
 }
 
 const METRICS_HELP: &str = "\
@@ -388,6 +455,8 @@ pub struct AttachArgs {
     pub ip: Vec<IpAddr>,
     #[command(flatten)]
     pub nat: NatArgs,
+    #[command(flatten)]
+    pub vlans: VlanArgs,
 }
 
 /// The masquerade's options; only with --masquerade.
@@ -458,6 +527,10 @@ pub enum FdbCmd {
         /// Never ages and never moves to another port.
         #[arg(long = "static")]
         is_static: bool,
+        /// The entry's VLAN (1-4094), which IFACE must carry; the default
+        /// VLAN without it.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
     /// Remove the entry for MAC.
     Del {
@@ -465,6 +538,9 @@ pub enum FdbCmd {
         mac: [u8; 6],
         #[arg(long, value_name = "NAME")]
         bridge: Option<String>,
+        /// The entry's VLAN (1-4094); the default VLAN without it.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
 }
 
