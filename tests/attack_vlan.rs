@@ -107,7 +107,10 @@ fn guest_cannot_tag_onto_the_lan() -> Result<()> {
     }
     tap0.write_all(&mine.build())?;
     let lan = drain(&mut up0, Duration::from_millis(400));
-    let leaked = (carrying(&lan, b"hop to vlan 42"), carrying(&lan, b"qinq to vlan 42"));
+    let leaked = (
+        carrying(&lan, b"hop to vlan 42"),
+        carrying(&lan, b"qinq to vlan 42"),
+    );
     ensure!(
         leaked == (0, 0),
         "the LAN got {} of 10 frames the guest tagged VLAN 42 ({} tagged 42) and {} of 10 \
@@ -204,7 +207,11 @@ fn two_vlans_are_kept_apart(uplink_trunk: bool) -> Result<()> {
         "the VLAN 10 neighbour got {same:?} of 10"
     );
     let lan = markers.map(|m| tagged(&at_lan, m.as_bytes(), 10));
-    let want = if uplink_trunk { [10, 10, 10] } else { [0, 0, 0] };
+    let want = if uplink_trunk {
+        [10, 10, 10]
+    } else {
+        [0, 0, 0]
+    };
     ensure!(
         lan == want && carrying(&at_lan, b"cross") == want[0] * 3,
         "the LAN got {lan:?} of 10 tagged 10, {} in all",

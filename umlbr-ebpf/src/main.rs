@@ -23,7 +23,7 @@ mod vlan;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
+    helpers::{bpf_loop, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, PerCpuHashMap},
     programs::{TcContext, XdpContext},
@@ -32,6 +32,8 @@ use umlbr_common::{
     CFG_F_TC_FLOOD, CFG_F_VLAN, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED,
     PORT_KIND_TAP, PortStats,
 };
+
+use core::ffi::c_void;
 
 use crate::{
     hdr::{ETH_HLEN, ICMP_HLEN, IP_HLEN, UDP_HLEN},
@@ -127,6 +129,20 @@ pub fn umlbr_xdp(ctx: XdpContext) -> u32 {
     {
         return xdp_action::XDP_PASS;
     }
+    // A bridge with VLANs switches out of line; only the masquerade's
+    // frames (the default VLAN's, untagged) continue here.
+    if config().flags & CFG_F_VLAN != 0 {
+        // Here, not in xdp_vlan: its frame (248 bytes) would stack on
+        // xdp_vlan's. CHECKSUM_PARTIAL frames, the masquerade's too, go
+        // to TC.
+        if csum::looks_partial(ctx.data(), ctx.data_end()) {
+            return xdp_action::XDP_PASS;
+        }
+        let action = xdp_vlan(&ctx, ingress, len);
+        if action != VLAN_CONTINUE {
+            return action;
+        }
+    }
     let Some(stats) = port_stats(ingress) else {
         return xdp_action::XDP_PASS;
     };
@@ -155,25 +171,13 @@ fn xdp_switch(
         return xdp_action::XDP_DROP;
     };
     let cfg = config();
-    // A bridge with VLANs: the frame's VLAN, or dropped. Without, the
-    // default VLAN, the host's.
-    let class = if cfg.flags & CFG_F_VLAN != 0 {
-        vlan::classify_xdp(data, end, ingress, cfg.host_port)
-    } else {
-        vlan::HOST_VLAN
-    };
-    if class == vlan::DROP {
-        return vlan_drop(stats, xdp_action::XDP_DROP);
-    }
-    // The gateway only in the host port's VLAN, untagged.
-    let gw = switch::for_gateway(cfg, ncfg, &dst).filter(|_| class & vlan::HOST_VLAN != 0);
+    let gw = switch::for_gateway(cfg, ncfg, &dst);
     // What the masquerade translates it checks for CHECKSUM_PARTIAL itself
     // (nat::out); everything else here.
     if gw.is_none() && csum::looks_partial(data, end) {
         return xdp_action::XDP_PASS;
     }
-    let to = (gw.is_some(), vlan::vid(class));
-    match switch::decide(ctx, cfg, to, (dst, src), ingress, stats) {
+    match switch::decide(ctx, cfg, (gw.is_some(), 0), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
@@ -181,16 +185,8 @@ fn xdp_switch(
         Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
             xdp_nat_out(ctx, gw, &src, port, stats)
         }
-        Verdict::Unicast(port) if cfg.flags & CFG_F_VLAN != 0 => {
-            match xdp_vlan_out(ctx, port, class) {
-                VLAN_OUT_OK => redirect_xdp(port, stats),
-                VLAN_OUT_NO => vlan_drop(stats, xdp_action::XDP_DROP),
-                _ => xdp_action::XDP_PASS,
-            }
-        }
         Verdict::Unicast(port) => redirect_xdp(port, stats),
-        // With VLANs, TC floods: each port's copy tagged as it needs.
-        Verdict::Flood if cfg.flags & (CFG_F_TC_FLOOD | CFG_F_VLAN) == 0 => {
+        Verdict::Flood if cfg.flags & CFG_F_TC_FLOOD == 0 => {
             if !fdb::flood_allowed(ingress) {
                 return storm(stats, xdp_action::XDP_DROP);
             }
@@ -216,6 +212,71 @@ fn vlan_drop<T>(stats: &mut PortStats, action: T) -> T {
     action
 }
 
+/// `xdp_switch_vlan`/`tc_switch_vlan`: not finished there, the frame
+/// goes on through the common path (the masquerade's, in the default
+/// VLAN).
+const VLAN_CONTINUE: u32 = u32::MAX;
+
+/// `umlbr_xdp` in a bridge with VLANs, from the port's counters on:
+/// VLAN_CONTINUE (nothing counted) for the common path.
+#[inline(never)]
+fn xdp_vlan(ctx: &XdpContext, ingress: u32, len: usize) -> u32 {
+    let Some(stats) = port_stats(ingress) else {
+        return xdp_action::XDP_PASS;
+    };
+    let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx);
+    let action = xdp_switch_vlan(ctx, ingress, stats);
+    if action != xdp_action::XDP_PASS && action != VLAN_CONTINUE {
+        count_xdp(stats, len, generic);
+    }
+    action
+}
+
+/// Switch a frame from a port in XDP in a bridge with VLANs: classify,
+/// learn and decide in its VLAN, tag or untag for the unicast's port.
+/// Floods go to TC (XDP_PASS), which tags each port's copy; so do frames
+/// XDP cannot tag. Frames for the masquerade's gateway in the default
+/// VLAN, untagged, are left to the common path (VLAN_CONTINUE). Out of
+/// line (in `xdp_vlan`): umlbr_xdp's frame is shared with the NAT's
+/// deepest calls.
+#[inline(always)]
+fn xdp_switch_vlan(ctx: &XdpContext, ingress: u32, stats: &mut PortStats) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some((dst, src)) = hdr::macs(data, end) else {
+        return VLAN_CONTINUE;
+    };
+    let cfg = config();
+    let class = vlan::classify_xdp(data, end, ingress, cfg.host_port);
+    if class == vlan::DROP {
+        return vlan_drop(stats, xdp_action::XDP_DROP);
+    }
+    if class == vlan::HOST_VLAN
+        && vlan::pvid(cfg.host_port) == 0
+        && switch::for_gateway(cfg, nat::config(), &dst).is_some()
+    {
+        return VLAN_CONTINUE;
+    }
+    match switch::decide(
+        ctx,
+        cfg,
+        (false, vlan::vid(class)),
+        (dst, src),
+        ingress,
+        stats,
+    ) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            xdp_action::XDP_DROP
+        }
+        Verdict::Unicast(port) => match xdp_vlan_out(ctx, port, class) {
+            VLAN_OUT_OK => redirect_xdp(port, stats),
+            VLAN_OUT_NO => vlan_drop(stats, xdp_action::XDP_DROP),
+            _ => xdp_action::XDP_PASS,
+        },
+        Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
+    }
+}
+
 /// `xdp_vlan_out`: redirect, not a member, or let TC do it.
 const VLAN_OUT_OK: u32 = 0;
 const VLAN_OUT_NO: u32 = 1;
@@ -224,7 +285,7 @@ const VLAN_OUT_TC: u32 = 2;
 /// Make an XDP frame of `class` what `port` sends (tagged or not) before
 /// its redirect. TC does what XDP cannot (a frame too long to take a tag,
 /// a port outside the devmap), from the frame as it came.
-#[inline(never)]
+#[inline(always)]
 fn xdp_vlan_out(ctx: &XdpContext, port: u32, class: u32) -> u32 {
     let out = vlan::egress(port, vlan::vid(class));
     let came = class & vlan::IN_MASK;
@@ -305,41 +366,15 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     }
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
-        nat::In::Guest(mac) => match host_lookup(mac) {
-            // With VLANs, the guest's port may carry the host's VLAN
-            // tagged; the reply is already translated, so TC cannot
-            // take it over: what XDP cannot tag is dropped.
-            Some((port, vid)) if vid != NO_VLANS => match xdp_vlan_out(ctx, port, vid as u32) {
-                VLAN_OUT_OK => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
-                _ => xdp_action::XDP_DROP,
-            },
-            Some((port, _)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
+        // The masquerade's guests are in the default VLAN (with VLANs,
+        // behind ports that send it untagged: only those learn in it).
+        nat::In::Guest(mac) => match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(config())) {
+            Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
             _ => PORTS
                 .redirect(0, FLOOD_FLAGS)
                 .unwrap_or(xdp_action::XDP_DROP),
         },
-    }
-}
-
-/// `host_lookup`'s VLAN for a bridge without VLANs.
-const NO_VLANS: u16 = u16::MAX;
-
-/// The port behind a guest's `mac` in the host port's VLAN (NAT replies
-/// come from the host's side), with that VLAN (NO_VLANS in a bridge
-/// without VLANs), if known and not the port's own host MAC.
-#[inline(always)]
-fn host_lookup(mac: [u8; 6]) -> Option<(u32, u16)> {
-    let cfg = config();
-    let vid = if cfg.flags & CFG_F_VLAN != 0 {
-        vlan::pvid(cfg.host_port)
-    } else {
-        NO_VLANS
-    };
-    let key = if vid == NO_VLANS { 0 } else { vid };
-    match fdb::lookup(mac, key, fdb::now(), fdb::aging_ns(cfg)) {
-        Some((port, false)) => Some((port, vid)),
-        _ => None,
     }
 }
 
@@ -388,6 +423,13 @@ pub fn umlbr_tc(ctx: TcContext) -> i32 {
     {
         return tc_nat_in(&ctx, n);
     }
+    // As in XDP.
+    if config().flags & CFG_F_VLAN != 0 {
+        let action = tc_vlan(&ctx, ingress);
+        if action != VLAN_CONTINUE as i32 {
+            return action;
+        }
+    }
     let Some(stats) = port_stats(ingress) else {
         return TC_ACT_OK as i32;
     };
@@ -411,35 +453,15 @@ fn tc_switch(
         return TC_ACT_SHOT as i32;
     };
     let cfg = config();
-    // As in XDP: the VLAN, from the skb's tag (the kernel took it out of
-    // the packet before TC).
-    let class = if cfg.flags & CFG_F_VLAN != 0 {
-        vlan::classify_tc(ctx, ingress, cfg.host_port)
-    } else {
-        vlan::HOST_VLAN
-    };
-    if class == vlan::DROP {
-        return vlan_drop(stats, TC_ACT_SHOT as i32);
-    }
-    let vid = vlan::vid(class);
     // As in XDP: the gateway's MAC needs no lookup.
-    let gw = switch::for_gateway(cfg, ncfg, &dst).filter(|_| class & vlan::HOST_VLAN != 0);
-    let to = gw.is_some() as u32 | (vid as u32) << 16;
-    match Verdict::unpack(decide_tc(ctx, to, &(dst, src), ingress, stats)) {
+    let gw = switch::for_gateway(cfg, ncfg, &dst);
+    match Verdict::unpack(decide_tc(ctx, gw.is_some(), &(dst, src), ingress, stats)) {
         Verdict::Drop => {
             stats.dropped += 1;
             TC_ACT_SHOT as i32
         }
         Verdict::Unicast(port) if port == cfg.host_port && gw.is_some() => {
             tc_nat_out(ctx, gw, &src, port, stats)
-        }
-        // With VLANs, the guard tags or untags the skb for `port`, or
-        // finds it does not carry the VLAN (then dropped here); the arms
-        // below send it.
-        Verdict::Unicast(port) | Verdict::Local(port)
-            if cfg.flags & CFG_F_VLAN != 0 && port != ingress && !tc_vlan_to(ctx, port, vid) =>
-        {
-            vlan_drop(stats, TC_ACT_SHOT as i32)
         }
         Verdict::Unicast(port) => {
             stats.forwarded += 1;
@@ -457,10 +479,6 @@ fn tc_switch(
             }
             stats.flooded += 1;
             let isolated = stats.flags & PORT_F_ISOLATED != 0;
-            if cfg.flags & CFG_F_VLAN != 0 {
-                let flags = isolated as u32 | (is_multicast(&dst) as u32) << 1;
-                return flood_tc_vlan(ctx, ingress, vid, flags);
-            }
             flood_tc(ctx, cfg, (ingress, isolated), is_multicast(&dst))
         }
     }
@@ -473,20 +491,86 @@ fn tc_switch(
 #[inline(never)]
 fn decide_tc(
     ctx: &TcContext,
-    to: u32,
+    to_gw: bool,
     macs: &([u8; 6], [u8; 6]),
     ingress: u32,
     stats: &mut PortStats,
 ) -> u64 {
     // Packed: a returned enum would take a sixth argument slot (BPF has
-    // five); `to` is the gateway flag (bit 0) and the VLAN (above 16).
-    let to = (to & 1 != 0, (to >> 16) as u16);
-    switch::decide(ctx, config(), to, *macs, ingress, stats).pack()
+    // five).
+    switch::decide(ctx, config(), (to_gw, 0), *macs, ingress, stats).pack()
+}
+
+/// `umlbr_tc` in a bridge with VLANs, from the port's counters on:
+/// VLAN_CONTINUE (nothing counted) for the common path.
+#[inline(never)]
+fn tc_vlan(ctx: &TcContext, ingress: u32) -> i32 {
+    let Some(stats) = port_stats(ingress) else {
+        return TC_ACT_OK as i32;
+    };
+    let action = tc_switch_vlan(ctx, ingress, stats);
+    if action != VLAN_CONTINUE as i32 {
+        stats.rx_packets += 1;
+        stats.rx_bytes += ctx.len() as u64;
+        stats.tc += 1;
+    }
+    action
+}
+
+/// Switch a frame from a port in TC in a bridge with VLANs, as
+/// `xdp_switch_vlan`: its VLAN from the skb's tag (the kernel took the
+/// tag out of the packet before TC), the unicast's port tagging or
+/// untagging the skb, floods to the ports of the VLAN.
+#[inline(always)]
+fn tc_switch_vlan(ctx: &TcContext, ingress: u32, stats: &mut PortStats) -> i32 {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
+        return VLAN_CONTINUE as i32;
+    };
+    let cfg = config();
+    let class = vlan::classify_tc(ctx, ingress, cfg.host_port);
+    if class == vlan::DROP {
+        return vlan_drop(stats, TC_ACT_SHOT as i32);
+    }
+    if class == vlan::HOST_VLAN
+        && vlan::pvid(cfg.host_port) == 0
+        && switch::for_gateway(cfg, nat::config(), &dst).is_some()
+    {
+        return VLAN_CONTINUE as i32;
+    }
+    let vid = vlan::vid(class);
+    match switch::decide(ctx, cfg, (false, vid), (dst, src), ingress, stats) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            TC_ACT_SHOT as i32
+        }
+        Verdict::Local(port) if port == ingress => TC_ACT_OK as i32,
+        Verdict::Unicast(port) | Verdict::Local(port) if !tc_vlan_to(ctx, port, vid) => {
+            vlan_drop(stats, TC_ACT_SHOT as i32)
+        }
+        Verdict::Unicast(port) => {
+            stats.forwarded += 1;
+            redirect(port, 0)
+        }
+        Verdict::Local(port) => {
+            stats.forwarded += 1;
+            ctx.set_mark(LOCAL_MARK);
+            redirect(port, BPF_F_INGRESS)
+        }
+        Verdict::Flood => {
+            if !fdb::flood_allowed(ingress) {
+                return storm(stats, TC_ACT_SHOT as i32);
+            }
+            stats.flooded += 1;
+            let isolated = stats.flags & PORT_F_ISOLATED != 0;
+            let flags = isolated as u32 | (is_multicast(&dst) as u32) << 1;
+            flood_tc_vlan(ctx, ingress, vid, flags)
+        }
+    }
 }
 
 /// Tag or untag the skb as `port` sends VLAN `vid`; false if it does not
 /// carry it.
-#[inline(never)]
+#[inline(always)]
 fn tc_vlan_to(ctx: &TcContext, port: u32, vid: u16) -> bool {
     let out = vlan::egress(port, vid);
     if out == Out::No {
@@ -516,8 +600,22 @@ fn flood_tc_vlan(ctx: &TcContext, ingress: u32, vid: u16, flags: u32) -> i32 {
     TC_ACT_SHOT as i32
 }
 
+/// What `clone_one` needs of a VLAN flood: the skb, the ports left out,
+/// the VLAN.
+#[repr(C)]
+struct VlanFlood {
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    except: u32,
+    also_except: u32,
+    vid: u32,
+    isolated: u32,
+}
+
 /// As `clone_to_ports`, to the ports that carry VLAN `vid`, each copy
-/// tagged or untagged as its port sends the VLAN.
+/// tagged or untagged as its port sends the VLAN. A `bpf_loop`: its
+/// callback is verified once, where a bounded loop over 256 ports with a
+/// tag change in each is verified per iteration and path (past the
+/// verifier's million instructions).
 #[inline(always)]
 fn clone_to_vlan(
     ctx: &TcContext,
@@ -526,25 +624,47 @@ fn clone_to_vlan(
     isolated: bool,
     vid: u16,
 ) {
-    let mut i = 0;
-    while i < MAX_PORTS {
-        if i >= nr {
-            break;
-        }
-        if let Some(&port) = PORT_LIST.get(i)
-            && port != 0
-            && port != except
-            && port != also_except
-            && !(isolated && port_isolated(port))
-        {
-            let out = vlan::egress(port, vid);
-            if out != Out::No {
-                vlan::tc_retag(ctx, vid, out);
-                let _ = ctx.clone_redirect(port, 0);
-            }
-        }
-        i += 1;
+    let mut f = VlanFlood {
+        skb: ctx.skb.skb,
+        except,
+        also_except,
+        vid: vid as u32,
+        isolated: isolated as u32,
+    };
+    // SAFETY: the helper calls `clone_one` with each index below `nr`
+    // and `&mut f`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            nr.min(MAX_PORTS),
+            clone_one as *mut c_void,
+            &mut f as *mut VlanFlood as *mut c_void,
+            0,
+        );
     }
+}
+
+extern "C" fn clone_one(i: u32, f: *mut VlanFlood) -> i64 {
+    // SAFETY: `f` is clone_to_vlan's, alive during the loop.
+    let f = unsafe { &*f };
+    let Some(&port) = PORT_LIST.get(i) else {
+        return 1;
+    };
+    if port == 0
+        || port == f.except
+        || port == f.also_except
+        || f.isolated != 0 && port_isolated(port)
+    {
+        return 0;
+    }
+    let vid = f.vid as u16;
+    let out = vlan::egress(port, vid);
+    if out != Out::No {
+        // SAFETY: the skb of the program running the loop.
+        let ctx = TcContext::new(f.skb);
+        vlan::tc_retag(&ctx, vid, out);
+        let _ = ctx.clone_redirect(port, 0);
+    }
+    0
 }
 
 /// Guest traffic to the gateway (TC): masqueraded out of the uplink, or
@@ -606,11 +726,9 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
-            match host_lookup(mac) {
-                Some((port, vid)) if vid != NO_VLANS && !tc_vlan_to(ctx, port, vid) => {
-                    TC_ACT_SHOT as i32
-                }
-                Some((port, _)) => redirect(port, 0),
+            // As in XDP: the default VLAN's guests.
+            match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(cfg)) {
+                Some((port, false)) => redirect(port, 0),
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, (cfg.host_port, 0), false);
                     TC_ACT_SHOT as i32

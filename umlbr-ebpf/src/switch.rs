@@ -126,12 +126,7 @@ pub fn decide<C: Pkt>(
 /// the 512-byte stack shared with the NAT's deepest calls) keep nothing
 /// of it.
 #[inline(never)]
-fn locked_allows<C: Pkt>(
-    raw: *mut c_void,
-    src: [u8; 6],
-    vid: u16,
-    stats: &mut PortStats,
-) -> bool {
+fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], vid: u16, stats: &mut PortStats) -> bool {
     // SAFETY: `raw` is this program's context.
     let ctx = unsafe { C::from_raw(raw) };
     let ingress = ctx.ingress();

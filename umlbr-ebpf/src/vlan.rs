@@ -142,12 +142,7 @@ pub fn classify_tc(ctx: &TcContext, port: u32, host: u32) -> u32 {
     if present == 0 {
         return classify(port, None, false, host);
     }
-    classify(
-        port,
-        Some(tci as u16),
-        proto as u16 != ETH_P_8021Q,
-        host,
-    )
+    classify(port, Some(tci as u16), proto as u16 != ETH_P_8021Q, host)
 }
 
 /// Give an XDP frame of `class` the form `out` asks for: push a tag,

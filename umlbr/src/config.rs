@@ -454,7 +454,10 @@ impl Config {
                 }
             }
             if p.vlan.is_some() && !p.trunk.is_empty() {
-                return bad(k("vlan"), "conflicts with `trunk` (an access port or a trunk)");
+                return bad(
+                    k("vlan"),
+                    "conflicts with `trunk` (an access port or a trunk)",
+                );
             }
             if p.pvid.is_some() && p.trunk.is_empty() {
                 return bad(k("pvid"), "needs `trunk`");

@@ -49,7 +49,12 @@ pub fn put(maps: &mut Maps, mac: [u8; 6], ifindex: u32, what: Entry) -> Result<(
 
 /// Write the entry for `mac` in VLAN `vid`: behind port `ifindex`, as
 /// `what`.
-pub fn put_in(maps: &mut Maps, (mac, vid): ([u8; 6], u16), ifindex: u32, what: Entry) -> Result<()> {
+pub fn put_in(
+    maps: &mut Maps,
+    (mac, vid): ([u8; 6], u16),
+    ifindex: u32,
+    what: Entry,
+) -> Result<()> {
     let flags = match what {
         Entry::Learned => 0,
         Entry::Static => FDB_F_STATIC,

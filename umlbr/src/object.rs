@@ -19,8 +19,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey, PortVlan,
-    PortLearn, PortStats, names,
+    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey,
+    PortLearn, PortStats, PortVlan, names,
 };
 
 use crate::{

@@ -430,7 +430,7 @@ fn has_devmap_broadcast() -> io::Result<bool> {
 
 /// What umlbr's datapath needs of the kernel beyond BPF, XDP and TC
 /// themselves, each with the release that brought it and what needs it.
-const HELPERS: [(i32, u32, &str, &str); 3] = [
+const HELPERS: [(i32, u32, &str, &str); 4] = [
     (
         152,
         BPF_PROG_TYPE_SCHED_CLS,
@@ -448,6 +448,12 @@ const HELPERS: [(i32, u32, &str, &str); 3] = [
         BPF_PROG_TYPE_XDP,
         "bpf_for_each_map_elem (Linux 5.13)",
         "the NAT quota's sweep",
+    ),
+    (
+        181,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_loop (Linux 5.17)",
+        "floods of a bridge with VLANs",
     ),
 ];
 

@@ -192,7 +192,12 @@ fn decide<P: Pkt>(cfg: &NatConfig, r: &Reply) -> Option<Guest> {
         count(|s| s.in_miss += 1);
         return None;
     }
-    if P::XDP && crate::host_lookup(e.mac).is_none() {
+    if P::XDP
+        && !matches!(
+            crate::fdb::lookup(e.mac, 0, now, crate::fdb::aging_ns(crate::config())),
+            Some((_, false))
+        )
+    {
         return None;
     }
     if !r.icmp_err && !trusted(r, e) {

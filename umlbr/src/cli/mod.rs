@@ -233,8 +233,8 @@ pub struct VlanArgs {
     /// A trunk: frames tagged with these VLANs (1-4094, comma-separated)
     /// pass tagged; for an uplink, or a guest that tags itself. Its
     /// untagged frames are in the default VLAN unless --pvid.
-    #[arg(long, value_name = "ID,...", value_parser = parse_vlan_list)]
-    pub trunk: Option<Vec<u16>>,
+    #[arg(long, value_name = "ID,...", value_parser = parse_trunk)]
+    pub trunk: Option<VlanList>,
     /// With --trunk: the VLAN (1-4094) of the trunk's untagged frames,
     /// which leave it untagged.
     #[arg(long, value_name = "ID", requires = "trunk",
@@ -242,12 +242,20 @@ pub struct VlanArgs {
     pub pvid: Option<u16>,
 }
 
+/// `--trunk`'s list, one value for clap (a `Vec` would be many).
+#[derive(Clone, Debug)]
+pub struct VlanList(pub Vec<u16>);
+
+fn parse_trunk(s: &str) -> Result<VlanList, String> {
+    parse_vlan_list(s).map(VlanList)
+}
+
 impl VlanArgs {
     /// The VLANs asked for; None if no flag was given.
     pub fn vlans(&self) -> Option<Vlans> {
         match (self.vlan, &self.trunk) {
             (Some(v), _) => Some(Vlans::access(v)),
-            (None, Some(t)) => Some(Vlans::trunk(t, self.pvid.unwrap_or(0))),
+            (None, Some(t)) => Some(Vlans::trunk(&t.0, self.pvid.unwrap_or(0))),
             (None, None) => None,
         }
     }
