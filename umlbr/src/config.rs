@@ -1015,10 +1015,10 @@ pub async fn execute(
                 port::attach(net, &port.name, Some(name), opts).await?;
             }
             Step::FdbDel(mac) => {
-                fdb::del(net, (*mac, 0), Some(name)).await?;
+                fdb::del(net, (*mac, None), Some(name)).await?;
             }
             Step::FdbAdd(mac, p) => {
-                fdb::add(net, (*mac, 0), p, true).await?;
+                fdb::add(net, (*mac, None), p, true).await?;
             }
         }
     }

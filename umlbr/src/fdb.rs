@@ -155,12 +155,13 @@ pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
     Ok(rows)
 }
 
-/// Add (or replace) an entry for `mac` in VLAN `vid` (0: the default
-/// VLAN) behind `iface`, which must carry the VLAN. Returns the bridge's
-/// name.
+/// Add (or replace) an entry for `mac` in VLAN `vid` behind `iface`,
+/// which must carry the VLAN; without a VLAN, in each of the port's
+/// VLANs (the default VLAN alone for a port without VLANs). Returns the
+/// bridge's name.
 pub async fn add(
     net: &Net,
-    (mac, vid): ([u8; 6], u16),
+    (mac, vid): ([u8; 6], Option<u16>),
     iface: &str,
     is_static: bool,
 ) -> Result<String> {
@@ -185,32 +186,52 @@ pub async fn add(
     if !br.is_own(port) && !br.has_port(port) {
         return Err(Error::NotAttached(iface.into()));
     }
-    if !crate::vlan::of(&br.maps, port).all().contains(&vid) {
-        return Err(Error::NotInVlan {
-            iface: iface.into(),
-            vlan: vid,
-        });
-    }
+    let carried = crate::vlan::of(&br.maps, port).all();
+    let vids = match vid {
+        Some(v) if !carried.contains(&v) => {
+            return Err(Error::NotInVlan {
+                iface: iface.into(),
+                vlan: v,
+            });
+        }
+        Some(v) => vec![v],
+        None => carried,
+    };
     let what = if is_static {
         Entry::Static
     } else {
         Entry::Learned
     };
-    put_in(&mut br.maps, (mac, vid), port, what)?;
+    for v in vids {
+        put_in(&mut br.maps, (mac, v), port, what)?;
+    }
     Ok(br.name)
 }
 
-/// Remove the entry for `mac` in VLAN `vid`. Returns the bridge's name.
-pub async fn del(net: &Net, (mac, vid): ([u8; 6], u16), bridge: Option<&str>) -> Result<String> {
+/// Remove the entry for `mac` in VLAN `vid`; without a VLAN, in every
+/// VLAN. Returns the bridge's name.
+pub async fn del(
+    net: &Net,
+    (mac, vid): ([u8; 6], Option<u16>),
+    bridge: Option<&str>,
+) -> Result<String> {
     let br = Bridge::open_or_only(net, bridge).await?;
     let mut br = br.lock(net).await?;
-    let key = FdbKey::in_vlan(mac, vid);
-    let Ok(entry) = br.maps.fdb.get(&key, 0) else {
+    let found: Vec<(FdbKey, FdbEntry)> = br
+        .maps
+        .fdb
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(k, _)| k.mac == mac && vid.is_none_or(|v| k.vlan == v))
+        .collect();
+    if found.is_empty() {
         return Err(Error::NoSuchFdbEntry {
             mac: fmt_mac(&mac),
             bridge: br.name.clone(),
         });
-    };
-    remove(&mut br.maps, &key, &entry)?;
+    }
+    for (key, entry) in found {
+        remove(&mut br.maps, &key, &entry)?;
+    }
     Ok(br.name)
 }

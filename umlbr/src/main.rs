@@ -153,9 +153,9 @@ async fn run(cli: Cli) -> Result<()> {
             iface,
             is_static,
             vlan,
-        }) => fdb_add(&net, (mac, vlan.unwrap_or(0)), &iface, is_static).await,
+        }) => fdb_add(&net, (mac, vlan), &iface, is_static).await,
         Cmd::Fdb(FdbCmd::Del { mac, bridge, vlan }) => {
-            fdb_del(&net, (mac, vlan.unwrap_or(0)), bridge.as_deref()).await
+            fdb_del(&net, (mac, vlan), bridge.as_deref()).await
         }
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
@@ -369,13 +369,22 @@ async fn fdb_show(net: &Net, a: ShowArgs) -> Result<()> {
     Ok(())
 }
 
-async fn fdb_add(net: &Net, mac: ([u8; 6], u16), iface: &str, is_static: bool) -> Result<()> {
+async fn fdb_add(
+    net: &Net,
+    mac: ([u8; 6], Option<u16>),
+    iface: &str,
+    is_static: bool,
+) -> Result<()> {
     let b = fdb::add(net, mac, iface, is_static).await?;
     eprintln!("{} -> {iface} added to {b}", fmt_mac(&mac.0));
     Ok(())
 }
 
-async fn fdb_del(net: &Net, (mac, vid): ([u8; 6], u16), bridge: Option<&str>) -> Result<()> {
+async fn fdb_del(
+    net: &Net,
+    (mac, vid): ([u8; 6], Option<u16>),
+    bridge: Option<&str>,
+) -> Result<()> {
     let b = fdb::del(net, (mac, vid), bridge).await?;
     eprintln!("{} removed from {b}", fmt_mac(&mac));
     Ok(())

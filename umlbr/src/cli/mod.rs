@@ -535,8 +535,9 @@ pub enum FdbCmd {
         /// Never ages and never moves to another port.
         #[arg(long = "static")]
         is_static: bool,
-        /// The entry's VLAN (1-4094), which IFACE must carry; the default
-        /// VLAN without it.
+        /// The entry's VLAN (1-4094), which IFACE must carry; without it,
+        /// in each VLAN IFACE carries (the default VLAN for a port without
+        /// VLANs).
         #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
         vlan: Option<u16>,
     },
@@ -546,7 +547,8 @@ pub enum FdbCmd {
         mac: [u8; 6],
         #[arg(long, value_name = "NAME")]
         bridge: Option<String>,
-        /// The entry's VLAN (1-4094); the default VLAN without it.
+        /// The entry's VLAN (1-4094); without it, the MAC's entries in
+        /// every VLAN.
         #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
         vlan: Option<u16>,
     },
