@@ -175,6 +175,13 @@ const USERSPACE_WRITTEN: [&str; 4] = [
     names::PORT_LIST,
 ];
 
+/// Per-CPU maps the datapath writes whose value may grow: the port
+/// counters, whose fields are added at the end (each zero meaning "none
+/// counted"). Their copy misses what the old programs count between the
+/// copy and their replacement (a few frames); the ports' records (kind,
+/// flags) in them are userspace's and do not change meanwhile.
+const COUNTERS: [&str; 1] = [names::PORT_STATS];
+
 /// Moving one map's entries into the new object's map of another layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Migration {
@@ -206,8 +213,9 @@ impl fmt::Display for Migration {
 fn migration(name: &str, full: &str, old: &Layout, new: &Layout) -> Option<Migration> {
     const HASH: u32 = 1;
     const ARRAY: u32 = 2;
-    let grown = USERSPACE_WRITTEN.contains(&name)
-        && matches!(old.map_type, HASH | ARRAY)
+    const PERCPU_HASH: u32 = 5;
+    let grown = (USERSPACE_WRITTEN.contains(&name) && matches!(old.map_type, HASH | ARRAY)
+        || COUNTERS.contains(&name) && old.map_type == PERCPU_HASH)
         && old.map_type == new.map_type
         && old.key_size == new.key_size
         && old.max_entries == new.max_entries
@@ -439,15 +447,21 @@ async fn replace_all(
         // Both there: `plan` found them by these names and types.
         let from = running_maps.get(&kname).ok_or_else(missing)?;
         let to = match ebpf.map(map) {
-            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d)) => d,
+            Some(
+                aya::maps::Map::HashMap(d)
+                | aya::maps::Map::Array(d)
+                | aya::maps::Map::PerCpuHashMap(d),
+            ) => d,
             _ => return Err(missing()),
         };
-        let n = crate::sys::copy_entries_extended(
-            from.fd().as_fd(),
-            to.fd().as_fd(),
-            old.key_size as usize,
-            (old.value_size as usize, new.value_size as usize),
-        )
+        let sizes = (old.value_size as usize, new.value_size as usize);
+        let (from, to, key) = (from.fd().as_fd(), to.fd().as_fd(), old.key_size as usize);
+        let n = if COUNTERS.contains(&kname.as_str()) {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io(what(), e))?;
+            crate::sys::copy_percpu_entries_extended(from, to, key, sizes, cpus)
+        } else {
+            crate::sys::copy_entries_extended(from, to, key, sizes)
+        }
         .map_err(|e| Error::io(what(), e))?;
         migrated.push((kname, n));
     }
@@ -625,6 +639,33 @@ mod tests {
         assert!(e.contains("UMLBR_FDB: running"), "{e}");
         // Shrunk: no migration (the copy would cut fields off).
         let new = new_of(&[(names::CONFIG, array(24)), (names::FDB, hash(16))]);
+        assert!(plan("br0", &running, &new).is_err());
+    }
+
+    /// The port counters grew a field (`vlan`): copied per CPU.
+    #[test]
+    fn grown_port_counters_are_migrated() {
+        let percpu = |v| Layout {
+            map_type: 5,
+            key_size: 4,
+            value_size: v,
+            max_entries: 256,
+            flags: 0,
+        };
+        let running = BTreeMap::from([(names::PORT_STATS.to_string(), percpu(168))]);
+        let new = new_of(&[(names::PORT_STATS, percpu(176))]);
+        let p = plan("br0", &running, &new).unwrap();
+        assert_eq!(
+            p.migrate,
+            [Migration::TrailingFields {
+                map: names::PORT_STATS.into(),
+                old: percpu(168),
+                new: percpu(176)
+            }]
+        );
+        // Another per-CPU map (the NAT's counters) has none.
+        let running = BTreeMap::from([(names::NAT_STATS.to_string(), percpu(112))]);
+        let new = new_of(&[(names::NAT_STATS, percpu(120))]);
         assert!(plan("br0", &running, &new).is_err());
     }
 
