@@ -713,6 +713,14 @@ pub async fn set_vlans(net: &Net, iface: &str, v: &crate::vlan::Vlans) -> Result
         return Err(Error::NotAttached(iface.into()));
     }
     crate::vlan::set(&mut br.maps, port, v)?;
+    // What `umlbr watch` attaches again carries the new VLANs.
+    if let Some((_, mut opts)) = expect::read(&br.name)?
+        .into_iter()
+        .find(|(i, _)| i == iface)
+    {
+        opts.vlans = (!v.is_default()).then(|| v.clone());
+        expect::record(&br.name, iface, &opts)?;
+    }
     Ok(br.name)
 }
 
