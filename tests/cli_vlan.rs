@@ -137,13 +137,27 @@ fn vlans_of_ports_host_fdb_and_config() -> Result<()> {
     std::fs::write(&f, &printed)?;
     let plan = ns.umlbr_ok(&["apply", "--dry-run", f.to_str().unwrap()])?;
     ensure!(plan.is_empty(), "round trip plans:\n{plan}");
-    std::fs::write(&f, printed.replace("vlan = 10", "vlan = 20"))?;
+    ensure!(
+        printed.contains("host_vlan = 10"),
+        "config br0 lacks the host port's VLAN:\n{printed}"
+    );
+    let edited = printed
+        .replace("host_vlan = 10", "host_trunk = [20]")
+        .replace("\nvlan = 10", "\nvlan = 20");
+    std::fs::write(&f, &edited)?;
+    let plan = ns.umlbr_ok(&["apply", "--dry-run", f.to_str().unwrap()])?;
+    ensure!(
+        plan.contains("set the host port's VLANs to 20") && plan.contains("re-attach tap0"),
+        "plan:\n{plan}"
+    );
     ns.umlbr_ok(&["apply", f.to_str().unwrap()])?;
     let _ = std::fs::remove_file(&f);
     ensure!(
-        port(&ns, "tap0")?["vlans"]["pvid"] == 20,
-        "after apply: {}",
-        port(&ns, "tap0")?
+        port(&ns, "tap0")?["vlans"]["pvid"] == 20
+            && port(&ns, "br0-sw")?["vlans"] == serde_json::json!({"pvid": 0, "tagged": [20]}),
+        "after apply: {} {}",
+        port(&ns, "tap0")?,
+        port(&ns, "br0-sw")?
     );
 
     // Back to the default VLAN.

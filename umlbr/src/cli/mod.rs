@@ -355,6 +355,8 @@ apply FILE` later brings the running bridge to an edited file, and
   name = \"br0\"
   addresses = [\"192.168.2.1/24\"]
   aging = 300                    # seconds
+  host_vlan = 10                 # the host port's VLANs (umlbr vlan NAME):
+                                 # also host_trunk = [..], host_pvid
   [masquerade]                   # or: uplink = \"eth0\"
   uplink = \"eth0\"
   ports = \"61000-65535\"          # --nat-ports
@@ -366,6 +368,7 @@ apply FILE` later brings the running bridge to an edited file, and
   lock = true                    # uplink
   macs = [\"52:54:00:12:34:56\"]
   ips = [\"192.168.2.10\"]
+  vlan = 10                      # --vlan; or trunk = [10, 20], pvid = 30
   [port.tap]                     # create it (tap add) if it does not exist
   user = \"giorgos\"               # also group, vnet_hdr = true
   [[fdb]]                        # a static entry (fdb add --static)
