@@ -506,7 +506,7 @@ impl Config {
             if p.lock && p.macs.is_empty() {
                 return bad(k("lock"), "needs `macs`");
             }
-            check_vlans((p.vlan, &p.trunk, p.pvid), &k)?;
+            check_vlans((p.vlan, &p.trunk, p.pvid), k)?;
             if !p.lock && (!p.macs.is_empty() || !p.ips.is_empty()) {
                 return bad(k("macs"), "`macs` and `ips` need `lock = true`");
             }
