@@ -371,6 +371,8 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
         nat::In::Guest(mac) => match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(config())) {
             Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
+            // With VLANs, a broadcast would reach every VLAN: dropped.
+            _ if config().flags & CFG_F_VLAN != 0 => xdp_action::XDP_DROP,
             _ => PORTS
                 .redirect(0, FLOOD_FLAGS)
                 .unwrap_or(xdp_action::XDP_DROP),
@@ -729,6 +731,8 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
             // As in XDP: the default VLAN's guests.
             match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(cfg)) {
                 Some((port, false)) => redirect(port, 0),
+                // As in XDP: not to every VLAN.
+                _ if cfg.flags & CFG_F_VLAN != 0 => TC_ACT_SHOT as i32,
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, (cfg.host_port, 0), false);
                     TC_ACT_SHOT as i32
