@@ -301,6 +301,13 @@ const TAP_TO_TAP: &[Row] = &[
         "64 B, 1 flow: run time of the XDP program on the writer's tap, per frame (kernel.bpf_stats, in a window of its own)",
         "ns",
     ),
+    // umlbr alone (the kernel bridge here has no VLAN filtering); the
+    // redirect floor's value is its untagged p64_1, of the same run.
+    higher(
+        "p64_1_vlan",
+        "64 B tap→tap, 1 flow, access port (VLAN 10) → trunk: one 802.1Q tag pushed in XDP per frame (floor: untagged bare redirect)",
+        "kpps",
+    ),
     lower(
         "p64_1_sys",
         "64 B, 1 flow: machine CPU per frame (/proc/stat, other load included)",
@@ -700,6 +707,16 @@ fn tap_to_tap(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         p.say("64 B, 1 flow: XDP program", &format!("{ns:.0} ns per run"));
         res.add("p64_1_prog", c, ns);
     }
+    if c == Contender::Umlbr {
+        check_interrupted()?;
+        vlan_row(cfg, &topo, p, res, &one)?;
+    } else if c == Contender::Redirect
+        && let Some(v) = res.samples.get(&("p64_1".to_string(), c)).cloned()
+    {
+        for x in v {
+            res.add("p64_1_vlan", c, x);
+        }
+    }
     check_interrupted()?;
     let o = measured(&topo, p, res, "p64_2", "64 B, 2 flows", || {
         run_flows(cfg, &topo, &two, &[1, 3], 64, nb)
@@ -776,6 +793,38 @@ fn tap_to_tap(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         )?;
         res.add("p64_1_vnet", c, rate_kpps(&topo, &o));
     }
+    Ok(())
+}
+
+/// The 64 B row with tap0 an access port of VLAN 10 and tap1 a trunk
+/// of it, the sink's MAC a static entry there: umlbr_xdp pushes a tag
+/// on every frame before its redirect. The ports go back to no VLANs
+/// after (the bridge VLAN-unaware again for the rows that follow). A
+/// umlbr without VLANs (a base build) has no row.
+fn vlan_row(cfg: &Cfg, topo: &Topo, p: &Progress, res: &mut Results, one: &[Flow]) -> Result<()> {
+    let (t0, t1) = (topo.taps[0].as_str(), topo.taps[1].as_str());
+    if topo.umlbr_out(&["vlan", t0, "--vlan", "10"]).is_err() {
+        p.say(
+            "64 B, 1 flow, VLAN tag pushed",
+            "skipped: this umlbr has no VLANs",
+        );
+        return Ok(());
+    }
+    let sink = umlbr_tests::wire::fmt_mac(&sink_mac(1));
+    topo.umlbr_out(&["vlan", t1, "--trunk", "10"])?;
+    topo.umlbr_out(&["fdb", "add", &sink, t1, "--vlan", "10", "--static"])?;
+    let o = measured(
+        topo,
+        p,
+        res,
+        "p64_1_vlan",
+        "64 B, 1 flow, VLAN tag pushed",
+        || run_flows(cfg, topo, one, &[1], 64, TapMode::default()),
+    );
+    let _ = topo.umlbr_out(&["fdb", "del", &sink, "--bridge", crate::topo::BRIDGE]);
+    let _ = topo.umlbr_out(&["vlan", t0, "--none"]);
+    let _ = topo.umlbr_out(&["vlan", t1, "--none"]);
+    res.add("p64_1_vlan", Contender::Umlbr, rate_kpps(topo, &o?));
     Ok(())
 }
 

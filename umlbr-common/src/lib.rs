@@ -45,20 +45,28 @@ pub mod names {
     pub const EV_CTL: &str = "UMLBR_EV_CTL";
     pub const EV_RATE: &str = "UMLBR_EV_RATE";
     pub const NAT_FWD: &str = "UMLBR_NAT_FWD";
+    pub const VLAN: &str = "UMLBR_VLAN";
 }
 
-/// FDB key: one MAC address (the bridge is VLAN-unaware, like the kernel
-/// bridge with `vlan_filtering 0`).
+/// FDB key: a MAC address in a VLAN. VLAN 0 is the default VLAN, the
+/// only one of a bridge without VLAN-aware ports: the same 8 bytes as the
+/// key before VLANs (a MAC and two zero pad bytes), so entries made by an
+/// older umlbr stay valid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FdbKey {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The VLAN id (1-4094; 0: the default VLAN), host byte order.
+    pub vlan: u16,
 }
 
 impl FdbKey {
+    /// `mac` in the default VLAN.
     pub const fn new(mac: [u8; 6]) -> Self {
-        Self { mac, _pad: [0; 2] }
+        Self { mac, vlan: 0 }
+    }
+    pub const fn in_vlan(mac: [u8; 6], vlan: u16) -> Self {
+        Self { mac, vlan }
     }
 }
 
@@ -129,6 +137,55 @@ pub const CFG_F_TC_FLOOD: u32 = 1;
 /// go through TC), and it tells XDP's masquerade to leave replies for a
 /// guest behind a port outside the devmap untranslated, to TC.
 pub const CFG_F_VXLAN: u32 = 2;
+
+/// Some port of the bridge has VLANs (an entry in UMLBR_VLAN): every
+/// frame is classified into a VLAN (a port without an entry is an access
+/// port of the default VLAN 0), and floods go through TC, which tags and
+/// untags each port's copy. Without it the bridge is VLAN-unaware, as
+/// before VLANs: tags are payload.
+pub const CFG_F_VLAN: u32 = 4;
+
+/// The default VLAN: untagged frames of ports without VLANs.
+pub const VLAN_DEFAULT: u16 = 0;
+/// Highest VLAN id (4095 is reserved).
+pub const VLAN_MAX: u16 = 4094;
+
+/// A port's VLANs, keyed by ifindex in UMLBR_VLAN (written by userspace,
+/// read by the datapath). An access port (`attach --vlan ID`): `pvid` ID,
+/// nothing tagged. A trunk (`--trunk ID,...`): the bits of `tagged`, and
+/// `pvid` (`--pvid`; default 0, the default VLAN) for its untagged
+/// frames. A VLAN in both is untagged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortVlan {
+    /// The VLAN of the port's untagged (and priority-tagged) frames, which
+    /// leave it untagged.
+    pub pvid: u16,
+    pub _pad: u16,
+    /// Number of VLANs in `tagged` (for `show`; the datapath tests bits).
+    pub nr_tagged: u32,
+    /// Bit `vid` set: VLAN `vid` passes tagged.
+    pub tagged: [u64; 64],
+}
+
+impl Default for PortVlan {
+    fn default() -> Self {
+        Self {
+            pvid: 0,
+            _pad: 0,
+            nr_tagged: 0,
+            tagged: [0; 64],
+        }
+    }
+}
+
+impl PortVlan {
+    #[inline(always)]
+    pub fn has_tagged(&self, vid: u16) -> bool {
+        let vid = vid as usize & 0xfff;
+        self.tagged[vid >> 6] & (1 << (vid & 63)) != 0
+    }
+}
 
 /// Port kind, stored in every CPU's stats slot by userspace.
 pub const PORT_KIND_OTHER: u32 = 0;
@@ -298,6 +355,11 @@ pub struct PortStats {
     /// Of `dropped`: a new masqueraded flow over the port's NAT mapping
     /// quota (`--nat-max-per-guest`; also counted as the NAT's `quota`).
     pub nat_quota: u64,
+    /// Of `dropped`: in a bridge with VLANs, a frame of a VLAN the port
+    /// does not carry (a tagged frame on an access port), a malformed tag
+    /// (truncated, or an 802.1ad service tag), or unicast for a port that
+    /// does not carry the frame's VLAN.
+    pub vlan: u64,
 }
 
 /// Most NAT mappings (each has one entry in each direction's map).
@@ -744,6 +806,7 @@ mod pod {
     unsafe impl aya::Pod for super::EvBucket {}
     unsafe impl aya::Pod for super::FwdKey {}
     unsafe impl aya::Pod for super::FwdVal {}
+    unsafe impl aya::Pod for super::PortVlan {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -772,6 +835,7 @@ impl core::ops::AddAssign for PortStats {
         self.invalid += o.invalid;
         self.hairpin += o.hairpin;
         self.nat_quota += o.nat_quota;
+        self.vlan += o.vlan;
     }
 }
 
@@ -838,7 +902,8 @@ mod tests {
         assert_eq!(size_of::<FdbKey>(), 8);
         assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<Config>(), 32);
-        assert_eq!(size_of::<PortStats>(), 8 + 19 * 8);
+        assert_eq!(size_of::<PortStats>(), 8 + 20 * 8);
+        assert_eq!(size_of::<PortVlan>(), 8 + 64 * 8);
         assert_eq!(size_of::<PortIpKey>(), 24);
         assert_eq!(size_of::<PortLearn>(), 32);
         assert_eq!(size_of::<NatKey>(), 16);

@@ -47,12 +47,18 @@ pub fn aging_ns(cfg: &Config) -> u64 {
     }
 }
 
-/// Learn `src` on `port`. A static entry never moves, and a frame from
+/// Learn `src` in VLAN `vid` on `port`. A static entry never moves, and a frame from
 /// another port with its MAC is spoofed: false, the caller drops it. A
 /// learned entry moves with its MAC if the new port has room for it.
 #[inline(always)]
-pub fn learn(src: [u8; 6], port: u32, now: u64, aging_ns: u64, stats: &mut PortStats) -> bool {
-    let key = FdbKey::new(src);
+pub fn learn(
+    (src, vid): ([u8; 6], u16),
+    port: u32,
+    now: u64,
+    aging_ns: u64,
+    stats: &mut PortStats,
+) -> bool {
+    let key = FdbKey::in_vlan(src, vid);
     if let Some(entry) = FDB.get_ptr_mut(key) {
         // SAFETY: pointer into the map value; a racing writer can at worst
         // store the same fields.
@@ -240,21 +246,21 @@ extern "C" fn sweep_one(
     0
 }
 
-/// Whether `mac` is a static entry of `port` (a MAC bound to a locked
+/// Whether `mac` (in VLAN `vid`) is a static entry of `port` (a MAC bound to a locked
 /// port, `attach --lock --mac`). A read, never a write: a locked port
 /// learns nothing.
 #[inline(always)]
-pub fn static_of(mac: [u8; 6], port: u32) -> bool {
+pub fn static_of(mac: [u8; 6], vid: u16, port: u32) -> bool {
     // SAFETY: pointer into the map value, read once.
-    FDB.get_ptr(FdbKey::new(mac))
+    FDB.get_ptr(FdbKey::in_vlan(mac, vid))
         .is_some_and(|e| unsafe { (*e).flags & FDB_F_STATIC != 0 && (*e).ifindex == port })
 }
 
-/// Port behind `dst` and whether it is the port's own host MAC, if known
+/// Port behind `dst` in VLAN `vid` and whether it is the port's own host MAC, if known
 /// and not aged out. An aged entry is removed.
 #[inline(always)]
-pub fn lookup(dst: [u8; 6], now: u64, aging_ns: u64) -> Option<(u32, bool)> {
-    let key = FdbKey::new(dst);
+pub fn lookup(dst: [u8; 6], vid: u16, now: u64, aging_ns: u64) -> Option<(u32, bool)> {
+    let key = FdbKey::in_vlan(dst, vid);
     let entry = FDB.get_ptr(key)?;
     // SAFETY: pointer into the map value, read once.
     let entry = unsafe { *entry };

@@ -20,22 +20,26 @@ mod nat;
 mod pkt;
 mod portsec;
 mod switch;
+mod vlan;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
+    helpers::{bpf_loop, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use umlbr_common::{
-    CFG_F_TC_FLOOD, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED, PORT_KIND_TAP,
-    PortStats,
+    CFG_F_TC_FLOOD, CFG_F_VLAN, Config, MAX_PORTS, MAX_XDP_FRAME, NatConfig, PORT_F_ISOLATED,
+    PORT_KIND_TAP, PortStats,
 };
+
+use core::ffi::c_void;
 
 use crate::{
     hdr::{ETH_HLEN, ICMP_HLEN, IP_HLEN, UDP_HLEN},
     switch::{Verdict, is_multicast},
+    vlan::Out,
 };
 
 /// The ports that take XDP frames, keyed by ifindex: unicast and broadcast
@@ -132,6 +136,20 @@ pub fn umlbr_xdp(ctx: XdpContext) -> u32 {
     {
         return xdp_action::XDP_PASS;
     }
+    // A bridge with VLANs switches out of line; only the masquerade's
+    // frames (the default VLAN's, untagged) continue here.
+    if config().flags & CFG_F_VLAN != 0 {
+        // Here, not in xdp_vlan: its frame (248 bytes) would stack on
+        // xdp_vlan's. CHECKSUM_PARTIAL frames, the masquerade's too, go
+        // to TC.
+        if csum::looks_partial(ctx.data(), ctx.data_end()) {
+            return xdp_action::XDP_PASS;
+        }
+        let action = xdp_vlan(&ctx, ingress, len);
+        if action != VLAN_CONTINUE {
+            return action;
+        }
+    }
     let Some(stats) = port_stats(ingress) else {
         return xdp_action::XDP_PASS;
     };
@@ -166,7 +184,7 @@ fn xdp_switch(
     if gw.is_none() && csum::looks_partial(data, end) {
         return xdp_action::XDP_PASS;
     }
-    match switch::decide(ctx, cfg, gw.is_some(), (dst, src), ingress, stats) {
+    match switch::decide(ctx, cfg, (gw.is_some(), 0), (dst, src), ingress, stats) {
         Verdict::Drop => {
             stats.dropped += 1;
             xdp_action::XDP_DROP
@@ -191,6 +209,109 @@ fn xdp_switch(
         Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
     }
 }
+
+/// A frame of a VLAN the port (or the unicast's target) does not carry,
+/// or a malformed tag: dropped with `action`, counted. Out of line: rare.
+#[inline(never)]
+fn vlan_drop<T>(stats: &mut PortStats, action: T) -> T {
+    stats.dropped += 1;
+    stats.vlan += 1;
+    action
+}
+
+/// `xdp_switch_vlan`/`tc_switch_vlan`: not finished there, the frame
+/// goes on through the common path (the masquerade's, in the default
+/// VLAN).
+const VLAN_CONTINUE: u32 = u32::MAX;
+
+/// `umlbr_xdp` in a bridge with VLANs, from the port's counters on:
+/// VLAN_CONTINUE (nothing counted) for the common path.
+#[inline(never)]
+fn xdp_vlan(ctx: &XdpContext, ingress: u32, len: usize) -> u32 {
+    let Some(stats) = port_stats(ingress) else {
+        return xdp_action::XDP_PASS;
+    };
+    let generic = stats.kind == PORT_KIND_TAP && xdp_is_generic(ctx);
+    let action = xdp_switch_vlan(ctx, ingress, stats);
+    if action != xdp_action::XDP_PASS && action != VLAN_CONTINUE {
+        count_xdp(stats, len, generic);
+    }
+    action
+}
+
+/// Switch a frame from a port in XDP in a bridge with VLANs: classify,
+/// learn and decide in its VLAN, tag or untag for the unicast's port.
+/// Floods go to TC (XDP_PASS), which tags each port's copy; so do frames
+/// XDP cannot tag. Frames for the masquerade's gateway in the default
+/// VLAN, untagged, are left to the common path (VLAN_CONTINUE). Out of
+/// line (in `xdp_vlan`): umlbr_xdp's frame is shared with the NAT's
+/// deepest calls.
+#[inline(always)]
+fn xdp_switch_vlan(ctx: &XdpContext, ingress: u32, stats: &mut PortStats) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some((dst, src)) = hdr::macs(data, end) else {
+        return VLAN_CONTINUE;
+    };
+    let cfg = config();
+    let class = vlan::classify_xdp(data, end, ingress, cfg.host_port);
+    if class == vlan::DROP {
+        return vlan_drop(stats, xdp_action::XDP_DROP);
+    }
+    if class == vlan::HOST_VLAN
+        && vlan::pvid(cfg.host_port) == 0
+        && switch::for_gateway(cfg, nat::config(), &dst).is_some()
+    {
+        return VLAN_CONTINUE;
+    }
+    match switch::decide(
+        ctx,
+        cfg,
+        (false, vlan::vid(class)),
+        (dst, src),
+        ingress,
+        stats,
+    ) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            xdp_action::XDP_DROP
+        }
+        Verdict::Unicast(port) => match xdp_vlan_out(ctx, port, class) {
+            VLAN_OUT_OK => redirect_xdp(port, stats),
+            VLAN_OUT_NO => vlan_drop(stats, xdp_action::XDP_DROP),
+            _ => xdp_action::XDP_PASS,
+        },
+        Verdict::Flood | Verdict::Local(_) => xdp_action::XDP_PASS,
+    }
+}
+
+/// `xdp_vlan_out`: redirect, not a member, or let TC do it.
+const VLAN_OUT_OK: u32 = 0;
+const VLAN_OUT_NO: u32 = 1;
+const VLAN_OUT_TC: u32 = 2;
+
+/// Make an XDP frame of `class` what `port` sends (tagged or not) before
+/// its redirect. TC does what XDP cannot (a frame too long to take a tag,
+/// a port outside the devmap), from the frame as it came.
+#[inline(always)]
+fn xdp_vlan_out(ctx: &XdpContext, port: u32, class: u32) -> u32 {
+    let out = vlan::egress(port, vlan::vid(class));
+    let came = class & vlan::IN_MASK;
+    let same = match out {
+        Out::No => return VLAN_OUT_NO,
+        Out::Untagged => came == vlan::IN_UNTAGGED,
+        Out::Tagged => came == vlan::IN_TAGGED,
+    };
+    if same {
+        return VLAN_OUT_OK;
+    }
+    if PORTS.get(port).is_none() || !vlan::xdp_retag(ctx, class, out) {
+        return VLAN_OUT_TC;
+    }
+    VLAN_OUT_OK
+}
+
+/// A flood over the port's flood limit (storm control): dropped with
+/// `action`, counted.
 
 /// A flood from `src` on port `ingress` over the port's flood limit
 /// (storm control): dropped with `action`, counted.
@@ -257,9 +378,13 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
         nat::In::Drop => xdp_action::XDP_DROP,
-        nat::In::Guest(mac) => match fdb::lookup(mac, fdb::now(), fdb::aging_ns(config())) {
+        // The masquerade's guests are in the default VLAN (with VLANs,
+        // behind ports that send it untagged: only those learn in it).
+        nat::In::Guest(mac) => match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(config())) {
             Some((port, false)) => PORTS.redirect(port, 0).unwrap_or(xdp_action::XDP_DROP),
             // Checked by nat::inbound; only a racing removal gets here.
+            // With VLANs, a broadcast would reach every VLAN: dropped.
+            _ if config().flags & CFG_F_VLAN != 0 => xdp_action::XDP_DROP,
             _ => PORTS
                 .redirect(0, FLOOD_FLAGS)
                 .unwrap_or(xdp_action::XDP_DROP),
@@ -311,6 +436,13 @@ pub fn umlbr_tc(ctx: TcContext) -> i32 {
         && ingress == n.nat_ifindex
     {
         return tc_nat_in(&ctx, n);
+    }
+    // As in XDP.
+    if config().flags & CFG_F_VLAN != 0 {
+        let action = tc_vlan(&ctx, ingress);
+        if action != VLAN_CONTINUE as i32 {
+            return action;
+        }
     }
     let Some(stats) = port_stats(ingress) else {
         return TC_ACT_OK as i32;
@@ -380,7 +512,173 @@ fn decide_tc(
 ) -> u64 {
     // Packed: a returned enum would take a sixth argument slot (BPF has
     // five).
-    switch::decide(ctx, config(), to_gw, *macs, ingress, stats).pack()
+    switch::decide(ctx, config(), (to_gw, 0), *macs, ingress, stats).pack()
+}
+
+/// `umlbr_tc` in a bridge with VLANs, from the port's counters on:
+/// VLAN_CONTINUE (nothing counted) for the common path.
+#[inline(never)]
+fn tc_vlan(ctx: &TcContext, ingress: u32) -> i32 {
+    let Some(stats) = port_stats(ingress) else {
+        return TC_ACT_OK as i32;
+    };
+    let action = tc_switch_vlan(ctx, ingress, stats);
+    if action != VLAN_CONTINUE as i32 {
+        stats.rx_packets += 1;
+        stats.rx_bytes += ctx.len() as u64;
+        stats.tc += 1;
+    }
+    action
+}
+
+/// Switch a frame from a port in TC in a bridge with VLANs, as
+/// `xdp_switch_vlan`: its VLAN from the skb's tag (the kernel took the
+/// tag out of the packet before TC), the unicast's port tagging or
+/// untagging the skb, floods to the ports of the VLAN.
+#[inline(always)]
+fn tc_switch_vlan(ctx: &TcContext, ingress: u32, stats: &mut PortStats) -> i32 {
+    let Some((dst, src)) = hdr::macs(ctx.data(), ctx.data_end()) else {
+        return VLAN_CONTINUE as i32;
+    };
+    let cfg = config();
+    let class = vlan::classify_tc(ctx, ingress, cfg.host_port);
+    if class == vlan::DROP {
+        return vlan_drop(stats, TC_ACT_SHOT as i32);
+    }
+    if class == vlan::HOST_VLAN
+        && vlan::pvid(cfg.host_port) == 0
+        && switch::for_gateway(cfg, nat::config(), &dst).is_some()
+    {
+        return VLAN_CONTINUE as i32;
+    }
+    let vid = vlan::vid(class);
+    match switch::decide(ctx, cfg, (false, vid), (dst, src), ingress, stats) {
+        Verdict::Drop => {
+            stats.dropped += 1;
+            TC_ACT_SHOT as i32
+        }
+        Verdict::Local(port) if port == ingress => TC_ACT_OK as i32,
+        Verdict::Unicast(port) | Verdict::Local(port) if !tc_vlan_to(ctx, port, vid) => {
+            vlan_drop(stats, TC_ACT_SHOT as i32)
+        }
+        Verdict::Unicast(port) => {
+            stats.forwarded += 1;
+            redirect(port, 0)
+        }
+        Verdict::Local(port) => {
+            stats.forwarded += 1;
+            ctx.set_mark(LOCAL_MARK);
+            redirect(port, BPF_F_INGRESS)
+        }
+        Verdict::Flood => {
+            if !fdb::flood_allowed(ingress) {
+                return storm(stats, (ingress, &src), TC_ACT_SHOT as i32);
+            }
+            stats.flooded += 1;
+            let isolated = stats.flags & PORT_F_ISOLATED != 0;
+            let flags = isolated as u32 | (is_multicast(&dst) as u32) << 1;
+            flood_tc_vlan(ctx, ingress, vid, flags)
+        }
+    }
+}
+
+/// Tag or untag the skb as `port` sends VLAN `vid`; false if it does not
+/// carry it.
+#[inline(always)]
+fn tc_vlan_to(ctx: &TcContext, port: u32, vid: u16) -> bool {
+    let out = vlan::egress(port, vid);
+    if out == Out::No {
+        return false;
+    }
+    vlan::tc_retag(ctx, vid, out);
+    true
+}
+
+/// A flood of VLAN `vid` (TC, in a bridge with VLANs): a copy to every
+/// other port that carries the VLAN, tagged or not as each sends it (bit
+/// 0 of `flags`: from an isolated port, not to isolated ones). A
+/// broadcast or multicast (bit 1) also goes up the uplink's own stack if
+/// the uplink sends the VLAN untagged.
+#[inline(never)]
+fn flood_tc_vlan(ctx: &TcContext, ingress: u32, vid: u16, flags: u32) -> i32 {
+    let cfg = config();
+    clone_to_vlan(ctx, cfg.nr_ports, (ingress, 0), flags & 1 != 0, vid);
+    if flags & 2 != 0 && cfg.uplink != 0 && vlan::egress(cfg.uplink, vid) == Out::Untagged {
+        vlan::tc_retag(ctx, vid, Out::Untagged);
+        if ingress == cfg.uplink {
+            return TC_ACT_OK as i32;
+        }
+        ctx.set_mark(LOCAL_MARK);
+        let _ = ctx.clone_redirect(cfg.uplink, BPF_F_INGRESS);
+    }
+    TC_ACT_SHOT as i32
+}
+
+/// What `clone_one` needs of a VLAN flood: the skb, the ports left out,
+/// the VLAN.
+#[repr(C)]
+struct VlanFlood {
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    except: u32,
+    also_except: u32,
+    vid: u32,
+    isolated: u32,
+}
+
+/// As `clone_to_ports`, to the ports that carry VLAN `vid`, each copy
+/// tagged or untagged as its port sends the VLAN. A `bpf_loop`: its
+/// callback is verified once, where a bounded loop over 256 ports with a
+/// tag change in each is verified per iteration and path (past the
+/// verifier's million instructions).
+#[inline(always)]
+fn clone_to_vlan(
+    ctx: &TcContext,
+    nr: u32,
+    (except, also_except): (u32, u32),
+    isolated: bool,
+    vid: u16,
+) {
+    let mut f = VlanFlood {
+        skb: ctx.skb.skb,
+        except,
+        also_except,
+        vid: vid as u32,
+        isolated: isolated as u32,
+    };
+    // SAFETY: the helper calls `clone_one` with each index below `nr`
+    // and `&mut f`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            nr.min(MAX_PORTS),
+            clone_one as *mut c_void,
+            &mut f as *mut VlanFlood as *mut c_void,
+            0,
+        );
+    }
+}
+
+extern "C" fn clone_one(i: u32, f: *mut VlanFlood) -> i64 {
+    // SAFETY: `f` is clone_to_vlan's, alive during the loop.
+    let f = unsafe { &*f };
+    let Some(&port) = PORT_LIST.get(i) else {
+        return 1;
+    };
+    if port == 0
+        || port == f.except
+        || port == f.also_except
+        || f.isolated != 0 && port_isolated(port)
+    {
+        return 0;
+    }
+    let vid = f.vid as u16;
+    let out = vlan::egress(port, vid);
+    if out != Out::No {
+        // SAFETY: the skb of the program running the loop.
+        let ctx = TcContext::new(f.skb);
+        vlan::tc_retag(&ctx, vid, out);
+        let _ = ctx.clone_redirect(port, 0);
+    }
+    0
 }
 
 /// Guest traffic to the gateway (TC): masqueraded out of the uplink, or
@@ -443,8 +741,11 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
         nat::In::Drop => TC_ACT_SHOT as i32,
         nat::In::Guest(mac) => {
             let cfg = config();
-            match fdb::lookup(mac, fdb::now(), fdb::aging_ns(cfg)) {
+            // As in XDP: the default VLAN's guests.
+            match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(cfg)) {
                 Some((port, false)) => redirect(port, 0),
+                // As in XDP: not to every VLAN.
+                _ if cfg.flags & CFG_F_VLAN != 0 => TC_ACT_SHOT as i32,
                 _ => {
                     clone_to_ports(ctx, cfg.nr_ports, (cfg.host_port, 0), false);
                     TC_ACT_SHOT as i32
@@ -521,12 +822,34 @@ pub fn umlbr_tc_out(ctx: TcContext) -> i32 {
     if cfg.uplink == 0 || src != cfg.uplink_mac {
         return TC_ACT_OK as i32;
     }
+    if cfg.flags & CFG_F_VLAN != 0 {
+        return tc_out_vlan(&ctx, dst);
+    }
     if is_multicast(&dst) {
         clone_to_ports(&ctx, cfg.nr_ports, (cfg.uplink, cfg.host_port), false);
         return TC_ACT_OK as i32;
     }
-    match fdb::lookup(dst, fdb::now(), fdb::aging_ns(cfg)) {
+    match fdb::lookup(dst, 0, fdb::now(), fdb::aging_ns(cfg)) {
         Some((port, false)) if port != cfg.uplink => redirect(port, 0),
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+/// `umlbr_tc_out` in a bridge with VLANs: the host's frames are in the
+/// uplink's pvid, and leave the wire as they came (untagged).
+#[inline(never)]
+fn tc_out_vlan(ctx: &TcContext, dst: [u8; 6]) -> i32 {
+    let cfg = config();
+    let vid = vlan::pvid(cfg.uplink);
+    if is_multicast(&dst) {
+        clone_to_vlan(ctx, cfg.nr_ports, (cfg.uplink, cfg.host_port), false, vid);
+        vlan::tc_retag(ctx, vid, Out::Untagged);
+        return TC_ACT_OK as i32;
+    }
+    match fdb::lookup(dst, vid, fdb::now(), fdb::aging_ns(cfg)) {
+        Some((port, false)) if port != cfg.uplink && tc_vlan_to(ctx, port, vid) => {
+            redirect(port, 0)
+        }
         _ => TC_ACT_OK as i32,
     }
 }

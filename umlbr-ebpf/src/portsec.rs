@@ -75,8 +75,8 @@ const ND_OPT_MAX: usize = 2;
 
 /// Whether `src` is bound to locked `port`: one of its static entries.
 #[inline(always)]
-pub fn mac_bound(src: [u8; 6], port: u32) -> bool {
-    crate::fdb::static_of(src, port)
+pub fn mac_bound(src: [u8; 6], vid: u16, port: u32) -> bool {
+    crate::fdb::static_of(src, vid, port)
 }
 
 /// Whether the frame at `data..end` from IP-locked `port` with source MAC

@@ -71,8 +71,8 @@ pub fn for_gateway<'a>(
 }
 
 /// Learn the source (or, from a locked port, check it) and decide where
-/// the frame of `ctx` goes; `to_gw`: the frame is for the
-/// gateway (see `for_gateway`). Counts `learned`, `moved`,
+/// the frame of `ctx` in VLAN `vid` (0 in a bridge without VLANs) goes;
+/// `to_gw`: the frame is for the gateway (see `for_gateway`). Counts `learned`, `moved`,
 /// `learn_limited` and every reason of `dropped`: `invalid`, `spoofed`,
 /// `locked`, `ip_locked`, `isolated`, `hairpin`; the
 /// caller counts the rest, `dropped` included, once it knows which
@@ -82,7 +82,7 @@ pub fn for_gateway<'a>(
 pub fn decide<C: Pkt>(
     ctx: &C,
     cfg: &Config,
-    to_gw: bool,
+    (to_gw, vid): (bool, u16),
     (dst, src): ([u8; 6], [u8; 6]),
     ingress: u32,
     stats: &mut PortStats,
@@ -94,12 +94,12 @@ pub fn decide<C: Pkt>(
     }
     // Port security: the only cost for other ports is this flag test.
     let locked = stats.flags & PORT_F_LOCKED != 0;
-    if locked && !locked_allows::<C>(ctx.as_ptr(), src, stats) {
+    if locked && !locked_allows::<C>(ctx.as_ptr(), src, vid, stats) {
         return Verdict::Drop;
     }
     let now = fdb::now();
     let aging_ns = fdb::aging_ns(cfg);
-    if !locked && !fdb::learn(src, ingress, now, aging_ns, stats) {
+    if !locked && !fdb::learn((src, vid), ingress, now, aging_ns, stats) {
         stats.spoofed += 1;
         events::port(EV_SPOOFED, ingress, &src, 0);
         return Verdict::Drop;
@@ -110,7 +110,7 @@ pub fn decide<C: Pkt>(
     if is_multicast(&dst) {
         return Verdict::Flood;
     }
-    match fdb::lookup(dst, now, aging_ns) {
+    match fdb::lookup(dst, vid, now, aging_ns) {
         Some((port, true)) => Verdict::Local(port),
         Some((port, false)) if port != ingress && isolated_pair(stats, port) => {
             stats.isolated += 1;
@@ -129,11 +129,11 @@ pub fn decide<C: Pkt>(
 /// the 512-byte stack shared with the NAT's deepest calls) keep nothing
 /// of it.
 #[inline(never)]
-fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], stats: &mut PortStats) -> bool {
+fn locked_allows<C: Pkt>(raw: *mut c_void, src: [u8; 6], vid: u16, stats: &mut PortStats) -> bool {
     // SAFETY: `raw` is this program's context.
     let ctx = unsafe { C::from_raw(raw) };
     let ingress = ctx.ingress();
-    if !portsec::mac_bound(src, ingress) {
+    if !portsec::mac_bound(src, vid, ingress) {
         stats.locked += 1;
         events::port(EV_LOCKED, ingress, &src, 0);
         return false;

@@ -51,6 +51,7 @@ use crate::{
     nat::{self, NatOptions, NatTimeout, parse_port_range, parse_timeout},
     port::{self, AttachOptions, PORT_F_OWN_TAP},
     tap::{self, TapOptions},
+    vlan::Vlans,
 };
 
 /// The aging times `up --aging` and `aging` take, in seconds.
@@ -112,6 +113,14 @@ pub struct Config {
     /// (`up --uplink`); `[[port]]` with `uplink = true` gives options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<String>,
+    /// The host port's VLANs (`umlbr vlan NAME --vlan`, `--trunk`,
+    /// `--pvid`), as a port's `vlan`, `trunk` and `pvid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_vlan: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_trunk: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pvid: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<Masquerade>,
     #[serde(default, rename = "port", skip_serializing_if = "Vec::is_empty")]
@@ -185,6 +194,15 @@ pub struct Port {
     /// Create the interface as a persistent tap if it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<Tap>,
+    /// An access port of this VLAN (`attach --vlan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// A trunk of these VLANs (`--trunk`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk: Vec<u16>,
+    /// The trunk's untagged VLAN (`--pvid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvid: Option<u16>,
 }
 
 /// `tap add`'s options.
@@ -324,7 +342,14 @@ impl Port {
             macs: self.macs.iter().map(|m| m.0).collect(),
             ips: self.ips.clone(),
             own_tap,
+            vlans: self.vlans(),
         }
+    }
+
+    /// The port's VLANs, as `attach` takes them.
+    pub fn vlans(&self) -> Option<Vlans> {
+        let v = vlans_of((self.vlan, &self.trunk, self.pvid));
+        (!v.is_default()).then_some(v)
     }
 }
 
@@ -396,7 +421,62 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&p, &src)
 }
 
+/// A port's `vlan`, `trunk` and `pvid` keys (`k` names them): ids
+/// 1-4094, an access port or a trunk, `pvid` only with `trunk`.
+fn check_vlans(
+    (vlan, trunk, pvid): (Option<u16>, &[u16], Option<u16>),
+    k: impl Fn(&str) -> String,
+) -> Result<(), (String, String)> {
+    let bad = |k: String, m: &str| Err((k, m.to_string()));
+    let bad_id = |v: &u16| !(1..=umlbr_common::VLAN_MAX).contains(v);
+    if vlan.iter().any(bad_id) {
+        return bad(k("vlan"), "VLAN ids are 1-4094");
+    }
+    if trunk.iter().any(bad_id) {
+        return bad(k("trunk"), "VLAN ids are 1-4094");
+    }
+    if pvid.iter().any(bad_id) {
+        return bad(k("pvid"), "VLAN ids are 1-4094");
+    }
+    if vlan.is_some() && !trunk.is_empty() {
+        return bad(
+            k("vlan"),
+            "conflicts with `trunk` (an access port or a trunk)",
+        );
+    }
+    if pvid.is_some() && trunk.is_empty() {
+        return bad(k("pvid"), "needs `trunk`");
+    }
+    Ok(())
+}
+
+/// The VLANs of `vlan`, `trunk` and `pvid` keys; the default VLAN alone
+/// without them.
+fn vlans_of((vlan, trunk, pvid): (Option<u16>, &[u16], Option<u16>)) -> Vlans {
+    match (vlan, trunk.is_empty()) {
+        (Some(v), _) => Vlans::access(v),
+        (None, false) => Vlans::trunk(trunk, pvid.unwrap_or(0)),
+        (None, true) => Vlans::default(),
+    }
+}
+
+/// `v` as `vlan`, `trunk` and `pvid` keys.
+fn vlan_keys(v: &Vlans) -> (Option<u16>, Vec<u16>, Option<u16>) {
+    if v.is_default() {
+        (None, Vec::new(), None)
+    } else if v.tagged.is_empty() {
+        (Some(v.pvid), Vec::new(), None)
+    } else {
+        (None, v.tagged.clone(), (v.pvid != 0).then_some(v.pvid))
+    }
+}
+
 impl Config {
+    /// The host port's VLANs.
+    pub fn host_vlans(&self) -> Vlans {
+        vlans_of((self.host_vlan, &self.host_trunk, self.host_pvid))
+    }
+
     /// What the command line's `conflicts_with` and `requires` refuse,
     /// and what only a file can get wrong (a port twice): (key, why).
     fn check(&self) -> Result<(), (String, String)> {
@@ -404,6 +484,9 @@ impl Config {
         if let Err(e) = check_ifname(&self.name) {
             return bad("name".into(), &e.to_string());
         }
+        check_vlans((self.host_vlan, &self.host_trunk, self.host_pvid), |f| {
+            format!("host_{f}")
+        })?;
         if self.uplink.is_some() && self.masquerade.is_some() {
             return bad("uplink".into(), "conflicts with [masquerade]");
         }
@@ -451,6 +534,7 @@ impl Config {
             if p.lock && p.macs.is_empty() {
                 return bad(k("lock"), "needs `macs`");
             }
+            check_vlans((p.vlan, &p.trunk, p.pvid), k)?;
             if !p.lock && (!p.macs.is_empty() || !p.ips.is_empty()) {
                 return bad(k("macs"), "`macs` and `ips` need `lock = true`");
             }
@@ -512,6 +596,7 @@ struct Effective {
     macs: BTreeSet<[u8; 6]>,
     ips: BTreeSet<IpAddr>,
     limits: (u32, u32),
+    vlans: Vlans,
 }
 
 /// Whether `attach` gives `link` no XDP program although not asked to:
@@ -547,6 +632,7 @@ fn desired(p: &Port, link: &Link) -> Effective {
             p.max_learned.unwrap_or(port::default_max_learned(kind)),
             p.flood_limit.unwrap_or(port::default_flood_limit(kind)),
         ),
+        vlans: p.vlans().unwrap_or_default(),
     }
 }
 
@@ -568,6 +654,8 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
     let xdp = link.xdp_prog.is_some();
     let own_tap = flags & PORT_F_OWN_TAP != 0;
     let tap = own_tap.then(|| tap_of(link));
+    let vlans = crate::vlan::of(&br.maps, link.index);
+    let (vlan, trunk, pvid) = vlan_keys(&vlans);
     let p = Port {
         name: link.name.clone(),
         uplink,
@@ -579,6 +667,9 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
         macs: macs.iter().copied().map(Mac).collect(),
         ips: ips.clone(),
         tap,
+        vlan,
+        trunk,
+        pvid,
     };
     let eff = Effective {
         uplink,
@@ -588,6 +679,7 @@ fn current_port(br: &Bridge, link: &Link) -> (Port, bool, Effective) {
         macs: macs.into_iter().collect(),
         ips: ips.into_iter().collect(),
         limits: (budget.max, budget.flood_pps),
+        vlans,
     };
     (p, own_tap, eff)
 }
@@ -728,11 +820,16 @@ pub async fn current(net: &Net, br: &Bridge) -> Result<Config> {
             port,
         })
         .collect();
+    let (host_vlan, host_trunk, host_pvid) =
+        vlan_keys(&crate::vlan::of(&br.maps, br.switch_port.index));
     Ok(Config {
         name: br.name.clone(),
         addresses: current_addresses(net, br).await?,
         aging: Some(br.aging_secs()?),
         uplink,
+        host_vlan,
+        host_trunk,
+        host_pvid,
         masquerade: current_masquerade(net, br).await?,
         ports,
         fdb,
@@ -763,6 +860,8 @@ pub fn to_toml(cfg: &Config) -> String {
 pub enum Step {
     AddAddress(Cidr),
     SetAging(u64),
+    /// The host port's VLANs, changed in place.
+    HostVlans(Vlans),
     Unmasquerade(String),
     /// Detach the port, and delete its tap if a config created it.
     Detach {
@@ -800,6 +899,7 @@ impl fmt::Display for Step {
         match self {
             Step::AddAddress(c) => write!(f, "add address {c}"),
             Step::SetAging(s) => write!(f, "set aging to {s} s"),
+            Step::HostVlans(v) => write!(f, "set the host port's VLANs to {v}"),
             Step::Unmasquerade(i) => write!(f, "stop masquerading through {i}"),
             Step::Detach { iface, delete_tap } => {
                 let del = if *delete_tap {
@@ -856,6 +956,10 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
         && a != br.aging_secs()?
     {
         steps.push(Step::SetAging(a));
+    }
+    let host = cfg.host_vlans();
+    if crate::vlan::of(&br.maps, br.switch_port.index) != host {
+        steps.push(Step::HostVlans(host));
     }
     // Masquerade: added or removed, never changed in place.
     let mut masquerade_add = None;
@@ -998,6 +1102,9 @@ pub async fn execute(
                 let (a, p) = c.0;
                 net.add_address(br.host.index, name, a, p).await?;
             }
+            Step::HostVlans(v) => {
+                port::set_vlans(net, name, v).await?;
+            }
             Step::SetAging(secs) => {
                 let mut br = port::lock(net, Bridge::open(net, name).await?).await?;
                 let mut c = br.maps.config()?;
@@ -1045,10 +1152,10 @@ pub async fn execute(
                 port::attach(net, &port.name, Some(name), opts).await?;
             }
             Step::FdbDel(mac) => {
-                fdb::del(net, *mac, Some(name)).await?;
+                fdb::del(net, (*mac, None), Some(name)).await?;
             }
             Step::FdbAdd(mac, p) => {
-                fdb::add(net, *mac, p, true).await?;
+                fdb::add(net, (*mac, None), p, true).await?;
             }
             Step::ForwardDel(proto, port) => {
                 forward::del(net, Some(name), *proto, *port).await?;

@@ -89,6 +89,10 @@ pub enum Error {
     },
     #[error("MAC {mac} is not in the FDB of bridge {bridge}")]
     NoSuchFdbEntry { mac: String, bridge: String },
+    #[error(
+        "{iface} does not carry VLAN {vlan} (see `umlbr show`; `umlbr vlan {iface} ...` changes its VLANs)"
+    )]
+    NotInVlan { iface: String, vlan: u16 },
     #[error("invalid address {0:?} (expected CIDR like 192.168.2.1/24)")]
     BadCidr(String),
     #[error("no such user {0:?}")]

@@ -59,6 +59,9 @@ pub fn to_args(opts: &AttachOptions) -> Vec<String> {
     for ip in &opts.ips {
         a.extend(["--ip".into(), ip.to_string()]);
     }
+    if let Some(v) = &opts.vlans {
+        a.extend(crate::vlan::to_args(v));
+    }
     a
 }
 
@@ -75,6 +78,19 @@ pub fn from_args<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<AttachO
             "--lock" => o.lock = true,
             "--mac" => o.macs.push(parse_mac(words.next()?).ok()?),
             "--ip" => o.ips.push(words.next()?.parse().ok()?),
+            "--vlan" => o.vlans = Some(crate::vlan::Vlans::access(words.next()?.parse().ok()?)),
+            "--trunk" => {
+                let t: Vec<u16> = (words.next()?.split(','))
+                    .map(|v| v.parse().ok())
+                    .collect::<Option<_>>()?;
+                let pvid = o.vlans.as_ref().map_or(0, |v| v.pvid);
+                o.vlans = Some(crate::vlan::Vlans::trunk(&t, pvid));
+            }
+            "--pvid" => {
+                let pvid = words.next()?.parse().ok()?;
+                let t = o.vlans.take().map(|v| v.tagged).unwrap_or_default();
+                o.vlans = Some(crate::vlan::Vlans::trunk(&t, pvid));
+            }
             _ => return None,
         }
     }
@@ -192,6 +208,7 @@ mod tests {
             lock: true,
             macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]],
             ips: vec!["192.168.2.10".parse().unwrap(), "fe80::1".parse().unwrap()],
+            vlans: Some(crate::vlan::Vlans::trunk(&[20, 10], 5)),
             ..Default::default()
         };
         let args = to_args(&o);

@@ -19,6 +19,8 @@ use crate::{
 pub struct FdbRow {
     pub bridge: String,
     pub mac: String,
+    /// The VLAN (0: the default VLAN).
+    pub vlan: u16,
     pub port: String,
     pub ifindex: u32,
     #[serde(rename = "static")]
@@ -39,8 +41,20 @@ pub enum Entry {
     Local,
 }
 
-/// Write the entry for `mac`: behind port `ifindex`, as `what`.
+/// Write the entry for `mac` in the default VLAN: behind port `ifindex`,
+/// as `what`.
 pub fn put(maps: &mut Maps, mac: [u8; 6], ifindex: u32, what: Entry) -> Result<()> {
+    put_in(maps, (mac, 0), ifindex, what)
+}
+
+/// Write the entry for `mac` in VLAN `vid`: behind port `ifindex`, as
+/// `what`.
+pub fn put_in(
+    maps: &mut Maps,
+    (mac, vid): ([u8; 6], u16),
+    ifindex: u32,
+    what: Entry,
+) -> Result<()> {
     let flags = match what {
         Entry::Learned => 0,
         Entry::Static => FDB_F_STATIC,
@@ -51,7 +65,7 @@ pub fn put(maps: &mut Maps, mac: [u8; 6], ifindex: u32, what: Entry) -> Result<(
         flags,
         updated_ns: sys::monotonic_coarse_ns(),
     };
-    let key = FdbKey::new(mac);
+    let key = FdbKey::in_vlan(mac, vid);
     let old = maps.fdb.get(&key, 0).ok();
     maps.fdb
         .insert(key, entry, 0)
@@ -126,19 +140,31 @@ pub async fn show(net: &Net, br: &mut Bridge) -> Result<Vec<FdbRow>> {
         rows.push(FdbRow {
             bridge: br.name.clone(),
             mac: fmt_mac(&k.mac),
+            vlan: k.vlan,
             port,
             ifindex: v.ifindex,
             is_static,
             age: if is_static { 0.0 } else { age_ns as f64 / 1e9 },
         });
     }
-    rows.sort_by(|a, b| a.port.cmp(&b.port).then(a.mac.cmp(&b.mac)));
+    rows.sort_by(|a, b| {
+        (a.port.cmp(&b.port))
+            .then(a.vlan.cmp(&b.vlan))
+            .then(a.mac.cmp(&b.mac))
+    });
     Ok(rows)
 }
 
-/// Add (or replace) an entry for `mac` behind `iface`. Returns the
+/// Add (or replace) an entry for `mac` in VLAN `vid` behind `iface`,
+/// which must carry the VLAN; without a VLAN, in each of the port's
+/// VLANs (the default VLAN alone for a port without VLANs). Returns the
 /// bridge's name.
-pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Result<String> {
+pub async fn add(
+    net: &Net,
+    (mac, vid): ([u8; 6], Option<u16>),
+    iface: &str,
+    is_static: bool,
+) -> Result<String> {
     if mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(Error::MulticastMac(fmt_mac(&mac)));
     }
@@ -160,26 +186,52 @@ pub async fn add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Resul
     if !br.is_own(port) && !br.has_port(port) {
         return Err(Error::NotAttached(iface.into()));
     }
+    let carried = crate::vlan::of(&br.maps, port).all();
+    let vids = match vid {
+        Some(v) if !carried.contains(&v) => {
+            return Err(Error::NotInVlan {
+                iface: iface.into(),
+                vlan: v,
+            });
+        }
+        Some(v) => vec![v],
+        None => carried,
+    };
     let what = if is_static {
         Entry::Static
     } else {
         Entry::Learned
     };
-    put(&mut br.maps, mac, port, what)?;
+    for v in vids {
+        put_in(&mut br.maps, (mac, v), port, what)?;
+    }
     Ok(br.name)
 }
 
-/// Remove the entry for `mac`. Returns the bridge's name.
-pub async fn del(net: &Net, mac: [u8; 6], bridge: Option<&str>) -> Result<String> {
+/// Remove the entry for `mac` in VLAN `vid`; without a VLAN, in every
+/// VLAN. Returns the bridge's name.
+pub async fn del(
+    net: &Net,
+    (mac, vid): ([u8; 6], Option<u16>),
+    bridge: Option<&str>,
+) -> Result<String> {
     let br = Bridge::open_or_only(net, bridge).await?;
     let mut br = br.lock(net).await?;
-    let key = FdbKey::new(mac);
-    let Ok(entry) = br.maps.fdb.get(&key, 0) else {
+    let found: Vec<(FdbKey, FdbEntry)> = br
+        .maps
+        .fdb
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(k, _)| k.mac == mac && vid.is_none_or(|v| k.vlan == v))
+        .collect();
+    if found.is_empty() {
         return Err(Error::NoSuchFdbEntry {
             mac: fmt_mac(&mac),
             bridge: br.name.clone(),
         });
-    };
-    remove(&mut br.maps, &key, &entry)?;
+    }
+    for (key, entry) in found {
+        remove(&mut br.maps, &key, &entry)?;
+    }
     Ok(br.name)
 }

@@ -42,6 +42,7 @@ pub mod stats;
 pub mod sys;
 pub mod tap;
 pub mod upgrade;
+pub mod vlan;
 pub mod watch;
 
 pub use error::{Error, Result};

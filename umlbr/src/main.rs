@@ -152,8 +152,11 @@ async fn run(cli: Cli) -> Result<()> {
             mac,
             iface,
             is_static,
-        }) => fdb_add(&net, mac, &iface, is_static).await,
-        Cmd::Fdb(FdbCmd::Del { mac, bridge }) => fdb_del(&net, mac, bridge.as_deref()).await,
+            vlan,
+        }) => fdb_add(&net, (mac, vlan), &iface, is_static).await,
+        Cmd::Fdb(FdbCmd::Del { mac, bridge, vlan }) => {
+            fdb_del(&net, (mac, vlan), bridge.as_deref()).await
+        }
         Cmd::Nat(NatCmd::Show(a)) => nat_show(&net, a).await,
         Cmd::Log { name, follow } => log(&net, name.as_deref(), follow).await,
         Cmd::Apply(a) => apply(&net, a).await,
@@ -174,6 +177,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
         } => publish(&net, &name, &to, every, json).await,
         Cmd::Forward(c) => forward_cmd(&net, c).await,
+        Cmd::Vlan(a) => vlan_set(&net, a).await,
     }
 }
 
@@ -350,6 +354,7 @@ async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
         macs: a.mac,
         ips: a.ip,
         own_tap: false,
+        vlans: a.vlans.vlans(),
     };
     let p = port::attach(net, &a.iface, a.bridge.as_deref(), opts).await?;
     let role = match (p.uplink, p.isolated) {
@@ -415,14 +420,23 @@ async fn fdb_show(net: &Net, a: ShowArgs) -> Result<()> {
     Ok(())
 }
 
-async fn fdb_add(net: &Net, mac: [u8; 6], iface: &str, is_static: bool) -> Result<()> {
+async fn fdb_add(
+    net: &Net,
+    mac: ([u8; 6], Option<u16>),
+    iface: &str,
+    is_static: bool,
+) -> Result<()> {
     let b = fdb::add(net, mac, iface, is_static).await?;
-    eprintln!("{} -> {iface} added to {b}", fmt_mac(&mac));
+    eprintln!("{} -> {iface} added to {b}", fmt_mac(&mac.0));
     Ok(())
 }
 
-async fn fdb_del(net: &Net, mac: [u8; 6], bridge: Option<&str>) -> Result<()> {
-    let b = fdb::del(net, mac, bridge).await?;
+async fn fdb_del(
+    net: &Net,
+    (mac, vid): ([u8; 6], Option<u16>),
+    bridge: Option<&str>,
+) -> Result<()> {
+    let b = fdb::del(net, (mac, vid), bridge).await?;
     eprintln!("{} removed from {b}", fmt_mac(&mac));
     Ok(())
 }
@@ -856,4 +870,14 @@ async fn publish(net: &Net, name: &str, to: &str, every: Option<u64>, json: bool
             report(&p)?;
         }
     }
+}
+
+/// `vlan IFACE ...`: change a port's VLANs.
+async fn vlan_set(net: &Net, a: cli::VlanCmdArgs) -> Result<()> {
+    let v = a.vlans.vlans().unwrap_or_default();
+    let b = port::set_vlans(net, &a.iface, &v)
+        .await
+        .with_context(|| format!("setting the VLANs of {}", a.iface))?;
+    eprintln!("{} on {b}: VLANs {v}", a.iface);
+    Ok(())
 }

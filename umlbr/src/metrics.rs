@@ -55,7 +55,7 @@ const PORT_PATHS: [&str; 3] = ["xdp_native", "xdp_generic", "tc"];
 /// `PortStats` drop reasons, each a `reason` label of
 /// `umlbr_port_dropped_total` (see `PortStats` for what each means).
 /// `dropped` is their sum; whatever it holds beyond them is `other`.
-const DROP_REASONS: [&str; 8] = [
+const DROP_REASONS: [&str; 9] = [
     "invalid",
     "hairpin",
     "spoofed",
@@ -64,6 +64,7 @@ const DROP_REASONS: [&str; 8] = [
     "isolated",
     "storm",
     "nat_quota",
+    "vlan",
 ];
 
 /// `PortStats` fields rendered otherwise: `dropped`, as the sum of the

@@ -20,7 +20,7 @@ use aya::{
 };
 use umlbr_common::{
     Config, FdbEntry, FdbKey, FwdKey, FwdVal, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats,
-    PortIpKey, PortLearn, PortStats, names,
+    PortIpKey, PortLearn, PortStats, PortVlan, names,
 };
 
 use crate::{
@@ -469,6 +469,8 @@ pub struct Maps {
     /// Port forwards and their targets (`forward add`); None on a bridge
     /// whose programs predate them (`umlbr upgrade` adds it).
     pub nat_fwd: Option<HashMap<MapData, FwdKey, FwdVal>>,
+    /// Each VLAN-aware port's VLANs.
+    pub vlan: HashMap<MapData, u32, PortVlan>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -528,6 +530,7 @@ impl Maps {
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
             port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
             nat_fwd,
+            vlan: typed(take(names::VLAN)?, names::VLAN)?,
         })
     }
 

@@ -63,6 +63,9 @@ pub struct AttachOptions {
     pub ips: Vec<IpAddr>,
     /// A config file created the interface (a tap): `PORT_F_OWN_TAP`.
     pub own_tap: bool,
+    /// The port's VLANs (`--vlan`, `--trunk`, `--pvid`); None: the
+    /// default VLAN alone.
+    pub vlans: Option<crate::vlan::Vlans>,
 }
 
 /// The UMLBR_PORT_IP key binding `addr` to port `ifindex`.
@@ -113,7 +116,9 @@ pub fn bound_macs(maps: &Maps, ifindex: u32) -> Vec<[u8; 6]> {
         .filter(|(_, v)| v.ifindex == ifindex && v.flags & FDB_F_STATIC != 0)
         .map(|(k, _)| k.mac)
         .collect();
+    // One entry in each of the port's VLANs.
     macs.sort_unstable();
+    macs.dedup();
     macs
 }
 
@@ -367,6 +372,7 @@ fn unlist(maps: &mut Maps, ifindex: u32) -> Result<()> {
     maps.set_config(c)?;
     // Its bound MACs (static entries) go with its learned ones.
     fdb::forget_port(maps, ifindex);
+    crate::vlan::forget(maps, ifindex)?;
     unbind_ips(maps, ifindex);
     let _ = maps.learn.remove(&ifindex);
     // Its mappings stay until they expire; crediting them then finds no
@@ -682,8 +688,10 @@ pub async fn attach(
         e => e,
     })?;
     // Bound before the port is hooked: a locked port's first frame is
-    // already judged by them.
-    if let Err(e) = bind(net, &mut br, &link, &opts).await {
+    // already judged by them, in its VLANs.
+    let vlans = opts.vlans.clone().unwrap_or_default();
+    let bound = bind(net, &mut br, &link, &opts).await;
+    if let Err(e) = bound.and_then(|()| crate::vlan::set(&mut br.maps, link.index, &vlans)) {
         rollback(net, &mut br, &link, &progs).await;
         return Err(e);
     }
@@ -711,6 +719,38 @@ pub async fn attach(
         locked: opts.lock.then_some((opts.macs.len(), opts.ips.len())),
         no_xdp_reason,
     })
+}
+
+/// Give port `iface` (a bridge's name: its host port) the VLANs `v`.
+/// Returns the bridge's name.
+pub async fn set_vlans(net: &Net, iface: &str, v: &crate::vlan::Vlans) -> Result<String> {
+    let link = net.require(iface).await?;
+    let found = Bridge::list(net).await?.into_iter().find_map(|b| {
+        if b.host.index == link.index {
+            let p = b.switch_port.index;
+            Some((b, p))
+        } else {
+            b.has_port(link.index).then_some((b, link.index))
+        }
+    });
+    let Some((br, port)) = found else {
+        return Err(Error::NotAttached(iface.into()));
+    };
+    let mut br = lock(net, br).await?;
+    // Read again under the lock: another command may have detached it.
+    if !br.is_own(port) && !br.has_port(port) {
+        return Err(Error::NotAttached(iface.into()));
+    }
+    crate::vlan::set(&mut br.maps, port, v)?;
+    // What `umlbr watch` attaches again carries the new VLANs.
+    if let Some((_, mut opts)) = expect::read(&br.name)?
+        .into_iter()
+        .find(|(i, _)| i == iface)
+    {
+        opts.vlans = (!v.is_default()).then(|| v.clone());
+        expect::record(&br.name, iface, &opts)?;
+    }
+    Ok(br.name)
 }
 
 /// Remove `iface` from its bridge. Returns the bridge's name.

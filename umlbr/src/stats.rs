@@ -55,6 +55,9 @@ pub struct PortView {
     /// quota (`--nat-max-per-guest`); 0 without a masquerade.
     pub nat_mappings: u32,
     pub stats: PortCounters,
+    /// The port's VLANs (`attach --vlan/--trunk/--pvid`, `umlbr vlan`):
+    /// its untagged VLAN (0: the default VLAN) and the tagged ones.
+    pub vlans: crate::vlan::Vlans,
 }
 
 /// The masquerade of a bridge: where, and what it did.
@@ -146,6 +149,7 @@ fn port_view(br: &Bridge, ifindex: u32, link: Option<Link>, tc_id: Option<u32>) 
             datapath,
             ..Default::default()
         },
+        vlans: crate::vlan::of(&br.maps, ifindex),
     };
     let Some(l) = link else {
         return view;

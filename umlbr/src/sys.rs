@@ -209,6 +209,67 @@ pub fn update_raw(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<(
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
+/// `copy_entries_extended` for a per-CPU hash (the port counters): each
+/// CPU's value (`old_value` bytes, 8-aligned in the syscall's buffer of
+/// `nr_cpus` values) zero-extended to `new_value`. Returns how many
+/// entries were copied.
+pub fn copy_percpu_entries_extended(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    key_size: usize,
+    (old_value, new_value): (usize, usize),
+    nr_cpus: usize,
+) -> io::Result<usize> {
+    if new_value < old_value {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let (old_slot, new_slot) = (old_value.div_ceil(8) * 8, new_value.div_ceil(8) * 8);
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut old = vec![0u8; old_slot * nr_cpus];
+    let mut new = vec![0u8; new_slot * nr_cpus];
+    let mut first = true;
+    let mut n = 0;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: from.as_raw_fd() as u32,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        let mut attr = ElemAttr {
+            map_fd: from.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: old.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        }
+        new.fill(0);
+        for cpu in 0..nr_cpus {
+            new[cpu * new_slot..][..old_value].copy_from_slice(&old[cpu * old_slot..][..old_value]);
+        }
+        let mut attr = ElemAttr {
+            map_fd: to.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: new.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+        n += 1;
+    }
+}
+
 /// Effective capabilities of this process (from /proc/self/status).
 pub fn effective_caps() -> io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -477,7 +538,7 @@ fn has_devmap_broadcast() -> io::Result<bool> {
 
 /// What umlbr's datapath needs of the kernel beyond BPF, XDP and TC
 /// themselves, each with the release that brought it and what needs it.
-const HELPERS: [(i32, u32, &str, &str); 3] = [
+const HELPERS: [(i32, u32, &str, &str); 4] = [
     (
         152,
         BPF_PROG_TYPE_SCHED_CLS,
@@ -495,6 +556,12 @@ const HELPERS: [(i32, u32, &str, &str); 3] = [
         BPF_PROG_TYPE_XDP,
         "bpf_for_each_map_elem (Linux 5.13)",
         "the NAT quota's sweep",
+    ),
+    (
+        181,
+        BPF_PROG_TYPE_SCHED_CLS,
+        "bpf_loop (Linux 5.17)",
+        "floods of a bridge with VLANs",
     ),
 ];
 
@@ -598,6 +665,55 @@ mod tests {
         let get = |k: u32| lookup_raw(b.as_fd(), &k.to_ne_bytes(), 8).unwrap().unwrap();
         assert_eq!(get(1)[..5], [100, 0, 0, 0, 0]);
         assert_eq!(get(4)[..5], [144, 1, 0, 0, 7]);
+    }
+
+    /// The same for a per-CPU hash: each CPU's value zero-extended.
+    #[test]
+    fn percpu_entries_copy_zero_extended() {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        if effective_caps().unwrap_or(0) & (1 << CAP_SYS_ADMIN) == 0 {
+            eprintln!("not root: not run");
+            return;
+        }
+        let cpus = aya::util::nr_cpus().unwrap();
+        let create = |value_size| {
+            let mut m = MapAttr {
+                map_type: 5,
+                key_size: 4,
+                value_size,
+                max_entries: 8,
+            };
+            let fd = bpf(BPF_MAP_CREATE, &mut m).unwrap();
+            // SAFETY: BPF_MAP_CREATE returns a new fd that we own.
+            unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        };
+        let (a, b) = (create(8), create(16));
+        for k in 1u64..=3 {
+            let v: Vec<u64> = (0..cpus as u64).map(|c| k * 100 + c).collect();
+            let k = k as u32;
+            let mut attr = ElemAttr {
+                map_fd: a.as_raw_fd() as u32,
+                key: &k as *const u32 as u64,
+                value: v.as_ptr() as u64,
+                ..Default::default()
+            };
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr).unwrap();
+        }
+        let n = copy_percpu_entries_extended(a.as_fd(), b.as_fd(), 4, (8, 16), cpus).unwrap();
+        assert_eq!(n, 3);
+        for k in 1u32..=3 {
+            let mut v = vec![u64::MAX; 2 * cpus];
+            let mut attr = ElemAttr {
+                map_fd: b.as_raw_fd() as u32,
+                key: &k as *const u32 as u64,
+                value: v.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).unwrap();
+            for c in 0..cpus {
+                assert_eq!(v[2 * c..2 * c + 2], [k as u64 * 100 + c as u64, 0]);
+            }
+        }
     }
 
     #[test]

@@ -202,6 +202,13 @@ const USERSPACE_WRITTEN: [&str; 4] = [
     names::PORT_LIST,
 ];
 
+/// Per-CPU maps the datapath writes whose value may grow: the port
+/// counters, whose fields are added at the end (each zero meaning "none
+/// counted"). Their copy misses what the old programs count between the
+/// copy and their replacement (a few frames); the ports' records (kind,
+/// flags) in them are userspace's and do not change meanwhile.
+const COUNTERS: [&str; 1] = [names::PORT_STATS];
+
 /// The layout version of a bridge whose `Config::layout` is 0: made
 /// before the version was stored, by a umlbr whose maps are version 1's.
 pub const UNVERSIONED: u16 = 1;
@@ -300,12 +307,13 @@ impl fmt::Display for Migration {
 
 const HASH: u32 = 1;
 const ARRAY: u32 = 2;
+const PERCPU_HASH: u32 = 5;
 const LPM_TRIE: u32 = 11;
 
 /// Whether a map's entries can be copied from layout `old` into `new`
 /// one by one (values zero-extended): one value per key, the same keys.
 fn copyable(old: &Layout, new: &Layout) -> bool {
-    matches!(old.map_type, HASH | ARRAY | LPM_TRIE)
+    matches!(old.map_type, HASH | ARRAY | PERCPU_HASH | LPM_TRIE)
         && old.map_type == new.map_type
         && old.key_size == new.key_size
         && old.max_entries <= new.max_entries
@@ -315,10 +323,11 @@ fn copyable(old: &Layout, new: &Layout) -> bool {
 
 /// The migration of running map `name` (layout `old`) into the new
 /// object's map `full` (layout `new`) for a layout change alone, if one
-/// exists: a map only userspace writes whose value gained trailing fields.
+/// exists: a map only userspace writes, or the port counters (`COUNTERS`),
+/// whose value gained trailing fields.
 fn migration(name: &str, full: &str, old: &Layout, new: &Layout) -> Option<Migration> {
-    let grown = USERSPACE_WRITTEN.contains(&name)
-        && matches!(old.map_type, HASH | ARRAY)
+    let grown = (USERSPACE_WRITTEN.contains(&name) && matches!(old.map_type, HASH | ARRAY)
+        || COUNTERS.contains(&name) && old.map_type == PERCPU_HASH)
         && copyable(old, new)
         && old.max_entries == new.max_entries
         && new.value_size > old.value_size;
@@ -892,10 +901,32 @@ fn migrate(
     let from = running.maps.get(&kname).ok_or_else(missing)?;
     let to = match ebpf.map(&m.map) {
         Some(
-            aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) | aya::maps::Map::LpmTrie(d),
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::LpmTrie(d)
+            | aya::maps::Map::PerCpuHashMap(d),
         ) => d,
         _ => return Err(missing()),
     };
+    if m.old.map_type == PERCPU_HASH {
+        // The port counters: copied once, before the replaces (a second
+        // pass would put back counts the new programs have added to).
+        if !m.rewrites.is_empty() {
+            return Err(Error::io(what(), std::io::ErrorKind::Unsupported.into()));
+        }
+        if only_missing {
+            return Ok(0);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io(what(), e))?;
+        return sys::copy_percpu_entries_extended(
+            from.fd().as_fd(),
+            to.fd().as_fd(),
+            m.old.key_size as usize,
+            (m.old.value_size as usize, m.new.value_size as usize),
+            cpus,
+        )
+        .map_err(|e| Error::io(what(), e));
+    }
     let edit = |k: &mut [u8], v: &mut [u8]| {
         for r in &m.rewrites {
             (r.edit)(k, v);
@@ -1278,6 +1309,34 @@ mod tests {
         assert!(e.contains("UMLBR_FDB: running"), "{e}");
         // Shrunk: no migration (the copy would cut fields off).
         let new = new_of(&[(names::CONFIG, array(24)), (names::FDB, hash(16))]);
+        assert!(plan("br0", &running, &new, 1, &VERSIONS).is_err());
+    }
+
+    /// The port counters grew a field (`vlan`): copied per CPU.
+    #[test]
+    fn grown_port_counters_are_migrated() {
+        let percpu = |v| Layout {
+            map_type: 5,
+            key_size: 4,
+            value_size: v,
+            max_entries: 256,
+            flags: 0,
+        };
+        let running = BTreeMap::from([(names::PORT_STATS.to_string(), percpu(168))]);
+        let new = new_of(&[(names::PORT_STATS, percpu(176))]);
+        let p = plan("br0", &running, &new, 1, &VERSIONS).unwrap();
+        assert_eq!(
+            p.migrate,
+            [Migration {
+                map: names::PORT_STATS.into(),
+                old: percpu(168),
+                new: percpu(176),
+                rewrites: Vec::new(),
+            }]
+        );
+        // Another per-CPU map (the NAT's counters) has none.
+        let running = BTreeMap::from([(names::NAT_STATS.to_string(), percpu(112))]);
+        let new = new_of(&[(names::NAT_STATS, percpu(120))]);
         assert!(plan("br0", &running, &new, 1, &VERSIONS).is_err());
     }
 

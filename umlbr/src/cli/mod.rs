@@ -9,6 +9,7 @@ use umlbr::{
     forward::{self, Proto},
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
+    vlan::{Vlans, parse_vlan_list},
 };
 
 pub mod docs;
@@ -267,6 +268,80 @@ pub enum Cmd {
     /// libvirt port forwards).
     #[command(subcommand, long_about = FORWARD_HELP)]
     Forward(ForwardCmd),
+    /// Change the VLANs of a port (IFACE; a bridge's name: its host port):
+    /// --vlan ID, --trunk IDS [--pvid ID], or --none (the default VLAN
+    /// alone). The host port and an uplink `up` attached get their VLANs
+    /// this way.
+    #[command(long_about = VLAN_HELP)]
+    Vlan(VlanCmdArgs),
+}
+
+const VLAN_HELP: &str = "\
+Change the VLANs of a port (IFACE) of a running bridge, as `attach --vlan`,
+`--trunk` and `--pvid` set them: an interface that is a bridge's name means
+its host port (the host's own station joins the VLAN). With --none the port
+carries the default VLAN alone (untagged), as a port attached without VLANs.
+
+While any port of a bridge has VLANs, the bridge is VLAN-aware (as a Linux
+bridge with vlan_filtering 1): the FDB is keyed by VLAN and MAC, floods stay
+in their VLAN, every port without VLANs is an access port of the default
+VLAN (its tagged frames dropped), and frames of a VLAN a port does not carry
+are dropped, counted as `vlan` in `umlbr stats`.
+
+Examples:
+  umlbr vlan br0 --vlan 10             the host's station in VLAN 10
+  umlbr vlan eth0 --trunk 10,20        the uplink carries 10 and 20 tagged
+  umlbr vlan tap0 --none               back to the default VLAN";
+
+/// The VLANs of a port (`attach`, `vlan`).
+#[derive(Args, Clone, Default)]
+pub struct VlanArgs {
+    /// An access port of VLAN ID (1-4094): the guest sends and receives
+    /// untagged frames, which belong to VLAN ID on the switch; its tagged
+    /// frames are dropped (counted as vlan). Priority-tagged frames (VLAN
+    /// id 0) count as untagged.
+    #[arg(long, value_name = "ID", conflicts_with = "trunk",
+          value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub vlan: Option<u16>,
+    /// A trunk: frames tagged with these VLANs (1-4094, comma-separated)
+    /// pass tagged; for an uplink, or a guest that tags itself. Its
+    /// untagged frames are in the default VLAN unless --pvid.
+    #[arg(long, value_name = "ID,...", value_parser = parse_trunk)]
+    pub trunk: Option<VlanList>,
+    /// With --trunk: the VLAN (1-4094) of the trunk's untagged frames,
+    /// which leave it untagged.
+    #[arg(long, value_name = "ID", requires = "trunk",
+          value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub pvid: Option<u16>,
+}
+
+/// `--trunk`'s list, one value for clap (a `Vec` would be many).
+#[derive(Clone, Debug)]
+pub struct VlanList(pub Vec<u16>);
+
+fn parse_trunk(s: &str) -> Result<VlanList, String> {
+    parse_vlan_list(s).map(VlanList)
+}
+
+impl VlanArgs {
+    /// The VLANs asked for; None if no flag was given.
+    pub fn vlans(&self) -> Option<Vlans> {
+        match (self.vlan, &self.trunk) {
+            (Some(v), _) => Some(Vlans::access(v)),
+            (None, Some(t)) => Some(Vlans::trunk(&t.0, self.pvid.unwrap_or(0))),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct VlanCmdArgs {
+    pub iface: String,
+    #[command(flatten)]
+    pub vlans: VlanArgs,
+    /// The default VLAN alone (untagged), as without VLANs.
+    #[arg(long, conflicts_with_all = ["vlan", "trunk"], required_unless_present_any = ["vlan", "trunk"])]
+    pub none: bool,
 }
 
 const FORWARD_HELP: &str = "\
@@ -371,6 +446,8 @@ apply FILE` later brings the running bridge to an edited file, and
   name = \"br0\"
   addresses = [\"192.168.2.1/24\"]
   aging = 300                    # seconds
+  host_vlan = 10                 # the host port's VLANs (umlbr vlan NAME):
+                                 # also host_trunk = [..], host_pvid
   [masquerade]                   # or: uplink = \"eth0\"
   uplink = \"eth0\"
   ports = \"61000-65535\"          # --nat-ports
@@ -382,6 +459,7 @@ apply FILE` later brings the running bridge to an edited file, and
   lock = true                    # uplink
   macs = [\"52:54:00:12:34:56\"]
   ips = [\"192.168.2.10\"]
+  vlan = 10                      # --vlan; or trunk = [10, 20], pvid = 30
   [port.tap]                     # create it (tap add) if it does not exist
   user = \"giorgos\"               # also group, vnet_hdr = true
   [[fdb]]                        # a static entry (fdb add --static)
@@ -483,6 +561,8 @@ pub struct AttachArgs {
     pub ip: Vec<IpAddr>,
     #[command(flatten)]
     pub nat: NatArgs,
+    #[command(flatten)]
+    pub vlans: VlanArgs,
 }
 
 /// The masquerade's options; only with --masquerade.
@@ -553,6 +633,11 @@ pub enum FdbCmd {
         /// Never ages and never moves to another port.
         #[arg(long = "static")]
         is_static: bool,
+        /// The entry's VLAN (1-4094), which IFACE must carry; without it,
+        /// in each VLAN IFACE carries (the default VLAN for a port without
+        /// VLANs).
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
     /// Remove the entry for MAC.
     Del {
@@ -560,6 +645,10 @@ pub enum FdbCmd {
         mac: [u8; 6],
         #[arg(long, value_name = "NAME")]
         bridge: Option<String>,
+        /// The entry's VLAN (1-4094); without it, the MAC's entries in
+        /// every VLAN.
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
 }
 

@@ -38,7 +38,9 @@ pub fn show(views: &[BridgeView]) {
             "{}  host {}  switch port {}  aging {} s  {} MACs  layout {layout}",
             v.name, v.host_interface, v.switch_port, v.aging_secs, v.fdb_entries
         );
-        println!("  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY");
+        println!(
+            "  PORT             IFINDEX  KIND   XDP      TC    STATE  MACS/MAX   SECURITY  VLAN"
+        );
         for p in &v.ports {
             let max = match p.max_learned {
                 0 => "-".to_string(),
@@ -46,7 +48,7 @@ pub fn show(views: &[BridgeView]) {
             };
             let macs = format!("{}/{max}", p.learned_macs);
             println!(
-                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {:<6} {macs:<10} {}",
+                "  {:<16} {:>7}  {:<6} {:<8} {:<5} {:<6} {macs:<10} {}  {}",
                 p.name,
                 p.ifindex,
                 p.kind,
@@ -54,6 +56,7 @@ pub fn show(views: &[BridgeView]) {
                 p.tc,
                 if p.up { "up" } else { "down" },
                 security(p),
+                p.vlans,
             );
         }
         if let Some(n) = &v.nat {
@@ -95,12 +98,12 @@ pub fn stats(views: &[BridgeView]) {
     for v in views {
         println!("{}", v.name);
         println!(
-            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED INVALID HAIRPIN SPOOFED  LOCKED IP_LOCKED ISOLATED   STORM NAT_QUOTA LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
+            "  PORT                RX_PKTS     RX_BYTES  FORWARDED   FLOODED  DROPPED INVALID HAIRPIN SPOOFED  LOCKED IP_LOCKED ISOLATED   STORM NAT_QUOTA    VLAN LEARNED LIMITED XDP_NATIVE XDP_GENERIC       TC    TX_PKTS"
         );
         for p in &v.ports {
             let s = &p.stats.datapath;
             println!(
-                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>9} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
+                "  {:<16} {:>10} {:>12} {:>10} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>9} {:>7} {:>7} {:>7} {:>10} {:>11} {:>8} {:>10}",
                 p.name,
                 s.rx_packets,
                 s.rx_bytes,
@@ -115,6 +118,7 @@ pub fn stats(views: &[BridgeView]) {
                 s.isolated,
                 s.storm,
                 s.nat_quota,
+                s.vlan,
                 s.learned,
                 s.learn_limited,
                 s.xdp_native,
@@ -169,12 +173,17 @@ fn nat_counters(n: &NatView) {
 
 /// `fdb show`.
 pub fn fdb(rows: &[FdbRow]) {
-    println!("BRIDGE   MAC               PORT             FLAGS     AGE(s)");
+    println!("BRIDGE   MAC               VLAN PORT             FLAGS     AGE(s)");
     for r in rows {
+        let vlan = match r.vlan {
+            0 => "-".to_string(),
+            v => v.to_string(),
+        };
         println!(
-            "{:<8} {:<17} {:<16} {:<7} {:>8.1}",
+            "{:<8} {:<17} {:>4} {:<16} {:<7} {:>8.1}",
             r.bridge,
             r.mac,
+            vlan,
             r.port,
             if r.is_static { "static" } else { "learned" },
             r.age
