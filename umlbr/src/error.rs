@@ -242,6 +242,38 @@ pub enum Error {
         path: std::path::PathBuf,
         line: usize,
     },
+    /// Reading or writing one of the DHCP service's files.
+    #[error("bridge {bridge}: DHCP: {what} {}", path.display())]
+    DhcpFile {
+        bridge: String,
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("bridge {bridge}: starting dnsmasq (is dnsmasq-base installed?)")]
+    DhcpSpawn {
+        bridge: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("bridge {bridge}: dnsmasq failed to start ({status}): {stderr}")]
+    DhcpStart {
+        bridge: String,
+        status: String,
+        stderr: String,
+    },
+    /// A DHCP setting that does not fit the bridge's addresses.
+    #[error("bridge {bridge}: DHCP: {message}")]
+    DhcpConfig { bridge: String, message: String },
+    #[error(
+        "invalid DHCP range {0:?} (expected LO-HI, two IPv4 addresses, e.g. 192.168.2.100-192.168.2.199)"
+    )]
+    BadDhcpRange(String),
+    #[error(
+        "invalid host name {0:?} (letters, digits and '-', 1 to 63 of them, not starting or ending with '-')"
+    )]
+    BadHostname(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -18,8 +18,8 @@ use umlbr::{
 mod cli;
 
 use cli::{
-    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs, TapCmd,
-    UpArgs, docs, print,
+    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, LeaseCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs,
+    TapCmd, UpArgs, docs, print,
 };
 
 fn main() -> ExitCode {
@@ -162,7 +162,51 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("answered above"),
         Cmd::Watch { name } => watch_ports(&net, name.as_deref()).await,
         Cmd::Upgrade { name, json } => upgrade(&net, name.as_deref(), json).await,
+        Cmd::Lease(LeaseCmd::Add {
+            name,
+            mac,
+            addr,
+            hostname,
+        }) => lease_add(&net, &name, mac, addr, hostname).await,
+        Cmd::Lease(LeaseCmd::Del { name, mac }) => lease_del(&net, &name, mac).await,
+        Cmd::Leases(a) => leases(&net, a).await,
     }
+}
+
+async fn lease_add(
+    net: &Net,
+    name: &str,
+    mac: [u8; 6],
+    addr: std::net::Ipv4Addr,
+    hostname: Option<String>,
+) -> Result<()> {
+    let lease = umlbr::dhcp::StaticLease {
+        mac,
+        addr,
+        hostname,
+    };
+    umlbr::dhcp::lease_add(net, name, lease).await?;
+    eprintln!("{}: {} always gets {addr}", name, fmt_mac(&mac));
+    Ok(())
+}
+
+async fn lease_del(net: &Net, name: &str, mac: [u8; 6]) -> Result<()> {
+    umlbr::dhcp::lease_del(net, name, mac).await?;
+    eprintln!("{}: static lease of {} removed", name, fmt_mac(&mac));
+    Ok(())
+}
+
+async fn leases(net: &Net, a: ShowArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    for br in Bridge::named_or_all(net, a.name.as_deref()).await? {
+        let r = umlbr::dhcp::leases(&br.name).with_context(|| format!("bridge {}", br.name))?;
+        rows.extend(r);
+    }
+    if a.json {
+        return print::json(&rows);
+    }
+    print::leases(&rows);
+    Ok(())
 }
 
 async fn up(net: &Net, a: UpArgs) -> Result<()> {
@@ -172,10 +216,13 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
     }
     let nat = a.nat.options();
     let opts = UpOptions {
-        address: a.address,
+        addresses: a.address,
         aging_secs: a.aging,
         uplink: a.uplink,
         masquerade: a.masquerade.map(|m| (m, nat)),
+        dhcp: a.dhcp.then(|| umlbr::dhcp::DhcpOptions {
+            range: a.dhcp_range,
+        }),
     };
     // clap requires NAME without --config.
     let name = a.name.context("no bridge name")?;

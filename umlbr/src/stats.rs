@@ -11,6 +11,7 @@ use umlbr_common::{
 
 use crate::{
     bridge::Bridge,
+    dhcp::{self, DhcpView},
     error::Result,
     link::{Link, Net, XdpMode, fmt_mac},
     nat,
@@ -82,6 +83,10 @@ pub struct BridgeView {
     pub fdb_entries: usize,
     pub ports: Vec<PortView>,
     pub nat: Option<NatView>,
+    /// The host interface's addresses (not IPv6 link-local), CIDR.
+    pub addresses: Vec<String>,
+    /// DHCP, DNS and router advertisements (`up --dhcp`).
+    pub dhcp: Option<DhcpView>,
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -218,5 +223,13 @@ pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
         aging_secs: br.aging_secs()?,
         fdb_entries: br.maps.fdb.keys().count(),
         ports,
+        addresses: net
+            .ip_addrs(br.host.index)
+            .await?
+            .into_iter()
+            .filter(|(a, _)| !matches!(a, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .map(|(a, p)| format!("{a}/{p}"))
+            .collect(),
+        dhcp: dhcp::read(&br.name)?,
     })
 }
