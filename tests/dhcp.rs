@@ -1,0 +1,471 @@
+//! DHCP, DNS and router advertisements on a bridge's subnet (`umlbr up
+//! --dhcp`, issue 18), and IPv6 switched between guests, with User Mode
+//! Linux guests that configure nothing but a stock client inside: busybox
+//! `udhcpc` for IPv4, the kernel's SLAAC for IPv6.
+//!
+//! The guests share the host's root (hostfs): a guest must never write a
+//! host file. udhcpc runs with a script of the test's own (`-s`) that
+//! writes only into the guest's private directory, and the guest's
+//! /etc/resolv.conf is a bind mount (in the UML kernel, not the host's)
+//! of a file in that directory.
+//!
+//! The "LAN" DNS server is a dnsmasq in a namespace of its own that
+//! answers `name.lan`; the bridge's namespace resolves through it by
+//! `/etc/netns/NS/resolv.conf` (made and removed by the test), which
+//! `ip netns exec` mounts over /etc/resolv.conf for umlbr and so for the
+//! bridge's dnsmasq.
+//!
+//! Needs root, /usr/bin/linux.uml, busybox, dnsmasq, tcpdump, iperf3.
+//!   cargo test -p umlbr-tests --test dhcp -- --test-threads=1 --nocapture
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use umlbr_tests::{
+    netns::Netns,
+    uml::{Guest, GuestSpec, Transport},
+};
+
+const BR: &str = "br0";
+const LAN_DNS: &str = "10.9.0.2";
+const NAME_LAN_ADDR: &str = "10.9.0.77";
+
+/// Files a test made outside its namespaces, deleted on drop: the
+/// bridge's lease and static-lease files (kept by `down` on purpose),
+/// /etc/netns/NS.
+#[derive(Default)]
+struct Files(Vec<PathBuf>);
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn show(ns: &Netns) -> Result<Value> {
+    let out = ns.umlbr_ok(&["show", BR, "--json"])?;
+    serde_json::from_str(&out).context("show --json")
+}
+
+/// The bridge's dnsmasq pid, and its lease and hosts files.
+fn dhcp_state(ns: &Netns) -> Result<(Option<i64>, PathBuf, PathBuf)> {
+    let v = show(ns)?;
+    let d = &v["dhcp"];
+    ensure!(d.is_object(), "show --json has no dhcp: {v}");
+    let path = |k: &str| -> Result<PathBuf> {
+        Ok(PathBuf::from(
+            d[k].as_str().with_context(|| format!("no {k} in {d}"))?,
+        ))
+    };
+    Ok((d["pid"].as_i64(), path("lease_file")?, path("hosts_file")?))
+}
+
+fn leases(ns: &Netns) -> Result<Vec<Value>> {
+    let out = ns.umlbr_ok(&["leases", BR, "--json"])?;
+    let v: Value = serde_json::from_str(&out).context("leases --json")?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if t0.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A LAN namespace with a DNS server answering name.lan, reached from
+/// `host` over a veth pair, and `host`'s /etc/netns resolv.conf naming
+/// it (pushed to `files`).
+fn lan_dns(host: &Netns, files: &mut Files) -> Result<Netns> {
+    let lan = Netns::new("dhcl")?;
+    host.sh(&format!(
+        "ip link add dl0 type veth peer name dl1 netns {} && \
+         ip addr add 10.9.0.1/24 dev dl0 && ip link set dl0 up",
+        lan.name
+    ))?;
+    lan.sh(&format!(
+        "ip addr add {LAN_DNS}/24 dev dl1 && ip link set dl1 up"
+    ))?;
+    let log = std::env::temp_dir().join(format!("{}-dnsmasq.log", lan.name));
+    files.0.push(log.clone());
+    // In the foreground, no pid file, no config but the flags: killed
+    // with the namespace.
+    lan.spawn_logged(
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address",
+            LAN_DNS,
+            "--except-interface=lo",
+            &format!("--host-record=name.lan,{NAME_LAN_ADDR}"),
+        ],
+        &log,
+    )?;
+    let dir = PathBuf::from(format!("/etc/netns/{}", host.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    files.0.push(dir.clone());
+    std::fs::write(dir.join("resolv.conf"), format!("nameserver {LAN_DNS}\n"))?;
+    wait_until("the LAN's DNS server answers", Duration::from_secs(10), || {
+        let out = host.sh_output(&format!("busybox nslookup name.lan {LAN_DNS}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .contains(NAME_LAN_ADDR)
+            .then_some(()))
+    })?;
+    Ok(lan)
+}
+
+/// udhcpc's script: configures the interface from the lease, and writes
+/// the resolver and what it got into `$R` (the guest's own directory)
+/// alone.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    : > "$R/resolv.conf"
+    for d in $dns; do echo "nameserver $d" >> "$R/resolv.conf"; done
+    echo "ip=$ip router=$router dns=$dns" > "$R/lease"
+    ;;
+esac
+exit 0
+"#;
+
+/// Prepare `g` for udhcpc: its result dir, the script, and its
+/// /etc/resolv.conf bind-mounted (inside the guest) from the dir.
+fn dhcp_client(g: &Guest) -> Result<PathBuf> {
+    let r = g.dir().join("tmp/dhcp");
+    std::fs::create_dir_all(&r)?;
+    let script = r.join("udhcpc.sh");
+    std::fs::write(&script, UDHCPC_SCRIPT)?;
+    std::fs::write(r.join("resolv.conf"), "")?;
+    let r_s = r.display().to_string();
+    // The mount is the UML kernel's: the host's file is untouched, and
+    // the guest's resolver reads what udhcpc's script wrote.
+    g.run_ok(&format!(
+        "chmod 755 {r_s}/udhcpc.sh && mount --bind {r_s}/resolv.conf /etc/resolv.conf && \
+         grep -q ' /etc/resolv.conf ' /proc/mounts"
+    ))
+    .with_context(|| format!("guest {}: bind-mounting resolv.conf", g.name))?;
+    Ok(r)
+}
+
+/// Run udhcpc in `g` once (until it has a lease, at most ~10 s), sending
+/// host name `hostname`; what the script recorded.
+fn udhcpc(g: &Guest, r: &Path, hostname: &str) -> Result<String> {
+    let r_s = r.display().to_string();
+    let _ = std::fs::remove_file(r.join("lease"));
+    let (rc, out) = g.run_timeout(
+        &format!(
+            "R={r_s} busybox udhcpc -i {} -s {r_s}/udhcpc.sh -q -n -t 10 -T 1 -x hostname:{hostname}",
+            g.iface
+        ),
+        Duration::from_secs(30),
+    )?;
+    ensure!(rc == 0, "guest {}: udhcpc exited {rc}:\n{out}", g.name);
+    std::fs::read_to_string(r.join("lease"))
+        .with_context(|| format!("guest {}: udhcpc wrote no lease:\n{out}", g.name))
+}
+
+fn field<'a>(lease: &'a str, k: &str) -> &'a str {
+    lease
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+fn ipv4(s: &str) -> Result<std::net::Ipv4Addr> {
+    s.parse().with_context(|| format!("{s:?} is no IPv4 address"))
+}
+
+fn row<'a>(rows: &'a [Value], mac: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["mac"] == mac)
+}
+
+/// A guest gets a lease in the range with a default route via the bridge
+/// and the bridge as DNS server, which resolves a LAN name (forwarded to
+/// the host's resolver) and the guests' own names; a static lease gives
+/// its fixed address; `leases --json` lists both; the lease survives a
+/// dnsmasq killed and restarted by `umlbr watch`, and `down`/`up`.
+#[test]
+fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
+    let t0 = Instant::now();
+    let mut files = Files::default();
+    let ns = Netns::without_ipv6("dhc4")?;
+    let _lan = lan_dns(&ns, &mut files)?;
+    let up = [
+        "up",
+        BR,
+        "--address",
+        "192.168.2.1/24",
+        "--dhcp",
+        "--dhcp-range",
+        "192.168.2.100-192.168.2.150",
+    ];
+    ns.umlbr_ok(&up)?;
+    let (pid, lease_file, hosts_file) = dhcp_state(&ns)?;
+    files.0.extend([lease_file.clone(), hosts_file.clone()]);
+    ensure!(pid.is_some(), "dnsmasq is not running after up");
+    let (m1, m2) = ("02:00:00:00:00:02", "02:00:00:00:00:03");
+    ns.umlbr_ok(&["lease", "add", BR, m2, "192.168.2.50", "--hostname", "fixed"])?;
+    for t in ["tap0", "tap1"] {
+        ns.umlbr_ok(&["tap", "add", t])?;
+        ns.umlbr_ok(&["attach", t])?;
+    }
+    let guests = Guest::boot_all(
+        &ns.name,
+        &[
+            GuestSpec::unaddressed("g1", Transport::Legacy, "tap0", m1),
+            GuestSpec::unaddressed("g2", Transport::Legacy, "tap1", m2),
+        ],
+    )?;
+    let (g1, g2) = (&guests[0], &guests[1]);
+    let (r1, r2) = (dhcp_client(g1)?, dhcp_client(g2)?);
+
+    let l1 = udhcpc(g1, &r1, "dyn1")?;
+    println!("g1's lease: {l1}");
+    let a1 = ipv4(field(&l1, "ip"))?;
+    ensure!(
+        (100..=150).contains(&a1.octets()[3]) && a1.octets()[..3] == [192, 168, 2],
+        "g1 got {a1}, outside 192.168.2.100-150"
+    );
+    ensure!(field(&l1, "router") == "192.168.2.1", "router: {l1}");
+    ensure!(field(&l1, "dns") == "192.168.2.1", "dns: {l1}");
+    let route = g1.run_ok("ip route show default")?;
+    ensure!(route.contains("via 192.168.2.1"), "g1's default route: {route}");
+    g1.run_ok("ping -c 2 -W 3 192.168.2.1")?;
+    let l2 = udhcpc(g2, &r2, "ignored")?;
+    ensure!(field(&l2, "ip") == "192.168.2.50", "g2's static lease: {l2}");
+
+    // DNS: a LAN name (forwarded to the host's resolver, the LAN's
+    // dnsmasq), and the guests' names (from DHCP and the static lease).
+    let out = g1.run_ok("busybox nslookup -type=a name.lan")?;
+    ensure!(out.contains(NAME_LAN_ADDR), "name.lan from g1: {out}");
+    let out = g1.run_ok("busybox nslookup -type=a fixed")?;
+    ensure!(out.contains("192.168.2.50"), "fixed from g1: {out}");
+    let out = g2.run_ok("busybox nslookup -type=a dyn1")?;
+    ensure!(out.contains(&a1.to_string()), "dyn1 from g2: {out}");
+
+    let rows = leases(&ns)?;
+    println!("leases: {rows:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let r = row(&rows, m1).context("g1's lease not listed")?;
+    ensure!(r["address"] == a1.to_string() && r["static"] == false, "{r}");
+    ensure!(r["hostname"] == "dyn1", "{r}");
+    ensure!(r["expires"].as_u64().is_some_and(|e| e > now), "{r}");
+    let r = row(&rows, m2).context("g2's lease not listed")?;
+    ensure!(r["address"] == "192.168.2.50" && r["static"] == true, "{r}");
+    ensure!(r["hostname"] == "fixed", "{r}");
+
+    // dnsmasq dies; `umlbr watch` starts it again, with the leases.
+    let old = pid.context("no pid")?;
+    // SAFETY: plain kill(2) of the dnsmasq `show` names in our namespace.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let log = std::env::temp_dir().join(format!("{}-watch.log", ns.name));
+    files.0.push(log.clone());
+    let mut watch = ns.spawn_logged(&[umlbr_tests::umlbr_bin().to_str().unwrap(), "watch", BR], &log)?;
+    let new = wait_until("watch restarts dnsmasq", Duration::from_secs(15), || {
+        Ok(dhcp_state(&ns)?.0.filter(|&p| p != old))
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let new = new?;
+    let wlog = std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(wlog.contains("started again"), "watch's output: {wlog}");
+    println!("dnsmasq {old} killed; watch started {new}");
+    let l1b = udhcpc(g1, &r1, "dyn1")?;
+    ensure!(field(&l1b, "ip") == a1.to_string(), "after a restart g1 got {l1b}, not {a1}");
+
+    // down stops dnsmasq and keeps the leases; up serves them again.
+    ns.umlbr_ok(&["down", BR])?;
+    let left: Vec<String> = ns
+        .pids()
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
+        .filter(|c| c.contains("dnsmasq") && c.contains(".dnsmasq.conf"))
+        .collect();
+    ensure!(left.is_empty(), "dnsmasq left after down: {left:?}");
+    ensure!(lease_file.exists() && hosts_file.exists(), "down deleted the leases");
+    ns.umlbr_ok(&up)?;
+    for t in ["tap0", "tap1"] {
+        ns.umlbr_ok(&["attach", t])?;
+    }
+    let rows = leases(&ns)?;
+    ensure!(
+        row(&rows, m1).is_some_and(|r| r["address"] == a1.to_string()),
+        "g1's lease after down/up: {rows:?}"
+    );
+    ensure!(
+        row(&rows, m2).is_some_and(|r| r["static"] == true),
+        "static lease after down/up: {rows:?}"
+    );
+    let l1c = udhcpc(g1, &r1, "dyn1")?;
+    ensure!(field(&l1c, "ip") == a1.to_string(), "after down/up g1 got {l1c}, not {a1}");
+    let out = g1.run_ok("busybox nslookup -type=a name.lan")?;
+    ensure!(out.contains(NAME_LAN_ADDR), "name.lan after down/up: {out}");
+
+    ns.umlbr_ok(&["lease", "del", BR, m2])?;
+    ensure!(
+        row(&leases(&ns)?, m2).is_none_or(|r| r["static"] == false),
+        "lease del left the static lease"
+    );
+    drop(guests);
+    ns.umlbr_ok(&["down", BR])?;
+    println!("took {:?}", t0.elapsed());
+    Ok(())
+}
+
+/// The address SLAAC makes from `mac` in the /64 `prefix` (modified
+/// EUI-64), as `ip` prints it.
+fn eui64(prefix: &str, mac: &str) -> String {
+    let p: std::net::Ipv6Addr = prefix.parse().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap_or(0))
+        .collect();
+    let mut o = p.octets();
+    o[8..].copy_from_slice(&[b[0] ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]]);
+    std::net::Ipv6Addr::from(o).to_string()
+}
+
+/// An IPv6 prefix on the bridge with `--dhcp`: umlbr's dnsmasq sends
+/// router advertisements with the prefix (SLAAC) and the DNS server
+/// (RDNSS); a guest with nothing configured gets an address in the
+/// prefix and reaches the bridge's IPv6 address.
+#[test]
+fn slaac_from_router_advertisements() -> Result<()> {
+    let t0 = Instant::now();
+    let mut files = Files::default();
+    let ns = Netns::new("dhc6")?;
+    ns.umlbr_ok(&[
+        "up",
+        BR,
+        "--address",
+        "192.168.2.1/24",
+        "--address",
+        "fd00:2::1/64",
+        "--dhcp",
+    ])?;
+    let (_, lease_file, hosts_file) = dhcp_state(&ns)?;
+    files.0.extend([lease_file, hosts_file]);
+    let v = show(&ns)?;
+    ensure!(
+        v["addresses"].to_string().contains("fd00:2::1/64"),
+        "show: {}",
+        v["addresses"]
+    );
+    ns.umlbr_ok(&["tap", "add", "tap0"])?;
+    ns.umlbr_ok(&["attach", "tap0"])?;
+    // One router advertisement, as it goes out of the bridge.
+    let cap = std::env::temp_dir().join(format!("{}-ra.txt", ns.name));
+    files.0.push(cap.clone());
+    let mut tcpdump = ns.spawn_logged(
+        &[
+            "tcpdump", "-i", BR, "-n", "-vv", "-l", "-c", "1", "icmp6 and ip6[40] == 134",
+        ],
+        &cap,
+    )?;
+    let mac = "02:00:00:00:00:02";
+    let g = Guest::boot(
+        &ns.name,
+        &GuestSpec::unaddressed("g6", Transport::Legacy, "tap0", mac).ipv6(true),
+    )?;
+    let want = eui64("fd00:2::", mac);
+    let got = wait_until("a SLAAC address in fd00:2::/64", Duration::from_secs(30), || {
+        let out = g.run_ok(&format!("ip -6 -o addr show dev {} scope global", g.iface))?;
+        Ok(out.contains(&want).then_some(out))
+    })?;
+    println!("guest: {got}");
+    g.run_ok("ping -6 -c 3 -W 3 fd00:2::1")?;
+    let ra = wait_until("tcpdump saw an RA", Duration::from_secs(15), || {
+        Ok(tcpdump
+            .try_wait()?
+            .map(|_| std::fs::read_to_string(&cap).unwrap_or_default()))
+    });
+    let _ = tcpdump.kill();
+    let _ = tcpdump.wait();
+    let ra = ra?;
+    println!("{ra}");
+    ensure!(ra.contains("prefix info") && ra.contains("fd00:2::/64"), "RA: {ra}");
+    ensure!(ra.contains("rdnss"), "no DNS server (RDNSS) in the RA: {ra}");
+    drop(g);
+    ns.umlbr_ok(&["down", BR])?;
+    println!("took {:?}", t0.elapsed());
+    Ok(())
+}
+
+/// IPv6 between guests on an IPv6-only bridge: neighbour discovery,
+/// link-local and global pings, a TCP transfer, and the host.
+#[test]
+fn ipv6_between_guests() -> Result<()> {
+    let t0 = Instant::now();
+    let ns = Netns::new("dhc6s")?;
+    ns.umlbr_ok(&["up", BR, "--address", "fd00:3::1/64"])?;
+    for t in ["tap0", "tap1"] {
+        ns.umlbr_ok(&["tap", "add", t])?;
+        ns.umlbr_ok(&["attach", t])?;
+    }
+    let (m1, m2) = ("02:00:00:00:00:02", "02:00:00:00:00:03");
+    let guests = Guest::boot_all(
+        &ns.name,
+        &[
+            GuestSpec::new("g1", Transport::Legacy, "tap0", m1, "fd00:3::2/64").ipv6(true),
+            GuestSpec::new("g2", Transport::Legacy, "tap1", m2, "fd00:3::3/64").ipv6(true),
+        ],
+    )?;
+    let (g1, g2) = (&guests[0], &guests[1]);
+    // Duplicate address detection first (neighbour solicitations too).
+    for g in [g1, g2] {
+        wait_until("DAD done", Duration::from_secs(20), || {
+            let out = g.run_ok(&format!("ip -6 -o addr show dev {} tentative", g.iface))?;
+            let ll = g.run_ok(&format!("ip -6 -o addr show dev {} scope link", g.iface))?;
+            Ok((out.trim().is_empty() && ll.contains("fe80::")).then_some(()))
+        })?;
+    }
+    let ll2 = eui64("fe80::", m2);
+    let out = g2.run_ok(&format!("ip -6 -o addr show dev {} scope link", g2.iface))?;
+    ensure!(out.contains(&ll2), "g2's link-local is not {ll2}: {out}");
+    g1.run_ok(&format!("ping -6 -c 3 -W 3 {ll2}%{}", g1.iface))?;
+    g1.run_ok("ping -6 -c 3 -W 3 fd00:3::3")?;
+    g2.run_ok("ping -6 -c 3 -W 3 fd00:3::1")?;
+    let neigh = g1.run_ok(&format!("ip -6 neigh show dev {}", g1.iface))?;
+    ensure!(
+        neigh.contains("fd00:3::3") && neigh.contains(m2),
+        "g1 did not resolve g2 by neighbour discovery: {neigh}"
+    );
+    let (rc, out) = g1.iperf3_to(g2, 2, "-6")?;
+    ensure!(rc == 0, "iperf3 over IPv6: {out}");
+    println!("{}", out.lines().rev().take(4).collect::<Vec<_>>().join("\n"));
+    let fdb = ns.umlbr_ok(&["fdb", "show", BR])?;
+    ensure!(fdb.contains(m1) && fdb.contains(m2), "fdb: {fdb}");
+    drop(guests);
+    ns.umlbr_ok(&["down", BR])?;
+    println!("took {:?}", t0.elapsed());
+    Ok(())
+}
