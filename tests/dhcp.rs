@@ -75,7 +75,11 @@ fn leases(ns: &Netns) -> Result<Vec<Value>> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f()? {
@@ -125,12 +129,16 @@ fn lan_dns(host: &Netns, files: &mut Files) -> Result<Netns> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     files.0.push(dir.clone());
     std::fs::write(dir.join("resolv.conf"), format!("nameserver {LAN_DNS}\n"))?;
-    wait_until("the LAN's DNS server answers", Duration::from_secs(10), || {
-        let out = host.sh_output(&format!("busybox nslookup name.lan {LAN_DNS}"))?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .contains(NAME_LAN_ADDR)
-            .then_some(()))
-    })?;
+    wait_until(
+        "the LAN's DNS server answers",
+        Duration::from_secs(10),
+        || {
+            let out = host.sh_output(&format!("busybox nslookup name.lan {LAN_DNS}"))?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .contains(NAME_LAN_ADDR)
+                .then_some(()))
+        },
+    )?;
     Ok(lan)
 }
 
@@ -199,7 +207,8 @@ fn field<'a>(lease: &'a str, k: &str) -> &'a str {
 }
 
 fn ipv4(s: &str) -> Result<std::net::Ipv4Addr> {
-    s.parse().with_context(|| format!("{s:?} is no IPv4 address"))
+    s.parse()
+        .with_context(|| format!("{s:?} is no IPv4 address"))
 }
 
 fn row<'a>(rows: &'a [Value], mac: &str) -> Option<&'a Value> {
@@ -231,7 +240,15 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     files.0.extend([lease_file.clone(), hosts_file.clone()]);
     ensure!(pid.is_some(), "dnsmasq is not running after up");
     let (m1, m2) = ("02:00:00:00:00:02", "02:00:00:00:00:03");
-    ns.umlbr_ok(&["lease", "add", BR, m2, "192.168.2.50", "--hostname", "fixed"])?;
+    ns.umlbr_ok(&[
+        "lease",
+        "add",
+        BR,
+        m2,
+        "192.168.2.50",
+        "--hostname",
+        "fixed",
+    ])?;
     for t in ["tap0", "tap1"] {
         ns.umlbr_ok(&["tap", "add", t])?;
         ns.umlbr_ok(&["attach", t])?;
@@ -256,10 +273,16 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     ensure!(field(&l1, "router") == "192.168.2.1", "router: {l1}");
     ensure!(field(&l1, "dns") == "192.168.2.1", "dns: {l1}");
     let route = g1.run_ok("ip route show default")?;
-    ensure!(route.contains("via 192.168.2.1"), "g1's default route: {route}");
+    ensure!(
+        route.contains("via 192.168.2.1"),
+        "g1's default route: {route}"
+    );
     g1.run_ok("ping -c 2 -W 3 192.168.2.1")?;
     let l2 = udhcpc(g2, &r2, "ignored")?;
-    ensure!(field(&l2, "ip") == "192.168.2.50", "g2's static lease: {l2}");
+    ensure!(
+        field(&l2, "ip") == "192.168.2.50",
+        "g2's static lease: {l2}"
+    );
 
     // DNS: a LAN name (forwarded to the host's resolver, the LAN's
     // dnsmasq), and the guests' names (from DHCP and the static lease).
@@ -276,7 +299,10 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let r = row(&rows, m1).context("g1's lease not listed")?;
-    ensure!(r["address"] == a1.to_string() && r["static"] == false, "{r}");
+    ensure!(
+        r["address"] == a1.to_string() && r["static"] == false,
+        "{r}"
+    );
     ensure!(r["hostname"] == "dyn1", "{r}");
     ensure!(r["expires"].as_u64().is_some_and(|e| e > now), "{r}");
     let r = row(&rows, m2).context("g2's lease not listed")?;
@@ -289,7 +315,10 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
     let log = std::env::temp_dir().join(format!("{}-watch.log", ns.name));
     files.0.push(log.clone());
-    let mut watch = ns.spawn_logged(&[umlbr_tests::umlbr_bin().to_str().unwrap(), "watch", BR], &log)?;
+    let mut watch = ns.spawn_logged(
+        &[umlbr_tests::umlbr_bin().to_str().unwrap(), "watch", BR],
+        &log,
+    )?;
     let new = wait_until("watch restarts dnsmasq", Duration::from_secs(15), || {
         Ok(dhcp_state(&ns)?.0.filter(|&p| p != old))
     });
@@ -300,7 +329,10 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     ensure!(wlog.contains("started again"), "watch's output: {wlog}");
     println!("dnsmasq {old} killed; watch started {new}");
     let l1b = udhcpc(g1, &r1, "dyn1")?;
-    ensure!(field(&l1b, "ip") == a1.to_string(), "after a restart g1 got {l1b}, not {a1}");
+    ensure!(
+        field(&l1b, "ip") == a1.to_string(),
+        "after a restart g1 got {l1b}, not {a1}"
+    );
 
     // down stops dnsmasq and keeps the leases; up serves them again.
     ns.umlbr_ok(&["down", BR])?;
@@ -311,7 +343,10 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
         .filter(|c| c.contains("dnsmasq") && c.contains(".dnsmasq.conf"))
         .collect();
     ensure!(left.is_empty(), "dnsmasq left after down: {left:?}");
-    ensure!(lease_file.exists() && hosts_file.exists(), "down deleted the leases");
+    ensure!(
+        lease_file.exists() && hosts_file.exists(),
+        "down deleted the leases"
+    );
     ns.umlbr_ok(&up)?;
     for t in ["tap0", "tap1"] {
         ns.umlbr_ok(&["attach", t])?;
@@ -326,7 +361,10 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
         "static lease after down/up: {rows:?}"
     );
     let l1c = udhcpc(g1, &r1, "dyn1")?;
-    ensure!(field(&l1c, "ip") == a1.to_string(), "after down/up g1 got {l1c}, not {a1}");
+    ensure!(
+        field(&l1c, "ip") == a1.to_string(),
+        "after down/up g1 got {l1c}, not {a1}"
+    );
     let out = g1.run_ok("busybox nslookup -type=a name.lan")?;
     ensure!(out.contains(NAME_LAN_ADDR), "name.lan after down/up: {out}");
 
@@ -387,7 +425,15 @@ fn slaac_from_router_advertisements() -> Result<()> {
     files.0.push(cap.clone());
     let mut tcpdump = ns.spawn_logged(
         &[
-            "tcpdump", "-i", BR, "-n", "-vv", "-l", "-c", "1", "icmp6 and ip6[40] == 134",
+            "tcpdump",
+            "-i",
+            BR,
+            "-n",
+            "-vv",
+            "-l",
+            "-c",
+            "1",
+            "icmp6 and ip6[40] == 134",
         ],
         &cap,
     )?;
@@ -397,10 +443,14 @@ fn slaac_from_router_advertisements() -> Result<()> {
         &GuestSpec::unaddressed("g6", Transport::Legacy, "tap0", mac).ipv6(true),
     )?;
     let want = eui64("fd00:2::", mac);
-    let got = wait_until("a SLAAC address in fd00:2::/64", Duration::from_secs(30), || {
-        let out = g.run_ok(&format!("ip -6 -o addr show dev {} scope global", g.iface))?;
-        Ok(out.contains(&want).then_some(out))
-    })?;
+    let got = wait_until(
+        "a SLAAC address in fd00:2::/64",
+        Duration::from_secs(30),
+        || {
+            let out = g.run_ok(&format!("ip -6 -o addr show dev {} scope global", g.iface))?;
+            Ok(out.contains(&want).then_some(out))
+        },
+    )?;
     println!("guest: {got}");
     g.run_ok("ping -6 -c 3 -W 3 fd00:2::1")?;
     let ra = wait_until("tcpdump saw an RA", Duration::from_secs(15), || {
@@ -412,8 +462,14 @@ fn slaac_from_router_advertisements() -> Result<()> {
     let _ = tcpdump.wait();
     let ra = ra?;
     println!("{ra}");
-    ensure!(ra.contains("prefix info") && ra.contains("fd00:2::/64"), "RA: {ra}");
-    ensure!(ra.contains("rdnss"), "no DNS server (RDNSS) in the RA: {ra}");
+    ensure!(
+        ra.contains("prefix info") && ra.contains("fd00:2::/64"),
+        "RA: {ra}"
+    );
+    ensure!(
+        ra.contains("rdnss"),
+        "no DNS server (RDNSS) in the RA: {ra}"
+    );
     drop(g);
     ns.umlbr_ok(&["down", BR])?;
     println!("took {:?}", t0.elapsed());
@@ -461,11 +517,164 @@ fn ipv6_between_guests() -> Result<()> {
     );
     let (rc, out) = g1.iperf3_to(g2, 2, "-6")?;
     ensure!(rc == 0, "iperf3 over IPv6: {out}");
-    println!("{}", out.lines().rev().take(4).collect::<Vec<_>>().join("\n"));
+    println!(
+        "{}",
+        out.lines().rev().take(4).collect::<Vec<_>>().join("\n")
+    );
     let fdb = ns.umlbr_ok(&["fdb", "show", BR])?;
     ensure!(fdb.contains(m1) && fdb.contains(m2), "fdb: {fdb}");
     drop(guests);
     ns.umlbr_ok(&["down", BR])?;
     println!("took {:?}", t0.elapsed());
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// `umlbr up --dhcp`.
+    Umlbr,
+    /// The recipe it replaces: a Linux bridge and a dnsmasq started by
+    /// hand on the bridge's address (`dnsmasq -a 192.168.2.1
+    /// --bind-interfaces`).
+    Kernel,
+}
+
+/// Attack: a LAN host uses the bridge's DNS server (an open resolver on
+/// the LAN: amplification, the host's resolvers and the guests' names
+/// for anyone). It sends queries to the host's LAN address and, routed
+/// through the host, to the bridge's own address, which the host
+/// accepts on its LAN interface (weak host model). A guest on the
+/// bridge must get answers (the control). Returns whether the LAN got
+/// an answer.
+fn lan_asks_the_bridges_dns(kind: Kind) -> Result<bool> {
+    let mut files = Files::default();
+    let ns = Netns::without_ipv6("dhcatk")?;
+    let lan = Netns::without_ipv6("dhcatkl")?;
+    let guest = Netns::without_ipv6("dhcatkg")?;
+    ns.sh(&format!(
+        "ip link add dl0 type veth peer name dl1 netns {} && \
+         ip addr add 10.9.0.1/24 dev dl0 && ip link set dl0 up",
+        lan.name
+    ))?;
+    lan.sh("ip addr add 10.9.0.2/24 dev dl1 && ip link set dl1 up && \
+            ip route add 192.168.2.0/24 via 10.9.0.1")?;
+    // The host's resolver: a name only it knows.
+    let dir = PathBuf::from(format!("/etc/netns/{}", ns.name));
+    std::fs::create_dir_all(&dir)?;
+    files.0.push(dir.clone());
+    let log = std::env::temp_dir().join(format!("{}-dnsmasq.log", ns.name));
+    files.0.push(log.clone());
+    match kind {
+        Kind::Umlbr => {
+            ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
+            let (_, l, h) = dhcp_state(&ns)?;
+            files.0.extend([l, h]);
+        }
+        Kind::Kernel => {
+            ns.sh(&format!(
+                "ip link add {BR} type bridge && ip addr add 192.168.2.1/24 dev {BR} && \
+                 ip link set {BR} up"
+            ))?;
+            ns.spawn_logged(
+                &[
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--pid-file",
+                    "--no-hosts",
+                    "--listen-address=192.168.2.1",
+                    "--bind-interfaces",
+                    "--except-interface=lo",
+                    "--host-record=guests.only,192.168.2.77",
+                ],
+                &log,
+            )?;
+        }
+    }
+    ns.sh(&format!(
+        "ip link add gv0 type veth peer name gv1 netns {} && ip link set gv0 up",
+        guest.name
+    ))?;
+    match kind {
+        Kind::Umlbr => {
+            ns.umlbr_ok(&["attach", "gv0"])?;
+            // A name the bridge's dnsmasq serves: a static lease's.
+            ns.umlbr_ok(&[
+                "lease",
+                "add",
+                BR,
+                "02:00:00:00:00:77",
+                "192.168.2.77",
+                "--hostname",
+                "guests-only",
+            ])?;
+        }
+        Kind::Kernel => ns.sh(&format!("ip link set gv0 master {BR}")).map(drop)?,
+    }
+    // GRO gives the veth NAPI, without which the frames XDP redirects
+    // into the port never reach the guest (turned on once the link is up:
+    // before, the kernel does not enable NAPI).
+    guest.sh(
+        "ip link set gv1 address 02:00:00:00:00:77 && ip addr add 192.168.2.9/24 dev gv1 && \
+         ip link set gv1 up && ethtool -K gv1 gro on",
+    )?;
+    if kind == Kind::Umlbr {
+        // dnsmasq serves a static lease's name once the lease is held
+        // (the client's script does nothing: the address is set above).
+        guest.sh("busybox udhcpc -i gv1 -n -q -t 10 -T 1 -s /bin/true -x hostname:guests-only")?;
+    }
+    let name = match kind {
+        Kind::Umlbr => "guests-only",
+        Kind::Kernel => "guests.only",
+    };
+    let ask = |who: &Netns, server: &str| -> Result<bool> {
+        let out = who.sh_output(&format!(
+            "timeout 10 busybox nslookup -type=a -timeout=2 -retry=1 {name} {server}"
+        ))?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("192.168.2.77"))
+    };
+    // The control: the guest is answered (once dnsmasq listens).
+    wait_until("the guest gets an answer", Duration::from_secs(15), || {
+        Ok(ask(&guest, "192.168.2.1")?.then_some(()))
+    })
+    .with_context(|| {
+        let o = guest.sh_output(
+            "ping -c 1 -W 2 192.168.2.1; busybox nslookup -type=a guests-only 192.168.2.1",
+        );
+        let l = ns.umlbr(&["leases"]);
+        format!("{o:?}\n{l:?}")
+    })?;
+    let mut answered = false;
+    for server in ["192.168.2.1", "10.9.0.1"] {
+        let a = ask(&lan, server)?;
+        println!(
+            "{kind:?}: the LAN asks {server}: {}",
+            if a { "ANSWERED" } else { "no answer" }
+        );
+        answered |= a;
+    }
+    if kind == Kind::Umlbr {
+        ns.umlbr_ok(&["down", BR])?;
+    }
+    Ok(answered)
+}
+
+#[test]
+fn lan_cannot_use_the_bridges_dns_umlbr() -> Result<()> {
+    ensure!(
+        !lan_asks_the_bridges_dns(Kind::Umlbr)?,
+        "umlbr's dnsmasq answered the LAN"
+    );
+    Ok(())
+}
+
+/// The oracle: the recipe by hand is an open resolver to the LAN, which
+/// shows the attack works and the test sees it.
+#[test]
+fn lan_cannot_use_the_bridges_dns_kernel() -> Result<()> {
+    ensure!(
+        lan_asks_the_bridges_dns(Kind::Kernel)?,
+        "the hand-made dnsmasq did not answer the LAN: the attack (or the test) is broken"
+    );
     Ok(())
 }

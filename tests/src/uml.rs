@@ -699,7 +699,10 @@ done
         mac = sh_quote(&spec.mac),
         addr = match spec.ip_cidr.as_str() {
             "" => String::new(),
-            c => format!("ip addr add {} dev {ifc} || fail \"address {c}\"\n", sh_quote(c)),
+            c => format!(
+                "ip addr add {} dev {ifc} || fail \"address {c}\"\n",
+                sh_quote(c)
+            ),
         },
         v6 = if spec.ipv6 {
             // Debian's UML kernel has IPv6 as a module; the host's root has
