@@ -678,3 +678,141 @@ fn lan_cannot_use_the_bridges_dns_kernel() -> Result<()> {
     );
     Ok(())
 }
+
+/// `config` prints the DHCP service and static leases, `apply` starts,
+/// changes (a new range: dnsmasq started again) and stops it and adds and
+/// removes leases; an `up` whose dnsmasq fails leaves nothing (no bridge,
+/// no dnsmasq, no conf) and says why; `down` finds a dnsmasq whose pid
+/// file is gone (an `up` killed before dnsmasq wrote it).
+#[test]
+fn config_apply_and_failures() -> Result<()> {
+    let mut files = Files::default();
+    let ns = Netns::new("dhccfg")?;
+    ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
+    let (pid0, l, h) = dhcp_state(&ns)?;
+    files.0.extend([l, h]);
+    let conf = ns.umlbr_ok(&["config", BR])?;
+    ensure!(
+        conf.contains("[dhcp]") && conf.contains("range = \"192.168.2.2-192.168.2.254\""),
+        "config: {conf}"
+    );
+    let file = std::env::temp_dir().join(format!("{}.toml", ns.name));
+    files.0.push(file.clone());
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{BR}\"\naddress = [\"192.168.2.1/24\", \"fd00:2::1/64\"]\n\
+             [dhcp]\nrange = \"192.168.2.10-192.168.2.20\"\n\
+             [[lease]]\nmac = \"02:00:00:00:00:05\"\naddress = \"192.168.2.5\"\nhostname = \"five\"\n"
+        ),
+    )?;
+    let f = file.to_str().unwrap();
+    let out = ns.umlbr(&["apply", f])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "apply: {err}");
+    ensure!(
+        err.contains("add address fd00:2::1/64")
+            && err.contains("serve DHCP (range 192.168.2.10-192.168.2.20)")
+            && err.contains("static lease"),
+        "apply said: {err}"
+    );
+    let v = show(&ns)?;
+    ensure!(v["dhcp"]["range"] == "192.168.2.10-192.168.2.20", "{}", v["dhcp"]);
+    ensure!(
+        v["dhcp"]["pid"].as_i64().is_some_and(|p| Some(p) != pid0),
+        "dnsmasq not started again: {} (was {pid0:?})",
+        v["dhcp"]
+    );
+    let rows = leases(&ns)?;
+    ensure!(
+        row(&rows, "02:00:00:00:00:05").is_some_and(|r| r["hostname"] == "five"),
+        "{rows:?}"
+    );
+    let out = ns.umlbr(&["apply", f])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("0 change(s)"), "apply again: {err}");
+    // What `config` prints applies as no change.
+    std::fs::write(&file, ns.umlbr_ok(&["config", BR])?)?;
+    let err = String::from_utf8_lossy(&ns.umlbr(&["apply", f])?.stderr).into_owned();
+    ensure!(err.contains("0 change(s)"), "apply of config's output: {err}");
+    std::fs::write(
+        &file,
+        format!("name = \"{BR}\"\naddresses = [\"192.168.2.1/24\", \"fd00:2::1/64\"]\n"),
+    )?;
+    let err = String::from_utf8_lossy(&ns.umlbr(&["apply", f])?.stderr).into_owned();
+    ensure!(
+        err.contains("stop DHCP") && err.contains("remove static lease"),
+        "{err}"
+    );
+    ensure!(show(&ns)?["dhcp"].is_null(), "dhcp after removing [dhcp]");
+    ensure!(dnsmasqs(&ns).is_empty(), "dnsmasq left: {:?}", dnsmasqs(&ns));
+
+    // A dnsmasq whose pid file is gone is still found by `down`.
+    std::fs::write(
+        &file,
+        format!("name = \"{BR}\"\naddresses = [\"192.168.2.1/24\", \"fd00:2::1/64\"]\n[dhcp]\n"),
+    )?;
+    ns.umlbr_ok(&["apply", f])?;
+    for p in std::fs::read_dir("/run/umlbr")? {
+        let p = p?.path();
+        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        if p.to_string_lossy().ends_with(&format!("net{ino}-{BR}.dnsmasq.pid")) {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    ensure!(dnsmasqs(&ns).len() == 1, "{:?}", dnsmasqs(&ns));
+    ns.umlbr_ok(&["down", BR])?;
+    ensure!(dnsmasqs(&ns).is_empty(), "down left {:?}", dnsmasqs(&ns));
+
+    // dnsmasq cannot bind port 53: `up` fails, naming it, and undoes all.
+    let log = std::env::temp_dir().join(format!("{}-blocker.log", ns.name));
+    files.0.push(log.clone());
+    ns.spawn_logged(
+        &[
+            "python3",
+            "-c",
+            "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0',53))\nprint('bound',flush=True)\ntime.sleep(60)",
+        ],
+        &log,
+    )?;
+    wait_until("the blocker binds port 53", Duration::from_secs(10), || {
+        Ok(std::fs::read_to_string(&log)?.contains("bound").then_some(()))
+    })?;
+    let out = ns.umlbr(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("up with port 53 taken: {err}");
+    ensure!(!out.status.success(), "up succeeded with port 53 taken");
+    ensure!(
+        err.contains("bridge br0") && err.contains("dnsmasq failed to start"),
+        "{err}"
+    );
+    ensure!(
+        ns.sh_output(&format!("ip link show {BR}"))?.status.code() != Some(0),
+        "br0 left after a failed up"
+    );
+    ensure!(dnsmasqs(&ns).is_empty(), "dnsmasq left: {:?}", dnsmasqs(&ns));
+    let run: Vec<String> = std::fs::read_dir("/run/umlbr")?
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".dnsmasq.conf") && n.contains(&format!("-{BR}.")))
+        .filter(|n| {
+            std::fs::metadata(format!("/run/netns/{}", ns.name))
+                .map(|m| n.starts_with(&format!("net{}-", std::os::unix::fs::MetadataExt::ino(&m))))
+                .unwrap_or(false)
+        })
+        .collect();
+    ensure!(run.is_empty(), "conf left: {run:?}");
+    Ok(())
+}
+
+/// umlbr's dnsmasqs running in `ns` (by their command line).
+fn dnsmasqs(ns: &Netns) -> Vec<i32> {
+    ns.pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("dnsmasq") && c.contains(".dnsmasq.conf"))
+        })
+        .collect()
+}

@@ -242,8 +242,9 @@ pub enum Error {
         path: std::path::PathBuf,
         line: usize,
     },
+    // The DHCP errors keep their bridge; the caller's context names it.
     /// Reading or writing one of the DHCP service's files.
-    #[error("bridge {bridge}: DHCP: {what} {}", path.display())]
+    #[error("DHCP: {what} {}", path.display())]
     DhcpFile {
         bridge: String,
         path: std::path::PathBuf,
@@ -251,20 +252,20 @@ pub enum Error {
         #[source]
         err: std::io::Error,
     },
-    #[error("bridge {bridge}: starting dnsmasq (is dnsmasq-base installed?)")]
+    #[error("starting dnsmasq (is dnsmasq-base installed?)")]
     DhcpSpawn {
         bridge: String,
         #[source]
         err: std::io::Error,
     },
-    #[error("bridge {bridge}: dnsmasq failed to start ({status}): {stderr}")]
+    #[error("dnsmasq failed to start ({status}): {stderr}")]
     DhcpStart {
         bridge: String,
         status: String,
         stderr: String,
     },
     /// A DHCP setting that does not fit the bridge's addresses.
-    #[error("bridge {bridge}: DHCP: {message}")]
+    #[error("DHCP: {message}")]
     DhcpConfig { bridge: String, message: String },
     #[error(
         "invalid DHCP range {0:?} (expected LO-HI, two IPv4 addresses, e.g. 192.168.2.100-192.168.2.199)"

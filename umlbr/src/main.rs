@@ -185,15 +185,23 @@ async fn lease_add(
         addr,
         hostname,
     };
-    umlbr::dhcp::lease_add(net, name, lease).await?;
+    named(name, umlbr::dhcp::lease_add(net, name, lease).await)?;
     eprintln!("{}: {} always gets {addr}", name, fmt_mac(&mac));
     Ok(())
 }
 
 async fn lease_del(net: &Net, name: &str, mac: [u8; 6]) -> Result<()> {
-    umlbr::dhcp::lease_del(net, name, mac).await?;
+    named(name, umlbr::dhcp::lease_del(net, name, mac).await)?;
     eprintln!("{}: static lease of {} removed", name, fmt_mac(&mac));
     Ok(())
+}
+
+/// An error of bridge `name`'s, with its name unless it says it.
+fn named<T>(name: &str, r: umlbr::Result<T>) -> Result<T> {
+    match r {
+        Err(e @ umlbr::Error::NoSuchBridge(_)) => Err(e.into()),
+        r => r.with_context(|| format!("bridge {name}")),
+    }
 }
 
 async fn leases(net: &Net, a: ShowArgs) -> Result<()> {
