@@ -717,7 +717,11 @@ fn config_apply_and_failures() -> Result<()> {
         "apply said: {err}"
     );
     let v = show(&ns)?;
-    ensure!(v["dhcp"]["range"] == "192.168.2.10-192.168.2.20", "{}", v["dhcp"]);
+    ensure!(
+        v["dhcp"]["range"] == "192.168.2.10-192.168.2.20",
+        "{}",
+        v["dhcp"]
+    );
     ensure!(
         v["dhcp"]["pid"].as_i64().is_some_and(|p| Some(p) != pid0),
         "dnsmasq not started again: {} (was {pid0:?})",
@@ -734,7 +738,10 @@ fn config_apply_and_failures() -> Result<()> {
     // What `config` prints applies as no change.
     std::fs::write(&file, ns.umlbr_ok(&["config", BR])?)?;
     let err = String::from_utf8_lossy(&ns.umlbr(&["apply", f])?.stderr).into_owned();
-    ensure!(err.contains("0 change(s)"), "apply of config's output: {err}");
+    ensure!(
+        err.contains("0 change(s)"),
+        "apply of config's output: {err}"
+    );
     std::fs::write(
         &file,
         format!("name = \"{BR}\"\naddresses = [\"192.168.2.1/24\", \"fd00:2::1/64\"]\n"),
@@ -745,7 +752,11 @@ fn config_apply_and_failures() -> Result<()> {
         "{err}"
     );
     ensure!(show(&ns)?["dhcp"].is_null(), "dhcp after removing [dhcp]");
-    ensure!(dnsmasqs(&ns).is_empty(), "dnsmasq left: {:?}", dnsmasqs(&ns));
+    ensure!(
+        dnsmasqs(&ns).is_empty(),
+        "dnsmasq left: {:?}",
+        dnsmasqs(&ns)
+    );
 
     // A dnsmasq whose pid file is gone is still found by `down`.
     std::fs::write(
@@ -757,7 +768,9 @@ fn config_apply_and_failures() -> Result<()> {
         let p = p?.path();
         let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-        if p.to_string_lossy().ends_with(&format!("net{ino}-{BR}.dnsmasq.pid")) {
+        if p.to_string_lossy()
+            .ends_with(&format!("net{ino}-{BR}.dnsmasq.pid"))
+        {
             std::fs::remove_file(&p)?;
         }
     }
@@ -778,7 +791,9 @@ fn config_apply_and_failures() -> Result<()> {
         &log,
     )?;
     wait_until("the blocker binds port 53", Duration::from_secs(10), || {
-        Ok(std::fs::read_to_string(&log)?.contains("bound").then_some(()))
+        Ok(std::fs::read_to_string(&log)?
+            .contains("bound")
+            .then_some(()))
     })?;
     let out = ns.umlbr(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -792,7 +807,11 @@ fn config_apply_and_failures() -> Result<()> {
         ns.sh_output(&format!("ip link show {BR}"))?.status.code() != Some(0),
         "br0 left after a failed up"
     );
-    ensure!(dnsmasqs(&ns).is_empty(), "dnsmasq left: {:?}", dnsmasqs(&ns));
+    ensure!(
+        dnsmasqs(&ns).is_empty(),
+        "dnsmasq left: {:?}",
+        dnsmasqs(&ns)
+    );
     let run: Vec<String> = std::fs::read_dir("/run/umlbr")?
         .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.ends_with(".dnsmasq.conf") && n.contains(&format!("-{BR}.")))
@@ -815,4 +834,89 @@ fn dnsmasqs(ns: &Netns) -> Vec<i32> {
                 .is_ok_and(|c| c.contains("dnsmasq") && c.contains(".dnsmasq.conf"))
         })
         .collect()
+}
+
+/// Attack: a guest sends router advertisements (here a dnsmasq of its
+/// own with `--enable-ra`) to make the host route IPv6 through it or
+/// take an address in its prefix. With `--dhcp` the bridge is the
+/// guests' router: its host interface must take none of them. Returns
+/// what the host took: its addresses in the guest's prefix and its
+/// default routes on the bridge.
+fn guest_advertises_a_router(kind: Kind) -> Result<String> {
+    let mut files = Files::default();
+    let ns = Netns::new("dhcra")?;
+    let guest = Netns::new("dhcrag")?;
+    match kind {
+        Kind::Umlbr => {
+            ns.umlbr_ok(&["up", BR, "--address", "fd00:2::1/64", "--dhcp"])?;
+            let (_, l, h) = dhcp_state(&ns)?;
+            files.0.extend([l, h]);
+        }
+        Kind::Kernel => {
+            ns.sh(&format!(
+                "ip link add {BR} type bridge && ip addr add fd00:2::1/64 dev {BR} && \
+                 ip link set {BR} up"
+            ))?;
+        }
+    }
+    ns.sh(&format!(
+        "ip link add gv0 type veth peer name gv1 netns {} && ip link set gv0 up",
+        guest.name
+    ))?;
+    match kind {
+        Kind::Umlbr => ns.umlbr_ok(&["attach", "gv0"]).map(drop)?,
+        Kind::Kernel => ns.sh(&format!("ip link set gv0 master {BR}")).map(drop)?,
+    }
+    guest.sh("ip addr add fd00:66::1/64 dev gv1 && ip link set gv1 up && ethtool -K gv1 gro on")?;
+    let log = std::env::temp_dir().join(format!("{}-rogue.log", guest.name));
+    files.0.push(log.clone());
+    guest.spawn_logged(
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file",
+            "--no-hosts",
+            "--no-resolv",
+            "--port=0",
+            "--interface=gv1",
+            "--bind-dynamic",
+            "--enable-ra",
+            "--dhcp-range=::,constructor:gv1,ra-only",
+            "--ra-param=gv1,high,0,1800",
+        ],
+        &log,
+    )?;
+    // dnsmasq advertises at once and then every few seconds; give the
+    // host time to take one.
+    std::thread::sleep(Duration::from_secs(8));
+    let took = ns.sh(&format!(
+        "ip -6 addr show dev {BR} | grep 'fd00:66:' ; ip -6 route show default dev {BR}; true"
+    ))?;
+    println!("{kind:?}: the host took: {took:?}");
+    let sent = std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(!sent.contains("failed"), "the rogue dnsmasq: {sent}");
+    if kind == Kind::Umlbr {
+        ns.umlbr_ok(&["down", BR])?;
+    }
+    Ok(took.trim().to_string())
+}
+
+#[test]
+fn guest_cannot_be_the_hosts_router_umlbr() -> Result<()> {
+    let took = guest_advertises_a_router(Kind::Umlbr)?;
+    ensure!(took.is_empty(), "the host took a guest's RA: {took}");
+    Ok(())
+}
+
+/// The oracle: a Linux bridge with an address (accept_ra as the kernel
+/// leaves it) takes the guest's RA, which shows the attack works.
+#[test]
+fn guest_cannot_be_the_hosts_router_kernel() -> Result<()> {
+    let took = guest_advertises_a_router(Kind::Kernel)?;
+    ensure!(
+        !took.is_empty(),
+        "the Linux bridge took no RA: the attack (or the test) is broken"
+    );
+    Ok(())
 }

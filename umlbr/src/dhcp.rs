@@ -10,7 +10,9 @@
 //!   file, re-read on SIGHUP.
 //! - Router advertisements for every IPv6 prefix on the interface
 //!   (`constructor:NAME`, so prefixes added later are advertised too):
-//!   SLAAC, and the DNS server (RDNSS) and stateless DHCPv6.
+//!   SLAAC, and the DNS server (RDNSS) and stateless DHCPv6. The
+//!   interface itself then takes no router advertisement (`accept_ra`
+//!   0): it is the guests' router, not theirs to route.
 //!
 //! Files, named by the network namespace as the lock is
 //! (`net<INODE>-<NAME>`, see `lock.rs`):
@@ -412,11 +414,26 @@ pub fn start(bridge: &str, addrs: &[(IpAddr, u8)], opts: &DhcpOptions) -> Result
     if !p.hosts.exists() {
         write_whole(bridge, &p.hosts, "", 0o644)?;
     }
+    refuse_router_advertisements(bridge)?;
     // A dnsmasq of an earlier conf (a restart with another range).
     stop_processes(&p);
     lock::write_private(&p.conf, &conf_text(bridge, &p, subnet))
         .map_err(|(path, e)| file_err(bridge, &path, "writing")(e))?;
     spawn(bridge, &p)
+}
+
+/// The bridge is the guests' router: its host interface takes no router
+/// advertisement from them (a guest's would give the host a default
+/// route through the guest, and an address in its prefix). The sysctl
+/// goes with the interface. A kernel without IPv6 has none to set.
+fn refuse_router_advertisements(bridge: &str) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{bridge}/accept_ra"));
+    match std::fs::write(&path, "0") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(file_err(bridge, &path, "writing")(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// SIGTERM, then SIGKILL after `STOP_WAIT`, to every dnsmasq of `p`.
