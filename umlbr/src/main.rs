@@ -228,7 +228,7 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
         aging_secs: a.aging,
         uplink: a.uplink,
         masquerade: a.masquerade.map(|m| (m, nat)),
-        dhcp: a.dhcp.then(|| umlbr::dhcp::DhcpOptions {
+        dhcp: a.dhcp.then_some(umlbr::dhcp::DhcpOptions {
             range: a.dhcp_range,
         }),
     };
