@@ -56,7 +56,8 @@ fn show(ns: &Netns) -> Result<Value> {
     serde_json::from_str(&out).context("show --json")
 }
 
-/// The bridge's dnsmasq pid, and its lease and hosts files.
+/// The bridge's dnsmasq pid, and its lease and hosts files (push them
+/// to a `Files` with `state_files`).
 fn dhcp_state(ns: &Netns) -> Result<(Option<i64>, PathBuf, PathBuf)> {
     let v = show(ns)?;
     let d = &v["dhcp"];
@@ -67,6 +68,22 @@ fn dhcp_state(ns: &Netns) -> Result<(Option<i64>, PathBuf, PathBuf)> {
         ))
     };
     Ok((d["pid"].as_i64(), path("lease_file")?, path("hosts_file")?))
+}
+
+/// Every file of the bridge's DHCP service: the lease and hosts files
+/// `show` names, and the conf and pid file beside the lock (left by a
+/// test that fails before `down`).
+fn state_files(lease_file: &Path) -> Vec<PathBuf> {
+    let stem = lease_file
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".leases").to_string())
+        .unwrap_or_default();
+    vec![
+        lease_file.to_path_buf(),
+        lease_file.with_extension("hosts"),
+        PathBuf::from(format!("/run/umlbr/{stem}.dnsmasq.conf")),
+        PathBuf::from(format!("/run/umlbr/{stem}.dnsmasq.pid")),
+    ]
 }
 
 fn leases(ns: &Netns) -> Result<Vec<Value>> {
@@ -237,7 +254,7 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     ];
     ns.umlbr_ok(&up)?;
     let (pid, lease_file, hosts_file) = dhcp_state(&ns)?;
-    files.0.extend([lease_file.clone(), hosts_file.clone()]);
+    files.0.extend(state_files(&lease_file));
     ensure!(pid.is_some(), "dnsmasq is not running after up");
     let (m1, m2) = ("02:00:00:00:00:02", "02:00:00:00:00:03");
     ns.umlbr_ok(&[
@@ -410,8 +427,8 @@ fn slaac_from_router_advertisements() -> Result<()> {
         "fd00:2::1/64",
         "--dhcp",
     ])?;
-    let (_, lease_file, hosts_file) = dhcp_state(&ns)?;
-    files.0.extend([lease_file, hosts_file]);
+    let (_, lease_file, _) = dhcp_state(&ns)?;
+    files.0.extend(state_files(&lease_file));
     let v = show(&ns)?;
     ensure!(
         v["addresses"].to_string().contains("fd00:2::1/64"),
@@ -567,8 +584,8 @@ fn lan_asks_the_bridges_dns(kind: Kind) -> Result<bool> {
     match kind {
         Kind::Umlbr => {
             ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
-            let (_, l, h) = dhcp_state(&ns)?;
-            files.0.extend([l, h]);
+            let (_, l, _) = dhcp_state(&ns)?;
+            files.0.extend(state_files(&l));
         }
         Kind::Kernel => {
             ns.sh(&format!(
@@ -689,8 +706,8 @@ fn config_apply_and_failures() -> Result<()> {
     let mut files = Files::default();
     let ns = Netns::new("dhccfg")?;
     ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24", "--dhcp"])?;
-    let (pid0, l, h) = dhcp_state(&ns)?;
-    files.0.extend([l, h]);
+    let (pid0, l, _) = dhcp_state(&ns)?;
+    files.0.extend(state_files(&l));
     let conf = ns.umlbr_ok(&["config", BR])?;
     ensure!(
         conf.contains("[dhcp]") && conf.contains("range = \"192.168.2.2-192.168.2.254\""),
@@ -822,6 +839,15 @@ fn config_apply_and_failures() -> Result<()> {
         })
         .collect();
     ensure!(run.is_empty(), "conf left: {run:?}");
+
+    // A conf left by a bridge of a namespace gone without `down` (whose
+    // inode this one reuses) is no DHCP service of a new bridge.
+    let stale = &state_files(&l)[2];
+    std::fs::write(stale, "interface=br0\n")?;
+    ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24"])?;
+    ensure!(show(&ns)?["dhcp"].is_null(), "a stale conf made a DHCP service");
+    ensure!(!stale.exists(), "up left the stale conf");
+    ns.umlbr_ok(&["down", BR])?;
     Ok(())
 }
 
@@ -849,8 +875,8 @@ fn guest_advertises_a_router(kind: Kind) -> Result<String> {
     match kind {
         Kind::Umlbr => {
             ns.umlbr_ok(&["up", BR, "--address", "fd00:2::1/64", "--dhcp"])?;
-            let (_, l, h) = dhcp_state(&ns)?;
-            files.0.extend([l, h]);
+            let (_, l, _) = dhcp_state(&ns)?;
+            files.0.extend(state_files(&l));
         }
         Kind::Kernel => {
             ns.sh(&format!(

@@ -217,6 +217,9 @@ pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
     // namespace that went without `down` (whose inode this one reuses)
     // would have `watch` attach them.
     expect::remove(name)?;
+    // Likewise a DHCP conf (and its dead dnsmasq's pid file): `watch`
+    // would start it for this bridge.
+    dhcp::stop(name)?;
     let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
     let rec = record::write(name, &switch_port_name(name))?;
     if let Err(e) = net.add_veth(name, &switch_port_name(name)).await {
