@@ -1258,6 +1258,9 @@ hostname = "g1"
         .unwrap();
         assert_eq!(c.addresses.len(), 1);
         assert_eq!(c.leases[0].hostname.as_deref(), Some("g1"));
+        let c = parse("dhcp.toml", include_str!("../../examples/dhcp.toml")).unwrap();
+        assert_eq!(c.addresses.len(), 2);
+        assert!(c.dhcp.is_some() && c.leases.len() == 1);
         assert_eq!(parse("g", &to_toml(&c)).unwrap(), c);
     }
 
