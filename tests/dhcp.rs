@@ -845,7 +845,10 @@ fn config_apply_and_failures() -> Result<()> {
     let stale = &state_files(&l)[2];
     std::fs::write(stale, "interface=br0\n")?;
     ns.umlbr_ok(&["up", BR, "--address", "192.168.2.1/24"])?;
-    ensure!(show(&ns)?["dhcp"].is_null(), "a stale conf made a DHCP service");
+    ensure!(
+        show(&ns)?["dhcp"].is_null(),
+        "a stale conf made a DHCP service"
+    );
     ensure!(!stale.exists(), "up left the stale conf");
     ns.umlbr_ok(&["down", BR])?;
     Ok(())
