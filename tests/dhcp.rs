@@ -851,6 +851,43 @@ fn config_apply_and_failures() -> Result<()> {
     );
     ensure!(!stale.exists(), "up left the stale conf");
     ns.umlbr_ok(&["down", BR])?;
+
+    // `up --config` with [dhcp] and a [[lease]].
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{BR}\"\naddresses = [\"192.168.3.1/24\"]\n[dhcp]\n\
+             [[lease]]\nmac = \"02:00:00:00:00:06\"\naddress = \"192.168.3.6\"\n"
+        ),
+    )?;
+    // The blocker holds 0.0.0.0:53: dnsmasq cannot serve DNS; let it go.
+    for p in ns.pids() {
+        if std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.contains("python3"))
+        {
+            // SAFETY: plain kill(2) of the blocker this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    wait_until("the blocker is gone", Duration::from_secs(5), || {
+        Ok(ns
+            .sh("ss -lun")?
+            .contains(":53 ")
+            .then_some(())
+            .xor(Some(())))
+    })?;
+    ns.umlbr_ok(&["up", "--config", f])?;
+    let v = show(&ns)?;
+    ensure!(
+        v["dhcp"]["range"] == "192.168.3.2-192.168.3.254" && v["dhcp"]["pid"].is_i64(),
+        "{}",
+        v["dhcp"]
+    );
+    ensure!(
+        row(&leases(&ns)?, "02:00:00:00:00:06").is_some_and(|r| r["address"] == "192.168.3.6"),
+        "up --config's lease"
+    );
+    ns.umlbr_ok(&["down", BR])?;
     Ok(())
 }
 
