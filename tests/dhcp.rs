@@ -870,11 +870,7 @@ fn config_apply_and_failures() -> Result<()> {
         }
     }
     wait_until("the blocker is gone", Duration::from_secs(5), || {
-        Ok(ns
-            .sh("ss -lun")?
-            .contains(":53 ")
-            .then_some(())
-            .xor(Some(())))
+        Ok((!ns.sh("ss -lun")?.contains(":53 ")).then_some(()))
     })?;
     ns.umlbr_ok(&["up", "--config", f])?;
     let v = show(&ns)?;
