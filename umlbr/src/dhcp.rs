@@ -445,23 +445,40 @@ fn stop_processes(p: &Paths) -> bool {
     if pids.is_empty() {
         return false;
     }
-    let arg = conf_arg(p);
     for &pid in &pids {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     let t0 = Instant::now();
-    while pids.iter().any(|&pid| is_ours(pid, &arg)) {
-        if t0.elapsed() > STOP_WAIT {
-            for &pid in pids.iter().filter(|&&pid| is_ours(pid, &arg)) {
+    let mut killed = false;
+    // Until each has closed its sockets (a dnsmasq started next binds the
+    // same ports): its command line is empty already before that.
+    while pids.iter().any(|&pid| !exited(pid)) {
+        if t0.elapsed() > STOP_WAIT && !killed {
+            for &pid in pids.iter().filter(|&&pid| !exited(pid)) {
                 // SAFETY: plain kill(2).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            killed = true;
+        }
+        if t0.elapsed() > STOP_WAIT * 2 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     true
+}
+
+/// Whether process `pid` has exited (gone, or a zombie: its files are
+/// closed).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
+            .is_none_or(|c| c == 'Z' || c == 'X'),
+    }
 }
 
 /// Stop bridge `bridge`'s DHCP service, if it has one, and forget its
