@@ -233,7 +233,8 @@ fn row<'a>(rows: &'a [Value], mac: &str) -> Option<&'a Value> {
 }
 
 /// A guest gets a lease in the range with a default route via the bridge
-/// and the bridge as DNS server, which resolves a LAN name (forwarded to
+/// (and reaches the LAN through the masquerade by it) and the bridge as
+/// DNS server, which resolves a LAN name (forwarded to
 /// the host's resolver) and the guests' own names; a static lease gives
 /// its fixed address; `leases --json` lists both; the lease survives a
 /// dnsmasq killed and restarted by `umlbr watch`, and `down`/`up`.
@@ -243,11 +244,15 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
     let mut files = Files::default();
     let ns = Netns::without_ipv6("dhc4")?;
     let _lan = lan_dns(&ns, &mut files)?;
+    // Masqueraded out of dl0, the LAN's veth (which knows no route to
+    // the guests' subnet: a reply reaches a guest only translated).
     let up = [
         "up",
         BR,
         "--address",
         "192.168.2.1/24",
+        "--masquerade",
+        "dl0",
         "--dhcp",
         "--dhcp-range",
         "192.168.2.100-192.168.2.150",
@@ -295,6 +300,9 @@ fn dhcp_lease_route_dns_static_and_restart() -> Result<()> {
         "g1's default route: {route}"
     );
     g1.run_ok("ping -c 2 -W 3 192.168.2.1")?;
+    // The LAN, through the masquerade, by the route DHCP gave.
+    g1.run_ok(&format!("ping -c 2 -W 3 {LAN_DNS}"))
+        .context("g1 to the LAN through the masquerade")?;
     let l2 = udhcpc(g2, &r2, "ignored")?;
     ensure!(
         field(&l2, "ip") == "192.168.2.50",
