@@ -1041,3 +1041,99 @@ fn clsact_killed_between_qdisc_and_filter() -> Result<()> {
     ensure!(left.is_empty(), "down after the killed up left {left:?}");
     Ok(())
 }
+
+const UP_DHCP: &[&str] = &["up", BR, "--address", "10.97.0.1/24", "--dhcp"];
+
+/// `up --dhcp` killed at random (dnsmasq is its last step: some kills
+/// land after dnsmasq started, before its pid file or before `up` is
+/// done), then `down`: no dnsmasq runs in the namespace, and nothing
+/// else is left. The lease files (kept by `down` on purpose) are deleted
+/// at the end.
+#[test]
+fn up_with_dhcp_killed_at_random() -> Result<()> {
+    let mut rng = Rng::seeded("up_with_dhcp_killed_at_random");
+    let mut f = Findings::default();
+    let mut lab = Lab::tagged(0, "jn-killdhcp")?;
+    let dnsmasqs = |lab: &Lab| -> Vec<String> {
+        lab.ns
+            .pids()
+            .into_iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
+            .filter(|c| c.contains("dnsmasq"))
+            .map(|c| format!("process {}", c.replace('\0', " ")))
+            .collect()
+    };
+    let run = lab.time(UP_DHCP)?;
+    ensure!(!dnsmasqs(&lab).is_empty(), "up --dhcp started no dnsmasq");
+    lab.ok(&["down", BR])?;
+    ensure!(
+        lab.leftovers(None)?.is_empty() && dnsmasqs(&lab).is_empty(),
+        "up --dhcp + down left something"
+    );
+    eprintln!("up --dhcp takes {run:?}");
+    let n = 10;
+    let mut leases = Vec::new();
+    // Kills of an unfinished `up` that had started dnsmasq.
+    let mut with_dnsmasq = 0;
+    for i in 0..n {
+        // Half of them as soon as dnsmasq runs (before or after it wrote
+        // its pid file), the others at random.
+        let (d, done) = if i % 2 == 0 {
+            kill_when_dnsmasq_runs(&lab, &mut rng)?
+        } else {
+            let d = delay(&mut rng, i, run);
+            (d, kill_after(&lab, UP_DHCP, d)?)
+        };
+        let running = !dnsmasqs(&lab).is_empty();
+        if running && !done {
+            with_dnsmasq += 1;
+        }
+        let what =
+            format!("up --dhcp killed after {d:?} (finished: {done}, dnsmasq running: {running})");
+        let out = lab.umlbr(&["down", BR])?;
+        let mut left = lab.leftovers(None)?;
+        left.extend(dnsmasqs(&lab));
+        let prefix = lab.prefix.replace("/run/umlbr/", "/var/lib/umlbr/");
+        leases.extend([
+            format!("{prefix}{BR}.leases"),
+            format!("{prefix}{BR}.hosts"),
+        ]);
+        if !f.check(format!("{what}; `down` said: {}", said(&out)), left) {
+            for p in lab.ns.pids() {
+                // SAFETY: plain kill(2) of a process in the test's namespace.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            lab = Lab::tagged(0, "jn-killdhcp")?;
+        }
+    }
+    for p in leases {
+        let _ = std::fs::remove_file(p);
+    }
+    eprintln!("{with_dnsmasq} of {n} kills hit an `up` that had started dnsmasq");
+    f.done(n)
+}
+
+/// Start `up --dhcp` and SIGKILL it once its dnsmasq runs (seen by its
+/// command line, polled every 0-2 ms): (when, whether `up` had finished).
+fn kill_when_dnsmasq_runs(lab: &Lab, rng: &mut Rng) -> Result<(Duration, bool)> {
+    let conf = format!("--conf-file={}{BR}.dnsmasq.conf", lab.prefix);
+    let t0 = Instant::now();
+    let mut child = lab.start(UP_DHCP)?;
+    let runs = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == conf.as_bytes()))
+            })
+    };
+    while !runs() && child.try_wait()?.is_none() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(rng.below(Duration::from_millis(2)));
+    }
+    let done = child.try_wait()?.is_some();
+    let _ = child.kill();
+    child.wait()?;
+    Ok((t0.elapsed(), done))
+}

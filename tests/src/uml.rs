@@ -151,6 +151,9 @@ pub struct GuestSpec {
     pub keep: bool,
     /// Guest memory in MiB.
     pub mem_mb: u32,
+    /// Load the guest kernel's ipv6 module (and crc-ccitt, which it
+    /// needs) in init and leave IPv6 on; otherwise the guest has none.
+    pub ipv6: bool,
 }
 
 impl GuestSpec {
@@ -165,7 +168,19 @@ impl GuestSpec {
             user: None,
             keep: false,
             mem_mb: 160,
+            ipv6: false,
         }
+    }
+
+    /// A guest whose init gives its interface no address (it is up, and
+    /// gets one from DHCP or SLAAC in the test): `ip` is empty.
+    pub fn unaddressed(name: &str, transport: Transport, tap: &str, mac: &str) -> Self {
+        GuestSpec::new(name, transport, tap, mac, "")
+    }
+
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
     }
 
     pub fn gateway(mut self, gw: &str) -> Self {
@@ -230,10 +245,12 @@ impl Guest {
         if !Path::new(LINUX_UML).exists() {
             bail!("{LINUX_UML} is missing: install Debian's user-mode-linux (cargo xtask setup)");
         }
-        let (ip, _) = spec
-            .ip_cidr
-            .split_once('/')
-            .with_context(|| format!("guest address {} has no /prefix", spec.ip_cidr))?;
+        let (ip, _) = match spec.ip_cidr.as_str() {
+            "" => ("", ""),
+            c => c
+                .split_once('/')
+                .with_context(|| format!("guest address {c} has no /prefix"))?,
+        };
         let umid = format!(
             "{}-{}-{}",
             spec.name,
@@ -660,13 +677,9 @@ mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t tmpfs -o mode=755 tmpfs /run || fail "mount /run"
 [ -d /sys/class/net/{ifc} ] || fail "no {ifc}: $(ls /sys/class/net)"
-for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
-    [ -e $f ] && echo 1 > $f
-done
-ip link set lo up || fail "lo up"
+{v6}ip link set lo up || fail "lo up"
 ip link set {ifc} address {mac} || fail "mac {mac}"
-ip addr add {ip} dev {ifc} || fail "address {ip}"
-ip link set {ifc} up || fail "{ifc} up"
+{addr}ip link set {ifc} up || fail "{ifc} up"
 {gw}ip -o addr show dev {ifc} > "$D/ready.tmp" && mv "$D/ready.tmp" "$D/ready"
 n=0
 while :; do
@@ -684,7 +697,24 @@ done
         name = spec.name,
         tunables = sh_quote(GLIBC_TUNABLES),
         mac = sh_quote(&spec.mac),
-        ip = sh_quote(&spec.ip_cidr),
+        addr = match spec.ip_cidr.as_str() {
+            "" => String::new(),
+            c => format!(
+                "ip addr add {} dev {ifc} || fail \"address {c}\"\n",
+                sh_quote(c)
+            ),
+        },
+        v6 = if spec.ipv6 {
+            // Debian's UML kernel has IPv6 as a module; the host's root has
+            // no /lib/modules for it, so by path.
+            "M=/usr/lib/uml/modules/$(uname -r)/kernel\n\
+             insmod $M/lib/crc-ccitt.ko 2>/dev/null\n\
+             insmod $M/net/ipv6/ipv6.ko || fail \"insmod ipv6\"\n"
+        } else {
+            "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 \
+             /proc/sys/net/ipv6/conf/default/disable_ipv6; do\n    \
+             [ -e $f ] && echo 1 > $f\ndone\n"
+        },
     )
 }
 

@@ -27,6 +27,9 @@
 //! - `[[forward]]`: port forwards added and removed (one whose target
 //!   changes is removed and added again: its flows end); they need
 //!   `[masquerade]`, and go with it when it is removed.
+//! - `[dhcp]`: started or stopped; a changed `range` starts dnsmasq again
+//!   with it (the lease file, and so the leases, kept).
+//! - `[[lease]]`: static leases added and removed (`lease add`/`del`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -43,6 +46,7 @@ use umlbr_common::{
 
 use crate::{
     bridge::Bridge,
+    dhcp::{self, DhcpOptions},
     error::Error,
     fdb,
     forward::{self, Forward, Proto},
@@ -99,8 +103,14 @@ pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 pub struct Config {
     /// The bridge, and its host interface.
     pub name: String,
-    /// The host interface's addresses (`up --address`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The host interface's addresses (`up --address`, repeatable); a
+    /// single string is taken too, and `address` for `addresses`.
+    #[serde(
+        default,
+        alias = "address",
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub addresses: Vec<Cidr>,
     /// Seconds after which a learned MAC is forgotten (`up --aging`).
     #[serde(
@@ -130,6 +140,12 @@ pub struct Config {
     /// Port forwards (`forward add`).
     #[serde(default, rename = "forward", skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<ForwardEntry>,
+    /// DHCP, DNS and router advertisements (`up --dhcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<Dhcp>,
+    /// Static DHCP leases (`lease add`).
+    #[serde(default, rename = "lease", skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<Lease>,
 }
 
 /// `forward add NAME PROTO PORT TO`.
@@ -151,6 +167,56 @@ impl ForwardEntry {
             to_port: self.to.port(),
         }
     }
+}
+
+/// `up --dhcp [--dhcp-range LO-HI]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<DhcpRange>,
+}
+
+/// `lease add NAME MAC ADDR [--hostname H]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub mac: Mac,
+    pub address: std::net::Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl Lease {
+    fn to_static(&self) -> dhcp::StaticLease {
+        dhcp::StaticLease {
+            mac: self.mac.0,
+            addr: self.address,
+            hostname: self.hostname.clone(),
+        }
+    }
+}
+
+/// A list, or one value alone (old files had `address = "CIDR"`).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Cidr>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a CIDR or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<Cidr>, E> {
+            parse_cidr(v).map(|c| vec![Cidr(c)]).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<Cidr>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(c) = a.next_element::<Cidr>()? {
+                out.push(c);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `up --masquerade IFACE` and its options.
@@ -281,6 +347,12 @@ string_value!(
     Mac([u8; 6]),
     parse_mac,
     fmt_mac
+);
+string_value!(
+    /// LO-HI, as `--dhcp-range`.
+    DhcpRange((std::net::Ipv4Addr, std::net::Ipv4Addr)),
+    dhcp::parse_range,
+    |(lo, hi): &(std::net::Ipv4Addr, std::net::Ipv4Addr)| format!("{lo}-{hi}")
 );
 string_value!(
     /// LO-HI, as `--nat-ports`.
@@ -538,6 +610,33 @@ impl Config {
             if !p.lock && (!p.macs.is_empty() || !p.ips.is_empty()) {
                 return bad(k("macs"), "`macs` and `ips` need `lock = true`");
             }
+        }
+        let addrs: Vec<(IpAddr, u8)> = self.addresses.iter().map(|c| c.0).collect();
+        if let Some(d) = &self.dhcp
+            && let Err(e) = dhcp::plan(&self.name, &addrs, d.range.map(|r| r.0))
+        {
+            let key = if d.range.is_some() {
+                "dhcp.range"
+            } else {
+                "dhcp"
+            };
+            return bad(key.into(), &e.to_string());
+        }
+        let mut leases: Vec<dhcp::StaticLease> = Vec::new();
+        for (i, l) in self.leases.iter().enumerate() {
+            if let Some(h) = &l.hostname
+                && let Err(e) = dhcp::parse_hostname(h)
+            {
+                return bad(format!("lease[{i}].hostname"), &e.to_string());
+            }
+            if leases.iter().any(|o| o.mac == l.mac.0) {
+                return bad(format!("lease[{i}].mac"), "has a lease already");
+            }
+            let s = l.to_static();
+            if let Err(e) = dhcp::check_static(&self.name, &addrs, &s, &leases) {
+                return bad(format!("lease[{i}]"), &e.to_string());
+            }
+            leases.push(s);
         }
         for (i, e) in self.fdb.iter().enumerate() {
             if e.port != self.name && !names.contains(&e.port) {
@@ -834,7 +933,30 @@ pub async fn current(net: &Net, br: &Bridge) -> Result<Config> {
         ports,
         fdb,
         forwards: current_forwards(br),
+        dhcp: current_dhcp(&br.name)?,
+        leases: current_leases(&br.name)?,
     })
+}
+
+/// The DHCP service as the file would say it, its range written out.
+fn current_dhcp(name: &str) -> Result<Option<Dhcp>> {
+    Ok(dhcp::read(name)?.map(|d| Dhcp {
+        range: d
+            .range
+            .and_then(|r| dhcp::parse_range(&r).ok())
+            .map(DhcpRange),
+    }))
+}
+
+fn current_leases(name: &str) -> Result<Vec<Lease>> {
+    Ok(dhcp::static_leases(name)?
+        .into_iter()
+        .map(|l| Lease {
+            mac: Mac(l.mac),
+            address: l.addr,
+            hostname: l.hostname,
+        })
+        .collect())
 }
 
 /// The bridge's forwards as the file says them.
@@ -892,6 +1014,12 @@ pub enum Step {
     FdbAdd([u8; 6], String),
     ForwardDel(Proto, u16),
     ForwardAdd(Forward),
+    StopDhcp,
+    /// Start the DHCP service, or start it again with another range
+    /// (the lease file kept).
+    StartDhcp(Dhcp),
+    LeaseDel([u8; 6]),
+    LeaseAdd(Lease),
 }
 
 impl fmt::Display for Step {
@@ -925,6 +1053,13 @@ impl fmt::Display for Step {
             Step::FdbAdd(m, p) => write!(f, "add static FDB entry {} -> {p}", fmt_mac(m)),
             Step::ForwardDel(proto, port) => write!(f, "remove forward {proto} {port}"),
             Step::ForwardAdd(fw) => write!(f, "add forward {fw}"),
+            Step::StopDhcp => write!(f, "stop DHCP"),
+            Step::StartDhcp(d) => match d.range {
+                Some(r) => write!(f, "serve DHCP (range {r})"),
+                None => write!(f, "serve DHCP"),
+            },
+            Step::LeaseDel(m) => write!(f, "remove static lease of {}", fmt_mac(m)),
+            Step::LeaseAdd(l) => write!(f, "give {} the static lease {}", l.mac, l.address),
         }
     }
 }
@@ -960,6 +1095,21 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
     let host = cfg.host_vlans();
     if crate::vlan::of(&br.maps, br.switch_port.index) != host {
         steps.push(Step::HostVlans(host));
+    }
+    // DHCP: started, stopped, or started again with the range the file
+    // makes (from the addresses it will have).
+    match (dhcp::read(&cfg.name)?, &cfg.dhcp) {
+        (None, None) => {}
+        (Some(_), None) => steps.push(Step::StopDhcp),
+        (None, Some(d)) => steps.push(Step::StartDhcp(d.clone())),
+        (Some(now), Some(d)) => {
+            let addrs: Vec<(IpAddr, u8)> = cfg.addresses.iter().map(|c| c.0).collect();
+            let want = dhcp::plan(&cfg.name, &addrs, d.range.map(|r| r.0))?
+                .map(|s| format!("{}-{}", s.lo, s.hi));
+            if want != now.range {
+                steps.push(Step::StartDhcp(d.clone()));
+            }
+        }
     }
     // Masquerade: added or removed, never changed in place.
     let mut masquerade_add = None;
@@ -1070,6 +1220,17 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
             steps.push(Step::FdbAdd(*mac, p.clone()));
         }
     }
+    // Static leases.
+    let have = current_leases(&cfg.name)?;
+    for l in have
+        .iter()
+        .filter(|l| !cfg.leases.iter().any(|w| w.mac == l.mac))
+    {
+        steps.push(Step::LeaseDel(l.mac.0));
+    }
+    for l in cfg.leases.iter().filter(|l| !have.contains(l)) {
+        steps.push(Step::LeaseAdd(l.clone()));
+    }
     // Forwards, last: after the masquerade they need. Those of a
     // masquerade removed go with it.
     let have: BTreeSet<ForwardEntry> = if unmasquerade {
@@ -1163,6 +1324,25 @@ pub async fn execute(
             Step::ForwardAdd(f) => {
                 forward::add(net, Some(name), *f).await?;
             }
+            Step::StopDhcp => {
+                let _lock = crate::lock::take(name)?;
+                dhcp::stop(name)?;
+            }
+            Step::StartDhcp(d) => {
+                let _lock = crate::lock::take(name)?;
+                let br = Bridge::open(net, name).await?;
+                let addrs = net.ip_addrs(br.host.index).await?;
+                let opts = DhcpOptions {
+                    range: d.range.map(|r| r.0),
+                };
+                dhcp::start(name, &addrs, &opts)?;
+            }
+            Step::LeaseDel(mac) => {
+                dhcp::lease_del(net, name, *mac).await?;
+            }
+            Step::LeaseAdd(l) => {
+                dhcp::lease_add(net, name, l.to_static()).await?;
+            }
         }
     }
     Ok(())
@@ -1182,13 +1362,16 @@ pub async fn apply(net: &Net, cfg: &Config, dry_run: bool) -> Result<Vec<Step>> 
 /// removed again and the taps it created deleted.
 pub async fn up(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
     let opts = UpOptions {
-        address: cfg.addresses.first().map(|c| c.0),
+        addresses: cfg.addresses.iter().map(|c| c.0).collect(),
         aging_secs: cfg.aging,
         uplink: None,
         masquerade: cfg
             .masquerade
             .as_ref()
             .map(|m| (m.uplink.clone(), m.options())),
+        dhcp: cfg.dhcp.as_ref().map(|d| DhcpOptions {
+            range: d.range.map(|r| r.0),
+        }),
     };
     lifecycle::up(net, &cfg.name, &opts).await?;
     let mut created = Vec::new();
@@ -1259,6 +1442,26 @@ to = "192.168.2.10:80"
         assert_eq!(c.forwards[0].proto, Proto::Tcp);
         // It prints as it parses.
         assert_eq!(parse("g", &to_toml(&c)).unwrap(), c);
+        let c = parse(
+            "f.toml",
+            r#"
+name = "br0"
+address = "192.168.2.1/24"
+[dhcp]
+range = "192.168.2.100-192.168.2.199"
+[[lease]]
+mac = "02:00:00:00:00:02"
+address = "192.168.2.50"
+hostname = "g1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.addresses.len(), 1);
+        assert_eq!(c.leases[0].hostname.as_deref(), Some("g1"));
+        let c = parse("dhcp.toml", include_str!("../../examples/dhcp.toml")).unwrap();
+        assert_eq!(c.addresses.len(), 2);
+        assert!(c.dhcp.is_some() && c.leases.len() == 1);
+        assert_eq!(parse("g", &to_toml(&c)).unwrap(), c);
     }
 
     #[test]
@@ -1269,6 +1472,19 @@ to = "192.168.2.10:80"
             e.contains("addresses") && e.contains("192.168.2.1/33"),
             "{e}"
         );
+        let e = err("name = \"br0\"\naddress = \"192.168.2.1/33\"\n");
+        assert!(
+            e.starts_with("f.toml:2:") && e.contains("192.168.2.1/33"),
+            "{e}"
+        );
+        let e = err(
+            "name = \"br0\"\naddresses = [\"10.0.0.1/24\"]\n[dhcp]\nrange = \"10.0.1.2-10.0.1.9\"\n",
+        );
+        assert!(e.contains("dhcp.range") && e.contains("not within"), "{e}");
+        let e = err(
+            "name = \"br0\"\naddresses = [\"10.0.0.1/24\"]\n[[lease]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.0.0.1\"\n",
+        );
+        assert!(e.contains("lease[0]") && e.contains("own"), "{e}");
         let e = err("name = \"br0\"\n[[port]]\nname = \"tap0\"\nmax_learnd = 3\n");
         assert!(e.starts_with("f.toml:4:1: port.max_learnd"), "{e}");
         let e = err("name = \"br0\"\naging = 0\n");

@@ -325,6 +325,39 @@ pub enum Error {
          run `umlbr upgrade {bridge}` first"
     )]
     NoForwardMap { bridge: String },
+    // The DHCP errors keep their bridge; the caller's context names it.
+    /// Reading or writing one of the DHCP service's files.
+    #[error("DHCP: {what} {}", path.display())]
+    DhcpFile {
+        bridge: String,
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("starting dnsmasq (is dnsmasq-base installed?)")]
+    DhcpSpawn {
+        bridge: String,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("dnsmasq failed to start ({status}): {stderr}")]
+    DhcpStart {
+        bridge: String,
+        status: String,
+        stderr: String,
+    },
+    /// A DHCP setting that does not fit the bridge's addresses.
+    #[error("DHCP: {message}")]
+    DhcpConfig { bridge: String, message: String },
+    #[error(
+        "invalid DHCP range {0:?} (expected LO-HI, two IPv4 addresses, e.g. 192.168.2.100-192.168.2.199)"
+    )]
+    BadDhcpRange(String),
+    #[error(
+        "invalid host name {0:?} (letters, digits and '-', 1 to 63 of them, not starting or ending with '-')"
+    )]
+    BadHostname(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -9,7 +9,8 @@
 //! MACs, CIDRs); `object` (the eBPF object: loading it, its programs on
 //! their hooks, its maps by id); `lock` (one command at a time changes
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
-//! (finding a bridge again, and opening it under its lock);
+//! (finding a bridge again, and opening it under its lock); `dhcp`
+//! (the bridge's dnsmasq: DHCP, DNS, router advertisements);
 //! `fdb`; `port` (with `expect`, the ports `attach` recorded for
 //! `watch`); `nat` (masquerade); `forward` (port forwards, through the
 //! masquerade's table and nftables table); `stats`; `metrics` (the stats views in
@@ -23,6 +24,7 @@
 pub mod bridge;
 pub mod clsact;
 pub mod config;
+pub mod dhcp;
 pub mod error;
 pub mod evpn;
 pub mod expect;

@@ -14,6 +14,7 @@ use umlbr_common::{Config, DEFAULT_AGING_SECS, LAYOUT_VERSION, PORT_KIND_HOST, n
 
 use crate::{
     bridge::{Bridge, switch_port_name},
+    dhcp::{self, DhcpOptions},
     error::{Error, Result},
     expect, fdb,
     link::{Link, Net, XDP_FLAGS_DRV_MODE, XDP_FLAGS_UPDATE_IF_NOEXIST, check_ifname},
@@ -26,12 +27,15 @@ use crate::{
 /// Options of `umlbr up`.
 #[derive(Clone, Debug, Default)]
 pub struct UpOptions {
-    pub address: Option<(IpAddr, u8)>,
+    /// The host interface's addresses, IPv4 and IPv6.
+    pub addresses: Vec<(IpAddr, u8)>,
     pub aging_secs: Option<u64>,
     /// The host's NIC to make the uplink port (scenario C).
     pub uplink: Option<String>,
     /// The uplink to masquerade guest traffic through (scenario D).
     pub masquerade: Option<(String, NatOptions)>,
+    /// DHCP, DNS and router advertisements on the subnet (`--dhcp`).
+    pub dhcp: Option<DhcpOptions>,
 }
 
 /// What `up` can check before it loads the programs, which is most of
@@ -55,10 +59,13 @@ async fn preflight(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
         if net.ipv4_addrs(link.index).await?.is_empty() {
             return Err(Error::NoAddress(iface.clone()));
         }
-        if !matches!(opts.address, Some((IpAddr::V4(_), _))) {
+        if !opts.addresses.iter().any(|(a, _)| a.is_ipv4()) {
             return Err(Error::NoAddress(format!("{name} (give `up --address`)")));
         }
         nat::choose_ports(nopts.ports, nat::local_port_range())?;
+    }
+    if let Some(d) = &opts.dhcp {
+        dhcp::plan(name, &opts.addresses, d.range)?;
     }
     Ok(())
 }
@@ -156,7 +163,7 @@ async fn set_up_host(
     // the host side runs NAPI, which GRO turns on.
     sys::set_gro(&host.name, true)
         .map_err(|e| Error::io(format!("turning GRO on for {}", host.name), e))?;
-    if let Some((addr, prefix)) = opts.address {
+    for &(addr, prefix) in &opts.addresses {
         net.add_address(host.index, &host.name, addr, prefix)
             .await?;
     }
@@ -179,6 +186,11 @@ async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<(
     }
     if let Some((iface, nopts)) = &opts.masquerade {
         nat::attach(net, iface, Some(name), nopts).await?;
+    }
+    // Last: a failure before leaves no dnsmasq; one after it started is
+    // undone by `down`, which finds it by its conf (written first).
+    if let Some(d) = &opts.dhcp {
+        dhcp::start(name, &opts.addresses, d)?;
     }
     Ok(())
 }
@@ -207,6 +219,9 @@ pub async fn up(net: &Net, name: &str, opts: &UpOptions) -> Result<()> {
     // namespace that went without `down` (whose inode this one reuses)
     // would have `watch` attach them.
     expect::remove(name)?;
+    // Likewise a DHCP conf (and its dead dnsmasq's pid file): `watch`
+    // would start it for this bridge.
+    dhcp::stop(name)?;
     let ebpf = load(opts.aging_secs.unwrap_or(DEFAULT_AGING_SECS))?;
     let rec = record::write(name, &switch_port_name(name))?;
     if let Err(e) = net.add_veth(name, &switch_port_name(name)).await {
@@ -230,6 +245,7 @@ async fn undo(net: &Net, name: &str) -> Result<()> {
     if let Ok(br) = Bridge::open_locked(net, name).await {
         return down(net, br).await.map(drop);
     }
+    dhcp::stop(name)?;
     if let Some(l) = net.link_by_name(name).await? {
         net.del_link(l.index, name).await?;
     }
@@ -241,6 +257,9 @@ async fn undo(net: &Net, name: &str) -> Result<()> {
 /// interfaces it detached.
 pub async fn down(net: &Net, br: Bridge) -> Result<Vec<String>> {
     let mut br = br.lock(net).await?;
+    // First: a dnsmasq must not outlive its bridge (its conf, the record
+    // of it, goes only once it is stopped).
+    dhcp::stop(&br.name)?;
     let mut detached = Vec::new();
     if let Some(n) = nat::detach_from(net, &mut br).await? {
         detached.push(n);
@@ -286,6 +305,7 @@ pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
         if matches!(err, Error::NoSuchBridge(_)) {
             record::remove_any(name)?;
             expect::remove(name)?;
+            dhcp::stop(name)?;
         }
         return Err(err);
     };
@@ -304,6 +324,7 @@ pub async fn down_named(net: &Net, name: &str) -> Result<Vec<String>> {
         }
         net.del_link(host.index, name).await?;
     }
+    dhcp::stop(name)?;
     record::remove(&rec)?;
     expect::remove(name)?;
     held.unlink();

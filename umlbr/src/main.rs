@@ -18,8 +18,8 @@ use umlbr::{
 mod cli;
 
 use cli::{
-    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, ForwardCmd, MetricsArgs, NatCmd, ShowArgs, StatsArgs,
-    TapCmd, UpArgs, docs, print,
+    ApplyArgs, AttachArgs, Cli, Cmd, FdbCmd, ForwardCmd, LeaseCmd, MetricsArgs, NatCmd, ShowArgs,
+    StatsArgs, TapCmd, UpArgs, docs, print,
 };
 
 fn main() -> ExitCode {
@@ -178,6 +178,14 @@ async fn run(cli: Cli) -> Result<()> {
         } => publish(&net, &name, &to, every, json).await,
         Cmd::Forward(c) => forward_cmd(&net, c).await,
         Cmd::Vlan(a) => vlan_set(&net, a).await,
+        Cmd::Lease(LeaseCmd::Add {
+            name,
+            mac,
+            addr,
+            hostname,
+        }) => lease_add(&net, &name, mac, addr, hostname).await,
+        Cmd::Lease(LeaseCmd::Del { name, mac }) => lease_del(&net, &name, mac).await,
+        Cmd::Leases(a) => leases(&net, a).await,
     }
 }
 
@@ -220,6 +228,50 @@ async fn forward_cmd(net: &Net, c: ForwardCmd) -> Result<()> {
     Ok(())
 }
 
+async fn lease_add(
+    net: &Net,
+    name: &str,
+    mac: [u8; 6],
+    addr: std::net::Ipv4Addr,
+    hostname: Option<String>,
+) -> Result<()> {
+    let lease = umlbr::dhcp::StaticLease {
+        mac,
+        addr,
+        hostname,
+    };
+    named(name, umlbr::dhcp::lease_add(net, name, lease).await)?;
+    eprintln!("{}: {} always gets {addr}", name, fmt_mac(&mac));
+    Ok(())
+}
+
+async fn lease_del(net: &Net, name: &str, mac: [u8; 6]) -> Result<()> {
+    named(name, umlbr::dhcp::lease_del(net, name, mac).await)?;
+    eprintln!("{}: static lease of {} removed", name, fmt_mac(&mac));
+    Ok(())
+}
+
+/// An error of bridge `name`'s, with its name unless it says it.
+fn named<T>(name: &str, r: umlbr::Result<T>) -> Result<T> {
+    match r {
+        Err(e @ umlbr::Error::NoSuchBridge(_)) => Err(e.into()),
+        r => r.with_context(|| format!("bridge {name}")),
+    }
+}
+
+async fn leases(net: &Net, a: ShowArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    for br in Bridge::named_or_all(net, a.name.as_deref()).await? {
+        let r = umlbr::dhcp::leases(&br.name).with_context(|| format!("bridge {}", br.name))?;
+        rows.extend(r);
+    }
+    if a.json {
+        return print::json(&rows);
+    }
+    print::leases(&rows);
+    Ok(())
+}
+
 async fn up(net: &Net, a: UpArgs) -> Result<()> {
     sys::check_kernel()?;
     if let Some(file) = &a.config {
@@ -227,10 +279,13 @@ async fn up(net: &Net, a: UpArgs) -> Result<()> {
     }
     let nat = a.nat.options();
     let opts = UpOptions {
-        address: a.address,
+        addresses: a.address,
         aging_secs: a.aging,
         uplink: a.uplink,
         masquerade: a.masquerade.map(|m| (m, nat)),
+        dhcp: a.dhcp.then_some(umlbr::dhcp::DhcpOptions {
+            range: a.dhcp_range,
+        }),
     };
     // clap requires NAME without --config.
     let name = a.name.context("no bridge name")?;

@@ -11,6 +11,7 @@ use umlbr_common::{
 
 use crate::{
     bridge::Bridge,
+    dhcp::{self, DhcpView},
     error::Result,
     forward,
     link::{Link, Net, XdpMode, fmt_mac},
@@ -91,6 +92,10 @@ pub struct BridgeView {
     /// The layout version of the bridge's maps (`umlbr upgrade`), as
     /// stored; 0: made before versions were stored (version 1's maps).
     pub layout_version: u16,
+    /// The host interface's addresses (not IPv6 link-local), CIDR.
+    pub addresses: Vec<String>,
+    /// DHCP, DNS and router advertisements (`up --dhcp`).
+    pub dhcp: Option<DhcpView>,
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -231,5 +236,13 @@ pub async fn view(net: &Net, br: &Bridge) -> Result<BridgeView> {
         fdb_entries: br.maps.fdb.keys().count(),
         ports,
         layout_version: br.maps.config()?.layout,
+        addresses: net
+            .ip_addrs(br.host.index)
+            .await?
+            .into_iter()
+            .filter(|(a, _)| !matches!(a, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .map(|(a, p)| format!("{a}/{p}"))
+            .collect(),
+        dhcp: dhcp::read(&br.name)?,
     })
 }

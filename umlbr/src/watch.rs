@@ -6,7 +6,9 @@
 //!   command that changes the bridge;
 //! - an interface the bridge expects (`expect.rs`: attached before and
 //!   not detached since) that appears again is attached again with the
-//!   options it had (`port::attach`).
+//!   options it had (`port::attach`);
+//! - a bridge's dnsmasq (`up --dhcp`) that died is started again
+//!   (`dhcp::ensure`), with its conf and lease file.
 //!
 //! Forwarding never depends on it: it only runs the library's commands,
 //! under the bridge's lock, and takes the lock only when there is
@@ -25,6 +27,7 @@ use rtnetlink::MulticastGroup;
 
 use crate::{
     bridge::Bridge,
+    dhcp,
     error::{Error, Result},
     expect,
     link::Net,
@@ -56,6 +59,8 @@ pub enum Change {
     Error { bridge: String, error: String },
     /// The bridge watched by name is gone (`umlbr down`): watch ends.
     BridgeGone { bridge: String },
+    /// The bridge's dnsmasq (`up --dhcp`) had died and was started again.
+    DhcpRestarted { bridge: String, pid: i32 },
 }
 
 impl std::fmt::Display for Change {
@@ -86,6 +91,12 @@ impl std::fmt::Display for Change {
             ),
             Change::Error { bridge, error } => write!(f, "{bridge}: {error}"),
             Change::BridgeGone { bridge } => write!(f, "{bridge}: bridge removed; watch ends"),
+            Change::DhcpRestarted { bridge, pid } => {
+                write!(
+                    f,
+                    "{bridge}: dnsmasq was not running: started again (pid {pid})"
+                )
+            }
         }
     }
 }
@@ -166,6 +177,13 @@ async fn pass(net: &Net, name: &str, st: &mut State) -> Result<Option<Vec<Change
                 });
             }
         }
+    }
+    // A file and a pid looked at; the lock taken only to restart.
+    if let Some(pid) = dhcp::ensure(name)? {
+        changes.push(Change::DhcpRestarted {
+            bridge: name.into(),
+            pid,
+        });
     }
     Ok(Some(changes))
 }

@@ -6,6 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 use umlbr::{
     config::AGING_SECS,
+    dhcp::{parse_hostname, parse_range},
     forward::{self, Proto},
     link::{parse_cidr, parse_mac},
     nat::{NatOptions, NatTimeout, parse_port_range, parse_timeout},
@@ -274,6 +275,13 @@ pub enum Cmd {
     /// this way.
     #[command(long_about = VLAN_HELP)]
     Vlan(VlanCmdArgs),
+    /// Add or remove a static DHCP lease (MAC -> address) of a bridge
+    /// served with `up --dhcp`.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// List DHCP leases: those dnsmasq granted (MAC, address, host name,
+    /// when they end) and the static ones (`lease add`).
+    Leases(ShowArgs),
 }
 
 const VLAN_HELP: &str = "\
@@ -362,6 +370,51 @@ ports are the guests' own flows'). A port is forwarded to one target;
 `del` also ends the flows the forward mapped. `umlbr detach UPLINK`
 (or `down`) removes the forwards with the masquerade.";
 
+#[derive(Subcommand)]
+pub enum LeaseCmd {
+    /// Always give MAC the address ADDR (and host name H, which the
+    /// bridge's DNS then answers); kept in /var/lib/umlbr, across `down`
+    /// and `up`, and read by a running dnsmasq at once.
+    Add {
+        /// The bridge.
+        name: String,
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+        /// An IPv4 address in the bridge's subnet (inside the DHCP range
+        /// or not), not the bridge's own.
+        addr: std::net::Ipv4Addr,
+        /// The guest's host name.
+        #[arg(long, value_name = "H", value_parser = parse_hostname)]
+        hostname: Option<String>,
+    },
+    /// Remove MAC's static lease (a lease it holds runs out as usual).
+    Del {
+        name: String,
+        #[arg(value_parser = parse_mac)]
+        mac: [u8; 6],
+    },
+}
+
+const DHCP_HELP: &str = "\
+Serve the guests' subnet with dnsmasq (Debian's dnsmasq-base), as
+libvirt and Incus do: DHCPv4 on the subnet of the (first) IPv4
+--address, handing out the bridge's address as router and DNS server,
+with DNS forwarded to the host's resolvers (/etc/resolv.conf; under
+`ip netns exec NS`, /etc/netns/NS/resolv.conf); and router
+advertisements for every IPv6 --address (SLAAC, with the DNS server),
+so that a guest running only a DHCP client (busybox udhcpc, dhclient)
+or IPv6 autoconfiguration gets an address, a default route and a
+resolver. dnsmasq listens on the bridge's interface alone.
+
+Static leases: `umlbr lease add NAME MAC ADDR [--hostname H]`; leases:
+`umlbr leases [NAME]`. Files: /run/umlbr/net<INODE>-NAME.dnsmasq.{conf,pid}
+(gone with `down`), /var/lib/umlbr/net<INODE>-NAME.{leases,hosts} (kept:
+leases survive a restart of dnsmasq and of the bridge). `umlbr watch`
+restarts a dnsmasq that died.
+
+  umlbr up br0 --address 192.168.2.1/24 --address fd00:2::1/64 \\
+      --masquerade eth0 --dhcp --dhcp-range 192.168.2.100-192.168.2.199";
+
 const METRICS_HELP: &str = "\
 Counters, table sizes and limits of one bridge (NAME) or all, in the
 Prometheus text exposition format: per port, frames and bytes received
@@ -426,8 +479,10 @@ pub struct ApplyArgs {
 /// What `up --config` does not go with: the file says all of it (a NAME
 /// may come too, which must be the file's: `umlbr@.service` passes its
 /// instance).
-const CONFIG_CONFLICTS: [&str; 7] = [
+const CONFIG_CONFLICTS: [&str; 9] = [
     "address",
+    "dhcp",
+    "dhcp_range",
     "aging",
     "uplink",
     "masquerade",
@@ -479,9 +534,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_CONFLICTS,
           long_help = CONFIG_HELP)]
     pub config: Option<PathBuf>,
-    /// Address for the host interface, e.g. 192.168.2.1/24 (the guests' gateway).
+    /// Address for the host interface, e.g. 192.168.2.1/24 (the guests'
+    /// gateway); repeatable, IPv4 and IPv6 (--address fd00:2::1/64).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub address: Option<(IpAddr, u8)>,
+    pub address: Vec<(IpAddr, u8)>,
     /// Seconds after which a learned MAC is forgotten (default 300).
     #[arg(long, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(AGING_SECS))]
@@ -497,6 +553,15 @@ pub struct UpArgs {
     pub masquerade: Option<String>,
     #[command(flatten)]
     pub nat: NatArgs,
+    /// Serve DHCP, DNS and IPv6 router advertisements on the guests'
+    /// subnet (dnsmasq, supervised by umlbr).
+    #[arg(long, requires = "address", long_help = DHCP_HELP)]
+    pub dhcp: bool,
+    /// With --dhcp: the IPv4 addresses to hand out, LO-HI, in the subnet
+    /// of an --address and without it (default: every free address of
+    /// the first IPv4 --address's subnet).
+    #[arg(long, value_name = "LO-HI", requires = "dhcp", value_parser = parse_range)]
+    pub dhcp_range: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
 }
 
 #[derive(Args)]
@@ -724,6 +789,7 @@ impl Cmd {
                 | Cmd::Nat(NatCmd::Show(_))
                 | Cmd::Config { .. }
                 | Cmd::Forward(ForwardCmd::Show(_))
+                | Cmd::Leases(_)
         ) || matches!(self, Cmd::Metrics(m) if m.listen.is_none())
         // Not `metrics --listen`: a server must not die of a scraper that
         // hung up.
@@ -737,7 +803,7 @@ impl Cli {
         let cli = Cli::try_parse()?;
         if let Cmd::Up(a) = &cli.cmd
             && a.masquerade.is_some()
-            && matches!(a.address, Some((IpAddr::V6(_), _)))
+            && !a.address.iter().any(|(ip, _)| ip.is_ipv4())
         {
             let msg = "--masquerade needs an IPv4 --address";
             return Err(Cli::command().error(ErrorKind::ArgumentConflict, msg));
@@ -755,7 +821,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv)?;
         if let Cmd::Up(a) = &cli.cmd
             && a.masquerade.is_some()
-            && matches!(a.address, Some((IpAddr::V6(_), _)))
+            && !a.address.iter().any(|(ip, _)| ip.is_ipv4())
         {
             return Err(Cli::command().error(ErrorKind::ArgumentConflict, "v6"));
         }
@@ -785,7 +851,7 @@ mod tests {
         else {
             panic!("not up");
         };
-        assert_eq!(a.address, Some(("192.168.2.1".parse().unwrap(), 24)));
+        assert_eq!(a.address, vec![("192.168.2.1".parse().unwrap(), 24)]);
         let o = a.nat.options();
         assert_eq!(o.ports, Some((61000, 61999)));
         assert_eq!(
@@ -816,6 +882,10 @@ mod tests {
             "attach tap0 --lock --mac 02:00:00:00:00",
             "attach tap0 --lock --mac 02:00:00:00:00:01 --ip 10.0.0.300",
             "attach tap0 --lock --mac 02:00:00:00:00:01 --ip 10.0.0.1/24",
+            "up br0 --address 10.0.0.1/24 --dhcp --dhcp-range 10.0.0.9-10.0.0.2",
+            "up br0 --address 10.0.0.1/24 --dhcp --dhcp-range 10.0.0.9",
+            "lease add br0 02:00:00:00:00:01 10.0.0.300",
+            "lease add br0 02:00:00:00:00:01 10.0.0.3 --hostname a.b",
         ] {
             assert_eq!(usage_error(args), ErrorKind::ValueValidation, "{args}");
         }
@@ -846,6 +916,8 @@ mod tests {
             "attach tap0 --lock",
             "attach tap0 --mac 02:00:00:00:00:01",
             "attach tap0 --ip 10.0.0.1",
+            "up br0 --dhcp",
+            "up br0 --address 10.0.0.1/24 --dhcp-range 10.0.0.2-10.0.0.9",
         ] {
             assert_eq!(
                 usage_error(args),
@@ -853,6 +925,20 @@ mod tests {
                 "{args}"
             );
         }
+        let Cmd::Up(a) = parse(
+            "up br0 --address 192.168.2.1/24 --address fd00:2::1/64 --masquerade eth0 \
+             --dhcp --dhcp-range 192.168.2.100-192.168.2.199",
+        )
+        .unwrap()
+        .cmd
+        else {
+            panic!("not up");
+        };
+        assert_eq!(a.address.len(), 2);
+        assert!(a.dhcp && a.dhcp_range.is_some());
+        assert!(parse("up br0 --address fd00:2::1/64 --dhcp").is_ok());
+        assert!(parse("lease add br0 02:00:00:00:00:01 10.0.0.3 --hostname g1").is_ok());
+        assert!(parse("leases br0 --json").is_ok());
         // An uplink may be switched by TC alone.
         assert!(parse("attach eth0 --uplink --tc-only").is_ok());
         assert!(parse("attach tap0 --isolated --tc-only --max-learned 4").is_ok());

@@ -2,6 +2,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use umlbr::{
+    dhcp::LeaseRow,
     fdb::FdbRow,
     nat::NatRow,
     rates::Rates,
@@ -62,6 +63,56 @@ pub fn show(views: &[BridgeView]) {
         if let Some(n) = &v.nat {
             masquerade(n);
         }
+        services(v);
+    }
+}
+
+/// A bridge's addresses and DHCP service, as `show` prints them.
+fn services(v: &BridgeView) {
+    if !v.addresses.is_empty() {
+        println!("  addresses {}", v.addresses.join(", "));
+    }
+    if let Some(d) = &v.dhcp {
+        let what = match (&d.range, d.router) {
+            (Some(r), Some(gw)) => format!("range {r}, router and DNS {gw}, IPv6 RA"),
+            _ => "IPv6 RA only (no IPv4 address)".into(),
+        };
+        let pid = match d.pid {
+            Some(p) => format!("dnsmasq pid {p}"),
+            None => "dnsmasq NOT running (`umlbr watch` restarts it)".into(),
+        };
+        println!("  dhcp {what} ({pid})");
+    }
+}
+
+/// `leases`: dynamic and static DHCP leases.
+pub fn leases(rows: &[LeaseRow]) {
+    if rows.is_empty() {
+        println!("no leases");
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    println!(
+        "BRIDGE           MAC                ADDRESS          HOSTNAME         EXPIRES   STATIC"
+    );
+    for r in rows {
+        let expires = match r.expires {
+            None => "-".to_string(),
+            Some(0) => "never".to_string(),
+            Some(t) => format!("{}s", t.saturating_sub(now)),
+        };
+        println!(
+            "{:<16} {:<18} {:<16} {:<16} {:<9} {}",
+            r.bridge,
+            r.mac,
+            r.address,
+            r.hostname.as_deref().unwrap_or("-"),
+            expires,
+            if r.is_static { "yes" } else { "no" }
+        );
     }
 }
 
