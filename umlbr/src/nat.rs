@@ -19,6 +19,7 @@ use crate::{
     bridge::Bridge,
     error::{Error, Result},
     link::{Link, Net},
+    nat6,
     object::{self, Hook, Programs, Tc, map_err, sum},
     port, sys,
 };
@@ -210,6 +211,7 @@ fn slow_path_on(
     prefix: u8,
     uplink: &str,
     max_per_guest: u32,
+    v6: &nat6::Plan6,
 ) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
@@ -228,7 +230,9 @@ fn slow_path_on(
     // over the table of an attach that was killed half-way.
     let rules = format!(
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n"
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule} }}\n}}\n{}",
+        // IPv6 in the same transaction: never forwarded untranslated.
+        nat6::table(&t, bridge, uplink, v6, max_per_guest)
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))
 }
@@ -246,6 +250,7 @@ fn masquerades(b: &Bridge) -> bool {
 /// a `down` killed here is run again.
 async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = nft(&format!("delete table ip {}\n", nft_table(bridge)));
+    let _ = nft(&nat6::delete(&nft_table(bridge)));
     if !restore_fwd_off {
         return;
     }
@@ -385,6 +390,7 @@ pub async fn attach(
         });
     }
     let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
+    let v6 = nat6::plan(net, br.host.index, &link).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
     // Record before changing: the slow path, and whether forwarding was
@@ -402,7 +408,7 @@ pub async fn attach(
     if object::makes_clsact(tc_hook, link.index, &link.name)? {
         cfg.flags |= NAT_F_OWN_CLSACT;
     }
-    let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest) {
+    let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest, &v6) {
         Ok(()) => connect(net, &mut br, &link, (&tc, tc_hook), cfg, &route_mtus).await,
         Err(e) => Err(e),
     };
