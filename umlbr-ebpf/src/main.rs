@@ -217,6 +217,10 @@ fn xdp_nat_out(
             stats.nat_quota += 1;
             xdp_action::XDP_DROP
         }
+        nat::Out::DropNoAddr => {
+            stats.dropped += 1;
+            xdp_action::XDP_DROP
+        }
     }
 }
 
@@ -395,9 +399,13 @@ fn tc_nat_out(
         stats.nat_quota += 1;
         return TC_ACT_SHOT as i32;
     }
+    if let nat::Out::DropNoAddr = out {
+        stats.dropped += 1;
+        return TC_ACT_SHOT as i32;
+    }
     stats.forwarded += 1;
     match out {
-        nat::Out::Drop => TC_ACT_SHOT as i32,
+        nat::Out::Drop | nat::Out::DropNoAddr => TC_ACT_SHOT as i32,
         nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
         nat::Out::Redirect(ifx) => redirect(ifx, 0),
         // SAFETY: plain helper call; the kernel resolves the next hop from

@@ -11,7 +11,7 @@
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock);
 //! `fdb`; `port` (with `expect`, the ports `attach` recorded for
-//! `watch`); `nat` (masquerade; `nat6`: its IPv6); `stats`; `metrics` (the stats views in
+//! `watch`); `nat` (masquerade; `nat::v6`: its IPv6); `stats`; `metrics` (the stats views in
 //! Prometheus' text format); `rates` (per-second rates between two stats
 //! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
 //! programs replaced, its maps kept); `lifecycle` (`up` and `down`);
@@ -28,7 +28,6 @@ pub mod link;
 pub mod lock;
 pub mod metrics;
 pub mod nat;
-pub mod nat6;
 pub mod object;
 pub mod port;
 pub mod rates;

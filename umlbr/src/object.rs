@@ -19,8 +19,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey,
-    PortLearn, PortStats, names,
+    Config, FdbEntry, FdbKey, Nat6Config, Nat6In, Nat6Key, Nat6Stats, NatConfig, NatIn, NatKey,
+    NatOut, NatQuota, NatStats, PortIpKey, PortLearn, PortStats, names,
 };
 
 use crate::{
@@ -466,6 +466,11 @@ pub struct Maps {
     pub flood_isolated: DevMapHash<MapData>,
     /// Addresses bound to locked ports (`attach --ip`).
     pub port_ip: HashMap<MapData, PortIpKey, u32>,
+    /// The IPv6 masquerade's mappings, settings and counters.
+    pub nat6_out: HashMap<MapData, Nat6Key, NatOut>,
+    pub nat6_in: HashMap<MapData, Nat6Key, Nat6In>,
+    pub nat6_config: Array<MapData, Nat6Config>,
+    pub nat6_stats: PerCpuArray<MapData, Nat6Stats>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -517,6 +522,10 @@ impl Maps {
             nat_tx: typed(take(names::NAT_TX)?, names::NAT_TX)?,
             flood_isolated: typed(take(names::FLOOD_ISOLATED)?, names::FLOOD_ISOLATED)?,
             port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
+            nat6_out: typed(take(names::NAT6_OUT)?, names::NAT6_OUT)?,
+            nat6_in: typed(take(names::NAT6_IN)?, names::NAT6_IN)?,
+            nat6_config: typed(take(names::NAT6_CONFIG)?, names::NAT6_CONFIG)?,
+            nat6_stats: typed(take(names::NAT6_STATS)?, names::NAT6_STATS)?,
         })
     }
 
@@ -538,6 +547,18 @@ impl Maps {
         self.nat_config
             .set(0, c, 0)
             .map_err(map_err(names::NAT_CONFIG))
+    }
+
+    pub fn nat6_config(&self) -> Result<Nat6Config> {
+        self.nat6_config
+            .get(&0, 0)
+            .map_err(map_err(names::NAT6_CONFIG))
+    }
+
+    pub fn set_nat6_config(&mut self, c: Nat6Config) -> Result<()> {
+        self.nat6_config
+            .set(0, c, 0)
+            .map_err(map_err(names::NAT6_CONFIG))
     }
 
     /// Ports in the port list, in attach order.

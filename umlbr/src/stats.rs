@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use umlbr_common::{
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey, NatStats, PORT_F_ISOLATED, PORT_F_LOCKED,
-    PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Nat6Stats, NatKey, NatStats, PORT_F_ISOLATED,
+    PORT_F_LOCKED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PortStats,
 };
 
 use crate::{
@@ -71,6 +71,11 @@ pub struct NatView {
     /// Most live mappings one port's guests may hold (0: no limit).
     pub max_per_guest: u32,
     pub counters: NatStats,
+    /// IPv6: the uplink's address guests' IPv6 leaves with (none: their
+    /// IPv6 to the uplink is dropped), its live mappings, its counters.
+    pub address6: Option<String>,
+    pub mappings6: usize,
+    pub counters6: Nat6Stats,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -180,6 +185,9 @@ async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
         ports_in_use: ports_in_use(&keys),
         max_per_guest: ncfg.max_per_guest,
         counters: nat::counters(br)?,
+        address6: nat::v6::address(br)?.map(|a| a.to_string()),
+        mappings6: br.maps.nat6_in.keys().count(),
+        counters6: nat::v6::counters(br)?,
     }))
 }
 

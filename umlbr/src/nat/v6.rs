@@ -7,10 +7,20 @@
 //! is dropped (counted in the table's `forward` chain).
 use std::net::{IpAddr, Ipv6Addr};
 
+use umlbr_common::{
+    IPPROTO_TCP, IPPROTO_UDP, NAT6_PREFIXES, Nat6Config, Nat6Key, Nat6Stats, NatConfig, names,
+};
+
+use super::{NatRow, credit, state_name};
 use crate::{
+    bridge::Bridge,
     error::Result,
     link::{Link, Net},
+    object::{map_err, sum},
 };
+
+/// ICMPv6: echo mappings use the identifier as their port.
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// What `attach --masquerade` found for IPv6.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -113,9 +123,163 @@ pub fn delete(t: &str) -> String {
     format!("table ip6 {t}\ndelete table ip6 {t}\n")
 }
 
+/// An address in the datapath's form: four words as in the packet.
+fn words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+fn addr(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, x) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// The datapath's IPv6 settings for `p`: the uplink's address (zero:
+/// none) and the first NAT6_PREFIXES guest prefixes (more are the
+/// kernel's path: its ip6 table masquerades them all).
+pub fn config(p: &Plan6) -> Nat6Config {
+    let mut c = Nat6Config {
+        addr: p.uplink_addr.map(words).unwrap_or_default(),
+        ..Default::default()
+    };
+    for (i, (a, len)) in p.prefixes.iter().take(NAT6_PREFIXES).enumerate() {
+        let mask = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+        c.prefix[i] = words(*a);
+        c.mask[i] = words(Ipv6Addr::from(mask));
+        c.nr_prefixes += 1;
+    }
+    c
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        IPPROTO_ICMPV6 => "icmp6",
+        p => super::proto_name(p),
+    }
+}
+
+fn sock(a: [u32; 4], port_be: u16, proto: u8) -> String {
+    if proto == IPPROTO_ICMPV6 {
+        format!("{} id {}", addr(a), u16::from_be(port_be))
+    } else {
+        format!("[{}]:{}", addr(a), u16::from_be(port_be))
+    }
+}
+
+/// Live IPv6 mappings of `br` (`nat::show`'s IPv6 half): expired ones are
+/// removed on the way, their ports' quotas credited, and so are outbound
+/// entries left without their inbound one.
+pub fn show(br: &mut Bridge, cfg: &NatConfig, now: u64) -> Result<Vec<NatRow>> {
+    let c6 = br.maps.nat6_config()?;
+    let entries: Vec<_> = br.maps.nat6_in.iter().filter_map(|e| e.ok()).collect();
+    let mut rows = Vec::new();
+    let mut live = std::collections::HashSet::new();
+    for (k, v) in entries {
+        let idle = now.saturating_sub(v.st.last_seen_ns);
+        let timeout = cfg.timeout_ns(proto_of(k.proto), v.st.state);
+        let out = Nat6Key::new(k.proto, v.addr, v.st.port, k.remote_addr, k.remote_port);
+        if idle > timeout {
+            retire(br, &out, k.local_port);
+            let _ = br.maps.nat6_in.remove(&k);
+            continue;
+        }
+        live.insert(out);
+        rows.push(NatRow {
+            bridge: br.name.clone(),
+            protocol: proto_name(k.proto),
+            inside: sock(v.addr, v.st.port, k.proto),
+            outside: sock(k.local_addr, k.local_port, k.proto),
+            remote: if k.proto == IPPROTO_ICMPV6 {
+                addr(k.remote_addr).to_string()
+            } else {
+                sock(k.remote_addr, k.remote_port, k.proto)
+            },
+            state: state_name(k.proto, v.st.state),
+            age: idle as f64 / 1e9,
+            expires_in: (timeout - idle) as f64 / 1e9,
+        });
+    }
+    let outs: Vec<_> = br.maps.nat6_out.iter().filter_map(|e| e.ok()).collect();
+    for (k, o) in outs {
+        let in_key = Nat6Key::new(k.proto, c6.addr, o.port, k.remote_addr, k.remote_port);
+        if !live.contains(&k) && br.maps.nat6_in.get(&in_key, 0).is_err() {
+            retire(br, &k, o.port);
+        }
+    }
+    Ok(rows)
+}
+
+/// The protocol whose timeouts an IPv6 mapping of `proto` has: ICMPv6
+/// echo times out as ICMP's.
+fn proto_of(proto: u8) -> u8 {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => proto,
+        _ => umlbr_common::IPPROTO_ICMP,
+    }
+}
+
+/// Remove the outbound entry `out` if it still belongs to the mapping at
+/// outside port `port`, crediting its owner.
+fn retire(br: &mut Bridge, out: &Nat6Key, port: u16) {
+    if let Ok(o) = br.maps.nat6_out.get(out, 0)
+        && o.port == port
+        && br.maps.nat6_out.remove(out).is_ok()
+    {
+        credit(br, o.owner);
+    }
+}
+
+/// Every IPv6 mapping and setting gone (the masquerade's release).
+pub fn flush(br: &mut Bridge) {
+    let keys: Vec<Nat6Key> = br.maps.nat6_out.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        let _ = br.maps.nat6_out.remove(&k);
+    }
+    let keys: Vec<Nat6Key> = br.maps.nat6_in.keys().filter_map(|k| k.ok()).collect();
+    for k in keys {
+        let _ = br.maps.nat6_in.remove(&k);
+    }
+    let _ = br.maps.set_nat6_config(Nat6Config::default());
+}
+
+/// IPv6 NAT counters summed over CPUs.
+pub fn counters(br: &Bridge) -> Result<Nat6Stats> {
+    let v = br
+        .maps
+        .nat6_stats
+        .get(&0, 0)
+        .map_err(map_err(names::NAT6_STATS))?;
+    Ok(sum(&v))
+}
+
+/// The uplink's IPv6 address the datapath masquerades behind, if any.
+pub fn address(br: &Bridge) -> Result<Option<Ipv6Addr>> {
+    let a = br.maps.nat6_config()?.addr;
+    Ok((a != [0; 4]).then(|| addr(a)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_holds_address_and_prefixes_as_the_packet_has_them() {
+        let p = Plan6 {
+            uplink_addr: Some("2001:db8::1".parse().unwrap()),
+            prefixes: vec![("fd00:2::".parse().unwrap(), 64)],
+        };
+        let c = config(&p);
+        assert_eq!(addr(c.addr), "2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(c.nr_prefixes, 1);
+        assert_eq!(c.addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(c.mask[0], [u32::MAX, u32::MAX, 0, 0]);
+        assert_eq!(config(&Plan6::default()).addr, [0; 4]);
+    }
 
     #[test]
     fn networks_and_routable_addresses() {
