@@ -184,6 +184,27 @@ fn guest_ipv6_never_leaves_untranslated(kind: Kind, uplink6: bool) -> Result<()>
     } else {
         ensure!(translated == 0, "{kind:?}: translated without an address?");
     }
+    // umlbr's datapath translated the guest's own flows itself (or, with
+    // no uplink address, dropped them) and left the spoofed ones to the
+    // kernel's ip6 table, which dropped them: each counted.
+    if kind == Kind::Umlbr {
+        let v: serde_json::Value =
+            serde_json::from_str(&ns.umlbr_ok(&["stats", "br0", "--json"])?)?;
+        let c = &v["nat"]["counters6"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        ensure!(n("bad_source") == 9, "spoofed sources not counted: {c}");
+        if uplink6 {
+            ensure!(
+                n("out_xdp") + n("out_tc") >= 3 && n("allocs") == 3 && n("no_addr") == 0,
+                "the datapath did not translate udp, tcp and echo: {c}"
+            );
+        } else {
+            ensure!(
+                n("no_addr") == 9 && n("allocs") == 0,
+                "the datapath did not drop the guest's IPv6 without an uplink address: {c}"
+            );
+        }
+    }
     // IPv4 still masquerades as before.
     let routed = Frame::new(gw_mac, guest)
         .udp(
