@@ -107,6 +107,7 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     }
     let n = crate::fmt_count(TABLE_FLOWS);
     res.define_all("nat", TABLE, &[("n", &n), ("up", "tap uplink")]);
+    crate::nat6::define_rows(res);
 }
 
 /// Guest → LAN through the masquerade, once with a tap as the uplink
@@ -122,7 +123,9 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
         && p.contender != Contender::Redirect;
     nat_row(cfg, p, res, Uplink::Tap, "nat_64", table)?;
     check_interrupted()?;
-    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)
+    nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)?;
+    check_interrupted()?;
+    crate::nat6::run(cfg, p, res)
 }
 
 /// A writer on tap0 (192.168.2.10; it first asks for the gateway's MAC,
