@@ -2,7 +2,8 @@
 //! static IPv6 address behind `umlbr up --masquerade` reaches a LAN host by
 //! ping6, TCP and UDP, and the LAN host sees only the uplink's address.
 //! Two uplinks: a tap (XDP-capable, as a NIC; the LAN host is a second UML
-//! guest on it) and a veth (the LAN host a namespace behind it). The
+//! guest on it; the host's IPv6 forwarding on) and a veth (the LAN host a
+//! namespace behind it; the host's IPv6 forwarding off). The
 //! bridge's IPv6 address is added by hand (`up` takes one `--address`).
 //! The datapath's own counters show that BPF, not the kernel's path,
 //! translated.
@@ -126,10 +127,14 @@ fn masquerade6(uplink: Uplink) -> Result<()> {
         Uplink::Veth => Some(Netns::new(&format!("{tag}-lan"))?),
         Uplink::Tap => None,
     };
-    host.sh(
-        "sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.default.accept_dad=0 && \
-         ip tuntap add tap0 mode tap",
-    )?;
+    // With the host's IPv6 forwarding on (the tap uplink) and off (the
+    // veth uplink: umlbr turns it on for the bridge's interface alone,
+    // which BPF's route lookup needs).
+    let fwd = (uplink == Uplink::Tap) as u8;
+    host.sh(&format!(
+        "sysctl -qw net.ipv6.conf.all.forwarding={fwd} net.ipv6.conf.default.accept_dad=0 && \
+         ip tuntap add tap0 mode tap"
+    ))?;
     match &lan_ns {
         Some(lan) => {
             host.sh(&format!(

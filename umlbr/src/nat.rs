@@ -412,6 +412,7 @@ pub async fn attach(
     // The datapath's IPv6 settings before its flag: with it, guests' IPv6
     // is translated, or dropped without an uplink address.
     br.maps.set_nat6_config(v6::config(&plan6))?;
+    v6::forwarding_on(&br.host.name)?;
     cfg.flags |= NAT_F_V6;
     let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest, &plan6) {
         Ok(()) => connect(net, &mut br, &link, (&tc, tc_hook), cfg, &route_mtus).await,

@@ -118,6 +118,22 @@ pub fn table(t: &str, bridge: &str, uplink: &str, p: &Plan6, max_per_guest: u32)
     )
 }
 
+/// Make the bridge's host interface an IPv6 router: the datapath's route
+/// lookup (`bpf_fib_lookup`) forwards IPv6 only from an interface with
+/// `forwarding` on. Only the bridge's own interface: turning on
+/// `net.ipv6.conf.all.forwarding` would stop the host taking router
+/// advertisements on its other interfaces (the uplink's SLAAC address
+/// among them). The kernel's own forwarding of what BPF does not
+/// translate needs `all.forwarding`, which is the administrator's to set.
+/// A host without IPv6 has nothing to turn on.
+pub fn forwarding_on(bridge: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{bridge}/forwarding");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| crate::error::Error::io(format!("turning on {path}"), e)),
+    }
+}
+
 /// The nft script that deletes the `ip6` table `t` (if it is there).
 pub fn delete(t: &str) -> String {
     format!("table ip6 {t}\ndelete table ip6 {t}\n")
