@@ -20,10 +20,10 @@ use std::net::Ipv6Addr;
 use anyhow::{Context, Result, ensure};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use umlbr_common::{
-    Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_V6, NAT_F_XDP_TX, NAT_ICMP_SECS,
-    NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS,
-    NAT_UDP_STREAM_SECS, Nat6Config, Nat6In, Nat6Key, Nat6Stats, NatConfig, NatOut, NatQuota,
-    PORT_KIND_OTHER, PortStats, names,
+    Config, FDB_F_STATIC, FdbEntry, FdbKey, NAT_F_V6, NAT_F_XDP_TX, NAT_ICMP_SECS, NAT_S_RST,
+    NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS, NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS,
+    NAT_UDP_SECS, NAT_UDP_STREAM_SECS, Nat6Config, Nat6In, Nat6Key, Nat6Stats, NatConfig, NatOut,
+    NatQuota, NatStats, PORT_KIND_OTHER, PortStats, names,
 };
 use umlbr_tests::{
     bpf::{
@@ -132,6 +132,11 @@ impl Bench {
     /// MACs learned; `addr`: whether up0 has its IPv6 address in the
     /// datapath's config. Empty tables, zero counters.
     fn reset(&mut self, addr: bool) -> Result<()> {
+        self.reset_quota(addr, 0)
+    }
+
+    /// `reset`, with a per-port quota of `max_per_guest` mappings.
+    fn reset_quota(&mut self, addr: bool, max_per_guest: u32) -> Result<()> {
         let ports: Vec<u32> = self.ctx.taps.ifindex[..3].to_vec();
         let (host, up) = (self.ifx(2), self.ifx(3));
         self.ctx.set_ports(&ports, None)?;
@@ -177,7 +182,7 @@ impl Bench {
                 udp_stream_ns: NAT_UDP_STREAM_SECS * SEC,
                 icmp_ns: NAT_ICMP_SECS * SEC,
                 mtu: 1500,
-                max_per_guest: 0,
+                max_per_guest,
             },
         )?;
         let mut c6 = Nat6Config {
@@ -196,7 +201,24 @@ impl Bench {
         let n = self.ctx.nr_cpus;
         let mut st: PerCpuArray<&mut MapData, Nat6Stats> = self.ctx.map(names::NAT6_STATS)?;
         st.set(0, PerCpuValues::try_from(vec![Nat6Stats::default(); n])?, 0)?;
+        let mut st: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
+        st.set(0, PerCpuValues::try_from(vec![NatStats::default(); n])?, 0)?;
         Ok(())
+    }
+
+    /// The shared (IPv4 and IPv6) NAT counters.
+    fn stats4(&mut self) -> Result<NatStats> {
+        let m: PerCpuArray<&mut MapData, NatStats> = self.ctx.map(names::NAT_STATS)?;
+        Ok(sum_counters(&m.get(&0, 0)?))
+    }
+
+    /// The state of the mapping whose guest end is `guest`:`port`.
+    fn state(&mut self, proto: u8, guest: Ipv6Addr, port: u16) -> Result<u16> {
+        let ins = self.ctx.entries::<Nat6Key, Nat6In>(names::NAT6_IN)?;
+        ins.iter()
+            .find(|(k, v)| k.proto == proto && v.addr == words(guest) && v.st.port == port.to_be())
+            .map(|(_, v)| v.st.state)
+            .context("no such mapping")
     }
 
     fn stats(&mut self) -> Result<Nat6Stats> {
@@ -435,6 +457,53 @@ fn left_to_the_kernel(b: &mut Bench, prog: Prog) -> Result<()> {
     Ok(())
 }
 
+/// The IPv4 table's TCP checks and per-port quota hold for IPv6: a blind
+/// RST from the LAN is passed on but leaves the mapping's state alone
+/// (counted as `out_of_window`), the RST acknowledging the guest's SYN
+/// resets it; with a quota of 2 mappings the guest's third new flow is
+/// dropped (counted as `quota`, and as the port's `nat_quota`).
+fn window_and_quota(b: &mut Bench, prog: Prog) -> Result<()> {
+    b.reset_quota(true, 2)?;
+    let syn = v6::tcp(G1, 4001, REMOTE, 80, 0x02, 1000, 0, b"");
+    let (r, _) = b.run(prog, 0, &eth(GW_MAC, gmac(0), &syn))?;
+    ensure!(r == redirected(prog), "syn: verdict {r}");
+    let port = b.outside_port(6, G1, 4001)?;
+    ensure!(b.state(6, G1, 4001)? == NAT_S_SYN_OUT, "after the SYN");
+    let blind = v6::tcp(REMOTE, 80, NAT6, port, 0x14, 5000, 77, b"");
+    let (r, _) = b.run(prog, 3, &eth(UP_MAC, NH_MAC, &blind))?;
+    ensure!(r == redirected(prog), "blind rst: verdict {r}");
+    ensure!(
+        b.state(6, G1, 4001)? == NAT_S_SYN_OUT && b.stats4()?.out_of_window == 1,
+        "a blind RST changed the mapping: state {}, {:?}",
+        b.state(6, G1, 4001)?,
+        b.stats4()?
+    );
+    let rst = v6::tcp(REMOTE, 80, NAT6, port, 0x14, 5000, 1001, b"");
+    let (r, _) = b.run(prog, 3, &eth(UP_MAC, NH_MAC, &rst))?;
+    ensure!(r == redirected(prog), "rst: verdict {r}");
+    ensure!(
+        b.state(6, G1, 4001)? & NAT_S_RST != 0,
+        "the RST acknowledging the SYN did not reset the mapping"
+    );
+    let udp = |sport| eth(GW_MAC, gmac(0), &v6::udp(G1, sport, REMOTE, 53, b"q"));
+    let (r, _) = b.run(prog, 0, &udp(5000))?;
+    ensure!(r == redirected(prog), "second flow: verdict {r}");
+    let (r, _) = b.run(prog, 0, &udp(5001))?;
+    let dropped = match prog {
+        Prog::Xdp => XDP_DROP,
+        Prog::Tc => TC_ACT_SHOT,
+    };
+    ensure!(r == dropped, "third flow over the quota: verdict {r}");
+    let st = b.ctx.port_stats(&[b.ifx(0)])?;
+    ensure!(
+        b.stats4()?.quota == 1 && st[0].nat_quota == 1,
+        "quota counters: {:?} {:?}",
+        b.stats4()?,
+        st[0]
+    );
+    Ok(())
+}
+
 /// Without an IPv6 address on the uplink, a guest's IPv6 routed there is
 /// dropped and counted; to a guest it is switched as ever.
 fn no_uplink_address(b: &mut Bench, prog: Prog) -> Result<()> {
@@ -468,6 +537,7 @@ fn ipv6_masquerade_table() -> Result<()> {
             ),
             ("left to the kernel", left_to_the_kernel),
             ("no uplink address", no_uplink_address),
+            ("window and quota", window_and_quota),
         ] {
             if let Err(e) = f(&mut b, prog) {
                 failed.push(format!("[{prog:?}] {name}: {e:#}"));
