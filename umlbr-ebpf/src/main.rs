@@ -217,10 +217,9 @@ fn xdp_nat_out(
             stats.nat_quota += 1;
             xdp_action::XDP_DROP
         }
-        nat::Out::DropNoAddr => {
-            stats.dropped += 1;
-            xdp_action::XDP_DROP
-        }
+        // Counted as the IPv6 NAT's `no_addr`, not as the port's: a port's
+        // `dropped` is the sum of its own reasons.
+        nat::Out::DropNoAddr => xdp_action::XDP_DROP,
     }
 }
 
@@ -399,8 +398,8 @@ fn tc_nat_out(
         stats.nat_quota += 1;
         return TC_ACT_SHOT as i32;
     }
+    // Counted as the IPv6 NAT's `no_addr` (see xdp_nat_out).
     if let nat::Out::DropNoAddr = out {
-        stats.dropped += 1;
         return TC_ACT_SHOT as i32;
     }
     stats.forwarded += 1;

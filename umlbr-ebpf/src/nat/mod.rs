@@ -131,7 +131,7 @@ pub enum Out {
     Drop,
     /// Guest IPv6 the kernel would route out of an uplink without a
     /// global IPv6 address: dropped (counted as the IPv6 NAT's `no_addr`
-    /// here, and as the port's `dropped` by the caller).
+    /// here; not as the port's `dropped`, the sum of the port's reasons).
     DropNoAddr,
 }
 
