@@ -13,6 +13,7 @@ mod gso;
 mod guests;
 mod hostile;
 mod nat;
+mod nat6;
 mod report;
 mod tap;
 mod topo;

@@ -108,6 +108,7 @@ pub fn define_rows(cfg: &Cfg, res: &mut Results) {
     let n = crate::fmt_count(TABLE_FLOWS);
     res.define_all("nat", TABLE, &[("n", &n), ("up", "tap uplink")]);
     crate::fwd::define_rows(res);
+    crate::nat6::define_rows(res);
 }
 
 /// Guest → LAN through the masquerade, once with a tap as the uplink
@@ -125,7 +126,9 @@ pub fn run(cfg: &Cfg, p: &Progress, res: &mut Results) -> Result<()> {
     check_interrupted()?;
     nat_row(cfg, p, res, Uplink::Veth, "nat_64_veth", false)?;
     check_interrupted()?;
-    crate::fwd::run(cfg, p, res)
+    crate::fwd::run(cfg, p, res)?;
+    check_interrupted()?;
+    crate::nat6::run(cfg, p, res)
 }
 
 /// A writer on tap0 (192.168.2.10; it first asks for the gateway's MAC,

@@ -947,3 +947,135 @@ pub fn ipv6_multicast_mac(group: std::net::Ipv6Addr) -> Mac {
     let o = group.octets();
     [0x33, 0x33, o[12], o[13], o[14], o[15]]
 }
+
+/// IPv6 (issue 18's masquerade): packets and their transport checksums.
+pub mod v6 {
+    use std::net::Ipv6Addr;
+
+    use super::checksum_with;
+
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    /// ICMPv6 types the masquerade translates.
+    pub const DST_UNREACH: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 128;
+    pub const ECHO_REPLY: u8 = 129;
+
+    /// The pseudo-header sum (RFC 8200 8.1) of `len` bytes of `next`.
+    pub fn pseudo_sum(src: Ipv6Addr, dst: Ipv6Addr, next: u8, len: u32) -> u32 {
+        let mut s = 0u32;
+        for a in [src, dst] {
+            for w in a.segments() {
+                s += w as u32;
+            }
+        }
+        s + (len >> 16) + (len & 0xffff) + next as u32
+    }
+
+    /// The transport checksum of `l4` (its checksum field zeroed by the
+    /// caller) under the pseudo header.
+    pub fn l4_checksum(src: Ipv6Addr, dst: Ipv6Addr, next: u8, l4: &[u8]) -> u16 {
+        checksum_with(pseudo_sum(src, dst, next, l4.len() as u32), l4)
+    }
+
+    /// The checksum field's offset in a transport header of `next`.
+    pub fn check_off(next: u8) -> usize {
+        match next {
+            6 => 16,
+            17 => 6,
+            _ => 2,
+        }
+    }
+
+    /// An IPv6 header (no extension headers) followed by `l4`, whose
+    /// checksum (TCP, UDP, ICMPv6) is filled in.
+    pub fn packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop: u8, l4: &[u8]) -> Vec<u8> {
+        let mut l4 = l4.to_vec();
+        let c = check_off(next);
+        l4[c..c + 2].copy_from_slice(&[0, 0]);
+        let mut sum = l4_checksum(src, dst, next, &l4);
+        if next == 17 && sum == 0 {
+            sum = 0xffff;
+        }
+        l4[c..c + 2].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, hop]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(&l4);
+        ip
+    }
+
+    pub fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = Vec::with_capacity(8 + data.len());
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(data);
+        packet(src, dst, 17, 64, &u)
+    }
+
+    /// A TCP segment with `flags`, sequence and acknowledgment numbers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp(
+        src: Ipv6Addr,
+        sport: u16,
+        dst: Ipv6Addr,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20 + data.len());
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&ack.to_be_bytes());
+        t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(data);
+        packet(src, dst, 6, 64, &t)
+    }
+
+    pub fn echo(src: Ipv6Addr, dst: Ipv6Addr, reply: bool, id: u16, seq: u16) -> Vec<u8> {
+        let ty = if reply { ECHO_REPLY } else { ECHO_REQUEST };
+        let mut m = vec![ty, 0, 0, 0];
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(b"echo6");
+        packet(src, dst, IPPROTO_ICMPV6, 64, &m)
+    }
+
+    /// An ICMPv6 error of type `ty` (`rest`: the 4 bytes after the
+    /// checksum, e.g. a packet-too-big MTU) quoting `quoted`.
+    pub fn icmp_error(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: u32, quoted: &[u8]) -> Vec<u8> {
+        let mut m = vec![ty, 0, 0, 0];
+        m.extend_from_slice(&rest.to_be_bytes());
+        m.extend_from_slice(quoted);
+        packet(src, dst, IPPROTO_ICMPV6, 64, &m)
+    }
+
+    /// Source and destination of the IPv6 packet `ip`.
+    pub fn addrs(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+        let a: [u8; 16] = ip[8..24].try_into().unwrap();
+        let b: [u8; 16] = ip[24..40].try_into().unwrap();
+        (a.into(), b.into())
+    }
+
+    /// Whether the transport checksum of the IPv6 packet `ip` (no
+    /// extension headers) holds.
+    pub fn checksum_ok(ip: &[u8]) -> bool {
+        if ip.len() < 40 {
+            return false;
+        }
+        let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+        if ip.len() < 40 + len {
+            return false;
+        }
+        let (s, d) = addrs(ip);
+        checksum_with(pseudo_sum(s, d, ip[6], len as u32), &ip[40..40 + len]) == 0
+    }
+}

@@ -46,6 +46,10 @@ pub mod names {
     pub const EV_RATE: &str = "UMLBR_EV_RATE";
     pub const NAT_FWD: &str = "UMLBR_NAT_FWD";
     pub const VLAN: &str = "UMLBR_VLAN";
+    pub const NAT6_OUT: &str = "UMLBR_NAT6_OUT";
+    pub const NAT6_IN: &str = "UMLBR_NAT6_IN";
+    pub const NAT6_CONFIG: &str = "UMLBR_NAT6_CFG";
+    pub const NAT6_STATS: &str = "UMLBR_NAT6_STAT";
 }
 
 /// FDB key: a MAC address in a VLAN. VLAN 0 is the default VLAN, the
@@ -605,6 +609,11 @@ pub struct FwdVal {
     pub hits: u64,
 }
 
+/// The bridge masquerades IPv6 too (UMLBR_NAT6_CFG): the datapath looks
+/// at guests' IPv6 only with this flag, so an IPv4-only bridge pays
+/// nothing for it.
+pub const NAT_F_V6: u16 = 4;
+
 /// Conntrack-like default timeouts (seconds).
 pub const NAT_TCP_ESTABLISHED_SECS: u64 = 432_000;
 pub const NAT_TCP_TRANSITORY_SECS: u64 = 120;
@@ -651,6 +660,106 @@ pub struct NatStats {
     /// Guest packets of new flows dropped: their port's guests hold
     /// `max_per_guest` live mappings already (`--nat-max-per-guest`).
     pub quota: u64,
+}
+
+/// One direction of an IPv6 NAT mapping ([`NatKey`]'s, with 16-byte
+/// addresses as four words in network byte order). Own maps rather than a
+/// wider [`NatKey`]: the IPv4 maps keep their layout (no migration for
+/// `umlbr upgrade`) and their 16-byte keys (hashing and stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Nat6Key {
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+}
+
+impl Nat6Key {
+    #[inline(always)]
+    pub const fn new(
+        proto: u8,
+        local_addr: [u32; 4],
+        local_port: u16,
+        remote_addr: [u32; 4],
+        remote_port: u16,
+    ) -> Self {
+        Self {
+            proto,
+            _pad: 0,
+            _pad2: 0,
+            local_port,
+            remote_port,
+            local_addr,
+            remote_addr,
+        }
+    }
+}
+
+/// Inbound IPv6 map value: the guest's address, and the same state as an
+/// IPv4 mapping's ([`NatIn`], whose `addr` is unused here), so that
+/// timeouts and TCP states are one code for both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nat6In {
+    pub addr: [u32; 4],
+    pub st: NatIn,
+}
+
+/// Most IPv6 NAT mappings (each has one entry in each of UMLBR_NAT6_OUT
+/// and UMLBR_NAT6_IN). Smaller than IPv4's [`NAT_SIZE`]: its entries are
+/// twice as big, preallocated, and IPv6 guests are fewer so far.
+pub const NAT6_SIZE: u32 = 65_536;
+
+/// Most IPv6 prefixes of the guest subnet (the bridge's addresses).
+pub const NAT6_PREFIXES: usize = 4;
+
+/// IPv6 masquerade settings, index 0 of an array map; the rest (uplink,
+/// ports, timeouts, quota, gateway MAC) is the bridge's [`NatConfig`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nat6Config {
+    /// The uplink's global IPv6 address (network byte order); all zero:
+    /// none, and guests' IPv6 to the uplink is dropped (counted).
+    pub addr: [u32; 4],
+    /// The guests' prefixes (network, mask), `nr_prefixes` of them: their
+    /// packets between each other are switched, and only their sources
+    /// are masqueraded.
+    pub prefix: [[u32; 4]; NAT6_PREFIXES],
+    pub mask: [[u32; 4]; NAT6_PREFIXES],
+    pub nr_prefixes: u32,
+    pub _pad: u32,
+}
+
+/// IPv6 masquerade counters, per CPU (as [`NatStats`]'s for IPv4; the
+/// quota, allocation and expiry counters are shared with IPv4's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Nat6Stats {
+    pub out_xdp: u64,
+    pub out_tc: u64,
+    pub in_xdp: u64,
+    pub in_tc: u64,
+    /// ICMPv6 errors for a mapping translated (inner headers included).
+    pub icmp_errors: u64,
+    /// Packets to the uplink's IPv6 address with no mapping.
+    pub in_miss: u64,
+    /// Guest IPv6 left to the kernel's path (extension headers, other
+    /// protocols, hop limit expiring, no route via the uplink, bad
+    /// lengths, mappings BPF would not make): its ip6 table masquerades
+    /// or drops it.
+    pub slow_path: u64,
+    /// Guest IPv6 from outside the guest prefixes (never masqueraded).
+    pub bad_source: u64,
+    /// Guest IPv6 routed out of the uplink while it has no global IPv6
+    /// address: dropped.
+    pub no_addr: u64,
+    /// Mappings made.
+    pub allocs: u64,
 }
 
 impl NatConfig {
@@ -807,6 +916,10 @@ mod pod {
     unsafe impl aya::Pod for super::FwdKey {}
     unsafe impl aya::Pod for super::FwdVal {}
     unsafe impl aya::Pod for super::PortVlan {}
+    unsafe impl aya::Pod for super::Nat6Key {}
+    unsafe impl aya::Pod for super::Nat6In {}
+    unsafe impl aya::Pod for super::Nat6Config {}
+    unsafe impl aya::Pod for super::Nat6Stats {}
 }
 
 // Userspace additions: per-CPU sums.
@@ -856,6 +969,22 @@ impl core::ops::AddAssign for NatStats {
         self.out_of_window += o.out_of_window;
         self.foreign += o.foreign;
         self.quota += o.quota;
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::ops::AddAssign for Nat6Stats {
+    fn add_assign(&mut self, o: Self) {
+        self.out_xdp += o.out_xdp;
+        self.out_tc += o.out_tc;
+        self.in_xdp += o.in_xdp;
+        self.in_tc += o.in_tc;
+        self.icmp_errors += o.icmp_errors;
+        self.in_miss += o.in_miss;
+        self.slow_path += o.slow_path;
+        self.bad_source += o.bad_source;
+        self.no_addr += o.no_addr;
+        self.allocs += o.allocs;
     }
 }
 
@@ -912,6 +1041,14 @@ mod tests {
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
         assert_eq!(size_of::<NatStats>(), 14 * 8);
         assert_eq!(size_of::<NatQuota>(), 16);
+        assert_eq!(size_of::<Nat6Key>(), 40);
+        assert_eq!(size_of::<Nat6In>(), 48);
+        assert_eq!(size_of::<Nat6Config>(), 16 + 2 * 4 * 16 + 8);
+        assert_eq!(size_of::<Nat6Stats>(), 10 * 8);
+    }
+
+    #[test]
+    fn event_layouts() {
         assert_eq!(size_of::<Event>(), 48);
         assert_eq!(size_of::<EvCtl>(), 8);
         assert_eq!(size_of::<EvBucket>(), 16);

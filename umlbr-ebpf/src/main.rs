@@ -346,6 +346,9 @@ fn xdp_nat_out(
             stats.nat_quota += 1;
             xdp_action::XDP_DROP
         }
+        // Counted as the IPv6 NAT's `no_addr`, not as the port's: a port's
+        // `dropped` is the sum of its own reasons.
+        nat::Out::DropNoAddr => xdp_action::XDP_DROP,
     }
 }
 
@@ -702,9 +705,13 @@ fn tc_nat_out(
         stats.nat_quota += 1;
         return TC_ACT_SHOT as i32;
     }
+    // Counted as the IPv6 NAT's `no_addr` (see xdp_nat_out).
+    if let nat::Out::DropNoAddr = out {
+        return TC_ACT_SHOT as i32;
+    }
     stats.forwarded += 1;
     match out {
-        nat::Out::Drop => TC_ACT_SHOT as i32,
+        nat::Out::Drop | nat::Out::DropNoAddr => TC_ACT_SHOT as i32,
         nat::Out::NotNat | nat::Out::ToTc => redirect(port, 0),
         nat::Out::Redirect(ifx) => redirect(ifx, 0),
         // SAFETY: plain helper call; the kernel resolves the next hop from

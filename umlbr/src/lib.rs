@@ -12,7 +12,7 @@
 //! (finding a bridge again, and opening it under its lock); `dhcp`
 //! (the bridge's dnsmasq: DHCP, DNS, router advertisements);
 //! `fdb`; `port` (with `expect`, the ports `attach` recorded for
-//! `watch`); `nat` (masquerade); `forward` (port forwards, through the
+//! `watch`); `nat` (masquerade; `nat::v6`: its IPv6); `forward` (port forwards, through the
 //! masquerade's table and nftables table); `stats`; `metrics` (the stats views in
 //! Prometheus' text format); `rates` (per-second rates between two stats
 //! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's

@@ -9,11 +9,13 @@ use aya::programs::ProgramInfo;
 use serde::Serialize;
 pub use umlbr_common::DEFAULT_NAT_MAX_PER_GUEST;
 use umlbr_common::{
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_F_ROUTE_MTU, NAT_F_XDP_TX, NAT_ICMP_SECS,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_F_ROUTE_MTU, NAT_F_V6, NAT_F_XDP_TX, NAT_ICMP_SECS,
     NAT_S_FIN_IN, NAT_S_FIN_OUT, NAT_S_REPLIED, NAT_S_RST, NAT_S_SYN_OUT, NAT_TCP_CLOSING_SECS,
     NAT_TCP_ESTABLISHED_SECS, NAT_TCP_TRANSITORY_SECS, NAT_UDP_SECS, NAT_UDP_STREAM_SECS,
     NatConfig, NatKey, NatStats, names, nat_tcp_closed,
 };
+
+pub mod v6;
 
 use crate::{
     bridge::Bridge,
@@ -212,6 +214,7 @@ fn slow_path_on(
     prefix: u8,
     uplink: &str,
     max_per_guest: u32,
+    plan6: &v6::Plan6,
 ) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| Error::io("turning on /proc/sys/net/ipv4/ip_forward", e))?;
@@ -238,7 +241,9 @@ fn slow_path_on(
     // over the table of an attach that was killed half-way.
     let rules = format!(
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n{quota_set} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {subnet}/{prefix} oifname \"{uplink}\" masquerade\n }}\n \
-         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule}{inbound_rule} }}\n}}\n"
+         chain forward {{\n  type filter hook forward priority filter; policy accept;\n  iifname \"{bridge}\" ip saddr != {subnet}/{prefix} counter drop\n{quota_rule}{inbound_rule} }}\n}}\n{}",
+        // IPv6 in the same transaction: never forwarded untranslated.
+        v6::table(&t, bridge, uplink, plan6, max_per_guest)
     );
     nft(&rules).map_err(|e| Error::io(format!("adding nftables table {t}"), e))
 }
@@ -256,6 +261,7 @@ fn masquerades(b: &Bridge) -> bool {
 /// a `down` killed here is run again.
 async fn slow_path_off(net: &Net, bridge: &str, restore_fwd_off: bool) {
     let _ = nft(&format!("delete table ip {}\n", nft_table(bridge)));
+    let _ = nft(&v6::delete(&nft_table(bridge)));
     if !restore_fwd_off {
         return;
     }
@@ -395,6 +401,7 @@ pub async fn attach(
         });
     }
     let (mut cfg, prefix, route_mtus) = plan(net, &br, &link, opts).await?;
+    let plan6 = v6::plan(net, br.host.index, &link).await?;
     let tc = br.require_tc_prog(Tc::Ingress)?;
     let subnet = Ipv4Addr::from(u32::from_be(cfg.subnet));
     // Record before changing: the slow path, and whether forwarding was
@@ -412,7 +419,12 @@ pub async fn attach(
     if object::makes_clsact(tc_hook, link.index, &link.name)? {
         cfg.flags |= NAT_F_OWN_CLSACT;
     }
-    let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest) {
+    // The datapath's IPv6 settings before its flag: with it, guests' IPv6
+    // is translated, or dropped without an uplink address.
+    br.maps.set_nat6_config(v6::config(&plan6))?;
+    v6::forwarding_on(&br.host.name)?;
+    cfg.flags |= NAT_F_V6;
+    let made = match slow_path_on(&br.name, subnet, prefix, iface, cfg.max_per_guest, &plan6) {
         Ok(()) => connect(net, &mut br, &link, (&tc, tc_hook), cfg, &route_mtus).await,
         Err(e) => Err(e),
     };
@@ -456,6 +468,7 @@ fn flush(br: &mut Bridge) {
     for k in keys {
         let _ = br.maps.nat_in.remove(&k);
     }
+    v6::flush(br);
     let keys: Vec<u32> = br.maps.nat_quota.keys().filter_map(|k| k.ok()).collect();
     for k in keys {
         let _ = br.maps.nat_quota.remove(&k);
@@ -472,7 +485,7 @@ fn flush(br: &mut Bridge) {
 /// Give back one mapping of `port`'s quota, as the datapath's `credit`
 /// does. Not atomic with the datapath's own updates: a racing new mapping
 /// can leave the count off by one, never by more.
-fn credit(br: &mut Bridge, port: u32) {
+pub(crate) fn credit(br: &mut Bridge, port: u32) {
     if let Ok(mut q) = br.maps.nat_quota.get(&port, 0)
         && q.count > 0
     {
@@ -550,7 +563,7 @@ pub struct NatRow {
     pub expires_in: f64,
 }
 
-fn proto_name(p: u8) -> &'static str {
+pub(crate) fn proto_name(p: u8) -> &'static str {
     match p {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
@@ -654,6 +667,7 @@ pub fn show(br: &mut Bridge) -> Result<Vec<NatRow>> {
             retire_out(br, &k, &in_key);
         }
     }
+    rows.extend(v6::show(br, &cfg, now)?);
     rows.sort_by(|a, b| a.inside.cmp(&b.inside).then(a.remote.cmp(&b.remote)));
     Ok(rows)
 }

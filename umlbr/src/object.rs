@@ -19,8 +19,8 @@ use aya::{
     programs::{Program, ProgramError, ProgramFd, ProgramInfo, SchedClassifier, TcAttachType},
 };
 use umlbr_common::{
-    Config, FdbEntry, FdbKey, FwdKey, FwdVal, NatConfig, NatIn, NatKey, NatOut, NatQuota, NatStats,
-    PortIpKey, PortLearn, PortStats, PortVlan, names,
+    Config, FdbEntry, FdbKey, FwdKey, FwdVal, Nat6Config, Nat6In, Nat6Key, Nat6Stats, NatConfig,
+    NatIn, NatKey, NatOut, NatQuota, NatStats, PortIpKey, PortLearn, PortStats, PortVlan, names,
 };
 
 use crate::{
@@ -471,6 +471,11 @@ pub struct Maps {
     pub nat_fwd: Option<HashMap<MapData, FwdKey, FwdVal>>,
     /// Each VLAN-aware port's VLANs.
     pub vlan: HashMap<MapData, u32, PortVlan>,
+    /// The IPv6 masquerade's mappings, settings and counters.
+    pub nat6_out: HashMap<MapData, Nat6Key, NatOut>,
+    pub nat6_in: HashMap<MapData, Nat6Key, Nat6In>,
+    pub nat6_config: Array<MapData, Nat6Config>,
+    pub nat6_stats: PerCpuArray<MapData, Nat6Stats>,
 }
 
 /// The maps the programs `prog_ids` use, by name.
@@ -531,6 +536,10 @@ impl Maps {
             port_ip: typed(take(names::PORT_IP)?, names::PORT_IP)?,
             nat_fwd,
             vlan: typed(take(names::VLAN)?, names::VLAN)?,
+            nat6_out: typed(take(names::NAT6_OUT)?, names::NAT6_OUT)?,
+            nat6_in: typed(take(names::NAT6_IN)?, names::NAT6_IN)?,
+            nat6_config: typed(take(names::NAT6_CONFIG)?, names::NAT6_CONFIG)?,
+            nat6_stats: typed(take(names::NAT6_STATS)?, names::NAT6_STATS)?,
         })
     }
 
@@ -552,6 +561,18 @@ impl Maps {
         self.nat_config
             .set(0, c, 0)
             .map_err(map_err(names::NAT_CONFIG))
+    }
+
+    pub fn nat6_config(&self) -> Result<Nat6Config> {
+        self.nat6_config
+            .get(&0, 0)
+            .map_err(map_err(names::NAT6_CONFIG))
+    }
+
+    pub fn set_nat6_config(&mut self, c: Nat6Config) -> Result<()> {
+        self.nat6_config
+            .set(0, c, 0)
+            .map_err(map_err(names::NAT6_CONFIG))
     }
 
     /// Ports in the port list, in attach order.

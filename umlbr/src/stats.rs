@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use umlbr_common::{
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey, NatStats, PORT_F_ISOLATED, PORT_F_LOCKED,
-    PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PORT_KIND_VXLAN, PortStats,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Nat6Stats, NatKey, NatStats, PORT_F_ISOLATED,
+    PORT_F_LOCKED, PORT_KIND_HOST, PORT_KIND_TAP, PORT_KIND_UPLINK, PORT_KIND_VXLAN, PortStats,
 };
 
 use crate::{
@@ -78,6 +78,11 @@ pub struct NatView {
     pub counters: NatStats,
     /// Port forwards (`forward add`), with their hits and live flows.
     pub forwards: Vec<forward::ForwardRow>,
+    /// IPv6: the uplink's address guests' IPv6 leaves with (none: their
+    /// IPv6 to the uplink is dropped), its live mappings, its counters.
+    pub address6: Option<String>,
+    pub mappings6: usize,
+    pub counters6: Nat6Stats,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,6 +202,9 @@ async fn nat_view(net: &Net, br: &Bridge) -> Result<Option<NatView>> {
         max_per_guest: ncfg.max_per_guest,
         counters: nat::counters(br)?,
         forwards: forward::show(br)?,
+        address6: nat::v6::address(br)?.map(|a| a.to_string()),
+        mappings6: br.maps.nat6_in.keys().count(),
+        counters6: nat::v6::counters(br)?,
     }))
 }
 

@@ -227,7 +227,7 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
 /// TC translates the reply and redirects it there). Bridges without one
 /// pay only the flag test of the config already loaded.
 #[inline(always)]
-fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
+pub(crate) fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
     let cfg = crate::config();
     match crate::fdb::lookup(mac, 0, now, crate::fdb::aging_ns(cfg)) {
         Some((port, false)) => cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port),

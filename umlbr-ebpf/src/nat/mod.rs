@@ -22,6 +22,7 @@ mod inbound;
 mod out;
 mod quota;
 pub(crate) mod table;
+mod v6;
 
 use core::ffi::c_void;
 
@@ -30,8 +31,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use umlbr_common::{
-    NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_QUOTA_ENTRIES, NAT_SIZE, NatConfig, NatIn, NatKey, NatOut,
-    NatQuota, NatStats,
+    NAT_F_V6, NAT_F_XDP_TX, NAT_MTU_ROUTES, NAT_QUOTA_ENTRIES, NAT_SIZE, NatConfig, NatIn, NatKey,
+    NatOut, NatQuota, NatStats,
 };
 
 use crate::{
@@ -129,6 +130,10 @@ pub enum Out {
     /// A new flow over its port's NAT quota: dropped (counted as `quota`
     /// here, and as the port's `nat_quota` by the caller).
     Drop,
+    /// Guest IPv6 the kernel would route out of an uplink without a
+    /// global IPv6 address: dropped (counted as the IPv6 NAT's `no_addr`
+    /// here; not as the port's `dropped`, the sum of the port's reasons).
+    DropNoAddr,
 }
 
 impl Out {
@@ -140,6 +145,7 @@ impl Out {
             Out::Redirect(ifx) => Packed::pack(2, ifx as u64),
             Out::RedirectNeigh(ifx) => Packed::pack(3, ifx as u64),
             Out::Drop => Packed::pack(4, 0),
+            Out::DropNoAddr => Packed::pack(5, 0),
         }
     }
     #[inline(always)]
@@ -149,6 +155,7 @@ impl Out {
             2 => Out::Redirect(p.val() as u32),
             3 => Out::RedirectNeigh(p.val() as u32),
             4 => Out::Drop,
+            5 => Out::DropNoAddr,
             _ => Out::NotNat,
         }
     }
@@ -250,6 +257,10 @@ pub fn for_tc_uplink(data: usize, end: usize, cfg: &NatConfig) -> bool {
 /// through the masquerade uplink.
 #[inline(always)]
 pub fn out<P: Pkt>(ctx: &P, cfg: &NatConfig, guest_mac: &[u8; 6]) -> Out {
+    // IPv6 only on bridges that masquerade it: nothing more for the rest.
+    if cfg.flags & NAT_F_V6 != 0 && v6::is_ipv6(ctx) {
+        return Out::unpack(v6::out_sub::<P>(ctx.as_ptr(), cfg, guest_mac));
+    }
     Out::unpack(out_sub::<P>(ctx.as_ptr(), cfg, guest_mac))
 }
 
@@ -257,6 +268,9 @@ pub fn out<P: Pkt>(ctx: &P, cfg: &NatConfig, guest_mac: &[u8; 6]) -> Out {
 /// masquerade uplink.
 #[inline(always)]
 pub fn inbound<P: Pkt>(ctx: &P, cfg: &NatConfig) -> In {
+    if cfg.flags & NAT_F_V6 != 0 && v6::is_ipv6(ctx) {
+        return In::unpack(v6::inbound_sub::<P>(ctx.as_ptr(), cfg));
+    }
     In::unpack(inbound_sub::<P>(ctx.as_ptr(), cfg))
 }
 

@@ -135,6 +135,8 @@ pub fn sweep(now: u64) {
             0,
         );
     }
+    // The IPv6 mappings hold the same quota.
+    super::v6::sweep(now);
 }
 
 extern "C" fn sweep_one(

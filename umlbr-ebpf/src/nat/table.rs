@@ -26,7 +26,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn tcp_state_out(flags: u8) -> u16 {
+pub fn tcp_state_out(flags: u8) -> u16 {
     let mut s = 0;
     if flags & TCP_SYN != 0 {
         s |= NAT_S_SYN_OUT;
@@ -54,7 +54,7 @@ pub fn tcp_state_in(flags: u8) -> u16 {
 
 /// The shortest time a mapping of `proto` may stay idle, whatever its state.
 #[inline(always)]
-fn min_timeout_ns(cfg: &NatConfig, proto: u8) -> u64 {
+pub fn min_timeout_ns(cfg: &NatConfig, proto: u8) -> u64 {
     match proto {
         IPPROTO_TCP => cfg
             .tcp_closing_ns
@@ -254,21 +254,28 @@ pub fn mapping_find(cfg: &NatConfig, f: &Flow, now: u64, macs: *mut Hop, ingress
 /// mapping) forgets the old ACK.
 #[inline(always)]
 fn track(o: &mut NatOut, f: &Flow) {
-    if (o.track & NAT_T_ACK == 0 || f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
-        && o.seq_next != f.seq_next
+    track_seen(o, f.tcp_flags, f.seq_next, f.ack, f.win)
+}
+
+/// `track` for a segment's flags, next sequence number, acknowledgment
+/// and window (host byte order), whichever family it came in.
+#[inline(always)]
+pub fn track_seen(o: &mut NatOut, flags: u8, seq_next: u32, ack: u32, win: u16) {
+    if (o.track & NAT_T_ACK == 0 || flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+        && o.seq_next != seq_next
     {
-        o.seq_next = f.seq_next;
+        o.seq_next = seq_next;
     }
     let mut t = NAT_T_SEQ;
-    if f.tcp_flags & TCP_ACK != 0 {
+    if flags & TCP_ACK != 0 {
         t |= NAT_T_ACK;
-        if o.ack != f.ack {
-            o.ack = f.ack;
+        if o.ack != ack {
+            o.ack = ack;
         }
-        if o.win != f.win {
-            o.win = f.win;
+        if o.win != win {
+            o.win = win;
         }
-    } else if f.tcp_flags & TCP_SYN != 0 {
+    } else if flags & TCP_SYN != 0 {
         o.track = NAT_T_SEQ;
     }
     if o.track | t != o.track {
@@ -290,7 +297,12 @@ pub fn in_window(okey: &NatKey, seq: u32, ack: u32, flags: u8) -> bool {
         return false;
     };
     // SAFETY: pointer into the map value, read in place.
-    let o = unsafe { &*o };
+    window_ok(unsafe { &*o }, seq, ack, flags)
+}
+
+/// `in_window`'s test on the mapping's outbound entry `o`.
+#[inline(always)]
+pub fn window_ok(o: &NatOut, seq: u32, ack: u32, flags: u8) -> bool {
     if o.track & NAT_T_ACK != 0 {
         let wnd = (o.win as u32 + 1) << NAT_WSCALE_MAX;
         return seq.wrapping_sub(o.ack) < wnd;
@@ -347,22 +359,12 @@ pub fn mapping_new(
     if !charge(ingress, cfg.max_per_guest) {
         return Packed::pack(MAP_QUOTA, 0);
     }
-    let mut h = f.saddr ^ f.daddr.rotate_left(7) ^ ((f.sport as u32) << 16 | f.dport as u32);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x7feb_352d);
-    h ^= h >> 15;
+    let h = mix(f.saddr ^ f.daddr.rotate_left(7) ^ ((f.sport as u32) << 16 | f.dport as u32));
     let mut i = 0u32;
     let mut claimed = None;
     let mut full = false;
     while i < NAT_TRIES {
-        // Probe i: a fresh hash of (flow, i), so no range size makes the
-        // probes repeat a few ports.
-        let mut p = h ^ i.wrapping_mul(0x9e37_79b9);
-        p ^= p >> 16;
-        p = p.wrapping_mul(0x85eb_ca6b);
-        p ^= p >> 13;
-        let cand = (cfg.port_lo as u32 + p % range) as u16;
-        let cand = cand.to_be();
+        let cand = probe(cfg, h, i, range);
         i += 1;
         if host_socket(ctx, f, cfg.nat_addr, cand) {
             continue;
@@ -397,6 +399,27 @@ pub fn mapping_new(
     Packed::pack(MAP_FOUND, cand as u64)
 }
 
+/// A flow's hash, from the bits of its addresses and ports.
+#[inline(always)]
+pub fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h
+}
+
+/// Probe `i` of a flow hashed `h`: an outside port (network byte order)
+/// in the range of `range` ports. A fresh hash of (flow, i), so no range
+/// size makes the probes repeat a few ports.
+#[inline(always)]
+pub fn probe(cfg: &NatConfig, h: u32, i: u32, range: u32) -> u16 {
+    let mut p = h ^ i.wrapping_mul(0x9e37_79b9);
+    p ^= p >> 16;
+    p = p.wrapping_mul(0x85eb_ca6b);
+    p ^= p >> 13;
+    ((cfg.port_lo as u32 + p % range) as u16).to_be()
+}
+
 /// Whether outside port `cand` (network byte order) is free of live
 /// mappings for the flow's remote end; an expired mapping on it is
 /// retired.
@@ -424,7 +447,7 @@ fn port_free(cfg: &NatConfig, f: &Flow, cand: u16, now: u64) -> bool {
 }
 
 /// The kernel's -E2BIG: a hash map is full.
-const E2BIG: i64 = -7;
+pub const E2BIG: i64 = -7;
 
 /// Claim outside port `cand` with the flow's inbound entry: 0, or the
 /// error (-EEXIST: taken, by a racing CPU or a mapping found by

@@ -220,6 +220,22 @@ fn nat_counters(n: &NatView) {
             f.protocol, f.outside, f.inside, f.hits, f.flows
         );
     }
+    let c = &n.counters6;
+    println!(
+        "    ipv6 as {}: {} mappings   out: xdp {} tc {}   in: xdp {} tc {}   icmp errors {}   in_miss {}   allocs {}   slow_path {}   bad_source {}   no_addr {}",
+        n.address6.as_deref().unwrap_or("(no address: dropped)"),
+        n.mappings6,
+        c.out_xdp,
+        c.out_tc,
+        c.in_xdp,
+        c.in_tc,
+        c.icmp_errors,
+        c.in_miss,
+        c.allocs,
+        c.slow_path,
+        c.bad_source,
+        c.no_addr
+    );
 }
 
 /// `fdb show`.
