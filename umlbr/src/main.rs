@@ -7,6 +7,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context, Result};
 use umlbr::{
+    attach::AttachOptions,
     bridge::Bridge,
     config, fdb, forward,
     lifecycle::{self, UpOptions},
@@ -399,7 +400,7 @@ async fn masquerade(net: &Net, a: AttachArgs) -> Result<()> {
 }
 
 async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
-    let opts = port::AttachOptions {
+    let opts = AttachOptions {
         uplink: a.uplink,
         tc_only: a.tc_only,
         max_learned: a.max_learned,
