@@ -740,3 +740,81 @@ fn evpn_publish_umlbr() -> Result<()> {
     ensure!(on_lm100()?.is_empty(), "left on lm100: {:?}", on_lm100()?);
     Ok(())
 }
+
+/// EVPN's local MACs in a VLAN-mapped world (one bridge, VNI 100 as VLAN
+/// 100 and VNI 200 as VLAN 200): host 1 has an anchor kernel bridge per
+/// VNI (`evpnVNI` with `vxVNI` and a veth end `lmVNI`), as zebra wants
+/// one bridge per VNI. `publish br0 --to lm100 --vlan 100` puts tenant
+/// a's local guest a1 there and nothing of tenant b's (b1, on the same
+/// bridge): zebra would advertise b1 in VNI 100, and the other hosts'
+/// VXLAN devices would send tenant a's frames for that MAC to this host.
+/// Likewise lm200 gets b1 alone; without `--vlan`, the default VLAN's
+/// (none here).
+#[test]
+fn evpn_publish_vlan_umlbr() -> Result<()> {
+    let mut w = World::vlan_mapped(2, 1550, &[A, B])?;
+    for t in [A, B] {
+        let vni = t.vni;
+        w.host(1).sh(&format!(
+            "ip link add evpn{vni} type bridge && ip link set vx{vni} master evpn{vni} \
+             && ip link add lm{vni} type veth peer name lm{vni}p \
+             && ip link set lm{vni} master evpn{vni} \
+             && ip link set lm{vni}p up && ip link set lm{vni} up && ip link set evpn{vni} up"
+        ))?;
+    }
+    w.start_guest(A, 1)?;
+    w.start_guest(B, 1)?;
+    w.start_guest(A, 2)?;
+    w.ready()?;
+    // Both local guests and the remote one in the FDB.
+    println!(
+        "a1 -> a2: {}",
+        ping_ok(w.guest("a1"), Ping::Iputils, "10.50.0.2", 3)?
+    );
+    let c = w.broadcast_counts("b1", "10.50.0.82")?;
+    check_counts("b1's broadcast", &c, |_| 0)?;
+    let (a1, b1) = (w.guest("a1").mac.clone(), w.guest("b1").mac.clone());
+    let h1 = w.host(1);
+    let publish = |to: &str, vlan: Option<&str>| -> Result<Value> {
+        let mut args = vec!["publish", VLAN_BRIDGE, "--to", to, "--json"];
+        if let Some(v) = vlan {
+            args.extend(["--vlan", v]);
+        }
+        let out = h1.umlbr_ok(&args)?;
+        serde_json::from_str(&out).with_context(|| format!("publish --json: {out}"))
+    };
+    let on = |port: &str| -> Result<Vec<String>> {
+        let out = h1.sh(&format!("bridge -j fdb show brport {port}"))?;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok(v.as_array()
+            .context("bridge -j fdb")?
+            .iter()
+            .filter(|e| e["state"] == "static")
+            .filter_map(|e| e["mac"].as_str().map(str::to_string))
+            .collect())
+    };
+    let p = publish("lm100", Some("100"))?;
+    println!("publish --to lm100 --vlan 100: {p}");
+    ensure!(
+        on("lm100")? == vec![a1.clone()],
+        "lm100 (VNI 100) carries {:?}; expected a1 ({a1}) alone, not b1 ({b1}) of VLAN 200",
+        on("lm100")?
+    );
+    let p = publish("lm200", Some("200"))?;
+    println!("publish --to lm200 --vlan 200: {p}");
+    ensure!(
+        on("lm200")? == vec![b1.clone()],
+        "lm200 (VNI 200) carries {:?}; expected b1 ({b1}) alone",
+        on("lm200")?
+    );
+    ensure!(p["vlan"] == 200, "publish --json names its VLAN: {p}");
+    // Without --vlan: the default VLAN, where no guest of this bridge is;
+    // what was there goes.
+    let p = publish("lm200", None)?;
+    println!("publish --to lm200: {p}");
+    ensure!(
+        p["removed"] == serde_json::json!([b1]) && on("lm200")?.is_empty(),
+        "publish without --vlan: {p}"
+    );
+    Ok(())
+}
