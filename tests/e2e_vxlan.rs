@@ -9,7 +9,10 @@
 //!
 //! Each scenario runs on umlbr and, as the oracle that the test itself is
 //! right, on the kernel bridge with the same VXLAN devices as its ports:
-//! `<scenario>_umlbr` and `<scenario>_kernel`.
+//! `<scenario>_umlbr` and `<scenario>_kernel`. The VLAN-mapped scenarios
+//! (`*_vlan_umlbr`: one bridge per host, a VLAN per VNI) have no kernel
+//! oracle: this kernel's bridge has no VLAN filtering. Their namespaces
+//! are `umlbrt-vni*`.
 //!
 //! Namespaces are `umlbrt-vx*`; guards kill the guests and delete the
 //! namespaces on failure too. Needs root, /usr/bin/linux.uml, iperf3,
