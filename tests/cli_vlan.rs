@@ -64,6 +64,8 @@ fn vlan_ids_are_checked_by_clap() -> Result<()> {
         &["vlan", "tap0"],
         &["vlan", "tap0", "--none", "--vlan", "3"],
         &["fdb", "add", "02:00:00:00:00:01", "tap0", "--vlan", "4095"],
+        &["publish", "br0", "--to", "lm100", "--vlan", "0"],
+        &["publish", "br0", "--to", "lm100", "--vlan", "4095"],
     ] {
         fails(&ns, bad, 2, &[])?;
     }

@@ -9,7 +9,10 @@
 //!
 //! Each scenario runs on umlbr and, as the oracle that the test itself is
 //! right, on the kernel bridge with the same VXLAN devices as its ports:
-//! `<scenario>_umlbr` and `<scenario>_kernel`.
+//! `<scenario>_umlbr` and `<scenario>_kernel`. The VLAN-mapped scenarios
+//! (`*_vlan_umlbr`: one bridge per host, a VLAN per VNI) have no kernel
+//! oracle: this kernel's bridge has no VLAN filtering. Their namespaces
+//! are `umlbrt-vni*`.
 //!
 //! Namespaces are `umlbrt-vx*`; guards kill the guests and delete the
 //! namespaces on failure too. Needs root, /usr/bin/linux.uml, iperf3,
@@ -66,7 +69,14 @@ struct World {
     hosts: Vec<Netns>,
     _sw: Netns,
     kind: Kind,
+    /// One umlbr bridge per host (`VLAN_BRIDGE`), every tenant a VLAN of
+    /// it whose id is the tenant's VNI: its VXLAN device and its guests
+    /// are access ports of that VLAN. Otherwise a bridge per tenant.
+    vlan_mapped: bool,
 }
+
+/// The one bridge of a host in a VLAN-mapped world.
+const VLAN_BRIDGE: &str = "br0";
 
 /// The underlay address of host `h` (1-based).
 fn vtep(h: usize) -> String {
@@ -91,13 +101,35 @@ impl World {
         tenants: &[Tenant],
         gw: Option<&str>,
     ) -> Result<World> {
-        let sw = Netns::without_ipv6("vxsw")?;
+        World::build(kind, nhosts, underlay_mtu, tenants, (gw, false))
+    }
+
+    /// `new` on umlbr with one bridge per host and each tenant's VNI
+    /// mapped to the VLAN of the same id (`attach vxVNI --vlan VNI`), the
+    /// EVPN model of a VLAN-aware bridge.
+    fn vlan_mapped(nhosts: usize, underlay_mtu: u32, tenants: &[Tenant]) -> Result<World> {
+        World::build(Kind::Umlbr, nhosts, underlay_mtu, tenants, (None, true))
+    }
+
+    fn build(
+        kind: Kind,
+        nhosts: usize,
+        underlay_mtu: u32,
+        tenants: &[Tenant],
+        (gw, vlan_mapped): (Option<&str>, bool),
+    ) -> Result<World> {
+        // Namespaces of the VLAN-mapped worlds apart by name (`umlbrt-vni*`).
+        let tag = if vlan_mapped { "vni" } else { "vx" };
+        let sw = Netns::without_ipv6(&format!("{tag}sw"))?;
         sw.sh(&format!(
             "ip link add ul type bridge && ip link set ul mtu {underlay_mtu} && ip link set ul up"
         ))?;
         let mut hosts = Vec::new();
         for h in 1..=nhosts {
-            let ns = Netns::without_ipv6(&format!("vxh{h}"))?;
+            let ns = Netns::without_ipv6(&format!("{tag}h{h}"))?;
+            if vlan_mapped {
+                ns.umlbr_ok(&["up", VLAN_BRIDGE])?;
+            }
             sw.sh(&format!(
                 "ip link add p{h} mtu {underlay_mtu} type veth peer name u0 netns {} mtu {underlay_mtu} \
                  && ip link set p{h} master ul && ip link set p{h} up",
@@ -128,6 +160,10 @@ impl World {
                 let br = t.bridge();
                 let addr = gw.filter(|_| h == 1 && t.vni == tenants[0].vni);
                 match kind {
+                    Kind::Umlbr if vlan_mapped => {
+                        let vid = t.vni.to_string();
+                        ns.umlbr_ok(&["attach", &vx, "--bridge", VLAN_BRIDGE, "--vlan", &vid])?;
+                    }
                     Kind::Umlbr => {
                         let mut args = vec!["up", br.as_str()];
                         if let Some(a) = addr {
@@ -154,6 +190,7 @@ impl World {
             hosts,
             _sw: sw,
             kind,
+            vlan_mapped,
         })
     }
 
@@ -175,6 +212,11 @@ impl World {
         let ns = &self.hosts[h - 1];
         let br = t.bridge();
         match self.kind {
+            Kind::Umlbr if self.vlan_mapped => {
+                ns.umlbr_ok(&["tap", "add", &tap])?;
+                let vid = t.vni.to_string();
+                ns.umlbr_ok(&["attach", &tap, "--bridge", VLAN_BRIDGE, "--vlan", &vid])?;
+            }
             Kind::Umlbr => {
                 ns.umlbr_ok(&["tap", "add", &tap])?;
                 ns.umlbr_ok(&["attach", &tap, "--bridge", &br])?;
@@ -458,6 +500,93 @@ fn three_hosts_kernel() -> Result<()> {
     three_hosts(Kind::Kernel)
 }
 
+/// VLAN to VNI: ONE umlbr bridge per host, tenant a's VXLAN device (VNI
+/// 100) and guests access ports of VLAN 100, tenant b's (VNI 200) of VLAN
+/// 200, both tenants in one IPv4 subnet; a on hosts 1 to 3, b on 1 and 3
+/// (host 3's devices learn nothing). Pings and 1 MB of TCP across hosts
+/// within a tenant; every broadcast once on each remote tap of its tenant
+/// and on none of the other's, on the same host either; no guest reaches
+/// the other tenant's addresses; remote MACs in the FDB in their VLAN,
+/// behind their VNI's device. No kernel oracle: this kernel's bridge has
+/// no VLAN filtering (`three_hosts_kernel` is the same scenario with a
+/// bridge per tenant).
+#[test]
+fn three_hosts_vlan_umlbr() -> Result<()> {
+    let t0 = Instant::now();
+    let mut w = World::vlan_mapped(3, 1500, &[A, B])?;
+    for h in 1..=3 {
+        w.start_guest(A, h)?;
+    }
+    for h in [1, 3] {
+        w.start_guest(B, h)?;
+    }
+    w.ready()?;
+    println!("VLAN-mapped: 3 hosts, 5 guests up in {:?}", t0.elapsed());
+    w.guest_mtu(1450)?;
+    for (from, to) in [
+        ("a1", "10.50.0.2"),
+        ("a1", "10.50.0.3"),
+        ("a2", "10.50.0.3"),
+        ("b1", "10.50.0.13"),
+    ] {
+        println!(
+            "{from} -> {to}: {}",
+            ping_ok(w.guest(from), Ping::Iputils, to, 3)?
+        );
+    }
+    ping_df(w.guest("a3"), "10.50.0.1", 1450 - 28)?;
+    ping_df(w.guest("b3"), "10.50.0.11", 1450 - 28)?;
+    tcp_1mb(w.guest("a1"), w.guest("a3"))?;
+    tcp_1mb(w.guest("b3"), w.guest("b1"))?;
+
+    let c = w.broadcast_counts("a1", "10.50.0.77")?;
+    check_counts("a1's broadcast", &c, |g| {
+        usize::from(g == "a2" || g == "a3")
+    })?;
+    let c = w.broadcast_counts("a3", "10.50.0.78")?;
+    check_counts("a3's broadcast", &c, |g| {
+        usize::from(g == "a1" || g == "a2")
+    })?;
+    let c = w.broadcast_counts("b1", "10.50.0.79")?;
+    check_counts("b1's broadcast", &c, |g| usize::from(g == "b3"))?;
+    let c = w.broadcast_counts("b3", "10.50.0.80")?;
+    check_counts("b3's broadcast", &c, |g| usize::from(g == "b1"))?;
+    // One subnet, two tenants: neither reaches the other's guests, on its
+    // own host (b1 for a1) or across the overlay.
+    for (from, to) in [
+        ("a1", "10.50.0.11"),
+        ("a1", "10.50.0.13"),
+        ("b3", "10.50.0.3"),
+    ] {
+        let (_, out) = w.guest(from).run(&format!("ping -c 2 -i 0.2 -w 2 {to}"))?;
+        let rx = ping_counts(&out).map(|c| c.1).unwrap_or(0);
+        ensure!(rx == 0, "{from} reached the other tenant's {to}:\n{out}");
+    }
+    // Host 1 learned a2's MAC in VLAN 100 behind vx100, b3's in VLAN 200
+    // behind vx200.
+    let fdb = w
+        .host(1)
+        .umlbr_ok(&["fdb", "show", VLAN_BRIDGE, "--json"])?;
+    let v: Value = serde_json::from_str(&fdb).with_context(|| format!("fdb show: {fdb}"))?;
+    let entries = v
+        .as_array()
+        .or_else(|| v["entries"].as_array())
+        .context("fdb entries")?;
+    for (g, port, vlan) in [("a2", "vx100", 100), ("b3", "vx200", 200)] {
+        let mac = w.guest(g).mac.clone();
+        let found: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["mac"] == mac.as_str())
+            .collect();
+        ensure!(
+            found.len() == 1 && found[0]["port"] == port && found[0]["vlan"] == vlan,
+            "host 1's FDB for {g} ({mac}): {found:?}, expected one entry on {port} in VLAN {vlan}"
+        );
+    }
+    println!("VLAN-mapped: done in {:?}", t0.elapsed());
+    Ok(())
+}
+
 /// A jumbo underlay (MTU 1550) under guests that keep MTU 1500: full-size
 /// DF pings and 1 MB of TCP between two hosts.
 fn jumbo_underlay(kind: Kind) -> Result<()> {
@@ -612,5 +741,83 @@ fn evpn_publish_umlbr() -> Result<()> {
     let p = publish()?;
     ensure!(p["removed"] == serde_json::json!([a1]), "after detach: {p}");
     ensure!(on_lm100()?.is_empty(), "left on lm100: {:?}", on_lm100()?);
+    Ok(())
+}
+
+/// EVPN's local MACs in a VLAN-mapped world (one bridge, VNI 100 as VLAN
+/// 100 and VNI 200 as VLAN 200): host 1 has an anchor kernel bridge per
+/// VNI (`evpnVNI` with `vxVNI` and a veth end `lmVNI`), as zebra wants
+/// one bridge per VNI. `publish br0 --to lm100 --vlan 100` puts tenant
+/// a's local guest a1 there and nothing of tenant b's (b1, on the same
+/// bridge): zebra would advertise b1 in VNI 100, and the other hosts'
+/// VXLAN devices would send tenant a's frames for that MAC to this host.
+/// Likewise lm200 gets b1 alone; without `--vlan`, the default VLAN's
+/// (none here).
+#[test]
+fn evpn_publish_vlan_umlbr() -> Result<()> {
+    let mut w = World::vlan_mapped(2, 1550, &[A, B])?;
+    for t in [A, B] {
+        let vni = t.vni;
+        w.host(1).sh(&format!(
+            "ip link add evpn{vni} type bridge && ip link set vx{vni} master evpn{vni} \
+             && ip link add lm{vni} type veth peer name lm{vni}p \
+             && ip link set lm{vni} master evpn{vni} \
+             && ip link set lm{vni}p up && ip link set lm{vni} up && ip link set evpn{vni} up"
+        ))?;
+    }
+    w.start_guest(A, 1)?;
+    w.start_guest(B, 1)?;
+    w.start_guest(A, 2)?;
+    w.ready()?;
+    // Both local guests and the remote one in the FDB.
+    println!(
+        "a1 -> a2: {}",
+        ping_ok(w.guest("a1"), Ping::Iputils, "10.50.0.2", 3)?
+    );
+    let c = w.broadcast_counts("b1", "10.50.0.82")?;
+    check_counts("b1's broadcast", &c, |_| 0)?;
+    let (a1, b1) = (w.guest("a1").mac.clone(), w.guest("b1").mac.clone());
+    let h1 = w.host(1);
+    let publish = |to: &str, vlan: Option<&str>| -> Result<Value> {
+        let mut args = vec!["publish", VLAN_BRIDGE, "--to", to, "--json"];
+        if let Some(v) = vlan {
+            args.extend(["--vlan", v]);
+        }
+        let out = h1.umlbr_ok(&args)?;
+        serde_json::from_str(&out).with_context(|| format!("publish --json: {out}"))
+    };
+    let on = |port: &str| -> Result<Vec<String>> {
+        let out = h1.sh(&format!("bridge -j fdb show brport {port}"))?;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok(v.as_array()
+            .context("bridge -j fdb")?
+            .iter()
+            .filter(|e| e["state"] == "static")
+            .filter_map(|e| e["mac"].as_str().map(str::to_string))
+            .collect())
+    };
+    let p = publish("lm100", Some("100"))?;
+    println!("publish --to lm100 --vlan 100: {p}");
+    ensure!(
+        on("lm100")? == vec![a1.clone()],
+        "lm100 (VNI 100) carries {:?}; expected a1 ({a1}) alone, not b1 ({b1}) of VLAN 200",
+        on("lm100")?
+    );
+    let p = publish("lm200", Some("200"))?;
+    println!("publish --to lm200 --vlan 200: {p}");
+    ensure!(
+        on("lm200")? == vec![b1.clone()],
+        "lm200 (VNI 200) carries {:?}; expected b1 ({b1}) alone",
+        on("lm200")?
+    );
+    ensure!(p["vlan"] == 200, "publish --json names its VLAN: {p}");
+    // Without --vlan: the default VLAN, where no guest of this bridge is;
+    // what was there goes.
+    let p = publish("lm200", None)?;
+    println!("publish --to lm200: {p}");
+    ensure!(
+        p["removed"] == serde_json::json!([b1]) && on("lm200")?.is_empty(),
+        "publish without --vlan: {p}"
+    );
     Ok(())
 }

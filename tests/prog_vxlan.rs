@@ -23,8 +23,8 @@ use std::{
 use anyhow::{Result, ensure};
 use aya::programs::TcAttachType;
 use umlbr_common::{
-    CFG_F_TC_FLOOD, CFG_F_VXLAN, Config, FdbEntry, FdbKey, PORT_F_NO_XDP_TX, PORT_KIND_OTHER,
-    PORT_KIND_VXLAN, PortStats, names,
+    CFG_F_TC_FLOOD, CFG_F_VLAN, CFG_F_VXLAN, Config, FdbEntry, FdbKey, PORT_F_NO_XDP_TX,
+    PORT_KIND_OTHER, PORT_KIND_VXLAN, PortStats, PortVlan, names,
 };
 use umlbr_tests::{
     bpf::{AGING_NS, Ctx, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS},
@@ -282,6 +282,90 @@ fn live_unicast_for_a_vxlan_port_leaves_through_it() -> Result<()> {
     ensure!(
         s.xdp_native + s.xdp_generic == 1 && s.tc == 1,
         "p1's counters: {s:?}"
+    );
+    Ok(())
+}
+
+/// VLAN to VNI, one program at a time: vx0 (VNI 100) an access port of
+/// VLAN 100 with p1, p2 an access port of VLAN 200 (`attach vx0 --vlan
+/// 100`; a bridge with `CFG_F_VLAN` too), the remote guest learned in
+/// VLAN 100 behind vx0. XDP passes p1's unicast for it untouched (vx0 is
+/// out of the devmap) and TC sends it into vx0 untagged; the same MAC
+/// from p2 is unknown in VLAN 200 and its flood reaches no port (nothing
+/// into vx0). From vx0, a broadcast reaches p1 alone, untagged; a frame
+/// tagged inside the overlay (VLAN 200) is dropped, counted vlan.
+#[test]
+fn vxlan_access_port_keeps_its_vlan() -> Result<()> {
+    let mut b = Bench::new()?;
+    let (p1, p2, vx0) = (b.p(0), b.p(1), b.vx0);
+    let access = |pvid| PortVlan {
+        pvid,
+        ..Default::default()
+    };
+    b.ctx.set_config(Config {
+        aging_ns: AGING_NS,
+        nr_ports: 3,
+        flags: CFG_F_TC_FLOOD | CFG_F_VXLAN | CFG_F_VLAN,
+        ..Default::default()
+    })?;
+    for (port, pvid) in [(p1, 100), (p2, 200), (vx0, 100)] {
+        b.ctx.insert(names::VLAN, port, access(pvid))?;
+    }
+    b.ctx.clear::<FdbKey, FdbEntry>(names::FDB)?;
+    let e = FdbEntry {
+        ifindex: vx0,
+        flags: 0,
+        updated_ns: now_coarse(),
+    };
+    b.ctx
+        .insert(names::FDB, FdbKey::in_vlan(remote(), 100), e)?;
+
+    let uni = udp(remote(), g1());
+    let (ret, out) = b.ctx.run_xdp(p1, 0, &uni)?;
+    ensure!(ret == XDP_PASS && out == uni, "XDP, p1 to vx0: {ret}");
+    let (ret, out, _) = b.ctx.run_tc(names::TC_PROG, 0, p1, p1, &uni)?;
+    ensure!(
+        ret == TC_ACT_REDIRECT && out == uni,
+        "TC, p1 to vx0: {ret}, the frame changed: {}",
+        out != uni
+    );
+
+    let other = udp(remote(), g2());
+    let (ret, _, _) = b.ctx.run_tc(names::TC_PROG, 0, p2, p2, &other)?;
+    ensure!(ret == TC_ACT_SHOT, "TC, p2 (VLAN 200) to the MAC: {ret}");
+    let got = b.ctx.collect(&[0, 0], Duration::from_millis(300), |_| true);
+    let to_vx = b.sent(Duration::from_millis(500));
+    ensure!(
+        to_vx.is_empty() && got.iter().all(Vec::is_empty),
+        "VLAN 200's frame for VLAN 100's MAC: {} into vx0, {} on p1",
+        to_vx.len(),
+        got[0].len()
+    );
+
+    let far = mac("02:00:00:00:00:77");
+    let bcast = udp(BROADCAST, far);
+    let (ret, _, _) = b.ctx.run_tc(names::TC_PROG, 0, vx0, vx0, &bcast)?;
+    ensure!(ret == TC_ACT_SHOT, "TC from vx0, broadcast: {ret}");
+    let got = b.ctx.collect(&[1, 0], Duration::from_secs(2), |_| true);
+    ensure!(
+        got[0] == vec![bcast.clone()] && got[1].is_empty(),
+        "vx0's broadcast: {} on p1 (VLAN 100), {} on p2 (VLAN 200)",
+        got[0].len(),
+        got[1].len()
+    );
+    let tagged = Frame::new(BROADCAST, far)
+        .vlan(200, 0)
+        .udp([10, 50, 0, 1], 4000, [10, 50, 0, 2], 5000, b"tenant b?")
+        .build();
+    let (ret, _, _) = b.ctx.run_tc(names::TC_PROG, 0, vx0, vx0, &tagged)?;
+    ensure!(ret == TC_ACT_SHOT, "TC from vx0, tagged 200: {ret}");
+    let got = b.ctx.collect(&[0, 0], Duration::from_millis(300), |_| true);
+    let s = b.stats(vx0)?;
+    ensure!(
+        got.iter().all(Vec::is_empty) && s.vlan == 1,
+        "vx0's frame tagged 200: {} on p1, {} on p2, vx0's counters {s:?}",
+        got[0].len(),
+        got[1].len()
     );
     Ok(())
 }

@@ -45,6 +45,7 @@ use umlbr_common::{
 };
 
 use crate::{
+    attach::AttachOptions,
     bridge::Bridge,
     dhcp::{self, DhcpOptions},
     error::Error,
@@ -53,7 +54,7 @@ use crate::{
     lifecycle::{self, UpOptions},
     link::{Link, Net, check_ifname, fmt_mac, parse_cidr, parse_mac},
     nat::{self, NatOptions, NatTimeout, parse_port_range, parse_timeout},
-    port::{self, AttachOptions, PORT_F_OWN_TAP},
+    port::{self, PORT_F_OWN_TAP},
     tap::{self, TapOptions},
     vlan::Vlans,
 };

@@ -21,10 +21,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
+    attach::AttachOptions,
     error::{Error, Result},
     link::{fmt_mac, parse_mac},
     lock,
-    port::AttachOptions,
 };
 
 /// The expected-ports file of bridge `bridge` in the current namespace.

@@ -11,8 +11,9 @@
 //! a bridge); `record` (the record of a bridge `up` has begun); `bridge`
 //! (finding a bridge again, and opening it under its lock); `dhcp`
 //! (the bridge's dnsmasq: DHCP, DNS, router advertisements);
-//! `fdb`; `port` (with `expect`, the ports `attach` recorded for
-//! `watch`); `nat` (masquerade; `nat::v6`: its IPv6); `forward` (port forwards, through the
+//! `fdb`; `vlan`; `attach` (`attach`'s options); `expect` (the ports
+//! `attach` recorded for `watch`, by those options); `port` (which
+//! records them with `expect`); `nat` (masquerade; `nat::v6`: its IPv6); `forward` (port forwards, through the
 //! masquerade's table and nftables table); `stats`; `metrics` (the stats views in
 //! Prometheus' text format); `rates` (per-second rates between two stats
 //! views, for `stats --watch`); `tap`; `upgrade` (a running bridge's
@@ -21,6 +22,7 @@
 //! `watch` (following interfaces as they come and go); `monitor` (the
 //! datapath's events, for `umlbr monitor`); `evpn` (the local MACs
 //! published in a kernel bridge's FDB for FRR's zebra).
+pub mod attach;
 pub mod bridge;
 pub mod clsact;
 pub mod config;

@@ -178,7 +178,7 @@ async fn build(net: &Net, name: &str, ebpf: &Ebpf, opts: &UpOptions) -> Result<(
     let mut maps = hook_switch_port(net, ebpf, &sw).await?;
     set_up_host(net, &mut maps, &host, &sw, opts).await?;
     if let Some(uplink) = &opts.uplink {
-        let opts = port::AttachOptions {
+        let opts = crate::attach::AttachOptions {
             uplink: true,
             ..Default::default()
         };

@@ -7,6 +7,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context, Result};
 use umlbr::{
+    attach::AttachOptions,
     bridge::Bridge,
     config, fdb, forward,
     lifecycle::{self, UpOptions},
@@ -175,7 +176,8 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             every,
             json,
-        } => publish(&net, &name, &to, every, json).await,
+            vlan,
+        } => publish(&net, (&name, vlan.unwrap_or(0)), &to, every, json).await,
         Cmd::Forward(c) => forward_cmd(&net, c).await,
         Cmd::Vlan(a) => vlan_set(&net, a).await,
         Cmd::Lease(LeaseCmd::Add {
@@ -399,7 +401,7 @@ async fn masquerade(net: &Net, a: AttachArgs) -> Result<()> {
 }
 
 async fn attach(net: &Net, a: AttachArgs) -> Result<()> {
-    let opts = port::AttachOptions {
+    let opts = AttachOptions {
         uplink: a.uplink,
         tc_only: a.tc_only,
         max_learned: a.max_learned,
@@ -882,19 +884,29 @@ fn quiet_pipe(e: std::io::Error) -> Result<()> {
 
 /// `publish`: the bridge's local MACs as static entries of a kernel
 /// bridge's port, once or every `every` seconds until SIGINT or SIGTERM.
-async fn publish(net: &Net, name: &str, to: &str, every: Option<u64>, json: bool) -> Result<()> {
+async fn publish(
+    net: &Net,
+    (name, vlan): (&str, u16),
+    to: &str,
+    every: Option<u64>,
+    json: bool,
+) -> Result<()> {
     let once = || async {
         let br = Bridge::open(net, name).await?;
-        umlbr::evpn::publish(net, &br, to)
+        umlbr::evpn::publish(net, &br, to, vlan)
             .await
-            .with_context(|| format!("publishing bridge {name}'s MACs on {to}"))
+            .with_context(|| format!("publishing bridge {name}'s MACs of VLAN {vlan} on {to}"))
     };
     let report = |p: &umlbr::evpn::Published| -> Result<()> {
         if json {
             return print::json(p);
         }
+        let vlan = match p.vlan {
+            0 => String::new(),
+            v => format!(" VLAN {v}"),
+        };
         println!(
-            "{}: {} added, {} removed, {} kept on {}",
+            "{}{vlan}: {} added, {} removed, {} kept on {}",
             p.bridge,
             p.added.len(),
             p.removed.len(),

@@ -16,6 +16,7 @@ use umlbr_common::{
 };
 
 use crate::{
+    attach::AttachOptions,
     bridge::Bridge,
     error::{Error, Result},
     expect, fdb,
@@ -36,37 +37,6 @@ pub const PORT_F_OWN_CLSACT: u32 = 1 << 16;
 /// the file no longer names the port. Taps made otherwise are never
 /// deleted by `apply`: a guest may hold them.
 pub const PORT_F_OWN_TAP: u32 = 1 << 17;
-
-/// How `attach` makes an interface a port.
-#[derive(Clone, Debug, Default)]
-pub struct AttachOptions {
-    /// The host's NIC onto the LAN.
-    pub uplink: bool,
-    /// Switched by the TC program alone.
-    pub tc_only: bool,
-    /// Most MACs the port may learn (0: no limit); by default
-    /// `default_max_learned` of its kind.
-    pub max_learned: Option<u32>,
-    /// Never reaches another isolated port (PORT_F_ISOLATED); not for an
-    /// uplink.
-    pub isolated: bool,
-    /// Most floods a second the port may send (0: no limit); by default
-    /// `default_flood_limit` of its kind.
-    pub flood_limit: Option<u32>,
-    /// Port security (PORT_F_LOCKED): the port sends only from `macs`
-    /// (made its static FDB entries) and learns nothing; not for an
-    /// uplink, and only with at least one MAC.
-    pub lock: bool,
-    pub macs: Vec<[u8; 6]>,
-    /// With `lock`: the only IPv4 and IPv6 addresses the port may send
-    /// from (PORT_F_IP_LOCKED; none: no address check).
-    pub ips: Vec<IpAddr>,
-    /// A config file created the interface (a tap): `PORT_F_OWN_TAP`.
-    pub own_tap: bool,
-    /// The port's VLANs (`--vlan`, `--trunk`, `--pvid`); None: the
-    /// default VLAN alone.
-    pub vlans: Option<crate::vlan::Vlans>,
-}
 
 /// The UMLBR_PORT_IP key binding `addr` to port `ifindex`.
 pub fn port_ip_key(ifindex: u32, addr: IpAddr) -> PortIpKey {

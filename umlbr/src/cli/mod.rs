@@ -248,6 +248,10 @@ pub enum Cmd {
     /// permanent, which zebra ignores), others removed. IFACE is umlbr's
     /// to manage: give it a veth end used for nothing else.
     ///
+    /// In a bridge with VLANs, one anchor per VNI: --vlan ID publishes
+    /// the MACs of VLAN ID alone (the VLAN the VNI's VXLAN device is an
+    /// access port of); without it, the default VLAN's.
+    ///
     /// Once, or every SECS seconds with --every until SIGTERM or SIGINT.
     /// Forwarding never depends on it: only what zebra advertises does.
     Publish {
@@ -263,6 +267,12 @@ pub enum Cmd {
         /// Print what changed as JSON.
         #[arg(long)]
         json: bool,
+        /// Only the MACs of VLAN ID (1-4094), the VLAN mapped to the
+        /// anchor's VNI (`attach vxVNI --vlan ID`); default: the default
+        /// VLAN (every MAC of a bridge without VLANs).
+        #[arg(long, value_name = "ID",
+              value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
     /// Port forwards: connections from the LAN to the masquerade uplink's
     /// address on a port reach a guest (as Incus network forwards and
