@@ -181,12 +181,17 @@ pub const BROADCAST: Mac = [0xff; 6];
 /// source).
 #[inline]
 pub fn is_bench_frame(f: &[u8]) -> bool {
-    f.len() >= 38
-        && f[12] == 0x08
-        && f[13] == 0x00
-        && f[14] == 0x45
-        && (f[23] == 17 || f[23] == 6)
-        && u16::from_be_bytes([f[36], f[37]]) == UDP_SINK_PORT
+    if f.len() >= 38 && f[12] == 0x08 && f[13] == 0x00 {
+        return f[14] == 0x45
+            && (f[23] == 17 || f[23] == 6)
+            && u16::from_be_bytes([f[36], f[37]]) == UDP_SINK_PORT;
+    }
+    // IPv6 (the IPv6 NAT row): UDP right after the fixed header.
+    f.len() >= 58
+        && f[12] == 0x86
+        && f[13] == 0xdd
+        && f[20] == 17
+        && u16::from_be_bytes([f[56], f[57]]) == UDP_SINK_PORT
 }
 
 /// Destination port of a flood's datagrams (the hostile group's
@@ -210,6 +215,10 @@ pub fn is_flood_frame(f: &[u8]) -> bool {
 /// GSO super-frame counts all of its segments' data.
 #[inline]
 pub fn bench_payload(f: &[u8]) -> u64 {
+    if f[12] == 0x86 {
+        // IPv6 UDP: the payload length less the UDP header.
+        return u64::from(u16::from_be_bytes([f[18], f[19]])).saturating_sub(8);
+    }
     let tot = (u16::from_be_bytes([f[16], f[17]]) as usize).min(f.len() - 14);
     let l4 = if f[23] == 6 {
         match f.get(14 + 20 + 12) {
@@ -403,6 +412,35 @@ mod tests {
         );
         assert_eq!(flood.len(), 64);
         assert!(is_flood_frame(&flood) && !is_bench_frame(&flood));
+    }
+
+    #[test]
+    fn ipv6_udp_to_the_sink_port_is_a_bench_frame() {
+        let ip = umlbr_tests::wire::v6::udp(
+            "fd00:2::10".parse().unwrap(),
+            10_000,
+            "2001:db8:99::2".parse().unwrap(),
+            UDP_SINK_PORT,
+            &[0, 1],
+        );
+        let f = umlbr_tests::wire::Frame::new([2; 6], [4; 6])
+            .ethertype(umlbr_tests::wire::ethertype::IPV6)
+            .payload(&ip)
+            .build();
+        assert!(is_bench_frame(&f));
+        assert_eq!(bench_payload(&f), 2);
+        let other = umlbr_tests::wire::v6::udp(
+            "fd00:2::10".parse().unwrap(),
+            10_000,
+            "2001:db8:99::2".parse().unwrap(),
+            UDP_SINK_PORT + 1,
+            &[0, 1],
+        );
+        let f = umlbr_tests::wire::Frame::new([2; 6], [4; 6])
+            .ethertype(umlbr_tests::wire::ethertype::IPV6)
+            .payload(&other)
+            .build();
+        assert!(!is_bench_frame(&f));
         let ours = udp_frame(sink_mac(1), gen_mac(0), 64, 0);
         assert!(!is_flood_frame(&ours));
         assert_eq!(
