@@ -107,6 +107,74 @@ struct ElemAttr {
 /// BPF_NOEXIST: an update that adds a key, never overwrites one.
 const BPF_NOEXIST: u64 = 1;
 
+/// The key after `key` of map `map` (the first key without one), written
+/// into `next`; false past the last.
+fn next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.map_or(0, |k| k.as_ptr() as u64),
+        value: next.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of `key` of map `map` written into `value`; false if there
+/// is no such key (also one deleted since GET_NEXT_KEY found it).
+fn lookup_into(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Set `key` of map `map` to `value` with update `flags` (`BPF_NOEXIST`).
+fn update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Every entry of map `from` (keys of `key_size` bytes, values of
+/// `value_size` bytes, all CPUs' for a per-CPU map), in turn, given to
+/// `each` with its key and value; entries deleted meanwhile skipped.
+fn for_each_entry(
+    from: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    mut each: impl FnMut(&[u8], &mut [u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut value = vec![0u8; value_size];
+    let mut first = true;
+    while next_key(from, (!first).then_some(&key[..]), &mut next)? {
+        first = false;
+        key.copy_from_slice(&next);
+        value.fill(0);
+        if lookup_into(from, &key, &mut value)? {
+            each(&key, &mut value)?;
+        }
+    }
+    Ok(())
+}
+
 /// Copy every entry of map `from` (keys of `key_size` bytes, values of
 /// `old_value` bytes) into map `to`, whose values are `new_value` bytes:
 /// each value zero-extended (a layout that gained trailing fields), then
@@ -126,55 +194,22 @@ pub fn copy_entries(
     if new_value < old_value {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    let mut key = vec![0u8; key_size];
-    let mut next = vec![0u8; key_size];
-    let mut value = vec![0u8; new_value];
     let mut out_key = vec![0u8; key_size];
-    let mut first = true;
     let mut n = 0;
-    loop {
-        let mut attr = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            value: next.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
-            Err(e) => return Err(e),
-        }
-        first = false;
-        key.copy_from_slice(&next);
-        value.fill(0);
-        let mut attr = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            key: key.as_ptr() as u64,
-            value: value.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(_) => {}
-            // Deleted since GET_NEXT_KEY found it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e),
-        }
-        // LOOKUP wrote old_value bytes; the rest stays zero.
-        out_key.copy_from_slice(&key);
-        edit(&mut out_key, &mut value);
-        let mut attr = ElemAttr {
-            map_fd: to.as_raw_fd() as u32,
-            key: out_key.as_ptr() as u64,
-            value: value.as_mut_ptr() as u64,
-            flags: if only_missing { BPF_NOEXIST } else { 0 },
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
-            Ok(_) => n += 1,
+    // LOOKUP writes old_value bytes of the new_value buffer; the rest
+    // stays zero.
+    for_each_entry(from, key_size, new_value, |key, value| {
+        out_key.copy_from_slice(key);
+        edit(&mut out_key, value);
+        let flags = if only_missing { BPF_NOEXIST } else { 0 };
+        match update(to, &out_key, value, flags) {
+            Ok(()) => n += 1,
             Err(e) if only_missing && e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e),
         }
-    }
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 /// The value of `key` in map `map` (values of `value_size` bytes), as
@@ -185,32 +220,16 @@ pub fn lookup_raw(
     value_size: usize,
 ) -> io::Result<Option<Vec<u8>>> {
     let mut value = vec![0u8; value_size];
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(_) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(lookup_into(map, key, &mut value)?.then_some(value))
 }
 
 /// Set `key` of map `map` to `value` (bytes of the map's sizes).
 pub fn update_raw(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    update(map, key, value, 0)
 }
 
-/// `copy_entries_extended` for a per-CPU hash (the port counters): each
-/// CPU's value (`old_value` bytes, 8-aligned in the syscall's buffer of
+/// `copy_entries` for a per-CPU hash (the port counters): each CPU's
+/// value (`old_value` bytes, 8-aligned in the syscall's buffer of
 /// `nr_cpus` values) zero-extended to `new_value`. Returns how many
 /// entries were copied.
 pub fn copy_percpu_entries_extended(
@@ -224,50 +243,18 @@ pub fn copy_percpu_entries_extended(
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     let (old_slot, new_slot) = (old_value.div_ceil(8) * 8, new_value.div_ceil(8) * 8);
-    let mut key = vec![0u8; key_size];
-    let mut next = vec![0u8; key_size];
-    let mut old = vec![0u8; old_slot * nr_cpus];
     let mut new = vec![0u8; new_slot * nr_cpus];
-    let mut first = true;
     let mut n = 0;
-    loop {
-        let mut attr = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            value: next.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
-            Err(e) => return Err(e),
-        }
-        first = false;
-        key.copy_from_slice(&next);
-        let mut attr = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            key: key.as_ptr() as u64,
-            value: old.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e),
-        }
+    for_each_entry(from, key_size, old_slot * nr_cpus, |key, old| {
         new.fill(0);
         for cpu in 0..nr_cpus {
             new[cpu * new_slot..][..old_value].copy_from_slice(&old[cpu * old_slot..][..old_value]);
         }
-        let mut attr = ElemAttr {
-            map_fd: to.as_raw_fd() as u32,
-            key: key.as_ptr() as u64,
-            value: new.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+        update(to, key, &new, 0)?;
         n += 1;
-    }
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 /// Effective capabilities of this process (from /proc/self/status).
