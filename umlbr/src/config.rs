@@ -1073,9 +1073,26 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
         Err(Error::NoSuchBridge(_)) => return Err(ConfigError::NotUp(cfg.name.clone())),
         Err(e) => return Err(e.into()),
     };
+    let mut steps = settings_steps(net, &br, cfg).await?;
+    steps.extend(dhcp_steps(cfg)?);
+    let (unmasquerade, masquerade_add) = masquerade_steps(net, &br, cfg).await?;
+    let removed = unmasquerade.is_some();
+    steps.extend(unmasquerade);
+    let ports = port_steps(net, &br, cfg).await?;
+    steps.extend(ports.detach);
+    steps.extend(ports.change);
+    steps.extend(masquerade_add);
+    steps.extend(ports.new);
+    steps.extend(fdb_steps(net, &br, cfg, &ports.gone).await?);
+    steps.extend(lease_steps(cfg)?);
+    steps.extend(forward_steps(&br, cfg, removed));
+    Ok(steps)
+}
+
+/// Addresses (only added), aging, the host port's VLANs.
+async fn settings_steps(net: &Net, br: &Bridge, cfg: &Config) -> Result<Vec<Step>> {
     let mut steps = Vec::new();
-    // Addresses: only added.
-    let have = current_addresses(net, &br).await?;
+    let have = current_addresses(net, br).await?;
     if let Some(extra) = have.iter().find(|a| !cfg.addresses.contains(a)) {
         return Err(ConfigError::Refused {
             key: "addresses".into(),
@@ -1097,55 +1114,81 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
     if crate::vlan::of(&br.maps, br.switch_port.index) != host {
         steps.push(Step::HostVlans(host));
     }
-    // DHCP: started, stopped, or started again with the range the file
-    // makes (from the addresses it will have).
-    match (dhcp::read(&cfg.name)?, &cfg.dhcp) {
-        (None, None) => {}
-        (Some(_), None) => steps.push(Step::StopDhcp),
-        (None, Some(d)) => steps.push(Step::StartDhcp(d.clone())),
+    Ok(steps)
+}
+
+/// DHCP: started, stopped, or started again with the range the file
+/// makes (from the addresses it will have).
+fn dhcp_steps(cfg: &Config) -> Result<Option<Step>> {
+    Ok(match (dhcp::read(&cfg.name)?, &cfg.dhcp) {
+        (None, None) => None,
+        (Some(_), None) => Some(Step::StopDhcp),
+        (None, Some(d)) => Some(Step::StartDhcp(d.clone())),
         (Some(now), Some(d)) => {
             let addrs: Vec<(IpAddr, u8)> = cfg.addresses.iter().map(|c| c.0).collect();
             let want = dhcp::plan(&cfg.name, &addrs, d.range.map(|r| r.0))?
                 .map(|s| format!("{}-{}", s.lo, s.hi));
-            if want != now.range {
-                steps.push(Step::StartDhcp(d.clone()));
-            }
+            (want != now.range).then(|| Step::StartDhcp(d.clone()))
         }
-    }
-    // Masquerade: added or removed, never changed in place.
-    let mut masquerade_add = None;
-    let mut unmasquerade = false;
-    match (current_masquerade(net, &br).await?, &cfg.masquerade) {
-        (None, None) => {}
-        (Some(now), None) => {
-            unmasquerade = true;
-            steps.push(Step::Unmasquerade(now.uplink))
-        }
-        (None, Some(m)) => masquerade_add = Some(Step::Masquerade(m.clone())),
-        (Some(now), Some(m)) => {
-            let (ports, timeouts, max) = resolved(m)?;
-            let (now_ports, now_t, now_max) = resolved(&now)?;
-            let differs = [
-                ("uplink", now.uplink != m.uplink),
-                ("ports", now_ports != ports),
-                ("timeouts", now_t != timeouts),
-                ("max_per_guest", now_max != max),
-            ];
-            if let Some((k, _)) = differs.iter().find(|(_, d)| *d) {
-                return Err(ConfigError::Refused {
-                    key: format!("masquerade.{k}"),
-                    message: "it would drop every NAT mapping: remove [masquerade], \
+    })
+}
+
+/// The masquerade, added or removed, never changed in place: the step
+/// that removes it (first) and the one that adds it (after the ports).
+async fn masquerade_steps(
+    net: &Net,
+    br: &Bridge,
+    cfg: &Config,
+) -> Result<(Option<Step>, Option<Step>)> {
+    Ok(
+        match (current_masquerade(net, br).await?, &cfg.masquerade) {
+            (None, None) => (None, None),
+            (Some(now), None) => (Some(Step::Unmasquerade(now.uplink)), None),
+            (None, Some(m)) => (None, Some(Step::Masquerade(m.clone()))),
+            (Some(now), Some(m)) => {
+                let (ports, timeouts, max) = resolved(m)?;
+                let (now_ports, now_t, now_max) = resolved(&now)?;
+                let differs = [
+                    ("uplink", now.uplink != m.uplink),
+                    ("ports", now_ports != ports),
+                    ("timeouts", now_t != timeouts),
+                    ("max_per_guest", now_max != max),
+                ];
+                if let Some((k, _)) = differs.iter().find(|(_, d)| *d) {
+                    return Err(ConfigError::Refused {
+                        key: format!("masquerade.{k}"),
+                        message: "it would drop every NAT mapping: remove [masquerade], \
                               apply, then add it back (or `umlbr down` and `up --config`)"
-                        .into(),
-                });
+                            .into(),
+                    });
+                }
+                (None, None)
             }
-        }
-    }
-    // Ports.
+        },
+    )
+}
+
+/// What `apply` does to the ports, in the order it does it.
+struct PortSteps {
+    /// Ports the file lacks.
+    detach: Vec<Step>,
+    /// Ports whose limits change in place, or that are re-attached.
+    change: Vec<Step>,
+    /// Ports only the file has (their taps made first if it says so).
+    new: Vec<Step>,
+    /// The ports detached or re-attached: their static entries go too.
+    gone: BTreeSet<String>,
+}
+
+async fn port_steps(net: &Net, br: &Bridge, cfg: &Config) -> Result<PortSteps> {
     let want = cfg.all_ports();
-    let mut gone_ports = BTreeSet::new();
+    let mut out = PortSteps {
+        detach: Vec::new(),
+        change: Vec::new(),
+        new: Vec::new(),
+        gone: BTreeSet::new(),
+    };
     let mut present = BTreeSet::new();
-    let mut later = Vec::new();
     for ifindex in br.port_ifindexes() {
         if br.is_own(ifindex) {
             continue;
@@ -1153,100 +1196,116 @@ pub async fn plan(net: &Net, cfg: &Config) -> Result<Vec<Step>> {
         let Some(link) = net.link_by_index(ifindex).await? else {
             continue;
         };
-        let (_, own_tap, now) = current_port(&br, &link);
-        match want.iter().find(|p| p.name == link.name) {
-            None => {
-                gone_ports.insert(link.name.clone());
-                steps.push(Step::Detach {
-                    iface: link.name.clone(),
-                    delete_tap: own_tap,
-                });
-            }
-            Some(p) => {
-                present.insert(p.name.clone());
-                let d = desired(p, &link);
-                if d == now {
-                    continue;
-                }
-                let (max_learned, flood_limit) = d.limits;
-                let only_limits = Effective {
-                    limits: now.limits,
-                    ..d
-                } == now;
-                if only_limits {
-                    later.push(Step::Limits {
-                        iface: p.name.clone(),
-                        max_learned,
-                        flood_limit,
-                    });
-                } else {
-                    gone_ports.insert(p.name.clone());
-                    later.push(Step::Reattach {
-                        port: p.clone(),
-                        own_tap,
-                    });
-                }
-            }
+        let (_, own_tap, now) = current_port(br, &link);
+        let Some(p) = want.iter().find(|p| p.name == link.name) else {
+            out.gone.insert(link.name.clone());
+            out.detach.push(Step::Detach {
+                iface: link.name.clone(),
+                delete_tap: own_tap,
+            });
+            continue;
+        };
+        present.insert(p.name.clone());
+        let d = desired(p, &link);
+        if d == now {
+            continue;
+        }
+        let (max_learned, flood_limit) = d.limits;
+        let only_limits = Effective {
+            limits: now.limits,
+            ..d
+        } == now;
+        if only_limits {
+            out.change.push(Step::Limits {
+                iface: p.name.clone(),
+                max_learned,
+                flood_limit,
+            });
+        } else {
+            out.gone.insert(p.name.clone());
+            out.change.push(Step::Reattach {
+                port: p.clone(),
+                own_tap,
+            });
         }
     }
-    steps.extend(later);
-    steps.extend(masquerade_add);
     for p in want.iter().filter(|p| !present.contains(&p.name)) {
         let exists = net.link_by_name(&p.name).await?.is_some();
         let create = !exists && p.tap.is_some();
         if let (true, Some(tap)) = (create, &p.tap) {
-            steps.push(Step::CreateTap {
+            out.new.push(Step::CreateTap {
                 iface: p.name.clone(),
                 tap: tap.clone(),
             });
         }
-        steps.push(Step::Attach {
+        out.new.push(Step::Attach {
             port: p.clone(),
             own_tap: create,
         });
     }
-    // Static entries; those of ports detached or re-attached go with them.
-    let have: BTreeMap<[u8; 6], String> = current_fdb(net, &br)
+    Ok(out)
+}
+
+/// Static entries; those of ports detached or re-attached (`gone`) go
+/// with them.
+async fn fdb_steps(
+    net: &Net,
+    br: &Bridge,
+    cfg: &Config,
+    gone: &BTreeSet<String>,
+) -> Result<Vec<Step>> {
+    let have: BTreeMap<[u8; 6], String> = current_fdb(net, br)
         .await?
         .into_iter()
-        .filter(|(_, p)| !gone_ports.contains(p))
+        .filter(|(_, p)| !gone.contains(p))
         .collect();
     let want: BTreeMap<[u8; 6], String> =
         cfg.fdb.iter().map(|e| (e.mac.0, e.port.clone())).collect();
-    for mac in have.keys().filter(|m| !want.contains_key(*m)) {
-        steps.push(Step::FdbDel(*mac));
-    }
+    let mut steps: Vec<Step> = have
+        .keys()
+        .filter(|m| !want.contains_key(*m))
+        .map(|m| Step::FdbDel(*m))
+        .collect();
     for (mac, p) in &want {
         if have.get(mac) != Some(p) {
             steps.push(Step::FdbAdd(*mac, p.clone()));
         }
     }
-    // Static leases.
+    Ok(steps)
+}
+
+/// Static leases removed and added.
+fn lease_steps(cfg: &Config) -> Result<Vec<Step>> {
     let have = current_leases(&cfg.name)?;
-    for l in have
+    let mut steps: Vec<Step> = have
         .iter()
         .filter(|l| !cfg.leases.iter().any(|w| w.mac == l.mac))
-    {
-        steps.push(Step::LeaseDel(l.mac.0));
-    }
+        .map(|l| Step::LeaseDel(l.mac.0))
+        .collect();
     for l in cfg.leases.iter().filter(|l| !have.contains(l)) {
         steps.push(Step::LeaseAdd(l.clone()));
     }
-    // Forwards, last: after the masquerade they need. Those of a
-    // masquerade removed go with it.
+    Ok(steps)
+}
+
+/// Forwards, last: after the masquerade they need. Those of a masquerade
+/// removed (`unmasquerade`) go with it.
+fn forward_steps(br: &Bridge, cfg: &Config, unmasquerade: bool) -> Vec<Step> {
     let have: BTreeSet<ForwardEntry> = if unmasquerade {
         BTreeSet::new()
     } else {
-        current_forwards(&br).into_iter().collect()
+        current_forwards(br).into_iter().collect()
     };
     let want: BTreeSet<ForwardEntry> = cfg.forwards.iter().copied().collect();
-    for f in have.difference(&want) {
-        steps.push(Step::ForwardDel(f.proto, f.port));
-    }
-    for f in want.difference(&have) {
-        steps.push(Step::ForwardAdd(f.forward()));
-    }
-    Ok(steps)
+    let mut steps: Vec<Step> = have
+        .difference(&want)
+        .map(|f| Step::ForwardDel(f.proto, f.port))
+        .collect();
+    steps.extend(
+        want.difference(&have)
+            .map(|f| Step::ForwardAdd(f.forward())),
+    );
+    steps
 }
 
 /// Make `steps` on bridge `name`; the taps it created are pushed to
