@@ -8,6 +8,7 @@ use umlbr_common::{CFG_F_VXLAN, NAT_F_FWD, NAT_S_REPLIED, NatConfig, NatIn, NatK
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl,
     forward::{FWD_DROP, FWD_OPEN, open},
+    pmtu,
     quota::{sweep, sweep_due},
     set_ip_addr, set_port,
     table::{in_window, live, tcp_state_in, touch},
@@ -39,6 +40,9 @@ struct Reply {
     /// Where the IPv4 packet ends (its total length after the Ethernet
     /// header): an ICMP error's quote is rewritten only before it.
     end: u32,
+    /// DF is set: too big for the guest's port, the sender gets
+    /// "fragmentation needed" (`pmtu`).
+    df: bool,
 }
 
 /// The guest end of the mapping.
@@ -55,10 +59,18 @@ pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig) -> In {
     let Some(r) = parse(pkt, cfg) else {
         return In::Host;
     };
-    let g = match decide(pkt, cfg, &r) {
+    let (g, port) = match decide(pkt, cfg, &r) {
         Ok(g) => g,
         Err(verdict) => return verdict,
     };
+    // Path MTU, as a router: the packet must fit the guest's port. Checked
+    // before the rewrite, so that an error quotes it as its sender sent it.
+    if !r.icmp_err {
+        let mtu = pmtu::too_big(pkt, port, g.mac, r.end - IP_OFF as u32);
+        if mtu != 0 {
+            return pmtu::answer(pkt, cfg, r.df, mtu);
+        }
+    }
     if !rewrite(pkt, cfg, &r, &g) {
         return In::Host;
     }
@@ -122,6 +134,7 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         seq,
         ack,
         end: IP_OFF as u32 + tot,
+        df: u16::from_be_bytes(h.ip.frags) & IP_DF != 0,
     })
 }
 
@@ -148,6 +161,7 @@ fn parse_icmp(
             seq: 0,
             ack: 0,
             end: IP_OFF as u32 + tot,
+            df: u16::from_be_bytes(h.ip.frags) & IP_DF != 0,
         });
     }
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
@@ -177,21 +191,25 @@ fn parse_icmp(
         seq: 0,
         ack: 0,
         end: IP_OFF as u32 + tot,
+        df: false,
     })
 }
 
 /// The guest of the reply's live mapping, refreshed by it (unless it is
-/// an ICMP error). XDP cannot flood to the guests alone (a devmap
+/// an ICMP error), and its port where XDP looked it up already (0: not
+/// looked up). XDP cannot flood to the guests alone (a devmap
 /// broadcast would reach the host port too): a reply for a guest whose
 /// MAC aged out of the FDB is left, untouched, to TC, which translates
 /// and floods it.
 #[inline(always)]
-fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
+fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<(Guest, u32), In> {
     let now = crate::fdb::now();
     let e = match NAT_IN.get_ptr_mut(r.key) {
         // SAFETY: pointer into the map value.
         Some(e) if live(cfg, r.key.proto, unsafe { &*e }, now) => e,
-        _ if cfg.flags & NAT_F_FWD != 0 && !r.icmp_err => return forwarded(pkt, cfg, r),
+        _ if cfg.flags & NAT_F_FWD != 0 && !r.icmp_err => {
+            return forwarded(pkt, cfg, r).map(|g| (g, 0));
+        }
         _ => {
             count(|s| s.in_miss += 1);
             return Err(In::Host);
@@ -199,7 +217,8 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
     };
     // SAFETY: pointer into the map value.
     let e = unsafe { &mut *e };
-    if P::XDP && !xdp_reaches(e.mac, now) {
+    let port = if P::XDP { xdp_port(e.mac, now) } else { 0 };
+    if P::XDP && port == 0 {
         return Err(In::Host);
     }
     if !r.icmp_err && !trusted(r, e) {
@@ -214,11 +233,14 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
         };
         touch(e, now, st);
     }
-    Ok(Guest {
-        addr: e.addr,
-        port: e.port,
-        mac: e.mac,
-    })
+    Ok((
+        Guest {
+            addr: e.addr,
+            port: e.port,
+            mac: e.mac,
+        },
+        port,
+    ))
 }
 
 /// Whether XDP can send a reply to the guest `mac`: its MAC is in the FDB
@@ -228,10 +250,16 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
 /// pay only the flag test of the config already loaded.
 #[inline(always)]
 pub(crate) fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
+    xdp_port(mac, now) != 0
+}
+
+/// `xdp_reaches`, with the port it reaches (0: none).
+#[inline(always)]
+pub(crate) fn xdp_port(mac: [u8; 6], now: u64) -> u32 {
     let cfg = crate::config();
     match crate::fdb::lookup(mac, 0, now, crate::fdb::aging_ns(cfg)) {
-        Some((port, false)) => cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port),
-        _ => false,
+        Some((port, false)) if cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port) => port,
+        _ => 0,
     }
 }
 
