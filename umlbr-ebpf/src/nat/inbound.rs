@@ -1,7 +1,7 @@
 //! Uplink → guest: parse a reply (or an ICMP error quoting a translated
 //! packet), decide whose mapping it is, rewrite it for the guest.
 
-use core::mem::MaybeUninit;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use umlbr_common::{CFG_F_VXLAN, NAT_F_FWD, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 
@@ -59,14 +59,15 @@ pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig) -> In {
     let Some(r) = parse(pkt, cfg) else {
         return In::Host;
     };
-    let (g, port) = match decide(pkt, cfg, &r) {
+    let g = match decide(pkt, cfg, &r) {
         Ok(g) => g,
         Err(verdict) => return verdict,
     };
     // Path MTU, as a router: the packet must fit the guest's port. Checked
-    // before the rewrite, so that an error quotes it as its sender sent it.
-    if !r.icmp_err {
-        let mtu = pmtu::too_big(pkt, port, g.mac, r.end - IP_OFF as u32);
+    // before the rewrite, so that an error quotes it as its sender sent it;
+    // XDP checked it in `decide`, where the port was at hand.
+    if !P::XDP && !r.icmp_err {
+        let mtu = pmtu::too_big(pkt, 0, &g.mac, r.end - IP_OFF as u32);
         if mtu != 0 {
             return pmtu::answer(pkt, cfg, r.df, mtu);
         }
@@ -196,20 +197,18 @@ fn parse_icmp(
 }
 
 /// The guest of the reply's live mapping, refreshed by it (unless it is
-/// an ICMP error), and its port where XDP looked it up already (0: not
-/// looked up). XDP cannot flood to the guests alone (a devmap
+/// an ICMP error). In XDP, a reply too big for the guest's port is
+/// answered here (`pmtu`: passed to TC, or dropped). XDP cannot flood to the guests alone (a devmap
 /// broadcast would reach the host port too): a reply for a guest whose
 /// MAC aged out of the FDB is left, untouched, to TC, which translates
 /// and floods it.
 #[inline(always)]
-fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<(Guest, u32), In> {
+fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
     let now = crate::fdb::now();
     let e = match NAT_IN.get_ptr_mut(r.key) {
         // SAFETY: pointer into the map value.
         Some(e) if live(cfg, r.key.proto, unsafe { &*e }, now) => e,
-        _ if cfg.flags & NAT_F_FWD != 0 && !r.icmp_err => {
-            return forwarded(pkt, cfg, r).map(|g| (g, 0));
-        }
+        _ if cfg.flags & NAT_F_FWD != 0 && !r.icmp_err => return forwarded(pkt, cfg, r),
         _ => {
             count(|s| s.in_miss += 1);
             return Err(In::Host);
@@ -217,9 +216,13 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<(Guest, u32), I
     };
     // SAFETY: pointer into the map value.
     let e = unsafe { &mut *e };
-    let port = if P::XDP { xdp_port(e.mac, now) } else { 0 };
-    if P::XDP && port == 0 {
-        return Err(In::Host);
+    if P::XDP {
+        let pmtu = (r.end - IP_OFF as u32) | (r.df as u32) << 16 | (r.icmp_err as u32) << 17;
+        match xdp_egress::<P>(pkt.as_ptr(), cfg, &e.mac, pmtu, now) {
+            EGRESS_OK => {}
+            EGRESS_DROP => return Err(In::Drop),
+            _ => return Err(In::Host),
+        }
     }
     if !r.icmp_err && !trusted(r, e) {
         // As conntrack marks it INVALID: passed on (the guest's TCP judges
@@ -233,14 +236,11 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<(Guest, u32), I
         };
         touch(e, now, st);
     }
-    Ok((
-        Guest {
-            addr: e.addr,
-            port: e.port,
-            mac: e.mac,
-        },
-        port,
-    ))
+    Ok(Guest {
+        addr: e.addr,
+        port: e.port,
+        mac: e.mac,
+    })
 }
 
 /// Whether XDP can send a reply to the guest `mac`: its MAC is in the FDB
@@ -251,6 +251,43 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<(Guest, u32), I
 #[inline(always)]
 pub(crate) fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
     xdp_port(mac, now) != 0
+}
+
+/// `xdp_egress`: XDP sends the reply; XDP drops it; TC's (XDP_PASS).
+const EGRESS_OK: u32 = 0;
+const EGRESS_DROP: u32 = 1;
+const EGRESS_TC: u32 = 2;
+
+/// Whether XDP sends a reply to the guest `mac` (`xdp_reaches`) and,
+/// where it does, the path MTU check on its port (`pmtu`): `pmtu` packs
+/// the packet's IPv4 length (bits 0-15), DF (16) and "an ICMP error, not
+/// checked" (17). Out of line: inlined, its FDB lookup's values spilled
+/// into inbound_sub's frame, on which the deepest XDP chain stacks.
+#[inline(never)]
+fn xdp_egress<P: Pkt>(
+    ctx: *mut c_void,
+    cfg: &NatConfig,
+    mac: &[u8; 6],
+    pmtu: u32,
+    now: u64,
+) -> u32 {
+    let port = xdp_port(*mac, now);
+    if port == 0 {
+        return EGRESS_TC;
+    }
+    if pmtu & 1 << 17 != 0 {
+        return EGRESS_OK;
+    }
+    // SAFETY: the caller's own context.
+    let pkt = unsafe { P::from_raw(ctx) };
+    let mtu = pmtu::too_big(&pkt, port, mac, pmtu & 0xffff);
+    if mtu == 0 {
+        return EGRESS_OK;
+    }
+    match pmtu::answer(&pkt, cfg, pmtu & 1 << 16 != 0, mtu) {
+        In::Drop => EGRESS_DROP,
+        _ => EGRESS_TC,
+    }
 }
 
 /// `xdp_reaches`, with the port it reaches (0: none).

@@ -44,18 +44,28 @@ const ERR_QUOTE: usize = L4_OFF + ICMP_HLEN;
 
 /// The MTU of the guest's port if a packet of `tot` bytes (its IPv4
 /// total length) does not fit it, 0 if it does. `port` is the guest's
-/// port if known (XDP looked it up), else 0: looked up here, only for
+/// port if known (XDP looked it up), else 0: looked up by `mac`, only for
 /// packets above the minimum MTU.
 #[inline(always)]
-pub fn too_big<P: Pkt>(pkt: &P, port: u32, mac: [u8; 6], tot: u32) -> u32 {
+pub fn too_big<P: Pkt>(pkt: &P, port: u32, mac: &[u8; 6], tot: u32) -> u32 {
     if tot <= MIN_MTU {
         return 0;
     }
+    exceeds::<P>(pkt.as_ptr(), port, mac, tot)
+}
+
+/// `bpf_check_mtu` of a `tot`-byte IPv4 packet on `port` (0: the port of
+/// `mac` in the FDB): the port's MTU if the packet exceeds it, else 0.
+/// Out of line: the helper's MTU slot and the FDB key would grow
+/// inbound_sub's frame, which the deepest XDP chain stacks on (at the
+/// 512-byte limit where frames round to 32 bytes, as on 6.1).
+#[inline(never)]
+fn exceeds<P: Pkt>(ctx: *mut c_void, port: u32, mac: &[u8; 6], tot: u32) -> u32 {
     let port = if port != 0 {
         port
     } else {
         let cfg = crate::config();
-        match crate::fdb::lookup(mac, 0, crate::fdb::now(), crate::fdb::aging_ns(cfg)) {
+        match crate::fdb::lookup(*mac, 0, crate::fdb::now(), crate::fdb::aging_ns(cfg)) {
             Some((port, false)) => port,
             // Flooded by TC (or dropped): no one port's MTU to check.
             _ => return 0,
@@ -65,7 +75,7 @@ pub fn too_big<P: Pkt>(pkt: &P, port: u32, mac: [u8; 6], tot: u32) -> u32 {
     // segments are checked when they are made).
     let mut mtu = tot;
     // SAFETY: the helper reads our context and writes `mtu`.
-    let ret = unsafe { bpf_check_mtu(pkt.as_ptr(), port, &mut mtu, 0, 0) };
+    let ret = unsafe { bpf_check_mtu(ctx, port, &mut mtu, 0, 0) };
     if ret == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 && mtu != 0 {
         mtu
     } else {
