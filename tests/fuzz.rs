@@ -2353,6 +2353,8 @@ fn judge_nat_stats(r: &Run, before: &State, after: &State, errs: &mut Vec<String
         ("bad_source", d(a.bad_source, b.bad_source)),
         ("out_of_window", d(a.out_of_window, b.out_of_window)),
         ("foreign", d(a.foreign, b.foreign)),
+        ("frag_needed", d(a.frag_needed, b.frag_needed)),
+        ("too_big", d(a.too_big, b.too_big)),
     ] {
         if v > 1 {
             errs.push(format!("NAT counters: {n} +{v}"));

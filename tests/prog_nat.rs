@@ -838,6 +838,13 @@ enum Fate {
     /// Not translated: switched to the host port as any frame to the
     /// gateway (XDP_REDIRECT / TC_ACT_REDIRECT), bytes unchanged.
     Switched,
+    /// TC only: too big for its guest's port (MTU `.0`) with DF: turned
+    /// into ICMP "fragmentation needed" for its sender, redirected out of
+    /// the uplink.
+    FragNeeded(u16),
+    /// Too big for its guest's port without DF: dropped (XDP_DROP /
+    /// TC_ACT_SHOT), bytes unchanged.
+    TooBig,
     /// XDP_PASS / TC_ACT_OK, bytes unchanged (to the host's stack, or from
     /// XDP to TC).
     Pass,
@@ -866,6 +873,8 @@ struct Cnt {
     out_of_window: u64,
     foreign: u64,
     quota: u64,
+    frag_needed: u64,
+    too_big: u64,
 }
 
 const NONE: Cnt = Cnt {
@@ -881,6 +890,8 @@ const NONE: Cnt = Cnt {
     out_of_window: 0,
     foreign: 0,
     quota: 0,
+    frag_needed: 0,
+    too_big: 0,
 };
 const ALLOC: Cnt = Cnt {
     out: 1,
@@ -939,6 +950,8 @@ impl Cnt {
             out_of_window: self.out_of_window,
             foreign: self.foreign,
             quota: self.quota,
+            frag_needed: self.frag_needed,
+            too_big: self.too_big,
         }
     }
 }
@@ -1160,6 +1173,7 @@ fn table() -> Vec<Case> {
         inbound_hosts_own(&s),
         inbound_malformed(&s),
         icmp_errors(&s),
+        path_mtu(&s),
     ]
     .concat()
 }
@@ -2265,6 +2279,93 @@ fn inbound_malformed(s: &Shared) -> Vec<Case> {
 }
 
 /// Inbound: ICMP errors about mappings.
+/// ICMP "fragmentation needed" for `input` (from the LAN, too big for a
+/// guest's port of MTU `mtu`), as a router sends it: to the sender's MAC
+/// and address from the uplink's, quoting the IPv4 header and 8 bytes as
+/// sent (untranslated); TOS 0xc0 as Linux's errors, id 0 with DF (an
+/// atomic datagram), TTL 64. Checksums from scratch.
+fn frag_needed_expect(input: &[u8], mtu: u16) -> Vec<u8> {
+    let mac = |o: usize| -> Mac { input[o..o + 6].try_into().unwrap() };
+    let sender: [u8; 4] = input[26..30].try_into().unwrap();
+    let [hi, lo] = mtu.to_be_bytes();
+    let mut f = Frame::new(mac(6), mac(0))
+        .icmp_error(
+            NAT_IP,
+            sender,
+            icmp_type::DEST_UNREACH,
+            4,
+            [0, 0, hi, lo],
+            &input[14..42],
+        )
+        .build();
+    f[15] = 0xc0;
+    f[18..20].copy_from_slice(&[0, 0]);
+    fix_checksums(&mut f);
+    f
+}
+
+/// Path MTU: replies bigger than their guest's port (a tap of MTU 1500;
+/// the uplink's is 9000). XDP never sees them: frames above
+/// MAX_XDP_FRAME go to TC (the XDP check is `pmtu_xdp_hands_over`).
+fn path_mtu(s: &Shared) -> Vec<Case> {
+    use Fate::*;
+    use Post::*;
+    let Shared { u1, t1, m_u1, .. } = *s;
+    let big = vec![0x5a; 1600];
+    let mut quoted_big = u1.quoted(P, 28);
+    quoted_big.extend_from_slice(&big[..1500]);
+    let frag_needed = Cnt {
+        frag_needed: 1,
+        ..NONE
+    };
+    let too_big = Cnt { too_big: 1, ..NONE };
+    vec![
+        Case::new(
+            "UDP reply of 1628 bytes with DF to a port of MTU 1500: fragmentation needed (1500) back out of the uplink",
+            UP,
+            u1.reply_frame(P, 0, &big),
+        )
+        .pre(&[m_u1])
+        .xdp(Pass, NONE, &[])
+        .tc(FragNeeded(1500), frag_needed, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "TCP segment of 1640 bytes with DF to a port of MTU 1500: fragmentation needed (1500)",
+            UP,
+            t1.reply_frame(P2, tcp_flags::ACK, &big),
+        )
+        .pre(&[mapping(t1, P2, NAT_S_SYN_OUT | NAT_S_REPLIED, 2 * SEC)])
+        .xdp(Pass, NONE, &[])
+        .tc(
+            FragNeeded(1500),
+            frag_needed,
+            &[Touched(0, NAT_S_SYN_OUT | NAT_S_REPLIED)],
+        ),
+        Case::new(
+            "UDP reply of 1628 bytes without DF: dropped, counted (XDP and TC cannot fragment)",
+            UP,
+            set_frag(&u1.reply_frame(P, 0, &big), 0),
+        )
+        .pre(&[m_u1])
+        .xdp(Pass, NONE, &[])
+        .tc(TooBig, too_big, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "UDP reply of exactly 1500 bytes with DF: fits, translated",
+            UP,
+            u1.reply_frame(P, 0, &big[..1472]),
+        )
+        .pre(&[m_u1])
+        .both(Dnat(0), IN, &[Touched(0, NAT_S_REPLIED)]),
+        Case::new(
+            "an ICMP error of 1556 bytes with DF about a mapping: translated (no error about an error)",
+            UP,
+            icmp_error_frame(R1, icmp_type::DEST_UNREACH, 3, [0; 4], &quoted_big),
+        )
+        .pre(&[m_u1])
+        .xdp(Pass, NONE, &[])
+        .tc(IcmpErr(0), ICMP_ERR, &[]),
+    ]
+}
+
 fn icmp_errors(s: &Shared) -> Vec<Case> {
     use Fate::*;
     let Shared {
@@ -2784,6 +2885,14 @@ impl Ran<'_> {
                 Some(icmp_err_expect(&c.frame, &c.pre[i].flow)),
             ),
             Fate::Switched => (redirect(prog), Some(c.frame.clone())),
+            Fate::FragNeeded(mtu) => (redirect(prog), Some(frag_needed_expect(&c.frame, mtu))),
+            Fate::TooBig => (
+                match prog {
+                    Prog::Xdp => umlbr_tests::bpf::XDP_DROP,
+                    Prog::Tc => TC_ACT_SHOT,
+                },
+                Some(c.frame.clone()),
+            ),
             Fate::Pass => (
                 match prog {
                     Prog::Xdp => XDP_PASS,
@@ -2983,6 +3092,53 @@ fn state_name(s: u16) -> String {
 
 /// SYN out: syn_sent; SYN-ACK back: established; FIN one way: closing;
 /// FIN both ways: closed (the short timeout). RST either way: reset.
+/// Path MTU in XDP, which the table cannot show (its big frames exceed
+/// MAX_XDP_FRAME and go to TC before the NAT): g1 at MTU 1000, a reply of
+/// 1128 bytes. With DF, XDP hands it to TC untouched, and TC answers its
+/// sender with "fragmentation needed" (1000); without DF, XDP drops it,
+/// counted; a reply of 1000 bytes is translated in XDP.
+#[test]
+fn pmtu_xdp_hands_over() -> Result<()> {
+    let mut b = Bench::new("pm-xdp")?;
+    b.ctx.ns.sh("ip link set g1 mtu 1000")?;
+    let s = shared();
+    let up = b.ifindex(Dev::Up);
+    let df = s.u1.reply_frame(P, 0, &[0x5a; 1100]);
+    b.put_mapping(&s.m_u1, now_coarse())?;
+    let (ret, out) = b.run(Prog::Xdp, up, &df)?;
+    ensure!(
+        ret == XDP_PASS && out == df,
+        "XDP: returned {ret} (want XDP_PASS), bytes changed: {}",
+        out != df
+    );
+    ensure!(
+        b.nat_stats()? == NatStats::default(),
+        "XDP counted {:?}",
+        b.nat_stats()?
+    );
+    let (ret, out) = b.run(Prog::Tc, up, &df)?;
+    let want = frag_needed_expect(&df, 1000);
+    ensure!(
+        ret == TC_ACT_REDIRECT && out == want,
+        "TC: returned {ret} (want TC_ACT_REDIRECT), bytes:\n  got  {}\n  want {}",
+        diff_hex(&out, &want).0,
+        diff_hex(&out, &want).1
+    );
+    verify_checksums(&out).map_err(|e| anyhow::anyhow!("error's checksums: {e}"))?;
+    ensure!(b.nat_stats()?.frag_needed == 1, "{:?}", b.nat_stats()?);
+    let (ret, _) = b.run(Prog::Xdp, up, &set_frag(&df, 0))?;
+    ensure!(ret == umlbr_tests::bpf::XDP_DROP, "XDP without DF: {ret}");
+    ensure!(b.nat_stats()?.too_big == 1, "{:?}", b.nat_stats()?);
+    let fits = s.u1.reply_frame(P, 0, &[0x5a; 972]);
+    let (ret, out) = b.run(Prog::Xdp, up, &fits)?;
+    ensure!(
+        ret == XDP_REDIRECT && out == dnat_expect(&fits, &s.u1),
+        "XDP, 1000 bytes: returned {ret}, translated: {}",
+        out == dnat_expect(&fits, &s.u1)
+    );
+    Ok(())
+}
+
 #[test]
 fn tcp_states_follow_the_flags() -> Result<()> {
     use tcp_flags::*;

@@ -660,6 +660,12 @@ pub struct NatStats {
     /// Guest packets of new flows dropped: their port's guests hold
     /// `max_per_guest` live mappings already (`--nat-max-per-guest`).
     pub quota: u64,
+    /// Replies with DF set bigger than their guest port's MTU, answered
+    /// with ICMP "fragmentation needed" to their sender (path MTU).
+    pub frag_needed: u64,
+    /// Replies without DF bigger than their guest port's MTU: dropped
+    /// (XDP and TC cannot fragment; the kernel's forwarding would).
+    pub too_big: u64,
 }
 
 /// One direction of an IPv6 NAT mapping ([`NatKey`]'s, with 16-byte
@@ -969,6 +975,8 @@ impl core::ops::AddAssign for NatStats {
         self.out_of_window += o.out_of_window;
         self.foreign += o.foreign;
         self.quota += o.quota;
+        self.frag_needed += o.frag_needed;
+        self.too_big += o.too_big;
     }
 }
 
@@ -1039,7 +1047,7 @@ mod tests {
         assert_eq!(size_of::<NatOut>(), 48);
         assert_eq!(size_of::<NatIn>(), 32);
         assert_eq!(size_of::<NatConfig>(), 32 + 6 * 8 + 8);
-        assert_eq!(size_of::<NatStats>(), 14 * 8);
+        assert_eq!(size_of::<NatStats>(), 16 * 8);
         assert_eq!(size_of::<NatQuota>(), 16);
         assert_eq!(size_of::<Nat6Key>(), 40);
         assert_eq!(size_of::<Nat6In>(), 48);

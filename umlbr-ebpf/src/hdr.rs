@@ -52,6 +52,8 @@ pub const IP_SADDR: usize = offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DADDR: usize = offset_of!(Ipv4Hdr, dst_addr);
 /// More-fragments flag and fragment offset, host order: set in fragments.
 pub const IP_FRAG_MASK: u16 = 0x3fff;
+/// Don't Fragment, in the IPv4 flags and fragment offset (host order).
+pub const IP_DF: u16 = 0x4000;
 
 pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 pub const IPV6_PLEN: usize = offset_of!(Ipv6Hdr, payload_len);

@@ -380,7 +380,8 @@ fn xdp_nat_in(ctx: &XdpContext, ncfg: &NatConfig) -> u32 {
     }
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => xdp_action::XDP_PASS,
-        nat::In::Drop => xdp_action::XDP_DROP,
+        // TC's alone (XDP passes such packets).
+        nat::In::Drop | nat::In::Bounce => xdp_action::XDP_DROP,
         // The masquerade's guests are in the default VLAN (with VLANs,
         // behind ports that send it untagged: only those learn in it).
         nat::In::Guest(mac) => match fdb::lookup(mac, 0, fdb::now(), fdb::aging_ns(config())) {
@@ -746,6 +747,8 @@ fn tc_nat_in(ctx: &TcContext, ncfg: &NatConfig) -> i32 {
     match nat::inbound(ctx, ncfg) {
         nat::In::Host => TC_ACT_OK as i32,
         nat::In::Drop => TC_ACT_SHOT as i32,
+        // An ICMP error for the sender: out of the uplink it came in on.
+        nat::In::Bounce => redirect(ncfg.nat_ifindex, 0),
         nat::In::Guest(mac) => {
             let cfg = config();
             // As in XDP: the default VLAN's guests.

@@ -82,7 +82,7 @@ const NAT_TRANSLATED: [(&str, &str, &str); 4] = [
 
 /// The other `NatStats` counters: (field, metric name without `umlbr_nat_`
 /// and `_total`, help).
-const NAT_COUNTERS: [(&str, &str, &str); 10] = [
+const NAT_COUNTERS: [(&str, &str, &str); 12] = [
     (
         "icmp_errors",
         "icmp_errors",
@@ -128,6 +128,16 @@ const NAT_COUNTERS: [(&str, &str, &str); 10] = [
         "quota",
         "quota",
         "New flows dropped: their port's guests hold --nat-max-per-guest mappings already.",
+    ),
+    (
+        "frag_needed",
+        "frag_needed",
+        "Replies with DF bigger than their guest port's MTU, answered with ICMP fragmentation needed.",
+    ),
+    (
+        "too_big",
+        "too_big",
+        "Replies without DF bigger than their guest port's MTU, dropped (not fragmented).",
     ),
 ];
 

@@ -525,7 +525,7 @@ fn has_devmap_broadcast() -> io::Result<bool> {
 
 /// What umlbr's datapath needs of the kernel beyond BPF, XDP and TC
 /// themselves, each with the release that brought it and what needs it.
-const HELPERS: [(i32, u32, &str, &str); 4] = [
+const HELPERS: [(i32, u32, &str, &str); 5] = [
     (
         152,
         BPF_PROG_TYPE_SCHED_CLS,
@@ -549,6 +549,12 @@ const HELPERS: [(i32, u32, &str, &str); 4] = [
         BPF_PROG_TYPE_SCHED_CLS,
         "bpf_loop (Linux 5.17)",
         "floods of a bridge with VLANs",
+    ),
+    (
+        163,
+        BPF_PROG_TYPE_XDP,
+        "bpf_check_mtu (Linux 5.12)",
+        "the masquerade's path MTU (fragmentation needed)",
     ),
 ];
 

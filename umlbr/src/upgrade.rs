@@ -202,12 +202,12 @@ const USERSPACE_WRITTEN: [&str; 4] = [
     names::PORT_LIST,
 ];
 
-/// Per-CPU maps the datapath writes whose value may grow: the port
-/// counters, whose fields are added at the end (each zero meaning "none
-/// counted"). Their copy misses what the old programs count between the
+/// Per-CPU maps the datapath writes whose value may grow: the port and
+/// the NAT counters, whose fields are added at the end (each zero meaning
+/// "none counted"). Their copy misses what the old programs count between the
 /// copy and their replacement (a few frames); the ports' records (kind,
 /// flags) in them are userspace's and do not change meanwhile.
-const COUNTERS: [&str; 1] = [names::PORT_STATS];
+const COUNTERS: [&str; 2] = [names::PORT_STATS, names::NAT_STATS];
 
 /// The layout version of a bridge whose `Config::layout` is 0: made
 /// before the version was stored, by a umlbr whose maps are version 1's.
@@ -308,13 +308,16 @@ impl fmt::Display for Migration {
 const HASH: u32 = 1;
 const ARRAY: u32 = 2;
 const PERCPU_HASH: u32 = 5;
+const PERCPU_ARRAY: u32 = 6;
 const LPM_TRIE: u32 = 11;
 
 /// Whether a map's entries can be copied from layout `old` into `new`
 /// one by one (values zero-extended): one value per key, the same keys.
 fn copyable(old: &Layout, new: &Layout) -> bool {
-    matches!(old.map_type, HASH | ARRAY | PERCPU_HASH | LPM_TRIE)
-        && old.map_type == new.map_type
+    matches!(
+        old.map_type,
+        HASH | ARRAY | PERCPU_HASH | PERCPU_ARRAY | LPM_TRIE
+    ) && old.map_type == new.map_type
         && old.key_size == new.key_size
         && old.max_entries <= new.max_entries
         && old.flags == new.flags
@@ -323,11 +326,11 @@ fn copyable(old: &Layout, new: &Layout) -> bool {
 
 /// The migration of running map `name` (layout `old`) into the new
 /// object's map `full` (layout `new`) for a layout change alone, if one
-/// exists: a map only userspace writes, or the port counters (`COUNTERS`),
+/// exists: a map only userspace writes, or the counters (`COUNTERS`),
 /// whose value gained trailing fields.
 fn migration(name: &str, full: &str, old: &Layout, new: &Layout) -> Option<Migration> {
     let grown = (USERSPACE_WRITTEN.contains(&name) && matches!(old.map_type, HASH | ARRAY)
-        || COUNTERS.contains(&name) && old.map_type == PERCPU_HASH)
+        || COUNTERS.contains(&name) && matches!(old.map_type, PERCPU_HASH | PERCPU_ARRAY))
         && copyable(old, new)
         && old.max_entries == new.max_entries
         && new.value_size > old.value_size;
@@ -904,12 +907,13 @@ fn migrate(
             aya::maps::Map::HashMap(d)
             | aya::maps::Map::Array(d)
             | aya::maps::Map::LpmTrie(d)
-            | aya::maps::Map::PerCpuHashMap(d),
+            | aya::maps::Map::PerCpuHashMap(d)
+            | aya::maps::Map::PerCpuArray(d),
         ) => d,
         _ => return Err(missing()),
     };
-    if m.old.map_type == PERCPU_HASH {
-        // The port counters: copied once, before the replaces (a second
+    if matches!(m.old.map_type, PERCPU_HASH | PERCPU_ARRAY) {
+        // The counters: copied once, before the replaces (a second
         // pass would put back counts the new programs have added to).
         if !m.rewrites.is_empty() {
             return Err(Error::io(what(), std::io::ErrorKind::Unsupported.into()));
@@ -1334,9 +1338,22 @@ mod tests {
                 rewrites: Vec::new(),
             }]
         );
-        // Another per-CPU map (the NAT's counters) has none.
-        let running = BTreeMap::from([(names::NAT_STATS.to_string(), percpu(112))]);
-        let new = new_of(&[(names::NAT_STATS, percpu(120))]);
+        // The NAT's counters (a per-CPU array) grew `frag_needed` and
+        // `too_big`: copied per CPU too.
+        let percpu_array = |v| Layout {
+            map_type: 6,
+            key_size: 4,
+            value_size: v,
+            max_entries: 1,
+            flags: 0,
+        };
+        let running = BTreeMap::from([(names::NAT_STATS.to_string(), percpu_array(112))]);
+        let new = new_of(&[(names::NAT_STATS, percpu_array(128))]);
+        let p = plan("br0", &running, &new, 1, &VERSIONS).unwrap();
+        assert_eq!(p.migrate.len(), 1);
+        // Another per-CPU map (the IPv6 NAT's counters) has none.
+        let running = BTreeMap::from([(names::NAT6_STATS.to_string(), percpu_array(80))]);
+        let new = new_of(&[(names::NAT6_STATS, percpu_array(88))]);
         assert!(plan("br0", &running, &new, 1, &VERSIONS).is_err());
     }
 

@@ -1,13 +1,14 @@
 //! Uplink → guest: parse a reply (or an ICMP error quoting a translated
 //! packet), decide whose mapping it is, rewrite it for the guest.
 
-use core::mem::MaybeUninit;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use umlbr_common::{CFG_F_VXLAN, NAT_F_FWD, NAT_S_REPLIED, NatConfig, NatIn, NatKey};
 
 use super::{
     IP_OFF, In, L4_OFF, NAT_IN, count, dec_ttl,
     forward::{FWD_DROP, FWD_OPEN, open},
+    pmtu,
     quota::{sweep, sweep_due},
     set_ip_addr, set_port,
     table::{in_window, live, tcp_state_in, touch},
@@ -39,6 +40,9 @@ struct Reply {
     /// Where the IPv4 packet ends (its total length after the Ethernet
     /// header): an ICMP error's quote is rewritten only before it.
     end: u32,
+    /// DF is set: too big for the guest's port, the sender gets
+    /// "fragmentation needed" (`pmtu`).
+    df: bool,
 }
 
 /// The guest end of the mapping.
@@ -59,6 +63,15 @@ pub fn translate<P: Pkt>(pkt: &P, cfg: &NatConfig) -> In {
         Ok(g) => g,
         Err(verdict) => return verdict,
     };
+    // Path MTU, as a router: the packet must fit the guest's port. Checked
+    // before the rewrite, so that an error quotes it as its sender sent it;
+    // XDP checked it in `decide`, where the port was at hand.
+    if !P::XDP && !r.icmp_err {
+        let mtu = pmtu::too_big(pkt, 0, &g.mac, r.end - IP_OFF as u32);
+        if mtu != 0 {
+            return pmtu::answer(pkt, cfg, r.df, mtu);
+        }
+    }
     if !rewrite(pkt, cfg, &r, &g) {
         return In::Host;
     }
@@ -122,6 +135,7 @@ fn parse(pkt: &impl Pkt, cfg: &NatConfig) -> Option<Reply> {
         seq,
         ack,
         end: IP_OFF as u32 + tot,
+        df: u16::from_be_bytes(h.ip.frags) & IP_DF != 0,
     })
 }
 
@@ -148,6 +162,7 @@ fn parse_icmp(
             seq: 0,
             ack: 0,
             end: IP_OFF as u32 + tot,
+            df: u16::from_be_bytes(h.ip.frags) & IP_DF != 0,
         });
     }
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETERPROB {
@@ -177,11 +192,13 @@ fn parse_icmp(
         seq: 0,
         ack: 0,
         end: IP_OFF as u32 + tot,
+        df: false,
     })
 }
 
 /// The guest of the reply's live mapping, refreshed by it (unless it is
-/// an ICMP error). XDP cannot flood to the guests alone (a devmap
+/// an ICMP error). In XDP, a reply too big for the guest's port is
+/// answered here (`pmtu`: passed to TC, or dropped). XDP cannot flood to the guests alone (a devmap
 /// broadcast would reach the host port too): a reply for a guest whose
 /// MAC aged out of the FDB is left, untouched, to TC, which translates
 /// and floods it.
@@ -199,8 +216,13 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
     };
     // SAFETY: pointer into the map value.
     let e = unsafe { &mut *e };
-    if P::XDP && !xdp_reaches(e.mac, now) {
-        return Err(In::Host);
+    if P::XDP {
+        let pmtu = (r.end - IP_OFF as u32) | (r.df as u32) << 16 | (r.icmp_err as u32) << 17;
+        match xdp_egress::<P>(pkt.as_ptr(), cfg, &e.mac, pmtu, now) {
+            EGRESS_OK => {}
+            EGRESS_DROP => return Err(In::Drop),
+            _ => return Err(In::Host),
+        }
     }
     if !r.icmp_err && !trusted(r, e) {
         // As conntrack marks it INVALID: passed on (the guest's TCP judges
@@ -228,10 +250,53 @@ fn decide<P: Pkt>(pkt: &P, cfg: &NatConfig, r: &Reply) -> Result<Guest, In> {
 /// pay only the flag test of the config already loaded.
 #[inline(always)]
 pub(crate) fn xdp_reaches(mac: [u8; 6], now: u64) -> bool {
+    xdp_port(mac, now) != 0
+}
+
+/// `xdp_egress`: XDP sends the reply; XDP drops it; TC's (XDP_PASS).
+const EGRESS_OK: u32 = 0;
+const EGRESS_DROP: u32 = 1;
+const EGRESS_TC: u32 = 2;
+
+/// Whether XDP sends a reply to the guest `mac` (`xdp_reaches`) and,
+/// where it does, the path MTU check on its port (`pmtu`): `pmtu` packs
+/// the packet's IPv4 length (bits 0-15), DF (16) and "an ICMP error, not
+/// checked" (17). Out of line: inlined, its FDB lookup's values spilled
+/// into inbound_sub's frame, on which the deepest XDP chain stacks.
+#[inline(never)]
+fn xdp_egress<P: Pkt>(
+    ctx: *mut c_void,
+    cfg: &NatConfig,
+    mac: &[u8; 6],
+    pmtu: u32,
+    now: u64,
+) -> u32 {
+    let port = xdp_port(*mac, now);
+    if port == 0 {
+        return EGRESS_TC;
+    }
+    if pmtu & 1 << 17 != 0 {
+        return EGRESS_OK;
+    }
+    // SAFETY: the caller's own context.
+    let pkt = unsafe { P::from_raw(ctx) };
+    let mtu = pmtu::too_big(&pkt, port, mac, pmtu & 0xffff);
+    if mtu == 0 {
+        return EGRESS_OK;
+    }
+    match pmtu::answer(&pkt, cfg, pmtu & 1 << 16 != 0, mtu) {
+        In::Drop => EGRESS_DROP,
+        _ => EGRESS_TC,
+    }
+}
+
+/// `xdp_reaches`, with the port it reaches (0: none).
+#[inline(always)]
+pub(crate) fn xdp_port(mac: [u8; 6], now: u64) -> u32 {
     let cfg = crate::config();
     match crate::fdb::lookup(mac, 0, now, crate::fdb::aging_ns(cfg)) {
-        Some((port, false)) => cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port),
-        _ => false,
+        Some((port, false)) if cfg.flags & CFG_F_VXLAN == 0 || crate::in_devmap(port) => port,
+        _ => 0,
     }
 }
 

@@ -20,6 +20,7 @@
 mod forward;
 mod inbound;
 mod out;
+mod pmtu;
 mod quota;
 pub(crate) mod table;
 mod v6;
@@ -167,9 +168,13 @@ pub enum In {
     Host,
     /// Translated for the guest with this MAC (MACs set).
     Guest([u8; 6]),
-    /// A new flow to a port forward over its guest port's NAT quota:
-    /// dropped (counted as `quota`).
+    /// A new flow to a port forward over its guest port's NAT quota, or
+    /// a reply too big for its guest's port without DF: dropped (counted
+    /// as `quota`, `too_big`).
     Drop,
+    /// Turned into ICMP "fragmentation needed" for its sender (TC only):
+    /// send it back out of the uplink (`pmtu`).
+    Bounce,
 }
 
 impl In {
@@ -178,6 +183,7 @@ impl In {
         match self {
             In::Host => Packed::pack(0, 0),
             In::Drop => Packed::pack(2, 0),
+            In::Bounce => Packed::pack(3, 0),
             In::Guest(m) => Packed::pack(
                 1,
                 u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]),
@@ -189,6 +195,7 @@ impl In {
         match p.tag() {
             0 => return In::Host,
             2 => return In::Drop,
+            3 => return In::Bounce,
             _ => {}
         }
         let b = p.val().to_le_bytes();

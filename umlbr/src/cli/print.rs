@@ -214,6 +214,10 @@ fn nat_counters(n: &NatView) {
         c.out_of_window,
         c.foreign
     );
+    println!(
+        "    path mtu: frag_needed {}   too_big {}",
+        c.frag_needed, c.too_big
+    );
     for f in &n.forwards {
         println!(
             "    forward {} {} -> {}: {} flows mapped, {} live",
